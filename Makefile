@@ -1,0 +1,51 @@
+# One entry point for every project command. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+UV     := $(BIN)/uv
+UV_VERSION := 0.13.9
+export PYTHONPATH := $(CURDIR)
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+
+.PHONY: install sysdeps lock demo test lint validate register bench ui clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# mysqlclient (required by the MySQL provider) compiles against the MariaDB client headers.
+sysdeps:
+	@pkg-config --exists libmariadb || pkg-config --exists mysqlclient || \
+	  ( [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq libmariadb-dev pkg-config ) || \
+	  ( echo "error: MariaDB client headers are missing: install libmariadb-dev (Debian) first" >&2; exit 1 )
+
+$(VENV)/.installed: requirements.lock | $(BIN)/python sysdeps
+	$(UV) pip sync --python $(BIN)/python requirements.lock
+	touch $@
+
+install: $(VENV)/.installed
+
+# Regenerate the fully resolved lock from the pinned direct dependencies.
+lock: | $(BIN)/python
+	$(UV) pip compile --python-version 3.11 requirements.txt requirements-dev.txt -o requirements.lock
+
+validate: install
+	$(BIN)/python -m include.retention validate
+
+register: install
+	$(BIN)/python -m include.retention register --out build/register
+
+demo: install
+	$(BIN)/python -m include.retention validate
+	$(BIN)/python -m include.retention register --out build/register
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy include
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache .mypy_cache

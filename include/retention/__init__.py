@@ -1,0 +1,1 @@
+"""Retention enforcement: the policy catalogue, the rule calculus, the engine and the ledger."""
