@@ -1,0 +1,99 @@
+"""The DAG folder: one DAG per catalogue activity, cheap to parse, wired as designed."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+
+from include.retention.catalogue import load_catalogue
+from tests.conftest import ROOT
+
+PARSE_BUDGET_SECONDS = 2.0
+_PARSE_SCRIPT = """
+import json, time
+from airflow.dag_processing.dagbag import DagBag
+start = time.perf_counter()
+bag = DagBag(dag_folder="dags")
+elapsed = time.perf_counter() - start
+heavy = [m for m in ("great_expectations", "boto3", "pandas", "faker", "moto") if m in __import__("sys").modules]
+print(json.dumps({"seconds": elapsed, "dags": sorted(bag.dags), "errors": {k: str(v) for k, v in bag.import_errors.items()},
+                  "stats": sum(s.duration.total_seconds() for s in bag.dagbag_stats), "heavy": heavy}))
+"""
+
+
+@pytest.fixture(scope="module")
+def parsed() -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", _PARSE_SCRIPT], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(ROOT / "dags"))
+
+
+def test_dag_folder_has_no_import_errors(parsed):
+    assert parsed["errors"] == {}
+
+
+def test_exactly_one_dag_per_activity(parsed):
+    assert parsed["dags"] == sorted(f"retention_{a.id}" for a in load_catalogue())
+
+
+def test_dag_folder_parses_within_budget(parsed):
+    print(f"DAG folder parse: {parsed['stats']:.3f} s (DagBag total {parsed['seconds']:.3f} s)")
+    assert parsed["stats"] < PARSE_BUDGET_SECONDS
+
+
+def test_parsing_imports_nothing_heavy(parsed):
+    assert parsed["heavy"] == []
+
+
+def test_dag_shape_and_ui_metadata(dagbag):
+    catalogue = load_catalogue()
+    for activity in catalogue:
+        dag = dagbag.dags[f"retention_{activity.id}"]
+        assert {t.task_id for t in dag.tasks} == {
+            "plan", "safety_gate", "approve", "enforce", "verify", "report"
+        }
+        assert dag.max_active_runs == 1
+        assert dag.catchup is False
+        assert "gdpr" in dag.tags and f"system:{activity.source.system}" in dag.tags
+        for basis in activity.legal_bases:
+            assert f"basis:{basis.value}" in dag.tags
+        assert activity.policy_text_sv in dag.doc_md
+        assert dag.timetable.expression == activity.schedule
+        assert str(dag.timetable.timezone) == "Europe/Stockholm"
+        assert set(dag.params.keys()) == {"dry_run", "as_of"}
+        assert dag.default_args["owner"] == activity.owner
+        assert dag.default_args["retries"] >= 1
+        assert dag.on_failure_callback
+        approve = dag.get_task("approve")
+        assert approve.defaults == ["Reject"] and approve.response_timeout
+        assert dag.get_task("report").trigger_rule == "all_done"
+        assert len(dag.get_task("report").outlets) == 1
+
+
+def test_policy_gaps_are_tagged(dagbag):
+    for activity in load_catalogue():
+        tags = dagbag.dags[f"retention_{activity.id}"].tags
+        assert ("policy-gap" in tags) == activity.policy_gap
+
+
+@pytest.mark.parametrize("bad", [{"dry_run": "yes"}, {"as_of": "next tuesday"}])
+def test_trigger_form_rejects_bad_params(dagbag, bad):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = copy.deepcopy(dagbag.dags["retention_newsletter"].params)
+    with pytest.raises(ParamValidationError, match="Invalid input for param"):
+        for name, value in bad.items():
+            params[name] = value
+        params.validate()
