@@ -1,0 +1,212 @@
+"""The main job (``make demo``): seed the demo systems and run every retention DAG through
+Airflow once, then print what happened per activity and verify the ledger.
+
+Everything lives under ``var/`` (git-ignored): the SQLite source systems, the control
+database (ledger + holds), Airflow's home and metadata DB, the pseudonym key and ``demo.env``
+(the connections as environment variables, for ``airflow dags test`` and ``make ui``).
+The demo is evaluated at the time it was seeded, so a second run deletes nothing new.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from include.retention.catalogue import load_catalogue
+from include.retention.errors import RetentionError
+from include.retention.object_store import DEFAULT_PORT, local_client, spawn, wait_until_up
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where the embedded default keeps its state."""
+
+    var: Path
+
+    @property
+    def demo(self) -> Path:
+        return self.var / "demo"
+
+    @property
+    def state(self) -> Path:
+        return self.demo / "state.json"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.var / "airflow"
+
+    @property
+    def control_url(self) -> str:
+        return f"sqlite:///{self.var / 'control.db'}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.var / "secrets" / "pseudonym_key"
+
+    @property
+    def env_file(self) -> Path:
+        return self.var / "demo.env"
+
+
+def ensure_key(paths: DemoPaths) -> str:
+    """The demo's secret pseudonym key: generated once, readable by the owner only."""
+    if not paths.key_file.exists():
+        paths.key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        paths.key_file.write_text(secrets.token_urlsafe(48), encoding="ascii")
+        paths.key_file.chmod(0o600)
+    return paths.key_file.read_text(encoding="ascii").strip()
+
+
+def ensure_s3(paths: DemoPaths, port: int) -> tuple[str, bool]:
+    """The embedded S3 endpoint; starts it in the background if nothing answers. Returns
+    ``(endpoint, started)``: a fresh server holds no objects."""
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(endpoint, timeout=0.5)
+        return endpoint, False
+    except RetentionError:
+        pass
+    log = (paths.var / "s3.log").open("ab")
+    proc = spawn(port=port, stdout=log, detach=True)
+    (paths.var / "s3.pid").write_text(str(proc.pid), encoding="ascii")
+    return endpoint, True
+
+
+def environment(paths: DemoPaths, key: str, s3_endpoint: str) -> dict[str, str]:
+    """The Airflow settings and connections of the embedded default."""
+    env = {
+        "AIRFLOW_HOME": str(paths.airflow_home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "PYTHONPATH": str(ROOT),
+        "RETENTION_CONTROL_DB_URL": paths.control_url,
+        "AIRFLOW_CONN_RETENTION_PSEUDONYM_KEY": json.dumps(
+            {"conn_type": "generic", "password": key}
+        ),
+        "AIRFLOW_CONN_RETENTION_S3": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "retention-demo",
+                "password": "retention-demo",
+                "extra": {"endpoint_url": s3_endpoint, "region_name": "eu-north-1"},
+            }
+        ),
+    }
+    systems = {
+        activity.source.system for activity in load_catalogue() if activity.source.kind == "sql"
+    }
+    for system in sorted(systems):
+        env[f"AIRFLOW_CONN_RETENTION_{system.upper()}"] = json.dumps(
+            {"conn_type": "sqlite", "host": str(paths.demo / f"{system}.db")}
+        )
+    return env
+
+
+def write_env_file(paths: DemoPaths, env: dict[str, str]) -> None:
+    lines = [f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())]
+    paths.env_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    paths.env_file.chmod(0o600)
+
+
+def seed(paths: DemoPaths, key: str, s3_endpoint: str, as_of: dt.datetime) -> None:
+    """Seed the SQL systems and the buckets, and place the designed holds."""
+    import sqlalchemy as sa
+
+    from include.demo.seed import place_holds, seed_demo
+    from include.retention.holds import HoldRegister
+
+    shutil.rmtree(paths.demo, ignore_errors=True)
+    (paths.var / "control.db").unlink(missing_ok=True)
+    result = seed_demo(as_of, paths.demo, s3_client=local_client(s3_endpoint))
+    register = HoldRegister(sa.create_engine(paths.control_url), key.encode())
+    register.create_tables()
+    holds = place_holds(register, result.hold_requests())
+    paths.state.write_text(json.dumps({"as_of": as_of.isoformat()}), encoding="utf-8")
+    print(
+        f"seeded {len(result.manifest)} records in 13 systems and 2 buckets;"
+        f" placed {len(holds)} legal holds (as of {as_of.isoformat()})"
+    )
+
+
+def seeded_as_of(paths: DemoPaths) -> dt.datetime | None:
+    if not paths.state.exists():
+        return None
+    return dt.datetime.fromisoformat(json.loads(paths.state.read_text(encoding="utf-8"))["as_of"])
+
+
+def migrate_airflow(env: dict[str, str]) -> None:
+    subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+        env={**os.environ, **env},
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def run_all_dags(as_of: dt.datetime) -> dict[str, str]:
+    """Run every retention DAG once with ``dag.test``; returns the run state per DAG."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    if bag.import_errors:
+        raise RetentionError(f"DAG import errors: {bag.import_errors}")
+    states = {}
+    for dag_id in sorted(bag.dags):
+        run = bag.dags[dag_id].test(run_conf={"as_of": as_of.isoformat(), "dry_run": False})
+        states[dag_id] = str(run.state)
+    return states
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m include.demo.run")
+    parser.add_argument("--var", type=Path, default=ROOT / "var", help="state directory")
+    parser.add_argument("--s3-port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--reset", action="store_true", help="reseed the demo from scratch")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    paths = DemoPaths(args.var.resolve())
+    paths.var.mkdir(parents=True, exist_ok=True)
+    key = ensure_key(paths)
+    s3_endpoint, s3_fresh = ensure_s3(paths, args.s3_port)
+    as_of = seeded_as_of(paths)
+    if as_of is not None and s3_fresh and not args.reset:
+        print("the embedded S3 was not running, so its objects are gone: reseeding the demo")
+    if as_of is None or s3_fresh or args.reset:
+        as_of = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        seed(paths, key, s3_endpoint, as_of)
+    env = environment(paths, key, s3_endpoint)
+    write_env_file(paths, env)
+    os.environ.update(env)
+    migrate_airflow(env)
+    states = run_all_dags(as_of)
+    from include.demo.report import print_report
+
+    ok = print_report(paths.control_url, key.encode(), states)
+    print(f"main job finished in {time.monotonic() - started:.0f} s")
+    return 0 if ok else 1
+
+
+def _run() -> Any:
+    try:
+        return main()
+    except RetentionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_run())

@@ -1,0 +1,678 @@
+"""The enforcement engine for object storage: S3 sources (the image bank) and the files SQL
+records point to (``ObjectLink``, e.g. candidates' CVs).
+
+Rules read object metadata (``RuleCase.when.column`` and ``anchor_column`` name metadata keys,
+falling back to object tags; anchors are ``YYYY-MM-DD`` dates). An object's metadata is that of
+its newest version that is not a delete marker, so soft-deleted objects are found too.
+
+Deleting an object means removing EVERY version and delete marker of its key
+(``list_object_versions`` + ``DeleteObjects`` in calls of at most 1000 entries): in a versioned
+bucket anything less deletes nothing. Each batch follows the ledger's write-ahead protocol:
+
+1. read the active holds afresh and drop held objects (record holds on the object key,
+   subject holds via the subject metadata);
+2. append ``batch_prepared`` with the objects' pseudonymous references
+   (HMAC over system, bucket, key) BEFORE deleting;
+3. delete all versions;
+4. append ``batch_resolved``: ``committed``, or ``partial``/``rolled_back`` from the
+   DeleteObjects errors.
+
+After a crash, :func:`recover_s3` settles prepared batches by checking which keys still have
+any version: keys gone were deleted, the others were not. Logs carry counts and references only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from include.retention.catalogue import Activity, RuleCase, S3Source, SqlSource
+from include.retention.errors import RetentionError
+from include.retention.holds import ActiveHolds
+from include.retention.ledger import PendingBatch, RunHeader, code_version
+from include.retention.object_store import iter_versions, s3_client
+from include.retention.pseudonym import RecordRefHasher, SubjectRefHasher, pack_refs, unpack_refs
+from include.retention.sql_engine import Control, PlanResult
+
+log = logging.getLogger(__name__)
+
+MAX_KEYS_PER_CALL = 1000  # the DeleteObjects limit
+HEAD_WORKERS = 16
+
+Status = Literal["due", "unknown_anchor", "kept", "out_of_scope"]
+ClientFactory = Callable[[str], Any]
+
+
+# ------------------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True)
+class S3Object:
+    """One key with its whole history (newest first)."""
+
+    key: str
+    versions: tuple[str, ...]  # version ids of every version and delete marker
+    delete_markers: int
+    latest: str | None  # newest version that is not a delete marker (metadata source)
+
+
+@dataclass(frozen=True)
+class S3Plan:
+    """What a run would do, as :class:`PlanResult` counts, plus the due objects themselves."""
+
+    result: PlanResult
+    bucket: str
+    prefix: str
+    due: tuple[S3Object, ...] = field(repr=False)
+    versions: int = 0  # versions and delete markers of the due, unheld objects
+
+    def counts(self) -> dict[str, int]:
+        return self.result.counts() | {"versions": self.versions}
+
+
+@dataclass
+class S3EnforceResult:
+    """Outcome: completed, nothing_to_do, approval_required, dry_run, failed (like SQL)."""
+
+    activity_id: str
+    outcome: str
+    message: str
+    plan: S3Plan
+    run_id: str | None = None
+    applied: int = 0  # objects whose every version is gone
+    versions_deleted: int = 0
+    held_skipped: int = 0
+    restricted_skipped: int = 0
+    failed: int = 0  # objects with a version DeleteObjects refused
+    batches: int = 0
+    delete_calls: int = 0
+    approved_by: str | None = None
+    recovery: S3Recovery | None = None
+
+    @property
+    def approval_required(self) -> bool:
+        return self.outcome == "approval_required"
+
+    def counts(self) -> dict[str, Any]:
+        return self.plan.counts() | {
+            "applied": self.applied,
+            "versions_deleted": self.versions_deleted,
+            "held_skipped": self.held_skipped,
+            "restricted_skipped": self.restricted_skipped,
+            "failed": self.failed,
+            "batches": self.batches,
+            "delete_calls": self.delete_calls,
+        }
+
+
+@dataclass
+class S3Recovery:
+    committed: int = 0
+    rolled_back: int = 0
+    partial: int = 0
+    runs_closed: int = 0
+
+
+@dataclass
+class LinkedDeleteResult:
+    """What :func:`delete_linked_objects` did for one SQL batch."""
+
+    objects: int = 0
+    versions_deleted: int = 0
+    held_skipped: int = 0
+    failed: int = 0
+    missing: int = 0  # keys with no version at all (already gone)
+    batches: list[int] = field(default_factory=list)  # ledger seqs of the prepared entries
+
+
+# ------------------------------------------------------------------------------ listing
+
+
+def _s3_source(activity: Activity) -> S3Source:
+    if not isinstance(activity.source, S3Source):
+        raise RetentionError(f"activity {activity.id!r}: the S3 engine needs an 's3' source")
+    return activity.source
+
+
+def list_objects(client: Any, bucket: str, prefix: str = "") -> list[S3Object]:
+    """Every key under ``prefix`` with all its versions and delete markers."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for version in iter_versions(client, bucket, prefix):
+            grouped.setdefault(version["Key"], []).append(version)
+    except client.exceptions.NoSuchBucket:
+        raise RetentionError(f"bucket {bucket!r} does not exist") from None
+    return [_object(key, items) for key, items in sorted(grouped.items())]
+
+
+def _object(key: str, items: list[dict[str, Any]]) -> S3Object:
+    items = sorted(items, key=lambda v: (v["LastModified"], v.get("IsLatest", False)), reverse=True)
+    latest = next((v["VersionId"] for v in items if not v["IsDeleteMarker"]), None)
+    return S3Object(
+        key=key,
+        versions=tuple(v["VersionId"] for v in items),
+        delete_markers=sum(1 for v in items if v["IsDeleteMarker"]),
+        latest=latest,
+    )
+
+
+def _metadata(client: Any, bucket: str, obj: S3Object, wanted: set[str]) -> dict[str, str]:
+    """User metadata of the newest real version; object tags fill keys metadata lacks."""
+    if obj.latest is None:
+        return {}
+    head = client.head_object(Bucket=bucket, Key=obj.key, VersionId=obj.latest)
+    meta = {k.lower(): v for k, v in head.get("Metadata", {}).items()}
+    if wanted - meta.keys():
+        tags = client.get_object_tagging(Bucket=bucket, Key=obj.key, VersionId=obj.latest)
+        for tag in tags.get("TagSet", []):
+            meta.setdefault(tag["Key"].lower(), tag["Value"])
+    return meta
+
+
+def _all_metadata(
+    client: Any, bucket: str, objects: Sequence[S3Object], wanted: set[str]
+) -> list[dict[str, str]]:
+    with ThreadPoolExecutor(max_workers=HEAD_WORKERS) as pool:
+        return list(pool.map(lambda o: _metadata(client, bucket, o, wanted), objects))
+
+
+# ------------------------------------------------------------------------------ rules
+
+
+def _wanted_keys(activity: Activity) -> set[str]:
+    keys = {c.anchor_column.lower() for c in activity.retention if c.anchor_column}
+    keys |= {c.when.column.lower() for c in activity.retention if c.when}
+    return keys
+
+
+def _applies(case: RuleCase, meta: Mapping[str, str]) -> bool:
+    if case.when is None:
+        return True
+    value = meta.get(case.when.column.lower())
+    return value is not None and value.strip().lower() in {_text(v) for v in case.when.values}
+
+
+def _text(value: Any) -> str:
+    return str(value).lower()  # True -> "true", matching metadata text
+
+
+def _anchor_date(meta: Mapping[str, str], column: str) -> dt.date | None:
+    raw = meta.get(column.lower())
+    if not raw:
+        return None
+    try:
+        return dt.date.fromisoformat(raw.strip()[:10])
+    except ValueError:
+        return None
+
+
+def classify(
+    activity: Activity, meta: Mapping[str, str], as_of: dt.datetime
+) -> tuple[Status, str | None]:
+    """The status of one object by its metadata, and the label of the deciding case."""
+    applicable = [c for c in activity.retention if _applies(c, meta)]
+    if not applicable:
+        return "out_of_scope", None
+    unknown: str | None = None
+    for case in applicable:
+        if not case.rule.enforceable or case.anchor_column is None:
+            continue
+        anchor, cutoff = _anchor_date(meta, case.anchor_column), case.rule.cutoff_date(as_of)
+        if anchor is None:
+            unknown = unknown or (case.label or case.anchor_column)
+        elif cutoff is not None and anchor <= cutoff:
+            return "due", case.label
+    return ("unknown_anchor", unknown) if unknown else ("kept", None)
+
+
+@dataclass(frozen=True)
+class _HoldCheck:
+    records: RecordRefHasher
+    subjects: SubjectRefHasher
+    active: ActiveHolds
+    subject_key: str | None
+
+    def kind(self, key: str, meta: Mapping[str, str]) -> str | None:
+        if self.active.empty:
+            return None
+        subject = meta.get(self.subject_key.lower()) if self.subject_key else None
+        sref = self.subjects.ref(subject) if subject else None
+        return self.active.kind_for(self.records.ref(key), sref)
+
+
+def _hold_check(control: Control, system: str, bucket: str, subject_key: str | None) -> _HoldCheck:
+    return _HoldCheck(
+        RecordRefHasher(control.key, system, bucket),
+        SubjectRefHasher(control.key),
+        control.holds.active(system, bucket),
+        subject_key,
+    )
+
+
+# ------------------------------------------------------------------------------ plan
+
+
+def _describe_rules(activity: Activity) -> list[str]:
+    return [
+        (f"{case.label}: " if case.label else "") + case.rule.describe()
+        for case in activity.retention
+    ]
+
+
+def _cutoffs(activity: Activity, as_of: dt.datetime) -> list[str | None]:
+    out: list[str | None] = []
+    for case in activity.retention:
+        cut = case.rule.cutoff_date(as_of) if case.rule.enforceable else None
+        out.append(None if cut is None else cut.isoformat())
+    return out
+
+
+def plan_s3(
+    activity: Activity, as_of: dt.datetime, *, client: Any = None, control: Control
+) -> S3Plan:
+    """Count what a run at ``as_of`` would delete (changing nothing)."""
+    _check_as_of(as_of)
+    src = _s3_source(activity)
+    client = client if client is not None else s3_client(src.conn_id)
+    objects = [o for o in list_objects(client, src.bucket, src.prefix) if o.latest is not None]
+    metas = _all_metadata(client, src.bucket, objects, _wanted_keys(activity))
+    holds = _hold_check(control, src.system, src.bucket, src.subject_key)
+    counts = dict.fromkeys(
+        ("due", "held", "restricted", "unknown_anchor", "kept", "out_of_scope"), 0
+    )
+    due: list[S3Object] = []
+    for obj, meta in zip(objects, metas, strict=True):
+        status: str = classify(activity, meta, as_of)[0]
+        if status == "due":
+            hold = holds.kind(obj.key, meta)
+            status = {"legal_hold": "held", "restriction": "restricted"}.get(hold or "", "due")
+            if status == "due":
+                due.append(obj)
+        counts[status] += 1
+    expired = counts["due"] + counts["held"] + counts["restricted"]
+    result = PlanResult(
+        activity_id=activity.id, as_of=as_of.isoformat(), rules=_describe_rules(activity),
+        cutoffs=_cutoffs(activity, as_of), total=len(objects), expired=expired,
+        held=counts["held"], restricted=counts["restricted"],
+        anchor_unknown=counts["unknown_anchor"], kept=counts["kept"],
+        out_of_scope=counts["out_of_scope"],
+    )  # fmt: skip
+    plan = S3Plan(result, src.bucket, src.prefix, tuple(due), sum(len(o.versions) for o in due))
+    log.info("plan %s: %s", activity.id, plan.counts())
+    return plan
+
+
+def _check_as_of(as_of: dt.datetime) -> None:
+    if not isinstance(as_of, dt.datetime) or as_of.tzinfo is None:
+        raise RetentionError("as_of must be a time-zone-aware datetime")
+
+
+# ------------------------------------------------------------------------------ deleting
+
+
+def batches(
+    objects: Sequence[S3Object], limit: int = MAX_KEYS_PER_CALL
+) -> Iterator[list[S3Object]]:
+    """Groups of objects with at most ``limit`` versions in all (bigger objects alone)."""
+    batch: list[S3Object] = []
+    size = 0
+    for obj in objects:
+        if batch and size + len(obj.versions) > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(obj)
+        size += len(obj.versions)
+    if batch:
+        yield batch
+
+
+def _delete_versions(
+    client: Any, bucket: str, objects: Sequence[S3Object]
+) -> tuple[set[str], int, int]:
+    """DeleteObjects for every version of ``objects``; (keys with an error, deleted, calls)."""
+    entries = [{"Key": o.key, "VersionId": v} for o in objects for v in o.versions]
+    failed: set[str] = set()
+    calls = 0
+    for start in range(0, len(entries), MAX_KEYS_PER_CALL):
+        chunk = entries[start : start + MAX_KEYS_PER_CALL]
+        response = client.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
+        calls += 1
+        failed |= {error["Key"] for error in response.get("Errors", [])}
+    deleted = sum(len(o.versions) for o in objects if o.key not in failed)
+    return failed, deleted, calls
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a batch goes and how it is recorded."""
+
+    client: Any
+    control: Control
+    run_id: str
+    activity_id: str
+    system: str
+    bucket: str
+
+
+@dataclass(frozen=True)
+class _BatchOutcome:
+    applied: int
+    versions: int
+    failed: int
+    calls: int
+    seq: int | None
+
+
+def _delete_batch(
+    target: _Target, objects: Sequence[S3Object], batch_no: int, counts: Mapping[str, int]
+) -> _BatchOutcome:
+    """Write-ahead: prepared evidence, delete every version, then resolve from the errors."""
+    if not objects:
+        return _BatchOutcome(0, 0, 0, 0, None)
+    hasher = RecordRefHasher(target.control.key, target.system, target.bucket)
+    refs = {o.key: hasher.ref(o.key) for o in objects}
+    versions = sum(len(o.versions) for o in objects)
+    seq = target.control.ledger.prepare_batch(
+        target.run_id, target.activity_id, target.system, target.bucket, batch_no=batch_no,
+        action="delete", refs_blob=pack_refs(refs.values()),
+        counts={"records": len(objects), "versions": versions, **counts},
+    )  # fmt: skip
+    try:
+        failed, deleted, calls = _delete_versions(target.client, target.bucket, objects)
+        failed |= _still_present(target.client, target.bucket, [o.key for o in objects])
+    except Exception:
+        log.error(
+            "batch %s: DeleteObjects failed; ledger batch %s left for recovery", batch_no, seq
+        )
+        raise
+    applied = [refs[o.key] for o in objects if o.key not in failed]
+    outcome = "committed" if not failed else ("partial" if applied else "rolled_back")
+    target.control.ledger.resolve_batch(
+        seq, outcome=outcome, applied_blob=pack_refs(applied), applied=len(applied)
+    )
+    log.info(
+        "batch %s: deleted %s object(s) (%s versions) in %s call(s); %s failed",
+        batch_no, len(applied), deleted, calls, len(failed),
+    )  # fmt: skip
+    return _BatchOutcome(len(applied), deleted, len(failed), calls, seq)
+
+
+# ------------------------------------------------------------------------------ recovery
+
+
+def _present_refs(
+    client: Any, control: Control, system: str, bucket: str, prefix: str, wanted: set[bytes]
+) -> set[bytes]:
+    hasher = RecordRefHasher(control.key, system, bucket)
+    keys = {v["Key"] for v in iter_versions(client, bucket, prefix)}
+    return {ref for ref in hasher.refs(sorted(keys)) if ref in wanted}
+
+
+def _settle(control: Control, batch: PendingBatch, present: set[bytes]) -> str:
+    refs = unpack_refs(batch.refs)
+    applied = [r for r in refs if r not in present]
+    outcome = (
+        "committed" if len(applied) == len(refs) else ("partial" if applied else "rolled_back")
+    )
+    control.ledger.resolve_batch(
+        batch, outcome=outcome, applied_blob=pack_refs(applied), recovered=True,
+        applied=len(applied),
+    )  # fmt: skip
+    log.warning(
+        "recovered object batch (ledger seq %s): %s, %s of %s objects",
+        batch.seq, outcome, len(applied), len(refs),
+    )  # fmt: skip
+    return outcome
+
+
+def _buckets(activity: Activity) -> list[tuple[str, str, str, str]]:
+    """(system, bucket, prefix, conn_id) of every bucket the activity deletes from."""
+    src = activity.source
+    if isinstance(src, S3Source):
+        return [(src.system, src.bucket, src.prefix, src.conn_id)]
+    return [(src.system, link.bucket, "", link.conn_id) for link in src.objects]
+
+
+def recover_s3(
+    activity: Activity,
+    *,
+    control: Control,
+    clients: ClientFactory | None = None,
+    close_runs: bool = True,
+) -> S3Recovery:
+    """Settle object batches a crashed run left prepared (by checking which keys still exist)
+    and, for S3 activities, close the run entry. SQL activities: call with ``close_runs=False``
+    and let the SQL engine close its runs."""
+    result = S3Recovery()
+    clients = clients or s3_client
+    pending = control.ledger.pending_batches(activity.id)
+    for system, bucket, prefix, conn_id in _buckets(activity):
+        mine = [b for b in pending if b.system == system and b.dataset == bucket]
+        if not mine:
+            continue
+        wanted = {ref for b in mine for ref in unpack_refs(b.refs)}
+        present = _present_refs(clients(conn_id), control, system, bucket, prefix, wanted)
+        for batch in mine:
+            outcome = _settle(control, batch, present)
+            setattr(result, outcome, getattr(result, outcome) + 1)
+    if close_runs:
+        for run_id in control.ledger.unfinished_runs(activity.id):
+            control.ledger.finish_run(
+                run_id, activity.id, outcome="interrupted", counts={},
+                message="run was interrupted; its prepared batches were settled by recovery",
+            )  # fmt: skip
+            result.runs_closed += 1
+    return result
+
+
+# ------------------------------------------------------------------------------ enforce
+
+
+def _gate(activity: Activity, plan: PlanResult) -> str | None:
+    """Why the run needs approval (same limits as the SQL engine), or None."""
+    safety, n = activity.safety, plan.to_apply
+    if safety.max_rows is not None and n > safety.max_rows:
+        return f"{n} objects exceed the limit of {safety.max_rows} per run"
+    if safety.max_fraction is not None and plan.total and n / plan.total > safety.max_fraction:
+        return (
+            f"{n} of {plan.total} objects ({n / plan.total:.1%}) exceed the limit of"
+            f" {safety.max_fraction:.0%} of the dataset per run"
+        )
+    return None
+
+
+def _decide(
+    activity: Activity, plan: S3Plan, dry_run: bool, approved_by: str | None
+) -> tuple[str, str] | None:
+    if activity.action.kind == "report_only":
+        return "report_only", "report only: the policy sets no enforceable period"
+    if dry_run:
+        n = plan.result.to_apply
+        return "dry_run", f"dry run: would delete {n} objects ({plan.versions} versions)"
+    if plan.result.to_apply == 0:
+        r = plan.result
+        return "nothing_to_do", (
+            f"nothing to do: no expired objects to delete ({r.held} held, {r.restricted}"
+            f" restricted, {r.anchor_unknown} with unknown anchor)"
+        )
+    reason = _gate(activity, plan.result)
+    if reason and not approved_by:
+        return "approval_required", f"approval needed, nothing changed: {reason}"
+    return None
+
+
+def _finish(control: Control, result: S3EnforceResult) -> S3EnforceResult:
+    if result.run_id is not None:
+        control.ledger.finish_run(
+            result.run_id, result.activity_id, outcome=result.outcome, counts=result.counts(),
+            message=result.message,
+        )  # fmt: skip
+    log.info("run %s for %s: %s (%s)", result.run_id, result.activity_id, result.outcome,
+             result.counts())  # fmt: skip
+    return result
+
+
+def enforce_s3(
+    activity: Activity,
+    as_of: dt.datetime,
+    *,
+    control: Control,
+    catalogue_version: str,
+    client: Any = None,
+    dry_run: bool = False,
+    approved_by: str | None = None,
+    batch_size: int = MAX_KEYS_PER_CALL,
+) -> S3EnforceResult:
+    """Run an S3 activity's retention at ``as_of``: recover, plan, gate, delete in batches."""
+    _check_as_of(as_of)
+    if not 1 <= batch_size <= MAX_KEYS_PER_CALL:
+        raise RetentionError(f"batch_size must be between 1 and {MAX_KEYS_PER_CALL}")
+    src = _s3_source(activity)
+    client = client if client is not None else s3_client(src.conn_id)
+    recovery = None if dry_run else recover_s3(activity, control=control, clients=lambda _: client)
+    plan = plan_s3(activity, as_of, client=client, control=control)
+    header = RunHeader(
+        activity_id=activity.id, system=src.system, dataset=src.bucket, action="delete",
+        rules=plan.result.rules, as_of=plan.result.as_of, cutoffs=plan.result.cutoffs,
+        dry_run=dry_run, catalogue_version=catalogue_version, code_version=code_version(),
+        approved_by=approved_by,
+    )  # fmt: skip
+    result = S3EnforceResult(
+        activity.id, "completed", "", plan, run_id=control.ledger.start_run(header),
+        approved_by=approved_by, recovery=recovery,
+    )  # fmt: skip
+    decided = _decide(activity, plan, dry_run, approved_by)
+    if decided:
+        result.outcome, result.message = decided
+        return _finish(control, result)
+    target = _Target(client, control, result.run_id, activity.id, src.system, src.bucket)  # type: ignore[arg-type]
+    try:
+        _run_batches(target, activity, plan, result, batch_size)
+    except Exception as exc:
+        result.outcome = "failed"
+        result.message = f"failed after {result.applied} objects: {type(exc).__name__}"
+        _finish(control, result)
+        raise
+    result.message = (
+        f"delete: {result.applied} objects ({result.versions_deleted} versions) in"
+        f" {result.batches} batches; skipped {result.held_skipped} held,"
+        f" {result.restricted_skipped} restricted; {result.failed} failed"
+    )
+    if result.failed:
+        result.outcome = "partial"
+    return _finish(control, result)
+
+
+def _run_batches(
+    target: _Target, activity: Activity, plan: S3Plan, result: S3EnforceResult, batch_size: int
+) -> None:
+    src = _s3_source(activity)
+    wanted = _wanted_keys(activity) | ({src.subject_key.lower()} if src.subject_key else set())
+    for batch_no, group in enumerate(batches(plan.due, batch_size), start=1):
+        holds = _hold_check(target.control, src.system, src.bucket, src.subject_key)
+        keep: list[S3Object] = []
+        metas = (
+            _all_metadata(target.client, src.bucket, group, wanted)
+            if not holds.active.empty
+            else [{}] * len(group)
+        )
+        held = restricted = 0
+        for obj, meta in zip(group, metas, strict=True):
+            kind = holds.kind(obj.key, meta)
+            held += kind == "legal_hold"
+            restricted += kind == "restriction"
+            if kind is None:
+                keep.append(obj)
+        counts = {"held_skipped": held, "restricted_skipped": restricted}
+        outcome = _delete_batch(target, keep, batch_no, counts)
+        result.held_skipped += held
+        result.restricted_skipped += restricted
+        result.applied += outcome.applied
+        result.versions_deleted += outcome.versions
+        result.failed += outcome.failed
+        result.delete_calls += outcome.calls
+        result.batches += 1 if keep else 0
+
+
+# ------------------------------------------------------------------------------ linked files
+
+
+def _still_present(client: Any, bucket: str, keys: Sequence[str]) -> set[str]:
+    """Confirm: the keys that have a current version again (e.g. uploaded meanwhile).
+
+    One HEAD per key (cheap everywhere); a version uploaded meanwhile and then hidden under a
+    new delete marker is not seen here, and is found by the next run's listing.
+    """
+
+    def present(key: str) -> bool:
+        try:
+            client.head_object(Bucket=bucket, Key=key)
+        except client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    with ThreadPoolExecutor(max_workers=HEAD_WORKERS) as pool:
+        return {key for key, found in zip(keys, pool.map(present, keys), strict=True) if found}
+
+
+def _versions_of(client: Any, bucket: str, key: str) -> S3Object:
+    items = [v for v in iter_versions(client, bucket, key) if v["Key"] == key]
+    return _object(key, items) if items else S3Object(key, (), 0, None)
+
+
+def delete_linked_objects(
+    activity: Activity,
+    keys_by_column: Mapping[str, Iterable[str | None]],
+    *,
+    control: Control,
+    run_id: str,
+    batch_no: int,
+    clients: ClientFactory | None = None,
+) -> LinkedDeleteResult:
+    """Delete every version of the files that one SQL batch's records point to.
+
+    For the SQL engine, per batch: call it with the object-key column values of the records
+    the batch deletes (``{"cv_object_key": [...]}``) after ``prepare_batch`` for the rows and
+    BEFORE the source commit; if it raises, roll the source back (the rows stay, the next run
+    retries). Each bucket gets its own prepared/resolved ledger batch (dataset = bucket).
+    Record holds on an object key (system, bucket, key) keep that file.
+    """
+    src = activity.source
+    if not isinstance(src, SqlSource):
+        raise RetentionError(f"activity {activity.id!r}: linked files need a 'sql' source")
+    clients = clients or s3_client
+    result = LinkedDeleteResult()
+    for link in src.objects:
+        keys = sorted({k for k in keys_by_column.get(link.column, ()) if k})
+        if keys:
+            _delete_link(activity, src, link.bucket, clients(link.conn_id), keys, control,
+                         run_id, batch_no, result)  # fmt: skip
+    return result
+
+
+def _delete_link(
+    activity: Activity, src: SqlSource, bucket: str, client: Any, keys: list[str],
+    control: Control, run_id: str, batch_no: int, result: LinkedDeleteResult,
+) -> None:  # fmt: skip
+    with ThreadPoolExecutor(max_workers=HEAD_WORKERS) as pool:
+        objects = list(pool.map(lambda k: _versions_of(client, bucket, k), keys))
+    holds = _hold_check(control, src.system, bucket, None)
+    present = [o for o in objects if o.versions]
+    keep = [o for o in present if holds.kind(o.key, {}) is None]
+    result.missing += len(objects) - len(present)
+    result.held_skipped += len(present) - len(keep)
+    target = _Target(client, control, run_id, activity.id, src.system, bucket)
+    for sub_no, group in enumerate(batches(keep), start=1):
+        counts = {"held_skipped": len(present) - len(keep) if sub_no == 1 else 0}
+        outcome = _delete_batch(target, group, batch_no, counts)
+        result.objects += outcome.applied
+        result.versions_deleted += outcome.versions
+        result.failed += outcome.failed
+        if outcome.seq is not None:
+            result.batches.append(outcome.seq)

@@ -1,0 +1,360 @@
+"""The S3 engine against a real moto server on loopback (see tests/s3.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from include.retention.catalogue import Activity, S3Source, Safety, load_catalogue
+from include.retention.errors import RetentionError
+from include.retention.object_store import EmbeddedS3, connection_uri
+from include.retention.s3_engine import (
+    batches,
+    delete_linked_objects,
+    enforce_s3,
+    plan_s3,
+    recover_s3,
+)
+from include.retention.sql_engine import Control
+from tests.s3 import (  # noqa: F401  (the *_fixture names register fixtures)
+    AS_OF,
+    CallCounter,
+    control_fixture,
+    keys,
+    new_bucket,
+    put,
+    put_many,
+    s3_fixture,
+    s3_server_fixture,
+    versions,
+)
+
+CATALOGUE = load_catalogue()
+# image_bank: customer cases 5 years, spontaneous images 1 year after capture_date.
+CUSTOMER_CUT = CATALOGUE["image_bank"].retention[0].rule.cutoff_date(AS_OF)
+SPONT_CUT = CATALOGUE["image_bank"].retention[1].rule.cutoff_date(AS_OF)
+OLD = "2019-05-01"
+NEW = AS_OF.date().isoformat()
+
+
+def image_bank(bucket: str, **safety: Any) -> Activity:
+    base = CATALOGUE["image_bank"]
+    src = base.source.model_copy(update={"bucket": bucket})
+    update: dict[str, Any] = {"source": src}
+    if safety:
+        update["safety"] = Safety(**safety)
+    return base.model_copy(update=update)
+
+
+def run(activity: Activity, client: Any, control: Control, **kwargs: Any) -> Any:
+    kwargs.setdefault("approved_by", "tester")
+    return enforce_s3(
+        activity, AS_OF, client=client, control=control, catalogue_version="test", **kwargs
+    )
+
+
+def spont(day: dt.date | str, subject: str = "person-1") -> dict[str, str]:
+    return {"category": "spontaneous", "capture_date": str(day), "subject": subject}
+
+
+def test_cutoffs_are_what_the_tests_assume() -> None:
+    assert dt.date(2025, 11, 23) == SPONT_CUT
+    assert dt.date(2021, 11, 23) == CUSTOMER_CUT
+
+
+def test_every_version_and_delete_marker_of_an_expired_object_is_removed(
+    s3: Any, control: Control
+) -> None:
+    bucket = new_bucket(s3, "versions")
+    for _ in range(3):
+        put(s3, bucket, "media/old.jpg", **spont(OLD))
+    for _ in range(2):
+        put(s3, bucket, "media/soft-deleted.jpg", **spont(OLD))
+    s3.delete_object(Bucket=bucket, Key="media/soft-deleted.jpg")  # delete marker on top
+    for _ in range(2):
+        put(s3, bucket, "media/new.jpg", **spont(NEW))
+    result = run(image_bank(bucket), s3, control)
+    assert result.outcome == "completed", result.message
+    assert result.applied == 2
+    assert result.versions_deleted == 6  # 3 + 2 versions + 1 delete marker
+    assert keys(s3, bucket) == {"media/new.jpg"}
+    assert len(versions(s3, bucket)) == 2  # the kept object keeps its history
+
+
+def test_holds_record_and_subject_scoped(s3: Any, control: Control) -> None:
+    bucket = new_bucket(s3, "holds")
+    put(s3, bucket, "media/record-held.jpg", **spont(OLD, "person-1"))
+    put(s3, bucket, "media/subject-held.jpg", **spont(OLD, "person-2"))
+    put(s3, bucket, "media/free.jpg", **spont(OLD, "person-3"))
+    put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(9)], **spont(NEW))
+    record_hold = control.holds.place_record_hold(
+        "image_bank", bucket, "media/record-held.jpg", kind="legal_hold", reason="case 1",
+        placed_by="legal",
+    )  # fmt: skip
+    control.holds.place_subject_hold("person-2", kind="restriction", reason="Art. 18",
+                                     placed_by="dpo")  # fmt: skip
+    activity = image_bank(bucket)
+    plan = plan_s3(activity, AS_OF, client=s3, control=control)
+    assert (plan.result.expired, plan.result.held, plan.result.restricted) == (3, 1, 1)
+    assert plan.result.to_apply == 1
+    run(activity, s3, control)
+    assert {"media/record-held.jpg", "media/subject-held.jpg"} <= keys(s3, bucket)
+    assert "media/free.jpg" not in keys(s3, bucket)
+    control.holds.release(record_hold, released_by="legal")
+    run(activity, s3, control)
+    assert "media/record-held.jpg" not in keys(s3, bucket)
+    assert "media/subject-held.jpg" in keys(s3, bucket)
+
+
+def test_hold_placed_after_planning_is_respected(s3: Any, control: Control) -> None:
+    bucket = new_bucket(s3, "late-hold")
+    put(s3, bucket, "media/a.jpg", **spont(OLD, "person-9"))
+    put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(5)], **spont(NEW))
+    activity = image_bank(bucket)
+    plan = plan_s3(activity, AS_OF, client=s3, control=control)
+    assert plan.result.to_apply == 1
+    control.holds.place_subject_hold("person-9", kind="legal_hold", reason="late",
+                                     placed_by="legal")  # fmt: skip
+    result = run(activity, s3, control)
+    assert result.outcome == "nothing_to_do"
+    assert "media/a.jpg" in keys(s3, bucket)
+
+
+def test_boundary_objects(s3: Any, control: Control) -> None:
+    bucket = new_bucket(s3, "boundary")
+    day = dt.timedelta(days=1)
+    put(s3, bucket, "media/spont-due.jpg", **spont(SPONT_CUT))
+    put(s3, bucket, "media/spont-kept.jpg", **spont(SPONT_CUT + day))
+    case = {"category": "customer_case", "subject": "p"}
+    put(s3, bucket, "media/case-due.jpg", capture_date=str(CUSTOMER_CUT), **case)
+    put(s3, bucket, "media/case-kept.jpg", capture_date=str(CUSTOMER_CUT + day), **case)
+    put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(6)], **spont(NEW))
+    run(image_bank(bucket), s3, control)
+    left = keys(s3, bucket)
+    assert {"media/spont-kept.jpg", "media/case-kept.jpg"} <= left
+    assert not {"media/spont-due.jpg", "media/case-due.jpg"} & left
+
+
+def test_missing_or_unreadable_capture_date_is_unknown_and_kept(s3: Any, control: Control) -> None:
+    bucket = new_bucket(s3, "unknown")
+    put(s3, bucket, "media/no-date.jpg", category="spontaneous", subject="p")
+    put(s3, bucket, "media/bad-date.jpg", **spont("2021-13-40"))
+    put(s3, bucket, "media/brand.jpg", category="brand", capture_date=OLD)
+    put(s3, bucket, "outside/old.jpg", **spont(OLD))
+    activity = image_bank(bucket)
+    activity = activity.model_copy(
+        update={"source": activity.source.model_copy(update={"prefix": "media/"})}
+    )
+    plan = plan_s3(activity, AS_OF, client=s3, control=control)
+    assert (plan.result.total, plan.result.anchor_unknown, plan.result.out_of_scope) == (3, 2, 1)
+    assert plan.result.to_apply == 0
+    result = run(activity, s3, control)
+    assert result.outcome == "nothing_to_do"
+    assert len(keys(s3, bucket)) == 4
+
+
+def test_capture_date_from_tags_when_metadata_lacks_it(s3: Any, control: Control) -> None:
+    bucket = new_bucket(s3, "tags")
+    s3.put_object(Bucket=bucket, Key="media/tagged.jpg", Body=b"x",
+                  Tagging=f"category=spontaneous&capture_date={OLD}")  # fmt: skip
+    put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(4)], **spont(NEW))
+    run(image_bank(bucket), s3, control)
+    assert "media/tagged.jpg" not in keys(s3, bucket)
+
+
+def test_dry_run_changes_nothing(s3: Any, control: Control) -> None:
+    bucket = new_bucket(s3, "dry")
+    for _ in range(2):
+        put(s3, bucket, "media/old.jpg", **spont(OLD))
+    put(s3, bucket, "media/new.jpg", **spont(NEW))
+    before = versions(s3, bucket)
+    result = run(image_bank(bucket), s3, control, dry_run=True)
+    assert result.outcome == "dry_run"
+    assert result.plan.result.to_apply == 1 and result.plan.versions == 2
+    assert versions(s3, bucket) == before
+    assert control.ledger.pending_batches() == []
+    assert control.ledger.lookup("image_bank", bucket, "media/old.jpg") == []
+
+
+def test_safety_gate_needs_approval(s3: Any, control: Control) -> None:
+    bucket = new_bucket(s3, "gate")
+    put_many(s3, bucket, [f"media/old-{i}.jpg" for i in range(3)], **spont(OLD))
+    put(s3, bucket, "media/new.jpg", **spont(NEW))
+    activity = image_bank(bucket)
+    result = run(activity, s3, control, approved_by=None)
+    assert result.outcome == "approval_required"
+    assert len(keys(s3, bucket)) == 4
+    assert run(activity, s3, control, approved_by="lead").applied == 3
+
+
+def test_ledger_evidence_is_recorded_and_verifiable(s3: Any, control: Control) -> None:
+    bucket = new_bucket(s3, "ledger")
+    put(s3, bucket, "media/old.jpg", **spont(OLD))
+    put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(4)], **spont(NEW))
+    result = run(image_bank(bucket), s3, control)
+    evidence = control.ledger.lookup("image_bank", bucket, "media/old.jpg")
+    assert len(evidence) == 1
+    assert evidence[0].run_id == result.run_id and evidence[0].action == "delete"
+    assert control.ledger.lookup("image_bank", bucket, "media/new-0.jpg") == []
+    assert control.ledger.verify().ok
+    kinds = [e.kind for e in control.ledger.entries(with_blob=False)]
+    assert kinds == ["run_started", "batch_prepared", "batch_resolved", "run_finished"]
+    text = " ".join(str(e.document) for e in control.ledger.entries(with_blob=False))
+    assert "media/old.jpg" not in text and "person-1" not in text  # pseudonymous only
+
+
+def test_failed_delete_leaves_prepared_evidence_that_recovery_rolls_back(
+    s3: Any, control: Control
+) -> None:
+    bucket = new_bucket(s3, "crash-before")
+    put(s3, bucket, "media/old.jpg", **spont(OLD))
+    put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(4)], **spont(NEW))
+    activity = image_bank(bucket)
+    failing = CallCounter(s3, fail_delete=ConnectionError("network down"))
+    with pytest.raises(ConnectionError):
+        run(activity, failing, control)
+    assert len(control.ledger.pending_batches(activity.id)) == 1  # written before deleting
+    recovery = recover_s3(activity, control=control, clients=lambda _: s3)
+    assert (recovery.rolled_back, recovery.committed) == (1, 0)
+    assert control.ledger.lookup("image_bank", bucket, "media/old.jpg") == []
+    assert run(activity, s3, control).applied == 1  # the next run deletes it
+    assert control.ledger.verify().ok
+
+
+def test_crash_after_delete_is_recovered_as_committed(s3: Any, control: Control) -> None:
+    bucket = new_bucket(s3, "crash-after")
+    put(s3, bucket, "media/old.jpg", **spont(OLD))
+    put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(4)], **spont(NEW))
+    activity = image_bank(bucket)
+    crashing = CallCounter(s3, fail_delete=ConnectionError("lost"), crash_after=True)
+    with pytest.raises(ConnectionError):
+        run(activity, crashing, control)
+    assert "media/old.jpg" not in keys(s3, bucket)
+    result = run(activity, s3, control)  # recovery runs first
+    assert result.recovery is not None and result.recovery.committed == 1
+    assert len(control.ledger.lookup("image_bank", bucket, "media/old.jpg")) == 1
+    assert control.ledger.pending_batches() == []
+
+
+def test_more_than_1000_keys_use_several_delete_objects_calls(s3: Any, control: Control) -> None:
+    bucket = new_bucket(s3, "bulk")
+    put_many(s3, bucket, [f"media/bulk/{i:05d}.jpg" for i in range(1500)], **spont(OLD))
+    counter = CallCounter(s3)
+    activity = image_bank(bucket, max_fraction=1.0)
+    result = run(activity, counter, control)
+    assert result.applied == 1500
+    assert len(counter.delete_calls) == 2 and max(counter.delete_calls) <= 1000
+    assert result.batches == 2
+    assert not keys(s3, bucket, "media/bulk/")
+    assert control.ledger.verify().ok
+
+
+def test_batches_split_by_versions() -> None:
+    from include.retention.s3_engine import S3Object
+
+    objs = [S3Object(f"k{i}", ("v",) * n, 0, "v") for i, n in enumerate([400, 400, 400, 1500, 1])]
+    groups = [[o.key for o in g] for g in batches(objs)]
+    assert groups == [["k0", "k1"], ["k2"], ["k3"], ["k4"]]
+
+
+def test_linked_files_of_sql_records(s3: Any, control: Control) -> None:
+    bucket = new_bucket(s3, "cv")
+    recruitment = CATALOGUE["recruitment"]
+    link = recruitment.source.objects[0].model_copy(update={"bucket": bucket})
+    activity = recruitment.model_copy(
+        update={"source": recruitment.source.model_copy(update={"objects": [link]})}
+    )
+    for _ in range(2):
+        put(s3, bucket, "candidates/00001/cv.pdf")
+    put(s3, bucket, "candidates/00002/cv.pdf")
+    put(s3, bucket, "candidates/00003/cv.pdf")
+    control.holds.place_record_hold("ats", bucket, "candidates/00002/cv.pdf", kind="legal_hold",
+                                    reason="dispute", placed_by="legal")  # fmt: skip
+    run_id = control.ledger.start_run(_header(activity, bucket))
+    result = delete_linked_objects(
+        activity,
+        {"cv_object_key": ["candidates/00001/cv.pdf", "candidates/00002/cv.pdf", "gone.pdf", None]},
+        control=control, run_id=run_id, batch_no=1, clients=lambda _: s3,
+    )  # fmt: skip
+    assert (result.objects, result.versions_deleted, result.held_skipped, result.missing) == (
+        1, 2, 1, 1,
+    )  # fmt: skip
+    assert keys(s3, bucket) == {"candidates/00002/cv.pdf", "candidates/00003/cv.pdf"}
+    assert len(control.ledger.lookup("ats", bucket, "candidates/00001/cv.pdf")) == 1
+
+
+def _header(activity: Activity, bucket: str) -> Any:
+    from include.retention.ledger import RunHeader
+
+    return RunHeader(
+        activity_id=activity.id, system="ats", dataset="candidates", action="delete", rules=[],
+        as_of=AS_OF.isoformat(), cutoffs=[], dry_run=False, catalogue_version="t",
+        code_version="t",
+    )  # fmt: skip
+
+
+def test_s3_source_is_required(s3: Any, control: Control) -> None:
+    with pytest.raises(RetentionError, match="needs an 's3' source"):
+        plan_s3(CATALOGUE["crm"], AS_OF, client=s3, control=control)
+
+
+def test_missing_bucket_is_named(s3: Any, control: Control) -> None:
+    with pytest.raises(RetentionError, match="does-not-exist"):
+        plan_s3(image_bank("does-not-exist"), AS_OF, client=s3, control=control)
+
+
+def test_embedded_s3_busy_port_fails_loudly(s3_server: EmbeddedS3) -> None:
+    with pytest.raises(RetentionError, match="cannot start"):
+        EmbeddedS3(port=s3_server.port).start()
+
+
+def test_s3_client_through_the_airflow_connection(
+    s3_server: EmbeddedS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from include.retention.object_store import s3_client
+
+    monkeypatch.setenv("AIRFLOW_CONN_RETENTION_S3", connection_uri(s3_server.endpoint_url))
+    client = s3_client("retention_s3")
+    bucket = new_bucket(client, "via-airflow")
+    assert bucket in {b["Name"] for b in client.list_buckets()["Buckets"]}
+
+
+def test_source_type_is_s3source() -> None:
+    assert isinstance(CATALOGUE["image_bank"].source, S3Source)
+
+
+def test_version_uploaded_during_the_run_is_not_claimed_deleted(s3: Any, control: Control) -> None:
+    bucket = new_bucket(s3, "race")
+    put(s3, bucket, "media/old.jpg", **spont(OLD))
+    put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(4)], **spont(NEW))
+
+    class Racing(CallCounter):
+        def delete_objects(self, **kwargs: Any) -> Any:
+            put(s3, bucket, "media/old.jpg", **spont(NEW))  # a new upload meanwhile
+            return super().delete_objects(**kwargs)
+
+    result = run(image_bank(bucket), Racing(s3), control)
+    assert (result.outcome, result.applied, result.failed) == ("partial", 0, 1)
+    assert control.ledger.lookup("image_bank", bucket, "media/old.jpg") == []
+    assert len(versions(s3, bucket, "media/old.jpg")) == 1  # only the new upload is left
+
+
+def test_seeded_image_bank_end_to_end(s3: Any, control: Control) -> None:
+    from include.demo.manifest import Manifest
+    from include.demo.objects import seed_objects
+    from include.demo.seed import place_holds
+
+    entries = seed_objects(s3, AS_OF, Manifest(as_of=AS_OF.isoformat()), seed=7)
+    images = [e for e in entries if e.activity == "image_bank"]
+    place_holds(control.holds, [r for e in images if (r := e.hold_request())])
+    activity = CATALOGUE["image_bank"]
+    result = run(activity, s3, control, approved_by=None)  # within the safety limits
+    assert result.outcome == "completed", result.message
+    left = keys(s3, "image-bank")
+    assert {e.pk for e in images if not e.due} == left
+    assert result.applied == sum(e.due for e in images)
+    for entry in images:
+        assert bool(control.ledger.lookup("image_bank", "image-bank", entry.pk)) == entry.due
+    assert run(activity, s3, control).outcome == "nothing_to_do"
