@@ -404,7 +404,7 @@ def _delete_batch(
 # ------------------------------------------------------------------------------ recovery
 
 
-def _present_refs(
+def present_refs(
     client: Any, control: Control, system: str, bucket: str, prefix: str, wanted: set[bytes]
 ) -> set[bytes]:
     hasher = RecordRefHasher(control.key, system, bucket)
@@ -455,7 +455,7 @@ def recover_s3(
         if not mine:
             continue
         wanted = {ref for b in mine for ref in unpack_refs(b.refs)}
-        present = _present_refs(clients(conn_id), control, system, bucket, prefix, wanted)
+        present = present_refs(clients(conn_id), control, system, bucket, prefix, wanted)
         for batch in mine:
             outcome = _settle(control, batch, present)
             setattr(result, outcome, getattr(result, outcome) + 1)

@@ -1,0 +1,214 @@
+"""Benchmark: the engine's evidence-keeping delete against a bare DELETE, on local PostgreSQL.
+
+Seeds a table of ``--rows`` rows (default 2,000,000) of which every other one is expired, then
+times, alternating and reseeding before each repetition:
+
+  (a) a bare ``DELETE FROM bench_records WHERE decided_at <= cutoff``;
+  (b) `enforce`: recovery check, plan (counts + holds), range batches of ``--batch-size``,
+      write-ahead ledger entries with one blob of pseudonymous refs per batch, in a separate
+      ledger database (a SQLite file by default, ``--ledger-url`` for another).
+
+Prints rows, seconds, the median ratio (b)/(a), and the engine's peak memory at 100k and 1M
+expired rows (in a child process: ru_maxrss, and the Python heap peak during `enforce` from
+tracemalloc). Not a test: run it by hand::
+
+    PYTHONPATH=. .venv/bin/python bench/bench_sql_delete.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import resource
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from include.retention.catalogue import Activity
+from include.retention.sql_engine import Control, enforce
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+SCHEMA = "retention_bench"
+AS_OF = dt.datetime(2026, 6, 15, 3, 0, tzinfo=dt.UTC)
+OLD = dt.datetime(2020, 1, 1)
+RECENT = dt.datetime(2026, 1, 1)
+CUTOFF = dt.datetime(2024, 6, 14, 23, 59, 59)  # what the P2Y rule yields at AS_OF (UTC source)
+
+metadata = sa.MetaData(schema=SCHEMA)
+records = sa.Table(
+    "bench_records",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("decided_at", sa.DateTime, nullable=True),
+)
+
+
+def bench_activity() -> Activity:
+    return Activity.model_validate(
+        {
+            "id": "bench",
+            "name": {"sv": "Bänk", "en": "Bench"},
+            "purpose": {"sv": "Mätning", "en": "Measuring"},
+            "legal_bases": ["legitimate_interest"],
+            "data_subjects": ["applicants"],
+            "data_categories": ["contact details"],
+            "policy_text_sv": "Raderas efter två år.",
+            "retention": [
+                {
+                    "when": {"column": "status", "equals": "rejected"},
+                    "rule": {"kind": "period", "period": "P2Y", "anchor": "the decision"},
+                    "anchor_column": "decided_at",
+                }
+            ],
+            "action": {"kind": "delete"},
+            "source": {
+                "kind": "sql",
+                "system": "bench",
+                "conn_id": "bench",
+                "table": "bench_records",
+                "subject_column": "email",
+            },
+            "safety": {"max_rows": None, "max_fraction": None},
+        }
+    )
+
+
+def source_engine() -> sa.Engine:
+    url = sa.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={SCHEMA}"})
+    return sa.create_engine(url)
+
+
+def seed(engine: sa.Engine, rows: int) -> int:
+    """(Re)create the table with ``rows`` rows, every other one expired; returns the expired."""
+    with engine.begin() as conn:
+        conn.execute(sa.schema.CreateSchema(SCHEMA, if_not_exists=True))
+        metadata.drop_all(conn)
+        metadata.create_all(conn)
+        value = sa.func.generate_series(1, rows).column_valued("n")
+        expired = value % 2 == 0
+        conn.execute(
+            records.insert().from_select(
+                ["id", "email", "status", "decided_at"],
+                sa.select(
+                    value,
+                    sa.literal("person") + sa.cast(value, sa.Text) + sa.literal("@example.com"),
+                    sa.literal("rejected"),
+                    sa.case((expired, sa.literal(OLD)), else_=sa.literal(RECENT)),
+                ),
+            )
+        )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE retention_bench.bench_records"))
+    return rows // 2
+
+
+def bare_delete(engine: sa.Engine) -> tuple[int, float]:
+    start = time.perf_counter()
+    with engine.begin() as conn:
+        stmt = sa.delete(records).where(
+            records.c.status == "rejected", records.c.decided_at <= CUTOFF
+        )
+        deleted = conn.execute(stmt).rowcount
+    return deleted, time.perf_counter() - start
+
+
+def engine_delete(engine: sa.Engine, ledger_url: str, batch_size: int) -> tuple[int, float]:
+    control = Control.open(ledger_url, secrets.token_bytes(32))
+    start = time.perf_counter()
+    result = enforce(
+        bench_activity(), AS_OF, source=engine, control=control, catalogue_version="bench",
+        batch_size=batch_size, approved_by="bench",
+    )  # fmt: skip
+    elapsed = time.perf_counter() - start
+    assert control.ledger.verify().ok
+    return result.applied, elapsed
+
+
+def child_memory(rows: int, ledger_url: str, batch_size: int) -> None:
+    """In a child process: seed, enforce, print its peak RSS and the enforcement's peak Python
+    heap (tracemalloc slows the run down, so the timings come from the parent, not from here)."""
+    engine = source_engine()
+    seed(engine, rows)
+    control = Control.open(ledger_url, secrets.token_bytes(32))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()
+    applied = enforce(
+        bench_activity(), AS_OF, source=engine, control=control, catalogue_version="bench",
+        batch_size=batch_size, approved_by="bench",
+    ).applied  # fmt: skip
+    heap = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    summary = {"applied": applied, "heap_mib": heap / 2**20}
+    print(json.dumps(summary | {"peak_mib": peak / 1024, "base_mib": base / 1024}))
+
+
+def measure_memory(rows: int, tmp: Path, batch_size: int) -> dict[str, float]:
+    ledger_url = f"sqlite:///{tmp / f'mem{rows}.db'}"
+    out = subprocess.run(
+        [sys.executable, __file__, "--child-memory", str(rows), "--ledger-url", ledger_url,
+         "--batch-size", str(batch_size)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=50_000)
+    parser.add_argument("--ledger-url", default=None, help="ledger DB (default: a SQLite file)")
+    parser.add_argument("--child-memory", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        if args.child_memory:
+            child_memory(args.child_memory, args.ledger_url, args.batch_size)
+            return
+        engine = source_engine()
+        bare, ours = [], []
+        for i in range(args.repeats):
+            expected = seed(engine, args.rows)
+            n_bare, t_bare = bare_delete(engine)
+            seed(engine, args.rows)
+            ledger_url = args.ledger_url or f"sqlite:///{tmp / f'ledger{i}.db'}"
+            n_ours, t_ours = engine_delete(engine, ledger_url, args.batch_size)
+            assert n_bare == n_ours == expected, (n_bare, n_ours, expected)
+            bare.append(t_bare)
+            ours.append(t_ours)
+            print(f"rep {i + 1}: rows {n_bare:,}  bare DELETE {t_bare:.2f} s  engine {t_ours:.2f} s"
+                  f"  ratio {t_ours / t_bare:.2f}", flush=True)  # fmt: skip
+        mb, mo = statistics.median(bare), statistics.median(ours)
+        print(f"median: table {args.rows:,} rows, deleted {expected:,}; bare DELETE {mb:.2f} s,"
+              f" engine {mo:.2f} s, ratio (b)/(a) {mo / mb:.2f} (target <= 5)")  # fmt: skip
+        if not args.skip_memory:
+            small = measure_memory(200_000, tmp, args.batch_size)
+            large = measure_memory(2_000_000, tmp, args.batch_size)
+            for m in (small, large):
+                print(
+                    f"peak memory at {m['applied']:,} rows: RSS {m['peak_mib']:.0f} MiB"
+                    f" (process start {m['base_mib']:.0f} MiB), Python heap during enforce"
+                    f" {m['heap_mib']:.1f} MiB"
+                )
+            rss, heap = large["peak_mib"] / small["peak_mib"], large["heap_mib"] / small["heap_mib"]
+            print(f"memory ratio 1M/100k: RSS {rss:.2f}, heap {heap:.2f} (target <= 1.2)")
+        with engine.begin() as conn:
+            conn.execute(sa.schema.DropSchema(SCHEMA, cascade=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""What each retention DAG task does, in plain functions (the DAG file only wires them).
+
+Every function takes and returns JSON-serialisable dicts of counts, ids and outcomes: they are
+XComs, so they never carry personal data. The SQL or S3 engine is chosen by the activity's
+source kind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import pendulum
+
+from include.retention import connections, s3_engine, sql_engine
+from include.retention.catalogue import Activity, Catalogue, load_catalogue
+from include.retention.errors import RetentionError
+from include.retention.object_store import s3_client
+from include.retention.sql_engine import Control, PlanResult
+
+log = logging.getLogger(__name__)
+
+APPROVE = "Approve"
+VERIFIED_OUTCOMES = ("completed", "nothing_to_do")
+
+
+@dataclass
+class Runtime:
+    """The catalogue, the control database and the sources of one task."""
+
+    catalogue: Catalogue
+
+    @classmethod
+    def load(cls) -> Runtime:
+        return cls(load_catalogue())
+
+    @cached_property
+    def control(self) -> Control:
+        return Control.open(connections.control_engine(), connections.pseudonym_key())
+
+    def source_kwargs(self, activity: Activity) -> dict[str, Any]:
+        """The engine call's source argument: an S3 client or a SQLAlchemy engine."""
+        if activity.source.kind == "s3":
+            return {"client": s3_client(activity.source.conn_id)}
+        return {"source": connections.source_engine(activity.source.conn_id)}
+
+
+def resolve_as_of(raw: Any, run_after: dt.datetime | None) -> pendulum.DateTime:
+    """The ``as_of`` param (ISO-8601; a date means its Stockholm midnight), else the run time."""
+    if raw in (None, ""):
+        if run_after is None:
+            raise RetentionError("as_of is empty and the run has no time to fall back on")
+        return pendulum.instance(run_after)
+    try:
+        parsed = pendulum.parse(str(raw), tz="Europe/Stockholm")
+    except (ValueError, pendulum.parsing.exceptions.ParserError):
+        parsed = None
+    if not isinstance(parsed, pendulum.DateTime):
+        raise RetentionError(f"as_of {raw!r} is not an ISO-8601 date or date-time")
+    return parsed
+
+
+def _dry_run(raw: Any) -> bool:
+    if not isinstance(raw, bool):
+        raise RetentionError(f"dry_run must be true or false, not {raw!r}")
+    return raw
+
+
+def _plan_result(activity: Activity, as_of: dt.datetime, runtime: Runtime) -> PlanResult:
+    kwargs = runtime.source_kwargs(activity)
+    if activity.source.kind == "s3":
+        return s3_engine.plan_s3(activity, as_of, control=runtime.control, **kwargs).result
+    return sql_engine.plan(activity, as_of, control=runtime.control, **kwargs)
+
+
+def plan(
+    activity_id: str,
+    params: dict[str, Any],
+    run_after: dt.datetime | None,
+    runtime: Runtime | None = None,
+) -> dict[str, Any]:
+    """Count what the run would do and decide whether a person must approve it."""
+    runtime = runtime or Runtime.load()
+    activity = runtime.catalogue[activity_id]
+    as_of = resolve_as_of(params.get("as_of"), run_after)
+    dry_run = _dry_run(params.get("dry_run", False))
+    result = _plan_result(activity, as_of, runtime)
+    gated = activity.enforceable and not dry_run and result.to_apply > 0
+    reason = sql_engine.gate_reason(activity, result) if gated else None
+    planned = {
+        "activity_id": activity_id,
+        "as_of": as_of.isoformat(),
+        "dry_run": dry_run,
+        "counts": result.counts(),
+        "needs_approval": reason is not None,
+        "approval_text": (
+            f"{reason}. Approve to {activity.action.kind} {result.to_apply} records of"
+            f" {activity.name.en} ({activity.describe_rule()}); silence rejects."
+            if reason
+            else "within the safety limits"
+        ),
+    }
+    log.info("plan %s at %s: %s", activity_id, planned["as_of"], planned["counts"])
+    return planned
+
+
+def next_step(planned: dict[str, Any]) -> str:
+    """The branch after planning: ask a person, or go straight to enforcement."""
+    return "approve" if planned["needs_approval"] else "enforce"
+
+
+def approver(approval: dict[str, Any] | None) -> str | None:
+    """Who approved the run (from the approval task's answer), or None."""
+    if not approval or approval.get("chosen_options") != [APPROVE]:
+        return None
+    user = approval.get("responded_by_user") or {}
+    return str(user.get("name") or user.get("id") or "unknown approver")
+
+
+def enforce(
+    activity_id: str,
+    planned: dict[str, Any],
+    approval: dict[str, Any] | None,
+    runtime: Runtime | None = None,
+) -> dict[str, Any]:
+    """Apply the rule (or record a dry run, report-only or gated run) and write the ledger run.
+
+    Without a recorded approval a gated run changes nothing: the engine records it as
+    ``approval_required``.
+    """
+    runtime = runtime or Runtime.load()
+    activity = runtime.catalogue[activity_id]
+    run = s3_engine.enforce_s3 if activity.source.kind == "s3" else sql_engine.enforce
+    result = run(
+        activity,
+        pendulum.parse(planned["as_of"]),
+        control=runtime.control,
+        catalogue_version=runtime.catalogue.version,
+        dry_run=planned["dry_run"],
+        approved_by=approver(approval),
+        **runtime.source_kwargs(activity),
+    )
+    summary = {
+        "run_id": result.run_id,
+        "outcome": result.outcome,
+        "message": result.message,
+        "approved_by": result.approved_by,
+        "counts": result.counts(),
+    }
+    log.info("enforce %s: %s — %s", activity_id, result.outcome, result.message)
+    return summary
+
+
+def verify(
+    activity_id: str,
+    planned: dict[str, Any],
+    enforced: dict[str, Any],
+    runtime: Runtime | None = None,
+) -> dict[str, Any]:
+    """Prove the run's result with Great Expectations; raise if it does not hold."""
+    if enforced["outcome"] not in VERIFIED_OUTCOMES:
+        return {"checked": False, "reason": f"outcome {enforced['outcome']}: nothing changed"}
+    from include.retention import verification
+
+    runtime = runtime or Runtime.load()
+    activity = runtime.catalogue[activity_id]
+    check = verification.verify_s3 if activity.source.kind == "s3" else verification.verify_sql
+    result = check(
+        activity,
+        pendulum.parse(planned["as_of"]),
+        enforced["run_id"],
+        control=runtime.control,
+        **runtime.source_kwargs(activity),
+    )
+    runtime.control.ledger.record_verification(enforced["run_id"], activity_id, result.as_dict())
+    if not result.success:
+        raise RetentionError(f"verification of {activity_id} failed: {result.as_dict()}")
+    return {"checked": True, **result.as_dict()}
+
+
+def report(
+    activity_id: str, results: dict[str, dict[str, Any] | None], runtime: Runtime | None = None
+) -> dict[str, Any]:
+    """The run's summary (the asset event's extra). A rejected or unanswered approval is
+    recorded in the ledger as a run that changed nothing."""
+    planned, enforced, verified = (results.get(k) for k in ("plan", "enforce", "verify"))
+    if planned is not None and enforced is None and planned["needs_approval"]:
+        enforced = enforce(activity_id, planned, None, runtime)  # records approval_required
+    summary = {
+        "activity_id": activity_id,
+        "as_of": planned and planned["as_of"],
+        "outcome": enforced["outcome"] if enforced else "failed",
+        "ledger_run_id": enforced and enforced["run_id"],
+        "counts": (enforced or planned or {}).get("counts", {}),
+        "verified": bool(verified and verified.get("checked")),
+    }
+    log.info("report %s: %s", activity_id, summary)
+    return summary

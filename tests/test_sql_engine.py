@@ -1,0 +1,387 @@
+"""The SQL enforcement engine on real PostgreSQL, MariaDB and SQLite."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import secrets
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import sqlalchemy as sa
+
+from include.retention import connections
+from include.retention.errors import RetentionError
+from include.retention.sql_engine import Control, Hooks, enforce, plan
+from tests.dbs import (  # noqa: F401 - fixtures
+    AS_OF,
+    Db,
+    activity,
+    control_fixture,
+    ids,
+    key_fixture,
+    old,
+    person,
+    recent,
+    seed,
+    source_db_fixture,
+)
+
+
+def _mixed_people() -> list[dict]:
+    return [
+        person(1, old()),  # expired
+        person(2, old()),  # expired
+        person(3, old(), email="Held.Person@Example.com"),  # expired, subject hold
+        person(4, old()),  # expired, record restriction
+        person(5, recent()),  # not yet due
+        person(6, None),  # anchor unknown
+        person(7, old(), status="hired"),  # indefinite case: kept
+        person(8, old(), status="other"),  # no case: out of scope
+        person(9, dt.datetime(AS_OF.year - 2, 6, 14, 22, 0)),  # 00:00 Stockholm on the 15th: kept
+        person(10, dt.datetime(AS_OF.year - 2, 6, 14, 21, 59)),  # 23:59 Stockholm on the 14th: due
+    ]
+
+
+def _run(db: Db, control: Control, act=None, **kwargs) -> object:
+    return enforce(
+        act or activity(),
+        AS_OF,
+        source=db.engine,
+        control=control,
+        catalogue_version="v1",
+        **kwargs,
+    )
+
+
+def test_plan_counts_without_changing_anything(source_db: Db, control: Control) -> None:
+    seed(source_db.engine, _mixed_people())
+    control.holds.place_subject_hold(
+        "held.person@example.com ", kind="legal_hold", reason="dispute", placed_by="legal"
+    )
+    control.holds.place_record_hold(
+        "ats", "people", 4, kind="restriction", reason="Art. 18 request", placed_by="dpo"
+    )
+    result = plan(activity(), AS_OF, source=source_db.engine, control=control)
+    assert result.counts() == {
+        "total": 10,
+        "expired": 5,  # 1, 2, 3, 4, 10
+        "held": 1,
+        "restricted": 1,
+        "anchor_unknown": 1,
+        "kept": 3,  # 5 and 9 (not yet due), 7 (hired: kept indefinitely)
+        "out_of_scope": 1,
+        "already_anonymised": 0,
+        "to_apply": 3,
+    }
+    assert ids(source_db.engine) == set(range(1, 11))
+
+
+def test_delete_with_children_holds_and_evidence(source_db: Db, control: Control) -> None:
+    seed(source_db.engine, _mixed_people())
+    control.holds.place_subject_hold(
+        "held.person@example.com", kind="legal_hold", reason="dispute", placed_by="legal"
+    )
+    control.holds.place_record_hold(
+        "ats", "people", 4, kind="restriction", reason="Art. 18 request", placed_by="dpo"
+    )
+    result = _run(source_db, control, batch_size=2)
+    assert result.outcome == "completed"
+    assert (result.applied, result.held_skipped, result.restricted_skipped) == (3, 1, 1)
+    assert result.children == {"applications": 6, "attachments": 6}
+    assert ids(source_db.engine) == {3, 4, 5, 6, 7, 8, 9}
+    assert ids(source_db.engine, "applications") == {
+        i * 10 + j for i in (3, 4, 5, 6, 7, 8, 9) for j in (0, 1)
+    }
+    assert ids(source_db.engine, "attachments") == ids(source_db.engine, "applications")
+    for pk in (1, 2, 10):
+        [evidence] = control.ledger.lookup("ats", "people", pk)
+        assert evidence.action == "delete" and evidence.run_id == result.run_id
+        assert evidence.rules[0].startswith("status: P2Y after")
+    for pk in (3, 4, 5, 6, 7):
+        assert control.ledger.lookup("ats", "people", pk) == []
+    assert control.ledger.verify().ok
+
+
+def test_null_anchor_is_never_deleted(source_db: Db, control: Control) -> None:
+    seed(source_db.engine, [person(1, None), person(2, None), person(3, old())], children=False)
+    result = _run(source_db, control, act=activity(children=False))
+    assert result.plan.anchor_unknown == 2
+    assert result.applied == 1
+    assert ids(source_db.engine) == {1, 2}
+
+
+def test_second_run_finds_nothing_to_do(source_db: Db, control: Control) -> None:
+    seed(source_db.engine, _mixed_people())
+    first = _run(source_db, control)
+    assert first.applied == 5
+    second = _run(source_db, control)
+    assert second.outcome == "nothing_to_do" and second.applied == 0
+    assert "nothing to do" in second.message
+    runs = control.ledger.runs("recruitment")
+    assert [r.finished["outcome"] for r in runs] == ["completed", "nothing_to_do"]
+
+
+def test_hold_placed_mid_run_protects_the_record(source_db: Db, control: Control) -> None:
+    people = [person(i, old()) for i in range(1, 11)]
+    seed(source_db.engine, people)
+    planned = []
+
+    def after_plan(result) -> None:  # after planning, before any batch
+        planned.append(result.to_apply)
+        control.holds.place_record_hold(
+            "ats", "people", 2, kind="legal_hold", reason="claim", placed_by="legal"
+        )
+
+    def after_lock(batch_no: int) -> None:  # inside batch 2's transaction, rows already deleted
+        if batch_no == 2:
+            control.holds.place_subject_hold(
+                "person7@example.com", kind="legal_hold", reason="claim", placed_by="legal"
+            )
+
+    result = _run(
+        source_db, control, batch_size=4, hooks=Hooks(after_plan=after_plan, after_lock=after_lock)
+    )
+    assert planned == [10]
+    assert result.held_skipped == 2 and result.applied == 8
+    assert ids(source_db.engine) == {2, 7}
+    assert ids(source_db.engine, "applications") == {20, 21, 70, 71}
+    assert control.ledger.lookup("ats", "people", 7) == []
+    assert control.ledger.verify().ok
+
+
+def test_subject_hold_while_the_next_batch_is_already_deleting(
+    source_db: Db, control: Control
+) -> None:
+    seed(source_db.engine, [person(i, old()) for i in range(1, 11)])
+
+    def after_lock(batch_no: int) -> None:  # on PostgreSQL batch 2 is being deleted meanwhile
+        if batch_no == 1:
+            control.holds.place_subject_hold(
+                "person6@example.com", kind="legal_hold", reason="claim", placed_by="legal"
+            )
+
+    result = _run(source_db, control, batch_size=4, hooks=Hooks(after_lock=after_lock))
+    assert (result.applied, result.held_skipped) == (9, 1)
+    assert ids(source_db.engine) == {6}
+
+
+def test_released_hold_lets_the_next_run_delete(source_db: Db, control: Control) -> None:
+    seed(source_db.engine, [person(1, old()), person(2, old())], children=False)
+    hold = control.holds.place_record_hold(
+        "ats", "people", 1, kind="legal_hold", reason="x", placed_by="y"
+    )
+    assert _run(source_db, control, act=activity(children=False)).applied == 1
+    control.holds.release(hold, released_by="legal")
+    assert _run(source_db, control, act=activity(children=False)).applied == 1
+    assert ids(source_db.engine) == set()
+    with pytest.raises(RetentionError, match="already released"):
+        control.holds.release(hold, released_by="legal")
+
+
+def test_safety_gate_needs_approval(source_db: Db, control: Control) -> None:
+    seed(
+        source_db.engine,
+        [person(i, old() if i <= 6 else recent()) for i in range(1, 11)],
+        children=False,
+    )
+    gated = activity(children=False, safety={"max_rows": 100, "max_fraction": 0.5})
+    result = _run(source_db, control, act=gated)
+    assert result.approval_required and result.applied == 0
+    assert "60.0%" in result.message and "approval" in result.message
+    assert len(ids(source_db.engine)) == 10
+    by_rows = activity(children=False, safety={"max_rows": 5, "max_fraction": None})
+    assert _run(source_db, control, act=by_rows).approval_required
+    approved = _run(source_db, control, act=gated, approved_by="dpo@company")
+    assert approved.outcome == "completed" and approved.applied == 6
+    header = control.ledger.runs("recruitment")[-1].header
+    assert header["approved_by"] == "dpo@company"
+
+
+def test_dry_run_changes_nothing(source_db: Db, control: Control) -> None:
+    seed(source_db.engine, _mixed_people())
+    result = _run(source_db, control, dry_run=True)
+    assert result.outcome == "dry_run" and result.plan.to_apply == 5
+    assert len(ids(source_db.engine)) == 10
+    assert control.ledger.runs()[0].header["dry_run"] is True
+
+
+def _anonymise_activity() -> object:
+    return activity(
+        children=False,
+        action={
+            "kind": "anonymise",
+            "marker_column": "anonymised_at",
+            "columns": {
+                "email": {"strategy": "hmac", "length": 20},
+                "city": {"strategy": "fixed", "value": "anonymised"},
+                "status": {"strategy": "null"},
+                "birth_date": {"strategy": "year"},
+                "decided_at": {"strategy": "year"},
+                "age": {"strategy": "band", "width": 10},
+            },
+        },
+        retention=[
+            {
+                "rule": {"kind": "period", "period": "P2Y", "anchor": "the decision"},
+                "anchor_column": "decided_at",
+            }
+        ],
+    )
+
+
+def test_anonymise_strategies(source_db: Db, control: Control) -> None:
+    born = dt.date(1990, 7, 23)
+    extra = {"birth_date": born, "age": 37, "city": "Lund"}
+    seed(
+        source_db.engine,
+        [
+            person(1, old(), **extra),
+            person(2, old(), **extra | {"age": -3}),
+            person(3, recent(), **extra),
+        ],
+        children=False,
+    )
+    result = _run(source_db, control, act=_anonymise_activity())
+    assert result.outcome == "completed" and result.applied == 2
+    table = sa.Table("people", sa.MetaData(), autoload_with=source_db.engine)
+    with source_db.engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(sa.select(table))}
+    mask_key = hmac.new(control.key, b"retention-mask-pseudonym", hashlib.sha256).digest()
+    expected = hmac.new(mask_key, b"person1@example.com", hashlib.sha256).hexdigest()[:20]
+    assert rows[1].email == expected
+    assert rows[1].city == "anonymised" and rows[1].status is None
+    assert rows[1].birth_date == dt.date(1990, 1, 1)
+    assert rows[1].decided_at == dt.datetime(old().year, 1, 1)
+    assert (rows[1].age, rows[2].age) == (30, -10)
+    assert rows[1].anonymised_at is not None and rows[3].anonymised_at is None
+    assert rows[3].email == "person3@example.com" and rows[3].age == 37
+    [evidence] = control.ledger.lookup("ats", "people", 1)
+    assert evidence.action == "anonymise"
+    again = _run(source_db, control, act=_anonymise_activity())
+    assert again.outcome == "nothing_to_do" and again.plan.already_anonymised == 2
+
+
+def test_anonymise_skips_held_records(source_db: Db, control: Control) -> None:
+    seed(source_db.engine, [person(1, old()), person(2, old())], children=False)
+    control.holds.place_subject_hold(
+        "person2@example.com", kind="restriction", reason="Art. 18", placed_by="dpo"
+    )
+    result = _run(source_db, control, act=_anonymise_activity())
+    assert (result.applied, result.restricted_skipped) == (1, 1)
+    table = sa.Table("people", sa.MetaData(), autoload_with=source_db.engine)
+    with source_db.engine.connect() as conn:
+        emails = dict(conn.execute(sa.select(table.c.id, table.c.email)).all())
+    assert emails[2] == "person2@example.com" and emails[1] != "person1@example.com"
+
+
+def test_missing_table_or_column_is_a_clear_error(source_db: Db, control: Control) -> None:
+    seed(source_db.engine, [person(1, old())], children=False)
+    with pytest.raises(RetentionError, match="table 'candidates' does not exist in system 'ats'"):
+        plan(
+            activity(table="candidates", children=False),
+            AS_OF,
+            source=source_db.engine,
+            control=control,
+        )
+    with pytest.raises(
+        RetentionError, match="subject column 'mail' does not exist in table 'people'"
+    ):
+        plan(
+            activity(subject_column="mail", children=False),
+            AS_OF,
+            source=source_db.engine,
+            control=control,
+        )
+    with pytest.raises(RetentionError, match="table 'applications' does not exist"):
+        plan(activity(), AS_OF, source=source_db.engine, control=control)
+    bad_anchor = activity(
+        children=False,
+        retention=[
+            {"rule": {"kind": "period", "period": "P1Y", "anchor": "x y"}, "anchor_column": "nope"}
+        ],
+    )
+    with pytest.raises(RetentionError, match="anchor column 'nope' does not exist"):
+        plan(bad_anchor, AS_OF, source=source_db.engine, control=control)
+
+
+def test_date_anchor_and_one_of_condition(source_db: Db, control: Control) -> None:
+    cutoff_day = dt.date(AS_OF.year, 6, 14)  # P0D: due the day after the event
+    people = [
+        person(1, None, status="withdrawn", withdrawn_on=cutoff_day),
+        person(2, None, status="revoked", withdrawn_on=cutoff_day + dt.timedelta(days=1)),
+        person(3, None, status="active", withdrawn_on=cutoff_day),
+    ]
+    seed(source_db.engine, people, children=False)
+    consent = activity(
+        children=False,
+        retention=[
+            {
+                "when": {"column": "status", "one_of": ["withdrawn", "revoked"]},
+                "rule": {"kind": "consent"},
+                "anchor_column": "withdrawn_on",
+            }
+        ],
+    )
+    result = _run(source_db, control, act=consent)
+    assert (result.plan.expired, result.plan.kept, result.plan.out_of_scope) == (1, 1, 1)
+    assert ids(source_db.engine) == {2, 3}
+
+
+def test_no_personal_data_in_the_ledger(source_db: Db, control: Control) -> None:
+    seed(source_db.engine, _mixed_people())
+    _run(source_db, control)
+    with control.ledger.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT document, blob FROM retention_ledger")).all()
+    text = " ".join(r.document for r in rows)
+    assert "example.com" not in text.lower()
+    for pk in ("1", "2", "10"):
+        assert f'"{pk}"' not in text
+
+
+def test_report_only_activity_changes_nothing(source_db: Db, control: Control) -> None:
+    seed(source_db.engine, [person(1, old())], children=False)
+    gap = activity(
+        children=False,
+        action={"kind": "report_only"},
+        retention=[{"rule": {"kind": "unspecified", "note": "no period in the policy"}}],
+    )
+    result = _run(source_db, control, act=gap)
+    assert result.outcome == "report_only" and result.plan.kept == 1
+    assert ids(source_db.engine) == {1}
+
+
+def test_connections_resolve_the_key_and_engines(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secret = secrets.token_hex(16)
+    key_conn = {"conn_type": "generic", "password": secret}
+    monkeypatch.setenv("AIRFLOW_CONN_RETENTION_PSEUDONYM_KEY", json.dumps(key_conn))
+    src_conn = {"conn_type": "sqlite", "host": str(tmp_path / "src.db")}
+    monkeypatch.setenv("AIRFLOW_CONN_ATS_DB", json.dumps(src_conn))
+    assert connections.pseudonym_key() == secret.encode()
+    with connections.source_engine("ats_db").connect() as conn:
+        assert conn.dialect.name == "sqlite"
+    with pytest.raises(RetentionError, match="'nope' is not defined"):
+        connections.pseudonym_key("nope")
+    pg = SimpleNamespace(
+        conn_id="crm",
+        conn_type="postgres",
+        host="db",
+        port=5432,
+        login="u",
+        password="p",
+        schema="crm",
+    )
+    assert connections.url_for(pg).render_as_string() == "postgresql+psycopg://u:***@db:5432/crm"
+    with pytest.raises(RetentionError, match="not a supported SQL source"):
+        connections.url_for(SimpleNamespace(conn_id="x", conn_type="mssql"))
+    control_url = f"sqlite:///{tmp_path / 'control.db'}"
+    monkeypatch.setenv("RETENTION_CONTROL_DB_URL", control_url)
+    assert connections.control_url() == control_url
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", control_url)
+    with pytest.raises(RetentionError, match="must not be Airflow's metadata database"):
+        connections.control_url()
