@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from include.retention.catalogue import Activity
-from include.retention.sql_engine import Control
+from include.retention.runs import Control
 
 PG_ADMIN_URL = os.environ.get(
     "RETENTION_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

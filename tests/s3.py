@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from include.retention.errors import RetentionError
 from include.retention.object_store import EmbeddedS3, ensure_bucket, iter_versions
-from include.retention.sql_engine import Control
+from include.retention.runs import Control
 
 KEY = b"test-pseudonym-key-0123456789abcdef"
 AS_OF = dt.datetime(2026, 11, 24, 1, 30, tzinfo=dt.UTC)  # 02:30 in Stockholm

@@ -23,7 +23,9 @@ UNITS = {"year": "Y", "month": "M", "day": "D"}
 
 def _policy_rows() -> dict[str, dict[str, str]]:
     if not ACTIVITIES_MD.exists():
-        pytest.fail(f"{ACTIVITIES_MD} is missing: the shared policy folder must sit beside the repo")
+        pytest.fail(
+            f"{ACTIVITIES_MD} is missing: the shared policy folder must sit beside the repo"
+        )
     rows = {}
     for line in ACTIVITIES_MD.read_text(encoding="utf-8").splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -89,6 +91,7 @@ def test_policy_gaps_are_report_only_or_partial():
 
 # --- malformed catalogues: each gets an error naming the file, the field and the problem ---
 
+
 def _write_catalogue(tmp_path: Path, mutate) -> Path:
     raw = yaml.safe_load((POLICY_DIR / "newsletter.yaml").read_text(encoding="utf-8"))
     mutate(raw)
@@ -105,24 +108,51 @@ def _set(path: str, value):
         for part in parents:
             node = node[int(part)] if part.isdigit() else node[part]
         node[last] = value
+
     return mutate
 
 
 BAD_CASES = {
     "unknown rule kind": (_set("retention.0.rule.kind", "forever"), "retention.0.rule", "forever"),
-    "malformed period": (_set("retention.0.rule.period", "P6X"), "retention.0.rule.period.period", "ISO-8601 period"),
+    "malformed period": (
+        _set("retention.0.rule.period", "P6X"),
+        "retention.0.rule.period.period",
+        "ISO-8601 period",
+    ),
     "missing legal basis": (_set("legal_bases", []), "legal_bases", "at least 1"),
     "unknown legal basis": (_set("legal_bases", ["because"]), "legal_bases.0", "consent"),
     "no withdrawal handling": (
-        lambda raw: raw["retention"].pop(1), "(top level)", "withdrawal handling"
+        lambda raw: raw["retention"].pop(1),
+        "(top level)",
+        "withdrawal handling",
     ),
-    "unknown field": (_set("retension_days", 30), "retension_days", "Extra inputs are not permitted"),
-    "unsafe identifier": (_set("source.table", "recipients; drop table x"), "source.sql.table", "safe SQL identifier"),
+    "unknown field": (
+        _set("retension_days", 30),
+        "retension_days",
+        "Extra inputs are not permitted",
+    ),
+    "unsafe identifier": (
+        _set("source.table", "recipients; drop table x"),
+        "source.sql.table",
+        "safe SQL identifier",
+    ),
     "unknown masking strategy": (
-        _set("action", {"kind": "anonymise", "marker_column": "m", "columns": {"email": {"strategy": "rot13"}}}),
-        "action.anonymise.columns.email", "unknown masking strategy",
+        _set(
+            "action",
+            {
+                "kind": "anonymise",
+                "marker_column": "m",
+                "columns": {"email": {"strategy": "rot13"}},
+            },
+        ),
+        "action.anonymise.columns.email",
+        "unknown masking strategy",
     ),
-    "enforceable rule without action": (_set("action", {"kind": "report_only"}), "(top level)", "needs a delete"),
+    "enforceable rule without action": (
+        _set("action", {"kind": "report_only"}),
+        "(top level)",
+        "needs a delete",
+    ),
 }
 
 
@@ -143,27 +173,34 @@ def test_duplicate_id_is_rejected(tmp_path):
     (folder / "newsletter_copy.yaml").write_text(
         (folder / "newsletter.yaml").read_text(encoding="utf-8"), encoding="utf-8"
     )
-    with pytest.raises(RetentionError, match=r"newsletter_copy.yaml: id: duplicate id 'newsletter'"):
+    with pytest.raises(
+        RetentionError, match=r"newsletter_copy.yaml: id: duplicate id 'newsletter'"
+    ):
         load_catalogue(folder)
 
 
 def test_id_must_match_file_name(tmp_path):
     folder = _write_catalogue(tmp_path, lambda raw: None)
     (folder / "newsletter.yaml").rename(folder / "mailing.yaml")
-    with pytest.raises(RetentionError, match=r"mailing.yaml: id: 'newsletter' must match the file name"):
+    with pytest.raises(
+        RetentionError, match=r"mailing.yaml: id: 'newsletter' must match the file name"
+    ):
         load_catalogue(folder)
 
 
 def test_invalid_yaml_is_named(tmp_path):
     (tmp_path / "broken.yaml").write_text("id: [unclosed", encoding="utf-8")
-    with pytest.raises(RetentionError, match="broken.yaml: not valid YAML"):
+    with pytest.raises(RetentionError, match=r"broken\.yaml: not valid YAML"):
         load_catalogue(tmp_path)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "include.retention", *args],
-        cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": ""},
     )
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from include.retention.sql_engine import CHECKPOINTS, KILL_ENV, Control, enforce, recover
+from include.retention.runs import Control
+from include.retention.sql_engine import CHECKPOINTS, KILL_ENV, enforce, recover
 from tests.dbs import (
     AS_OF,
     CRASH_BATCH,

@@ -23,33 +23,55 @@ from include.retention.rules import (
 STOCKHOLM = ZoneInfo("Europe/Stockholm")
 ZONES = st.sampled_from([STOCKHOLM, dt.UTC, ZoneInfo("America/New_York")])
 INSTANTS = st.datetimes(
-    min_value=dt.datetime(1990, 1, 1), max_value=dt.datetime(2080, 12, 31),
-    timezones=ZONES, allow_imaginary=False,
+    min_value=dt.datetime(1990, 1, 1),
+    max_value=dt.datetime(2080, 12, 31),
+    timezones=ZONES,
+    allow_imaginary=False,
 )
 # Instants close to Stockholm's DST changes, month ends, leap days and midnights.
-EDGE_DAYS = st.sampled_from([
-    (2024, 2, 29), (2024, 3, 31), (2024, 10, 27), (2025, 3, 30), (2025, 10, 26),
-    (2025, 1, 31), (2025, 2, 28), (2025, 6, 30), (2025, 12, 31), (2028, 2, 29), (2033, 1, 1),
-])
+EDGE_DAYS = st.sampled_from(
+    [
+        (2024, 2, 29),
+        (2024, 3, 31),
+        (2024, 10, 27),
+        (2025, 3, 30),
+        (2025, 10, 26),
+        (2025, 1, 31),
+        (2025, 2, 28),
+        (2025, 6, 30),
+        (2025, 12, 31),
+        (2028, 2, 29),
+        (2033, 1, 1),
+    ]
+)
 EDGE_INSTANTS = st.builds(
     lambda day, seconds, offset: (
         dt.datetime(*day, tzinfo=STOCKHOLM) + dt.timedelta(days=offset, seconds=seconds)
     ),
-    EDGE_DAYS, st.integers(0, 86_399), st.integers(-400, 4000),
+    EDGE_DAYS,
+    st.integers(0, 86_399),
+    st.integers(-400, 4000),
 )
 ANY_INSTANT = st.one_of(INSTANTS, EDGE_INSTANTS)
 PERIODS = st.builds(
     lambda y, m, w, d: IsoPeriod.parse(
-        "P" + (f"{y}Y" if y else "") + (f"{m}M" if m else "") + (f"{w}W" if w else "")
+        "P"
+        + (f"{y}Y" if y else "")
+        + (f"{m}M" if m else "")
+        + (f"{w}W" if w else "")
         + (f"{d}D" if d or not (y or m or w) else "")
     ),
-    st.integers(0, 10), st.integers(0, 24), st.integers(0, 3), st.integers(0, 400),
+    st.integers(0, 10),
+    st.integers(0, 24),
+    st.integers(0, 3),
+    st.integers(0, 400),
 )
 ENFORCEABLE_RULES = st.one_of(
     st.builds(lambda p: PeriodRule(period=p, anchor="the anchor event"), PERIODS),
     st.builds(
         lambda y, m: FiscalYearRule(years=y, fiscal_year_end_month=m, anchor="a transaction"),
-        st.integers(0, 10), st.integers(1, 12),
+        st.integers(0, 10),
+        st.integers(1, 12),
     ),
     st.just(EventRule(event="the contract ends")),
     st.just(ConsentRule()),
@@ -125,7 +147,9 @@ def test_dst_change_does_not_shift_the_day():
     assert rule.due_at(closed).utcoffset() == dt.timedelta(hours=2)
 
 
-@pytest.mark.parametrize("rule", [IndefiniteRule(reason="certifications"), UnspecifiedRule(note="gap")])
+@pytest.mark.parametrize(
+    "rule", [IndefiniteRule(reason="certifications"), UnspecifiedRule(note="gap")]
+)
 def test_never_due_rules(rule):
     assert not rule.enforceable
     assert rule.due_at(dt.date(1900, 1, 1)) is None

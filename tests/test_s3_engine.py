@@ -10,6 +10,7 @@ import pytest
 from include.retention.catalogue import Activity, S3Source, Safety, load_catalogue
 from include.retention.errors import RetentionError
 from include.retention.object_store import EmbeddedS3, connection_uri
+from include.retention.runs import Control
 from include.retention.s3_engine import (
     batches,
     delete_linked_objects,
@@ -17,7 +18,6 @@ from include.retention.s3_engine import (
     plan_s3,
     recover_s3,
 )
-from include.retention.sql_engine import Control
 from tests.s3 import (  # noqa: F401  (the *_fixture names register fixtures)
     AS_OF,
     CallCounter,

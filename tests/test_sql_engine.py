@@ -15,7 +15,8 @@ import sqlalchemy as sa
 
 from include.retention import connections
 from include.retention.errors import RetentionError
-from include.retention.sql_engine import Control, Hooks, enforce, plan
+from include.retention.runs import Control
+from include.retention.sql_engine import Hooks, enforce, plan
 from tests.dbs import (  # noqa: F401 - fixtures
     AS_OF,
     Db,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from include.retention.catalogue import load_catalogue
-from include.retention.sql_engine import Control
+from include.retention.runs import Control
 
 COLUMNS = (
     "activity", "outcome", "checked", "expired", "deleted", "anonymised", "held",

@@ -114,6 +114,10 @@ class RuleCase(_Model):
         default=None, description="The column (or object metadata key) holding the anchor"
     )
 
+    def describe(self) -> str:
+        scope = self.label or (self.when.column if self.when else None)
+        return (f"{scope}: " if scope else "") + self.rule.describe()
+
     @model_validator(mode="after")
     def _anchor_needed(self) -> RuleCase:
         if self.rule.enforceable and self.anchor_column is None:
@@ -143,9 +147,7 @@ class ReportOnlyAction(_Model):
     kind: Literal["report_only"] = "report_only"
 
 
-Action = Annotated[
-    DeleteAction | AnonymiseAction | ReportOnlyAction, Field(discriminator="kind")
-]
+Action = Annotated[DeleteAction | AnonymiseAction | ReportOnlyAction, Field(discriminator="kind")]
 
 
 class SqlChild(_Model):
@@ -244,12 +246,12 @@ class Activity(_Model):
         """The policy states no period for (some of) these records."""
         return any(case.rule.kind == "unspecified" for case in self.retention)
 
+    def rule_descriptions(self) -> list[str]:
+        """One line per rule case, e.g. ``"not hired: P2Y after the hiring decision"``."""
+        return [case.describe() for case in self.retention]
+
     def describe_rule(self) -> str:
-        parts = []
-        for case in self.retention:
-            scope = f"{case.label or case.when.column}: " if case.when or case.label else ""  # type: ignore[union-attr]
-            parts.append(scope + case.rule.describe())
-        return "; ".join(parts)
+        return "; ".join(self.rule_descriptions())
 
 
 class Catalogue(_Model):

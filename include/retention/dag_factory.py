@@ -55,8 +55,11 @@ def doc_md(activity: Activity) -> str:
         " of the dataset per run; above it a person must approve (silence rejects).",
     ]
     if activity.policy_gap:
-        lines += ["", "**Policy gap:** the policy states no retention period for some records;"
-                  " they are counted and reported, never deleted."]
+        lines += [
+            "",
+            "**Policy gap:** the policy states no retention period for some records;"
+            " they are counted and reported, never deleted.",
+        ]
     return "\n".join(lines)
 
 
@@ -72,7 +75,9 @@ def _params() -> dict[str, Param]:
     return {
         "dry_run": Param(False, type="boolean", description="Plan and report only; change nothing"),
         "as_of": Param(
-            "", type="string", pattern=r"^(|\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2})?.*)?)$",
+            "",
+            type="string",
+            pattern=r"^(|\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2})?.*)?)$",
             description="Evaluate the rules at this time (ISO-8601); empty: the run's time",
         ),
     }
@@ -99,7 +104,8 @@ def build_dag(activity: Activity) -> DAG:
             "max_retry_delay": dt.timedelta(hours=1),
         },
         on_failure_callback=SmtpNotifier(
-            to=ALERT_TO, smtp_conn_id="retention_smtp",
+            to=ALERT_TO,
+            smtp_conn_id="retention_smtp",
             subject=f"[retention] {dag_id_for(activity_id)} failed",
         ),
     ) as dag:

@@ -15,6 +15,7 @@ Entry kinds:
 - ``batch_resolved``: the outcome of a prepared batch: ``committed``, ``rolled_back`` or
   ``partial`` (then with its own blob of the references actually applied).
 - ``run_finished``: outcome, counts, end time, message.
+- ``run_verified``: the independent post-run verification (Great Expectations) of the run.
 
 No raw identifier ever enters the ledger: records are known by
 HMAC-SHA256(key, system \\x1f dataset \\x1f pk) truncated to 16 bytes.
@@ -369,6 +370,16 @@ class Ledger:
         )
         return seq
 
+    def record_verification(
+        self, run_id: str, activity_id: str, verification: Mapping[str, Any]
+    ) -> int:
+        """Close a finished run with the result of its independent verification."""
+        with self.engine.begin() as conn:
+            return self._append(
+                conn, kind="run_verified", run_id=run_id, activity_id=activity_id,
+                body=dict(verification),
+            )  # fmt: skip
+
     # ---------------------------------------------------------------- reading
 
     def head(self) -> tuple[int, str]:
@@ -425,6 +436,22 @@ class Ledger:
             elif e.run_id in runs:
                 runs[e.run_id].batches.append(e.seq)
         return list(runs.values())
+
+    def applied_refs(self, run_id: str) -> list[bytes]:
+        """The references of every record the run's resolved batches claim as applied."""
+        t = ledger_table
+        entries = list(
+            self.entries(where=sa.and_(t.c.run_id == run_id, t.c.kind.like("batch_%")))
+        )
+        prepared = {e.seq: e for e in entries if e.kind == "batch_prepared"}
+        refs: list[bytes] = []
+        for resolution in (e for e in entries if e.kind == "batch_resolved"):
+            outcome = resolution.document["body"]["outcome"]
+            if outcome == "committed":
+                refs.extend(PackedRefs(prepared[resolution.ref_seq].blob))  # type: ignore[index]
+            elif outcome == "partial":
+                refs.extend(PackedRefs(resolution.blob))
+        return refs
 
     def lookup(self, system: str, dataset: str, pk: Any) -> list[Evidence]:
         """Was the record with this primary key deleted or anonymised: when, by which run/rule?"""

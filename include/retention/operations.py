@@ -19,7 +19,7 @@ from include.retention import connections, s3_engine, sql_engine
 from include.retention.catalogue import Activity, Catalogue, load_catalogue
 from include.retention.errors import RetentionError
 from include.retention.object_store import s3_client
-from include.retention.sql_engine import Control, PlanResult
+from include.retention.runs import Control, PlanResult, gate_reason
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def plan(
     dry_run = _dry_run(params.get("dry_run", False))
     result = _plan_result(activity, as_of, runtime)
     gated = activity.enforceable and not dry_run and result.to_apply > 0
-    reason = sql_engine.gate_reason(activity, result) if gated else None
+    reason = gate_reason(activity, result) if gated else None
     planned = {
         "activity_id": activity_id,
         "as_of": as_of.isoformat(),

@@ -105,6 +105,9 @@ class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enforceable: ClassVar[bool] = True
+    # A NULL anchor is "unknown" (counted, never deleted) unless the anchor is an event that
+    # may simply not have happened yet (a contract still running, consent not withdrawn).
+    null_anchor_is_pending: ClassVar[bool] = False
 
     def last_due_date(self, as_of_date: dt.date) -> dt.date | None:
         """The latest anchor date that is due on ``as_of_date`` (None: nothing ever is)."""
@@ -169,6 +172,7 @@ class EventRule(_AfterPeriod):
     """Immediately when an event happens (a contract ends, a project completes...)."""
 
     kind: Literal["event"] = "event"
+    null_anchor_is_pending: ClassVar[bool] = True
     event: str = Field(min_length=3)
 
     def _period(self) -> IsoPeriod:
@@ -182,6 +186,7 @@ class ConsentRule(_AfterPeriod):
     """Until consent is withdrawn; the anchor is the withdrawal time."""
 
     kind: Literal["consent"] = "consent"
+    null_anchor_is_pending: ClassVar[bool] = True
 
     def _period(self) -> IsoPeriod:
         return IsoPeriod()

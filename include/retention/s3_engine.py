@@ -36,7 +36,7 @@ from include.retention.holds import ActiveHolds
 from include.retention.ledger import PendingBatch, RunHeader, code_version
 from include.retention.object_store import iter_versions, s3_client
 from include.retention.pseudonym import RecordRefHasher, SubjectRefHasher, pack_refs, unpack_refs
-from include.retention.sql_engine import Control, PlanResult
+from include.retention.runs import Control, PlanResult, check_as_of, decide, finish_run
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,8 @@ def classify(
             continue
         anchor, cutoff = _anchor_date(meta, case.anchor_column), case.rule.cutoff_date(as_of)
         if anchor is None:
-            unknown = unknown or (case.label or case.anchor_column)
+            if not case.rule.null_anchor_is_pending:
+                unknown = unknown or (case.label or case.anchor_column)
         elif cutoff is not None and anchor <= cutoff:
             return "due", case.label
     return ("unknown_anchor", unknown) if unknown else ("kept", None)
@@ -256,13 +257,6 @@ def _hold_check(control: Control, system: str, bucket: str, subject_key: str | N
 # ------------------------------------------------------------------------------ plan
 
 
-def _describe_rules(activity: Activity) -> list[str]:
-    return [
-        (f"{case.label}: " if case.label else "") + case.rule.describe()
-        for case in activity.retention
-    ]
-
-
 def _cutoffs(activity: Activity, as_of: dt.datetime) -> list[str | None]:
     out: list[str | None] = []
     for case in activity.retention:
@@ -275,7 +269,7 @@ def plan_s3(
     activity: Activity, as_of: dt.datetime, *, client: Any = None, control: Control
 ) -> S3Plan:
     """Count what a run at ``as_of`` would delete (changing nothing)."""
-    _check_as_of(as_of)
+    check_as_of(as_of)
     src = _s3_source(activity)
     client = client if client is not None else s3_client(src.conn_id)
     objects = [o for o in list_objects(client, src.bucket, src.prefix) if o.latest is not None]
@@ -295,7 +289,7 @@ def plan_s3(
         counts[status] += 1
     expired = counts["due"] + counts["held"] + counts["restricted"]
     result = PlanResult(
-        activity_id=activity.id, as_of=as_of.isoformat(), rules=_describe_rules(activity),
+        activity_id=activity.id, as_of=as_of.isoformat(), rules=activity.rule_descriptions(),
         cutoffs=_cutoffs(activity, as_of), total=len(objects), expired=expired,
         held=counts["held"], restricted=counts["restricted"],
         anchor_unknown=counts["unknown_anchor"], kept=counts["kept"],
@@ -304,11 +298,6 @@ def plan_s3(
     plan = S3Plan(result, src.bucket, src.prefix, tuple(due), sum(len(o.versions) for o in due))
     log.info("plan %s: %s", activity.id, plan.counts())
     return plan
-
-
-def _check_as_of(as_of: dt.datetime) -> None:
-    if not isinstance(as_of, dt.datetime) or as_of.tzinfo is None:
-        raise RetentionError("as_of must be a time-zone-aware datetime")
 
 
 # ------------------------------------------------------------------------------ deleting
@@ -472,50 +461,6 @@ def recover_s3(
 # ------------------------------------------------------------------------------ enforce
 
 
-def _gate(activity: Activity, plan: PlanResult) -> str | None:
-    """Why the run needs approval (same limits as the SQL engine), or None."""
-    safety, n = activity.safety, plan.to_apply
-    if safety.max_rows is not None and n > safety.max_rows:
-        return f"{n} objects exceed the limit of {safety.max_rows} per run"
-    if safety.max_fraction is not None and plan.total and n / plan.total > safety.max_fraction:
-        return (
-            f"{n} of {plan.total} objects ({n / plan.total:.1%}) exceed the limit of"
-            f" {safety.max_fraction:.0%} of the dataset per run"
-        )
-    return None
-
-
-def _decide(
-    activity: Activity, plan: S3Plan, dry_run: bool, approved_by: str | None
-) -> tuple[str, str] | None:
-    if activity.action.kind == "report_only":
-        return "report_only", "report only: the policy sets no enforceable period"
-    if dry_run:
-        n = plan.result.to_apply
-        return "dry_run", f"dry run: would delete {n} objects ({plan.versions} versions)"
-    if plan.result.to_apply == 0:
-        r = plan.result
-        return "nothing_to_do", (
-            f"nothing to do: no expired objects to delete ({r.held} held, {r.restricted}"
-            f" restricted, {r.anchor_unknown} with unknown anchor)"
-        )
-    reason = _gate(activity, plan.result)
-    if reason and not approved_by:
-        return "approval_required", f"approval needed, nothing changed: {reason}"
-    return None
-
-
-def _finish(control: Control, result: S3EnforceResult) -> S3EnforceResult:
-    if result.run_id is not None:
-        control.ledger.finish_run(
-            result.run_id, result.activity_id, outcome=result.outcome, counts=result.counts(),
-            message=result.message,
-        )  # fmt: skip
-    log.info("run %s for %s: %s (%s)", result.run_id, result.activity_id, result.outcome,
-             result.counts())  # fmt: skip
-    return result
-
-
 def enforce_s3(
     activity: Activity,
     as_of: dt.datetime,
@@ -528,7 +473,7 @@ def enforce_s3(
     batch_size: int = MAX_KEYS_PER_CALL,
 ) -> S3EnforceResult:
     """Run an S3 activity's retention at ``as_of``: recover, plan, gate, delete in batches."""
-    _check_as_of(as_of)
+    check_as_of(as_of)
     if not 1 <= batch_size <= MAX_KEYS_PER_CALL:
         raise RetentionError(f"batch_size must be between 1 and {MAX_KEYS_PER_CALL}")
     src = _s3_source(activity)
@@ -545,17 +490,17 @@ def enforce_s3(
         activity.id, "completed", "", plan, run_id=control.ledger.start_run(header),
         approved_by=approved_by, recovery=recovery,
     )  # fmt: skip
-    decided = _decide(activity, plan, dry_run, approved_by)
+    decided = decide(activity, plan.result, dry_run, approved_by)
     if decided:
         result.outcome, result.message = decided
-        return _finish(control, result)
+        return finish_run(control, result)
     target = _Target(client, control, result.run_id, activity.id, src.system, src.bucket)  # type: ignore[arg-type]
     try:
         _run_batches(target, activity, plan, result, batch_size)
     except Exception as exc:
         result.outcome = "failed"
         result.message = f"failed after {result.applied} objects: {type(exc).__name__}"
-        _finish(control, result)
+        finish_run(control, result)
         raise
     result.message = (
         f"delete: {result.applied} objects ({result.versions_deleted} versions) in"
@@ -564,7 +509,7 @@ def enforce_s3(
     )
     if result.failed:
         result.outcome = "partial"
-    return _finish(control, result)
+    return finish_run(control, result)
 
 
 def _run_batches(

@@ -47,16 +47,22 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from include.retention.catalogue import Activity, AnonymiseAction, RuleCase, SqlChild, SqlSource
 from include.retention.errors import RetentionError
-from include.retention.holds import ActiveHolds, HoldRegister
-from include.retention.ledger import Ledger, PendingBatch, RunHeader, code_version
+from include.retention.holds import ActiveHolds
+from include.retention.ledger import PendingBatch, RunHeader, code_version
 from include.retention.masking import MaskStrategy
 from include.retention.pseudonym import (
     RecordRefHasher,
     SubjectRefHasher,
-    check_key,
     hmac_hex,
     pack_refs,
     unpack_refs,
+)
+from include.retention.runs import (
+    Control,
+    PlanResult,
+    check_as_of,
+    decide,
+    finish_run,
 )
 
 log = logging.getLogger(__name__)
@@ -80,28 +86,6 @@ CHECKPOINTS = (
 # ------------------------------------------------------------------------------------ results
 
 
-@dataclass(frozen=True)
-class Control:
-    """The control database: ledger + hold register, and the pseudonym key."""
-
-    ledger: Ledger
-    holds: HoldRegister
-    key: bytes
-
-    @classmethod
-    def open(cls, engine: Engine | str, key: bytes, *, create: bool = True) -> Control:
-        eng = sa.create_engine(engine) if isinstance(engine, str) else engine
-        control = cls(Ledger(eng, key), HoldRegister(eng, key), check_key(key))
-        if create:
-            if eng.dialect.name == "sqlite" and eng.url.database not in (None, "", ":memory:"):
-                # Write-ahead log: one fsync per commit instead of three; as durable on a crash.
-                with eng.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-            control.ledger.create_tables()
-            control.holds.create_tables()
-        return control
-
-
 @dataclass
 class Hooks:
     """Callbacks for tests and operators; called with the batch number."""
@@ -110,34 +94,6 @@ class Hooks:
     # Inside the batch's source transaction, after its rows are deleted/locked and before the
     # active holds are read.
     after_lock: Callable[[int], None] | None = None
-
-
-@dataclass(frozen=True)
-class PlanResult:
-    """What a run would do at ``as_of``; counts only, nothing changed."""
-
-    activity_id: str
-    as_of: str
-    rules: list[str]
-    cutoffs: list[str | None]
-    total: int
-    expired: int
-    held: int
-    restricted: int
-    anchor_unknown: int
-    kept: int
-    out_of_scope: int
-    already_anonymised: int = 0
-
-    @property
-    def to_apply(self) -> int:
-        """Expired records that are neither held nor restricted."""
-        return self.expired - self.held - self.restricted
-
-    def counts(self) -> dict[str, int]:
-        names = ("total", "expired", "held", "restricted", "anchor_unknown", "kept", "out_of_scope")
-        counts = {name: getattr(self, name) for name in names}
-        return counts | {"already_anonymised": self.already_anonymised, "to_apply": self.to_apply}
 
 
 @dataclass
@@ -330,7 +286,8 @@ def _predicates(activity: Activity, schema: _Schema, as_of: dt.datetime) -> _Pre
         anchor = table.c[case.anchor_column]
         cutoff = _cutoff_value(case, as_of, anchor, schema.anchor_tz)
         cutoffs.append(None if cutoff is None else cutoff.isoformat())
-        unknown.append(sa.and_(_when(case, table), anchor.is_(None)))
+        if not case.rule.null_anchor_is_pending:
+            unknown.append(sa.and_(_when(case, table), anchor.is_(None)))
         if cutoff is not None:
             expired.append(sa.and_(_when(case, table), anchor <= cutoff))
     matched = sa.or_(*(_when(case, table) for case in activity.retention))
@@ -402,32 +359,47 @@ def _chunks(
         raise RetentionError("RETURNING rows do not match the affected row count")
 
 
-def _count_held(
+def _held_kinds(
     conn: Connection, schema: _Schema, cond: ColumnElement[bool], check: _HoldCheck, key: bytes
-) -> tuple[int, int]:
+) -> dict[Any, str]:
+    """pk -> hold kind for the rows matching ``cond`` that are held or restricted."""
     if check.active.empty:
-        return 0, 0
+        return {}
     hasher = RecordRefHasher(key, schema.system, schema.dataset)
-    held = restricted = 0
+    kinds: dict[Any, str] = {}
     result = conn.execution_options(yield_per=SCAN_CHUNK).execute(
         sa.select(*_returning_cols(schema)).where(cond)
     )
     for chunk in result.partitions():
-        kinds = check.kinds(chunk, hasher.refs(row[0] for row in chunk))
-        held += sum(1 for k in kinds.values() if k == "legal_hold")
-        restricted += sum(1 for k in kinds.values() if k == "restriction")
-    return held, restricted
+        kinds.update(check.kinds(chunk, hasher.refs(row[0] for row in chunk)))
+    return kinds
+
+
+def _count_held(
+    conn: Connection, schema: _Schema, cond: ColumnElement[bool], check: _HoldCheck, key: bytes
+) -> tuple[int, int]:
+    kinds = list(_held_kinds(conn, schema, cond, check, key).values())
+    return kinds.count("legal_hold"), kinds.count("restriction")
+
+
+def due_and_unheld(
+    activity: Activity, as_of: dt.datetime, *, source: Engine, control: Control
+) -> tuple[sa.Select[Any], int]:
+    """A query of the primary keys that are due at ``as_of`` and under no hold or restriction
+    (after a completed run there must be none), and how many due rows are held."""
+    check_as_of(as_of)
+    schema = resolve_schema(activity, source)
+    due = _in_scope(schema, _predicates(activity, schema, as_of).expired)
+    check = _HoldCheck(control.key, schema, control.holds.active(schema.system, schema.dataset))
+    with source.connect() as conn:
+        held = _held_kinds(conn, schema, due, check, control.key)
+    query = sa.select(schema.pk).where(due)
+    if held:
+        query = query.where(schema.pk.not_in(sorted(held)))
+    return query, len(held)
 
 
 # ------------------------------------------------------------------------------------ plan
-
-
-def _describe_rules(activity: Activity) -> list[str]:
-    out = []
-    for case in activity.retention:
-        scope = f"{case.label or case.when.column}: " if case.label or case.when else ""  # type: ignore[union-attr]
-        out.append(scope + case.rule.describe())
-    return out
 
 
 def _sum(cond: ColumnElement[bool]) -> ColumnElement[Any]:
@@ -462,7 +434,7 @@ def _plan(
     result = PlanResult(
         activity_id=activity.id,
         as_of=as_of.isoformat(),
-        rules=_describe_rules(activity),
+        rules=activity.rule_descriptions(),
         cutoffs=preds.cutoffs,
         total=total,
         expired=expired,
@@ -479,14 +451,9 @@ def _plan(
 
 def plan(activity: Activity, as_of: dt.datetime, *, source: Engine, control: Control) -> PlanResult:
     """Count what a run at ``as_of`` would do, changing nothing."""
-    _check_as_of(as_of)
+    check_as_of(as_of)
     schema = resolve_schema(activity, source)
     return _plan(activity, schema, as_of, source, control)[0]
-
-
-def _check_as_of(as_of: dt.datetime) -> None:
-    if not isinstance(as_of, dt.datetime) or as_of.tzinfo is None:
-        raise RetentionError("as_of must be a time-zone-aware datetime")
 
 
 # ------------------------------------------------------------------------------------ batches
@@ -814,7 +781,7 @@ def recover(activity: Activity, *, source: Engine, control: Control) -> Recovery
     return _recover(activity, schema, source, control)
 
 
-def _present_refs(
+def present_refs(
     source: Engine, schema: _Schema, key: bytes, anonymise: bool, wanted: set[bytes]
 ) -> set[bytes]:
     hasher = RecordRefHasher(key, schema.system, schema.dataset)
@@ -866,7 +833,7 @@ def _recover(
     anonymise = schema.marker is not None
     if pending:
         wanted = {ref for batch in pending for ref in unpack_refs(batch.refs)}
-        present = _present_refs(source, schema, control.key, anonymise, wanted)
+        present = present_refs(source, schema, control.key, anonymise, wanted)
         for batch in pending:
             outcome = _settle(control, batch, present, anonymise)
             setattr(result, outcome, getattr(result, outcome) + 1)
@@ -882,58 +849,6 @@ def _recover(
 # ------------------------------------------------------------------------------------ enforce
 
 
-def gate_reason(activity: Activity, plan_result: PlanResult) -> str | None:
-    """Why the run needs approval, or None if it is within the activity's safety limits."""
-    safety, n = activity.safety, plan_result.to_apply
-    if safety.max_rows is not None and n > safety.max_rows:
-        return f"{n} records exceed the limit of {safety.max_rows} rows per run"
-    if (
-        safety.max_fraction is not None
-        and plan_result.total
-        and n / plan_result.total > safety.max_fraction
-    ):
-        return (
-            f"{n} of {plan_result.total} records ({n / plan_result.total:.1%}) exceed the limit of"
-            f" {safety.max_fraction:.0%} of the dataset per run"
-        )
-    return None
-
-
-def _finish(control: Control, result: EnforceResult) -> EnforceResult:
-    if result.run_id is not None:
-        control.ledger.finish_run(
-            result.run_id, result.activity_id, outcome=result.outcome, counts=result.counts(),
-            message=result.message,
-        )  # fmt: skip
-    log.info(
-        "run %s for %s: %s (%s)", result.run_id, result.activity_id, result.outcome, result.counts()
-    )
-    return result
-
-
-def _decide(
-    activity: Activity, plan_result: PlanResult, dry_run: bool, approved_by: str | None
-) -> tuple[str, str] | None:
-    """A terminal outcome before any change, or None to proceed."""
-    if activity.action.kind == "report_only":
-        return "report_only", "report only: the policy sets no enforceable period"
-    if dry_run:
-        return (
-            "dry_run",
-            f"dry run: would apply {activity.action.kind} to {plan_result.to_apply} records",
-        )
-    if plan_result.to_apply == 0:
-        return "nothing_to_do", (
-            f"nothing to do: no expired records to {activity.action.kind}"
-            f" ({plan_result.held} held, {plan_result.restricted} restricted,"
-            f" {plan_result.anchor_unknown} with unknown anchor)"
-        )
-    reason = gate_reason(activity, plan_result)
-    if reason and not approved_by:
-        return "approval_required", f"approval needed, nothing changed: {reason}"
-    return None
-
-
 def enforce(
     activity: Activity,
     as_of: dt.datetime,
@@ -947,7 +862,7 @@ def enforce(
     hooks: Hooks | None = None,
 ) -> EnforceResult:
     """Run the activity's retention at ``as_of``: recover, plan, gate, then apply in batches."""
-    _check_as_of(as_of)
+    check_as_of(as_of)
     if batch_size < 1:
         raise RetentionError("batch_size must be at least 1")
     hooks = hooks or Hooks()
@@ -967,10 +882,10 @@ def enforce(
         approved_by=approved_by, recovery=recovery,
     )  # fmt: skip
     _checkpoint("run_started", 0)
-    decided = _decide(activity, plan_result, dry_run, approved_by)
+    decided = decide(activity, plan_result, dry_run, approved_by)
     if decided:
         result.outcome, result.message = decided
-        return _finish(control, result)
+        return finish_run(control, result)
     run = _Run(
         activity=activity, schema=schema, source=source, control=control,
         run_id=result.run_id, cond=_in_scope(schema, preds.expired),  # type: ignore[arg-type]
@@ -988,13 +903,13 @@ def enforce(
             "failed",
             f"failed after {result.applied} records: {type(exc).__name__}",
         )
-        _finish(control, result)
+        finish_run(control, result)
         raise
     result.message = (
         f"{activity.action.kind}: {result.applied} records in {result.batches} batches;"
         f" skipped {result.held_skipped} held, {result.restricted_skipped} restricted"
     )
-    return _finish(control, result)
+    return finish_run(control, result)
 
 
 def _anonymise_values(schema: _Schema, dialect: str, key: bytes) -> dict[str, Any]:

@@ -16,13 +16,12 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from include.retention import sql_engine
 from include.retention.catalogue import Activity
 from include.retention.pseudonym import RecordRefHasher
-from include.retention.sql_engine import Control
+from include.retention.runs import Control
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +53,9 @@ def _sql_remaining_query(
     activity: Activity, as_of: dt.datetime, source: Engine, control: Control
 ) -> tuple[str, int]:
     """SQL text (rendered by SQLAlchemy for the source's dialect) of the due, unheld rows."""
-    schema = sql_engine.resolve_schema(activity, source)
-    due = sql_engine.due_condition(activity, schema, as_of)
-    held = sql_engine.held_keys(schema, due, source=source, control=control)
-    query = sa.select(schema.pk).where(due)
-    if held:
-        query = query.where(schema.pk.not_in(sorted(held)))
+    query, held = sql_engine.due_and_unheld(activity, as_of, source=source, control=control)
     compiled = query.compile(dialect=source.dialect, compile_kwargs={"literal_binds": True})
-    return str(compiled), len(held)
+    return str(compiled), held
 
 
 def _sql_claims(

@@ -1,0 +1,140 @@
+"""What every enforcement run shares, whatever the source: the control database, the plan's
+counts, the safety gate and the decision to proceed, and closing the run in the ledger."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from include.retention.catalogue import Activity
+from include.retention.errors import RetentionError
+from include.retention.holds import HoldRegister
+from include.retention.ledger import Ledger
+from include.retention.pseudonym import check_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Control:
+    """The control database: ledger + hold register, and the pseudonym key."""
+
+    ledger: Ledger
+    holds: HoldRegister
+    key: bytes
+
+    @classmethod
+    def open(cls, engine: Engine | str, key: bytes, *, create: bool = True) -> Control:
+        eng = sa.create_engine(engine) if isinstance(engine, str) else engine
+        control = cls(Ledger(eng, key), HoldRegister(eng, key), check_key(key))
+        if create:
+            if eng.dialect.name == "sqlite" and eng.url.database not in (None, "", ":memory:"):
+                # Write-ahead log: one fsync per commit instead of three; as durable on a crash.
+                with eng.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            control.ledger.create_tables()
+            control.holds.create_tables()
+        return control
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """What a run would do at ``as_of``; counts only, nothing changed."""
+
+    activity_id: str
+    as_of: str
+    rules: list[str]
+    cutoffs: list[str | None]
+    total: int
+    expired: int
+    held: int
+    restricted: int
+    anchor_unknown: int
+    kept: int
+    out_of_scope: int
+    already_anonymised: int = 0
+
+    @property
+    def to_apply(self) -> int:
+        """Expired records that are neither held nor restricted."""
+        return self.expired - self.held - self.restricted
+
+    def counts(self) -> dict[str, int]:
+        names = ("total", "expired", "held", "restricted", "anchor_unknown", "kept", "out_of_scope")
+        counts = {name: getattr(self, name) for name in names}
+        return counts | {"already_anonymised": self.already_anonymised, "to_apply": self.to_apply}
+
+
+class _RunResult(Protocol):
+    activity_id: str
+    outcome: str
+    message: str
+    run_id: str | None
+
+    def counts(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=_RunResult)
+
+
+def check_as_of(as_of: dt.datetime) -> None:
+    if not isinstance(as_of, dt.datetime) or as_of.tzinfo is None:
+        raise RetentionError("as_of must be a time-zone-aware datetime")
+
+
+def gate_reason(activity: Activity, plan_result: PlanResult) -> str | None:
+    """Why the run needs approval, or None if it is within the activity's safety limits."""
+    safety, n = activity.safety, plan_result.to_apply
+    if safety.max_rows is not None and n > safety.max_rows:
+        return f"{n} records exceed the limit of {safety.max_rows} rows per run"
+    if (
+        safety.max_fraction is not None
+        and plan_result.total
+        and n / plan_result.total > safety.max_fraction
+    ):
+        return (
+            f"{n} of {plan_result.total} records ({n / plan_result.total:.1%}) exceed the limit of"
+            f" {safety.max_fraction:.0%} of the dataset per run"
+        )
+    return None
+
+
+def finish_run(control: Control, result: R) -> R:
+    """Write the run's closing ledger entry (outcome, counts, message)."""
+    if result.run_id is not None:
+        control.ledger.finish_run(
+            result.run_id, result.activity_id, outcome=result.outcome, counts=result.counts(),
+            message=result.message,
+        )  # fmt: skip
+    log.info(
+        "run %s for %s: %s (%s)", result.run_id, result.activity_id, result.outcome, result.counts()
+    )
+    return result
+
+
+def decide(
+    activity: Activity, plan_result: PlanResult, dry_run: bool, approved_by: str | None
+) -> tuple[str, str] | None:
+    """A terminal outcome before any change, or None to proceed."""
+    if activity.action.kind == "report_only":
+        return "report_only", "report only: the policy sets no enforceable period"
+    if dry_run:
+        return (
+            "dry_run",
+            f"dry run: would apply {activity.action.kind} to {plan_result.to_apply} records",
+        )
+    if plan_result.to_apply == 0:
+        return "nothing_to_do", (
+            f"nothing to do: no expired records to {activity.action.kind}"
+            f" ({plan_result.held} held, {plan_result.restricted} restricted,"
+            f" {plan_result.anchor_unknown} with unknown anchor)"
+        )
+    reason = gate_reason(activity, plan_result)
+    if reason and not approved_by:
+        return "approval_required", f"approval needed, nothing changed: {reason}"
+    return None
