@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: install sysdeps lock demo test lint validate register bench ui clean
+.PHONY: install sysdeps lock demo demo-reset test lint validate register bench ui clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +35,22 @@ validate: install
 register: install
 	$(BIN)/python -m include.retention register --out build/register
 
+# The main job: validate, render the register, seed the demo systems, run every DAG once.
 demo: install
 	$(BIN)/python -m include.retention validate
 	$(BIN)/python -m include.retention register --out build/register
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m include.demo.run
+
+demo-reset: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m include.demo.run --reset
+
+# The Airflow UI on the embedded default (after `make demo`): http://localhost:8080
+ui: install
+	@test -f var/demo.env || { echo "run 'make demo' first: it seeds the demo systems" >&2; exit 1; }
+	. var/demo.env && PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/airflow standalone
+
+bench: install
+	$(BIN)/python bench/bench_sql_delete.py
 
 test: install
 	$(BIN)/ruff check .

@@ -68,10 +68,13 @@ def url_for(conn: Any) -> sa.URL:
 
 def source_engine(conn_id: str) -> Engine:
     """An engine for the SQL source behind the Airflow connection ``conn_id``."""
-    # hide_parameters: errors must not print bound values (keys, identifiers) into task logs
-    return sa.create_engine(
-        url_for(_get_connection(conn_id)), pool_pre_ping=True, hide_parameters=True
-    )
+    url = url_for(_get_connection(conn_id))
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        # SQLite would silently create an empty database: a misconfigured path must fail.
+        raise RetentionError(
+            f"connection {conn_id!r}: SQLite database file {url.database!r} does not exist"
+        )
+    return sa.create_engine(url, pool_pre_ping=True)
 
 
 def control_url(default_dir: Path | None = None) -> str:

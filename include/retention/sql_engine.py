@@ -13,14 +13,19 @@ different database):
    batch without it (for anonymisation: update only the rows not held);
 3. append a ``batch_prepared`` ledger entry with the records' pseudonymous references and
    commit the ledger;
+3b. if the source declares ``objects`` (files the records point to, e.g. CVs): delete every
+   version of the deleted records' files (`s3_engine.delete_linked_objects`, with its own
+   prepared/resolved ledger batch per bucket); if that fails, roll the source back (the rows
+   stay and the next run retries) and fail the run;
 4. commit the source;
 5. append ``batch_resolved`` (committed).
 
 After a crash anywhere, `recover` (run at the start of every enforcement) resolves each
 prepared batch by scanning the source keys under a shared lock (which waits for a commit
 still in flight) and HMAC-ing them: records gone (or marked anonymised) were applied,
-the others were not. So no record is changed without evidence, no evidence claims a record
-that is still there, and nothing is recorded twice.
+the others were not; the linked files' batches are settled by checking which keys still exist
+in the bucket (`s3_engine.recover_s3`). So no record is changed without evidence, no evidence
+claims a record that is still there, and nothing is recorded twice.
 
 Cost per record beyond the DELETE itself: one HMAC in Python (~0.7 us) and 16 bytes of blob.
 On PostgreSQL the next batch's DELETE runs on a worker thread while the current batch is
@@ -45,6 +50,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
+from include.retention import object_store, s3_engine
 from include.retention.catalogue import Activity, AnonymiseAction, RuleCase, SqlChild, SqlSource
 from include.retention.errors import RetentionError
 from include.retention.holds import ActiveHolds
@@ -81,6 +87,9 @@ CHECKPOINTS = (
     "after_source_commit",
     "after_resolve",
 )
+# Only for activities with linked files: after the files were deleted, before the source commit.
+OBJECT_CHECKPOINT = "after_objects_deleted"
+ClientFactory = Callable[[str], Any]
 
 
 # ------------------------------------------------------------------------------------ results
@@ -102,10 +111,15 @@ class RecoveryResult:
     rolled_back: int = 0
     partial: int = 0
     runs_closed: int = 0
+    objects: s3_engine.S3Recovery | None = None  # the linked files' batches, if any
 
     @property
     def anything(self) -> bool:
-        return bool(self.committed or self.rolled_back or self.partial or self.runs_closed)
+        linked = self.objects
+        return bool(
+            self.committed or self.rolled_back or self.partial or self.runs_closed
+            or (linked and (linked.committed or linked.rolled_back or linked.partial))
+        )  # fmt: skip
 
 
 @dataclass
@@ -122,6 +136,10 @@ class EnforceResult:
     restricted_skipped: int = 0
     children: dict[str, int] = field(default_factory=dict)
     batches: int = 0
+    objects_deleted: int = 0  # linked files whose every version is gone
+    object_versions_deleted: int = 0
+    objects_held_skipped: int = 0  # linked files kept by a hold on the file itself
+    objects_missing: int = 0  # linked keys that had no version at all
     approved_by: str | None = None
     recovery: RecoveryResult | None = None
 
@@ -136,6 +154,10 @@ class EnforceResult:
             "restricted_skipped": self.restricted_skipped,
             "children": dict(self.children),
             "batches": self.batches,
+            "objects_deleted": self.objects_deleted,
+            "object_versions_deleted": self.object_versions_deleted,
+            "objects_held_skipped": self.objects_held_skipped,
+            "objects_missing": self.objects_missing,
         }
 
 
@@ -162,6 +184,8 @@ class _Schema:
     marker: sa.Column[Any] | None
     masks: tuple[tuple[sa.Column[Any], MaskStrategy], ...]
     anchor_tz: Any
+    # Columns holding object keys of linked files (source ``objects``), in catalogue order.
+    objects: tuple[sa.Column[Any], ...] = ()
 
 
 def _sql_source(activity: Activity) -> SqlSource:
@@ -236,6 +260,7 @@ def resolve_schema(activity: Activity, engine: Engine) -> _Schema:
         marker=marker,
         masks=masks,
         anchor_tz=anchor_tz,
+        objects=tuple(_column(activity, table, link.column, "object key") for link in src.objects),
     )
 
 
@@ -330,10 +355,20 @@ class _HoldCheck:
         return held
 
 
-def _returning_cols(schema: _Schema, with_subject: bool = True) -> list[sa.Column[Any]]:
-    if schema.subject is None or not with_subject:
-        return [schema.pk]
-    return [schema.pk, schema.subject]
+def _returning_cols(
+    schema: _Schema, with_subject: bool = True, with_objects: bool = False
+) -> list[sa.Column[Any]]:
+    """pk, then the subject (if wanted), then the object-key columns (deletes only)."""
+    cols = [schema.pk]
+    if schema.subject is not None and with_subject:
+        cols.append(schema.subject)
+    if with_objects:
+        cols.extend(schema.objects)
+    return cols
+
+
+def _has_subject(schema: _Schema, returned: Sequence[sa.Column[Any]]) -> bool:
+    return schema.subject is not None and len(returned) > 1 and returned[1] is schema.subject
 
 
 def _chunks(
@@ -497,6 +532,9 @@ class _BatchOutcome:
     blob: bytes
     children: dict[str, int]
     skipped: dict[Any, str]
+    # column -> object keys of the deleted records (NULLs dropped); deletes with ``objects`` only
+    object_keys: dict[str, list[str]] = field(default_factory=dict)
+    linked: s3_engine.LinkedDeleteResult | None = None
 
 
 @dataclass
@@ -516,10 +554,16 @@ class _Run:
     # Subjects are fetched only while subject holds exist (re-checked after every lock).
     with_subject: bool = True
     window: int = DEFAULT_BATCH_SIZE
+    clients: ClientFactory | None = None
 
     @property
     def anonymise(self) -> bool:
         return self.schema.marker is not None
+
+    @property
+    def linked(self) -> bool:
+        """Deleting records whose files must go too."""
+        return not self.anonymise and bool(self.schema.objects)
 
     def hold_check(self) -> _HoldCheck:
         active = self.control.holds.active(self.schema.system, self.schema.dataset)
@@ -535,13 +579,13 @@ _Deleted = tuple[sa.CursorResult[Any], list[sa.Column[Any]], dict[str, int]]
 
 
 def _delete_rows(run: _Run, conn: Connection, cond: ColumnElement[bool]) -> _Deleted:
-    """Children first, then the records; returns the unread RETURNING (pk[, subject]) result,
-    its columns and the child row counts."""
+    """Children first, then the records; returns the unread RETURNING (pk[, subject][, object
+    keys]) result, its columns and the child row counts."""
     children: dict[str, int] = {}
     parent_keys = sa.select(run.schema.pk).where(cond)
     for child in run.schema.children:
         _delete_children(conn, child, parent_keys, children)
-    returned = _returning_cols(run.schema, run.with_subject)
+    returned = _returning_cols(run.schema, run.with_subject, run.linked)
     stmt = sa.delete(run.schema.table).where(cond).returning(*returned)
     return conn.execute(stmt), returned, children
 
@@ -568,11 +612,12 @@ def _delete_attempt(
         if run.hooks.after_lock and attempt == 0:
             run.hooks.after_lock(batch_no)
         check = run.hold_check()
-        retry = _needs_subjects(run, check, len(returned) > 1)
+        retry = _needs_subjects(run, check, _has_subject(run.schema, returned))
         if not retry:
-            count, blob, held = _digest(run, check, _chunks(result, returned))
+            offset = 2 if _has_subject(run.schema, returned) else 1
+            count, blob, held, keys = _digest(run, check, _chunks(result, returned), offset)
             if not held:
-                return _BatchOutcome(count, blob, children, skipped)
+                return _BatchOutcome(count, blob, children, skipped, keys)
             skipped.update(held)
         result.close()
         conn.rollback()
@@ -584,16 +629,21 @@ def _delete_attempt(
 
 
 def _digest(
-    run: _Run, check: _HoldCheck, chunks: Iterable[Sequence[Any]]
-) -> tuple[int, bytes, dict[Any, str]]:
-    """Count the rows, pack their references into one blob, and find the held ones."""
+    run: _Run, check: _HoldCheck, chunks: Iterable[Sequence[Any]], offset: int
+) -> tuple[int, bytes, dict[Any, str], dict[str, list[str]]]:
+    """Count the rows, pack their references into one blob, find the held ones, and collect
+    the object keys (columns from ``offset`` on) of the linked files."""
     count, blob, held = 0, bytearray(), {}
+    columns = [c.name for c in run.schema.objects] if run.linked else []
+    keys: dict[str, list[str]] = {name: [] for name in columns}
     for chunk in chunks:
         refs = run.hasher.refs(row[0] for row in chunk)
         count += len(chunk)
         blob += pack_refs(refs)
         held.update(check.kinds(chunk, refs))
-    return count, bytes(blob), held
+        for i, name in enumerate(columns, start=offset):
+            keys[name].extend(str(row[i]) for row in chunk if row[i] is not None)
+    return count, bytes(blob), held, keys
 
 
 def _needs_subjects(run: _Run, check: _HoldCheck, fetched_subjects: bool) -> bool:
@@ -720,6 +770,9 @@ def _one_batch(run: _Run, batch: _Batch) -> _BatchOutcome:
             refs_blob=outcome.blob, counts=counts,
         )  # fmt: skip
         _checkpoint("after_prepare", batch_no)
+        if run.linked:
+            outcome.linked = _delete_files(run, conn, outcome, prepared, batch_no)
+            _checkpoint(OBJECT_CHECKPOINT, batch_no)
         # If this commit fails the prepared entry stays pending and `recover` settles it.
         conn.commit()
     _checkpoint("after_source_commit", batch_no)
@@ -731,6 +784,31 @@ def _one_batch(run: _Run, batch: _Batch) -> _BatchOutcome:
         outcome.children,
     )  # fmt: skip
     return outcome
+
+
+def _delete_files(
+    run: _Run, conn: Connection, outcome: _BatchOutcome, prepared: int, batch_no: int
+) -> s3_engine.LinkedDeleteResult:
+    """Delete the batch's linked files before the source commits; on any failure roll the
+    source back (the rows stay, the next run retries) and record the batch as rolled back."""
+    try:
+        linked = s3_engine.delete_linked_objects(
+            run.activity, outcome.object_keys, control=run.control, run_id=run.run_id,
+            batch_no=batch_no, clients=run.clients,
+        )  # fmt: skip
+        if linked.failed:
+            raise RetentionError(
+                f"batch {batch_no}: {linked.failed} linked file(s) could not be deleted"
+            )
+    except BaseException:
+        conn.rollback()
+        log.error("batch %s: deleting the linked files failed; source rolled back", batch_no)
+        try:
+            run.control.ledger.resolve_batch(prepared, outcome="rolled_back", applied=0)
+        except Exception:  # left pending: the next run's recovery settles it from the source
+            log.exception("batch %s: could not resolve the rolled-back batch", batch_no)
+        raise
+    return linked
 
 
 def _pipelined(run: _Run) -> bool:
@@ -750,6 +828,11 @@ def _add(result: EnforceResult, outcome: _BatchOutcome) -> None:
     result.restricted_skipped += sum(1 for k in outcome.skipped.values() if k == "restriction")
     for name, n in outcome.children.items():
         result.children[name] = result.children.get(name, 0) + n
+    if outcome.linked is not None:
+        result.objects_deleted += outcome.linked.objects
+        result.object_versions_deleted += outcome.linked.versions_deleted
+        result.objects_held_skipped += outcome.linked.held_skipped
+        result.objects_missing += outcome.linked.missing
 
 
 def _run_batches(run: _Run, result: EnforceResult) -> None:
@@ -775,10 +858,17 @@ def _run_batches(run: _Run, result: EnforceResult) -> None:
 # ------------------------------------------------------------------------------------ recovery
 
 
-def recover(activity: Activity, *, source: Engine, control: Control) -> RecoveryResult:
-    """Settle batches a crashed run left prepared, and close its run entry."""
+def recover(
+    activity: Activity,
+    *,
+    source: Engine,
+    control: Control,
+    clients: ClientFactory | None = None,
+) -> RecoveryResult:
+    """Settle batches a crashed run left prepared (the table's from the source, the linked
+    files' from their buckets), and close its run entry."""
     schema = resolve_schema(activity, source)
-    return _recover(activity, schema, source, control)
+    return _recover(activity, schema, source, control, _cached(clients))
 
 
 def present_refs(
@@ -826,10 +916,24 @@ def _settle(control: Control, batch: PendingBatch, present: set[bytes], anonymis
 
 
 def _recover(
-    activity: Activity, schema: _Schema, source: Engine, control: Control
+    activity: Activity,
+    schema: _Schema,
+    source: Engine,
+    control: Control,
+    clients: ClientFactory | None = None,
 ) -> RecoveryResult:
     result = RecoveryResult()
-    pending = control.ledger.pending_batches(activity.id)
+    if _sql_source(activity).objects:
+        # Files are deleted before the source commits: settle them by existence in S3 (a
+        # client is only made for a bucket with pending batches).
+        result.objects = s3_engine.recover_s3(
+            activity, control=control, clients=clients, close_runs=False
+        )
+    pending = [
+        b
+        for b in control.ledger.pending_batches(activity.id)
+        if (b.system, b.dataset) == (schema.system, schema.dataset)
+    ]
     anonymise = schema.marker is not None
     if pending:
         wanted = {ref for batch in pending for ref in unpack_refs(batch.refs)}
@@ -860,14 +964,20 @@ def enforce(
     approved_by: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     hooks: Hooks | None = None,
+    clients: ClientFactory | None = None,
 ) -> EnforceResult:
-    """Run the activity's retention at ``as_of``: recover, plan, gate, then apply in batches."""
+    """Run the activity's retention at ``as_of``: recover, plan, gate, then apply in batches.
+
+    ``clients``: conn_id -> boto3 S3 client for the linked files (default:
+    `object_store.s3_client`); only used by activities whose source declares ``objects``.
+    """
     check_as_of(as_of)
     if batch_size < 1:
         raise RetentionError("batch_size must be at least 1")
     hooks = hooks or Hooks()
     schema = resolve_schema(activity, source)
-    recovery = None if dry_run else _recover(activity, schema, source, control)
+    clients = _cached(clients)
+    recovery = None if dry_run else _recover(activity, schema, source, control, clients)
     plan_result, preds = _plan(activity, schema, as_of, source, control)
     if hooks.after_plan:
         hooks.after_plan(plan_result)
@@ -890,7 +1000,7 @@ def enforce(
         activity=activity, schema=schema, source=source, control=control,
         run_id=result.run_id, cond=_in_scope(schema, preds.expired),  # type: ignore[arg-type]
         batch_size=batch_size, hooks=hooks,
-        hasher=RecordRefHasher(control.key, schema.system, schema.dataset),
+        hasher=RecordRefHasher(control.key, schema.system, schema.dataset), clients=clients,
     )  # fmt: skip
     run.with_subject = bool(control.holds.active(schema.system, schema.dataset).subjects)
     run.window = _window(batch_size, plan_result)
@@ -910,6 +1020,19 @@ def enforce(
         f" skipped {result.held_skipped} held, {result.restricted_skipped} restricted"
     )
     return finish_run(control, result)
+
+
+def _cached(clients: ClientFactory | None) -> ClientFactory:
+    """One client per connection for the whole run, made on first use."""
+    factory = clients or object_store.s3_client
+    made: dict[str, Any] = {}
+
+    def client(conn_id: str) -> Any:
+        if conn_id not in made:
+            made[conn_id] = factory(conn_id)
+        return made[conn_id]
+
+    return client
 
 
 def _anonymise_values(schema: _Schema, dialect: str, key: bytes) -> dict[str, Any]:
