@@ -364,6 +364,9 @@ def test_connections_resolve_the_key_and_engines(
     src_conn = {"conn_type": "sqlite", "host": str(tmp_path / "src.db")}
     monkeypatch.setenv("AIRFLOW_CONN_ATS_DB", json.dumps(src_conn))
     assert connections.pseudonym_key() == secret.encode()
+    with pytest.raises(RetentionError, match=r"SQLite database file .*src\.db' does not exist"):
+        connections.source_engine("ats_db")
+    (tmp_path / "src.db").touch()
     with connections.source_engine("ats_db").connect() as conn:
         assert conn.dialect.name == "sqlite"
     with pytest.raises(RetentionError, match="'nope' is not defined"):

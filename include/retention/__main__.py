@@ -14,7 +14,7 @@ from include.retention.register import write_register
 def _validate(args: argparse.Namespace) -> int:
     catalogue = load_catalogue(args.catalogue)
     gaps = [a.id for a in catalogue if a.policy_gap]
-    print(f"catalogue {args.catalogue}: {len(catalogue)} activities valid")
+    print(f"catalogue {args.catalogue or POLICY_DIR}: {len(catalogue)} activities valid")
     print(f"catalogue version: {catalogue.version}")
     print(f"policy gaps (report only, never deleted by an invented period): {', '.join(gaps)}")
     return 0
@@ -29,7 +29,9 @@ def _register(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m include.retention")
-    parser.add_argument("--catalogue", type=Path, default=POLICY_DIR, help="catalogue folder")
+    parser.add_argument(
+        "--catalogue", type=Path, default=None, help=f"catalogue folder ({POLICY_DIR})"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("validate", help="validate the catalogue").set_defaults(run=_validate)
     register = commands.add_parser("register", help="render the Art. 30 record")

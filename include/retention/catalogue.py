@@ -8,6 +8,7 @@ problem for anything wrong.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -29,6 +30,7 @@ from include.retention.masking import MaskStrategy, parse_mask
 from include.retention.rules import Rule
 
 POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
+CATALOGUE_ENV = "RETENTION_CATALOGUE_DIR"  # another catalogue folder (tests, staging)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _SLUG = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
 
@@ -298,8 +300,10 @@ def load_activity(path: Path) -> Activity:
     return activity
 
 
-def load_catalogue(directory: Path = POLICY_DIR) -> Catalogue:
-    """Read, validate and version every ``*.yaml``/``*.yml`` file in ``directory``."""
+def load_catalogue(directory: Path | None = None) -> Catalogue:
+    """Read, validate and version every ``*.yaml``/``*.yml`` file in ``directory`` (default:
+    ``$RETENTION_CATALOGUE_DIR``, else ``include/policies``)."""
+    directory = directory or Path(os.environ.get(CATALOGUE_ENV) or POLICY_DIR)
     paths = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
     if not paths:
         raise RetentionError(f"{directory}: no catalogue files (*.yaml) found")

@@ -437,12 +437,14 @@ class Ledger:
                 runs[e.run_id].batches.append(e.seq)
         return list(runs.values())
 
-    def applied_refs(self, run_id: str) -> list[bytes]:
-        """The references of every record the run's resolved batches claim as applied."""
+    def applied_refs(self, run_id: str, system: str, dataset: str) -> list[bytes]:
+        """The references of every record of ``dataset`` that the run claims as applied."""
         t = ledger_table
-        entries = list(
-            self.entries(where=sa.and_(t.c.run_id == run_id, t.c.kind.like("batch_%")))
-        )
+        where = sa.and_(
+            t.c.run_id == run_id, t.c.kind.like("batch_%"), t.c.system == system,
+            t.c.dataset == dataset,
+        )  # fmt: skip
+        entries = list(self.entries(where=where))
         prepared = {e.seq: e for e in entries if e.kind == "batch_prepared"}
         refs: list[bytes] = []
         for resolution in (e for e in entries if e.kind == "batch_resolved"):

@@ -63,7 +63,9 @@ def _sql_claims(
 ) -> list[bool]:
     """Per record the run claims: is the claim true in the source now?"""
     schema = sql_engine.resolve_schema(activity, source)
-    claimed = set(control.ledger.applied_refs(run_id)) if run_id else set()
+    claimed = set(
+        control.ledger.applied_refs(run_id, schema.system, schema.dataset) if run_id else []
+    )
     anonymise = schema.marker is not None
     present = sql_engine.present_refs(source, schema, control.key, anonymise, claimed)
     # delete: a claimed record must be gone; anonymise: it must be there, marked anonymised.
@@ -137,7 +139,7 @@ def verify_s3(
         _frame("ref", [r.hex() for r in refs.refs(o.key for o in replan.due)]),
         gx.expectations.ExpectTableRowCountToEqual(value=0),
     )
-    claimed = set(control.ledger.applied_refs(run_id)) if run_id else set()
+    claimed = set(control.ledger.applied_refs(run_id, src.system, src.bucket) if run_id else [])  # type: ignore[union-attr]
     present = s3_engine.present_refs(client, control, src.system, src.bucket, src.prefix, claimed)  # type: ignore[union-attr]
     truthful = _validate_frame(
         gx,

@@ -1,0 +1,290 @@
+"""End to end: retention DAGs run through Airflow (``dag.test``) against the seeded demo
+systems (SQLite sources, moto S3), and exactly the designed records survive."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from include.demo.manifest import Manifest, ManifestEntry
+from include.demo.run import DemoPaths, environment
+from include.demo.seed import place_holds, seed_demo
+from include.retention.catalogue import POLICY_DIR, load_catalogue
+from include.retention.dag_factory import build_dag
+from include.retention.object_store import EmbeddedS3, iter_versions
+from include.retention.runs import Control
+from tests.s3 import s3_server_fixture  # noqa: F401
+
+AS_OF = dt.datetime(2026, 11, 24, 1, 30, tzinfo=dt.UTC)  # the 02:30 nightly run, Stockholm
+
+
+@dataclass
+class Demo:
+    root: Path
+    manifest: Manifest
+    urls: dict[str, str]
+    control: Control
+    s3: Any
+
+    def row_exists(self, entry: ManifestEntry) -> bool:
+        engine = sa.create_engine(self.urls[entry.system])
+        table = sa.Table(entry.dataset, sa.MetaData(), autoload_with=engine)
+        pk = next(iter(table.primary_key.columns))
+        with engine.connect() as conn:
+            return conn.execute(sa.select(pk).where(pk == entry.pk)).first() is not None
+
+    def exists(self, entry: ManifestEntry) -> bool:
+        if entry.kind == "object":
+            return self.object_versions(entry.dataset, str(entry.pk)) > 0
+        return self.row_exists(entry)
+
+    def row(self, entry: ManifestEntry) -> dict[str, Any]:
+        engine = sa.create_engine(self.urls[entry.system])
+        table = sa.Table(entry.dataset, sa.MetaData(), autoload_with=engine)
+        pk = next(iter(table.primary_key.columns))
+        with engine.connect() as conn:
+            return dict(conn.execute(sa.select(table).where(pk == entry.pk)).mappings().one())
+
+    def object_versions(self, bucket: str, key: str) -> int:
+        return sum(1 for v in iter_versions(self.s3, bucket, key) if v["Key"] == key)
+
+    def last_run(self, activity_id: str) -> dict[str, Any]:
+        return self.control.ledger.runs(activity_id)[-1].finished or {}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory, s3_server: EmbeddedS3) -> Iterator[Demo]:
+    airflow = Path(sys.executable).parent / "airflow"
+    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True)
+    root = tmp_path_factory.mktemp("e2e")
+    key = secrets.token_urlsafe(32)
+    result = seed_demo(AS_OF, root / "demo", s3_client=s3_server.client())
+    env = environment(DemoPaths(root), key, s3_server.endpoint_url)
+    for name in ("AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__LOGGING__LOGGING_LEVEL"):
+        env.pop(name)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        control = Control.open(env["RETENTION_CONTROL_DB_URL"], key.encode())
+        place_holds(control.holds, result.hold_requests())
+        yield Demo(root, result.manifest, result.urls, control, s3_server.client())
+
+
+def run_dag(activity_id: str, **kwargs: Any) -> Any:
+    dag = build_dag(load_catalogue()[activity_id])
+    for task in dag.tasks:
+        task.retries = 0
+    conf = {"as_of": AS_OF.isoformat(), "dry_run": False} | kwargs.pop("conf", {})
+    return dag.test(run_conf=conf, **kwargs)
+
+
+def _survivors(demo: Demo, activity_id: str) -> tuple[list[ManifestEntry], list[ManifestEntry]]:
+    entries = demo.manifest.for_activity(activity_id)
+    alive = [e for e in entries if demo.exists(e)]
+    return entries, alive
+
+
+def test_recruitment_deletes_exactly_the_expired_candidates_with_children_and_cvs(demo):
+    entries = demo.manifest.for_activity("recruitment", kind="row")
+    expectations = {e.expectation.value for e in entries}
+    assert {"expired", "boundary_due", "boundary_kept", "held", "unknown_anchor"} <= expectations
+    assert run_dag("recruitment").state == "success"
+    _, alive = _survivors(demo, "recruitment")
+    assert {e.pk for e in alive} == {
+        e.pk for e in demo.manifest.for_activity("recruitment") if not e.due
+    }
+    for entry in entries:
+        for cv in entry.objects:
+            assert (demo.object_versions("cv-files", cv) > 0) == (not entry.due), (entry, cv)
+    finished = demo.last_run("recruitment")
+    assert finished["outcome"] == "completed"
+    assert finished["counts"]["applied"] == sum(e.due for e in entries)
+    due = next(e for e in entries if e.due)
+    evidence = demo.control.ledger.lookup("ats", "candidates", due.pk)
+    assert len(evidence) == 1 and evidence[0].action == "delete"
+
+
+def test_image_bank_removes_every_version_of_expired_objects(demo):
+    entries = demo.manifest.for_activity("image_bank")
+    with_history = [e for e in entries if e.due and demo.object_versions(e.dataset, str(e.pk)) > 1]
+    assert with_history, "the demo must hold an expired object with old versions"
+    assert run_dag("image_bank").state == "success"
+    _, alive = _survivors(demo, "image_bank")
+    assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
+    assert all(demo.object_versions(e.dataset, str(e.pk)) == 0 for e in with_history)
+
+
+def test_consent_withdrawal_and_boundaries_in_the_newsletter(demo):
+    entries = demo.manifest.for_activity("newsletter")
+    assert any(e.expectation == "consent_withdrawn" for e in entries)
+    assert run_dag("newsletter").state == "success"
+    _, alive = _survivors(demo, "newsletter")
+    assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
+
+
+def test_service_development_anonymises_in_place(demo):
+    entries = demo.manifest.for_activity("service_development")
+    before = {e.pk: demo.row(e) for e in entries}
+    assert run_dag("service_development").state == "success"
+    for entry in entries:
+        row = demo.row(entry)
+        if entry.due:
+            assert before[entry.pk]["anonymised_at"] is None
+            assert row["anonymised_at"] is not None and row["full_name"] is None
+            assert row["city"] == "anonymised" and len(row["email"]) == 32
+            assert row["birth_date"].month == 1 and row["birth_date"].day == 1
+            assert row["age"] % 10 == 0
+        else:
+            assert row == before[entry.pk]
+
+
+def test_second_run_deletes_nothing_new(demo):
+    before = demo.control.ledger.head()
+    assert run_dag("recruitment").state == "success"
+    finished = demo.last_run("recruitment")
+    assert finished["outcome"] == "nothing_to_do"
+    assert finished["counts"]["applied"] == 0
+    assert demo.control.ledger.head()[0] > before[0]  # the run itself is still recorded
+    assert demo.control.ledger.verify().ok
+
+
+def test_verification_catches_remaining_and_falsely_claimed_records(demo):
+    from include.retention import connections, verification
+
+    chatbot = load_catalogue()["chatbot"]  # not enforced yet: due records remain
+    source = connections.source_engine(chatbot.source.conn_id)
+    before = verification.verify_sql(chatbot, AS_OF, None, source=source, control=demo.control)
+    assert not before.success
+    assert before.remaining_due == sum(e.due for e in demo.manifest.for_activity("chatbot"))
+
+    recruitment = load_catalogue()["recruitment"]
+    run = next(
+        r for r in demo.control.ledger.runs("recruitment") if r.finished["outcome"] == "completed"
+    )
+    source = connections.source_engine(recruitment.source.conn_id)
+    honest = verification.verify_sql(
+        recruitment, AS_OF, run.run_id, source=source, control=demo.control
+    )
+    assert honest.success and honest.claims_checked > 0 and honest.false_claims == 0
+    deleted = next(e for e in demo.manifest.for_activity("recruitment", kind="row") if e.due)
+    table = sa.Table("candidates", sa.MetaData(), autoload_with=source)
+    with source.begin() as conn:  # the record comes back: the evidence is now false
+        columns = {
+            c.name: AS_OF.replace(tzinfo=None) if isinstance(c.type, sa.DateTime) else "restored"
+            for c in table.columns
+            if not c.nullable
+        }
+        conn.execute(sa.insert(table).values(columns | {"id": deleted.pk, "hired": True}))
+    try:
+        caught = verification.verify_sql(
+            recruitment, AS_OF, run.run_id, source=source, control=demo.control
+        )
+        assert not caught.success and caught.false_claims == 1
+    finally:
+        with source.begin() as conn:
+            conn.execute(sa.delete(table).where(table.c.id == deleted.pk))
+
+
+def test_dry_run_changes_nothing(demo):
+    entries, alive_before = _survivors(demo, "chatbot")
+    assert run_dag("chatbot", conf={"dry_run": True}).state == "success"
+    assert demo.last_run("chatbot")["outcome"] == "dry_run"
+    assert _survivors(demo, "chatbot")[1] == alive_before == entries
+
+
+# --- the safety gate: nothing is deleted until a person approves -------------------------
+
+
+@pytest.fixture
+def strict_catalogue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, folder)
+    path = folder / "demo_process.yaml"
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw["safety"] = {"max_rows": 1, "max_fraction": None}
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    monkeypatch.setenv("RETENTION_CATALOGUE_DIR", str(folder))
+    return folder
+
+
+def _answer_approval(dag_id: str, chosen: str, user: str, stop: threading.Event) -> None:
+    """Respond to the approval task the way the UI's API does, once it waits for input."""
+    from airflow.models.hitl import HITLDetail
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.trigger import handle_event_submit
+    from airflow.triggers.base import TriggerEvent
+    from airflow.utils import timezone
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+
+    while not stop.is_set():
+        with create_session() as session:
+            ti = session.scalars(
+                sa.select(TaskInstance).where(
+                    TaskInstance.dag_id == dag_id,
+                    TaskInstance.task_id == "approve",
+                    TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
+                )
+            ).first()
+            detail = (
+                ti
+                and session.scalars(sa.select(HITLDetail).where(HITLDetail.ti_id == ti.id)).first()
+            )
+            if ti is not None and detail is not None:
+                detail.responded_by = {"id": user, "name": user}
+                detail.responded_at = timezone.utcnow()
+                detail.chosen_options = [chosen]
+                detail.params_input = {}
+                event = TriggerEvent(detail.as_resume_event_payload())
+                handle_event_submit(event, task_instance=ti, session=session)
+                return
+        time.sleep(0.5)
+
+
+def _run_answered(activity_id: str, chosen: str, user: str) -> Any:
+    stop = threading.Event()
+    answer = threading.Thread(
+        target=_answer_approval, args=(f"retention_{activity_id}", chosen, user, stop)
+    )
+    answer.start()
+    try:
+        return run_dag(activity_id)
+    finally:
+        stop.set()
+        answer.join()
+
+
+def test_gated_run_deletes_nothing_until_approved(demo, strict_catalogue):
+    entries, alive_before = _survivors(demo, "demo_process")
+    assert sum(e.due for e in entries) > 1  # over the strict limit of one row per run
+
+    unanswered = run_dag("demo_process", mark_success_pattern="approve")
+    assert unanswered.state == "success"
+    assert demo.last_run("demo_process")["outcome"] == "approval_required"
+    assert _survivors(demo, "demo_process")[1] == alive_before
+
+    rejected = _run_answered("demo_process", "Reject", "dpo.anna")
+    assert rejected.state == "success"
+    assert demo.last_run("demo_process")["outcome"] == "approval_required"
+    assert _survivors(demo, "demo_process")[1] == alive_before
+
+    approved = _run_answered("demo_process", "Approve", "dpo.anna")
+    assert approved.state == "success"
+    run = demo.control.ledger.runs("demo_process")[-1]
+    assert run.header["approved_by"] == "dpo.anna"
+    assert run.finished["outcome"] == "completed"
+    _, alive = _survivors(demo, "demo_process")
+    assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
