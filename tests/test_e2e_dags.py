@@ -288,3 +288,34 @@ def test_gated_run_deletes_nothing_until_approved(demo, strict_catalogue):
     assert run.finished["outcome"] == "completed"
     _, alive = _survivors(demo, "demo_process")
     assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
+
+
+def test_runs_leave_an_asset_event_with_counts_and_no_personal_data_in_xcoms(demo):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    run = run_dag("booking_system")
+    assert run.state == "success"
+    subjects = [e.subject for e in demo.manifest.for_activity("booking_system") if e.subject]
+    assert subjects, "the demo records must name their data subjects"
+    with create_session() as session:
+        event = session.scalars(
+            sa.select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.name == "retention_booking_system")
+            .order_by(AssetEvent.id.desc())
+        ).first()
+        xcoms = session.scalars(
+            sa.select(XComModel.value).where(
+                XComModel.dag_id == "retention_booking_system", XComModel.run_id == run.run_id
+            )
+        ).all()
+    assert event is not None and event.extra["outcome"] == "completed"
+    assert event.extra["counts"]["applied"] == sum(
+        e.due for e in demo.manifest.for_activity("booking_system")
+    )
+    stored = " ".join(str(value) for value in xcoms)
+    assert "applied" in stored  # the XComs were found and carry the counts
+    for subject in subjects:
+        assert subject not in stored

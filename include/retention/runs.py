@@ -14,8 +14,8 @@ from sqlalchemy.engine import Engine
 from include.retention.catalogue import Activity
 from include.retention.errors import RetentionError
 from include.retention.holds import HoldRegister
-from include.retention.ledger import Ledger
-from include.retention.pseudonym import check_key
+from include.retention.ledger import Ledger, PendingBatch
+from include.retention.pseudonym import check_key, pack_refs, unpack_refs
 
 log = logging.getLogger(__name__)
 
@@ -138,3 +138,36 @@ def decide(
     if reason and not approved_by:
         return "approval_required", f"approval needed, nothing changed: {reason}"
     return None
+
+
+def settle_batch(
+    control: Control, batch: PendingBatch, present: set[bytes], *, applied_if_present: bool
+) -> str:
+    """Resolve a batch a crashed run left prepared, from which of its records are present now.
+
+    A deletion was applied to the records that are gone; an anonymisation to the records that
+    are present and marked (``applied_if_present``). Returns the outcome written.
+    """
+    refs = unpack_refs(batch.refs)
+    applied = [ref for ref in refs if (ref in present) == applied_if_present]
+    outcome = "committed" if len(applied) == len(refs) else "partial" if applied else "rolled_back"
+    control.ledger.resolve_batch(
+        batch, outcome=outcome, applied_blob=pack_refs(applied), recovered=True,
+        applied=len(applied),
+    )  # fmt: skip
+    log.warning(
+        "recovered batch (ledger seq %s, %s): %s, %s of %s records",
+        batch.seq, batch.dataset, outcome, len(applied), len(refs),
+    )  # fmt: skip
+    return outcome
+
+
+def close_interrupted_runs(control: Control, activity_id: str) -> int:
+    """Close the runs a crash left open (after their batches were settled); how many."""
+    run_ids = control.ledger.unfinished_runs(activity_id)
+    for run_id in run_ids:
+        control.ledger.finish_run(
+            run_id, activity_id, outcome="interrupted", counts={},
+            message="run was interrupted; its prepared batches were settled by recovery",
+        )  # fmt: skip
+    return len(run_ids)

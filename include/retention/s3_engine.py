@@ -33,10 +33,18 @@ from typing import Any, Literal
 from include.retention.catalogue import Activity, RuleCase, S3Source, SqlSource
 from include.retention.errors import RetentionError
 from include.retention.holds import ActiveHolds
-from include.retention.ledger import PendingBatch, RunHeader, code_version
+from include.retention.ledger import RunHeader, code_version
 from include.retention.object_store import iter_versions, s3_client
 from include.retention.pseudonym import RecordRefHasher, SubjectRefHasher, pack_refs, unpack_refs
-from include.retention.runs import Control, PlanResult, check_as_of, decide, finish_run
+from include.retention.runs import (
+    Control,
+    PlanResult,
+    check_as_of,
+    close_interrupted_runs,
+    decide,
+    finish_run,
+    settle_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -401,23 +409,6 @@ def present_refs(
     return {ref for ref in hasher.refs(sorted(keys)) if ref in wanted}
 
 
-def _settle(control: Control, batch: PendingBatch, present: set[bytes]) -> str:
-    refs = unpack_refs(batch.refs)
-    applied = [r for r in refs if r not in present]
-    outcome = (
-        "committed" if len(applied) == len(refs) else ("partial" if applied else "rolled_back")
-    )
-    control.ledger.resolve_batch(
-        batch, outcome=outcome, applied_blob=pack_refs(applied), recovered=True,
-        applied=len(applied),
-    )  # fmt: skip
-    log.warning(
-        "recovered object batch (ledger seq %s): %s, %s of %s objects",
-        batch.seq, outcome, len(applied), len(refs),
-    )  # fmt: skip
-    return outcome
-
-
 def _buckets(activity: Activity) -> list[tuple[str, str, str, str]]:
     """(system, bucket, prefix, conn_id) of every bucket the activity deletes from."""
     src = activity.source
@@ -446,15 +437,10 @@ def recover_s3(
         wanted = {ref for b in mine for ref in unpack_refs(b.refs)}
         present = present_refs(clients(conn_id), control, system, bucket, prefix, wanted)
         for batch in mine:
-            outcome = _settle(control, batch, present)
+            outcome = settle_batch(control, batch, present, applied_if_present=False)
             setattr(result, outcome, getattr(result, outcome) + 1)
     if close_runs:
-        for run_id in control.ledger.unfinished_runs(activity.id):
-            control.ledger.finish_run(
-                run_id, activity.id, outcome="interrupted", counts={},
-                message="run was interrupted; its prepared batches were settled by recovery",
-            )  # fmt: skip
-            result.runs_closed += 1
+        result.runs_closed = close_interrupted_runs(control, activity.id)
     return result
 
 

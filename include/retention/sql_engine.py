@@ -54,7 +54,7 @@ from include.retention import object_store, s3_engine
 from include.retention.catalogue import Activity, AnonymiseAction, RuleCase, SqlChild, SqlSource
 from include.retention.errors import RetentionError
 from include.retention.holds import ActiveHolds
-from include.retention.ledger import PendingBatch, RunHeader, code_version
+from include.retention.ledger import RunHeader, code_version
 from include.retention.masking import MaskStrategy
 from include.retention.pseudonym import (
     RecordRefHasher,
@@ -67,8 +67,10 @@ from include.retention.runs import (
     Control,
     PlanResult,
     check_as_of,
+    close_interrupted_runs,
     decide,
     finish_run,
+    settle_batch,
 )
 
 log = logging.getLogger(__name__)
@@ -889,32 +891,6 @@ def present_refs(
     return present
 
 
-def _settle(control: Control, batch: PendingBatch, present: set[bytes], anonymise: bool) -> str:
-    refs = unpack_refs(batch.refs)
-    applied = [r for r in refs if (r in present) == anonymise]
-    if len(applied) == len(refs):
-        outcome = "committed"
-    elif not applied:
-        outcome = "rolled_back"
-    else:
-        outcome = "partial"
-    control.ledger.resolve_batch(
-        batch,
-        outcome=outcome,
-        applied_blob=pack_refs(applied),
-        recovered=True,
-        applied=len(applied),
-    )
-    log.warning(
-        "recovered batch (ledger seq %s): %s, %s of %s records",
-        batch.seq,
-        outcome,
-        len(applied),
-        len(refs),
-    )
-    return outcome
-
-
 def _recover(
     activity: Activity,
     schema: _Schema,
@@ -939,14 +915,9 @@ def _recover(
         wanted = {ref for batch in pending for ref in unpack_refs(batch.refs)}
         present = present_refs(source, schema, control.key, anonymise, wanted)
         for batch in pending:
-            outcome = _settle(control, batch, present, anonymise)
+            outcome = settle_batch(control, batch, present, applied_if_present=anonymise)
             setattr(result, outcome, getattr(result, outcome) + 1)
-    for run_id in control.ledger.unfinished_runs(activity.id):
-        control.ledger.finish_run(
-            run_id, activity.id, outcome="interrupted", counts={},
-            message="run was interrupted; its prepared batches were settled by recovery",
-        )  # fmt: skip
-        result.runs_closed += 1
+    result.runs_closed = close_interrupted_runs(control, activity.id)
     return result
 
 
