@@ -54,6 +54,7 @@ bench: install
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy include
 	$(BIN)/python -m pytest
 
 lint: install

@@ -158,8 +158,9 @@ def _wire(activity: Activity) -> None:
         response_timeout=APPROVAL_TIMEOUT,
     )
 
-    planned = plan()
-    enforced = enforce(planned)
+    # TaskFlow passes XComArgs where the functions declare the values they resolve to.
+    planned: Any = plan()
+    enforced: Any = enforce(planned)
     safety_gate(planned) >> [approve, enforced]
     approve >> enforced
     verify(planned, enforced) >> report()

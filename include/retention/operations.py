@@ -136,7 +136,7 @@ def enforce(
     run = s3_engine.enforce_s3 if activity.source.kind == "s3" else sql_engine.enforce
     result = run(
         activity,
-        pendulum.parse(planned["as_of"]),
+        resolve_as_of(planned["as_of"], None),
         control=runtime.control,
         catalogue_version=runtime.catalogue.version,
         dry_run=planned["dry_run"],
@@ -170,7 +170,7 @@ def verify(
     check = verification.verify_s3 if activity.source.kind == "s3" else verification.verify_sql
     result = check(
         activity,
-        pendulum.parse(planned["as_of"]),
+        resolve_as_of(planned["as_of"], None),
         enforced["run_id"],
         control=runtime.control,
         **runtime.source_kwargs(activity),

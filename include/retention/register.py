@@ -12,6 +12,7 @@ import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from include.retention.catalogue import Activity, Catalogue
 
@@ -45,7 +46,7 @@ _MECHANISMS = {
         "adequacy_decision": "adequacy decision",
     },
 }
-_HEADINGS = {
+_HEADINGS: dict[str, dict[str, Any]] = {
     "sv": {
         "title": "Register över behandlingar (art. 30 GDPR)",
         "catalogue": "Katalogversion",
