@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -24,6 +25,7 @@ from include.retention.runs import Control, PlanResult, gate_reason
 log = logging.getLogger(__name__)
 
 APPROVE = "Approve"
+_ISO_DATE_START = re.compile(r"^\d{4}-\d{2}-\d{2}")
 VERIFIED_OUTCOMES = ("completed", "nothing_to_do")
 
 
@@ -54,10 +56,12 @@ def resolve_as_of(raw: Any, run_after: dt.datetime | None) -> pendulum.DateTime:
         if run_after is None:
             raise RetentionError("as_of is empty and the run has no time to fall back on")
         return pendulum.instance(run_after)
-    try:
-        parsed = pendulum.parse(str(raw), tz="Europe/Stockholm")
-    except (ValueError, pendulum.parsing.exceptions.ParserError):
-        parsed = None
+    parsed = None
+    if _ISO_DATE_START.match(str(raw)):  # a bare time such as "12:00" would mean "today"
+        try:
+            parsed = pendulum.parse(str(raw), tz="Europe/Stockholm")
+        except (ValueError, pendulum.parsing.exceptions.ParserError):
+            parsed = None
     if not isinstance(parsed, pendulum.DateTime):
         raise RetentionError(f"as_of {raw!r} is not an ISO-8601 date or date-time")
     return parsed
