@@ -12,8 +12,13 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="retention-test-airflow-"))
+# Set once per test session, even if this module is imported a second time.
+AIRFLOW_HOME = Path(
+    os.environ.get("RETENTION_TEST_AIRFLOW_HOME")
+    or tempfile.mkdtemp(prefix="retention-test-airflow-")
+)
 
+os.environ["RETENTION_TEST_AIRFLOW_HOME"] = str(AIRFLOW_HOME)
 os.environ["AIRFLOW_HOME"] = str(AIRFLOW_HOME)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")

@@ -6,12 +6,13 @@ import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from include.retention.catalogue import load_catalogue
-from tests.conftest import ROOT
 
+ROOT = Path(__file__).resolve().parent.parent
 PARSE_BUDGET_SECONDS = 2.0
 _PARSE_SCRIPT = """
 import json, sys, time
