@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -70,16 +70,40 @@ class PlanResult:
         return counts | {"already_anonymised": self.already_anonymised, "to_apply": self.to_apply}
 
 
-class _RunResult(Protocol):
+@dataclass
+class RunResult:
+    """What one run did: completed, nothing_to_do, approval_required, dry_run, report_only or
+    failed. Each engine adds its own counts in :meth:`extra_counts`."""
+
     activity_id: str
     outcome: str
     message: str
-    run_id: str | None
+    plan: Any  # the engine's plan; has counts()
+    run_id: str | None = None
+    applied: int = 0
+    held_skipped: int = 0
+    restricted_skipped: int = 0
+    batches: int = 0
+    approved_by: str | None = None
 
-    def counts(self) -> dict[str, Any]: ...
+    @property
+    def approval_required(self) -> bool:
+        return self.outcome == "approval_required"
+
+    def extra_counts(self) -> dict[str, Any]:
+        return {}
+
+    def counts(self) -> dict[str, Any]:
+        shared = {
+            "applied": self.applied,
+            "held_skipped": self.held_skipped,
+            "restricted_skipped": self.restricted_skipped,
+            "batches": self.batches,
+        }
+        return self.plan.counts() | shared | self.extra_counts()
 
 
-R = TypeVar("R", bound=_RunResult)
+R = TypeVar("R", bound=RunResult)
 
 
 def check_as_of(as_of: dt.datetime) -> None:

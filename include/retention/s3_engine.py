@@ -39,6 +39,7 @@ from include.retention.pseudonym import RecordRefHasher, SubjectRefHasher, pack_
 from include.retention.runs import (
     Control,
     PlanResult,
+    RunResult,
     check_as_of,
     close_interrupted_runs,
     decide,
@@ -83,36 +84,20 @@ class S3Plan:
 
 
 @dataclass
-class S3EnforceResult:
-    """Outcome: completed, nothing_to_do, approval_required, dry_run, failed (like SQL)."""
+class S3EnforceResult(RunResult):
+    """An S3 run: :class:`RunResult` (``applied``: objects whose every version is gone) plus
+    versions and DeleteObjects calls."""
 
-    activity_id: str
-    outcome: str
-    message: str
     plan: S3Plan
-    run_id: str | None = None
-    applied: int = 0  # objects whose every version is gone
     versions_deleted: int = 0
-    held_skipped: int = 0
-    restricted_skipped: int = 0
     failed: int = 0  # objects with a version DeleteObjects refused
-    batches: int = 0
     delete_calls: int = 0
-    approved_by: str | None = None
     recovery: S3Recovery | None = None
 
-    @property
-    def approval_required(self) -> bool:
-        return self.outcome == "approval_required"
-
-    def counts(self) -> dict[str, Any]:
-        return self.plan.counts() | {
-            "applied": self.applied,
+    def extra_counts(self) -> dict[str, Any]:
+        return {
             "versions_deleted": self.versions_deleted,
-            "held_skipped": self.held_skipped,
-            "restricted_skipped": self.restricted_skipped,
             "failed": self.failed,
-            "batches": self.batches,
             "delete_calls": self.delete_calls,
         }
 

@@ -66,6 +66,7 @@ from include.retention.pseudonym import (
 from include.retention.runs import (
     Control,
     PlanResult,
+    RunResult,
     check_as_of,
     close_interrupted_runs,
     decide,
@@ -125,37 +126,20 @@ class RecoveryResult:
 
 
 @dataclass
-class EnforceResult:
-    """The outcome of one run: completed, nothing_to_do, approval_required, dry_run, report_only."""
+class EnforceResult(RunResult):
+    """A SQL run: :class:`RunResult` plus child rows and linked files."""
 
-    activity_id: str
-    outcome: str
-    message: str
     plan: PlanResult
-    run_id: str | None = None
-    applied: int = 0
-    held_skipped: int = 0
-    restricted_skipped: int = 0
     children: dict[str, int] = field(default_factory=dict)
-    batches: int = 0
     objects_deleted: int = 0  # linked files whose every version is gone
     object_versions_deleted: int = 0
     objects_held_skipped: int = 0  # linked files kept by a hold on the file itself
     objects_missing: int = 0  # linked keys that had no version at all
-    approved_by: str | None = None
     recovery: RecoveryResult | None = None
 
-    @property
-    def approval_required(self) -> bool:
-        return self.outcome == "approval_required"
-
-    def counts(self) -> dict[str, Any]:
-        return self.plan.counts() | {
-            "applied": self.applied,
-            "held_skipped": self.held_skipped,
-            "restricted_skipped": self.restricted_skipped,
+    def extra_counts(self) -> dict[str, Any]:
+        return {
             "children": dict(self.children),
-            "batches": self.batches,
             "objects_deleted": self.objects_deleted,
             "object_versions_deleted": self.object_versions_deleted,
             "objects_held_skipped": self.objects_held_skipped,
