@@ -87,11 +87,8 @@ def control_url(default_dir: Path | None = None) -> str:
         except RetentionError:
             base = default_dir or Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser()
             url = f"sqlite:///{base / 'retention_control.db'}"
-    metadata_db = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
-    if metadata_db and sa.make_url(url) == sa.make_url(metadata_db):
-        raise RetentionError(
-            "the retention control database must not be Airflow's metadata database"
-        )
+    # Airflow's metadata-DB setting is deliberately not read here: in a real task process it
+    # is the placeholder "airflow-db-not-allowed:///" (tasks have no metadata-DB access).
     return url
 
 
