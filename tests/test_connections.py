@@ -135,3 +135,28 @@ def test_control_url_ignores_airflows_metadata_setting(
     monkeypatch.delenv("RETENTION_CONTROL_DB_URL")
     _define(monkeypatch, "retention_control_db", **_server(PG_ADMIN_URL, "postgres"))
     assert connections.control_url().startswith("postgresql+psycopg://postgres@127.0.0.1")
+
+
+def test_task_retry_policy_fails_bad_input_at_once_and_retries_unreachable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+    from botocore.exceptions import EndpointConnectionError
+
+    from include.retention.dag_factory import run_step
+
+    def bad_input() -> None:
+        raise RetentionError("as_of 'x' is not an ISO-8601 date")
+
+    with pytest.raises(AirflowFailException, match="as_of 'x'"):
+        run_step(bad_input)
+    server = _server(PG_ADMIN_URL, "postgres") | {"port": _free_port()}
+    _define(monkeypatch, "crm_gone", **server)
+    with pytest.raises(Unavailable, match="'crm_gone'"):  # not AirflowFailException: retried
+        run_step(connections.source_engine, "crm_gone")
+
+    def storage_down() -> None:
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9/")
+
+    with pytest.raises(Unavailable, match=r"object storage at http://127.0.0.1:9/ is unreachable"):
+        run_step(storage_down)
