@@ -1,13 +1,15 @@
-"""Command line: ``python -m include.retention {validate,register} ...``."""
+"""Command line: ``python -m include.retention {validate,register,grants} ...``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from include.retention.catalogue import POLICY_DIR, load_catalogue
 from include.retention.errors import RetentionError
+from include.retention.grants import DIALECTS, Target, control_script, render, source_script
 from include.retention.register import write_register
 
 
@@ -27,6 +29,44 @@ def _register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grants(args: argparse.Namespace) -> int:
+    if args.dialect == "mysql" and not args.schema:
+        raise RetentionError("--schema is required for mysql: the database holding the tables")
+    target = Target(args.dialect, args.role, args.schema or "public", args.host)
+    if args.control:
+        print(render(target, control_script(target), "control database: ledger and holds"))
+        return 0
+    activities = [
+        a
+        for a in load_catalogue(args.catalogue)
+        if a.source.kind == "sql" and (not args.conn_id or a.source.conn_id in args.conn_id)
+    ]
+    if not activities:
+        raise RetentionError(f"no SQL activity in the catalogue uses connection(s) {args.conn_id}")
+    title = "sources: " + ", ".join(sorted({a.source.conn_id for a in activities}))
+    print(render(target, source_script(target, activities), title))
+    return 0
+
+
+def _add_grants(commands: Any) -> None:
+    grants = commands.add_parser(
+        "grants", help="SQL creating the worker's role with least privilege (stdout)"
+    )
+    grants.add_argument("--dialect", choices=DIALECTS, required=True)
+    grants.add_argument("--role", default="retention_worker")
+    grants.add_argument(
+        "--schema", help="schema (PostgreSQL, default public) or database (MySQL) of the tables"
+    )
+    grants.add_argument(
+        "--conn-id", action="append", help="only the sources behind this connection (repeatable)"
+    )
+    grants.add_argument(
+        "--control", action="store_true", help="the control database (ledger, holds) instead"
+    )
+    grants.add_argument("--host", default="%", help="MySQL/MariaDB account host (default %%)")
+    grants.set_defaults(run=_grants)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m include.retention")
     parser.add_argument(
@@ -37,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     register = commands.add_parser("register", help="render the Art. 30 record")
     register.add_argument("--out", type=Path, default=Path("build/register"))
     register.set_defaults(run=_register)
+    _add_grants(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
