@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from include.retention import verification
-from include.retention.grants import APPEND_ONLY, HEAD_FORWARD, Target
+from include.retention.grants import APPEND_ONLY, HEAD_FORWARD, Target, apply, init_control
 from include.retention.grants import control_script as make_control_script
 from include.retention.grants import source_script as make_source_script
 from include.retention.runs import Control
@@ -72,12 +72,7 @@ class Setup:
         return sa.create_engine(url)
 
     def apply(self, statements: list[str]) -> None:
-        """Run the script's statements as they are (a raw cursor: no '%' placeholders)."""
-        with self.admin.connect() as conn:
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            for statement in statements:
-                cursor.execute(statement)
-            cursor.close()
+        apply(self.admin, statements)
 
 
 @pytest.fixture(name="setup", params=["postgresql", "mariadb"])
@@ -108,8 +103,9 @@ def _prepare(setup: Setup, key: bytes, action: str = "delete") -> tuple[Engine, 
     seed(setup.source.engine, PEOPLE)
     with setup.source.engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE salaries (id INTEGER PRIMARY KEY, amount INTEGER)")
-    Control.open(setup.control.url, key)  # the schema, as airflow-init creates it
-    setup.apply(make_control_script(setup.target(setup.control)))
+    # as airflow-init does: the control tables, then the role's grants and the triggers
+    applied = init_control(setup.control.engine, key, setup.role)
+    assert applied == make_control_script(setup.target(setup.control))
     setup.apply(make_source_script(setup.target(setup.source), [crash_activity(action)]))
     if setup.kind == "postgresql":
         setup.apply([f"ALTER ROLE \"{setup.role}\" PASSWORD '{setup.password}'"])

@@ -1,15 +1,24 @@
-"""Command line: ``python -m include.retention {validate,register,grants} ...``."""
+"""Command line: ``python -m include.retention {validate,register,grants,control-init} ...``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from include.retention import connections
 from include.retention.catalogue import POLICY_DIR, load_catalogue
 from include.retention.errors import RetentionError
-from include.retention.grants import DIALECTS, Target, control_script, render, source_script
+from include.retention.grants import (
+    DIALECTS,
+    Target,
+    control_script,
+    init_control,
+    render,
+    source_script,
+)
 from include.retention.register import write_register
 
 
@@ -67,6 +76,32 @@ def _add_grants(commands: Any) -> None:
     grants.set_defaults(run=_grants)
 
 
+def _control_init(args: argparse.Namespace) -> int:
+    url = os.environ.get(connections.CONTROL_DB_ENV)
+    if not url:
+        raise RetentionError(
+            f"set {connections.CONTROL_DB_ENV} to the control database URL of its owner"
+            " (the role that may create tables)"
+        )
+    engine = connections.control_engine(url)
+    applied = init_control(engine, connections.pseudonym_key(), args.grant_to, args.host)
+    print(f"control database {engine.url.render_as_string()}: ledger and hold tables ready")
+    if args.grant_to:
+        print(f"role {args.grant_to}: {len(applied)} statements applied (grants, triggers)")
+    return 0
+
+
+def _add_control_init(commands: Any) -> None:
+    init = commands.add_parser(
+        "control-init",
+        help=f"create the control tables (${connections.CONTROL_DB_ENV}, as their owner)"
+        " and grant the worker's role",
+    )
+    init.add_argument("--grant-to", metavar="ROLE", help="the worker's database role")
+    init.add_argument("--host", default="%", help="MySQL/MariaDB account host (default %%)")
+    init.set_defaults(run=_control_init)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m include.retention")
     parser.add_argument(
@@ -78,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     register.add_argument("--out", type=Path, default=Path("build/register"))
     register.set_defaults(run=_register)
     _add_grants(commands)
+    _add_control_init(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

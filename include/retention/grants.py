@@ -22,11 +22,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.engine import Engine
 
 from include.retention.catalogue import Activity, SqlChild, SqlSource
 from include.retention.errors import RetentionError
 from include.retention.holds import holds_table
 from include.retention.ledger import head_table, ledger_table
+from include.retention.runs import Control
 
 DIALECTS = ("postgresql", "mysql")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -213,3 +215,36 @@ def render(t: Target, statements: list[str], title: str) -> str:
     else:  # compound trigger bodies contain ';'
         lines += ["DELIMITER //", *(f"{s} //" for s in statements), "DELIMITER ;"]
     return "\n".join(lines) + "\n"
+
+
+def apply(engine: Engine, statements: list[str]) -> None:
+    """Run a script's statements as they are, one by one, on a raw cursor (so the ``'%'`` of a
+    MySQL account host is not taken for a placeholder)."""
+    with engine.connect() as conn:
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            for statement in statements:
+                cursor.execute(statement)
+            conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
+        finally:
+            cursor.close()
+
+
+def init_control(engine: Engine, key: bytes, role: str | None, host: str = "%") -> list[str]:
+    """Create the control tables (as their owner) and, given a role, grant it the worker's
+    privileges and make the ledger append-only. Returns the statements applied."""
+    Control.open(engine, key)
+    if role is None:
+        return []
+    pg = engine.dialect.name == "postgresql"
+    if not pg and engine.dialect.name not in ("mysql", "mariadb"):
+        raise RetentionError(f"grants need PostgreSQL or MariaDB/MySQL, not {engine.dialect.name}")
+    with engine.connect() as conn:  # where the tables are: search_path or the URL's database
+        schema = str(
+            conn.exec_driver_sql(
+                "SELECT DATABASE()" if not pg else "SELECT current_schema()"
+            ).scalar()
+        )
+    statements = control_script(Target("postgresql" if pg else "mysql", role, schema, host))
+    apply(engine, statements)
+    return statements
