@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: install install-runtime install-demo lock demo demo-reset test lint validate register bench ui clean
+.PHONY: install install-runtime install-demo lock env demo demo-reset test lint validate register bench ui clean
 
 # Three locked sets, each a superset of the one before (same versions):
 #   requirements.lock       runtime: what the product imports in Airflow (the Docker image)
@@ -41,6 +41,10 @@ lock: | $(BIN)/python
 	$(COMPILE) requirements.txt requirements-demo.txt -c $(RUNTIME_LOCK) -o $(DEMO_LOCK)
 	$(COMPILE) requirements.txt requirements-demo.txt requirements-dev.txt -c $(DEMO_LOCK) \
 	  -o $(DEV_LOCK)
+
+# Deployment: .env with fresh secrets and connections.env (both 0600, never overwritten).
+env: install-demo
+	$(BIN)/python deploy/new_env.py
 
 validate: install-demo
 	$(BIN)/python -m include.retention validate

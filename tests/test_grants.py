@@ -7,6 +7,8 @@ dropped afterwards.
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 import subprocess
 import sys
@@ -107,11 +109,15 @@ def _prepare(setup: Setup, key: bytes, action: str = "delete") -> tuple[Engine, 
     applied = init_control(setup.control.engine, key, setup.role)
     assert applied == make_control_script(setup.target(setup.control))
     setup.apply(make_source_script(setup.target(setup.source), [crash_activity(action)]))
+    _set_password(setup)
+    return setup.as_role(setup.source), Control.open(setup.as_role(setup.control), key)
+
+
+def _set_password(setup: Setup) -> None:
     if setup.kind == "postgresql":
         setup.apply([f"ALTER ROLE \"{setup.role}\" PASSWORD '{setup.password}'"])
     else:
         setup.apply([f"ALTER USER `{setup.role}`@'%' IDENTIFIED BY '{setup.password}'"])
-    return setup.as_role(setup.source), Control.open(setup.as_role(setup.control), key)
 
 
 def _refused(engine: Engine, statement: str, reason: str) -> None:
@@ -206,3 +212,28 @@ def test_bad_names_are_refused() -> None:
         Target("postgresql", "worker; DROP TABLE x", "public")
     with pytest.raises(Exception, match="dialect"):
         Target("oracle", "worker", "public")
+
+
+def test_control_init_command_creates_tables_and_grants(setup: Setup, key: bytes) -> None:
+    """What airflow-init runs: as the owner, from $RETENTION_CONTROL_DB_URL and the key's
+    Airflow connection; afterwards the role can append but not edit."""
+    secret = key.hex()
+    env = os.environ | {
+        "RETENTION_CONTROL_DB_URL": setup.control.url,
+        "AIRFLOW_CONN_RETENTION_PSEUDONYM_KEY": json.dumps(
+            {"conn_type": "generic", "password": secret}
+        ),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "include.retention", "control-init", "--grant-to", setup.role],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "ledger and hold tables ready" in done.stdout
+    assert secret not in done.stdout + done.stderr
+    _set_password(setup)
+    seed(setup.source.engine, PEOPLE)
+    control = Control.open(setup.as_role(setup.control), secret.encode())
+    enforce(activity(), AS_OF, source=setup.source.engine, control=control, catalogue_version="t")
+    assert control.ledger.verify().ok
+    _refused(control.ledger.engine, "DELETE FROM retention_ledger", DENIED[setup.kind])
