@@ -43,8 +43,8 @@ lock: | $(BIN)/python
 	  -o $(DEV_LOCK)
 
 # Deployment: .env with fresh secrets and connections.env (both 0600, never overwritten).
-env: install-demo
-	$(BIN)/python deploy/new_env.py
+env:
+	python3 deploy/new_env.py
 
 validate: install-demo
 	$(BIN)/python -m include.retention validate

@@ -3,12 +3,14 @@
 Every variable that .env.example leaves empty gets a random value (hex, so it is safe inside
 a connection URL; a Fernet key for AIRFLOW_FERNET_KEY; ``admin:<hex>`` for flower's basic
 auth). connections.env is connections.env.example with ``${NAME}`` replaced from .env. Both
-files are created with mode 0600 and never overwritten: delete one to regenerate it.
+files are created with mode 0600 and never overwritten: delete one to regenerate it. Standard
+library only: any Python 3 runs it.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import re
 import secrets
@@ -21,10 +23,8 @@ _REFERENCE = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 
 
 def secret_for(name: str) -> str:
-    if name == "AIRFLOW_FERNET_KEY":
-        from cryptography.fernet import Fernet
-
-        return Fernet.generate_key().decode()
+    if name == "AIRFLOW_FERNET_KEY":  # what cryptography's Fernet.generate_key() returns
+        return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
     if name == "FLOWER_BASIC_AUTH":
         return f"admin:{secrets.token_hex(16)}"
     return secrets.token_hex(32)
