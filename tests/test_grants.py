@@ -117,7 +117,9 @@ def _set_password(setup: Setup) -> None:
     if setup.kind == "postgresql":
         setup.apply([f"ALTER ROLE \"{setup.role}\" PASSWORD '{setup.password}'"])
     else:
-        setup.apply([f"ALTER USER `{setup.role}`@'%' IDENTIFIED BY '{setup.password}'"])
+        setup.apply(
+            [f"ALTER USER `{setup.role}`@'%' IDENTIFIED BY '{setup.password}' ACCOUNT UNLOCK"]
+        )
 
 
 def _refused(engine: Engine, statement: str, reason: str) -> None:

@@ -139,7 +139,8 @@ def create_role(t: Target) -> list[str]:
             f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{t.role}') THEN"
             f" CREATE ROLE {t.q(t.role)} LOGIN; END IF; END $$",
         ]
-    return [f"CREATE USER IF NOT EXISTS {t.grantee}"]
+    # Locked until the DBA sets its password (ALTER USER … IDENTIFIED BY … ACCOUNT UNLOCK).
+    return [f"CREATE USER IF NOT EXISTS {t.grantee} ACCOUNT LOCK"]
 
 
 def grant_statements(t: Target, grants: Iterable[TableGrant]) -> list[str]:
@@ -209,7 +210,12 @@ def control_script(t: Target) -> list[str]:
 
 def render(t: Target, statements: list[str], title: str) -> str:
     """A script for psql (``-v ON_ERROR_STOP=1 -f``) or the mysql/mariadb client."""
-    lines = [f"-- {title}", f"-- role {t.role}; set its password separately, never in a file."]
+    how = (
+        f"\\password {t.role}"
+        if t.pg
+        else f"ALTER USER {t.grantee} IDENTIFIED BY '…' ACCOUNT UNLOCK"
+    )
+    lines = [f"-- {title}", f"-- role {t.role}: then set its password ({how}), never in a file."]
     if t.pg:
         lines += [f"{s};" for s in statements]
     else:  # compound trigger bodies contain ';'
