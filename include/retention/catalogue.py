@@ -97,6 +97,25 @@ def _cron(value: str) -> str:
     return value
 
 
+def check_system_name(value: Any) -> str:
+    """A system name exactly as the catalogue accepts it (for hold requests)."""
+    if not isinstance(value, str) or not _SLUG.fullmatch(value):
+        raise RetentionError(
+            f"system {value!r} is not a catalogue system id (lower-case letters, digits, '_')"
+        )
+    return value
+
+
+def check_dataset_name(value: Any) -> str:
+    """A dataset name (a table or a bucket) exactly as the catalogue accepts it."""
+    if not isinstance(value, str) or not (_IDENTIFIER.fullmatch(value) or _BUCKET.fullmatch(value)):
+        raise RetentionError(
+            f"dataset {value!r} is neither a table name (lower-case letters, digits, '_') nor"
+            " a bucket name, exactly as the catalogue names it"
+        )
+    return value
+
+
 Identifier = Annotated[str, AfterValidator(_identifier)]
 Slug = Annotated[str, AfterValidator(_slug)]
 ConnId = Annotated[str, AfterValidator(_conn_id)]
