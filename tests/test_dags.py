@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from include.retention.catalogue import load_catalogue
+from include.retention.catalogue import POLICY_DIR, load_catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 PARSE_BUDGET_SECONDS = 2.0
@@ -31,12 +33,17 @@ print(json.dumps({
 """
 
 
+def _parse(env: dict[str, str] | None = None) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", _PARSE_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+        check=True, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
 def parsed() -> dict:
-    result = subprocess.run(
-        [sys.executable, "-c", _PARSE_SCRIPT], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return _parse()
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +115,19 @@ def test_trigger_form_rejects_bad_params(dagbag, bad):
         for name, value in bad.items():
             params[name] = value
         params.validate()
+
+
+def test_one_bad_catalogue_file_costs_one_dag(tmp_path):
+    for path in POLICY_DIR.glob("*.yaml"):
+        shutil.copy(path, tmp_path)
+    newsletter = tmp_path / "newsletter.yaml"
+    text = newsletter.read_text(encoding="utf-8")
+    text = text.replace("schedule: 0 2 * * *", "schedule: 0 2 * *")
+    newsletter.write_text(text, encoding="utf-8")
+    result = _parse({"RETENTION_CATALOGUE_DIR": str(tmp_path)})
+    expected = sorted(f"retention_{a.id}" for a in load_catalogue() if a.id != "newsletter")
+    assert len(expected) == 26
+    assert result["dags"] == expected
+    assert list(result["errors"]) == ["dags/retention_catalogue_check.py"]
+    error = result["errors"]["dags/retention_catalogue_check.py"]
+    assert "newsletter.yaml: schedule" in error and "'0 2 * *' is not a cron expression" in error
