@@ -396,7 +396,10 @@ def _read_yaml(path: Path) -> Any:
     """The parsed content of one catalogue file; every failure names the file."""
     data = path.read_bytes()
     if len(data) > MAX_FILE_BYTES:
-        raise RetentionError(f"{path.name}: {len(data)} bytes, more than {MAX_FILE_BYTES}")
+        raise RetentionError(
+            f"{path.name}: {len(data)} bytes, more than a catalogue file may have"
+            f" ({MAX_FILE_BYTES})"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

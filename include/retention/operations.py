@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 APPROVE = "Approve"
 _ISO_DATE_START = re.compile(r"^\d{4}-\d{2}-\d{2}")
 VERIFIED_OUTCOMES = ("completed", "nothing_to_do")
+AS_OF_YEARS = (1970, 2999)
 
 
 @dataclass
@@ -76,7 +77,17 @@ def resolve_as_of(raw: Any, run_after: dt.datetime | None) -> pendulum.DateTime:
             parsed = None
     if not isinstance(parsed, pendulum.DateTime):
         raise RetentionError(f"as_of {raw!r} is not an ISO-8601 date or date-time")
-    return parsed
+    return _in_range(parsed, raw)
+
+
+def _in_range(as_of: pendulum.DateTime, raw: Any) -> pendulum.DateTime:
+    # Rules step back up to 100 years from as_of: far-off years overflow the date arithmetic.
+    if not AS_OF_YEARS[0] <= as_of.year <= AS_OF_YEARS[1]:
+        raise RetentionError(
+            f"as_of {raw!r} is outside the years {AS_OF_YEARS[0]}-{AS_OF_YEARS[1]};"
+            " give a date such as 2026-11-24"
+        )
+    return as_of
 
 
 def _dry_run(raw: Any) -> bool:
