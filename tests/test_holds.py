@@ -182,57 +182,32 @@ def _tamper(control: Control, statement) -> None:
 
 
 T = holds_table
+# case -> (the hold tampered with, the new column values or None to delete it, the problem)
 TAMPERING = {
-    "row deleted": (lambda ids: sa.delete(T).where(T.c.id == ids["record"]), "record", "deleted"),
-    "kind weakened": (
-        lambda ids: sa.update(T).where(T.c.id == ids["record"]).values(kind="restriction"),
-        "record",
-        "kind differ from its placement evidence",
-    ),
-    "reason rewritten": (
-        lambda ids: sa.update(T).where(T.c.id == ids["subject"]).values(reason="no reason"),
-        "subject",
-        "reason_hmac differ",
-    ),
-    "moved to another table": (
-        lambda ids: sa.update(T).where(T.c.id == ids["record"]).values(dataset="old_people"),
-        "record",
-        "dataset differ",
-    ),
+    "row deleted": ("record", None, "deleted"),
+    "kind weakened": ("record", {"kind": "restriction"}, "kind differ from its placement"),
+    "reason rewritten": ("subject", {"reason": "no reason"}, "reason_hmac differ"),
+    "moved to another table": ("record", {"dataset": "old_people"}, "dataset differ"),
     "released behind the register's back": (
-        lambda ids: sa.update(T)
-        .where(T.c.id == ids["record"])
-        .values(released_at=PLACED_AT, released_by="intruder"),
-        "record",
-        "released without release evidence",
+        "record", {"released_at": PLACED_AT, "released_by": "x"}, "released without release"
     ),
-    "release signer changed": (
-        lambda ids: sa.update(T).where(T.c.id == ids["released"]).values(released_by="someone"),
-        "released",
-        "released_by differ from its release evidence",
-    ),
+    "release signer changed": ("released", {"released_by": "x"}, "released_by differ"),
     "released hold re-activated": (
-        lambda ids: sa.update(T)
-        .where(T.c.id == ids["released"])
-        .values(released_at=None, released_by=None),
-        "released",
-        "active again",
+        "released", {"released_at": None, "released_by": None}, "active again"
     ),
     "placement time moved": (
-        lambda ids: sa.update(T)
-        .where(T.c.id == ids["record"])
-        .values(placed_at=PLACED_AT + dt.timedelta(days=1)),
-        "record",
-        "placed_at differ",
+        "record", {"placed_at": PLACED_AT + dt.timedelta(days=1)}, "placed_at differ"
     ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(TAMPERING))
 def test_tampering_with_the_register_is_detected(any_control, case):
-    statement, victim, problem = TAMPERING[case]
+    victim, values, problem = TAMPERING[case]
     ids = _register_with_history(any_control)
-    _tamper(any_control, statement(ids))
+    row = T.c.id == ids[victim]
+    _tamper(any_control, sa.delete(T).where(row) if values is None else
+            sa.update(T).where(row).values(**values))  # fmt: skip
     report = any_control.holds.verify()
     assert not report.ok
     assert any(f"hold {ids[victim]}" in p and problem in p for p in report.problems), report
