@@ -81,11 +81,11 @@ CATALOGUE_CORPUS: dict[str, tuple[str | bytes, str]] = {
     "Latin-1 file": (NEWSLETTER.replace("Nyhetsbrev", "Nyhetsbrev å").encode("latin-1"), "UTF-8"),
     "binary file": (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not UTF-8"),
     "NUL character": (NEWSLETTER + "\x00\n", "not valid YAML"),
-    "100k-deep flow nesting": ("id: " + "[" * 100_000, "nested deeper than"),
-    "100k-deep mapping nesting": ("id: " + "{" * 100_000, "nested deeper than"),
-    "60k-deep mapping nesting": ("id: " + "{a: " * 60_000, "nested deeper than"),
+    "100k-deep flow nesting": ("id: " + "[" * 100_000, "nesting depth"),
+    "100k-deep mapping nesting": ("id: " + "{" * 100_000, "nesting depth"),
+    "60k-deep mapping nesting": ("id: " + "{a: " * 60_000, "nesting depth"),
     "deep block nesting": (
-        "".join(f"{' ' * i}k{i}:\n" for i in range(200)) + " " * 200 + "v", "nested deeper than"
+        "".join(f"{' ' * i}k{i}:\n" for i in range(200)) + " " * 200 + "v", "nesting depth"
     ),
     "billion laughs": (BILLION_LAUGHS, "aliases"),
     "merge key alias": (

@@ -356,28 +356,9 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, stricter: a duplicate key, an alias (``*ref``) or nesting deeper
-    than ``MAX_DEPTH`` is an error instead of silently winning, expanding or recursing."""
-
-    _depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            raise yaml.MarkedYAMLError(
-                problem="aliases (*name) are not allowed in a catalogue file",
-                problem_mark=self.peek_event().start_mark,
-            )
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise yaml.MarkedYAMLError(
-                    problem=f"nested deeper than {MAX_DEPTH} levels",
-                    problem_mark=self.peek_event().start_mark,
-                )
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+class _StrictLoader(yaml.CSafeLoader):
+    """YAML's safe loader (libyaml), stricter: a duplicate key is an error instead of
+    silently winning. Run :func:`_check_shape` first: libyaml composes recursively."""
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         seen: list[Any] = []
@@ -390,6 +371,27 @@ class _StrictLoader(yaml.SafeLoader):
                 )
             seen.append(key)
         return super().construct_mapping(node, deep=deep)
+
+
+_OPENS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_CLOSES = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+
+
+def _check_shape(text: str) -> None:
+    """Refuse aliases (``*name``: exponential expansion) and nesting deeper than MAX_DEPTH,
+    streaming the parser's events before anything is built."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise _refused("aliases (*name) are not allowed in a catalogue file", event)
+        depth += isinstance(event, _OPENS) - isinstance(event, _CLOSES)
+        if depth > MAX_DEPTH:
+            raise _refused(f"nesting depth over {MAX_DEPTH} levels", event)
+
+
+def _refused(problem: str, event: yaml.Event) -> yaml.YAMLError:
+    mark = event.start_mark
+    return yaml.YAMLError(problem + (f" (line {mark.line + 1})" if mark else ""))
 
 
 def _read_yaml(path: Path) -> Any:
@@ -407,7 +409,8 @@ def _read_yaml(path: Path) -> Any:
             f"{path.name}: not UTF-8 text (invalid byte at offset {exc.start}): save it as UTF-8"
         ) from None
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+        _check_shape(text)
+        return yaml.load(text, Loader=_StrictLoader)  # a safe loader
     except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:
         raise RetentionError(f"{path.name}: not valid YAML: {exc}") from None
 
