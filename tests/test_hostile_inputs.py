@@ -248,9 +248,10 @@ HOLD_CORPUS: dict[str, tuple[dict, str]] = {
     "null primary key": ({"pk": None}, "needs the primary key"),
     "empty subject": ({"subject": ""}, "needs the subject identifier"),
     "null subject": ({"subject": None}, "needs the subject identifier"),
+    "time without a zone": ({"placed_at": dt.datetime(2026, 1, 1)}, "has no time zone"),
 }
-_HOLD_DEFAULTS = {"system": "newsletter", "dataset": "recipients", "pk": 3,
-                  "kind": "legal_hold", "reason": "dispute", "placed_by": "legal.eva"}  # fmt: skip
+_HOLD_DEFAULTS = {"system": "newsletter", "dataset": "recipients", "pk": 3, "kind": "legal_hold",
+                  "reason": "dispute", "placed_by": "legal.eva", "placed_at": None}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", sorted(HOLD_CORPUS))
@@ -263,12 +264,13 @@ def test_hostile_hold_request(tmp_path, key, case):
         if "subject" in request:
             control.holds.place_subject_hold(
                 request["subject"], kind=request["kind"], reason=request["reason"],
-                placed_by=request["placed_by"],
+                placed_by=request["placed_by"], placed_at=request["placed_at"],
             )  # fmt: skip
         else:
             control.holds.place_record_hold(
                 request["system"], request["dataset"], request["pk"], kind=request["kind"],
                 reason=request["reason"], placed_by=request["placed_by"],
+                placed_at=request["placed_at"],
             )  # fmt: skip
     assert control.ledger.head() == head
     with control.holds.engine.connect() as conn:

@@ -105,6 +105,15 @@ def _check_value(name: str, value: Any) -> None:
         raise RetentionError(f"a hold needs the {name}; got {value!r}")
 
 
+def _utc(moment: datetime | None) -> datetime:
+    """A time to store: UTC (a zone-less column keeps it unambiguous); default now."""
+    if moment is None:
+        return _now()
+    if moment.tzinfo is None:
+        raise RetentionError(f"{moment.isoformat()} has no time zone; give an aware time")
+    return moment.astimezone(UTC)
+
+
 def _stamp(moment: datetime | None) -> str | None:
     """A time as evidence compares it: UTC, whole seconds (some databases drop fractions)."""
     if moment is None:
@@ -245,7 +254,7 @@ class HoldRegister:
         _check_text("a reason", reason, MAX_REASON)
         _check_text("the name of who placed it", placed_by, MAX_NAME)
         values = dict(
-            cols, kind=kind, reason=reason, placed_by=placed_by, placed_at=placed_at or _now()
+            cols, kind=kind, reason=reason, placed_by=placed_by, placed_at=_utc(placed_at)
         )
         with self.engine.begin() as conn:
             inserted = conn.execute(sa.insert(holds_table).values(**values)).inserted_primary_key
@@ -260,7 +269,7 @@ class HoldRegister:
         self, hold_id: int, *, released_by: str, released_at: datetime | None = None
     ) -> None:
         _check_text("the name of who released it", released_by, MAX_NAME)
-        released_at = released_at or _now()
+        released_at = _utc(released_at)
         with self.engine.begin() as conn:
             result = conn.execute(
                 sa.update(holds_table)
