@@ -61,10 +61,11 @@ demo: install-demo
 demo-reset: install-demo
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m include.demo.run --reset
 
-# The Airflow UI on the embedded default (after `make demo`): http://localhost:8080
+# The Airflow UI on the embedded default (after `make demo`): http://127.0.0.1:8080, owner-only
+# files; AIRFLOW__API__HOST / AIRFLOW__API__PORT choose another address.
 ui: install-demo
 	@test -f var/demo.env || { echo "run 'make demo' first: it seeds the demo systems" >&2; exit 1; }
-	. var/demo.env && PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/airflow standalone
+	umask 077 && . var/demo.env && PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m include.demo.ui
 
 bench: install-demo
 	$(BIN)/python bench/bench_sql_delete.py
