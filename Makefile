@@ -57,7 +57,7 @@ register: install-demo
 
 # The main job: validate, render the register, seed the demo systems, run every DAG once.
 demo: install-demo
-	$(BIN)/python -m include.retention validate
+	$(BIN)/python -m include.retention validate $(if $(wildcard var/control.db),--control-db sqlite:///$(CURDIR)/var/control.db)
 	$(BIN)/python -m include.retention register --out build/register
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m include.demo.run
 
