@@ -16,7 +16,10 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 RUNTIME_LOCK := requirements.lock
 DEMO_LOCK    := requirements-demo.lock
 DEV_LOCK     := requirements-dev.lock
-COMPILE      := $(UV) pip compile --quiet --python-version 3.11 --excludes requirements-excludes.txt
+COMPILE      := $(UV) pip compile --quiet --python-version 3.11 --only-binary :all: \
+                --excludes requirements-excludes.txt
+# Wheels only: nothing is compiled, so no compiler or -dev package is ever needed.
+SYNC         := $(UV) pip sync --quiet --only-binary :all: --python $(BIN)/python
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,15 +27,15 @@ $(BIN)/python:
 
 # The development set, exactly as locked (packages not in the lock are removed).
 install: | $(BIN)/python
-	$(UV) pip sync --quiet --python $(BIN)/python $(DEV_LOCK)
+	$(SYNC) $(DEV_LOCK)
 
 # The runtime set alone, exactly (what the Docker image installs).
 install-runtime: | $(BIN)/python
-	$(UV) pip sync --quiet --python $(BIN)/python $(RUNTIME_LOCK)
+	$(SYNC) $(RUNTIME_LOCK)
 
 # The demo set, added to what is there: after `make install` nothing changes.
 install-demo: | $(BIN)/python
-	$(UV) pip install --quiet --no-deps --python $(BIN)/python -r $(DEMO_LOCK)
+	$(UV) pip install --quiet --only-binary :all: --no-deps --python $(BIN)/python -r $(DEMO_LOCK)
 
 # Regenerate the three locks from the pinned direct dependencies; each set is constrained
 # to the versions of the one below it. Drivers in requirements-excludes.txt are left out.
