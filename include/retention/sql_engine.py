@@ -177,6 +177,10 @@ class Hooks:
     # Inside the batch's source transaction, after its rows are deleted/locked and before the
     # active holds are read.
     after_lock: Callable[[int], None] | None = None
+    # After the batch's prepared entry, before the holds are read again.
+    after_prepare: Callable[[int], None] | None = None
+    # After that second read, just before the source commits.
+    before_commit: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -848,7 +852,11 @@ def _prepared(run: _Run, conn: Connection, batch: _Batch) -> tuple[_BatchOutcome
             return outcome, None
         prepared = _prepare(run, outcome, batch_no)
         _checkpoint("after_prepare", batch_no)
+        if run.hooks.after_prepare:
+            run.hooks.after_prepare(batch_no)
         if not _held_since(run, outcome):
+            if run.hooks.before_commit:
+                run.hooks.before_commit(batch_no)
             return outcome, prepared
         conn.rollback()
         run.control.ledger.resolve_batch(prepared, outcome="rolled_back", applied=0)
