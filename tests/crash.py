@@ -59,6 +59,7 @@ def check_evidence(
     present: set[Any],
     due: Iterable[Any],
     must_stay: set[Any],
+    activity_id: str | None = None,
 ) -> None:
     """Nothing in ``must_stay`` is gone; every due record that is gone has exactly one
     evidence entry and none that is present has any; nothing is pending; the chain verifies."""
@@ -66,7 +67,7 @@ def check_evidence(
     assert not missing, f"records that were not due or were held are gone: {sorted(missing)}"
     claimed = Counter(
         ref
-        for run in control.ledger.runs()
+        for run in control.ledger.runs(activity_id)
         for ref in control.ledger.applied_refs(run.run_id, system, dataset)
     )
     hasher = RecordRefHasher(control.key, system, dataset)
@@ -83,11 +84,16 @@ def check_evidence(
 
 
 def check_people(
-    control: Control, engine: Any, due: set[int], must_stay: set[int], children: bool = True
+    control: Control,
+    engine: Any,
+    due: set[int],
+    must_stay: set[int],
+    children: bool = True,
+    activity_id: str | None = None,
 ) -> set[int]:
     """`check_evidence` for the ``people`` table of tests/dbs.py, plus no orphaned children."""
     present = ids(engine)
-    check_evidence(control, "ats", "people", present, sorted(due), must_stay)
+    check_evidence(control, "ats", "people", present, sorted(due), must_stay, activity_id)
     if children:
         parents = {pk // 10 for pk in ids(engine, "applications")}
         assert parents <= present, "orphaned child rows"

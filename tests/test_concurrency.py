@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from include.retention.runs import Control
 from tests.crash import check_people
-from tests.dbs import create_db, ids, old, person, recent, seed
+from tests.dbs import Db, create_db, ids, old, person, recent, seed
 from tests.workers import Worker
 
 pytestmark = pytest.mark.reliability
@@ -46,37 +46,45 @@ def workers_fixture() -> Iterator[list[Worker]]:
         worker.close()
 
 
-def _trial(dialect: str, workers: list[Worker], tmp_path: Path, trial: int) -> list[str]:
+def _trial(dialect: str, workers: list[Worker], tmp_path: Path, control_db: Db, trial: int) -> None:
+    """One trial on a fresh source; the control database is shared, each trial is its own
+    activity with its own pseudonym key."""
     source, drop_source = create_db(dialect, tmp_path)
-    control_db, drop_control = create_db(dialect, tmp_path)
+    activity_id = f"trial_{trial}"
     try:
         seed(source.engine, PEOPLE)
         key = secrets.token_bytes(32)
-        control = Control.open(control_db.engine, key)
+        control = Control.open(control_db.engine, key, create=False)
         start_at = time.time() + 0.1
         for worker in workers:
             worker.send(source=source.url, control=control_db.url, key=key.hex(), batch_size=4,
-                        start_at=start_at)  # fmt: skip
+                        start_at=start_at, activity_id=activity_id)  # fmt: skip
         answers = [worker.answer(120) for worker in workers]
         assert None not in answers, f"trial {trial}: a run did not finish in 120 s (deadlock?)"
         assert all(a["ok"] for a in answers), f"trial {trial}: {answers}"  # type: ignore[index]
         outcomes = sorted(a["outcome"] for a in answers)  # type: ignore[index]
         assert outcomes == ["completed", "nothing_to_do"], f"trial {trial}: {answers}"
-        assert check_people(control, source.engine, DUE, NOT_DUE) == NOT_DUE
-        finished = [r.finished["outcome"] for r in control.ledger.runs() if r.finished]
+        assert (
+            check_people(control, source.engine, DUE, NOT_DUE, activity_id=activity_id) == NOT_DUE
+        )
+        runs = control.ledger.runs(activity_id)
+        finished = [r.finished["outcome"] for r in runs if r.finished]
         assert sorted(finished) == outcomes, "a live run was marked interrupted"
-        return outcomes
     finally:
         drop_source()
-        drop_control()
 
 
 @pytest.mark.parametrize("dialect", ["postgresql", "mariadb"])
 def test_two_runs_at_once_never_deadlock_and_record_once(
     dialect: str, workers: list[Worker], tmp_path: Path
 ) -> None:
-    for trial in range(TRIALS):
-        _trial(dialect, workers, tmp_path, trial)
+    control_db, drop_control = create_db(dialect, tmp_path)
+    try:
+        Control.open(control_db.engine, b"only-creates-the-tables-0123456789")
+        for trial in range(TRIALS):
+            _trial(dialect, workers, tmp_path, control_db, trial)
+    finally:
+        drop_control()
     print(f"{dialect}: {TRIALS} two-process trials, no deadlock, evidence exactly once")
 
 

@@ -33,8 +33,11 @@ def _run(cmd: dict[str, Any]) -> dict[str, Any]:
     try:
         control = Control.open(control_engine, bytes.fromhex(cmd["key"]), create=False)
         time.sleep(max(0.0, cmd.get("start_at", 0) - time.time()))
+        act = activity(
+            children=cmd.get("children", True), activity_id=cmd.get("activity_id", "recruitment")
+        )
         result = enforce(
-            activity(children=cmd.get("children", True)), AS_OF, source=source,
+            act, AS_OF, source=source,
             control=control, catalogue_version="test", batch_size=cmd["batch_size"],
             lease_wait=cmd.get("lease_wait"),
         )  # fmt: skip

@@ -34,7 +34,9 @@ from include.retention.pseudonym import PackedRefs
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 60.0  # seconds a lease lives without renewal
-DEFAULT_WAIT = 30.0  # seconds a second run waits for the lease before it refuses
+# Seconds a second run waits for the lease before it refuses: longer than the ttl, so a retry
+# on another machine after a crash (the lease lapses by expiry there) gets through.
+DEFAULT_WAIT = 90.0
 POLL = 0.2
 WAIT_ENV = "RETENTION_LEASE_WAIT_S"
 TTL_ENV = "RETENTION_LEASE_TTL_S"
@@ -171,7 +173,7 @@ class Lease:
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(5)  # a heartbeat stuck on an unreachable database is a daemon
         _LIVE.discard(self.owner)
         try:
             with self.engine.begin() as conn:

@@ -436,10 +436,12 @@ def recover_s3(
 ) -> S3Recovery:
     """Settle object batches a crashed run left prepared (by checking which keys still exist)
     and, for S3 activities, close the run entry. SQL activities: call with ``close_runs=False``
-    and let the SQL engine close its runs."""
+    and let the SQL engine close its runs. Runs under the activity's lease (`enforce_s3` and
+    the SQL engine's recovery take it); batches of runs that hold a lease are left alone."""
     result = S3Recovery()
     clients = clients or s3_client
-    pending = control.ledger.pending_batches(activity.id)
+    live = control.leases.live_runs()  # never settle a batch of a run still going
+    pending = [b for b in control.ledger.pending_batches(activity.id) if b.run_id not in live]
     for system, bucket, prefix, conn_id in _buckets(activity):
         mine = [b for b in pending if b.system == system and b.dataset == bucket]
         if not mine:

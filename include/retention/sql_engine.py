@@ -1086,7 +1086,7 @@ def enforce(
     """Run the activity's retention at ``as_of``: recover, plan, gate, then apply in batches.
 
     Holds the activity's lease throughout (a second run waits up to ``lease_wait`` seconds,
-    default $RETENTION_LEASE_WAIT_S or 30, then refuses naming the run that holds it).
+    default $RETENTION_LEASE_WAIT_S or 90, then refuses naming the run that holds it).
     ``clients``: conn_id -> boto3 S3 client for the linked files (default:
     `object_store.s3_client`); only used by activities whose source declares ``objects``.
     A database failure raises a RetentionError naming the database.
