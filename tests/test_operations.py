@@ -52,7 +52,7 @@ def test_bad_as_of_is_named_in_the_error(bad):
     "far", ["0001-01-01", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-12:00"]
 )
 def test_as_of_far_from_now_is_a_clear_error(far):
-    with pytest.raises(RetentionError, match=re.escape(f"as_of {far!r} is outside 1970-01-01")):
+    with pytest.raises(RetentionError, match=re.escape(f"as_of {far!r} is outside the years")):
         resolve_as_of(far, RUN_AFTER)
 
 

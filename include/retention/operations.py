@@ -11,14 +11,15 @@ import datetime as dt
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pendulum
 
-from include.retention import connections, s3_engine, sql_engine
-from include.retention.catalogue import Activity, Catalogue, load_catalogue
+from include.retention import connections, holds, s3_engine, sql_engine
+from include.retention.catalogue import Activity, Catalogue, load_valid
 from include.retention.errors import RetentionError
 from include.retention.object_store import s3_client, storage_fault
 from include.retention.runs import (
@@ -34,11 +35,7 @@ log = logging.getLogger(__name__)
 APPROVE = "Approve"
 _ISO_DATE_START = re.compile(r"^\d{4}-\d{2}-\d{2}")
 VERIFIED_OUTCOMES = ("completed", "nothing_to_do")
-# Retention is evaluated within the records' lifetime; outside it date arithmetic overflows.
-AS_OF_RANGE = (
-    dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
-    dt.datetime(2999, 12, 31, tzinfo=dt.UTC),
-)
+AS_OF_YEARS = (1970, 2999)
 AS_OF_FORMATS = (
     "YYYY-MM-DD (midnight in Stockholm) or YYYY-MM-DDTHH:MM[:SS][±HH:MM],"
     " e.g. 2026-11-24 or 2026-11-24T02:30:00+01:00"
@@ -65,14 +62,25 @@ class Runtime:
     """The catalogue, the control database and the sources of one task."""
 
     catalogue: Catalogue
+    invalid: dict[str, str] = field(default_factory=dict)  # file name -> its error
 
     @classmethod
     def load(cls) -> Runtime:
-        return cls(load_catalogue())
+        """The valid activities: a broken catalogue file stops only its own activity."""
+        return cls(*load_valid())
 
     @cached_property
     def control(self) -> Control:
         return Control.open(connections.control_engine(), connections.pseudonym_key())
+
+    def activity(self, activity_id: str) -> Activity:
+        """The activity, once the catalogue is known to match the active holds."""
+        for name, error in self.invalid.items():
+            if Path(name).stem == activity_id:
+                raise RetentionError(f"invalid catalogue file {error}")
+        activity = self.catalogue[activity_id]
+        holds.check_catalogue(self.control.holds.engine, self.catalogue, self.invalid)
+        return activity
 
     def source_kwargs(self, activity: Activity) -> dict[str, Any]:
         """The engine call's source argument: an S3 client or a SQLAlchemy engine."""
@@ -98,16 +106,17 @@ def resolve_as_of(raw: Any, run_after: dt.datetime | None) -> pendulum.DateTime:
             f"as_of {raw!r} is not an ISO-8601 date or date-time: use {AS_OF_FORMATS},"
             " or leave it empty for the run's own time"
         )
-    try:
-        in_range = AS_OF_RANGE[0] <= parsed <= AS_OF_RANGE[1]
-    except OverflowError:  # an offset pushes it past the representable range
-        in_range = False
-    if not in_range:
+    return _in_range(parsed, raw)
+
+
+def _in_range(as_of: pendulum.DateTime, raw: Any) -> pendulum.DateTime:
+    # Rules step back up to 100 years from as_of: far-off years overflow the date arithmetic.
+    if not AS_OF_YEARS[0] <= as_of.year <= AS_OF_YEARS[1]:
         raise RetentionError(
-            f"as_of {raw!r} is outside {AS_OF_RANGE[0].date()}..{AS_OF_RANGE[1].date()}:"
-            " retention is evaluated at a time within the records' lifetime"
+            f"as_of {raw!r} is outside the years {AS_OF_YEARS[0]}-{AS_OF_YEARS[1]};"
+            " give a date such as 2026-11-24"
         )
-    return parsed
+    return as_of
 
 
 def origin_of(dag_run: Any) -> dict[str, str | None]:
@@ -156,7 +165,7 @@ def plan(
     now = now or dt.datetime.now(dt.UTC)
     check_not_early(as_of, dry_run, now)
     runtime = runtime or Runtime.load()
-    activity = runtime.catalogue[activity_id]
+    activity = runtime.activity(activity_id)
     result = _plan_result(activity, as_of, runtime)
     gated = activity.enforceable and not dry_run and result.to_apply > 0
     reason = gate_reason(activity, result) if gated else None
@@ -218,7 +227,7 @@ def enforce(
     as_of = resolve_as_of(planned["as_of"], None)
     check_not_early(as_of, planned["dry_run"])  # again: the approval may have taken hours
     runtime = runtime or Runtime.load()
-    activity = runtime.catalogue[activity_id]
+    activity = runtime.activity(activity_id)
     run = s3_engine.enforce_s3 if activity.source.kind == "s3" else sql_engine.enforce
     result = run(
         activity,
