@@ -170,7 +170,7 @@ def test_airflow_init_prepares_everything_the_workers_need() -> None:
     assert "/entrypoint airflow version" in script  # migrates and creates the admin user
     assert init["environment"]["_AIRFLOW_DB_MIGRATE"] == "true"
     assert init["environment"]["_AIRFLOW_WWW_USER_CREATE"] == "true"
-    assert 'airflow pools set retention "$${RETENTION_POOL_SLOTS}"' in script
+    assert "python -m include.retention setup" in script  # the retention pool
     assert 'control-init --grant-to "$${RETENTION_WORKER_DB_USER}"' in script
     assert "retention_owner" in init["environment"]["RETENTION_CONTROL_DB_URL"]
 

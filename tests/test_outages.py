@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from include.retention.errors import RetentionError
+from include.retention.errors import RetentionError, Unavailable
 from include.retention.runs import Control
 from include.retention.sql_engine import Hooks, enforce
 from tests.crash import check_people
@@ -96,6 +96,7 @@ def test_an_outage_mid_run_names_the_database_and_a_rerun_recovers(
         assert terminated and terminated[0] >= 1
         assert LABELS[which] in message and "failed mid-run" in message, message
         assert "run the task again" in message
+        assert isinstance(err.value, Unavailable)  # transient: the task is retried
         assert "password" not in message.lower()
         # Consistent after the outage: a rerun recovers what was in flight and completes.
         result = enforce(

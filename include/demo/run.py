@@ -101,7 +101,6 @@ def environment(paths: DemoPaths, key: str, s3_endpoint: str) -> dict[str, str]:
     env = {
         "AIRFLOW_HOME": str(paths.airflow_home),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "PYTHONPATH": str(ROOT),
         "RETENTION_CONTROL_DB_URL": paths.control_url,
@@ -159,13 +158,18 @@ def seeded_as_of(paths: DemoPaths) -> dt.datetime | None:
 
 
 def migrate_airflow(env: dict[str, str]) -> None:
-    subprocess.run(
+    """Airflow's metadata DB, then the deployment set-up (the enforcement pool)."""
+    for command in (
         [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
-        env={**os.environ, **env},
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+        [sys.executable, "-m", "include.retention", "setup"],
+    ):
+        subprocess.run(
+            command,
+            env={**os.environ, **env},
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
 
 def run_all_dags(as_of: dt.datetime) -> dict[str, str]:

@@ -2,12 +2,14 @@
 
 Runs ``airflow standalone`` (or the Airflow command given) with umask 077, so the metadata DB
 and the generated admin password file are owner-only, and with the API server bound to
-127.0.0.1 unless ``AIRFLOW__API__HOST`` says otherwise. Source ``var/demo.env`` first.
+127.0.0.1 unless ``AIRFLOW__API__HOST`` says otherwise. Before ``standalone`` it runs the
+deployment set-up and check (pool, paused retention DAGs). Source ``var/demo.env`` first.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,12 +35,23 @@ def ui_environment(env: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def deployment_setup(env: Mapping[str, str]) -> None:
+    """Before Airflow starts: migrate its metadata DB, create the enforcement pool and run the
+    deployment check (it warns about paused retention DAGs)."""
+    airflow = Path(sys.executable).parent / "airflow"
+    subprocess.run([str(airflow), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    for command in ("setup", "check"):
+        subprocess.run([sys.executable, "-m", "include.retention", command], env=env, check=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     command = list(argv if argv is not None else sys.argv[1:]) or ["standalone"]
     env = ui_environment(os.environ)
     os.umask(PRIVATE_UMASK)
     if "AIRFLOW_HOME" in env:
         make_private(Path(env["AIRFLOW_HOME"]))
+    if command[0] == "standalone":
+        deployment_setup(env)
     airflow = Path(sys.executable).parent / "airflow"
     address = f"{env['AIRFLOW__API__HOST']}:{env['AIRFLOW__API__PORT']}"
     print(f"airflow {' '.join(command)}; API server and UI on http://{address}", flush=True)

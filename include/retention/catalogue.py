@@ -33,6 +33,7 @@ from include.retention.rules import Rule
 
 POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
 CATALOGUE_ENV = "RETENTION_CATALOGUE_DIR"  # another catalogue folder (tests, staging)
+POLICY_TEXT = Path("text") / "integritetspolicy.sv.md"  # the policy, relative to the catalogue
 # Patterns are matched whole (fullmatch): "$" would let a trailing newline through. SQL
 # identifiers are lower-case only, so a case-insensitive database (SQLite, MariaDB) and the
 # hold register, which compares exactly, can never disagree about which table is meant.
@@ -439,11 +440,15 @@ def catalogue_paths(directory: Path | None = None) -> list[Path]:
 
 def load_valid(directory: Path | None = None) -> tuple[Catalogue, dict[str, str]]:
     """The activities of every valid catalogue file, and the error of each invalid one (by
-    file name). One bad file costs its own activity only; see :func:`load_catalogue`."""
+    file name). One bad file costs its own activity only; see :func:`load_catalogue`.
+
+    The version hashes the files and the policy text they implement (``text/`` beside them),
+    so an edit of either is a new catalogue version in the ledger."""
     digest = hashlib.sha256()
     activities: dict[str, Activity] = {}
     errors: dict[str, str] = {}
-    for path in catalogue_paths(directory):
+    paths = catalogue_paths(directory)
+    for path in paths:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
         try:
             activity = load_activity(path)
@@ -457,6 +462,8 @@ def load_valid(directory: Path | None = None) -> tuple[Catalogue, dict[str, str]
             errors[path.name] = f"{path.name}: id: {activity.id!r} must match the file name"
             continue
         activities[activity.id] = activity
+    policy_text = paths[0].parent / POLICY_TEXT  # a scratch catalogue may have none
+    digest.update(b"policy-text\0" + (policy_text.read_bytes() if policy_text.is_file() else b""))
     return Catalogue(activities=activities, version=digest.hexdigest()[:16]), errors
 
 

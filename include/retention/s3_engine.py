@@ -45,6 +45,7 @@ from include.retention.runs import (
     PlanResult,
     RunResult,
     check_as_of,
+    check_not_early,
     checkpoint,
     close_interrupted_runs,
     database_errors,
@@ -468,13 +469,14 @@ def enforce_s3(
     client: Any = None,
     dry_run: bool = False,
     approved_by: str | None = None,
+    origin: Mapping[str, str | None] | None = None,
     batch_size: int = MAX_KEYS_PER_CALL,
     lease_wait: float | None = None,
 ) -> S3EnforceResult:
     """Run an S3 activity's retention at ``as_of``: recover, plan, gate, delete in batches.
 
     Holds the activity's lease throughout, like the SQL engine's `enforce`."""
-    check_as_of(as_of)
+    check_not_early(as_of, dry_run)
     if not 1 <= batch_size <= MAX_KEYS_PER_CALL:
         raise RetentionError(f"batch_size must be between 1 and {MAX_KEYS_PER_CALL}")
     src = _s3_source(activity)
@@ -486,23 +488,23 @@ def enforce_s3(
         )
         return _enforce_s3(
             activity, as_of, control, client, recovery, lease.bind_run,
-            (catalogue_version, dry_run, approved_by, batch_size),
+            (catalogue_version, dry_run, approved_by, batch_size, dict(origin or {})),
         )  # fmt: skip
 
 
 def _enforce_s3(
     activity: Activity, as_of: dt.datetime, control: Control, client: Any,
     recovery: S3Recovery | None, bind_run: Callable[[str], None],
-    options: tuple[str, bool, str | None, int],
+    options: tuple[str, bool, str | None, int, dict[str, str | None]],
 ) -> S3EnforceResult:  # fmt: skip
-    catalogue_version, dry_run, approved_by, batch_size = options
+    catalogue_version, dry_run, approved_by, batch_size, origin = options
     src = _s3_source(activity)
     plan = plan_s3(activity, as_of, client=client, control=control)
     header = RunHeader(
         activity_id=activity.id, system=src.system, dataset=src.bucket, action="delete",
         rules=plan.result.rules, as_of=plan.result.as_of, cutoffs=plan.result.cutoffs,
         dry_run=dry_run, catalogue_version=catalogue_version, code_version=code_version(),
-        approved_by=approved_by,
+        approved_by=approved_by, origin=origin,
     )  # fmt: skip
     result = S3EnforceResult(
         activity.id, "completed", "", plan, run_id=control.ledger.start_run(header),

@@ -43,7 +43,7 @@ import hashlib
 import hmac
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +74,7 @@ from include.retention.runs import (
     PlanResult,
     RunResult,
     check_as_of,
+    check_not_early,
     close_interrupted_runs,
     database_errors,
     decide,
@@ -1066,6 +1067,7 @@ class _Options:
     hooks: Hooks
     clients: ClientFactory
     timeouts: SourceTimeouts
+    origin: dict[str, str | None]
 
 
 def enforce(
@@ -1077,6 +1079,7 @@ def enforce(
     catalogue_version: str,
     dry_run: bool = False,
     approved_by: str | None = None,
+    origin: Mapping[str, str | None] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     hooks: Hooks | None = None,
     clients: ClientFactory | None = None,
@@ -1091,12 +1094,12 @@ def enforce(
     `object_store.s3_client`); only used by activities whose source declares ``objects``.
     A database failure raises a RetentionError naming the database.
     """
-    check_as_of(as_of)
+    check_not_early(as_of, dry_run)
     if batch_size < 1:
         raise RetentionError("batch_size must be at least 1")
     options = _Options(
         catalogue_version, dry_run, approved_by, batch_size, hooks or Hooks(), _cached(clients),
-        timeouts or SourceTimeouts.from_env(),
+        timeouts or SourceTimeouts.from_env(), dict(origin or {}),
     )  # fmt: skip
     _name_source(activity, source)
     with database_errors():
@@ -1121,7 +1124,7 @@ def _enforce(
         action=activity.action.kind, rules=plan_result.rules, as_of=plan_result.as_of,
         cutoffs=plan_result.cutoffs, dry_run=dry_run,
         catalogue_version=options.catalogue_version, code_version=code_version(),
-        approved_by=approved_by,
+        approved_by=approved_by, origin=options.origin,
     )  # fmt: skip
     result = EnforceResult(
         activity.id, "completed", "", plan_result, run_id=control.ledger.start_run(header),
