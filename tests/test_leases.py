@@ -254,3 +254,21 @@ def test_timeouts_are_validated(monkeypatch: pytest.MonkeyPatch) -> None:
         SourceTimeouts.from_env()
     monkeypatch.setenv("RETENTION_SOURCE_LOCK_TIMEOUT_S", "12")
     assert SourceTimeouts.from_env() == SourceTimeouts(lock=12)
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "mariadb", "sqlite"])
+def test_lease_times_keep_their_precision(dialect: str, tmp_path: Any) -> None:
+    from tests.dbs import create_db
+
+    db, cleanup = create_db(dialect, tmp_path)
+    try:
+        Control.open(db.engine, b"lease-precision-key-0123456789abcdef")
+        lease = Leases(db.engine).acquire(NAME, wait=0, ttl=60)
+        holder = Leases(db.engine).holder(NAME)
+        lease.release()
+        assert holder is not None
+        # A single-precision column (MariaDB FLOAT) rounds epoch seconds to 128 s steps.
+        assert 59 < holder.expires_at - time.time() <= 60
+        assert abs(holder.expires_at - holder.acquired_at - 60) < 0.001
+    finally:
+        cleanup()

@@ -51,8 +51,8 @@ leases_table = sa.Table(
     sa.Column("host", sa.String(255), nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("run_id", sa.String(36), nullable=True),
-    sa.Column("acquired_at", sa.Float, nullable=False),  # epoch seconds
-    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("acquired_at", sa.Double, nullable=False),  # epoch seconds (FLOAT: 128 s steps)
+    sa.Column("expires_at", sa.Double, nullable=False),
 )
 
 # Tokens of the leases this process holds right now: a lease row naming this host and pid
