@@ -114,6 +114,17 @@ def _set(path: str, value):
     return mutate
 
 
+def _anonymise(columns: dict, direct: list[str] | None = None) -> dict:
+    return {
+        "kind": "anonymise",
+        "marker_column": "anonymised_at",
+        "direct_identifiers": direct or ["email"],
+        "quasi_identifiers": ["city"],
+        "k_anonymity": 5,
+        "columns": columns,
+    }
+
+
 BAD_CASES = {
     "unknown rule kind": (_set("retention.0.rule.kind", "forever"), "retention.0.rule", "forever"),
     "malformed period": (
@@ -149,6 +160,47 @@ BAD_CASES = {
         ),
         "action.anonymise.columns.email",
         "unknown masking strategy",
+    ),
+    "pseudonymising anonymise": (
+        _set("action", _anonymise({"email": {"strategy": "hmac"}})),
+        "action.anonymise",
+        "direct identifier 'email' has strategy 'hmac': anonymisation must remove it",
+    ),
+    "generalised direct identifier": (
+        _set("action", _anonymise({"email": {"strategy": "year"}})),
+        "action.anonymise",
+        "direct identifier 'email' has strategy 'year'",
+    ),
+    "keyed quasi-identifier": (
+        _set("action", _anonymise({"email": {"strategy": "null"}, "city": {"strategy": "hmac"}})),
+        "action.anonymise",
+        "that is pseudonymisation",
+    ),
+    "undeclared masked column": (
+        _set("action", _anonymise({"email": {"strategy": "null"}, "zip": {"strategy": "null"}})),
+        "action.anonymise",
+        "'zip' is masked but not declared",
+    ),
+    "subject column kept by anonymisation": (
+        _set("action", _anonymise({"name": {"strategy": "null"}}, direct=["name"])),
+        "(top level)",
+        "subject column 'email' must be a direct identifier",
+    ),
+    "schedule cannot meet a deadline": (
+        _set("schedule", "0 2 1 * *"),
+        "retention.1.rule.consent",
+        "cannot meet the deadline",
+    ),
+    "malformed schedule": (_set("schedule", "nightly"), "schedule", "five-field cron"),
+    "label without Swedish": (
+        lambda raw: raw["retention"][0].pop("label_sv"),
+        "retention.0",
+        "'label_sv'",
+    ),
+    "English-only rule text": (
+        _set("retention.0.rule.anchor", "the send-out"),
+        "retention.0.rule.period.anchor",
+        "valid dictionary",
     ),
     "enforceable rule without action": (
         _set("action", {"kind": "report_only"}),

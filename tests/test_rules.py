@@ -240,9 +240,7 @@ def test_dst_change_does_not_shift_the_day():
     assert rule.due_at(closed).utcoffset() == dt.timedelta(hours=2)
 
 
-@pytest.mark.parametrize(
-    "rule", [IndefiniteRule(reason=ANCHOR), UnspecifiedRule(note=ANCHOR)]
-)
+@pytest.mark.parametrize("rule", [IndefiniteRule(reason=ANCHOR), UnspecifiedRule(note=ANCHOR)])
 def test_never_due_rules(rule):
     assert not rule.enforceable
     assert rule.due_at(dt.date(1900, 1, 1)) is None

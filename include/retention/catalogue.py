@@ -316,7 +316,8 @@ class Activity(_Model):
     def _check_anonymisation(self) -> None:
         subject = getattr(self.source, "subject_column", None)
         if self.action.kind == "anonymise" and subject not in (
-            None, *self.action.direct_identifiers
+            None,
+            *self.action.direct_identifiers,
         ):
             raise ValueError(f"the subject column {subject!r} must be a direct identifier")
 

@@ -188,7 +188,9 @@ def _items(activity: Activity, lang: Language) -> list[Item]:
         for t in activity.transfers
     )
     src = activity.source
-    location = f"{src.system}.{src.table}" if src.kind == "sql" else f"s3://{src.bucket}/{src.prefix}"
+    location = (
+        f"{src.system}.{src.table}" if src.kind == "sql" else f"s3://{src.bucket}/{src.prefix}"
+    )
     items = [
         Item(w["purpose"], activity.purpose[lang]),
         Item(w["basis"], "; ".join(_BASIS_LABELS[lang][b] for b in activity.legal_bases)),
@@ -304,7 +306,7 @@ code { font-family: "DejaVu Sans Mono", Consolas, monospace; font-size: 9pt; }
 
 def _html_table(items: list[Item]) -> str:
     rows = "".join(
-        f"<tr><th scope=\"row\">{html.escape(i.label)}</th><td>"
+        f'<tr><th scope="row">{html.escape(i.label)}</th><td>'
         + (f"<code>{html.escape(i.value)}</code>" if i.code else html.escape(i.value))
         + "</td></tr>"
         for i in items

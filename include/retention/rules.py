@@ -133,8 +133,10 @@ IMMEDIATELY = IsoPeriod(days=1, text="P1D")  # "direkt": by the end of the day a
 
 def check_schedule(schedule: str) -> str:
     """A five-field cron expression, else a clear error."""
-    if not isinstance(schedule, str) or len(schedule.split()) != 5 or not croniter.is_valid(
-        schedule
+    if (
+        not isinstance(schedule, str)
+        or len(schedule.split()) != 5
+        or not croniter.is_valid(schedule)
     ):
         raise ValueError(
             f"{schedule!r} is not a five-field cron expression such as '0 2 * * *'"
