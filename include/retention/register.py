@@ -18,7 +18,7 @@ from include.retention.catalogue import Activity, Assumption, Catalogue
 from include.retention.controller import Controller, load_controller
 from include.retention.texts import LANGUAGES, Language
 
-_BASIS_LABELS = {
+BASIS_LABELS = {
     "sv": {
         "consent": "Samtycke (art. 6.1 a)",
         "contract": "Avtal (art. 6.1 b)",
@@ -50,7 +50,7 @@ _COUNTRIES = {
     "sv": {"US": "USA", "GB": "Storbritannien"},
     "en": {"US": "United States", "GB": "United Kingdom"},
 }
-_ACTIONS = {
+ACTIONS = {
     "sv": {
         "delete": "radering (med tillhörande uppgifter och filer)",
         "anonymise": "anonymisering (direkta identifierare tas bort, indirekta generaliseras)",
@@ -193,14 +193,14 @@ def _items(activity: Activity, lang: Language) -> list[Item]:
     )
     items = [
         Item(w["purpose"], activity.purpose[lang]),
-        Item(w["basis"], "; ".join(_BASIS_LABELS[lang][b] for b in activity.legal_bases)),
+        Item(w["basis"], "; ".join(BASIS_LABELS[lang][b] for b in activity.legal_bases)),
         Item(w["subjects"], "; ".join(s[lang] for s in activity.data_subjects)),
         Item(w["categories"], "; ".join(c[lang] for c in activity.data_categories)),
         Item(w["recipients"], "; ".join(r[lang] for r in activity.recipients) or none),
         Item(w["transfers"], transfers or none),
         Item(w["policy"], activity.policy_text_sv),
         Item(w["rule"], "; ".join(activity.rule_descriptions(lang))),
-        Item(w["action"], _ACTIONS[lang][activity.action.kind]),
+        Item(w["action"], ACTIONS[lang][activity.action.kind]),
         Item(w["source"], location, code=True),
     ]
     items += [Item(w["assumption"], _assumption(a, lang)) for a in activity.assumptions]

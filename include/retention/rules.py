@@ -165,6 +165,14 @@ def last_run_day(schedule: str, before: dt.date) -> dt.date | None:
     return previous.date()
 
 
+def next_run_day(schedule: str, after: dt.date) -> dt.date:
+    """The first day after ``after`` on which ``schedule`` runs."""
+    if _runs_every_day(schedule):
+        return after + _ONE_DAY
+    midnight = dt.datetime(after.year, after.month, after.day) + _ONE_DAY
+    return croniter(schedule, midnight - dt.timedelta(microseconds=1)).get_next(dt.datetime).date()
+
+
 @lru_cache(maxsize=64)
 def _run_days(schedule: str, start: dt.date, end: dt.date) -> tuple[dt.date, ...]:
     """Every day from ``start`` to ``end`` on which ``schedule`` runs."""
