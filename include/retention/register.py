@@ -164,21 +164,22 @@ class Register:
 
     @property
     def columns(self) -> list[str]:
-        """The CSV header: id, activity, then the labels of an activity's items."""
-        labels = [item.label for item in _longest(self.entries).items]
-        return [self.words["id"], self.words["activity"], *labels]
+        """The CSV header: id, activity, then every label an activity's items can have."""
+        return [self.words["id"], self.words["activity"], *[self.words[k] for k in _ITEM_KEYS]]
 
     @property
     def rows(self) -> list[list[str]]:
-        columns = self.columns[2:]
+        labels = [self.words[k] for k in _ITEM_KEYS]
         return [
-            [e.id, e.title, *[{i.label: i.value for i in e.items}.get(c, "") for c in columns]]
+            [e.id, e.title, *[{i.label: i.value for i in e.items}.get(c, "") for c in labels]]
             for e in self.entries
         ]
 
 
-def _longest(entries: list[Entry]) -> Entry:
-    return max(entries, key=lambda entry: len(entry.items))
+_ITEM_KEYS = (
+    "purpose", "basis", "subjects", "categories", "recipients", "transfers", "policy", "rule",
+    "action", "source", "assumption", "gap",
+)  # fmt: skip
 
 
 def _items(activity: Activity, lang: Language) -> list[Item]:
@@ -203,7 +204,9 @@ def _items(activity: Activity, lang: Language) -> list[Item]:
         Item(w["action"], ACTIONS[lang][activity.action.kind]),
         Item(w["source"], location, code=True),
     ]
-    items += [Item(w["assumption"], _assumption(a, lang)) for a in activity.assumptions]
+    if activity.assumptions:
+        text = " ".join(_assumption(a, lang) for a in activity.assumptions)
+        items.append(Item(w["assumption"], text))
     if activity.policy_gap:
         items.append(Item(w["gap"], w["gap_text"]))
     return items
