@@ -280,7 +280,10 @@ def crash_activity(action: str = "delete") -> Activity:
         action={
             "kind": "anonymise",
             "marker_column": "anonymised_at",
-            "columns": {"email": {"strategy": "hmac"}, "city": {"strategy": "null"}},
+            "direct_identifiers": ["email"],
+            "quasi_identifiers": ["city"],
+            "k_anonymity": 2,
+            "columns": {"email": {"strategy": "null"}, "city": {"strategy": "null"}},
         }
     )
 

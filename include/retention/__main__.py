@@ -17,6 +17,8 @@ def _validate(args: argparse.Namespace) -> int:
     print(f"catalogue {args.catalogue or POLICY_DIR}: {len(catalogue)} activities valid")
     print(f"catalogue version: {catalogue.version}")
     print(f"policy gaps (report only, never deleted by an invented period): {', '.join(gaps)}")
+    assumptions = [f"{a.id}.{x.name}={x.value}" for a in catalogue for x in a.assumptions]
+    print(f"assumptions to confirm (the policy does not state them): {', '.join(assumptions)}")
     return 0
 
 
