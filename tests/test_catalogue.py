@@ -191,7 +191,7 @@ BAD_CASES = {
         "retention.1.rule.consent",
         "cannot meet the deadline",
     ),
-    "malformed schedule": (_set("schedule", "nightly"), "schedule", "five-field cron"),
+    "malformed schedule": (_set("schedule", "nightly"), "schedule", "not a cron expression"),
     "label without Swedish": (
         lambda raw: raw["retention"][0].pop("label_sv"),
         "retention.0",

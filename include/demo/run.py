@@ -5,6 +5,8 @@ Everything lives under ``var/`` (git-ignored): the SQLite source systems, the co
 database (ledger + holds), Airflow's home and metadata DB, the pseudonym key and ``demo.env``
 (the connections as environment variables, for ``airflow dags test`` and ``make ui``).
 The demo is evaluated at the time it was seeded, so a second run deletes nothing new.
+Everything under ``var/`` holds personal data or secrets: it is created owner-only (umask 077:
+files 0600, folders 0700), and files an earlier version left readable are tightened.
 """
 
 from __future__ import annotations
@@ -27,6 +29,16 @@ from include.retention.errors import RetentionError
 from include.retention.object_store import DEFAULT_PORT, local_client, spawn, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
+PRIVATE_UMASK = 0o077  # files 0600, folders 0700
+
+
+def make_private(root: Path) -> None:
+    """Owner-only access to ``root`` and everything below it (symlinks are left alone)."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 @dataclass(frozen=True)
@@ -178,10 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--var", type=Path, default=ROOT / "var", help="state directory")
     parser.add_argument("--s3-port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--reset", action="store_true", help="reseed the demo from scratch")
+    parser.add_argument(
+        "--setup-only", action="store_true", help="seed and configure, but run no DAG"
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     paths = DemoPaths(args.var.resolve())
-    paths.var.mkdir(parents=True, exist_ok=True)
+    os.umask(PRIVATE_UMASK)
+    make_private(paths.var)
     key = ensure_key(paths)
     s3_endpoint, s3_fresh = ensure_s3(paths, args.s3_port)
     as_of = seeded_as_of(paths)
@@ -194,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     write_env_file(paths, env)
     os.environ.update(env)
     migrate_airflow(env)
+    if args.setup_only:
+        print(f"demo set up in {paths.var}: source it with '. {paths.env_file}'")
+        return 0
     states = run_all_dags(as_of)
     from include.demo.report import print_report
 

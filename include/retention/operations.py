@@ -10,14 +10,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import pendulum
 
-from include.retention import connections, s3_engine, sql_engine
-from include.retention.catalogue import Activity, Catalogue, load_catalogue
+from include.retention import connections, holds, s3_engine, sql_engine
+from include.retention.catalogue import Activity, Catalogue, load_valid
 from include.retention.errors import RetentionError
 from include.retention.escalation import deadline_at_stake, deadline_text
 from include.retention.object_store import s3_client
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 APPROVE = "Approve"
 _ISO_DATE_START = re.compile(r"^\d{4}-\d{2}-\d{2}")
 VERIFIED_OUTCOMES = ("completed", "nothing_to_do")
+AS_OF_YEARS = (1970, 2999)
 
 
 @dataclass
@@ -35,14 +37,25 @@ class Runtime:
     """The catalogue, the control database and the sources of one task."""
 
     catalogue: Catalogue
+    invalid: dict[str, str] = field(default_factory=dict)  # file name -> its error
 
     @classmethod
     def load(cls) -> Runtime:
-        return cls(load_catalogue())
+        """The valid activities: a broken catalogue file stops only its own activity."""
+        return cls(*load_valid())
 
     @cached_property
     def control(self) -> Control:
         return Control.open(connections.control_engine(), connections.pseudonym_key())
+
+    def activity(self, activity_id: str) -> Activity:
+        """The activity, once the catalogue is known to match the active holds."""
+        for name, error in self.invalid.items():
+            if Path(name).stem == activity_id:
+                raise RetentionError(f"invalid catalogue file {error}")
+        activity = self.catalogue[activity_id]
+        holds.check_catalogue(self.control.holds.engine, self.catalogue, self.invalid)
+        return activity
 
     def source_kwargs(self, activity: Activity) -> dict[str, Any]:
         """The engine call's source argument: an S3 client or a SQLAlchemy engine."""
@@ -65,7 +78,17 @@ def resolve_as_of(raw: Any, run_after: dt.datetime | None) -> pendulum.DateTime:
             parsed = None
     if not isinstance(parsed, pendulum.DateTime):
         raise RetentionError(f"as_of {raw!r} is not an ISO-8601 date or date-time")
-    return parsed
+    return _in_range(parsed, raw)
+
+
+def _in_range(as_of: pendulum.DateTime, raw: Any) -> pendulum.DateTime:
+    # Rules step back up to 100 years from as_of: far-off years overflow the date arithmetic.
+    if not AS_OF_YEARS[0] <= as_of.year <= AS_OF_YEARS[1]:
+        raise RetentionError(
+            f"as_of {raw!r} is outside the years {AS_OF_YEARS[0]}-{AS_OF_YEARS[1]};"
+            " give a date such as 2026-11-24"
+        )
+    return as_of
 
 
 def _dry_run(raw: Any) -> bool:
@@ -89,7 +112,7 @@ def plan(
 ) -> dict[str, Any]:
     """Count what the run would do and decide whether a person must approve it."""
     runtime = runtime or Runtime.load()
-    activity = runtime.catalogue[activity_id]
+    activity = runtime.activity(activity_id)
     as_of = resolve_as_of(params.get("as_of"), run_after)
     dry_run = _dry_run(params.get("dry_run", False))
     result = _plan_result(activity, as_of, runtime)
@@ -155,7 +178,7 @@ def enforce(
     ``approval_required``.
     """
     runtime = runtime or Runtime.load()
-    activity = runtime.catalogue[activity_id]
+    activity = runtime.activity(activity_id)
     run = s3_engine.enforce_s3 if activity.source.kind == "s3" else sql_engine.enforce
     result = run(
         activity,

@@ -30,7 +30,7 @@ from functools import lru_cache
 from typing import Annotated, ClassVar, Literal
 
 import pendulum
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -46,7 +46,9 @@ from include.retention.texts import Language, Localised, month_name, period_word
 
 TIMEZONE = pendulum.timezone("Europe/Stockholm")
 _ONE_DAY = dt.timedelta(days=1)
-_ISO_PERIOD = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?$")
+_ISO_PERIOD = re.compile(r"P(?:(\d{1,5})Y)?(?:(\d{1,5})M)?(?:(\d{1,5})W)?(?:(\d{1,6})D)?")
+MAX_PERIOD_DAYS = 36_525  # 100 years: longer periods are typos, and overflow date arithmetic
+_EPOCH = dt.date(2000, 1, 1)
 
 Anchor = dt.datetime | dt.date
 DEFAULT_SCHEDULE = "0 2 * * *"  # nightly at 02:00, Europe/Stockholm
@@ -65,14 +67,26 @@ class IsoPeriod:
 
     @classmethod
     def parse(cls, text: str) -> IsoPeriod:
-        match = _ISO_PERIOD.match(text) if isinstance(text, str) else None
+        match = _ISO_PERIOD.fullmatch(text) if isinstance(text, str) else None
         if not match or text == "P":
             raise ValueError(
                 f"{text!r} is not an ISO-8601 period of whole days such as P2Y, P6M, P180D or P0D"
                 " (time parts like PT1H are not supported: retention is counted in days)"
             )
         years, months, weeks, days = (int(part or 0) for part in match.groups())
-        return cls(years=years, months=months, days=weeks * 7 + days, text=text)
+        period = cls(years=years, months=months, days=weeks * 7 + days, text=text)
+        if (
+            years > 100
+            or months > 1200
+            or period.days > MAX_PERIOD_DAYS
+            or (period.add_to(_EPOCH) - _EPOCH).days > MAX_PERIOD_DAYS
+        ):
+            raise ValueError(f"{text!r} is longer than 100 years; retention periods are bounded")
+        return period
+
+    @property
+    def zero(self) -> bool:
+        return not (self.years or self.months or self.days)
 
     def add_to(self, day: dt.date) -> dt.date:
         return pendulum.Date(day.year, day.month, day.day).add(
@@ -132,16 +146,21 @@ IMMEDIATELY = IsoPeriod(days=1, text="P1D")  # "direkt": by the end of the day a
 
 
 def check_schedule(schedule: str) -> str:
-    """A five-field cron expression, else a clear error."""
+    """Five cron fields, as Airflow's CronTriggerTimetable accepts them, that do fire."""
     if (
         not isinstance(schedule, str)
         or len(schedule.split()) != 5
+        or schedule != schedule.strip()
         or not croniter.is_valid(schedule)
     ):
         raise ValueError(
-            f"{schedule!r} is not a five-field cron expression such as '0 2 * * *'"
+            f"{schedule!r} is not a cron expression of five fields, e.g. '0 2 * * *'"
             " (minute hour day-of-month month day-of-week, Europe/Stockholm)"
         )
+    try:
+        croniter(schedule).get_next()
+    except CroniterBadDateError:
+        raise ValueError(f"cron {schedule!r} never fires (no such date)") from None
     return schedule
 
 
@@ -274,6 +293,15 @@ class PeriodRule(_AfterPeriod):
 
     def _period(self) -> IsoPeriod:
         return self.period
+
+    @model_validator(mode="after")
+    def _not_zero(self) -> PeriodRule:
+        if self.period.zero:
+            raise ValueError(
+                f"period {self.period} keeps nothing: for deletion when an event happens use"
+                " rule kind 'event' with the event named"
+            )
+        return self
 
     def describe(self, language: Language = "en") -> str:
         after = "efter" if language == "sv" else "after"
