@@ -7,7 +7,8 @@ ARG AIRFLOW_VERSION=3.3.2
 # The runtime lock (requirements.lock): exactly the versions the tests ran with. Naming
 # apache-airflow keeps pip from moving Airflow itself.
 COPY --chown=airflow:0 requirements.lock /opt/retention/requirements.lock
-RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /opt/retention/requirements.lock
+RUN pip install --no-cache-dir --only-binary :all: \
+        "apache-airflow==${AIRFLOW_VERSION}" -r /opt/retention/requirements.lock
 
 # The project: the DAG file, plugins and the library. PYTHONPATH makes `include` importable.
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/

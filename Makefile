@@ -16,7 +16,10 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 RUNTIME_LOCK := requirements.lock
 DEMO_LOCK    := requirements-demo.lock
 DEV_LOCK     := requirements-dev.lock
-COMPILE      := $(UV) pip compile --quiet --python-version 3.11 --excludes requirements-excludes.txt
+COMPILE      := $(UV) pip compile --quiet --python-version 3.11 --only-binary :all: \
+                --excludes requirements-excludes.txt
+# Wheels only: nothing is compiled, so no compiler or -dev package is ever needed.
+SYNC         := $(UV) pip sync --quiet --only-binary :all: --python $(BIN)/python
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,15 +27,15 @@ $(BIN)/python:
 
 # The development set, exactly as locked (packages not in the lock are removed).
 install: | $(BIN)/python
-	$(UV) pip sync --quiet --python $(BIN)/python $(DEV_LOCK)
+	$(SYNC) $(DEV_LOCK)
 
 # The runtime set alone, exactly (what the Docker image installs).
 install-runtime: | $(BIN)/python
-	$(UV) pip sync --quiet --python $(BIN)/python $(RUNTIME_LOCK)
+	$(SYNC) $(RUNTIME_LOCK)
 
 # The demo set, added to what is there: after `make install` nothing changes.
 install-demo: | $(BIN)/python
-	$(UV) pip install --quiet --no-deps --python $(BIN)/python -r $(DEMO_LOCK)
+	$(UV) pip install --quiet --only-binary :all: --no-deps --python $(BIN)/python -r $(DEMO_LOCK)
 
 # Regenerate the three locks from the pinned direct dependencies; each set is constrained
 # to the versions of the one below it. Drivers in requirements-excludes.txt are left out.
@@ -61,10 +64,11 @@ demo: install-demo
 demo-reset: install-demo
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m include.demo.run --reset
 
-# The Airflow UI on the embedded default (after `make demo`): http://localhost:8080
+# The Airflow UI on the embedded default (after `make demo`): http://127.0.0.1:8080, owner-only
+# files; AIRFLOW__API__HOST / AIRFLOW__API__PORT choose another address.
 ui: install-demo
 	@test -f var/demo.env || { echo "run 'make demo' first: it seeds the demo systems" >&2; exit 1; }
-	. var/demo.env && PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/airflow standalone
+	umask 077 && . var/demo.env && PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m include.demo.ui
 
 bench: install-demo
 	$(BIN)/python bench/bench_sql_delete.py

@@ -5,8 +5,7 @@ used by their names ``source_db``, ``key``, ``control``). Every test gets a fres
 schema, MariaDB database or SQLite file, dropped afterwards. An unreachable server fails the
 test (it is never skipped).
 
-Also the child process of the crash tests: ``python -m tests.dbs SOURCE CONTROL KEY_HEX ACTION``
-runs one enforcement of `crash_activity` (the parent sets RETENTION_TEST_KILL_AT).
+Also the data of the crash tests (`crash_people`, `crash_activity`).
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -289,18 +287,3 @@ def crash_activity(action: str = "delete") -> Activity:
 
 
 CRASH_BATCH = 10
-
-
-def _child_main(argv: list[str]) -> None:
-    from include.retention.sql_engine import enforce
-
-    source_url, control_url, key_hex, action = argv
-    control = Control.open(control_url, bytes.fromhex(key_hex), create=False)
-    enforce(
-        crash_activity(action), AS_OF, source=sa.create_engine(source_url), control=control,
-        catalogue_version="test", batch_size=CRASH_BATCH,
-    )  # fmt: skip
-
-
-if __name__ == "__main__":
-    _child_main(sys.argv[1:])

@@ -1,25 +1,23 @@
 """Crash safety of the write-ahead protocol: SIGKILL a real enforcement at every checkpoint.
 
-Each case seeds a fresh source, runs the engine in a subprocess that kills itself (SIGKILL) at
-one checkpoint of one batch, then recovers and checks against the real source that no record
-was deleted without evidence, no evidence claims a record that still exists, and nothing is
-recorded twice; finally a normal run completes the job.
+Each case (one per dialect and kill point) seeds a fresh source, runs the engine in a forked
+process that kills itself (SIGKILL) at one checkpoint of one batch, then recovers and checks
+against the real source that no record was deleted without evidence, no evidence claims a
+record that still exists, and nothing is recorded twice; finally a normal run completes the job.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from include.retention.runs import Control
-from include.retention.sql_engine import CHECKPOINTS, KILL_ENV, enforce, recover
+from include.retention.sql_engine import CHECKPOINTS, enforce, recover
+from tests.crash import fork_run
 from tests.dbs import (
     AS_OF,
     CRASH_BATCH,
@@ -31,7 +29,6 @@ from tests.dbs import (
     seed,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 PEOPLE = crash_people()
 EXPIRED = {p["id"] for p in PEOPLE if p["decided_at"].year < AS_OF.year}
 # Batches are windows of CRASH_BATCH consecutive keys (every key is due): 10 rows, 7 due each.
@@ -58,45 +55,53 @@ def _check_invariants(db_engine, control: Control) -> set[int]:
     return present
 
 
-def _kill_child(db_url: str, control_url: str, key: bytes, action: str, kill_at: str) -> None:
-    child = subprocess.run(
-        [sys.executable, "-m", "tests.dbs", db_url, control_url, key.hex(), action],
-        cwd=ROOT,
-        env=os.environ | {KILL_ENV: kill_at, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+def _child(db_url: str, control_url: str, key: bytes, action: str) -> None:
+    enforce(
+        crash_activity(action), AS_OF, source=sa.create_engine(db_url),
+        control=Control.open(control_url, key, create=False), catalogue_version="test",
+        batch_size=CRASH_BATCH,
+    )  # fmt: skip
 
 
-@pytest.mark.parametrize("dialect", DIALECTS)
-def test_kill_at_every_checkpoint_then_recover(dialect: str, tmp_path: Path) -> None:
+def _kill_child(db, control_url: str, key: bytes, action: str, kill_at: str) -> None:
+    db.engine.dispose()  # the forked child opens its own connections
+    child = partial(_child, db.url, control_url, key, action)
+    assert fork_run(child, kill_at=kill_at) == "killed"
+
+
+def test_the_kill_points_are_what_the_tests_assume() -> None:
     assert (BATCHES, PER_BATCH, len(KILL_POINTS)) == (5, 7, 21)
+
+
+@pytest.mark.parametrize("kill_point", KILL_POINTS, ids=lambda p: f"{p[0]}:{p[1]}")
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_kill_at_every_checkpoint_then_recover(
+    dialect: str, kill_point: tuple[str, int], tmp_path: Path
+) -> None:
+    checkpoint, batch_no = kill_point
     key = secrets.token_bytes(32)
-    for n, (checkpoint, batch_no) in enumerate(KILL_POINTS):
-        db, cleanup = create_db(dialect, tmp_path)
-        try:
-            seed(db.engine, PEOPLE)
-            control_url = f"sqlite:///{tmp_path / f'control{n}.db'}"
-            control = Control.open(control_url, key)
-            _kill_child(db.url, control_url, key, "delete", f"{checkpoint}:{batch_no}")
-            recovery = recover(crash_activity(), source=db.engine, control=control)
-            assert recovery.runs_closed == 1
-            if checkpoint in ("after_prepare", "after_source_commit"):
-                assert recovery.committed + recovery.rolled_back == 1
-                assert recovery.committed == (checkpoint == "after_source_commit")
-            present = _check_invariants(db.engine, control)
-            done = batch_no - (checkpoint in ("batch_applied", "after_prepare"))
-            assert len(EXPIRED - present) == PER_BATCH * done
-            result = enforce(
-                crash_activity(), AS_OF, source=db.engine, control=control,
-                catalogue_version="test", batch_size=CRASH_BATCH,
-            )  # fmt: skip
-            assert result.outcome in ("completed", "nothing_to_do")
-            assert _check_invariants(db.engine, control).isdisjoint(EXPIRED)
-        finally:
-            cleanup()
+    db, cleanup = create_db(dialect, tmp_path)
+    try:
+        seed(db.engine, PEOPLE)
+        control_url = f"sqlite:///{tmp_path / 'control.db'}"
+        control = Control.open(control_url, key)
+        _kill_child(db, control_url, key, "delete", f"{checkpoint}:{batch_no}")
+        recovery = recover(crash_activity(), source=db.engine, control=control)
+        assert recovery.runs_closed == 1
+        if checkpoint in ("after_prepare", "after_source_commit"):
+            assert recovery.committed + recovery.rolled_back == 1
+            assert recovery.committed == (checkpoint == "after_source_commit")
+        present = _check_invariants(db.engine, control)
+        done = batch_no - (checkpoint in ("batch_applied", "after_prepare"))
+        assert len(EXPIRED - present) == PER_BATCH * done
+        result = enforce(
+            crash_activity(), AS_OF, source=db.engine, control=control,
+            catalogue_version="test", batch_size=CRASH_BATCH,
+        )  # fmt: skip
+        assert result.outcome in ("completed", "nothing_to_do")
+        assert _check_invariants(db.engine, control).isdisjoint(EXPIRED)
+    finally:
+        cleanup()
 
 
 def _anonymised(db_engine) -> set[int]:
@@ -116,24 +121,26 @@ def _check_anonymised(db_engine, control: Control) -> set[int]:
     return marked
 
 
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
 @pytest.mark.parametrize("dialect", DIALECTS)
-def test_kill_during_anonymisation_then_recover(dialect: str, tmp_path: Path) -> None:
+def test_kill_during_anonymisation_then_recover(
+    dialect: str, checkpoint: str, tmp_path: Path
+) -> None:
     key = secrets.token_bytes(32)
-    for n, checkpoint in enumerate(CHECKPOINTS):
-        db, cleanup = create_db(dialect, tmp_path)
-        try:
-            seed(db.engine, PEOPLE)
-            control_url = f"sqlite:///{tmp_path / f'control{n}.db'}"
-            control = Control.open(control_url, key)
-            batch_no = 0 if checkpoint == "run_started" else 2
-            _kill_child(db.url, control_url, key, "anonymise", f"{checkpoint}:{batch_no}")
-            recover(crash_activity("anonymise"), source=db.engine, control=control)
-            done = batch_no - (checkpoint in ("run_started", "batch_applied", "after_prepare"))
-            assert len(_check_anonymised(db.engine, control)) == PER_BATCH * max(done, 0)
-            enforce(
-                crash_activity("anonymise"), AS_OF, source=db.engine, control=control,
-                catalogue_version="test", batch_size=CRASH_BATCH,
-            )  # fmt: skip
-            assert _check_anonymised(db.engine, control) == EXPIRED
-        finally:
-            cleanup()
+    db, cleanup = create_db(dialect, tmp_path)
+    try:
+        seed(db.engine, PEOPLE)
+        control_url = f"sqlite:///{tmp_path / 'control.db'}"
+        control = Control.open(control_url, key)
+        batch_no = 0 if checkpoint == "run_started" else 2
+        _kill_child(db, control_url, key, "anonymise", f"{checkpoint}:{batch_no}")
+        recover(crash_activity("anonymise"), source=db.engine, control=control)
+        done = batch_no - (checkpoint in ("run_started", "batch_applied", "after_prepare"))
+        assert len(_check_anonymised(db.engine, control)) == PER_BATCH * max(done, 0)
+        enforce(
+            crash_activity("anonymise"), AS_OF, source=db.engine, control=control,
+            catalogue_version="test", batch_size=CRASH_BATCH,
+        )  # fmt: skip
+        assert _check_anonymised(db.engine, control) == EXPIRED
+    finally:
+        cleanup()

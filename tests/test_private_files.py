@@ -93,6 +93,15 @@ def test_ui_host_can_be_configured():
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:8080/execution/"
 
 
+def test_make_ui_runs_the_private_loopback_launcher():
+    commands = subprocess.run(
+        ["make", "-n", "ui"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    launch = [line for line in commands if "demo.env" in line and not line.startswith("test")]
+    assert len(launch) == 1, commands
+    assert launch[0].startswith("umask 077 && ") and "-m include.demo.ui" in launch[0]
+
+
 def _listening(port: int) -> list[str]:
     return [
         c.laddr.ip

@@ -4,7 +4,8 @@ catalogue binds, for PostgreSQL and MariaDB/MySQL (``python -m include.retention
 Per bound table the worker gets SELECT, plus DELETE where the activity deletes (child tables
 included) or UPDATE on exactly the masked columns and the marker where it anonymises. In the
 control database it may read and append to the ledger, move the head row forward and read
-the hold register: no UPDATE or DELETE on ``retention_ledger``, and triggers refuse them for
+the hold register, and take, renew and release run leases (``retention_leases``): no UPDATE
+or DELETE on ``retention_ledger``, and triggers refuse them for
 every role (and refuse moving the head anywhere but to the ledger's newest entry).
 
 PostgreSQL takes row locks (``SELECT ... FOR SHARE``, used by recovery and verification to
@@ -27,6 +28,7 @@ from sqlalchemy.engine import Engine
 from include.retention.catalogue import Activity, SqlChild, SqlSource
 from include.retention.errors import RetentionError
 from include.retention.holds import holds_table
+from include.retention.leases import leases_table
 from include.retention.ledger import head_table, ledger_table
 from include.retention.runs import Control
 
@@ -122,11 +124,13 @@ def source_grants(activities: Iterable[Activity], pg_lock_column: bool) -> list[
 
 
 def control_grants() -> list[TableGrant]:
-    """Append to the ledger, move its head, read the holds: nothing else."""
+    """Append to the ledger, move its head, read the holds, take and give back run leases:
+    nothing else."""
     return [
         TableGrant(ledger_table.name, {"SELECT", "INSERT"}),
         TableGrant(head_table.name, {"SELECT"}, {"seq", "entry_hash"}),
         TableGrant(holds_table.name, {"SELECT"}),
+        TableGrant(leases_table.name, {"SELECT", "INSERT", "UPDATE", "DELETE"}),
     ]
 
 

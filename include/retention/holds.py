@@ -3,7 +3,10 @@
 A hold is scoped either to a data subject (by the pseudonymous reference of the subject
 identifier) or to one record (by the record reference the ledger uses), so the register
 itself holds no raw personal data. Held records are never deleted or anonymised; the engine
-reads the active holds afresh inside every deleting transaction.
+reads the active holds afresh inside every deleting transaction, and again after the batch's
+write-ahead evidence; placing a hold waits for the batches of running enforcements that were
+already past that second check (`leases.wait_for_in_flight`), so a hold placed at any moment
+is honoured.
 
 Every placement and release is also chained into the ledger (``hold_placed``/``hold_released``)
 in the same transaction: :meth:`HoldRegister.verify` replays that evidence against the rows,
@@ -26,6 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from include.retention.catalogue import Catalogue, check_dataset_name, check_system_name
 from include.retention.errors import RetentionError
+from include.retention.leases import InFlight, wait_for_in_flight
 from include.retention.ledger import Ledger
 from include.retention.pseudonym import RecordRefHasher, SubjectRefHasher, check_key, hmac_hex
 
@@ -191,6 +195,7 @@ class HoldRegister:
         self._key = check_key(key)
         self._subjects = SubjectRefHasher(self._key)
         self._ledger = Ledger(engine, self._key)
+        self.last_in_flight = InFlight((), ())  # what the last placement waited for
 
     def create_tables(self) -> None:
         metadata.create_all(self.engine)
@@ -263,7 +268,23 @@ class HoldRegister:
             hold_id = int(inserted[0])
             self._record_placed(conn, hold_id, values)
         log.info("placed %s hold %s (scope %s)", kind, hold_id, cols["scope"])
+        self.settle(hold_id, cols.get("system"), cols.get("dataset"), cols.get("record_ref"))
         return hold_id
+
+    def settle(
+        self, hold_id: int, system: str | None, dataset: str | None, record_ref: bytes | None
+    ) -> InFlight:
+        """Wait for the batches of running enforcements that were already past their hold
+        check (see `leases.wait_for_in_flight`); from then on the hold binds every batch."""
+        found = wait_for_in_flight(self._ledger, system, dataset, record_ref)
+        self.last_in_flight = found
+        if found.applied:
+            log.warning(
+                "hold %s: ledger batch(es) %s already in flight committed before the hold"
+                " took effect%s; see the ledger's lookup",
+                hold_id, list(found.applied), "" if record_ref is None else " with the record",
+            )  # fmt: skip
+        return found
 
     def release(
         self, hold_id: int, *, released_by: str, released_at: datetime | None = None

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -14,15 +18,24 @@ from sqlalchemy.engine import Engine
 from include.retention.catalogue import Activity
 from include.retention.errors import RetentionError
 from include.retention.holds import HoldRegister
+from include.retention.leases import Leases
 from include.retention.ledger import Ledger, PendingBatch
 from include.retention.pseudonym import check_key, pack_refs, unpack_refs
 
 log = logging.getLogger(__name__)
 
+# Test hook: "<checkpoint>:<batch_no>" makes the process SIGKILL itself there (crash tests).
+KILL_ENV = "RETENTION_TEST_KILL_AT"
+
+
+def checkpoint(name: str, batch_no: int) -> None:
+    if os.environ.get(KILL_ENV) == f"{name}:{batch_no}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 @dataclass(frozen=True)
 class Control:
-    """The control database: ledger + hold register, and the pseudonym key."""
+    """The control database: ledger + hold register + run leases, and the pseudonym key."""
 
     ledger: Ledger
     holds: HoldRegister
@@ -31,6 +44,7 @@ class Control:
     @classmethod
     def open(cls, engine: Engine | str, key: bytes, *, create: bool = True) -> Control:
         eng = sa.create_engine(engine) if isinstance(engine, str) else engine
+        name_database(eng, "the control database (ledger, holds, leases)")
         control = cls(Ledger(eng, key), HoldRegister(eng, key), check_key(key))
         if create:
             if eng.dialect.name == "sqlite" and eng.url.database not in (None, "", ":memory:"):
@@ -39,7 +53,12 @@ class Control:
                     conn.exec_driver_sql("PRAGMA journal_mode=WAL")
             control.ledger.create_tables()
             control.holds.create_tables()
+            control.leases.create_tables()
         return control
+
+    @property
+    def leases(self) -> Leases:
+        return Leases(self.ledger.engine)
 
 
 @dataclass(frozen=True)
@@ -187,11 +206,70 @@ def settle_batch(
 
 
 def close_interrupted_runs(control: Control, activity_id: str) -> int:
-    """Close the runs a crash left open (after their batches were settled); how many."""
-    run_ids = control.ledger.unfinished_runs(activity_id)
+    """Close the runs a crash left open (after their batches were settled); how many.
+    Runs that still hold a lease are live and left alone."""
+    live = control.leases.live_runs()
+    run_ids = [r for r in control.ledger.unfinished_runs(activity_id) if r not in live]
     for run_id in run_ids:
         control.ledger.finish_run(
             run_id, activity_id, outcome="interrupted", counts={},
             message="run was interrupted; its prepared batches were settled by recovery",
         )  # fmt: skip
     return len(run_ids)
+
+
+def finish_failed(control: Control, result: RunResult, exc: BaseException, unit: str) -> None:
+    """Record a failed run; if the control database itself is down, say so in the log (the
+    next run's recovery closes the run as interrupted)."""
+    result.outcome = "failed"
+    result.message = f"failed after {result.applied} {unit}: {type(exc).__name__}"
+    try:
+        finish_run(control, result)
+    except sa.exc.SQLAlchemyError:
+        log.error(
+            "run %s: could not record the failure in the ledger (control database"
+            " unreachable); the next run's recovery closes it as interrupted",
+            result.run_id,
+        )
+
+
+# ------------------------------------------------------------------ naming the failing database
+
+_LABEL = "_retention_label"
+
+
+def _tag(context: Any) -> None:
+    label = getattr(context.engine, _LABEL, None)
+    if label and context.sqlalchemy_exception is not None:
+        setattr(context.sqlalchemy_exception, _LABEL, label)
+
+
+def name_database(engine: Engine, role: str) -> None:
+    """Errors from ``engine`` name it (role and URL without password): see `database_errors`."""
+    url = engine.url.render_as_string(hide_password=True)
+    setattr(engine, _LABEL, f"{role} at {url}")
+    if not sa.event.contains(engine, "handle_error", _tag):
+        sa.event.listen(engine, "handle_error", _tag)
+
+
+def describe_failure(exc: sa.exc.DBAPIError) -> str:
+    """Which database failed and what to do; no SQL parameters (they may be personal data)."""
+    where = getattr(exc, _LABEL, "a database")
+    what = type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__
+    if isinstance(exc, sa.exc.OperationalError) and exc.orig is not None:
+        what += f": {str(exc.orig).splitlines()[0][:200] if str(exc.orig) else ''}"
+    lost = " (connection lost)" if exc.connection_invalidated else ""
+    return (
+        f"{where} failed mid-run{lost}: {what}. Nothing is left half-done: a batch in flight is"
+        " settled from the source by the next run's recovery. Once the database is reachable"
+        " again, run the task again."
+    )
+
+
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """Turn a database failure into a RetentionError naming the database."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        raise RetentionError(describe_failure(exc)) from exc

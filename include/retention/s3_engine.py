@@ -13,6 +13,8 @@ bucket anything less deletes nothing. Each batch follows the ledger's write-ahea
    subject holds via the subject metadata);
 2. append ``batch_prepared`` with the objects' pseudonymous references
    (HMAC over system, bucket, key) BEFORE deleting;
+2b. read the active holds once more and keep the objects held since step 1 (hold placement
+   waits for batches past this check, see `leases.wait_for_in_flight`);
 3. delete all versions;
 4. append ``batch_resolved``: ``committed``, or ``partial``/``rolled_back`` from the
    DeleteObjects errors.
@@ -24,6 +26,7 @@ any version: keys gone were deleted, the others were not. Logs carry counts and 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +36,7 @@ from typing import Any, Literal
 from include.retention.catalogue import Activity, RuleCase, S3Source, SqlSource
 from include.retention.errors import RetentionError
 from include.retention.holds import ActiveHolds
+from include.retention.leases import lease_name, leased
 from include.retention.ledger import RunHeader, code_version
 from include.retention.object_store import iter_versions, s3_client
 from include.retention.pseudonym import RecordRefHasher, SubjectRefHasher, pack_refs, unpack_refs
@@ -41,8 +45,11 @@ from include.retention.runs import (
     PlanResult,
     RunResult,
     check_as_of,
+    checkpoint,
     close_interrupted_runs,
+    database_errors,
     decide,
+    finish_failed,
     finish_run,
     settle_batch,
 )
@@ -50,6 +57,8 @@ from include.retention.runs import (
 log = logging.getLogger(__name__)
 
 MAX_KEYS_PER_CALL = 1000  # the DeleteObjects limit
+# Crash-test checkpoints (see runs.KILL_ENV); also passed by linked-file batches of SQL runs.
+CHECKPOINTS = ("s3_run_started", "s3_after_prepare", "s3_after_delete", "s3_after_resolve")
 HEAD_WORKERS = 16
 
 Status = Literal["due", "unknown_anchor", "kept", "out_of_scope"]
@@ -347,12 +356,22 @@ class _BatchOutcome:
     failed: int
     calls: int
     seq: int | None
+    late_held: dict[str, str] = field(default_factory=dict)  # key -> kind, held since step 1
+
+
+# Which of a batch's objects are held now (key -> hold kind): read after the prepared entry.
+Recheck = Callable[[Sequence[S3Object]], dict[str, str]]
 
 
 def _delete_batch(
-    target: _Target, objects: Sequence[S3Object], batch_no: int, counts: Mapping[str, int]
+    target: _Target,
+    objects: Sequence[S3Object],
+    batch_no: int,
+    counts: Mapping[str, int],
+    recheck: Recheck,
 ) -> _BatchOutcome:
-    """Write-ahead: prepared evidence, delete every version, then resolve from the errors."""
+    """Write-ahead: prepared evidence, re-check the holds, delete every version, then resolve
+    from the errors."""
     if not objects:
         return _BatchOutcome(0, 0, 0, 0, None)
     hasher = RecordRefHasher(target.control.key, target.system, target.bucket)
@@ -363,24 +382,30 @@ def _delete_batch(
         action="delete", refs_blob=pack_refs(refs.values()),
         counts={"records": len(objects), "versions": versions, **counts},
     )  # fmt: skip
+    checkpoint("s3_after_prepare", batch_no)
     try:
-        failed, deleted, calls = _delete_versions(target.client, target.bucket, objects)
-        failed |= _still_present(target.client, target.bucket, [o.key for o in objects])
+        late = recheck(objects)
+        go = [o for o in objects if o.key not in late]
+        failed, deleted, calls = _delete_versions(target.client, target.bucket, go)
+        failed |= _still_present(target.client, target.bucket, [o.key for o in go])
+        failed |= late.keys()
     except Exception:
         log.error(
             "batch %s: DeleteObjects failed; ledger batch %s left for recovery", batch_no, seq
         )
         raise
+    checkpoint("s3_after_delete", batch_no)
     applied = [refs[o.key] for o in objects if o.key not in failed]
     outcome = "committed" if not failed else ("partial" if applied else "rolled_back")
     target.control.ledger.resolve_batch(
         seq, outcome=outcome, applied_blob=pack_refs(applied), applied=len(applied)
     )
+    checkpoint("s3_after_resolve", batch_no)
     log.info(
-        "batch %s: deleted %s object(s) (%s versions) in %s call(s); %s failed",
-        batch_no, len(applied), deleted, calls, len(failed),
+        "batch %s: deleted %s object(s) (%s versions) in %s call(s); %s failed, %s held meanwhile",
+        batch_no, len(applied), deleted, calls, len(failed) - len(late), len(late),
     )  # fmt: skip
-    return _BatchOutcome(len(applied), deleted, len(failed), calls, seq)
+    return _BatchOutcome(len(applied), deleted, len(failed) - len(late), calls, seq, late)
 
 
 # ------------------------------------------------------------------------------ recovery
@@ -411,10 +436,12 @@ def recover_s3(
 ) -> S3Recovery:
     """Settle object batches a crashed run left prepared (by checking which keys still exist)
     and, for S3 activities, close the run entry. SQL activities: call with ``close_runs=False``
-    and let the SQL engine close its runs."""
+    and let the SQL engine close its runs. Runs under the activity's lease (`enforce_s3` and
+    the SQL engine's recovery take it); batches of runs that hold a lease are left alone."""
     result = S3Recovery()
     clients = clients or s3_client
-    pending = control.ledger.pending_batches(activity.id)
+    live = control.leases.live_runs()  # never settle a batch of a run still going
+    pending = [b for b in control.ledger.pending_batches(activity.id) if b.run_id not in live]
     for system, bucket, prefix, conn_id in _buckets(activity):
         mine = [b for b in pending if b.system == system and b.dataset == bucket]
         if not mine:
@@ -442,14 +469,34 @@ def enforce_s3(
     dry_run: bool = False,
     approved_by: str | None = None,
     batch_size: int = MAX_KEYS_PER_CALL,
+    lease_wait: float | None = None,
 ) -> S3EnforceResult:
-    """Run an S3 activity's retention at ``as_of``: recover, plan, gate, delete in batches."""
+    """Run an S3 activity's retention at ``as_of``: recover, plan, gate, delete in batches.
+
+    Holds the activity's lease throughout, like the SQL engine's `enforce`."""
     check_as_of(as_of)
     if not 1 <= batch_size <= MAX_KEYS_PER_CALL:
         raise RetentionError(f"batch_size must be between 1 and {MAX_KEYS_PER_CALL}")
     src = _s3_source(activity)
     client = client if client is not None else s3_client(src.conn_id)
-    recovery = None if dry_run else recover_s3(activity, control=control, clients=lambda _: client)
+    name = lease_name(activity.id, src.system, src.bucket)
+    with database_errors(), leased(control.ledger.engine, name, wait=lease_wait) as lease:
+        recovery = (
+            None if dry_run else recover_s3(activity, control=control, clients=lambda _: client)
+        )
+        return _enforce_s3(
+            activity, as_of, control, client, recovery, lease.bind_run,
+            (catalogue_version, dry_run, approved_by, batch_size),
+        )  # fmt: skip
+
+
+def _enforce_s3(
+    activity: Activity, as_of: dt.datetime, control: Control, client: Any,
+    recovery: S3Recovery | None, bind_run: Callable[[str], None],
+    options: tuple[str, bool, str | None, int],
+) -> S3EnforceResult:  # fmt: skip
+    catalogue_version, dry_run, approved_by, batch_size = options
+    src = _s3_source(activity)
     plan = plan_s3(activity, as_of, client=client, control=control)
     header = RunHeader(
         activity_id=activity.id, system=src.system, dataset=src.bucket, action="delete",
@@ -461,6 +508,8 @@ def enforce_s3(
         activity.id, "completed", "", plan, run_id=control.ledger.start_run(header),
         approved_by=approved_by, recovery=recovery,
     )  # fmt: skip
+    bind_run(result.run_id)  # type: ignore[arg-type]
+    checkpoint("s3_run_started", 0)
     decided = decide(activity, plan.result, dry_run, approved_by)
     if decided:
         result.outcome, result.message = decided
@@ -469,9 +518,7 @@ def enforce_s3(
     try:
         _run_batches(target, activity, plan, result, batch_size)
     except Exception as exc:
-        result.outcome = "failed"
-        result.message = f"failed after {result.applied} objects: {type(exc).__name__}"
-        finish_run(control, result)
+        finish_failed(control, result, exc, "objects")
         raise
     result.message = (
         f"delete: {result.applied} objects ({result.versions_deleted} versions) in"
@@ -504,14 +551,34 @@ def _run_batches(
             if kind is None:
                 keep.append(obj)
         counts = {"held_skipped": held, "restricted_skipped": restricted}
-        outcome = _delete_batch(target, keep, batch_no, counts)
-        result.held_skipped += held
-        result.restricted_skipped += restricted
+        by_key = {o.key: meta for o, meta in zip(group, metas, strict=True)}
+
+        recheck = functools.partial(_held_now, target, src, metas=by_key, wanted=wanted)
+        outcome = _delete_batch(target, keep, batch_no, counts, recheck)
+        late = list(outcome.late_held.values())
+        result.held_skipped += held + late.count("legal_hold")
+        result.restricted_skipped += restricted + late.count("restriction")
         result.applied += outcome.applied
         result.versions_deleted += outcome.versions
         result.failed += outcome.failed
         result.delete_calls += outcome.calls
         result.batches += 1 if keep else 0
+
+
+def _held_now(
+    target: _Target, src: S3Source, objects: Sequence[S3Object],
+    metas: dict[str, dict[str, str]], wanted: set[str],
+) -> dict[str, str]:  # fmt: skip
+    """key -> hold kind of the objects held by the holds active now."""
+    holds = _hold_check(target.control, src.system, src.bucket, src.subject_key)
+    if holds.active.empty:
+        return {}
+    missing = [o for o in objects if not metas.get(o.key)]
+    if holds.active.subjects and missing:  # metadata was not read: no holds at step 1
+        fetched = _all_metadata(target.client, src.bucket, missing, wanted)
+        metas.update(zip([o.key for o in missing], fetched, strict=True))
+    kinds = {o.key: holds.kind(o.key, metas.get(o.key, {})) for o in objects}
+    return {key: kind for key, kind in kinds.items() if kind}
 
 
 # ------------------------------------------------------------------------------ linked files
@@ -584,9 +651,16 @@ def _delete_link(
     result.missing += len(objects) - len(present)
     result.held_skipped += len(present) - len(keep)
     target = _Target(client, control, run_id, activity.id, src.system, bucket)
+
+    def recheck(objs: Sequence[S3Object]) -> dict[str, str]:
+        fresh = _hold_check(control, src.system, bucket, None)
+        kinds = {o.key: fresh.kind(o.key, {}) for o in objs}
+        return {key: kind for key, kind in kinds.items() if kind}
+
     for sub_no, group in enumerate(batches(keep), start=1):
         counts = {"held_skipped": len(present) - len(keep) if sub_no == 1 else 0}
-        outcome = _delete_batch(target, group, batch_no, counts)
+        outcome = _delete_batch(target, group, batch_no, counts, recheck)
+        result.held_skipped += len(outcome.late_held)
         result.objects += outcome.applied
         result.versions_deleted += outcome.versions
         result.failed += outcome.failed

@@ -29,7 +29,11 @@ claims a record that is still there, and nothing is recorded twice.
 
 Cost per record beyond the DELETE itself: one HMAC in Python (~0.7 us) and 16 bytes of blob.
 On PostgreSQL the next batch's DELETE runs on a worker thread while the current batch is
-hashed and logged. Runs of one activity must not overlap (the DAG allows one active run).
+hashed and logged. Runs of one activity never overlap: each holds the activity's lease in the
+control database (`leases.py`) from recovery to its last entry, and every source statement
+has a lock and a statement timeout (`SourceTimeouts`). After step 3 the holds are read once
+more: a hold placed since step 2 on one of the batch's records rolls the batch back and redoes
+it, and placing a hold waits for batches already past that check, so no hold is missed.
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ import hashlib
 import hmac
 import logging
 import os
-import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,25 +57,32 @@ from include.retention import object_store, s3_engine
 from include.retention.catalogue import Activity, AnonymiseAction, RuleCase, SqlChild, SqlSource
 from include.retention.errors import RetentionError
 from include.retention.holds import ActiveHolds
+from include.retention.leases import Lease, lease_name, leased
 from include.retention.ledger import RunHeader, code_version
 from include.retention.masking import MaskStrategy
 from include.retention.pseudonym import (
+    PackedRefs,
     RecordRefHasher,
     SubjectRefHasher,
     hmac_hex,
     pack_refs,
     unpack_refs,
 )
+from include.retention.runs import KILL_ENV as KILL_ENV  # re-exported for the crash tests
 from include.retention.runs import (
     Control,
     PlanResult,
     RunResult,
     check_as_of,
     close_interrupted_runs,
+    database_errors,
     decide,
+    finish_failed,
     finish_run,
+    name_database,
     settle_batch,
 )
+from include.retention.runs import checkpoint as _checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +91,6 @@ MAX_HOLD_RETRIES = 20
 MAX_WINDOW_FACTOR = 4
 SCAN_CHUNK = 50_000
 FETCH_CHUNK = 5_000
-# Test hook: "<checkpoint>:<batch_no>" makes the process SIGKILL itself there (crash tests).
-KILL_ENV = "RETENTION_TEST_KILL_AT"
 CHECKPOINTS = (
     "run_started",
     "batch_applied",
@@ -93,6 +101,69 @@ CHECKPOINTS = (
 # Only for activities with linked files: after the files were deleted, before the source commit.
 OBJECT_CHECKPOINT = "after_objects_deleted"
 ClientFactory = Callable[[str], Any]
+LOCK_TIMEOUT_ENV = "RETENTION_SOURCE_LOCK_TIMEOUT_S"
+STATEMENT_TIMEOUT_ENV = "RETENTION_SOURCE_STATEMENT_TIMEOUT_S"
+
+
+@dataclass(frozen=True)
+class SourceTimeouts:
+    """Limits on every source statement, so a run never waits forever on another's locks.
+
+    ``lock``: seconds a statement waits for a row lock (PostgreSQL ``lock_timeout``, MariaDB
+    ``innodb_lock_wait_timeout``); ``statement``: seconds a statement may run (PostgreSQL
+    ``statement_timeout``, MariaDB ``max_statement_time``). Defaults from
+    $RETENTION_SOURCE_LOCK_TIMEOUT_S and $RETENTION_SOURCE_STATEMENT_TIMEOUT_S, else 30 s and
+    30 min. SQLite waits at most its busy timeout (5 s).
+    """
+
+    lock: float = 30.0
+    statement: float = 1800.0
+
+    def __post_init__(self) -> None:
+        for name in ("lock", "statement"):
+            value = getattr(self, name)
+            if not 1 <= value <= 86_400:
+                raise RetentionError(f"source {name} timeout must be 1-86400 s, not {value!r}")
+
+    @classmethod
+    def from_env(cls) -> SourceTimeouts:
+        values = {}
+        for name, env in (("lock", LOCK_TIMEOUT_ENV), ("statement", STATEMENT_TIMEOUT_ENV)):
+            raw = os.environ.get(env)
+            if raw:
+                try:
+                    values[name] = float(raw)
+                except ValueError:
+                    raise RetentionError(f"{env}={raw!r} is not a number of seconds") from None
+        return cls(**values)
+
+
+def _limit(conn: Connection, timeouts: SourceTimeouts) -> None:
+    """Apply ``timeouts`` to the connection's current transaction (PostgreSQL) or session."""
+    dialect = conn.dialect
+    if dialect.name == "postgresql":
+        conn.execute(
+            sa.select(
+                sa.func.set_config("lock_timeout", f"{int(timeouts.lock * 1000)}", True),
+                sa.func.set_config("statement_timeout", f"{int(timeouts.statement * 1000)}", True),
+            )
+        )
+    elif dialect.name == "mysql":
+        stmt = (
+            "max_statement_time = :stmt"
+            if getattr(dialect, "is_mariadb", False)
+            else ("max_execution_time = :stmt_ms")
+        )
+        conn.execute(
+            sa.text(f"SET SESSION innodb_lock_wait_timeout = :lock, SESSION {stmt}"),
+            {"lock": max(1, int(timeouts.lock)), "stmt": timeouts.statement,
+             "stmt_ms": int(timeouts.statement * 1000)},
+        )  # fmt: skip
+
+
+def _begin(run: _Run, conn: Connection) -> None:
+    conn.begin()
+    _limit(conn, run.timeouts)
 
 
 # ------------------------------------------------------------------------------------ results
@@ -106,6 +177,10 @@ class Hooks:
     # Inside the batch's source transaction, after its rows are deleted/locked and before the
     # active holds are read.
     after_lock: Callable[[int], None] | None = None
+    # After the batch's prepared entry, before the holds are read again.
+    after_prepare: Callable[[int], None] | None = None
+    # After that second read, just before the source commits.
+    before_commit: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -428,8 +503,9 @@ def _sum(cond: ColumnElement[bool]) -> ColumnElement[Any]:
 
 
 def _plan(
-    activity: Activity, schema: _Schema, as_of: dt.datetime, source: Engine, control: Control
-) -> tuple[PlanResult, _Predicates]:
+    activity: Activity, schema: _Schema, as_of: dt.datetime, source: Engine, control: Control,
+    timeouts: SourceTimeouts | None = None,
+) -> tuple[PlanResult, _Predicates]:  # fmt: skip
     preds = _predicates(activity, schema, as_of)
     marker_set = sa.false() if schema.marker is None else schema.marker.is_not(None)
     in_scope = sa.not_(marker_set) if schema.marker is not None else sa.true()
@@ -448,6 +524,7 @@ def _plan(
     ).select_from(schema.table)
     check = _HoldCheck(control.key, schema, control.holds.active(schema.system, schema.dataset))
     with source.connect() as conn:
+        _limit(conn, timeouts or SourceTimeouts.from_env())
         total, anonymised, expired, unknown, unmatched = (int(v) for v in conn.execute(query).one())
         held, restricted = _count_held(
             conn, schema, _in_scope(schema, preds.expired), check, control.key
@@ -473,16 +550,13 @@ def _plan(
 def plan(activity: Activity, as_of: dt.datetime, *, source: Engine, control: Control) -> PlanResult:
     """Count what a run at ``as_of`` would do, changing nothing."""
     check_as_of(as_of)
-    schema = resolve_schema(activity, source)
-    return _plan(activity, schema, as_of, source, control)[0]
+    _name_source(activity, source)
+    with database_errors():
+        schema = resolve_schema(activity, source)
+        return _plan(activity, schema, as_of, source, control)[0]
 
 
 # ------------------------------------------------------------------------------------ batches
-
-
-def _checkpoint(name: str, batch_no: int) -> None:
-    if os.environ.get(KILL_ENV) == f"{name}:{batch_no}":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _delete_children(
@@ -521,6 +595,7 @@ class _BatchOutcome:
     # column -> object keys of the deleted records (NULLs dropped); deletes with ``objects`` only
     object_keys: dict[str, list[str]] = field(default_factory=dict)
     linked: s3_engine.LinkedDeleteResult | None = None
+    holds: ActiveHolds | None = None  # the active holds the batch was checked against
 
 
 @dataclass
@@ -541,6 +616,8 @@ class _Run:
     with_subject: bool = True
     window: int = DEFAULT_BATCH_SIZE
     clients: ClientFactory | None = None
+    lease: Lease | None = None
+    timeouts: SourceTimeouts = field(default_factory=SourceTimeouts)
 
     @property
     def anonymise(self) -> bool:
@@ -603,11 +680,11 @@ def _delete_attempt(
             offset = 2 if _has_subject(run.schema, returned) else 1
             count, blob, held, keys = _digest(run, check, _chunks(result, returned), offset)
             if not held:
-                return _BatchOutcome(count, blob, children, skipped, keys)
+                return _BatchOutcome(count, blob, children, skipped, keys, holds=check.active)
             skipped.update(held)
         result.close()
         conn.rollback()
-        conn.begin()
+        _begin(run, conn)
         log.info("batch %s: held records found after locking; redoing without them", batch_no)
     raise RetentionError(
         f"batch {batch_no}: holds kept changing; gave up after {MAX_HOLD_RETRIES} tries"
@@ -654,15 +731,16 @@ def _anonymise_attempt(
         ).all()
         if run.hooks.after_lock and attempt == 0:
             run.hooks.after_lock(batch_no)
-        held = run.hold_check().kinds(locked, run.hasher.refs(row[0] for row in locked))
+        check = run.hold_check()
+        held = check.kinds(locked, run.hasher.refs(row[0] for row in locked))
         rows = [row for row in locked if row[0] not in held]
         stmt = sa.update(run.schema.table).where(_excluding(run, where, held)).values(run.values)
         updated = conn.execute(stmt).rowcount if rows else 0
         if updated == len(rows):
             blob = pack_refs(run.hasher.refs(row[0] for row in rows))
-            return _BatchOutcome(len(rows), blob, {}, held)
+            return _BatchOutcome(len(rows), blob, {}, held, holds=check.active)
         conn.rollback()  # rows changed between lock and update (SQLite has no row locks)
-        conn.begin()
+        _begin(run, conn)
     raise RetentionError(
         f"batch {batch_no}: rows kept changing; gave up after {MAX_HOLD_RETRIES} tries"
     )
@@ -712,7 +790,7 @@ class _Batch:
 def _open_batch(run: _Run, no: int, last: Any, pool: ThreadPoolExecutor | None) -> _Batch:
     conn = run.source.connect()
     try:
-        conn.begin()
+        _begin(run, conn)
         upper = _next_upper(run, conn, last)
     except BaseException:
         conn.close()
@@ -737,25 +815,10 @@ def _one_batch(run: _Run, batch: _Batch) -> _BatchOutcome:
     """Finish one batch under the write-ahead protocol."""
     with batch.conn as conn:
         batch_no = batch.no
-        if run.anonymise:
-            outcome = _anonymise_attempt(run, conn, batch.where, batch_no)
-        else:
-            outcome = _delete_attempt(run, conn, batch.where, batch_no, batch.started)
-        _checkpoint("batch_applied", batch_no)
-        if not outcome.count:
+        outcome, prepared = _prepared(run, conn, batch)
+        if prepared is None:
             conn.commit()
             return outcome
-        counts = {
-            "records": outcome.count,
-            "held_skipped": sum(1 for k in outcome.skipped.values() if k == "legal_hold"),
-            "restricted_skipped": sum(1 for k in outcome.skipped.values() if k == "restriction"),
-        } | {f"children.{name}": n for name, n in outcome.children.items()}
-        prepared = run.control.ledger.prepare_batch(
-            run.run_id, run.activity.id, run.schema.system, run.schema.dataset,
-            batch_no=batch_no, action=run.activity.action.kind,
-            refs_blob=outcome.blob, counts=counts,
-        )  # fmt: skip
-        _checkpoint("after_prepare", batch_no)
         if run.linked:
             outcome.linked = _delete_files(run, conn, outcome, prepared, batch_no)
             _checkpoint(OBJECT_CHECKPOINT, batch_no)
@@ -770,6 +833,67 @@ def _one_batch(run: _Run, batch: _Batch) -> _BatchOutcome:
         outcome.children,
     )  # fmt: skip
     return outcome
+
+
+def _prepared(run: _Run, conn: Connection, batch: _Batch) -> tuple[_BatchOutcome, int | None]:
+    """Apply the batch (uncommitted), write its ``batch_prepared`` evidence, then re-read the
+    holds: a hold placed meanwhile on one of its records rolls the batch back and redoes it
+    (hold placement waits for batches already past this check). (outcome, prepared seq or
+    None when the batch changed nothing)."""
+    batch_no = batch.no
+    for _ in range(MAX_HOLD_RETRIES):
+        started, batch.started = batch.started, None
+        if run.anonymise:
+            outcome = _anonymise_attempt(run, conn, batch.where, batch_no)
+        else:
+            outcome = _delete_attempt(run, conn, batch.where, batch_no, started)
+        _checkpoint("batch_applied", batch_no)
+        if not outcome.count:
+            return outcome, None
+        prepared = _prepare(run, outcome, batch_no)
+        _checkpoint("after_prepare", batch_no)
+        if run.hooks.after_prepare:
+            run.hooks.after_prepare(batch_no)
+        if not _held_since(run, outcome):
+            if run.hooks.before_commit:
+                run.hooks.before_commit(batch_no)
+            return outcome, prepared
+        conn.rollback()
+        run.control.ledger.resolve_batch(prepared, outcome="rolled_back", applied=0)
+        _begin(run, conn)
+        log.info("batch %s: a hold was placed on it meanwhile; redoing it", batch_no)
+    raise RetentionError(
+        f"batch {batch_no}: holds kept changing; gave up after {MAX_HOLD_RETRIES} tries"
+    )
+
+
+def _prepare(run: _Run, outcome: _BatchOutcome, batch_no: int) -> int:
+    counts = {
+        "records": outcome.count,
+        "held_skipped": sum(1 for k in outcome.skipped.values() if k == "legal_hold"),
+        "restricted_skipped": sum(1 for k in outcome.skipped.values() if k == "restriction"),
+    } | {f"children.{name}": n for name, n in outcome.children.items()}
+    return run.control.ledger.prepare_batch(
+        run.run_id, run.activity.id, run.schema.system, run.schema.dataset,
+        batch_no=batch_no, action=run.activity.action.kind,
+        refs_blob=outcome.blob, counts=counts,
+    )  # fmt: skip
+
+
+def _held_since(run: _Run, outcome: _BatchOutcome) -> bool:
+    """Does a hold placed since the batch's hold check cover one of its records?
+
+    New record holds are matched against the batch's references; any new subject hold
+    (subjects are not kept per batch) redoes the batch, whose own check then decides.
+    """
+    before, now = outcome.holds or ActiveHolds(), run.hold_check().active
+    if run.schema.subject is not None and now.subjects.keys() - before.subjects.keys():
+        return True
+    new = now.records.keys() - before.records.keys()
+    if not new:
+        return False
+    refs = PackedRefs(outcome.blob)
+    return any(ref in refs for ref in new)
 
 
 def _delete_files(
@@ -827,6 +951,8 @@ def _run_batches(run: _Run, result: EnforceResult) -> None:
     upcoming: _Batch | None = None
     try:
         while current is not None:
+            if run.lease is not None:
+                run.lease.renew()  # a run that lost its lease stops here
             if pool is not None and current.upper is not None:
                 upcoming = _open_batch(run, current.no + 1, current.upper, pool)
             _add(result, _one_batch(run, current))
@@ -850,22 +976,42 @@ def recover(
     source: Engine,
     control: Control,
     clients: ClientFactory | None = None,
+    lease_wait: float | None = None,
+    timeouts: SourceTimeouts | None = None,
 ) -> RecoveryResult:
     """Settle batches a crashed run left prepared (the table's from the source, the linked
-    files' from their buckets), and close its run entry."""
-    schema = resolve_schema(activity, source)
-    return _recover(activity, schema, source, control, _cached(clients))
+    files' from their buckets), and close its run entry. Takes the activity's lease, so a
+    live run is never touched."""
+    _name_source(activity, source)
+    with database_errors():
+        schema = resolve_schema(activity, source)
+        with leased(control.ledger.engine, _lease(schema), wait=lease_wait):
+            return _recover(
+                activity, schema, source, control, _cached(clients),
+                timeouts or SourceTimeouts.from_env(),
+            )  # fmt: skip
+
+
+def _lease(schema: _Schema) -> str:
+    return lease_name(schema.activity_id, schema.system, schema.dataset)
+
+
+def _name_source(activity: Activity, source: Engine) -> None:
+    src = _sql_source(activity)
+    name_database(source, f"the source database of system {src.system!r} ({src.conn_id})")
 
 
 def present_refs(
-    source: Engine, schema: _Schema, key: bytes, anonymise: bool, wanted: set[bytes]
-) -> set[bytes]:
+    source: Engine, schema: _Schema, key: bytes, anonymise: bool, wanted: set[bytes],
+    timeouts: SourceTimeouts | None = None,
+) -> set[bytes]:  # fmt: skip
     hasher = RecordRefHasher(key, schema.system, schema.dataset)
     query = sa.select(schema.pk)
     if anonymise:
         query = query.where(schema.marker.is_not(None))  # type: ignore[union-attr]
     present: set[bytes] = set()
     with source.connect() as conn:
+        _limit(conn, timeouts or SourceTimeouts.from_env())
         result = conn.execution_options(yield_per=SCAN_CHUNK).execute(
             query.with_for_update(read=True)
         )
@@ -880,8 +1026,10 @@ def _recover(
     schema: _Schema,
     source: Engine,
     control: Control,
-    clients: ClientFactory | None = None,
+    clients: ClientFactory | None,
+    timeouts: SourceTimeouts,
 ) -> RecoveryResult:
+    """Call under the activity's lease: every other unfinished run of it is dead."""
     result = RecoveryResult()
     if _sql_source(activity).objects:
         # Files are deleted before the source commits: settle them by existence in S3 (a
@@ -889,15 +1037,16 @@ def _recover(
         result.objects = s3_engine.recover_s3(
             activity, control=control, clients=clients, close_runs=False
         )
+    live = control.leases.live_runs()
     pending = [
         b
         for b in control.ledger.pending_batches(activity.id)
-        if (b.system, b.dataset) == (schema.system, schema.dataset)
+        if (b.system, b.dataset) == (schema.system, schema.dataset) and b.run_id not in live
     ]
     anonymise = schema.marker is not None
     if pending:
         wanted = {ref for batch in pending for ref in unpack_refs(batch.refs)}
-        present = present_refs(source, schema, control.key, anonymise, wanted)
+        present = present_refs(source, schema, control.key, anonymise, wanted, timeouts)
         for batch in pending:
             outcome = settle_batch(control, batch, present, applied_if_present=anonymise)
             setattr(result, outcome, getattr(result, outcome) + 1)
@@ -906,6 +1055,17 @@ def _recover(
 
 
 # ------------------------------------------------------------------------------------ enforce
+
+
+@dataclass(frozen=True)
+class _Options:
+    catalogue_version: str
+    dry_run: bool
+    approved_by: str | None
+    batch_size: int
+    hooks: Hooks
+    clients: ClientFactory
+    timeouts: SourceTimeouts
 
 
 def enforce(
@@ -920,32 +1080,54 @@ def enforce(
     batch_size: int = DEFAULT_BATCH_SIZE,
     hooks: Hooks | None = None,
     clients: ClientFactory | None = None,
+    lease_wait: float | None = None,
+    timeouts: SourceTimeouts | None = None,
 ) -> EnforceResult:
     """Run the activity's retention at ``as_of``: recover, plan, gate, then apply in batches.
 
+    Holds the activity's lease throughout (a second run waits up to ``lease_wait`` seconds,
+    default $RETENTION_LEASE_WAIT_S or 90, then refuses naming the run that holds it).
     ``clients``: conn_id -> boto3 S3 client for the linked files (default:
     `object_store.s3_client`); only used by activities whose source declares ``objects``.
+    A database failure raises a RetentionError naming the database.
     """
     check_as_of(as_of)
     if batch_size < 1:
         raise RetentionError("batch_size must be at least 1")
-    hooks = hooks or Hooks()
-    schema = resolve_schema(activity, source)
-    clients = _cached(clients)
-    recovery = None if dry_run else _recover(activity, schema, source, control, clients)
-    plan_result, preds = _plan(activity, schema, as_of, source, control)
-    if hooks.after_plan:
-        hooks.after_plan(plan_result)
+    options = _Options(
+        catalogue_version, dry_run, approved_by, batch_size, hooks or Hooks(), _cached(clients),
+        timeouts or SourceTimeouts.from_env(),
+    )  # fmt: skip
+    _name_source(activity, source)
+    with database_errors():
+        schema = resolve_schema(activity, source)
+        with leased(control.ledger.engine, _lease(schema), wait=lease_wait) as lease:
+            return _enforce(activity, as_of, schema, source, control, lease, options)
+
+
+def _enforce(
+    activity: Activity, as_of: dt.datetime, schema: _Schema, source: Engine, control: Control,
+    lease: Lease, options: _Options,
+) -> EnforceResult:  # fmt: skip
+    dry_run, approved_by = options.dry_run, options.approved_by
+    recovery = None
+    if not dry_run:
+        recovery = _recover(activity, schema, source, control, options.clients, options.timeouts)
+    plan_result, preds = _plan(activity, schema, as_of, source, control, options.timeouts)
+    if options.hooks.after_plan:
+        options.hooks.after_plan(plan_result)
     header = RunHeader(
         activity_id=activity.id, system=schema.system, dataset=schema.dataset,
         action=activity.action.kind, rules=plan_result.rules, as_of=plan_result.as_of,
-        cutoffs=plan_result.cutoffs, dry_run=dry_run, catalogue_version=catalogue_version,
-        code_version=code_version(), approved_by=approved_by,
+        cutoffs=plan_result.cutoffs, dry_run=dry_run,
+        catalogue_version=options.catalogue_version, code_version=code_version(),
+        approved_by=approved_by,
     )  # fmt: skip
     result = EnforceResult(
         activity.id, "completed", "", plan_result, run_id=control.ledger.start_run(header),
         approved_by=approved_by, recovery=recovery,
     )  # fmt: skip
+    lease.bind_run(result.run_id)  # type: ignore[arg-type]
     _checkpoint("run_started", 0)
     decided = decide(activity, plan_result, dry_run, approved_by)
     if decided:
@@ -954,21 +1136,18 @@ def enforce(
     run = _Run(
         activity=activity, schema=schema, source=source, control=control,
         run_id=result.run_id, cond=_in_scope(schema, preds.expired),  # type: ignore[arg-type]
-        batch_size=batch_size, hooks=hooks,
-        hasher=RecordRefHasher(control.key, schema.system, schema.dataset), clients=clients,
+        batch_size=options.batch_size, hooks=options.hooks,
+        hasher=RecordRefHasher(control.key, schema.system, schema.dataset),
+        clients=options.clients, lease=lease, timeouts=options.timeouts,
     )  # fmt: skip
     run.with_subject = bool(control.holds.active(schema.system, schema.dataset).subjects)
-    run.window = _window(batch_size, plan_result)
+    run.window = _window(options.batch_size, plan_result)
     if run.anonymise:
         run.values = _anonymise_values(schema, source.dialect.name, control.key)
     try:
         _run_batches(run, result)
     except Exception as exc:
-        result.outcome, result.message = (
-            "failed",
-            f"failed after {result.applied} records: {type(exc).__name__}",
-        )
-        finish_run(control, result)
+        finish_failed(control, result, exc, "records")
         raise
     result.message = (
         f"{activity.action.kind}: {result.applied} records in {result.batches} batches;"
