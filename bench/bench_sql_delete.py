@@ -61,13 +61,17 @@ def bench_activity() -> Activity:
             "name": {"sv": "Bänk", "en": "Bench"},
             "purpose": {"sv": "Mätning", "en": "Measuring"},
             "legal_bases": ["legitimate_interest"],
-            "data_subjects": ["applicants"],
-            "data_categories": ["contact details"],
+            "data_subjects": [{"sv": "sökande", "en": "applicants"}],
+            "data_categories": [{"sv": "kontaktuppgifter", "en": "contact details"}],
             "policy_text_sv": "Raderas efter två år.",
             "retention": [
                 {
                     "when": {"column": "status", "equals": "rejected"},
-                    "rule": {"kind": "period", "period": "P2Y", "anchor": "the decision"},
+                    "rule": {
+                        "kind": "period",
+                        "period": "P2Y",
+                        "anchor": {"sv": "beslutet", "en": "the decision"},
+                    },
                     "anchor_column": "decided_at",
                 }
             ],

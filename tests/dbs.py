@@ -217,19 +217,26 @@ def activity(
             "name": {"sv": "Rekrytering", "en": "Recruitment"},
             "purpose": {"sv": "Rekrytering", "en": "Recruitment"},
             "legal_bases": ["legitimate_interest"],
-            "data_subjects": ["applicants"],
-            "data_categories": ["contact details"],
+            "data_subjects": [{"sv": "sökande", "en": "applicants"}],
+            "data_categories": [{"sv": "kontaktuppgifter", "en": "contact details"}],
             "policy_text_sv": "Vid ej tillsättning raderas personuppgifter efter två år.",
             "retention": retention
             or [
                 {
                     "when": {"column": "status", "equals": "rejected"},
-                    "rule": {"kind": "period", "period": "P2Y", "anchor": "the hiring decision"},
+                    "rule": {
+                        "kind": "period",
+                        "period": "P2Y",
+                        "anchor": {"sv": "beslutet", "en": "the hiring decision"},
+                    },
                     "anchor_column": "decided_at",
                 },
                 {
                     "when": {"column": "status", "equals": "hired"},
-                    "rule": {"kind": "indefinite", "reason": "employees are out of scope"},
+                    "rule": {
+                        "kind": "indefinite",
+                        "reason": {"sv": "anställda", "en": "employees are out of scope"},
+                    },
                 },
             ],
             "action": action or {"kind": "delete"},
@@ -271,7 +278,10 @@ def crash_activity(action: str = "delete") -> Activity:
         action={
             "kind": "anonymise",
             "marker_column": "anonymised_at",
-            "columns": {"email": {"strategy": "hmac"}, "city": {"strategy": "null"}},
+            "direct_identifiers": ["email"],
+            "quasi_identifiers": ["city"],
+            "k_anonymity": 2,
+            "columns": {"email": {"strategy": "null"}, "city": {"strategy": "null"}},
         }
     )
 

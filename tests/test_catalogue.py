@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import subprocess
@@ -24,9 +25,7 @@ UNITS = {"year": "Y", "month": "M", "day": "D"}
 
 def _policy_rows() -> dict[str, dict[str, str]]:
     if not ACTIVITIES_MD.exists():
-        pytest.fail(
-            f"{ACTIVITIES_MD} is missing: the catalogue must keep its copy of the policy"
-        )
+        pytest.fail(f"{ACTIVITIES_MD} is missing: the catalogue must keep its copy of the policy")
     rows = {}
     for line in ACTIVITIES_MD.read_text(encoding="utf-8").splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -48,6 +47,7 @@ def _expected_rule_traits(text: str) -> set[str]:
         "indefinite": r"indefinitely",
         "consent": r"consent",
         "event": r"immediately when|purged at once|at contract termination",
+        "deadline": r"no later than",
     }
     traits |= {trait for trait, pattern in checks.items() if re.search(pattern, text)}
     return traits
@@ -57,7 +57,9 @@ def _catalogue_rule_traits(activity) -> set[str]:
     traits = set()
     for case in activity.retention:
         rule = case.rule
-        traits.add(f"{rule.period}" if rule.kind == "period" else rule.kind)
+        traits.add(f"{rule.period}" if rule.kind in ("period", "deadline") else rule.kind)
+        if rule.kind == "deadline":
+            traits.add("deadline")
     return traits
 
 
@@ -130,6 +132,17 @@ def _set(path: str, value):
     return mutate
 
 
+def _anonymise(columns: dict, direct: list[str] | None = None) -> dict:
+    return {
+        "kind": "anonymise",
+        "marker_column": "anonymised_at",
+        "direct_identifiers": direct or ["email"],
+        "quasi_identifiers": ["city"],
+        "k_anonymity": 5,
+        "columns": columns,
+    }
+
+
 BAD_CASES = {
     "unknown rule kind": (_set("retention.0.rule.kind", "forever"), "retention.0.rule", "forever"),
     "malformed period": (
@@ -165,6 +178,47 @@ BAD_CASES = {
         ),
         "action.anonymise.columns.email",
         "unknown masking strategy",
+    ),
+    "pseudonymising anonymise": (
+        _set("action", _anonymise({"email": {"strategy": "hmac"}})),
+        "action.anonymise",
+        "direct identifier 'email' has strategy 'hmac': anonymisation must remove it",
+    ),
+    "generalised direct identifier": (
+        _set("action", _anonymise({"email": {"strategy": "year"}})),
+        "action.anonymise",
+        "direct identifier 'email' has strategy 'year'",
+    ),
+    "keyed quasi-identifier": (
+        _set("action", _anonymise({"email": {"strategy": "null"}, "city": {"strategy": "hmac"}})),
+        "action.anonymise",
+        "that is pseudonymisation",
+    ),
+    "undeclared masked column": (
+        _set("action", _anonymise({"email": {"strategy": "null"}, "zip": {"strategy": "null"}})),
+        "action.anonymise",
+        "'zip' is masked but not declared",
+    ),
+    "subject column kept by anonymisation": (
+        _set("action", _anonymise({"name": {"strategy": "null"}}, direct=["name"])),
+        "(top level)",
+        "subject column 'email' must be a direct identifier",
+    ),
+    "schedule cannot meet a deadline": (
+        _set("schedule", "0 2 1 * *"),
+        "retention.1.rule.consent",
+        "cannot meet the deadline",
+    ),
+    "malformed schedule": (_set("schedule", "nightly"), "schedule", "not a cron expression"),
+    "label without Swedish": (
+        lambda raw: raw["retention"][0].pop("label_sv"),
+        "retention.0",
+        "'label_sv'",
+    ),
+    "English-only rule text": (
+        _set("retention.0.rule.anchor", "the send-out"),
+        "retention.0.rule.period.anchor",
+        "valid dictionary",
     ),
     "enforceable rule without action": (
         _set("action", {"kind": "report_only"}),
@@ -240,9 +294,13 @@ def test_register_in_both_languages_and_all_formats(tmp_path):
     catalogue = load_catalogue()
     files = write_register(catalogue, tmp_path)
     assert sorted(p.name for p in files) == sorted(
-        f"art30_register.{lang}.{fmt}" for lang in ("sv", "en") for fmt in ("md", "html", "csv")
+        f"art30_register.{lang}.{fmt}"
+        for lang in ("sv", "en")
+        for fmt in ("md", "html", "csv", "pdf")
     )
     for path in files:
+        if path.suffix == ".pdf":
+            continue
         text = path.read_text(encoding="utf-8")
         for activity in catalogue:
             assert activity.id in text
@@ -251,6 +309,105 @@ def test_register_in_both_languages_and_all_formats(tmp_path):
     assert "Vid ej tillsättning raderas personuppgifter efter två år." in swedish
     english_csv = (tmp_path / "art30_register.en.csv").read_text(encoding="utf-8").splitlines()
     assert len(english_csv) == 28  # header + one row per activity
+
+
+@pytest.mark.parametrize("language", ["sv", "en"])
+def test_register_names_the_controller_and_the_security_measures(tmp_path, language):
+    text = _rendered(tmp_path, language, "md")
+    for fact in ("Assessio Sverige AB", "support@assessio.se", "dataskydd@assessio.se"):
+        assert fact in text
+    heading = {"sv": "art. 30.1 g", "en": "Art. 30(1)(g)"}[language]
+    measures = text.split(heading, 1)[1]
+    assert measures.count("\n- ") >= 5
+    controller = {"sv": "Personuppgiftsansvarig (art. 30.1 a)", "en": "Controller (Art. 30(1)(a))"}
+    assert controller[language] in text
+
+
+def _rendered(tmp_path: Path, language: str, suffix: str) -> str:
+    path = tmp_path / f"art30_register.{language}.{suffix}"
+    if not path.exists():
+        write_register(load_catalogue(), tmp_path)
+    return path.read_text(encoding="utf-8")
+
+
+# Removed before reading words, in order: CSS, code, tags, identifiers (ids, e-mail, paths).
+_NOT_PROSE = [
+    re.compile(p, re.S)
+    for p in (r"<style>.*?</style>", r"<code>.*?</code>", r"<[^>]+>", r"`[^`]*`", r"\S*[_@/.]\S*\w")
+]
+_WORD = re.compile(r"[A-Za-zÅÄÖåäöÉé]{3,}")
+# Names the Swedish version keeps as they are: products, companies, acronyms, the time zone.
+_NAMES = {"Assessio", "Sverige", "IMY", "LinkedIn", "YouTube", "MBTI", "USA", "Europe", "Stockholm"}
+# Swedish words spelt like English ones.
+_SWEDISH_TOO = {"register", "per", "standard", "video"}
+
+
+def _words(text: str) -> set[str]:
+    for pattern in _NOT_PROSE:
+        text = pattern.sub(" ", text)
+    text = html.unescape(text)
+    return set(_WORD.findall(text))
+
+
+def test_no_english_leaks_into_the_swedish_register(tmp_path):
+    """Every word of the Swedish record that also occurs in the English one must be a word the
+    Swedish policy itself uses (e.g. "leads", "Customer success") or a name."""
+    policy = _words((POLICY_DIR / "text" / "integritetspolicy.sv.md").read_text(encoding="utf-8"))
+    ids = {activity.id for activity in load_catalogue()}  # stable technical identifiers
+    allowed = {w.lower() for w in policy | _NAMES | _SWEDISH_TOO | ids}
+    for suffix in ("md", "html", "csv"):
+        swedish = _words(_rendered(tmp_path, "sv", suffix))
+        english = _words(_rendered(tmp_path, "en", suffix))
+        leaked = {w for w in swedish & english if w.lower() not in allowed}
+        assert leaked == set(), f"English in art30_register.sv.{suffix}: {sorted(leaked)}"
+    assert "P2Y" not in _rendered(tmp_path, "sv", "md")
+    for raw in ("delete", "report_only", "legitimate_interest", "anonymise"):
+        assert raw not in _words(_rendered(tmp_path, "sv", "md"))
+
+
+def test_the_english_register_is_english(tmp_path):
+    english = _rendered(tmp_path, "en", "md")
+    assert "2 years after the customer's contract was terminated" in english
+    assert "Art. 6(1)(f) legitimate interest" in english
+    assert "Behandlingar" not in english and "Ändamål" not in english
+
+
+def test_the_register_pdf_is_a_document(tmp_path):
+    import zlib
+
+    pdf = (write_register(load_catalogue(), tmp_path), tmp_path / "art30_register.sv.pdf")[1]
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
+    assert len(re.findall(rb"/Type\s*/Page\b", data)) >= 10
+    streams = re.findall(rb"stream\r?\n(.*?)\r?\nendstream", data, re.S)
+    text = b"".join(zlib.decompress(s) for s in streams if s[:1] == b"x").decode("latin-1")
+    assert "Assessio Sverige AB" in text and "Nykundsbearbetning" in text
+    assert "dataskydd@assessio.se" in text
+
+
+@pytest.mark.parametrize("suffix", ["html"])
+def test_the_register_html_is_styled_for_print(tmp_path, suffix):
+    page = _rendered(tmp_path, "sv", suffix)
+    assert '<html lang="sv">' in page and "@page" in page and "size: A4" in page
+    assert "table-layout: fixed" in page and "overflow-wrap: anywhere" in page
+    # one two-column table per activity: no wide table runs off the page
+    assert max(row.count("<td>") for row in page.split("<tr>")) == 1
+
+
+def test_each_assumption_is_in_the_register(tmp_path):
+    catalogue = load_catalogue()
+    assumptions = [(a, x) for a in catalogue for x in a.assumptions]
+    names = {x.name for _, x in assumptions}
+    assert {"fiscal_year_end_month", "never_active_users", "declined_without_date"} <= names
+    for language in ("sv", "en"):
+        text = _rendered(tmp_path, language, "md")
+        section = text.split(
+            {"sv": "Antaganden att bekräfta", "en": "Assumptions to confirm"}[language]
+        )[-1]
+        for activity, assumption in assumptions:
+            assert assumption.statement[language] in section
+            assert assumption.reason[language] in section
+            assert activity.id in section
 
 
 def test_register_lists_exactly_the_policy_gaps():

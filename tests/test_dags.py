@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -125,6 +126,41 @@ def test_trigger_form_rejects_a_non_boolean_dry_run(dagbag):
     with pytest.raises(ParamValidationError, match="Invalid input for param"):
         params["dry_run"] = "yes"
         params.validate()
+
+
+_RAW = ("P2Y", "P1M", "P6M", "P180D", "P0D", "legitimate_interest", "legal_obligation", "0.25")
+
+
+def test_dag_documentation_is_written_for_a_person(dagbag):
+    for activity in load_catalogue():
+        dag = dagbag.dags[f"retention_{activity.id}"]
+        doc = dag.doc_md
+        assert activity.name.sv in dag.dag_display_name
+        assert activity.name.en in dag.dag_display_name
+        assert activity.name.sv in doc and activity.name.en in doc
+        assert [raw for raw in _RAW if raw in doc] == []
+        assert re.search(r"(^|\s)>\s", doc) is None  # no stray quote markers
+        assert "25 % of the records" in doc
+        assert "### How approval works" in doc and "### Where the evidence is" in doc
+        assert "evidence ledger" in doc and "Approve" in doc
+        if "legitimate_interest" in activity.legal_bases:
+            assert "Art. 6(1)(f) legitimate interest" in doc
+    crm = dagbag.dags["retention_crm"].doc_md
+    assert "2 years after the customer's contract was terminated" in crm
+    prospecting = dagbag.dags["retention_prospecting"]
+    assert prospecting.dag_display_name == "Nykundsbearbetning (Prospecting)"
+
+
+def test_each_assumption_and_gap_is_on_the_dag_documentation(dagbag):
+    catalogue = load_catalogue()
+    assert sum(len(a.assumptions) for a in catalogue) >= 4
+    for activity in catalogue:
+        doc = dagbag.dags[f"retention_{activity.id}"].doc_md
+        for assumption in activity.assumptions:
+            assert f"Assumption to confirm – `{assumption.name}`" in doc
+            assert assumption.statement.en in doc and assumption.reason.en in doc
+        assert ("### Policy gap" in doc) == activity.policy_gap
+        assert ("### Policy deadlines" in doc) == bool(activity.deadlines)
 
 
 def _catalogue_with_bad_cron(folder: Path) -> Path:

@@ -4,8 +4,13 @@ systems (SQLite sources, moto S3), and exactly the designed records survive."""
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
+import html
+import json
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -144,11 +149,31 @@ def test_service_development_anonymises_in_place(demo):
         if entry.due:
             assert before[entry.pk]["anonymised_at"] is None
             assert row["anonymised_at"] is not None and row["full_name"] is None
-            assert row["city"] == "anonymised" and len(row["email"]) == 32
+            assert row["city"] == "anonymised" and row["email"] is None  # removed, not hashed
             assert row["birth_date"].month == 1 and row["birth_date"].day == 1
             assert row["age"] % 10 == 0
         else:
             assert row == before[entry.pk]
+
+
+def test_anonymised_demo_rows_cannot_be_joined_back(demo):
+    from include.retention.anonymity import check_anonymity
+
+    activity = load_catalogue()["service_development"]
+    assert run_dag("service_development").state == "success"
+    source = sa.create_engine(demo.urls[activity.source.system])
+    report = check_anonymity(activity, source, demo.control.key)
+    anonymised = [e for e in demo.manifest.for_activity("service_development") if e.due]
+    assert report.anonymised_rows >= len(anonymised) > 0
+    assert report.linkable_rows == 0
+    run_id = demo.control.ledger.runs("service_development")[-1].run_id
+    [verified] = [
+        e.document["body"]
+        for e in demo.control.ledger.entries(with_blob=False)
+        if e.kind == "run_verified" and e.run_id == run_id
+    ]
+    assert verified["success"] is True and verified["linkable_rows"] == 0
+    assert verified["small_groups"] >= 1  # the demo's few anonymised rows are reported, not hidden
 
 
 def test_second_run_deletes_nothing_new(demo):
@@ -212,12 +237,51 @@ def test_dry_run_changes_nothing(demo):
 def strict_catalogue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "policies"
     shutil.copytree(POLICY_DIR, folder)
-    path = folder / "demo_process.yaml"
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    raw["safety"] = {"max_rows": 1, "max_fraction": None}
-    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    for activity_id in ("demo_process", "building_access"):  # a period and a deadline rule
+        path = folder / f"{activity_id}.yaml"
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw["safety"] = {"max_rows": 1, "max_fraction": None}
+        path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     monkeypatch.setenv("RETENTION_CATALOGUE_DIR", str(folder))
     return folder
+
+
+class _Inbox:
+    """An SMTP server's handler (aiosmtpd) that keeps every message it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(envelope)
+        return "250 Message accepted"
+
+
+@pytest.fixture
+def smtp_inbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """A real SMTP server on a free loopback port, configured as ``retention_smtp``."""
+    from aiosmtpd.controller import Controller
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    inbox = _Inbox()
+    server = Controller(inbox, hostname="127.0.0.1", port=port)
+    server.start()
+    extra = {"disable_ssl": True, "disable_tls": True, "from_email": "retention@example.com"}
+    connection = {"conn_type": "smtp", "host": "127.0.0.1", "port": port, "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_RETENTION_SMTP", json.dumps(connection))
+    monkeypatch.setenv("AIRFLOW_VAR_RETENTION_ALERT_EMAIL", "dpo@example.com")
+    try:
+        yield inbox.messages
+    finally:
+        server.stop()
+
+
+def _mail(envelope: Any) -> tuple[str, str]:
+    message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+    body = next(p for p in message.walk() if p.get_content_type() == "text/html")
+    return str(message["Subject"]), html.unescape(body.get_content())
 
 
 def _answer_approval(dag_id: str, chosen: str, user: str, stop: threading.Event) -> None:
@@ -290,6 +354,30 @@ def test_gated_run_deletes_nothing_until_approved(demo, strict_catalogue):
     assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
 
 
+def test_no_escalation_when_no_policy_deadline_is_at_stake(demo, strict_catalogue, smtp_inbox):
+    assert run_dag("demo_process", mark_success_pattern="approve").state == "success"
+    assert not load_catalogue()["demo_process"].deadlines
+    assert smtp_inbox == []
+
+
+def test_a_gated_run_with_a_deadline_at_stake_escalates(demo, strict_catalogue, smtp_inbox):
+    """building_access deletes "direkt": held back by the gate, the records miss the deadline."""
+    entries = demo.manifest.for_activity("building_access")
+    due = sum(e.due for e in entries)
+    assert due > 1  # over the strict limit of one row per run
+    approved = _run_answered("building_access", "Approve", "dpo.anna")
+    assert approved.state == "success"
+    [envelope] = smtp_inbox
+    assert envelope.rcpt_tos == ["dpo@example.com"]
+    subject, body = _mail(envelope)
+    assert "ESCALATION" in subject and "Building access" in subject
+    assert "2026-11-25 00:00" in subject  # the nightly run of 24 Nov is the last before it
+    assert f"{due} records: immediately when the badge holder's service relationship ends" in body
+    assert "Policy deadlines at stake:" in body  # the approval text names them too
+    _, alive = _survivors(demo, "building_access")
+    assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
+
+
 def test_runs_leave_an_asset_event_with_counts_and_no_personal_data_in_xcoms(demo):
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.models.xcom import XComModel
@@ -322,38 +410,6 @@ def test_runs_leave_an_asset_event_with_counts_and_no_personal_data_in_xcoms(dem
 
 
 # --- failure semantics: a failed step is a failed run, and someone is told -----------------
-
-
-@pytest.fixture
-def smtp_inbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
-    """A real SMTP server on a free loopback port; the connection retention_smtp points to it."""
-    import json
-    import socket
-
-    from aiosmtpd.controller import Controller
-    from aiosmtpd.handlers import Message
-
-    inbox: list[Any] = []
-
-    class Inbox(Message):  # type: ignore[misc]
-        def handle_message(self, message: Any) -> None:
-            inbox.append(message)
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    controller = Controller(Inbox(), hostname="127.0.0.1", port=port)
-    controller.start()
-    conn = {
-        "conn_type": "smtp", "host": "127.0.0.1", "port": port,
-        "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "retention@example.com",
-                  "timeout": 10, "retry_limit": 1},
-    }  # fmt: skip
-    monkeypatch.setenv("AIRFLOW_CONN_RETENTION_SMTP", json.dumps(conn))
-    try:
-        yield inbox
-    finally:
-        controller.stop()
 
 
 def _wait_for(inbox: list[Any], timeout: float = 20.0) -> list[Any]:
@@ -403,7 +459,10 @@ def test_failure_notification_is_delivered_without_personal_data(demo, smtp_inbo
     notifier = dag.on_failure_callback
     notifier = notifier[0] if isinstance(notifier, list) else notifier
     notifier({"dag": dag, "dag_run": run, "run_id": run.run_id, "var": {"value": Variables()}})
-    mails = _wait_for(smtp_inbox)
+    mails = [
+        email.message_from_bytes(envelope.content, policy=email.policy.default)
+        for envelope in _wait_for(smtp_inbox)
+    ]
     assert len(mails) == 1, "the failure notification was not delivered"
     assert mails[0]["Subject"] == "[retention] retention_newsletter failed"
     assert mails[0]["To"] == "dpo@example.com"

@@ -133,3 +133,28 @@ def test_approval_needs_an_explicit_approve():
 def test_gate_branch():
     assert next_step({"needs_approval": True}) == "approve"
     assert next_step({"needs_approval": False}) == "enforce"
+
+
+@pytest.mark.parametrize(
+    ("schedule", "as_of", "deadline"),
+    [
+        ("0 2 * * *", "2026-11-24T02:30:00+01:00", "2026-11-25T00:00:00+01:00"),
+        ("0 2 * * 1", "2026-11-23T02:30:00+01:00", "2026-11-30T00:00:00+01:00"),  # Mondays
+        ("0 2 * * *", "2026-03-28T23:30:00+00:00", "2026-03-30T00:00:00+02:00"),  # 29 Mar, DST
+    ],
+)
+def test_a_deadline_at_stake_is_the_start_of_the_next_run_day(schedule, as_of, deadline):
+    from include.retention.escalation import deadline_at_stake
+
+    at_stake = deadline_at_stake(schedule, dt.datetime.fromisoformat(as_of))
+    assert at_stake == dt.datetime.fromisoformat(deadline)
+
+
+def test_the_approval_text_names_the_deadlines_at_stake():
+    from include.retention.escalation import deadline_text
+
+    assert deadline_text([]) == ""
+    stakes = [{"rule": "immediately when consent is withdrawn", "records": 3, "deadline": "X"}]
+    text = deadline_text(stakes)
+    assert text.startswith(" Policy deadlines at stake: 3 records under 'immediately when")
+    assert "must be deleted before X" in text

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from include.retention.rules import (
     ConsentRule,
+    DeadlineRule,
     EventRule,
     FiscalYearRule,
     IndefiniteRule,
@@ -21,6 +22,8 @@ from include.retention.rules import (
 )
 
 STOCKHOLM = ZoneInfo("Europe/Stockholm")
+ANCHOR = {"sv": "händelsen", "en": "the anchor event"}
+EVENT = {"sv": "avtalet upphör", "en": "the contract ends"}
 ZONES = st.sampled_from([STOCKHOLM, dt.UTC, ZoneInfo("America/New_York")])
 INSTANTS = st.datetimes(
     min_value=dt.datetime(1990, 1, 1),
@@ -68,18 +71,32 @@ PERIODS = st.builds(
 )
 ENFORCEABLE_RULES = st.one_of(
     st.builds(
-        lambda p: EventRule(event="the event")
-        if p.zero
-        else PeriodRule(period=p, anchor="the anchor event"),
+        lambda p: EventRule(event=EVENT) if p.zero else PeriodRule(period=p, anchor=ANCHOR),
         PERIODS,
     ),
     st.builds(
-        lambda y, m: FiscalYearRule(years=y, fiscal_year_end_month=m, anchor="a transaction"),
+        lambda y, m: FiscalYearRule(years=y, fiscal_year_end_month=m, anchor=ANCHOR),
         st.integers(0, 10),
         st.integers(1, 12),
     ),
-    st.just(EventRule(event="the contract ends")),
+    st.just(EventRule(event=EVENT)),
     st.just(ConsentRule()),
+    st.builds(
+        lambda p: DeadlineRule(period=p, anchor=ANCHOR),
+        st.sampled_from(["P1D", "P7D", "P1M", "P3M", "P1Y", "P2Y6M"]),
+    ),
+)
+# Schedules that can meet the deadlines they are paired with (weekly runs need a week or more).
+SCHEDULED_DEADLINES = st.one_of(
+    st.builds(
+        lambda s, p: DeadlineRule(period=p, anchor=ANCHOR, schedule=s),
+        st.sampled_from(["0 2 * * 1", "30 23 * * 0", "0 2 1,15 * *", "0 2 * * 1-5"]),
+        st.sampled_from(["P1M", "P3M", "P1Y"]),
+    ),
+    st.builds(
+        lambda s: EventRule(event=EVENT, schedule=s),
+        st.sampled_from(["0 2 * * *", "0 */6 * * *", "59 23 * * *"]),
+    ),
 )
 
 
@@ -96,10 +113,84 @@ def test_cutoff_date_agrees_with_due_at_for_dates(rule, anchor, as_of):
     assert (day <= rule.cutoff_date(as_of)) == (rule.due_at(day) <= as_of)
 
 
+@settings(max_examples=400, deadline=None)
+@given(rule=SCHEDULED_DEADLINES, anchor=ANY_INSTANT, as_of=ANY_INSTANT)
+def test_cutoff_agrees_with_due_at_for_scheduled_deadlines(rule, anchor, as_of):
+    assert (anchor <= rule.cutoff(as_of)) == (rule.due_at(anchor) <= as_of)
+    assert (anchor.date() <= rule.cutoff_date(as_of)) == (rule.due_at(anchor.date()) <= as_of)
+
+
 @settings(max_examples=500, deadline=None)
 @given(rule=ENFORCEABLE_RULES, anchor=ANY_INSTANT)
 def test_nothing_is_due_before_its_anchor(rule, anchor):
     assert rule.due_at(anchor) > anchor
+
+
+def _run_days(schedule: str, first: dt.date, last: dt.date) -> list[dt.date]:
+    """The days a cron runs on, by croniter directly (not the rule's code)."""
+    from croniter import croniter
+
+    runs = croniter(schedule, dt.datetime(first.year, first.month, first.day) - dt.timedelta(1))
+    days: list[dt.date] = []
+    while not days or days[-1] <= last:
+        days.append(runs.get_next(dt.datetime).date())
+    return [d for d in days if first <= d <= last]
+
+
+@settings(max_examples=200, deadline=None)
+@given(rule=SCHEDULED_DEADLINES, anchor=ANY_INSTANT)
+def test_a_deadline_is_met_by_the_last_run_before_it_and_never_on_the_anchor_day(rule, anchor):
+    day = anchor.astimezone(STOCKHOLM).date()
+    deadline = rule.deadline_date(day)
+    due = rule.due_at(anchor)
+    runs = _run_days(rule.schedule, deadline - dt.timedelta(days=40), deadline)
+    before_deadline = [run for run in runs if run < deadline]
+    assert due.date() == before_deadline[-1]  # the last scheduled run day before the deadline
+    assert due.date() > day  # never on (or before) the anchor's own day
+    assert due == _stockholm(due.year, due.month, due.day)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "declined", "due", "deadline"),
+    [
+        # nightly: "inom en månad" is met by the run on the deadline's last day, not the day after
+        ("0 2 * * *", dt.date(2025, 1, 15), dt.date(2025, 2, 15), dt.date(2025, 2, 16)),
+        ("0 2 * * *", dt.date(2025, 1, 31), dt.date(2025, 2, 28), dt.date(2025, 3, 1)),
+        ("0 2 * * *", dt.date(2024, 1, 30), dt.date(2024, 2, 29), dt.date(2024, 3, 1)),
+        # Mondays only: the last Monday before the deadline (Sunday 16 Feb 2025)
+        ("0 2 * * 1", dt.date(2025, 1, 15), dt.date(2025, 2, 10), dt.date(2025, 2, 16)),
+    ],
+)
+def test_within_a_month_is_a_deadline(schedule, declined, due, deadline):
+    rule = DeadlineRule(period="P1M", anchor=ANCHOR, schedule=schedule)
+    assert rule.deadline_date(declined) == deadline
+    run = _stockholm(due.year, due.month, due.day, 2)
+    assert rule.due_at(declined) <= run  # deleted by that night's run...
+    assert rule.due_at(declined) > run.subtract(days=1)  # ...and not by the one before
+    assert rule.cutoff_date(run) >= declined > rule.cutoff_date(run.subtract(days=1))
+
+
+def test_immediately_means_the_first_nightly_run_after_the_day_of_the_event():
+    rule = EventRule(event=EVENT)
+    ended = dt.datetime(2025, 6, 3, 14, 0, tzinfo=STOCKHOLM)
+    assert rule.deadline_date(ended.date()) == dt.date(2025, 6, 5)
+    assert rule.due_at(ended) == _stockholm(2025, 6, 4)
+    assert ConsentRule().due_at(ended) == _stockholm(2025, 6, 4)
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (lambda: EventRule(event=EVENT, schedule="0 2 1 * *"), "cannot meet the deadline"),
+        (lambda: ConsentRule(schedule="0 2 * * 1"), "no run from"),
+        (lambda: DeadlineRule(period="P1M", anchor=ANCHOR, schedule="0 2 1 1 *"), "no run"),
+        (lambda: DeadlineRule(period="P0D", anchor=ANCHOR), "0 days"),
+        (lambda: ConsentRule(schedule="every night"), "not a cron expression"),
+    ],
+)
+def test_a_schedule_that_cannot_meet_a_deadline_is_refused(rule, message):
+    with pytest.raises(ValueError, match=message):
+        rule()
 
 
 def _stockholm(*args: int) -> pendulum.DateTime:
@@ -107,7 +198,7 @@ def _stockholm(*args: int) -> pendulum.DateTime:
 
 
 def test_bokforingslagen_worked_example():
-    rule = FiscalYearRule(years=7, fiscal_year_end_month=6, anchor="the last transaction")
+    rule = FiscalYearRule(years=7, fiscal_year_end_month=6, anchor=ANCHOR)
     for anchor in (dt.date(2024, 7, 1), dt.date(2025, 6, 30)):  # both in the FY ending 2025-06-30
         assert rule.due_at(anchor) == _stockholm(2033, 1, 1)
     assert rule.due_at(dt.date(2025, 7, 1)) == _stockholm(2034, 1, 1)
@@ -116,7 +207,7 @@ def test_bokforingslagen_worked_example():
 
 
 def test_calendar_fiscal_year_is_the_default():
-    rule = FiscalYearRule(anchor="the last transaction")
+    rule = FiscalYearRule(anchor=ANCHOR)
     assert rule.due_at(dt.date(2025, 12, 31)) == _stockholm(2033, 1, 1)
     assert rule.due_at(dt.date(2026, 1, 1)) == _stockholm(2034, 1, 1)
 
@@ -133,19 +224,19 @@ def test_calendar_fiscal_year_is_the_default():
     ],
 )
 def test_period_due_dates(period, anchor, due):
-    rule = PeriodRule(period=period, anchor="the anchor event")
+    rule = PeriodRule(period=period, anchor=ANCHOR)
     assert rule.due_at(anchor) == _stockholm(due.year, due.month, due.day)
 
 
 def test_event_rule_is_due_the_next_midnight():
-    rule = EventRule(event="the account is closed")
+    rule = EventRule(event=EVENT)
     assert rule.due_at(dt.date(2025, 10, 26)) == _stockholm(2025, 10, 27)
 
 
 @pytest.mark.parametrize("period", ["P0D", "P0Y0M", "P0W"])
 def test_a_period_rule_of_zero_is_refused(period):
     with pytest.raises(ValueError, match="use rule kind 'event'"):
-        PeriodRule(period=period, anchor="the anchor event")
+        PeriodRule(period=period, anchor=ANCHOR)
 
 
 @pytest.mark.parametrize("period", ["P101Y", "P9999Y", "P1201M", "P36526D", "P5219W", "P99Y30M"])
@@ -160,22 +251,20 @@ def test_100_years_is_accepted():
 
 
 def test_boundary_day_is_kept_and_the_day_before_is_due():
-    rule = PeriodRule(period="P1M", anchor="the anchor event")
+    rule = PeriodRule(period="P1M", anchor=ANCHOR)
     as_of = _stockholm(2025, 3, 1, 2)  # the nightly run
     assert rule.cutoff_date(as_of) == dt.date(2025, 1, 31)  # 28-31 Jan all end on 28 Feb
     assert rule.cutoff(as_of) == _stockholm(2025, 1, 31).end_of("day")
 
 
 def test_dst_change_does_not_shift_the_day():
-    rule = EventRule(event="the account is closed")
+    rule = EventRule(event=EVENT)
     closed = dt.datetime(2025, 3, 30, 1, 30, tzinfo=dt.UTC)  # 03:30 CEST, after the change
     assert rule.due_at(closed) == _stockholm(2025, 3, 31)
     assert rule.due_at(closed).utcoffset() == dt.timedelta(hours=2)
 
 
-@pytest.mark.parametrize(
-    "rule", [IndefiniteRule(reason="certifications"), UnspecifiedRule(note="gap")]
-)
+@pytest.mark.parametrize("rule", [IndefiniteRule(reason=ANCHOR), UnspecifiedRule(note=ANCHOR)])
 def test_never_due_rules(rule):
     assert not rule.enforceable
     assert rule.due_at(dt.date(1900, 1, 1)) is None
@@ -194,4 +283,4 @@ def test_naive_anchor_is_rejected():
     from include.retention.errors import RetentionError
 
     with pytest.raises(RetentionError, match="no time zone"):
-        EventRule(event="the account is closed").due_at(dt.datetime(2025, 1, 1))
+        EventRule(event=EVENT).due_at(dt.datetime(2025, 1, 1))

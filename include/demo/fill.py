@@ -458,7 +458,7 @@ def survey_responses(c: RowContext) -> tuple[Row, Children]:
     }
     if c.values.get("anonymised_at") is not None:  # anonymised by an earlier run
         row.update(
-            email=f"{c.rng.getrandbits(128):032x}",
+            email=None,
             full_name=None,
             birth_date=dt.date(birth.year, 1, 1),
             age=age // 10 * 10,

@@ -35,6 +35,8 @@ def _validate(args: argparse.Namespace) -> int:
     print(f"catalogue {args.catalogue or POLICY_DIR}: {len(catalogue)} activities valid")
     print(f"catalogue version: {catalogue.version}")
     print(f"policy gaps (report only, never deleted by an invented period): {', '.join(gaps)}")
+    assumptions = [f"{a.id}.{x.name}={x.value}" for a in catalogue for x in a.assumptions]
+    print(f"assumptions to confirm (the policy does not state them): {', '.join(assumptions)}")
     control_db = args.control_db or os.environ.get(CONTROL_DB_ENV)
     if control_db:
         import sqlalchemy as sa

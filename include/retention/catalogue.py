@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal
 
 import pendulum
 import yaml
-from croniter import CroniterBadDateError, croniter
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -29,7 +28,8 @@ from pydantic import (
 
 from include.retention.errors import RetentionError
 from include.retention.masking import MaskStrategy, parse_mask
-from include.retention.rules import Rule
+from include.retention.rules import DEADLINE_KINDS, DEFAULT_SCHEDULE, Rule, check_schedule
+from include.retention.texts import Language, Localised
 
 POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
 CATALOGUE_ENV = "RETENTION_CATALOGUE_DIR"  # another catalogue folder (tests, staging)
@@ -87,17 +87,6 @@ def _timezone(value: str) -> str:
     return value
 
 
-def _cron(value: str) -> str:
-    """Five cron fields, as Airflow's CronTriggerTimetable accepts them, that do fire."""
-    if len(value.split()) != 5 or value != value.strip() or not croniter.is_valid(value):
-        raise ValueError(f"{value!r} is not a cron expression of five fields, e.g. '0 2 * * *'")
-    try:
-        croniter(value).get_next()
-    except CroniterBadDateError:
-        raise ValueError(f"cron {value!r} never fires (no such date)") from None
-    return value
-
-
 def check_system_name(value: Any) -> str:
     """A system name exactly as the catalogue accepts it (for hold requests)."""
     if not isinstance(value, str) or not _SLUG.fullmatch(value):
@@ -122,7 +111,7 @@ Slug = Annotated[str, AfterValidator(_slug)]
 ConnId = Annotated[str, AfterValidator(_conn_id)]
 Bucket = Annotated[str, AfterValidator(_bucket)]
 TimeZoneName = Annotated[str, AfterValidator(_timezone)]
-Cron = Annotated[str, AfterValidator(_cron)]
+Cron = Annotated[str, AfterValidator(check_schedule)]
 Mask = Annotated[MaskStrategy, BeforeValidator(parse_mask)]
 Scalar = bool | int | float | str
 
@@ -140,13 +129,6 @@ class LegalBasis(StrEnum):
     vital_interest = "vital_interest"  # (d)
     public_task = "public_task"  # (e)
     legitimate_interest = "legitimate_interest"  # (f) intresseavvägning
-
-
-class Localised(_Model):
-    """A text in Swedish and English."""
-
-    sv: str = Field(min_length=2)
-    en: str = Field(min_length=2)
 
 
 class Transfer(_Model):
@@ -181,21 +163,26 @@ class RuleCase(_Model):
     case applies to is out of scope and kept.
     """
 
-    label: str | None = Field(default=None, description="The record class, e.g. customer_case")
+    label: str | None = Field(default=None, description="The record class, e.g. customer case")
+    label_sv: str | None = Field(default=None, description="The record class in Swedish")
     when: Condition | None = None
     rule: Rule
     anchor_column: Identifier | None = Field(
         default=None, description="The column (or object metadata key) holding the anchor"
     )
 
-    def describe(self) -> str:
-        scope = self.label or (self.when.column if self.when else None)
-        return (f"{scope}: " if scope else "") + self.rule.describe()
+    def describe(self, language: Language = "en") -> str:
+        scope = (self.label_sv if language == "sv" else self.label) or (
+            self.when.column if self.when else None
+        )
+        return (f"{scope}: " if scope else "") + self.rule.describe(language)
 
     @model_validator(mode="after")
     def _anchor_needed(self) -> RuleCase:
         if self.rule.enforceable and self.anchor_column is None:
             raise ValueError(f"a {self.rule.kind!r} rule needs an 'anchor_column'")
+        if (self.label is None) != (self.label_sv is None):
+            raise ValueError("give a case's 'label' in both English and Swedish ('label_sv')")
         return self
 
 
@@ -206,19 +193,69 @@ class DeleteAction(_Model):
 
 
 class AnonymiseAction(_Model):
-    """Overwrite personal columns in place, keeping the row (e.g. for statistics)."""
+    """Anonymise in place, keeping the row (e.g. for statistics): direct identifiers are removed
+    (nulled or replaced by one constant), quasi-identifiers generalised or released as they are.
+
+    A keyed or per-value replacement (e.g. ``hmac``) is pseudonymisation, not anonymisation
+    (GDPR recital 26): whoever holds the key can link the row back. It is refused.
+    """
 
     kind: Literal["anonymise"] = "anonymise"
     columns: dict[Identifier, Mask] = Field(min_length=1)
     marker_column: Identifier = Field(
         description="Set to the run time when anonymised; marked rows are never matched again"
     )
+    direct_identifiers: list[Identifier] = Field(
+        min_length=1, description="Columns that identify a person alone (e-mail, name)"
+    )
+    quasi_identifiers: list[Identifier] = Field(
+        default_factory=list,
+        description="Columns that identify in combination (birth date, city, job level)",
+    )
+    k_anonymity: int = Field(
+        ge=2, description="Every released combination of quasi-identifiers must cover k rows"
+    )
+
+    @model_validator(mode="after")
+    def _removes_the_link(self) -> AnonymiseAction:
+        both = set(self.direct_identifiers) & set(self.quasi_identifiers)
+        if both:
+            raise ValueError(f"{sorted(both)} cannot be both direct and quasi-identifiers")
+        for column in self.direct_identifiers:
+            mask = self.columns.get(column)
+            if mask is None or not mask.removes_value:
+                used = f"strategy {mask.name!r}" if mask else "no strategy"
+                raise ValueError(
+                    f"direct identifier {column!r} has {used}: anonymisation must remove it"
+                    " (strategy 'null' or 'fixed'); a keyed or generalised value still identifies"
+                )
+        for column, mask in self.columns.items():
+            if mask.keyed:
+                raise ValueError(
+                    f"column {column!r} uses the keyed strategy {mask.name!r}: that is"
+                    " pseudonymisation (the key links it back), not anonymisation; use 'null'"
+                )
+            if column not in self.direct_identifiers and column not in self.quasi_identifiers:
+                raise ValueError(
+                    f"column {column!r} is masked but not declared: list it under"
+                    " 'direct_identifiers' or 'quasi_identifiers'"
+                )
+        return self
 
 
 class ReportOnlyAction(_Model):
     """Change nothing; count and report (policy gaps, rules kept indefinitely)."""
 
     kind: Literal["report_only"] = "report_only"
+
+
+class Assumption(_Model):
+    """A reading the policy does not state, made a named setting to confirm with its owner."""
+
+    name: Slug
+    value: Scalar = Field(description="The setting in effect (e.g. 6 for a July-June year)")
+    statement: Localised = Field(description="What the catalogue assumes")
+    reason: Localised = Field(description="Why, and what changes if it is wrong")
 
 
 Action = Annotated[DeleteAction | AnonymiseAction | ReportOnlyAction, Field(discriminator="kind")]
@@ -285,17 +322,41 @@ class Activity(_Model):
     name: Localised
     purpose: Localised
     legal_bases: list[LegalBasis] = Field(min_length=1)
-    data_subjects: list[str] = Field(min_length=1)
-    data_categories: list[str] = Field(min_length=1)
-    recipients: list[str] = Field(default_factory=list)
+    data_subjects: list[Localised] = Field(min_length=1)
+    data_categories: list[Localised] = Field(min_length=1)
+    recipients: list[Localised] = Field(default_factory=list)
     transfers: list[Transfer] = Field(default_factory=list)
     policy_text_sv: str = Field(min_length=3, description="The policy sentence implemented")
     retention: list[RuleCase] = Field(min_length=1)
     action: Action
     source: Source
-    schedule: Cron = Field(default="0 2 * * *", description="Cron, Europe/Stockholm")
+    schedule: Cron = Field(default=DEFAULT_SCHEDULE, description="Cron, Europe/Stockholm")
     safety: Safety = Field(default_factory=Safety)
     owner: str = "data-engineering"
+    assumptions: list[Assumption] = Field(
+        default_factory=list, description="Readings the policy does not state, to confirm"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deadlines_use_the_schedule(cls, raw: Any) -> Any:
+        """Deadline rules are met by the activity's schedule: give it to them."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("retention"), list):
+            return raw
+        schedule = raw.get("schedule", DEFAULT_SCHEDULE)
+        try:
+            check_schedule(schedule)
+        except ValueError:
+            return raw  # reported once, on 'schedule'
+        cases = []
+        for case in raw["retention"]:
+            rule = case.get("rule") if isinstance(case, dict) else None
+            if isinstance(rule, dict) and rule.get("kind") in DEADLINE_KINDS:
+                if "schedule" in rule:
+                    raise ValueError("set 'schedule' on the activity, not on a rule")
+                case = {**case, "rule": {**rule, "schedule": schedule}}
+            cases.append(case)
+        return {**raw, "retention": cases}
 
     @model_validator(mode="after")
     def _consistent(self) -> Activity:
@@ -309,7 +370,27 @@ class Activity(_Model):
             raise ValueError("an enforceable retention rule needs a delete or anonymise action")
         if not self.enforceable and self.action.kind != "report_only":
             raise ValueError("no retention case is enforceable: the action must be report_only")
+        self._check_anonymisation()
+        self._check_assumptions()
         return self
+
+    def _check_anonymisation(self) -> None:
+        subject = getattr(self.source, "subject_column", None)
+        if self.action.kind == "anonymise" and subject not in (
+            None,
+            *self.action.direct_identifiers,
+        ):
+            raise ValueError(f"the subject column {subject!r} must be a direct identifier")
+
+    def _check_assumptions(self) -> None:
+        for assumption in self.assumptions:
+            for case in self.retention:
+                value = getattr(case.rule, assumption.name, assumption.value)
+                if value != assumption.value:
+                    raise ValueError(
+                        f"assumption {assumption.name!r} is {assumption.value!r} but the"
+                        f" {case.rule.kind!r} rule says {value!r}"
+                    )
 
     @property
     def enforceable(self) -> bool:
@@ -320,12 +401,17 @@ class Activity(_Model):
         """The policy states no period for (some of) these records."""
         return any(case.rule.kind == "unspecified" for case in self.retention)
 
-    def rule_descriptions(self) -> list[str]:
-        """One line per rule case, e.g. ``"not hired: P2Y after the hiring decision"``."""
-        return [case.describe() for case in self.retention]
+    @property
+    def deadlines(self) -> list[RuleCase]:
+        """The cases that promise deletion no later than a deadline ("inom", "direkt")."""
+        return [case for case in self.retention if case.rule.deadline]
 
-    def describe_rule(self) -> str:
-        return "; ".join(self.rule_descriptions())
+    def rule_descriptions(self, language: Language = "en") -> list[str]:
+        """One line per rule case, e.g. ``"not hired: 2 years after the hiring decision"``."""
+        return [case.describe(language) for case in self.retention]
+
+    def describe_rule(self, language: Language = "en") -> str:
+        return "; ".join(self.rule_descriptions(language))
 
 
 class Catalogue(_Model):

@@ -29,11 +29,12 @@ from airflow.sdk.exceptions import AirflowFailException
 from include.retention.catalogue import Activity, Catalogue
 from include.retention.deployment import ENFORCEMENT_POOL
 from include.retention.errors import RetentionError, Unavailable
+from include.retention.escalation import ALERT_TO, SMTP_CONN_ID, DeadlineEscalation
+from include.retention.register import ACTIONS, BASIS_LABELS
 
 TIMEZONE = "Europe/Stockholm"
 APPROVAL_TIMEOUT = dt.timedelta(hours=24)
 START_DATE = pendulum.datetime(2026, 1, 1, tz=TIMEZONE)
-ALERT_TO = "{{ var.value.get('retention_alert_email', 'dataskydd@example.com') }}"
 STEPS = ("plan", "safety_gate", "approve", "enforce", "verify")
 FAILED_STATES = ("failed", "upstream_failed")
 T = TypeVar("T")
@@ -60,35 +61,106 @@ def asset_for(activity: Activity) -> Asset:
     return Asset(name=f"retention_{activity.id}", group="gdpr-retention")
 
 
-def doc_md(activity: Activity) -> str:
-    bases = ", ".join(basis.value for basis in activity.legal_bases)
-    lines = [
-        f"# {activity.name.sv} ({activity.name.en})",
-        "",
-        f"**Purpose:** {activity.purpose.en} — *{activity.purpose.sv}*",
-        "",
-        f"**Legal basis (GDPR Art. 6(1)):** {bases}",
-        "",
-        f"**Rule enforced:** {activity.describe_rule()}",
-        "",
-        f"**Policy (sv):** > {activity.policy_text_sv}",
-        "",
-        f"**Action:** {activity.action.kind} · **Source:** `{activity.source.system}`"
-        f" via connection `{activity.source.conn_id}`",
-        "",
-        f"**Safety limit:** {activity.safety.max_rows} rows / {activity.safety.max_fraction}"
-        " of the dataset per run; above it a person must approve (silence rejects).",
-        "",
-        "**Paused?** Retention DAGs are deployed unpaused. While this DAG is paused the"
-        " policy's deletions for this activity do not happen: `python -m include.retention"
-        " check` lists paused retention DAGs as warnings.",
+def display_name(activity: Activity) -> str:
+    """The name a person knows the DAG by: the activity's Swedish (and English) name."""
+    name = activity.name
+    return name.sv if name.sv == name.en else f"{name.sv} ({name.en})"
+
+
+def _safety(activity: Activity) -> str:
+    limits = []
+    if activity.safety.max_rows is not None:
+        limits.append(f"{activity.safety.max_rows:,} records")
+    if activity.safety.max_fraction is not None:
+        limits.append(f"{activity.safety.max_fraction * 100:g} % of the records")
+    return " and ".join(limits) or "none"
+
+
+def _source(activity: Activity) -> str:
+    src = activity.source
+    where = f"table `{src.table}`" if src.kind == "sql" else f"bucket `{src.bucket}/{src.prefix}`"
+    return f"system `{src.system}`, {where}, connection `{src.conn_id}`"
+
+
+def _facts(activity: Activity) -> list[str]:
+    rules = "<br>".join(activity.rule_descriptions("en"))
+    rows = [
+        ("Purpose", f"{activity.purpose.en} (*{activity.purpose.sv}*)"),
+        ("Legal basis", "; ".join(BASIS_LABELS["en"][b] for b in activity.legal_bases)),
+        ("Policy (Swedish original)", f"“{activity.policy_text_sv}”"),
+        ("Rule enforced", rules),
+        ("Action", ACTIONS["en"][activity.action.kind]),
+        ("Source", _source(activity)),
+        ("Schedule", f"cron `{activity.schedule}`, Europe/Stockholm time"),
+        ("Safety limit per run", _safety(activity)),
     ]
+    return ["| | |", "|---|---|", *[f"| **{k}** | {v.replace('|', '/')} |" for k, v in rows]]
+
+
+def _caveats(activity: Activity) -> list[str]:
+    lines: list[str] = []
+    if activity.deadlines:
+        lines += ["", "### Policy deadlines", ""]
+        lines += [f"- {case.describe('en')}" for case in activity.deadlines]
+        lines.append(
+            "- If the safety limit holds back records whose deadline is passing, the alert"
+            " recipient is e-mailed at once, naming the deadline (see *How approval works*)."
+        )
     if activity.policy_gap:
+        lines += ["", "### Policy gap", ""]
+        lines.append(
+            "- The policy states no retention period for some of these records: they are counted"
+            " and reported, never deleted, until the policy owner decides a period."
+        )
+    if activity.assumptions:
+        lines += ["", "### Assumptions to confirm", ""]
         lines += [
-            "",
-            "**Policy gap:** the policy states no retention period for some records;"
-            " they are counted and reported, never deleted.",
+            f"- **Assumption to confirm – `{a.name}` = `{a.value}`:** {a.statement.en}"
+            f" *Why:* {a.reason.en}"
+            for a in activity.assumptions
         ]
+    return lines
+
+
+_HOW = """
+### How approval works
+
+`plan` counts what is due. If the run would delete more than the safety limit, it stops at the
+`approve` task: open the run in the Airflow UI (*Required actions*) and choose **Approve** or
+**Reject**. No answer within 24 hours counts as Reject. A rejected run changes nothing; the
+records wait for the next run. Trigger with `{"dry_run": true}` to see the counts without
+changing anything.
+
+### Paused?
+
+Retention DAGs are deployed unpaused. While this DAG is paused the policy's deletions for this
+activity do not happen: `python -m include.retention check` lists paused retention DAGs as
+warnings.
+
+### Where the evidence is
+
+Every deletion or anonymisation is written, before it is committed, to the evidence ledger in
+the control database (connection `retention_control_db`): a hash-chained log that holds no
+personal data (records and people appear only as keyed hashes). After the run, `verify` checks
+the source with Great Expectations — nothing due remains, every claimed deletion really
+happened — and records the result in the ledger. `report` emits the run's counts as an event of
+the asset `{asset}`. Failures e-mail the alert recipient (connection `retention_smtp`, Variable
+`retention_alert_email`).
+"""
+
+
+def doc_md(activity: Activity) -> str:
+    """The DAG's documentation, written for the person who operates or audits it."""
+    lines = [
+        f"# {activity.name.sv} — {activity.name.en}",
+        "",
+        f"Makes the privacy policy's retention rule for **{activity.name.en}**"
+        f" (*{activity.name.sv}*) true in the source system.",
+        "",
+        *_facts(activity),
+        *_caveats(activity),
+        _HOW.replace("{asset}", asset_for(activity).name),
+    ]
     return "\n".join(lines)
 
 
@@ -120,6 +192,7 @@ def build_dag(activity: Activity) -> DAG:
     activity_id = activity.id
     with DAG(
         dag_id=dag_id_for(activity_id),
+        dag_display_name=display_name(activity),
         description=f"Retention: {activity.name.en} — {activity.describe_rule()}"[:250],
         doc_md=doc_md(activity),
         schedule=CronTriggerTimetable(activity.schedule, timezone=TIMEZONE),
@@ -138,7 +211,7 @@ def build_dag(activity: Activity) -> DAG:
         },
         on_failure_callback=SmtpNotifier(
             to=ALERT_TO,
-            smtp_conn_id="retention_smtp",
+            smtp_conn_id=SMTP_CONN_ID,
             subject=f"[retention] {dag_id_for(activity_id)} failed",
         ),
     ) as dag:
@@ -200,6 +273,7 @@ def _wire(activity: Activity) -> None:
         body="{{ ti.xcom_pull(task_ids='plan')['approval_text'] }}",
         defaults="Reject",
         response_timeout=APPROVAL_TIMEOUT,
+        notifiers=[DeadlineEscalation(activity.name.en, dag_id_for(activity.id))],
     )
 
     # TaskFlow passes XComArgs where the functions declare the values they resolve to.

@@ -22,6 +22,8 @@ class MaskStrategy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: ClassVar[str]
+    removes_value: ClassVar[bool] = False  # nothing of the value is left (anonymises it)
+    keyed: ClassVar[bool] = False  # a per-value replacement a key holder can link back
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -36,6 +38,7 @@ class NullMask(MaskStrategy):
     """Replace the value with NULL."""
 
     name = "null"
+    removes_value = True
     strategy: Literal["null"] = "null"
 
     def to_sql(self, column: sa.Column[Any], dialect: str, key: bytes) -> ColumnElement[Any]:
@@ -43,9 +46,10 @@ class NullMask(MaskStrategy):
 
 
 class FixedMask(MaskStrategy):
-    """Replace the value with one fixed value (e.g. ``"anonymised"``)."""
+    """Replace the value with one fixed value (e.g. ``"anonymised"``), the same for every row."""
 
     name = "fixed"
+    removes_value = True
     strategy: Literal["fixed"] = "fixed"
     value: str | int | float
 
@@ -54,9 +58,12 @@ class FixedMask(MaskStrategy):
 
 
 class HmacMask(MaskStrategy):
-    """Replace the value with a keyed-HMAC pseudonym (hex), stable across records."""
+    """Replace the value with a keyed-HMAC pseudonym (hex), stable across records.
+
+    Pseudonymisation: the key holder can link it back, so anonymisation refuses it."""
 
     name = "hmac"
+    keyed = True
     strategy: Literal["hmac"] = "hmac"
     length: int = Field(default=32, ge=16, le=64, description="Hex characters kept")
 

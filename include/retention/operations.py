@@ -21,6 +21,7 @@ import pendulum
 from include.retention import connections, holds, s3_engine, sql_engine
 from include.retention.catalogue import Activity, Catalogue, load_valid
 from include.retention.errors import RetentionError
+from include.retention.escalation import deadline_at_stake, deadline_text
 from include.retention.object_store import s3_client, storage_fault
 from include.retention.runs import (
     Control,
@@ -184,8 +185,26 @@ def plan(
         ),
         "origin": origin or {},
     }
+    stakes = _deadlines_at_stake(activity, as_of, runtime) if reason else []
+    planned["deadlines_at_stake"] = stakes
+    planned["approval_text"] = f"{planned['approval_text']}{deadline_text(stakes)}"
     log.info("plan %s", describe_plan(planned))
     return planned
+
+
+def _deadlines_at_stake(
+    activity: Activity, as_of: dt.datetime, runtime: Runtime
+) -> list[dict[str, Any]]:
+    """Per deadline rule with records to apply now: the rule, the count and the deadline they
+    miss if this run does not apply them (see :mod:`include.retention.escalation`)."""
+    deadline = deadline_at_stake(activity.schedule, as_of).strftime("%Y-%m-%d %H:%M")
+    stakes = []
+    for case in activity.deadlines:
+        alone = activity.model_copy(update={"retention": [case]})
+        records = _plan_result(alone, as_of, runtime).to_apply
+        if records:
+            stakes.append({"rule": case.describe(), "records": records, "deadline": deadline})
+    return stakes
 
 
 def describe_plan(planned: dict[str, Any]) -> str:

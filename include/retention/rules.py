@@ -1,6 +1,7 @@
 """The retention-rule calculus.
 
-Every rule answers two questions that must always agree:
+Rules say "not before" (kept for a period, then due) or "no later than" (a deadline the policy
+promises). Every rule answers two questions that must always agree:
 
 - ``due_at(anchor)``: from which instant may this one record be deleted?
 - ``cutoff(as_of)``: which anchors are due at ``as_of``? (``anchor <= cutoff`` exactly when
@@ -8,28 +9,40 @@ Every rule answers two questions that must always agree:
 
 Periods are counted in whole calendar days in Europe/Stockholm: a record is kept for the full
 period, which ends with the day ``anchor date + period``; it is due from the next midnight.
-Nothing is therefore ever deleted early, and "immediately" (P0D) means the first nightly run
-after the event. Month arithmetic clamps to the month's end (31 Jan + P1M = 28/29 Feb).
+Nothing is therefore ever deleted early. Month arithmetic clamps to the month's end
+(31 Jan + P1M = 28/29 Feb).
+
+A deadline ("raderas inom en månad", "direkt") must be met by the activity's schedule (cron,
+Europe/Stockholm): a record must be gone before the start of the day after ``anchor date +
+period``; it is due from the day of the last scheduled run before that instant, and never on its
+anchor's own day. "Immediately" is the deadline of one day: the first scheduled run after the day
+of the event. A schedule without a run in some record's window cannot meet the deadline and is
+refused when the rule is validated.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+from bisect import bisect_left
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Annotated, ClassVar, Literal
 
 import pendulum
+from croniter import CroniterBadDateError, croniter
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     PlainSerializer,
     PlainValidator,
+    field_validator,
     model_validator,
 )
 
 from include.retention.errors import RetentionError
+from include.retention.texts import Language, Localised, month_name, period_words
 
 TIMEZONE = pendulum.timezone("Europe/Stockholm")
 _ONE_DAY = dt.timedelta(days=1)
@@ -38,6 +51,9 @@ MAX_PERIOD_DAYS = 36_525  # 100 years: longer periods are typos, and overflow da
 _EPOCH = dt.date(2000, 1, 1)
 
 Anchor = dt.datetime | dt.date
+DEFAULT_SCHEDULE = "0 2 * * *"  # nightly at 02:00, Europe/Stockholm
+# Deadlines are checked against a schedule for every anchor day of four years (one leap year).
+_CHECK_FROM, _CHECK_TO = dt.date(2024, 1, 1), dt.date(2027, 12, 31)
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,10 @@ class IsoPeriod:
     def __str__(self) -> str:
         return self.text
 
+    def words(self, language: Language = "en") -> str:
+        """``2 years``, ``6 månader``: the period for a person to read."""
+        return period_words(self.years, self.months, self.days, language)
+
 
 def _parse_period(value: object) -> IsoPeriod:
     if isinstance(value, IsoPeriod):
@@ -122,10 +142,98 @@ def _as_of_date(as_of: dt.datetime) -> dt.date:
     return as_of.astimezone(TIMEZONE).date()
 
 
+IMMEDIATELY = IsoPeriod(days=1, text="P1D")  # "direkt": by the end of the day after the event
+
+
+def check_schedule(schedule: str) -> str:
+    """Five cron fields, as Airflow's CronTriggerTimetable accepts them, that do fire."""
+    if (
+        not isinstance(schedule, str)
+        or len(schedule.split()) != 5
+        or schedule != schedule.strip()
+        or not croniter.is_valid(schedule)
+    ):
+        raise ValueError(
+            f"{schedule!r} is not a cron expression of five fields, e.g. '0 2 * * *'"
+            " (minute hour day-of-month month day-of-week, Europe/Stockholm)"
+        )
+    try:
+        croniter(schedule).get_next()
+    except CroniterBadDateError:
+        raise ValueError(f"cron {schedule!r} never fires (no such date)") from None
+    return schedule
+
+
+@lru_cache(maxsize=64)
+def _runs_every_day(schedule: str) -> bool:
+    day_of_month, month, day_of_week = croniter(schedule).expanded[2:5]
+    return day_of_month == month == day_of_week == ["*"]
+
+
+@lru_cache(maxsize=4096)
+def last_run_day(schedule: str, before: dt.date) -> dt.date | None:
+    """The last day before ``before`` on which ``schedule`` runs (Stockholm wall clock: every
+    run on a day starts after that day's midnight, so only the day matters)."""
+    if _runs_every_day(schedule):
+        return before - _ONE_DAY
+    midnight = dt.datetime(before.year, before.month, before.day)
+    try:
+        previous = croniter(schedule, midnight).get_prev(dt.datetime)
+    except (ValueError, KeyError):  # croniter gives up on expressions that never match
+        return None
+    return previous.date()
+
+
+def next_run_day(schedule: str, after: dt.date) -> dt.date:
+    """The first day after ``after`` on which ``schedule`` runs."""
+    if _runs_every_day(schedule):
+        return after + _ONE_DAY
+    midnight = dt.datetime(after.year, after.month, after.day) + _ONE_DAY
+    return croniter(schedule, midnight - dt.timedelta(microseconds=1)).get_next(dt.datetime).date()
+
+
+@lru_cache(maxsize=64)
+def _run_days(schedule: str, start: dt.date, end: dt.date) -> tuple[dt.date, ...]:
+    """Every day from ``start`` to ``end`` on which ``schedule`` runs."""
+    days: list[dt.date] = []
+    day = start
+    while day <= end:
+        midnight = dt.datetime(day.year, day.month, day.day) - dt.timedelta(microseconds=1)
+        day = croniter(schedule, midnight).get_next(dt.datetime).date()
+        if day <= end:
+            days.append(day)
+        day += _ONE_DAY
+    return tuple(days)
+
+
+@lru_cache(maxsize=256)
+def deadline_problem(schedule: str, within: IsoPeriod) -> str | None:
+    """Why ``schedule`` cannot delete every record before its deadline ``within`` after the
+    anchor (and after the anchor's own day), or None when it always can."""
+    if within.add_to(_CHECK_FROM) <= _CHECK_FROM:
+        return "a deadline of 0 days leaves no scheduled run after the event: use at least P1D"
+    if _runs_every_day(schedule):
+        return None
+    last_deadline = within.add_to(_CHECK_TO) + _ONE_DAY
+    runs = _run_days(schedule, _CHECK_FROM, last_deadline)
+    day = _CHECK_FROM
+    while day <= _CHECK_TO:
+        first, deadline = day + _ONE_DAY, within.add_to(day) + _ONE_DAY
+        index = bisect_left(runs, first)
+        if index == len(runs) or runs[index] >= deadline:
+            return (
+                f"a record anchored on {day} must be deleted before {deadline}, but the schedule"
+                f" has no run from {first} to {deadline - _ONE_DAY}"
+            )
+        day += _ONE_DAY
+    return None
+
+
 class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enforceable: ClassVar[bool] = True
+    deadline: ClassVar[bool] = False  # "no later than": the schedule must meet it
     # A NULL anchor is "unknown" (counted, never deleted) unless the anchor is an event that
     # may simply not have happened yet (a contract still running, consent not withdrawn).
     null_anchor_is_pending: ClassVar[bool] = False
@@ -150,7 +258,7 @@ class _Rule(BaseModel):
         """The cutoff for DATE anchors: ``anchor_date <= cutoff_date`` means due."""
         return self.last_due_date(_as_of_date(as_of))
 
-    def describe(self) -> str:
+    def describe(self, language: Language = "en") -> str:
         raise NotImplementedError
 
 
@@ -176,11 +284,12 @@ class _AfterPeriod(_Rule):
 
 
 class PeriodRule(_AfterPeriod):
-    """A period after an anchor event, e.g. two years after the hiring decision."""
+    """Not before: kept for a period after an anchor event, e.g. two years after the hiring
+    decision, then due."""
 
     kind: Literal["period"] = "period"
     period: Period
-    anchor: str = Field(min_length=3, description="The anchor event, in words")
+    anchor: Localised = Field(description="The anchor event, in words (sv/en)")
 
     def _period(self) -> IsoPeriod:
         return self.period
@@ -194,35 +303,122 @@ class PeriodRule(_AfterPeriod):
             )
         return self
 
-    def describe(self) -> str:
-        return f"{self.period} after {self.anchor}"
+    def describe(self, language: Language = "en") -> str:
+        after = "efter" if language == "sv" else "after"
+        return f"{self.period.words(language)} {after} {self.anchor[language]}"
 
 
-class EventRule(_AfterPeriod):
-    """Immediately when an event happens (a contract ends, a project completes...)."""
+class _Deadline(_Rule):
+    """No later than: a record must be gone before the start of the day after ``anchor date +
+    within``. It is due from the day of the schedule's last run before that instant (never on
+    the anchor's own day). The schedule is the activity's; the catalogue sets it."""
+
+    deadline: ClassVar[bool] = True
+    schedule: str = Field(
+        default=DEFAULT_SCHEDULE, description="The activity's cron, Europe/Stockholm"
+    )
+
+    _check_schedule = field_validator("schedule")(check_schedule)
+
+    @model_validator(mode="after")
+    def _schedule_meets_the_deadline(self) -> _Deadline:
+        problem = deadline_problem(self.schedule, self._within())
+        if problem:
+            raise ValueError(
+                f"schedule {self.schedule!r} cannot meet the deadline '{self.describe()}': "
+                f"{problem}; schedule a run at least once in every such window (e.g. nightly)"
+            )
+        return self
+
+    def _within(self) -> IsoPeriod:
+        raise NotImplementedError
+
+    def deadline_date(self, anchor_date: dt.date) -> dt.date:
+        """The record must be gone before this day begins (Europe/Stockholm)."""
+        return self._within().add_to(anchor_date) + _ONE_DAY
+
+    def due_date(self, anchor_date: dt.date) -> dt.date | None:
+        earliest = anchor_date + _ONE_DAY
+        last_run = last_run_day(self.schedule, self.deadline_date(anchor_date))
+        return earliest if last_run is None else max(earliest, last_run)
+
+    def last_due_date(self, as_of_date: dt.date) -> dt.date | None:
+        # due_date is monotone in the anchor: step from an estimate to the largest due anchor.
+        last = self._within().subtract_from(as_of_date)
+        while self._due(last) > as_of_date:
+            last -= _ONE_DAY
+        while self._due(last + _ONE_DAY) <= as_of_date:
+            last += _ONE_DAY
+        return last
+
+    def _due(self, anchor_date: dt.date) -> dt.date:
+        due = self.due_date(anchor_date)
+        assert due is not None  # a deadline always gives a day
+        return due
+
+
+class DeadlineRule(_Deadline):
+    """No later than a period after an anchor event, e.g. "raderas inom en månad" after a lead
+    declined: deleted at the last scheduled run before the deadline."""
+
+    kind: Literal["deadline"] = "deadline"
+    period: Period
+    anchor: Localised = Field(description="The anchor event, in words (sv/en)")
+
+    def _within(self) -> IsoPeriod:
+        return self.period
+
+    def describe(self, language: Language = "en") -> str:
+        if language == "sv":
+            return (
+                f"senast {self.period.words('sv')} efter {self.anchor.sv} (raderas vid den sista"
+                " schemalagda körningen före tidsfristen)"
+            )
+        return (
+            f"no later than {self.period.words('en')} after {self.anchor.en} (deleted at the"
+            " last scheduled run before the deadline)"
+        )
+
+
+_IN_PRACTICE = {
+    "sv": "i praktiken: vid första schemalagda körningen efter {day}, senast dagen därpå",
+    "en": "in practice: at the first scheduled run after the day of {day}, within one day",
+}
+
+
+class EventRule(_Deadline):
+    """Immediately when an event happens (a contract ends, a project completes...): the first
+    scheduled run after the day of the event, a deadline of one day."""
 
     kind: Literal["event"] = "event"
     null_anchor_is_pending: ClassVar[bool] = True
-    event: str = Field(min_length=3)
+    event: Localised
 
-    def _period(self) -> IsoPeriod:
-        return IsoPeriod()
+    def _within(self) -> IsoPeriod:
+        return IMMEDIATELY
 
-    def describe(self) -> str:
-        return f"immediately when {self.event}"
+    def describe(self, language: Language = "en") -> str:
+        if language == "sv":
+            return f"direkt när {self.event.sv} ({_IN_PRACTICE['sv'].format(day='händelsedagen')})"
+        return f"immediately when {self.event.en} ({_IN_PRACTICE['en'].format(day='the event')})"
 
 
-class ConsentRule(_AfterPeriod):
-    """Until consent is withdrawn; the anchor is the withdrawal time."""
+class ConsentRule(_Deadline):
+    """Until consent is withdrawn; the anchor is the withdrawal time. Withdrawal takes effect
+    immediately: a deadline of one day."""
 
     kind: Literal["consent"] = "consent"
     null_anchor_is_pending: ClassVar[bool] = True
 
-    def _period(self) -> IsoPeriod:
-        return IsoPeriod()
+    def _within(self) -> IsoPeriod:
+        return IMMEDIATELY
 
-    def describe(self) -> str:
-        return "immediately when consent is withdrawn"
+    def describe(self, language: Language = "en") -> str:
+        if language == "sv":
+            practice = _IN_PRACTICE["sv"].format(day="dagen för återkallelsen")
+            return f"direkt när samtycket återkallas ({practice})"
+        practice = _IN_PRACTICE["en"].format(day="the withdrawal")
+        return f"immediately when consent is withdrawn ({practice})"
 
 
 class FiscalYearRule(_Rule):
@@ -234,7 +430,7 @@ class FiscalYearRule(_Rule):
     fiscal_year_end_month: int = Field(
         default=12, ge=1, le=12, description="The fiscal year ends on the last day of this month"
     )
-    anchor: str = Field(min_length=3)
+    anchor: Localised
 
     def _fiscal_year_end_year(self, day: dt.date) -> int:
         return day.year if day.month <= self.fiscal_year_end_month else day.year + 1
@@ -246,10 +442,17 @@ class FiscalYearRule(_Rule):
         year = as_of_date.year - self.years - 1
         return pendulum.Date(year, self.fiscal_year_end_month, 1).end_of("month")
 
-    def describe(self) -> str:
+    def describe(self, language: Language = "en") -> str:
+        month = month_name(self.fiscal_year_end_month, language)
+        years = period_words(self.years, 0, 0, language)
+        if language == "sv":
+            return (
+                f"{years} efter det kalenderår då räkenskapsåret (som slutar i {month}) för"
+                f" {self.anchor.sv} avslutades"
+            )
         return (
-            f"until the end of the {self.years}th calendar year after the fiscal year"
-            f" (ending month {self.fiscal_year_end_month}) of {self.anchor}"
+            f"{years} after the calendar year in which the fiscal year (ending in {month}) of"
+            f" {self.anchor.en} ended"
         )
 
 
@@ -267,23 +470,34 @@ class IndefiniteRule(_NeverDue):
     """Explicitly kept without end (e.g. certifications); not a policy gap."""
 
     kind: Literal["indefinite"] = "indefinite"
-    reason: str = Field(min_length=3)
+    reason: Localised
 
-    def describe(self) -> str:
-        return f"kept indefinitely ({self.reason})"
+    def describe(self, language: Language = "en") -> str:
+        if language == "sv":
+            return f"sparas tills vidare ({self.reason.sv})"
+        return f"kept indefinitely ({self.reason.en})"
 
 
 class UnspecifiedRule(_NeverDue):
     """The policy states no period: report only, listed as a policy gap, never deleted."""
 
     kind: Literal["unspecified"] = "unspecified"
-    note: str = Field(min_length=3)
+    note: Localised
 
-    def describe(self) -> str:
-        return f"no retention period stated (policy gap: {self.note})"
+    def describe(self, language: Language = "en") -> str:
+        if language == "sv":
+            return f"ingen lagringstid angiven (lucka i policyn: {self.note.sv})"
+        return f"no retention period stated (policy gap: {self.note.en})"
 
 
 Rule = Annotated[
-    PeriodRule | EventRule | ConsentRule | FiscalYearRule | IndefiniteRule | UnspecifiedRule,
+    PeriodRule
+    | DeadlineRule
+    | EventRule
+    | ConsentRule
+    | FiscalYearRule
+    | IndefiniteRule
+    | UnspecifiedRule,
     Field(discriminator="kind"),
 ]
+DEADLINE_KINDS = ("deadline", "event", "consent")  # the rules that take the activity's schedule

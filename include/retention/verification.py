@@ -6,6 +6,9 @@ Two expectations per run, both evaluated by GX (imported inside the functions: i
    restriction, queried from the source itself, number exactly zero.
 2. *Every claim is true*: each record the run's ledger evidence says was deleted is absent
    from the source (for anonymisation: present and marked anonymised).
+
+For anonymisation, :mod:`include.retention.anonymity` also checks that no anonymised row can be
+linked back (a failure) and reports groups of quasi-identifiers smaller than k.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class Verification:
     held_remaining: int
     claims_checked: int
     false_claims: int
+    linkable_rows: int = 0  # anonymised rows that still link to a person (must be 0)
+    small_groups: int = 0  # groups of quasi-identifiers smaller than k (reported)
+    rows_in_small_groups: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,15 +102,31 @@ def verify_sql(
         gx, context, "claims", _frame("claim_true", claims),
         gx.expectations.ExpectColumnValuesToBeInSet(column="claim_true", value_set=[True]),
     )  # fmt: skip
+    anonymity = _anonymity(activity, source, control.key)
     result = Verification(
-        success=bool(remaining.success and truthful.success),
+        success=bool(remaining.success and truthful.success) and not anonymity.get("linkable_rows"),
         remaining_due=int(remaining.result["observed_value"]),
         held_remaining=held,
         claims_checked=len(claims),
         false_claims=int(truthful.result.get("unexpected_count") or 0),
+        **anonymity,
     )
     log.info("verification of %s: %s", activity.id, result.as_dict())
     return result
+
+
+def _anonymity(activity: Activity, source: Engine, key: bytes) -> dict[str, int]:
+    """The anonymity checks' counts for an anonymising activity, else nothing."""
+    if activity.action.kind != "anonymise":
+        return {}
+    from include.retention.anonymity import check_anonymity
+
+    report = check_anonymity(activity, source, key)
+    return {
+        "linkable_rows": report.linkable_rows,
+        "small_groups": report.small_groups,
+        "rows_in_small_groups": report.rows_in_small_groups,
+    }
 
 
 def _frame(column: str, values: list[Any]) -> Any:
