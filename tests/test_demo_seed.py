@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,17 +42,14 @@ def _table(engine: sa.Engine, name: str) -> sa.Table:
     return sa.Table(name, sa.MetaData(), autoload_with=engine)
 
 
-def test_seeding_is_deterministic_and_fast(tmp_path: Path) -> None:
-    started = time.monotonic()
+def test_seeding_is_deterministic(tmp_path: Path) -> None:
     first = seed_demo(AS_OF, tmp_path / "a")
-    elapsed = time.monotonic() - started
     seed_demo(AS_OF, tmp_path / "b")
     seed_demo(AS_OF, tmp_path / "b")  # re-seeding replaces, never appends
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert names == sorted([f"{s}.sqlite" for s in SYSTEMS] + [MANIFEST_FILE])
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
-    assert elapsed < 3.0
     assert Manifest.read(first.manifest_path).to_dict() == first.manifest.to_dict()
 
 

@@ -113,8 +113,8 @@ def test_a_lapsed_lease_is_taken_over_at_once(
 ) -> None:
     _foreign_lease(control, **(lapsed | ({"pid": _dead_pid()} if lapsed.get("pid") else {})))
     started = time.monotonic()
-    lease = control.leases.acquire(NAME, wait=5)
-    assert time.monotonic() - started < 2
+    lease = control.leases.acquire(NAME, wait=30)
+    assert time.monotonic() - started < 15  # taken over, not waited out
     holder = Leases(control.ledger.engine).holder(NAME)
     assert holder is not None and holder.owner == lease.owner
     lease.release()
