@@ -162,9 +162,10 @@ def append_only_triggers(t: Target) -> list[str]:
     """Refuse UPDATE/DELETE (and TRUNCATE) on the ledger, and a head that does not move
     forward to the newest ledger entry, for every role."""
     ledger, head = t.table(ledger_table.name), t.table(head_table.name)
-    check = (
-        "NEW.id <> OLD.id OR NEW.seq <> OLD.seq + 1 OR NOT EXISTS (SELECT 1 FROM"
-        f" {ledger} WHERE seq = NEW.seq AND entry_hash = NEW.entry_hash)"
+    check = (  # a no-op update (appenders lock the head with one) or one step to the newest entry
+        "NEW.id <> OLD.id OR NOT ((NEW.seq = OLD.seq AND NEW.entry_hash = OLD.entry_hash) OR"
+        f" (NEW.seq = OLD.seq + 1 AND EXISTS (SELECT 1 FROM {ledger}"
+        " WHERE seq = NEW.seq AND entry_hash = NEW.entry_hash)))"
     )
     if not t.pg:
         return [
