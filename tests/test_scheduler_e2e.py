@@ -1,0 +1,237 @@
+"""End to end through Airflow's real components, the way the DAGs are operated.
+
+One stack per executor (LocalExecutor; CeleryExecutor with a real ``airflow celery worker`` on
+Redis): API server, scheduler, DAG processor and triggerer as separate processes, PostgreSQL as
+Airflow's metadata DB and as the control DB (fresh databases, dropped afterwards), the demo's
+SQLite sources and an S3 server on loopback. Runs are triggered through the REST API, the
+approval is answered through the HITL REST endpoint, and failure mail goes to an SMTP server on
+loopback. Expected survivors come from the demo manifest (how each record was designed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from include.demo.airflow_stack import (
+    AirflowApi,
+    AirflowStack,
+    CeleryConfig,
+    StackConfig,
+    free_port,
+)
+from include.demo.run import ROOT, DemoPaths, environment
+from include.demo.seed import place_holds, seed_demo
+from include.retention.dag_factory import dag_id_for
+from include.retention.object_store import EmbeddedS3
+from include.retention.runs import Control
+from tests.dbs import fresh_pg_database
+from tests.demo_checks import Demo, edited_catalogue, strict_safety, survivors
+
+pytestmark = pytest.mark.scheduler
+
+AS_OF = dt.datetime(2026, 11, 24, 1, 30, tzinfo=dt.UTC)  # the 02:30 nightly run, Stockholm
+CONF = {"as_of": AS_OF.isoformat(), "dry_run": False}
+SQL, S3, GATED, BROKEN = "recruitment", "image_bank", "demo_process", "chatbot"
+ALERT_TO = "retention-alerts@example.com"
+APPROVER = "dpo.anna"
+RUN_TIMEOUT = 240.0
+
+
+def _break_source(raw: dict[str, Any]) -> None:
+    raw["source"]["table"] = "conversations_missing"  # the run must fail, and say so
+
+
+@dataclass
+class Mailbox:
+    """An aiosmtpd handler keeping every delivered message."""
+
+    port: int = 0
+    messages: list[Message] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+    def wait_for(self, subject_part: str, timeout: float = 90) -> Message:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in self.messages:
+                if subject_part in str(message["Subject"]):
+                    return message
+            time.sleep(0.5)
+        raise AssertionError(f"no mail with {subject_part!r} in its subject within {timeout}s")
+
+
+@dataclass
+class Scheduled:
+    """A running stack on the seeded demo, and the runs triggered at its start."""
+
+    executor: str
+    stack: AirflowStack
+    api: AirflowApi
+    demo: Demo
+    mailbox: Mailbox
+    runs: dict[str, str]  # activity id -> run id
+
+    def finished(self, activity_id: str) -> str:
+        key = (dag_id_for(activity_id), self.runs[activity_id])
+        return self.api.wait_for_runs([key], timeout=RUN_TIMEOUT)[key]
+
+
+@pytest.fixture(scope="module")
+def mailbox() -> Iterator[Mailbox]:
+    from aiosmtpd.controller import Controller
+
+    handler = Mailbox(port=free_port())
+    controller = Controller(handler, hostname="127.0.0.1", port=handler.port)
+    controller.start()
+    yield handler
+    controller.stop()
+
+
+def _environment(root: Path, key: str, s3: EmbeddedS3, control_url: str, smtp_port: int) -> dict:
+    env = environment(DemoPaths(root), key, s3.endpoint_url)
+    env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW_") or "_CONN_" in k}
+    catalogue = edited_catalogue(root / "policies", {GATED: strict_safety, BROKEN: _break_source})
+    smtp = {
+        "conn_type": "smtp",
+        "host": "127.0.0.1",
+        "port": smtp_port,
+        "extra": {"from_email": "airflow@example.com", "disable_tls": True, "disable_ssl": True},
+    }
+    return env | {
+        "RETENTION_CONTROL_DB_URL": control_url,
+        "RETENTION_CATALOGUE_DIR": str(catalogue),
+        "AIRFLOW_CONN_RETENTION_SMTP": json.dumps(smtp),
+        "AIRFLOW_VAR_RETENTION_ALERT_EMAIL": ALERT_TO,
+    }
+
+
+@pytest.fixture(scope="module", params=["local", "celery"])
+def airflow(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, mailbox: Mailbox
+) -> Iterator[Scheduled]:
+    root = tmp_path_factory.mktemp(f"scheduler-{request.param}")
+    key = secrets.token_urlsafe(32)
+    with (
+        EmbeddedS3() as s3,
+        fresh_pg_database("rt_af") as metadata_url,
+        fresh_pg_database("rt_ctl") as control_url,
+    ):
+        seeded = seed_demo(AS_OF, root / "demo", s3_client=s3.client())
+        control = Control.open(control_url, key.encode())
+        place_holds(control.holds, seeded.hold_requests())
+        config = StackConfig(
+            home=root / "airflow",
+            metadata_url=metadata_url,
+            dags_folder=ROOT / "dags",
+            project_root=ROOT,
+            env=_environment(root, key, s3, control_url, mailbox.port),
+            celery=CeleryConfig.on_local_redis() if request.param == "celery" else None,
+            users={"admin": "admin", APPROVER: "user"},
+            parallelism=6,
+        )
+        with AirflowStack(config) as stack:
+            api = stack.api()
+            activities = (SQL, S3, GATED, BROKEN)
+            api.wait_for_dags([dag_id_for(a) for a in activities])
+            for activity_id in activities:
+                api.unpause(dag_id_for(activity_id))
+            runs = {a: api.trigger(dag_id_for(a), CONF) for a in (SQL, S3, BROKEN)}
+            demo = Demo(root, seeded.manifest, seeded.urls, control, s3.client())
+            yield Scheduled(request.param, stack, api, demo, mailbox, runs)
+            api.close()
+
+
+def test_sql_run_deletes_exactly_the_due_rows_children_and_files(airflow: Scheduled) -> None:
+    assert airflow.finished(SQL) == "success"
+    entries, alive = survivors(airflow.demo, SQL)
+    assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
+    assert any(e.due for e in entries) and alive
+    for entry in airflow.demo.manifest.for_activity(SQL, kind="row"):
+        for cv in entry.objects:
+            assert (airflow.demo.object_versions("cv-files", cv) > 0) == (not entry.due)
+    finished = airflow.demo.last_run(SQL)
+    assert finished["outcome"] == "completed"
+    assert finished["counts"]["applied"] == sum(e.due for e in entries if e.kind == "row")
+    due = next(e for e in entries if e.due and e.kind == "row")
+    evidence = airflow.demo.control.ledger.lookup("ats", "candidates", due.pk)
+    assert [e.action for e in evidence] == ["delete"]
+    assert airflow.demo.control.ledger.verify().ok
+
+
+def test_s3_run_removes_every_version_of_the_due_objects(airflow: Scheduled) -> None:
+    assert airflow.finished(S3) == "success"
+    entries, alive = survivors(airflow.demo, S3)
+    assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
+    assert airflow.demo.last_run(S3)["counts"]["applied"] == sum(e.due for e in entries)
+
+
+def test_tasks_ran_in_the_executor_as_separate_processes(airflow: Scheduled) -> None:
+    assert airflow.finished(SQL) == "success"
+    tis = airflow.api.task_instances(dag_id_for(SQL), airflow.runs[SQL])
+    states = {task_id: ti["state"] for task_id, ti in tis.items()}
+    assert states == {
+        "plan": "success", "safety_gate": "success", "approve": "skipped",
+        "enforce": "success", "verify": "success", "report": "success",
+    }  # fmt: skip
+    ran = [ti for ti in tis.values() if ti["state"] == "success"]
+    assert len({ti["pid"] for ti in ran}) == len(ran)  # one task process each
+    celery = airflow.stack.config.celery
+    expected_queue = celery.queue if celery else "default"
+    assert {ti["queue"] for ti in ran} == {expected_queue}
+
+
+def test_gated_run_waits_for_a_person_and_deletes_after_approval(airflow: Scheduled) -> None:
+    dag_id, demo = dag_id_for(GATED), airflow.demo
+    entries, alive_before = survivors(demo, GATED)
+    assert sum(e.due for e in entries) > 1  # over the strict limit of one row per run
+    approver = airflow.stack.api(APPROVER)
+
+    rejected = airflow.api.trigger(dag_id, CONF)
+    airflow.api.wait_for_approval(dag_id, rejected, "approve")
+    assert survivors(demo, GATED)[1] == alive_before  # nothing happens while it waits
+    approver.answer_approval(dag_id, rejected, "approve", "Reject")
+    assert airflow.api.wait_for_runs([(dag_id, rejected)])[(dag_id, rejected)] == "success"
+    assert demo.last_run(GATED)["outcome"] == "approval_required"
+    assert survivors(demo, GATED)[1] == alive_before
+
+    approved = airflow.api.trigger(dag_id, CONF)
+    airflow.api.wait_for_approval(dag_id, approved, "approve")
+    answer = approver.answer_approval(dag_id, approved, "approve", "Approve")
+    assert answer["responded_by"]["name"] == APPROVER
+    assert airflow.api.wait_for_runs([(dag_id, approved)])[(dag_id, approved)] == "success"
+    run = demo.control.ledger.runs(GATED)[-1]
+    assert run.header["approved_by"] == APPROVER
+    assert run.finished["outcome"] == "completed"
+    assert {e.pk for e in survivors(demo, GATED)[1]} == {e.pk for e in entries if not e.due}
+    approver.close()
+
+
+def test_failed_run_is_failed_and_alerts_without_personal_data(airflow: Scheduled) -> None:
+    assert airflow.finished(BROKEN) == "failed"
+    tis = airflow.api.task_instances(dag_id_for(BROKEN), airflow.runs[BROKEN])
+    assert tis["plan"]["state"] == "failed"
+    assert tis["enforce"]["state"] in ("upstream_failed", None)
+    assert tis["plan"]["try_number"] == 1  # bad input is not retried
+
+    mail = airflow.mailbox.wait_for(dag_id_for(BROKEN))
+    assert mail["To"] == ALERT_TO
+    text = mail.as_string()
+    personal = [e.subject for e in airflow.demo.manifest.for_activity(BROKEN) if e.subject]
+    assert personal, "the demo records must name their data subjects"
+    assert not [subject for subject in personal if subject in text]
+    # nothing was changed: every record of the broken activity is still there
+    entries, alive = survivors(airflow.demo, BROKEN)
+    assert alive == entries
