@@ -47,7 +47,9 @@ demo-reset: install
 # The Airflow UI on the embedded default (after `make demo`): http://localhost:8080
 ui: install
 	@test -f var/demo.env || { echo "run 'make demo' first: it seeds the demo systems" >&2; exit 1; }
-	. var/demo.env && PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/airflow standalone
+	. var/demo.env && PATH="$(CURDIR)/$(BIN):$$PATH" && $(BIN)/airflow db migrate >/dev/null \
+	  && $(BIN)/python -m include.retention setup && $(BIN)/python -m include.retention check \
+	  && $(BIN)/airflow standalone
 
 bench: install
 	$(BIN)/python bench/bench_sql_delete.py

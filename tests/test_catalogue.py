@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,7 +99,24 @@ def _write_catalogue(tmp_path: Path, mutate) -> Path:
     (tmp_path / f"{raw.get('id', 'newsletter')}.yaml").write_text(
         yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8"
     )
+    shutil.copytree(POLICY_DIR / "text", tmp_path / "text", dirs_exist_ok=True)
     return tmp_path
+
+
+def test_policy_text_is_part_of_the_catalogue_version(tmp_path):
+    folder = _write_catalogue(tmp_path, lambda raw: None)
+    before = load_catalogue(folder).version
+    assert load_catalogue(folder).version == before  # stable for the same files
+    text = folder / "text" / "integritetspolicy.sv.md"
+    text.write_text(text.read_text(encoding="utf-8") + "\nÄndrad mening.\n", encoding="utf-8")
+    assert load_catalogue(folder).version != before
+
+
+def test_catalogue_without_its_policy_text_is_rejected(tmp_path):
+    folder = _write_catalogue(tmp_path, lambda raw: None)
+    (folder / "text" / "integritetspolicy.sv.md").unlink()
+    with pytest.raises(RetentionError, match=r"sv.md: the policy text .* is missing"):
+        load_catalogue(folder)
 
 
 def _set(path: str, value):

@@ -91,6 +91,10 @@ def test_dag_shape_and_ui_metadata(dagbag):
         assert approve.defaults == ["Reject"] and approve.response_timeout
         assert dag.get_task("report").trigger_rule == "all_done"
         assert len(dag.get_task("report").outlets) == 1
+        assert dag.get_task("enforce").pool == "retention"
+        assert {t.pool for t in dag.tasks if t.task_id != "enforce"} == {"default_pool"}
+        assert dag.is_paused_upon_creation is False
+        assert "python -m include.retention check" in dag.doc_md
 
 
 def test_policy_gaps_are_tagged(dagbag):
@@ -99,12 +103,18 @@ def test_policy_gaps_are_tagged(dagbag):
         assert ("policy-gap" in tags) == activity.policy_gap
 
 
-@pytest.mark.parametrize("bad", [{"dry_run": "yes"}, {"as_of": "next tuesday"}])
-def test_trigger_form_rejects_bad_params(dagbag, bad):
+def test_trigger_form_submits_with_defaults_and_leaves_dates_to_the_plan(dagbag):
+    params = copy.deepcopy(dagbag.dags["retention_newsletter"].params)
+    assert params.validate() == {"dry_run": False, "as_of": None}
+    for value in ("", "2026-11-24", "next tuesday"):  # the plan task explains bad dates
+        params["as_of"] = value
+        assert params.validate()["as_of"] == value
+
+
+def test_trigger_form_rejects_a_non_boolean_dry_run(dagbag):
     from airflow.sdk.exceptions import ParamValidationError
 
     params = copy.deepcopy(dagbag.dags["retention_newsletter"].params)
     with pytest.raises(ParamValidationError, match="Invalid input for param"):
-        for name, value in bad.items():
-            params[name] = value
+        params["dry_run"] = "yes"
         params.validate()

@@ -271,3 +271,128 @@ def test_runs_leave_an_asset_event_with_counts_and_no_personal_data_in_xcoms(dem
     assert "applied" in stored  # the XComs were found and carry the counts
     for subject in subjects:
         assert subject not in stored
+
+
+# --- failure semantics: a failed step is a failed run, and someone is told -----------------
+
+
+@pytest.fixture
+def smtp_inbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """A real SMTP server on a free loopback port; the connection retention_smtp points to it."""
+    import json
+    import socket
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Message
+
+    inbox: list[Any] = []
+
+    class Inbox(Message):  # type: ignore[misc]
+        def handle_message(self, message: Any) -> None:
+            inbox.append(message)
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    controller = Controller(Inbox(), hostname="127.0.0.1", port=port)
+    controller.start()
+    conn = {
+        "conn_type": "smtp", "host": "127.0.0.1", "port": port,
+        "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "retention@example.com",
+                  "timeout": 10, "retry_limit": 1},
+    }  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_RETENTION_SMTP", json.dumps(conn))
+    try:
+        yield inbox
+    finally:
+        controller.stop()
+
+
+def _wait_for(inbox: list[Any], timeout: float = 20.0) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while not inbox and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return inbox
+
+
+def _task_states(run: Any) -> dict[str, str]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = session.scalars(
+            sa.select(TaskInstance).where(
+                TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id
+            )
+        ).all()
+        return {ti.task_id: (str(ti.state), ti.try_number) for ti in tis}
+
+
+def test_future_as_of_is_refused_as_a_failed_run(demo):
+    alive_before = survivors(demo, "newsletter")[1]
+    head_before = demo.control.ledger.head()
+    future = (dt.datetime.now(dt.UTC) + dt.timedelta(days=15)).date().isoformat()
+    run = run_dag("newsletter", conf={"as_of": future})
+    assert run.state == "failed"
+    states = _task_states(run)
+    assert states["plan"][0] == "failed" and states["report"][0] == "failed"
+    assert survivors(demo, "newsletter")[1] == alive_before  # nothing deleted
+    assert demo.control.ledger.head() == head_before  # nor recorded as if it ran
+
+
+def test_failure_notification_is_delivered_without_personal_data(demo, smtp_inbox):
+    # dag.test() cannot render a DAG callback (it holds the serialized DAG); the scheduler's
+    # DAG processor calls the same notifier with the failed run's context, as done here.
+    dag = build_dag(load_catalogue()["newsletter"])
+    run = run_dag("newsletter", conf={"as_of": "not a date"})
+    assert run.state == "failed"
+
+    class Variables:
+        @staticmethod
+        def get(name: str, default: str) -> str:
+            return "dpo@example.com" if name == "retention_alert_email" else default
+
+    notifier = dag.on_failure_callback
+    notifier = notifier[0] if isinstance(notifier, list) else notifier
+    notifier({"dag": dag, "dag_run": run, "run_id": run.run_id, "var": {"value": Variables()}})
+    mails = _wait_for(smtp_inbox)
+    assert len(mails) == 1, "the failure notification was not delivered"
+    assert mails[0]["Subject"] == "[retention] retention_newsletter failed"
+    assert mails[0]["To"] == "dpo@example.com"
+    text = mails[0].as_string()
+    for entry in demo.manifest.for_activity("newsletter"):
+        if entry.subject:
+            assert entry.subject not in text
+
+
+def test_offset_trick_is_refused_too(demo):
+    # Today's date with the last offset on earth is already tomorrow in UTC.
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    alive_before = survivors(demo, "marketing")[1]
+    run = run_dag("marketing", conf={"as_of": f"{today}T23:59:59-12:00"})
+    assert run.state == "failed"
+    assert survivors(demo, "marketing")[1] == alive_before
+
+
+def test_bad_as_of_fails_at_once_without_retries(demo):
+    dag = build_dag(load_catalogue()["crm"])
+    assert dag.get_task("plan").retries >= 1  # retried if it were a transient fault
+    started = time.monotonic()
+    run = dag.test(run_conf={"as_of": "next tuesday", "dry_run": False})
+    assert run.state == "failed"
+    assert _task_states(run)["plan"] == ("failed", 1)  # one try, no retry wait
+    assert time.monotonic() - started < 120
+
+
+def test_a_dry_run_may_look_ahead_and_records_who_asked(demo):
+    future = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).date().isoformat()
+    entries, alive_before = survivors(demo, "customer_success")
+    run = run_dag("customer_success", conf={"as_of": future, "dry_run": True})
+    assert run.state == "success"
+    assert survivors(demo, "customer_success")[1] == alive_before == entries
+    header = demo.control.ledger.runs("customer_success")[-1].header
+    assert header["dry_run"] is True and header["as_of"].startswith(future)
+    assert header["origin"]["dag_id"] == "retention_customer_success"
+    assert header["origin"]["run_id"] == run.run_id
+    assert header["origin"]["run_type"] == "manual"  # dag.test() triggers a manual run
+    assert "triggered_by" in header["origin"]

@@ -5,15 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import json
-import secrets
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
 
-from include.retention import connections
 from include.retention.errors import RetentionError
 from include.retention.runs import Control
 from include.retention.sql_engine import Hooks, enforce, plan
@@ -353,39 +348,3 @@ def test_report_only_activity_changes_nothing(source_db: Db, control: Control) -
     result = _run(source_db, control, act=gap)
     assert result.outcome == "report_only" and result.plan.kept == 1
     assert ids(source_db.engine) == {1}
-
-
-def test_connections_resolve_the_key_and_engines(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    secret = secrets.token_hex(16)
-    key_conn = {"conn_type": "generic", "password": secret}
-    monkeypatch.setenv("AIRFLOW_CONN_RETENTION_PSEUDONYM_KEY", json.dumps(key_conn))
-    src_conn = {"conn_type": "sqlite", "host": str(tmp_path / "src.db")}
-    monkeypatch.setenv("AIRFLOW_CONN_ATS_DB", json.dumps(src_conn))
-    assert connections.pseudonym_key() == secret.encode()
-    with pytest.raises(RetentionError, match=r"SQLite database file .*src\.db' does not exist"):
-        connections.source_engine("ats_db")
-    (tmp_path / "src.db").touch()
-    with connections.source_engine("ats_db").connect() as conn:
-        assert conn.dialect.name == "sqlite"
-    with pytest.raises(RetentionError, match="'nope' is not defined"):
-        connections.pseudonym_key("nope")
-    pg = SimpleNamespace(
-        conn_id="crm",
-        conn_type="postgres",
-        host="db",
-        port=5432,
-        login="u",
-        password="p",
-        schema="crm",
-    )
-    assert connections.url_for(pg).render_as_string() == "postgresql+psycopg://u:***@db:5432/crm"
-    with pytest.raises(RetentionError, match="not a supported SQL source"):
-        connections.url_for(SimpleNamespace(conn_id="x", conn_type="mssql"))
-    control_url = f"sqlite:///{tmp_path / 'control.db'}"
-    monkeypatch.setenv("RETENTION_CONTROL_DB_URL", control_url)
-    assert connections.control_url() == control_url
-    # A real task process sets this placeholder; the control URL must not depend on it.
-    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "airflow-db-not-allowed:///")
-    assert connections.control_url() == control_url

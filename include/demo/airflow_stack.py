@@ -27,7 +27,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,8 @@ class StackConfig:
     (``viewer``, ``user``, ``op``, ``admin``); passwords are generated. With ``celery`` set the
     stack uses the CeleryExecutor and starts a worker, else the LocalExecutor. Scheduled (cron)
     runs are off unless ``schedule_runs``: the caller triggers what it wants to run.
+    ``setup_commands`` run with the stack's environment after ``airflow db migrate`` (the
+    project's deployment set-up, e.g. its pools).
     """
 
     home: Path
@@ -109,6 +111,7 @@ class StackConfig:
     parallelism: int = 8
     users: Mapping[str, str] = field(default_factory=lambda: {ADMIN: "admin"})
     schedule_runs: bool = False
+    setup_commands: Sequence[Sequence[str]] = ()
 
     @property
     def executor(self) -> str:
@@ -161,7 +164,9 @@ class AirflowStack:
         self.config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.logs.mkdir(exist_ok=True)
         self._env = self.environment()
-        self._airflow("db", "migrate")
+        self.run(_airflow_bin(), "db", "migrate")
+        for command in self.config.setup_commands:
+            self.run(*command)
         try:
             for name, args in self._commands():
                 self._spawn(name, args)
@@ -273,13 +278,16 @@ class AirflowStack:
 
     # -- processes -------------------------------------------------------------------------
 
-    def _airflow(self, *args: str) -> None:
+    def run(self, *argv: str) -> str:
+        """Run a command with the stack's environment (e.g. an ``airflow`` CLI command);
+        returns its output, raises with the output's end if it fails."""
         done = subprocess.run(
-            [_airflow_bin(), *args], env=self._env, capture_output=True, text=True, check=False
+            list(argv), env=self._env, capture_output=True, text=True, check=False
         )
         if done.returncode != 0:
             tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
-            raise RetentionError(f"`airflow {' '.join(args)}` failed:\n{tail}")
+            raise RetentionError(f"`{' '.join(argv)}` failed (exit {done.returncode}):\n{tail}")
+        return done.stdout
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log_path = self.logs / f"{name}.log"

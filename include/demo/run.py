@@ -28,6 +28,8 @@ from include.retention.object_store import DEFAULT_PORT, local_client, spawn, wa
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 600.0  # seconds for the whole burst of runs
+# The project's deployment set-up (the enforcement pool), run after `airflow db migrate`.
+DEPLOYMENT_SETUP = (sys.executable, "-m", "include.retention", "setup")
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ def run_all_dags(
         project_root=ROOT,
         env={k: v for k, v in env.items() if not k.startswith("AIRFLOW_") or "_CONN_" in k},
         api_port=api_port,
+        setup_commands=(DEPLOYMENT_SETUP,),
     )
     print(
         f"starting Airflow (scheduler, dag-processor, triggerer, API server; logs in"

@@ -31,6 +31,7 @@ from include.retention.rules import Rule
 
 POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
 CATALOGUE_ENV = "RETENTION_CATALOGUE_DIR"  # another catalogue folder (tests, staging)
+POLICY_TEXT = Path("text") / "integritetspolicy.sv.md"  # the policy, relative to the catalogue
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _SLUG = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
 
@@ -302,7 +303,10 @@ def load_activity(path: Path) -> Activity:
 
 def load_catalogue(directory: Path | None = None) -> Catalogue:
     """Read, validate and version every ``*.yaml``/``*.yml`` file in ``directory`` (default:
-    ``$RETENTION_CATALOGUE_DIR``, else ``include/policies``)."""
+    ``$RETENTION_CATALOGUE_DIR``, else ``include/policies``).
+
+    The version hashes the files and the policy text they implement (``text/`` beside them),
+    so an edit of either is a new catalogue version in the ledger."""
     directory = directory or Path(os.environ.get(CATALOGUE_ENV) or POLICY_DIR)
     paths = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
     if not paths:
@@ -322,6 +326,11 @@ def load_catalogue(directory: Path | None = None) -> Catalogue:
         elif path.stem != activity.id:
             errors.append(f"{path.name}: id: {activity.id!r} must match the file name")
         activities[activity.id] = activity
+    policy_text = directory / POLICY_TEXT
+    if policy_text.is_file():
+        digest.update(b"policy-text\0" + policy_text.read_bytes())
+    else:
+        errors.append(f"{POLICY_TEXT}: the policy text the catalogue implements is missing")
     if errors:
         raise RetentionError("invalid catalogue:\n  " + "\n  ".join(errors))
     return Catalogue(activities=activities, version=digest.hexdigest()[:16])

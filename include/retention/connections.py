@@ -1,11 +1,16 @@
 """Airflow connections -> what the library needs: the pseudonym key and SQLAlchemy engines.
 
-Airflow is imported lazily inside the functions, so the library (and its tests) work without
-it; everything else in the package takes keys as bytes and engines/URLs directly.
+SQL engines are built through the providers' hooks (PostgresHook, MySqlHook, SqliteHook), and
+every driver option in the connection's extras (``sslmode``, certificates, ``charset``, …) is
+kept in the URL: a connection that requires TLS never silently falls back to plaintext.
+Each engine is probed once, so a refused or unreachable database is reported by its
+connection id. Airflow is imported lazily inside the functions, so the library (and its
+tests) work without it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -13,19 +18,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from include.retention.errors import RetentionError
+from include.retention.errors import RetentionError, Unavailable
 from include.retention.pseudonym import check_key
 
 PSEUDONYM_KEY_CONN_ID = "retention_pseudonym_key"
 CONTROL_DB_CONN_ID = "retention_control_db"
 CONTROL_DB_ENV = "RETENTION_CONTROL_DB_URL"
 
-_DRIVERS = {
-    "postgres": "postgresql+psycopg",
-    "postgresql": "postgresql+psycopg",
-    "mysql": "mysql+pymysql",
-    "mariadb": "mysql+pymysql",
-}
+PYMYSQL_SSL_KEYS = ("ca", "cert", "key", "capath", "cipher", "check_hostname")
+# Hook-level extras that are not driver options (the hooks drop them from their connect args).
+MYSQL_HOOK_EXTRAS = frozenset({"client", "cursor", "iam", "aws_conn_id", "local_infile"})
+_TLS_WORDS = ("ssl", "tls", "certificate")
 
 
 def _get_connection(conn_id: str) -> Any:
@@ -45,36 +48,146 @@ def pseudonym_key(conn_id: str = PSEUDONYM_KEY_CONN_ID) -> bytes:
     return check_key(password.encode("utf-8"))
 
 
-def url_for(conn: Any) -> sa.URL:
-    """A SQLAlchemy URL for an Airflow connection (postgres, mysql/mariadb or sqlite)."""
-    conn_type = (conn.conn_type or "").lower()
-    if conn_type == "sqlite":
-        return sa.make_url(f"sqlite:///{conn.host or conn.schema}")
-    driver = _DRIVERS.get(conn_type)
-    if driver is None:
+# ------------------------------------------------------------------------------ URLs via hooks
+
+
+def _postgres_url(conn_id: str) -> sa.URL:
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    hook = PostgresHook(postgres_conn_id=conn_id)
+    extras = hook.connection.extra_dejson
+    # The hook's URL keeps only ``sqlalchemy_query``; its get_conn() passes every other extra
+    # to libpq. Keep them here too (sslmode, sslrootcert, sslcert, sslkey, connect_timeout…).
+    options = {
+        k: str(v) for k, v in extras.items() if k not in hook.ignored_extra_options and v != ""
+    }
+    return hook.sqlalchemy_url.update_query_dict(options)
+
+
+def _mysql_url(conn_id: str) -> sa.URL:
+    from airflow.providers.mysql.hooks.mysql import MySqlHook
+
+    hook = MySqlHook(mysql_conn_id=conn_id)
+    extras = dict(hook.connection.extra_dejson)
+    url = sa.make_url(hook.get_uri()).set(drivername="mysql+pymysql")
+    query = {k: v for k, v in url.query.items() if k not in MYSQL_HOOK_EXTRAS and k != "ssl"}
+    ssl = extras.get("ssl")
+    if isinstance(ssl, str) and ssl:
+        ssl = json.loads(ssl)
+    if isinstance(ssl, dict):
+        unknown = sorted(set(ssl) - set(PYMYSQL_SSL_KEYS))
+        if unknown:
+            raise RetentionError(
+                f"connection {conn_id!r}: extra ssl keys {unknown} are not supported"
+                f" (supported: {', '.join(PYMYSQL_SSL_KEYS)})"
+            )
+        query |= {f"ssl_{k}": str(v).lower() if isinstance(v, bool) else str(v)
+                  for k, v in ssl.items()}  # fmt: skip
+    if "ssl_mode" in query and str(query["ssl_mode"]).upper() not in ("", "DISABLED"):
         raise RetentionError(
-            f"connection {conn.conn_id!r}: type {conn_type!r} is not a supported SQL source"
-            f" (supported: {', '.join(sorted(_DRIVERS))}, sqlite)"
+            f"connection {conn_id!r}: extra ssl_mode is not understood by the PyMySQL driver;"
+            " give the certificates in extra 'ssl' ({\"ca\": …}) to require TLS"
         )
-    return sa.URL.create(
-        driver,
-        username=conn.login or None,
-        password=conn.password or None,
-        host=conn.host or None,
-        port=conn.port or None,
-        database=conn.schema or None,
-    )
+    query.pop("ssl_mode", None)
+    return url.set(query=query)
 
 
-def source_engine(conn_id: str) -> Engine:
-    """An engine for the SQL source behind the Airflow connection ``conn_id``."""
-    url = url_for(_get_connection(conn_id))
-    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+def _sqlite_url(conn_id: str) -> sa.URL:
+    from airflow.providers.sqlite.hooks.sqlite import SqliteHook
+
+    url = sa.make_url(SqliteHook(sqlite_conn_id=conn_id).get_uri())
+    if not Path(url.database or "").is_file():
         # SQLite would silently create an empty database: a misconfigured path must fail.
         raise RetentionError(
             f"connection {conn_id!r}: SQLite database file {url.database!r} does not exist"
         )
-    return sa.create_engine(url, pool_pre_ping=True)
+    return url
+
+
+_URL_BUILDERS = {
+    "postgres": _postgres_url,
+    "postgresql": _postgres_url,
+    "mysql": _mysql_url,
+    "mariadb": _mysql_url,
+    "sqlite": _sqlite_url,
+}
+
+
+def url_for(conn_id: str) -> sa.URL:
+    """The SQLAlchemy URL of the Airflow connection ``conn_id``, built by its provider's hook
+    (postgres, mysql/mariadb or sqlite), with the driver options from its extras."""
+    conn_type = (_get_connection(conn_id).conn_type or "").lower()
+    builder = _URL_BUILDERS.get(conn_type)
+    if builder is None:
+        raise RetentionError(
+            f"connection {conn_id!r}: type {conn_type!r} is not a supported SQL source"
+            f" (supported: {', '.join(sorted(_URL_BUILDERS))})"
+        )
+    try:
+        return builder(conn_id)
+    except RetentionError:
+        raise
+    except Exception as exc:  # the hooks raise ValueError/TypeError on bad extras
+        raise RetentionError(f"connection {conn_id!r}: {type(exc).__name__}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------ engines
+
+
+def describe_failure(label: str, exc: BaseException) -> RetentionError:
+    """A named error for a driver's connection failure: a refused TLS requirement is a
+    configuration problem (no retry); anything else is transient (:class:`Unavailable`)."""
+    orig = getattr(exc, "orig", None) or exc
+    reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    if any(word in reason.lower() for word in _TLS_WORDS):
+        return RetentionError(
+            f"{label}: the connection requires TLS but it could not be established ({reason});"
+            " fix the server's TLS set-up or the connection's extras"
+        )
+    return Unavailable(
+        f"{label} is unreachable ({type(orig).__name__}: {reason}); the task is retried —"
+        " check that the server is up and the connection's host, port and credentials"
+    )
+
+
+def _label(conn_id: str | None, url: sa.URL) -> str:
+    where = url.render_as_string(hide_password=True)
+    return f"database of connection {conn_id!r} ({where})" if conn_id else f"database {where}"
+
+
+def make_engine(url: sa.URL | str, conn_id: str | None = None, **kwargs: Any) -> Engine:
+    """An engine whose connection failures name the database; probed once."""
+    engine = sa.create_engine(url, pool_pre_ping=True, hide_parameters=True, **kwargs)
+    label = _label(conn_id, engine.url)
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _name_the_database(context: Any) -> None:
+        exc = context.sqlalchemy_exception
+        if exc is not None:
+            exc.retention_database = label  # read by `database_fault`
+
+    try:
+        with engine.connect():
+            pass
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        engine.dispose()
+        raise describe_failure(label, exc) from None
+    except OSError as exc:  # e.g. a certificate file named in the extras is missing
+        engine.dispose()
+        raise RetentionError(f"{label}: {exc}") from None
+    return engine
+
+
+def database_fault(exc: BaseException) -> RetentionError | None:
+    """The named error for a connection failure of an engine made by :func:`make_engine`."""
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return describe_failure(getattr(exc, "retention_database", "a database"), exc)
+    return None
+
+
+def source_engine(conn_id: str) -> Engine:
+    """An engine for the SQL source behind the Airflow connection ``conn_id``."""
+    return make_engine(url_for(conn_id), conn_id)
 
 
 def control_url(default_dir: Path | None = None) -> str:
@@ -83,14 +196,18 @@ def control_url(default_dir: Path | None = None) -> str:
     url = os.environ.get(CONTROL_DB_ENV)
     if not url:
         try:
-            url = url_for(_get_connection(CONTROL_DB_CONN_ID)).render_as_string(hide_password=False)
-        except RetentionError:
+            url = url_for(CONTROL_DB_CONN_ID).render_as_string(hide_password=False)
+        except RetentionError as exc:
+            if "is not defined" not in str(exc):
+                raise
             base = default_dir or Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser()
             url = f"sqlite:///{base / 'retention_control.db'}"
     # Airflow's metadata-DB setting is deliberately not read here: in a real task process it
     # is the placeholder "airflow-db-not-allowed:///" (tasks have no metadata-DB access).
+    # `python -m include.retention check` compares the two on the deployment side.
     return url
 
 
 def control_engine(url: str | None = None) -> Engine:
-    return sa.create_engine(url or control_url(), pool_pre_ping=True, hide_parameters=True)
+    conn_id = None if url or os.environ.get(CONTROL_DB_ENV) else CONTROL_DB_CONN_ID
+    return make_engine(url or control_url(), conn_id)

@@ -4,27 +4,52 @@ plan → safety_gate ─┬─ approve (only when the volume limit trips) ─┐
                     └─ enforce ◄──────────────────────────────────┘ → verify → report
 
 ``enforce`` writes the ledger run (also for dry runs and report-only activities, which change
-nothing). ``approve`` defaults to Reject on timeout, so silence deletes nothing. ``report``
-always runs (``all_done``): it records the verification (or the rejection) in the ledger and
-emits an asset event with the counts.
+nothing) and takes a slot of the ``retention`` pool. ``approve`` defaults to Reject on
+timeout, so silence deletes nothing. ``report`` always runs (``all_done``): it records the
+rejection in the ledger and logs the summary; when a step failed it then fails itself, so the
+DAG run is failed and the failure notification goes out, else it emits an asset event.
+
+Bad input (parameters, catalogue, connections: :class:`RetentionError`) fails a task at once;
+a database or object store that cannot be reached (:class:`Unavailable`) is retried.
+Retention DAGs are created unpaused: a paused one is an obligation that never runs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pendulum
 from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param, TriggerRule, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from include.retention.catalogue import Activity, Catalogue
+from include.retention.deployment import ENFORCEMENT_POOL
+from include.retention.errors import RetentionError, Unavailable
 
 TIMEZONE = "Europe/Stockholm"
 APPROVAL_TIMEOUT = dt.timedelta(hours=24)
 START_DATE = pendulum.datetime(2026, 1, 1, tz=TIMEZONE)
 ALERT_TO = "{{ var.value.get('retention_alert_email', 'dataskydd@example.com') }}"
+STEPS = ("plan", "safety_gate", "approve", "enforce", "verify")
+FAILED_STATES = ("failed", "upstream_failed")
+T = TypeVar("T")
+
+
+def run_step(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a task's work with the retry policy: a :class:`RetentionError` (bad input, nothing
+    changed) fails the task at once; :class:`Unavailable` and unexpected errors are retried."""
+    from include.retention.operations import named_faults
+
+    try:
+        return named_faults(step, *args, **kwargs)
+    except Unavailable:
+        raise
+    except RetentionError as exc:
+        raise AirflowFailException(str(exc)) from None
 
 
 def dag_id_for(activity_id: str) -> str:
@@ -53,6 +78,10 @@ def doc_md(activity: Activity) -> str:
         "",
         f"**Safety limit:** {activity.safety.max_rows} rows / {activity.safety.max_fraction}"
         " of the dataset per run; above it a person must approve (silence rejects).",
+        "",
+        "**Paused?** Retention DAGs are deployed unpaused. While this DAG is paused the"
+        " policy's deletions for this activity do not happen: `python -m include.retention"
+        " check` lists paused retention DAGs as warnings.",
     ]
     if activity.policy_gap:
         lines += [
@@ -75,10 +104,13 @@ def _params() -> dict[str, Param]:
     return {
         "dry_run": Param(False, type="boolean", description="Plan and report only; change nothing"),
         "as_of": Param(
-            "",
-            type="string",
-            pattern=r"^(|\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2})?.*)?)$",
-            description="Evaluate the rules at this time (ISO-8601); empty: the run's time",
+            None,
+            type=["null", "string"],
+            description=(
+                "Evaluate the rules at this time: YYYY-MM-DD (Stockholm midnight) or"
+                " YYYY-MM-DDTHH:MM[:SS][±HH:MM]; empty: the run's own time. A future time is"
+                " allowed for dry runs only."
+            ),
         ),
     }
 
@@ -94,6 +126,7 @@ def build_dag(activity: Activity) -> DAG:
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
+        is_paused_upon_creation=False,
         tags=tags_for(activity),
         params=_params(),
         default_args={
@@ -120,7 +153,10 @@ def _wire(activity: Activity) -> None:
     def plan(params: dict[str, Any] | None = None, dag_run: Any = None) -> dict[str, Any]:
         from include.retention import operations
 
-        return operations.plan(activity_id, params or {}, dag_run.run_after)
+        return run_step(
+            operations.plan, activity_id, params or {}, dag_run.run_after,
+            origin=operations.origin_of(dag_run),
+        )  # fmt: skip
 
     @task.branch(task_id="safety_gate")
     def safety_gate(planned: dict[str, Any]) -> str:
@@ -128,25 +164,33 @@ def _wire(activity: Activity) -> None:
 
         return operations.next_step(planned)
 
-    @task(task_id="enforce", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    @task(
+        task_id="enforce",
+        trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+        pool=ENFORCEMENT_POOL,
+    )
     def enforce(planned: dict[str, Any], ti: Any = None) -> dict[str, Any]:
         from include.retention import operations
 
         approval = ti.xcom_pull(task_ids="approve") if planned["needs_approval"] else None
-        return operations.enforce(activity_id, planned, approval)
+        return run_step(operations.enforce, activity_id, planned, approval)
 
     @task(task_id="verify")
     def verify(planned: dict[str, Any], enforced: dict[str, Any]) -> dict[str, Any]:
         from include.retention import operations
 
-        return operations.verify(activity_id, planned, enforced)
+        return run_step(operations.verify, activity_id, planned, enforced)
 
     @task(task_id="report", trigger_rule=TriggerRule.ALL_DONE, outlets=[asset_for(activity)])
-    def report(ti: Any = None, outlet_events: Any = None) -> dict[str, Any]:
+    def report(ti: Any = None, dag_run: Any = None, outlet_events: Any = None) -> dict[str, Any]:
         from include.retention import operations
 
         results = {step: ti.xcom_pull(task_ids=step) for step in ("plan", "enforce", "verify")}
-        summary = operations.report(activity_id, results)
+        states = ti.get_task_states(
+            dag_id=dag_run.dag_id, task_ids=list(STEPS), run_ids=[dag_run.run_id]
+        ).get(dag_run.run_id, {})
+        failed = sorted(step for step, state in states.items() if state in FAILED_STATES)
+        summary = run_step(operations.report, activity_id, results, failed_steps=failed)
         outlet_events[asset_for(activity)].extra = summary
         return summary
 

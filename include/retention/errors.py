@@ -9,3 +9,10 @@ class RetentionError(Exception):
     Raised before anything is changed. The message says which file, field or object is wrong
     and why, so it can be shown as-is in a terminal or an Airflow task log.
     """
+
+
+class Unavailable(RetentionError):
+    """A database or object store the run needs could not be reached (a transient fault).
+
+    Unlike other retention errors the task is retried; the message names the connection.
+    """

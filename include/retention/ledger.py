@@ -9,7 +9,7 @@ entries from the end is caught against the head row, or against a head hash note
 
 Entry kinds:
 - ``run_started``: activity, rules, as_of, cutoffs, dry-run flag, catalogue and code version,
-  approved_by, start time.
+  approved_by, origin (Airflow dag_id, run_id, run_type, triggering user), start time.
 - ``batch_prepared``: written BEFORE the source transaction commits (write-ahead): action,
   counts, time, and one blob of the batch's 16-byte record references.
 - ``batch_resolved``: the outcome of a prepared batch: ``committed``, ``rolled_back`` or
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 GENESIS = b"\x00" * 32
 BLOB_ROWS = 4  # entries fetched at a time: a batch blob can be 800 kB (50k refs)
+SQLITE_BUSY_TIMEOUT_MS = 60_000  # an appender waits this long for another's commit
 Blob = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 
 metadata = sa.MetaData()
@@ -72,7 +73,8 @@ ledger_table = sa.Table(
     sa.Index("ix_retention_ledger_ref", "ref_seq"),
 )
 
-# One row; locked while appending so that concurrent writers serialise on the chain head.
+# One row; locked while appending so that concurrent writers serialise on the chain head
+# (see `_lock_head`).
 head_table = sa.Table(
     "retention_ledger_head",
     metadata,
@@ -130,6 +132,9 @@ class RunHeader:
     catalogue_version: str
     code_version: str
     approved_by: str | None = None
+    # Who asked for the run: the Airflow dag_id, run_id, run_type and, for a manual run, the
+    # user who triggered it. Empty when the engine is called outside Airflow.
+    origin: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -228,11 +233,7 @@ class Ledger:
         ref_seq: int | None = None,
         blob: bytes | None = None,
     ) -> int:
-        head = conn.execute(
-            sa.select(head_table.c.seq, head_table.c.entry_hash)
-            .where(head_table.c.id == 1)
-            .with_for_update()
-        ).first()
+        head = _lock_head(conn)
         if head is None:
             conn.execute(sa.insert(head_table).values(id=1, seq=0, entry_hash=GENESIS))
             prev_seq, prev_hash = 0, GENESIS
@@ -557,6 +558,24 @@ class Ledger:
         if not ok:
             log.error("ledger verification failed at seq %s: %s", bad_seq, problem)
         return VerifyReport(ok, count, count, last.hex(), bad_seq, problem)
+
+
+def _lock_head(conn: Connection) -> Any:
+    """Take the chain head for this transaction: concurrent appenders wait here.
+
+    The head row is written first (a no-op update), which takes the write lock on every
+    supported database before anything is read: a row lock on PostgreSQL and MariaDB, the
+    database's write lock on SQLite, where ``SELECT … FOR UPDATE`` is a no-op and two
+    appenders would otherwise read the same head and collide on ``seq``.
+    """
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    conn.execute(sa.update(head_table).where(head_table.c.id == 1).values(seq=head_table.c.seq))
+    return conn.execute(
+        sa.select(head_table.c.seq, head_table.c.entry_hash)
+        .where(head_table.c.id == 1)
+        .with_for_update()
+    ).first()
 
 
 def _check_row(row: Any, expected_seq: int, prev_hash: bytes) -> str | None:

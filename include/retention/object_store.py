@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from include.retention.errors import RetentionError
+from include.retention.errors import RetentionError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,20 @@ def s3_client(conn_id: str = S3_CONN_ID) -> Any:
         raise RetentionError(
             f"cannot build an S3 client for connection {conn_id!r}: {exc}"
         ) from None
+
+
+def storage_fault(exc: BaseException) -> Unavailable | None:
+    """A named, retried error when object storage could not be reached (else None)."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError
+
+    if not isinstance(exc, BotoConnectionError | HTTPClientError):
+        return None
+    where = getattr(exc, "kwargs", {}).get("endpoint_url") or "its endpoint"
+    return Unavailable(
+        f"object storage at {where} is unreachable ({type(exc).__name__}); the task is"
+        " retried — check the S3 service and the connection's endpoint_url and credentials"
+    )
 
 
 # ---------------------------------------------------------------------------- bucket helpers

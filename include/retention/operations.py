@@ -10,23 +10,54 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import pendulum
 
 from include.retention import connections, s3_engine, sql_engine
 from include.retention.catalogue import Activity, Catalogue, load_catalogue
 from include.retention.errors import RetentionError
-from include.retention.object_store import s3_client
-from include.retention.runs import Control, PlanResult, gate_reason
+from include.retention.object_store import s3_client, storage_fault
+from include.retention.runs import (
+    Control,
+    PlanResult,
+    check_not_early,
+    describe_offset,
+    gate_reason,
+)
 
 log = logging.getLogger(__name__)
 
 APPROVE = "Approve"
 _ISO_DATE_START = re.compile(r"^\d{4}-\d{2}-\d{2}")
 VERIFIED_OUTCOMES = ("completed", "nothing_to_do")
+# Retention is evaluated within the records' lifetime; outside it date arithmetic overflows.
+AS_OF_RANGE = (
+    dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
+    dt.datetime(2999, 12, 31, tzinfo=dt.UTC),
+)
+AS_OF_FORMATS = (
+    "YYYY-MM-DD (midnight in Stockholm) or YYYY-MM-DDTHH:MM[:SS][±HH:MM],"
+    " e.g. 2026-11-24 or 2026-11-24T02:30:00+01:00"
+)
+T = TypeVar("T")
+
+
+def named_faults(step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run one task's work; a database or object-store fault becomes an error naming the
+    connection (:class:`Unavailable` when transient) instead of a raw driver traceback."""
+    try:
+        return step(*args, **kwargs)
+    except RetentionError:
+        raise
+    except Exception as exc:
+        fault = connections.database_fault(exc) or storage_fault(exc)
+        if fault is None:
+            raise
+        raise fault from None
 
 
 @dataclass
@@ -57,14 +88,40 @@ def resolve_as_of(raw: Any, run_after: dt.datetime | None) -> pendulum.DateTime:
             raise RetentionError("as_of is empty and the run has no time to fall back on")
         return pendulum.instance(run_after)
     parsed = None
-    if _ISO_DATE_START.match(str(raw)):  # a bare time such as "12:00" would mean "today"
+    if isinstance(raw, str) and _ISO_DATE_START.match(raw):  # "12:00" would mean "today"
         try:
-            parsed = pendulum.parse(str(raw), tz="Europe/Stockholm")
-        except (ValueError, pendulum.parsing.exceptions.ParserError):
+            parsed = pendulum.parse(raw, tz="Europe/Stockholm")
+        except (ValueError, OverflowError, pendulum.parsing.exceptions.ParserError):
             parsed = None
     if not isinstance(parsed, pendulum.DateTime):
-        raise RetentionError(f"as_of {raw!r} is not an ISO-8601 date or date-time")
+        raise RetentionError(
+            f"as_of {raw!r} is not an ISO-8601 date or date-time: use {AS_OF_FORMATS},"
+            " or leave it empty for the run's own time"
+        )
+    try:
+        in_range = AS_OF_RANGE[0] <= parsed <= AS_OF_RANGE[1]
+    except OverflowError:  # an offset pushes it past the representable range
+        in_range = False
+    if not in_range:
+        raise RetentionError(
+            f"as_of {raw!r} is outside {AS_OF_RANGE[0].date()}..{AS_OF_RANGE[1].date()}:"
+            " retention is evaluated at a time within the records' lifetime"
+        )
     return parsed
+
+
+def origin_of(dag_run: Any) -> dict[str, str | None]:
+    """Who asked for the run (recorded in the ledger's run header): the Airflow dag_id, run_id,
+    run_type and, for a manual run, the user who triggered it."""
+    run_type = getattr(dag_run, "run_type", None)
+    run_type = str(getattr(run_type, "value", run_type)) if run_type is not None else None
+    user = getattr(dag_run, "triggering_user_name", None) if run_type == "manual" else None
+    return {
+        "dag_id": getattr(dag_run, "dag_id", None),
+        "run_id": getattr(dag_run, "run_id", None),
+        "run_type": run_type,
+        "triggered_by": user,
+    }
 
 
 def _dry_run(raw: Any) -> bool:
@@ -85,12 +142,21 @@ def plan(
     params: dict[str, Any],
     run_after: dt.datetime | None,
     runtime: Runtime | None = None,
+    *,
+    origin: dict[str, str | None] | None = None,
+    now: dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """Count what the run would do and decide whether a person must approve it."""
-    runtime = runtime or Runtime.load()
-    activity = runtime.catalogue[activity_id]
+    """Count what the run would do and decide whether a person must approve it.
+
+    A bad parameter, or a future ``as_of`` on an enforcing run, is refused here (nothing has
+    changed yet); ``now`` is the wall clock, not the run's scheduled time.
+    """
     as_of = resolve_as_of(params.get("as_of"), run_after)
     dry_run = _dry_run(params.get("dry_run", False))
+    now = now or dt.datetime.now(dt.UTC)
+    check_not_early(as_of, dry_run, now)
+    runtime = runtime or Runtime.load()
+    activity = runtime.catalogue[activity_id]
     result = _plan_result(activity, as_of, runtime)
     gated = activity.enforceable and not dry_run and result.to_apply > 0
     reason = gate_reason(activity, result) if gated else None
@@ -102,13 +168,27 @@ def plan(
         "needs_approval": reason is not None,
         "approval_text": (
             f"{reason}. Approve to {activity.action.kind} {result.to_apply} records of"
-            f" {activity.name.en} ({activity.describe_rule()}); silence rejects."
+            f" {activity.name.en} ({activity.describe_rule()}) as of {as_of.isoformat()}"
+            f" ({describe_offset(as_of, now)}); silence rejects."
             if reason
             else "within the safety limits"
         ),
+        "origin": origin or {},
     }
-    log.info("plan %s at %s: %s", activity_id, planned["as_of"], planned["counts"])
+    log.info("plan %s", describe_plan(planned))
     return planned
+
+
+def describe_plan(planned: dict[str, Any]) -> str:
+    """One readable line of a plan: counts and the decision, no personal data."""
+    c = planned["counts"]
+    mode = "dry run" if planned["dry_run"] else "enforcing"
+    return (
+        f"{planned['activity_id']} as of {planned['as_of']} ({mode}): {c['total']} checked,"
+        f" {c['expired']} expired ({c['held']} held, {c['restricted']} restricted),"
+        f" {c['anchor_unknown']} unknown anchor, {c['kept']} kept -> {c['to_apply']} to apply;"
+        f" approval needed: {'yes' if planned['needs_approval'] else 'no'}"
+    )
 
 
 def next_step(planned: dict[str, Any]) -> str:
@@ -135,16 +215,19 @@ def enforce(
     Without a recorded approval a gated run changes nothing: the engine records it as
     ``approval_required``.
     """
+    as_of = resolve_as_of(planned["as_of"], None)
+    check_not_early(as_of, planned["dry_run"])  # again: the approval may have taken hours
     runtime = runtime or Runtime.load()
     activity = runtime.catalogue[activity_id]
     run = s3_engine.enforce_s3 if activity.source.kind == "s3" else sql_engine.enforce
     result = run(
         activity,
-        resolve_as_of(planned["as_of"], None),
+        as_of,
         control=runtime.control,
         catalogue_version=runtime.catalogue.version,
         dry_run=planned["dry_run"],
         approved_by=approver(approval),
+        origin=planned.get("origin"),
         **runtime.source_kwargs(activity),
     )
     summary = {
@@ -154,7 +237,10 @@ def enforce(
         "approved_by": result.approved_by,
         "counts": result.counts(),
     }
-    log.info("enforce %s: %s — %s", activity_id, result.outcome, result.message)
+    log.info(
+        "enforce %s: %s — %s; ledger run %s",
+        activity_id, result.outcome, result.message, result.run_id,
+    )  # fmt: skip
     return summary
 
 
@@ -185,21 +271,56 @@ def verify(
     return {"checked": True, **result.as_dict()}
 
 
+def failures(
+    results: dict[str, dict[str, Any] | None], failed_steps: list[str] | None = None
+) -> list[str]:
+    """Which steps of the run failed: the failed tasks Airflow reports, and what their
+    results show (a failed task leaves none)."""
+    problems = [f"{step} failed" for step in failed_steps or []]
+    planned, enforced, verified = (results.get(k) for k in ("plan", "enforce", "verify"))
+    if planned is None:
+        return problems or ["plan failed: nothing was changed"]
+    if enforced is None:
+        return problems or ([] if planned["needs_approval"] else ["enforce failed"])
+    if enforced["outcome"] in ("failed", "partial"):
+        problems.append(f"enforce ended {enforced['outcome']}: {enforced['message']}")
+    if enforced["outcome"] in VERIFIED_OUTCOMES and verified is None and not problems:
+        problems.append("verify failed: the run's result is not proven")
+    return problems
+
+
 def report(
-    activity_id: str, results: dict[str, dict[str, Any] | None], runtime: Runtime | None = None
+    activity_id: str,
+    results: dict[str, dict[str, Any] | None],
+    runtime: Runtime | None = None,
+    *,
+    failed_steps: list[str] | None = None,
 ) -> dict[str, Any]:
     """The run's summary (the asset event's extra). A rejected or unanswered approval is
-    recorded in the ledger as a run that changed nothing."""
+    recorded in the ledger as a run that changed nothing. Raises :class:`RunFailed` after
+    logging the summary when a step failed, so the DAG run is failed and alerts someone."""
     planned, enforced, verified = (results.get(k) for k in ("plan", "enforce", "verify"))
-    if planned is not None and enforced is None and planned["needs_approval"]:
+    problems = failures(results, failed_steps)
+    if planned is not None and enforced is None and planned["needs_approval"] and not problems:
         enforced = enforce(activity_id, planned, None, runtime)  # records approval_required
     summary = {
         "activity_id": activity_id,
         "as_of": planned and planned["as_of"],
-        "outcome": enforced["outcome"] if enforced else "failed",
+        "outcome": "failed" if problems else enforced["outcome"] if enforced else "failed",
         "ledger_run_id": enforced and enforced["run_id"],
         "counts": (enforced or planned or {}).get("counts", {}),
         "verified": bool(verified and verified.get("checked")),
     }
-    log.info("report %s: %s", activity_id, summary)
+    counts = summary["counts"]
+    log.info(
+        "report %s: %s; applied %s of %s expired, %s held, verified %s; ledger run %s",
+        activity_id, summary["outcome"], counts.get("applied", 0), counts.get("expired", 0),
+        counts.get("held", 0), "yes" if summary["verified"] else "no", summary["ledger_run_id"],
+    )  # fmt: skip
+    if problems:
+        raise RunFailed(f"retention run of {activity_id} failed: {'; '.join(problems)}")
     return summary
+
+
+class RunFailed(RetentionError):
+    """A step of the run failed; raised by ``report`` after recording what happened."""

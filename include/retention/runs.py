@@ -111,6 +111,35 @@ def check_as_of(as_of: dt.datetime) -> None:
         raise RetentionError("as_of must be a time-zone-aware datetime")
 
 
+def describe_offset(as_of: dt.datetime, now: dt.datetime) -> str:
+    """How far ``as_of`` is from ``now``, e.g. ``"3 days 4 h before now"``."""
+    delta = as_of - now
+    seconds = abs(delta.total_seconds())
+    days, hours = int(seconds // 86400), int(seconds % 86400 // 3600)
+    minutes = int(seconds % 3600 // 60)
+    parts = [f"{days} day{'s' if days != 1 else ''}"] if days else []
+    parts += [f"{hours} h"] if hours else []
+    parts += [f"{minutes} min"] if minutes and not days else []
+    side = "after" if delta.total_seconds() > 0 else "before"
+    return f"{' '.join(parts) or 'less than a minute'} {side} now"
+
+
+def check_not_early(as_of: dt.datetime, dry_run: bool, now: dt.datetime | None = None) -> None:
+    """Refuse to enforce at a future ``as_of``: it would delete records before they are due.
+
+    ``now`` is the wall clock when the check runs (never the run's scheduled time); a dry run
+    may look ahead.
+    """
+    check_as_of(as_of)
+    now = now or dt.datetime.now(dt.UTC)
+    if not dry_run and as_of > now:
+        raise RetentionError(
+            f"as_of {as_of.isoformat()} is {describe_offset(as_of, now)}: an enforcing run"
+            " never evaluates the rules in the future (records would be deleted before they"
+            " are due). Nothing was changed; trigger with dry_run true to preview that date."
+        )
+
+
 def gate_reason(activity: Activity, plan_result: PlanResult) -> str | None:
     """Why the run needs approval, or None if it is within the activity's safety limits."""
     safety, n = activity.safety, plan_result.to_apply

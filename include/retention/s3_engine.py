@@ -41,6 +41,7 @@ from include.retention.runs import (
     PlanResult,
     RunResult,
     check_as_of,
+    check_not_early,
     close_interrupted_runs,
     decide,
     finish_run,
@@ -441,10 +442,11 @@ def enforce_s3(
     client: Any = None,
     dry_run: bool = False,
     approved_by: str | None = None,
+    origin: Mapping[str, str | None] | None = None,
     batch_size: int = MAX_KEYS_PER_CALL,
 ) -> S3EnforceResult:
     """Run an S3 activity's retention at ``as_of``: recover, plan, gate, delete in batches."""
-    check_as_of(as_of)
+    check_not_early(as_of, dry_run)
     if not 1 <= batch_size <= MAX_KEYS_PER_CALL:
         raise RetentionError(f"batch_size must be between 1 and {MAX_KEYS_PER_CALL}")
     src = _s3_source(activity)
@@ -455,7 +457,7 @@ def enforce_s3(
         activity_id=activity.id, system=src.system, dataset=src.bucket, action="delete",
         rules=plan.result.rules, as_of=plan.result.as_of, cutoffs=plan.result.cutoffs,
         dry_run=dry_run, catalogue_version=catalogue_version, code_version=code_version(),
-        approved_by=approved_by,
+        approved_by=approved_by, origin=dict(origin or {}),
     )  # fmt: skip
     result = S3EnforceResult(
         activity.id, "completed", "", plan, run_id=control.ledger.start_run(header),

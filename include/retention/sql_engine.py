@@ -40,7 +40,7 @@ import hmac
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +68,7 @@ from include.retention.runs import (
     PlanResult,
     RunResult,
     check_as_of,
+    check_not_early,
     close_interrupted_runs,
     decide,
     finish_run,
@@ -917,6 +918,7 @@ def enforce(
     catalogue_version: str,
     dry_run: bool = False,
     approved_by: str | None = None,
+    origin: Mapping[str, str | None] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     hooks: Hooks | None = None,
     clients: ClientFactory | None = None,
@@ -926,7 +928,7 @@ def enforce(
     ``clients``: conn_id -> boto3 S3 client for the linked files (default:
     `object_store.s3_client`); only used by activities whose source declares ``objects``.
     """
-    check_as_of(as_of)
+    check_not_early(as_of, dry_run)
     if batch_size < 1:
         raise RetentionError("batch_size must be at least 1")
     hooks = hooks or Hooks()
@@ -940,7 +942,7 @@ def enforce(
         activity_id=activity.id, system=schema.system, dataset=schema.dataset,
         action=activity.action.kind, rules=plan_result.rules, as_of=plan_result.as_of,
         cutoffs=plan_result.cutoffs, dry_run=dry_run, catalogue_version=catalogue_version,
-        code_version=code_version(), approved_by=approved_by,
+        code_version=code_version(), approved_by=approved_by, origin=dict(origin or {}),
     )  # fmt: skip
     result = EnforceResult(
         activity.id, "completed", "", plan_result, run_id=control.ledger.start_run(header),
