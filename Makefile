@@ -35,7 +35,9 @@ validate: install
 register: install
 	$(BIN)/python -m include.retention register --out build/register
 
-# The main job: validate, render the register, seed the demo systems, run every DAG once.
+# The main job: validate, render the register, seed the demo systems, then start Airflow (API
+# server, scheduler, DAG processor, triggerer; LocalExecutor), trigger all 27 DAGs through the
+# REST API, wait, print the table, and stop Airflow again.
 demo: install
 	$(BIN)/python -m include.retention validate
 	$(BIN)/python -m include.retention register --out build/register
@@ -44,12 +46,12 @@ demo: install
 demo-reset: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m include.demo.run --reset
 
-# The Airflow UI on the embedded default (after `make demo`): http://localhost:8080
+# The Airflow UI on the embedded default (after `make demo`): http://127.0.0.1:8080 (loopback only)
 ui: install
 	@test -f var/demo.env || { echo "run 'make demo' first: it seeds the demo systems" >&2; exit 1; }
 	. var/demo.env && PATH="$(CURDIR)/$(BIN):$$PATH" && $(BIN)/airflow db migrate >/dev/null \
 	  && $(BIN)/python -m include.retention setup && $(BIN)/python -m include.retention check \
-	  && $(BIN)/airflow standalone
+	  && AIRFLOW__API__HOST=127.0.0.1 $(BIN)/airflow standalone
 
 bench: install
 	$(BIN)/python bench/bench_sql_delete.py

@@ -30,7 +30,8 @@ from include.demo.airflow_stack import (
     StackConfig,
     free_port,
 )
-from include.demo.run import ROOT, DemoPaths, environment
+from include.demo.manifest import ManifestEntry
+from include.demo.run import DEPLOYMENT_SETUP, ROOT, DemoPaths, environment
 from include.demo.seed import place_holds, seed_demo
 from include.retention.dag_factory import dag_id_for
 from include.retention.object_store import EmbeddedS3
@@ -42,7 +43,9 @@ pytestmark = pytest.mark.scheduler
 
 AS_OF = dt.datetime(2026, 11, 24, 1, 30, tzinfo=dt.UTC)  # the 02:30 nightly run, Stockholm
 CONF = {"as_of": AS_OF.isoformat(), "dry_run": False}
-SQL, S3, GATED, BROKEN = "recruitment", "image_bank", "demo_process", "chatbot"
+SQL, S3, BROKEN = "recruitment", "image_bank", "chatbot"
+APPROVED, REJECTED = "demo_process", "event_registration"  # gated: a person answers
+ACTIVITIES = (SQL, S3, BROKEN, APPROVED, REJECTED)
 ALERT_TO = "retention-alerts@example.com"
 APPROVER = "dpo.anna"
 RUN_TIMEOUT = 240.0
@@ -103,7 +106,8 @@ def mailbox() -> Iterator[Mailbox]:
 def _environment(root: Path, key: str, s3: EmbeddedS3, control_url: str, smtp_port: int) -> dict:
     env = environment(DemoPaths(root), key, s3.endpoint_url)
     env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW_") or "_CONN_" in k}
-    catalogue = edited_catalogue(root / "policies", {GATED: strict_safety, BROKEN: _break_source})
+    edits = {APPROVED: strict_safety, REJECTED: strict_safety, BROKEN: _break_source}
+    catalogue = edited_catalogue(root / "policies", edits)
     smtp = {
         "conn_type": "smtp",
         "host": "127.0.0.1",
@@ -118,17 +122,23 @@ def _environment(root: Path, key: str, s3: EmbeddedS3, control_url: str, smtp_po
     }
 
 
+@pytest.fixture(scope="session")
+def metadata_url() -> Iterator[str]:
+    """Airflow's metadata DB for the test session (migrated once, shared by the stacks)."""
+    with fresh_pg_database("rt_af") as url:
+        yield url
+
+
 @pytest.fixture(scope="module", params=["local", "celery"])
 def airflow(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, mailbox: Mailbox
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    mailbox: Mailbox,
+    metadata_url: str,
 ) -> Iterator[Scheduled]:
     root = tmp_path_factory.mktemp(f"scheduler-{request.param}")
     key = secrets.token_urlsafe(32)
-    with (
-        EmbeddedS3() as s3,
-        fresh_pg_database("rt_af") as metadata_url,
-        fresh_pg_database("rt_ctl") as control_url,
-    ):
+    with EmbeddedS3() as s3, fresh_pg_database("rt_ctl") as control_url:
         seeded = seed_demo(AS_OF, root / "demo", s3_client=s3.client())
         control = Control.open(control_url, key.encode())
         place_holds(control.holds, seeded.hold_requests())
@@ -141,14 +151,14 @@ def airflow(
             celery=CeleryConfig.on_local_redis() if request.param == "celery" else None,
             users={"admin": "admin", APPROVER: "user"},
             parallelism=6,
+            setup_commands=(DEPLOYMENT_SETUP,),
         )
         with AirflowStack(config) as stack:
             api = stack.api()
-            activities = (SQL, S3, GATED, BROKEN)
-            api.wait_for_dags([dag_id_for(a) for a in activities])
-            for activity_id in activities:
+            api.wait_for_dags([dag_id_for(a) for a in ACTIVITIES])
+            for activity_id in ACTIVITIES:
                 api.unpause(dag_id_for(activity_id))
-            runs = {a: api.trigger(dag_id_for(a), CONF) for a in (SQL, S3, BROKEN)}
+            runs = {a: api.trigger(dag_id_for(a), CONF) for a in ACTIVITIES}
             demo = Demo(root, seeded.manifest, seeded.urls, control, s3.client())
             yield Scheduled(request.param, stack, api, demo, mailbox, runs)
             api.close()
@@ -168,6 +178,11 @@ def test_sql_run_deletes_exactly_the_due_rows_children_and_files(airflow: Schedu
     due = next(e for e in entries if e.due and e.kind == "row")
     evidence = airflow.demo.control.ledger.lookup("ats", "candidates", due.pk)
     assert [e.action for e in evidence] == ["delete"]
+    origin = airflow.demo.control.ledger.runs(SQL)[-1].header["origin"]
+    assert origin == {
+        "dag_id": dag_id_for(SQL), "run_id": airflow.runs[SQL], "run_type": "manual",
+        "triggered_by": "admin",
+    }  # fmt: skip
     assert airflow.demo.control.ledger.verify().ok
 
 
@@ -193,30 +208,38 @@ def test_tasks_ran_in_the_executor_as_separate_processes(airflow: Scheduled) -> 
     assert {ti["queue"] for ti in ran} == {expected_queue}
 
 
-def test_gated_run_waits_for_a_person_and_deletes_after_approval(airflow: Scheduled) -> None:
-    dag_id, demo = dag_id_for(GATED), airflow.demo
-    entries, alive_before = survivors(demo, GATED)
-    assert sum(e.due for e in entries) > 1  # over the strict limit of one row per run
+def _answer(airflow: Scheduled, activity_id: str, chosen: str) -> list[ManifestEntry]:
+    """Answer the run's approval as the approver once it waits; returns the records that
+    existed while it waited (nothing may change before the answer)."""
+    dag_id, run_id = dag_id_for(activity_id), airflow.runs[activity_id]
+    airflow.api.wait_for_approval(dag_id, run_id, "approve")
+    waiting = survivors(airflow.demo, activity_id)[1]
     approver = airflow.stack.api(APPROVER)
+    answer = approver.answer_approval(dag_id, run_id, "approve", chosen)
+    approver.close()
+    assert answer["responded_by"]["name"] == APPROVER and answer["chosen_options"] == [chosen]
+    return waiting
 
-    rejected = airflow.api.trigger(dag_id, CONF)
-    airflow.api.wait_for_approval(dag_id, rejected, "approve")
-    assert survivors(demo, GATED)[1] == alive_before  # nothing happens while it waits
-    approver.answer_approval(dag_id, rejected, "approve", "Reject")
-    assert airflow.api.wait_for_runs([(dag_id, rejected)])[(dag_id, rejected)] == "success"
-    assert demo.last_run(GATED)["outcome"] == "approval_required"
-    assert survivors(demo, GATED)[1] == alive_before
 
-    approved = airflow.api.trigger(dag_id, CONF)
-    airflow.api.wait_for_approval(dag_id, approved, "approve")
-    answer = approver.answer_approval(dag_id, approved, "approve", "Approve")
-    assert answer["responded_by"]["name"] == APPROVER
-    assert airflow.api.wait_for_runs([(dag_id, approved)])[(dag_id, approved)] == "success"
-    run = demo.control.ledger.runs(GATED)[-1]
+def test_gated_run_deletes_nothing_while_waiting_and_all_due_once_approved(airflow) -> None:
+    entries = airflow.demo.manifest.for_activity(APPROVED)
+    assert sum(e.due for e in entries) > 1  # over the strict limit of one row per run
+    assert _answer(airflow, APPROVED, "Approve") == entries
+    assert airflow.finished(APPROVED) == "success"
+    run = airflow.demo.control.ledger.runs(APPROVED)[-1]
     assert run.header["approved_by"] == APPROVER
     assert run.finished["outcome"] == "completed"
-    assert {e.pk for e in survivors(demo, GATED)[1]} == {e.pk for e in entries if not e.due}
-    approver.close()
+    alive = survivors(airflow.demo, APPROVED)[1]
+    assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
+
+
+def test_rejected_run_changes_nothing(airflow: Scheduled) -> None:
+    entries = airflow.demo.manifest.for_activity(REJECTED)
+    assert sum(e.due for e in entries) > 1
+    assert _answer(airflow, REJECTED, "Reject") == entries
+    assert airflow.finished(REJECTED) == "success"
+    assert airflow.demo.last_run(REJECTED)["outcome"] == "approval_required"
+    assert survivors(airflow.demo, REJECTED)[1] == entries
 
 
 def test_failed_run_is_failed_and_alerts_without_personal_data(airflow: Scheduled) -> None:

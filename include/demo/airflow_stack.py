@@ -78,6 +78,17 @@ class CeleryConfig:
     queue: str
     concurrency: int = 4
 
+    def check_broker(self) -> None:
+        """Fail at once, naming the broker, when Redis does not answer."""
+        import redis
+
+        try:
+            redis.Redis.from_url(self.broker_url, socket_connect_timeout=3).ping()
+        except redis.RedisError as exc:
+            raise RetentionError(
+                f"the Celery broker {self.broker_url} does not answer ({exc}): start Redis"
+            ) from None
+
     @classmethod
     def on_local_redis(cls, db: int | None = None, concurrency: int = 4) -> CeleryConfig:
         number = secrets.randbelow(15) + 1 if db is None else db
@@ -161,6 +172,8 @@ class AirflowStack:
     def start(self, timeout: float = START_TIMEOUT) -> AirflowStack:
         """Migrate the metadata DB, start every component and wait until they are healthy."""
         check_port_free(self.port)
+        if self.config.celery:
+            self.config.celery.check_broker()
         self.config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.logs.mkdir(exist_ok=True)
         self._env = self.environment()

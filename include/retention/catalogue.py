@@ -286,10 +286,15 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
+# libyaml's safe loader when available: the same documents, ~10x faster (every task parses
+# the DAG file, so every task reads the catalogue).
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_activity(path: Path) -> Activity:
     """Read and validate one catalogue file."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         raise RetentionError(f"{path.name}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
