@@ -45,6 +45,10 @@ ADMIN = "admin"
 START_TIMEOUT = 180.0
 STOP_TIMEOUT = 30.0
 _HEALTHY_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+# A metadata DB on SQLite: every component writes to one file. Writers wait for each other
+# (instead of failing with "database is locked" after 5 s) and readers don't block them (WAL).
+SQLITE_CONNECT_ARGS = {"timeout": 60.0}
+_SQLITE_CONNECT_ARGS_PATH = f"{__name__}.SQLITE_CONNECT_ARGS"
 
 
 def free_port(host: str = HOST) -> int:
@@ -177,6 +181,7 @@ class AirflowStack:
         self.config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.logs.mkdir(exist_ok=True)
         self._env = self.environment()
+        _sqlite_wal(self.config.metadata_url)
         self.run(_airflow_bin(), "db", "migrate")
         for command in self.config.setup_commands:
             self.run(*command)
@@ -249,6 +254,9 @@ class AirflowStack:
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             }
         )
+        if cfg.metadata_url.startswith("sqlite"):
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = _SQLITE_CONNECT_ARGS_PATH
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC"] = _SQLITE_CONNECT_ARGS_PATH
         if cfg.celery:
             env["AIRFLOW__CELERY__BROKER_URL"] = cfg.celery.broker_url
             env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"] = cfg.celery.queue
@@ -347,6 +355,19 @@ def _all_healthy(health: Any) -> bool:
     )
 
 
+def _sqlite_wal(url: str) -> None:
+    """Switch a SQLite metadata DB to write-ahead logging (a property of the file)."""
+    import sqlalchemy as sa
+
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return
+    engine = sa.create_engine(parsed)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    engine.dispose()
+
+
 def _airflow_bin() -> str:
     return str(Path(sys.executable).parent / "airflow")
 
@@ -388,7 +409,7 @@ class AirflowApi:
     username: str
     password: str
     stack: AirflowStack | None = None
-    timeout: float = 30.0
+    timeout: float = 120.0  # a busy API server on a SQLite metadata DB can take a while
     _client: httpx.Client | None = field(default=None, repr=False)
 
     def _http(self) -> httpx.Client:

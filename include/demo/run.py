@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -28,6 +29,13 @@ from include.retention.object_store import DEFAULT_PORT, local_client, spawn, wa
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 600.0  # seconds for the whole burst of runs
+PARALLELISM = 6  # task processes at once (a 2-core machine gains nothing from more)
+# Airflow's metadata DB for the main job. Not SQLite: with the API server, scheduler, DAG
+# processor, triggerer and task runs writing at once (27 DAGs triggered together), Airflow
+# 3.3 on SQLite fails requests with "database is locked" even with WAL and a 60 s busy
+# timeout, and failed task-state updates fail the tasks.
+METADATA_ENV = "RETENTION_DEMO_AIRFLOW_DB"
+DEFAULT_METADATA_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/retention_demo_airflow"
 # The project's deployment set-up (the enforcement pool), run after `airflow db migrate`.
 DEPLOYMENT_SETUP = (sys.executable, "-m", "include.retention", "setup")
 
@@ -146,6 +154,38 @@ def seeded_as_of(paths: DemoPaths) -> dt.datetime | None:
     return dt.datetime.fromisoformat(json.loads(paths.state.read_text(encoding="utf-8"))["as_of"])
 
 
+def ensure_metadata_db(url: str) -> str:
+    """Create the PostgreSQL database for Airflow's metadata if it is missing."""
+    import sqlalchemy as sa
+
+    target = sa.make_url(url)
+    if target.get_backend_name() != "postgresql":
+        return url
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", target.database or ""):
+        raise RetentionError(
+            f"{METADATA_ENV}: database name {target.database!r} must be lower-case letters,"
+            " digits and underscores"
+        )
+    admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            exists = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                {"name": target.database},
+            ).first()
+            if not exists:
+                conn.execute(sa.text(f'CREATE DATABASE "{target.database}"'))
+    except sa.exc.OperationalError as exc:
+        raise RetentionError(
+            f"the main job keeps Airflow's metadata in PostgreSQL"
+            f" ({target.render_as_string()}), which does not answer: start PostgreSQL or set"
+            f" {METADATA_ENV} to another database URL ({type(exc).__name__})"
+        ) from None
+    finally:
+        admin.dispose()
+    return url
+
+
 def run_all_dags(
     paths: DemoPaths, env: dict[str, str], as_of: dt.datetime, api_port: int
 ) -> dict[str, str]:
@@ -159,11 +199,12 @@ def run_all_dags(
     dag_ids = sorted(dag_id_for(activity.id) for activity in load_catalogue())
     config = StackConfig(
         home=paths.airflow_home,
-        metadata_url=f"sqlite:///{paths.airflow_home / 'airflow.db'}",
+        metadata_url=ensure_metadata_db(os.environ.get(METADATA_ENV) or DEFAULT_METADATA_URL),
         dags_folder=ROOT / "dags",
         project_root=ROOT,
         env={k: v for k, v in env.items() if not k.startswith("AIRFLOW_") or "_CONN_" in k},
         api_port=api_port,
+        parallelism=PARALLELISM,
         setup_commands=(DEPLOYMENT_SETUP,),
     )
     print(
