@@ -7,53 +7,70 @@ UV_VERSION := 0.13.9
 export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: install sysdeps lock demo demo-reset test lint validate register bench ui clean
+.PHONY: install install-runtime install-demo lock env demo demo-reset test lint validate register bench ui clean
+
+# Three locked sets, each a superset of the one before (same versions):
+#   requirements.lock       runtime: what the product imports in Airflow (the Docker image)
+#   requirements-demo.lock  + the demo's embedded S3 and fake people
+#   requirements-dev.lock   + test and lint tools (the tests seed the demo and run S3)
+RUNTIME_LOCK := requirements.lock
+DEMO_LOCK    := requirements-demo.lock
+DEV_LOCK     := requirements-dev.lock
+COMPILE      := $(UV) pip compile --quiet --python-version 3.11 --excludes requirements-excludes.txt
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-# mysqlclient (required by the MySQL provider) compiles against the MariaDB client headers.
-sysdeps:
-	@pkg-config --exists libmariadb || pkg-config --exists mysqlclient || \
-	  ( [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq libmariadb-dev pkg-config ) || \
-	  ( echo "error: MariaDB client headers are missing: install libmariadb-dev (Debian) first" >&2; exit 1 )
+# The development set, exactly as locked (packages not in the lock are removed).
+install: | $(BIN)/python
+	$(UV) pip sync --quiet --python $(BIN)/python $(DEV_LOCK)
 
-$(VENV)/.installed: requirements.lock | $(BIN)/python sysdeps
-	$(UV) pip sync --python $(BIN)/python requirements.lock
-	touch $@
+# The runtime set alone, exactly (what the Docker image installs).
+install-runtime: | $(BIN)/python
+	$(UV) pip sync --quiet --python $(BIN)/python $(RUNTIME_LOCK)
 
-install: $(VENV)/.installed
+# The demo set, added to what is there: after `make install` nothing changes.
+install-demo: | $(BIN)/python
+	$(UV) pip install --quiet --no-deps --python $(BIN)/python -r $(DEMO_LOCK)
 
-# Regenerate the fully resolved lock from the pinned direct dependencies.
+# Regenerate the three locks from the pinned direct dependencies; each set is constrained
+# to the versions of the one below it. Drivers in requirements-excludes.txt are left out.
 lock: | $(BIN)/python
-	$(UV) pip compile --python-version 3.11 requirements.txt requirements-dev.txt -o requirements.lock
+	$(COMPILE) requirements.txt -o $(RUNTIME_LOCK)
+	$(COMPILE) requirements.txt requirements-demo.txt -c $(RUNTIME_LOCK) -o $(DEMO_LOCK)
+	$(COMPILE) requirements.txt requirements-demo.txt requirements-dev.txt -c $(DEMO_LOCK) \
+	  -o $(DEV_LOCK)
 
-validate: install
+# Deployment: .env with fresh secrets and connections.env (both 0600, never overwritten).
+env:
+	python3 deploy/new_env.py
+
+validate: install-demo
 	$(BIN)/python -m include.retention validate
 
-register: install
+register: install-demo
 	$(BIN)/python -m include.retention register --out build/register
 
 # The main job: validate, render the register, seed the demo systems, then start Airflow (API
 # server, scheduler, DAG processor, triggerer; LocalExecutor), trigger all 27 DAGs through the
 # REST API, wait, print the table, and stop Airflow again.
-demo: install
-	$(BIN)/python -m include.retention validate
+demo: install-demo
+	$(BIN)/python -m include.retention validate $(if $(wildcard var/control.db),--control-db sqlite:///$(CURDIR)/var/control.db)
 	$(BIN)/python -m include.retention register --out build/register
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m include.demo.run
 
-demo-reset: install
+demo-reset: install-demo
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m include.demo.run --reset
 
 # The Airflow UI on the embedded default (after `make demo`): http://127.0.0.1:8080 (loopback only)
-ui: install
+ui: install-demo
 	@test -f var/demo.env || { echo "run 'make demo' first: it seeds the demo systems" >&2; exit 1; }
 	. var/demo.env && PATH="$(CURDIR)/$(BIN):$$PATH" && $(BIN)/airflow db migrate >/dev/null \
 	  && $(BIN)/python -m include.retention setup && $(BIN)/python -m include.retention check \
-	  && AIRFLOW__API__HOST=127.0.0.1 $(BIN)/airflow standalone
+	  && $(BIN)/python -m include.demo.ui
 
-bench: install
+bench: install-demo
 	$(BIN)/python bench/bench_sql_delete.py
 
 test: install

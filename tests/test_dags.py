@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from include.retention.catalogue import load_catalogue
+from include.retention.catalogue import POLICY_DIR, load_catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 PARSE_BUDGET_SECONDS = 2.0
@@ -31,12 +33,17 @@ print(json.dumps({
 """
 
 
+def _parse(env: dict[str, str] | None = None) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", _PARSE_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+        check=True, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
 def parsed() -> dict:
-    result = subprocess.run(
-        [sys.executable, "-c", _PARSE_SCRIPT], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return _parse()
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +125,51 @@ def test_trigger_form_rejects_a_non_boolean_dry_run(dagbag):
     with pytest.raises(ParamValidationError, match="Invalid input for param"):
         params["dry_run"] = "yes"
         params.validate()
+
+
+def _catalogue_with_bad_cron(folder: Path) -> Path:
+    folder.mkdir()
+    for path in POLICY_DIR.glob("*.yaml"):
+        shutil.copy(path, folder)
+    newsletter = folder / "newsletter.yaml"
+    text = newsletter.read_text(encoding="utf-8")
+    newsletter.write_text(text.replace("schedule: 0 2 * * *", "schedule: 0 2 * *"), "utf-8")
+    return folder
+
+
+def test_one_bad_catalogue_file_costs_one_dag(tmp_path):
+    folder = _catalogue_with_bad_cron(tmp_path / "catalogue")
+    result = _parse({"RETENTION_CATALOGUE_DIR": str(folder)})
+    expected = sorted(f"retention_{a.id}" for a in load_catalogue() if a.id != "newsletter")
+    assert len(expected) == 26
+    assert result["dags"] == expected
+    assert list(result["errors"]) == ["dags/retention_catalogue_check.py"]
+    error = result["errors"]["dags/retention_catalogue_check.py"]
+    assert "newsletter.yaml: schedule" in error and "'0 2 * *' is not a cron expression" in error
+
+
+def test_airflow_lists_the_bad_file_as_an_import_error(tmp_path):
+    """Through Airflow's own parse-and-store path (the CLI, its metadata DB), as the UI sees it."""
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "RETENTION_CATALOGUE_DIR": str(_catalogue_with_bad_cron(tmp_path / "catalogue")),
+    }
+    airflow = str(Path(sys.executable).parent / "airflow")
+
+    def cli(*args: str, status: int = 0) -> str:
+        done = subprocess.run([airflow, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert done.returncode == status, done.stderr[-2000:]
+        return done.stdout
+
+    def json_out(*args: str, status: int = 0) -> list:
+        lines = cli(*args, "-o", "json", status=status).splitlines()
+        return json.loads(next(line for line in reversed(lines) if line.startswith("[")))
+
+    cli("db", "migrate")
+    cli("dags", "reserialize")
+    errors = json_out("dags", "list-import-errors", status=1)  # it exits 1 when errors exist
+    dags = json_out("dags", "list")
+    assert [e["filepath"] for e in errors] == ["retention_catalogue_check.py"]
+    assert "newsletter.yaml: schedule" in errors[0]["error"]
+    assert len(dags) == 26 and "retention_newsletter" not in {d["dag_id"] for d in dags}

@@ -67,7 +67,12 @@ PERIODS = st.builds(
     st.integers(0, 400),
 )
 ENFORCEABLE_RULES = st.one_of(
-    st.builds(lambda p: PeriodRule(period=p, anchor="the anchor event"), PERIODS),
+    st.builds(
+        lambda p: EventRule(event="the event")
+        if p.zero
+        else PeriodRule(period=p, anchor="the anchor event"),
+        PERIODS,
+    ),
     st.builds(
         lambda y, m: FiscalYearRule(years=y, fiscal_year_end_month=m, anchor="a transaction"),
         st.integers(0, 10),
@@ -124,13 +129,34 @@ def test_calendar_fiscal_year_is_the_default():
         ("P1M", dt.date(2025, 1, 31), dt.date(2025, 3, 1)),  # month end clamps
         ("P6M", dt.date(2025, 8, 31), dt.date(2026, 3, 1)),
         ("P180D", dt.date(2025, 1, 1), dt.date(2025, 7, 1)),  # period ends 30 Jun
-        ("P0D", dt.date(2025, 10, 26), dt.date(2025, 10, 27)),  # "immediately": next midnight
         ("P2W", dt.date(2025, 3, 20), dt.date(2025, 4, 4)),
     ],
 )
 def test_period_due_dates(period, anchor, due):
     rule = PeriodRule(period=period, anchor="the anchor event")
     assert rule.due_at(anchor) == _stockholm(due.year, due.month, due.day)
+
+
+def test_event_rule_is_due_the_next_midnight():
+    rule = EventRule(event="the account is closed")
+    assert rule.due_at(dt.date(2025, 10, 26)) == _stockholm(2025, 10, 27)
+
+
+@pytest.mark.parametrize("period", ["P0D", "P0Y0M", "P0W"])
+def test_a_period_rule_of_zero_is_refused(period):
+    with pytest.raises(ValueError, match="use rule kind 'event'"):
+        PeriodRule(period=period, anchor="the anchor event")
+
+
+@pytest.mark.parametrize("period", ["P101Y", "P9999Y", "P1201M", "P36526D", "P5219W", "P99Y30M"])
+def test_periods_longer_than_100_years_are_refused(period):
+    with pytest.raises(ValueError, match="longer than 100 years"):
+        IsoPeriod.parse(period)
+
+
+def test_100_years_is_accepted():
+    assert IsoPeriod.parse("P100Y").add_to(dt.date(2025, 1, 1)) == dt.date(2125, 1, 1)
+    assert IsoPeriod.parse("P36525D").days == 36525
 
 
 def test_boundary_day_is_kept_and_the_day_before_is_due():
@@ -156,7 +182,9 @@ def test_never_due_rules(rule):
     assert rule.cutoff(_stockholm(2100, 1, 1)) is None
 
 
-@pytest.mark.parametrize("text", ["2Y", "P", "PT1H", "P1.5Y", "P-1D", "p2y", "P2Y1H", ""])
+@pytest.mark.parametrize(
+    "text", ["2Y", "P", "PT1H", "P1.5Y", "P-1D", "p2y", "P2Y1H", "", "P2Y\n", " P2Y", "P123456Y"]
+)
 def test_malformed_periods_are_rejected(text):
     with pytest.raises(ValueError, match="ISO-8601 period"):
         IsoPeriod.parse(text)

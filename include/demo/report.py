@@ -63,7 +63,12 @@ def print_report(control_url: str, key: bytes, states: dict[str, str]) -> bool:
         f" (head seq {verified.head_seq}, hash {verified.head_hash})"
         + ("" if verified.ok else f": {verified.problem} at seq {verified.bad_seq}")
     )
+    holds = control.holds.verify()
+    print(
+        f"hold register: {holds.holds} holds, evidence {'matches' if holds.ok else 'VIOLATED'}"
+        + "".join(f"\n  {problem}" for problem in holds.problems)
+    )
     failed = [dag_id for dag_id, state in states.items() if state != "success"]
     if failed:
         print(f"DAG runs not successful: {', '.join(failed)}")
-    return verified.ok and not failed
+    return verified.ok and holds.ok and not failed

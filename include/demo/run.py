@@ -5,6 +5,8 @@ Everything lives under ``var/`` (git-ignored): the SQLite source systems, the co
 database (ledger + holds), Airflow's home and metadata DB, the pseudonym key and ``demo.env``
 (the connections as environment variables, for ``airflow dags test`` and ``make ui``).
 The demo is evaluated at the time it was seeded, so a second run deletes nothing new.
+Everything under ``var/`` holds personal data or secrets: it is created owner-only (umask 077:
+files 0600, folders 0700), and files an earlier version left readable are tightened.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 import secrets
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -38,6 +41,16 @@ METADATA_ENV = "RETENTION_DEMO_AIRFLOW_DB"
 DEFAULT_METADATA_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/retention_demo_airflow"
 # The project's deployment set-up (the enforcement pool), run after `airflow db migrate`.
 DEPLOYMENT_SETUP = (sys.executable, "-m", "include.retention", "setup")
+PRIVATE_UMASK = 0o077  # files 0600, folders 0700
+
+
+def make_private(root: Path) -> None:
+    """Owner-only access to ``root`` and everything below it (symlinks are left alone)."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 @dataclass(frozen=True)
@@ -154,6 +167,16 @@ def seeded_as_of(paths: DemoPaths) -> dt.datetime | None:
     return dt.datetime.fromisoformat(json.loads(paths.state.read_text(encoding="utf-8"))["as_of"])
 
 
+def migrate_airflow(env: dict[str, str]) -> None:
+    subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+        env={**os.environ, **env},
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def ensure_metadata_db(url: str) -> str:
     """Create the PostgreSQL database for Airflow's metadata if it is missing."""
     import sqlalchemy as sa
@@ -232,12 +255,16 @@ def main(argv: list[str] | None = None) -> int:
         "--api-port", type=int, default=0, help="Airflow API server port (default: a free one)"
     )
     parser.add_argument("--reset", action="store_true", help="reseed the demo from scratch")
+    parser.add_argument(
+        "--setup-only", action="store_true", help="seed and configure, but run no DAG"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     started = time.monotonic()
     paths = DemoPaths(args.var.resolve())
-    paths.var.mkdir(parents=True, exist_ok=True)
+    os.umask(PRIVATE_UMASK)
+    make_private(paths.var)
     key = ensure_key(paths)
     s3_endpoint, s3_fresh = ensure_s3(paths, args.s3_port)
     as_of = seeded_as_of(paths)
@@ -249,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(paths, key, s3_endpoint)
     write_env_file(paths, env)
     os.environ.update(env)
+    if args.setup_only:
+        migrate_airflow(env)  # the metadata DB of `make ui` (airflow standalone, SQLite)
+        print(f"demo set up in {paths.var}: source it with '. {paths.env_file}'")
+        return 0
     states = run_all_dags(paths, env, as_of, args.api_port)
     from include.demo.report import print_report
 

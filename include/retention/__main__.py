@@ -1,4 +1,5 @@
-"""Command line: ``python -m include.retention {validate,register,setup,check} ...``.
+"""Command line: ``python -m include.retention COMMAND ...`` (validate, register, setup,
+check, grants, control-init).
 
 ``setup`` and ``check`` are deployment commands: they use Airflow's metadata database, so they
 run on the set-up/scheduler side (``make demo``, ``make ui``, the container's init step),
@@ -8,11 +9,23 @@ never inside a task.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
+from include.retention import connections
 from include.retention.catalogue import POLICY_DIR, load_catalogue
+from include.retention.connections import CONTROL_DB_ENV
 from include.retention.errors import RetentionError
+from include.retention.grants import (
+    DIALECTS,
+    Target,
+    control_script,
+    init_control,
+    render,
+    source_script,
+)
 from include.retention.register import write_register
 
 
@@ -22,6 +35,21 @@ def _validate(args: argparse.Namespace) -> int:
     print(f"catalogue {args.catalogue or POLICY_DIR}: {len(catalogue)} activities valid")
     print(f"catalogue version: {catalogue.version}")
     print(f"policy gaps (report only, never deleted by an invented period): {', '.join(gaps)}")
+    control_db = args.control_db or os.environ.get(CONTROL_DB_ENV)
+    if control_db:
+        import sqlalchemy as sa
+
+        from include.retention.holds import check_catalogue
+
+        engine = sa.create_engine(control_db)
+        try:
+            check_catalogue(engine, catalogue)
+        except sa.exc.SQLAlchemyError as exc:
+            shown = engine.url.render_as_string(hide_password=True)
+            raise RetentionError(f"cannot read the hold register at {shown}: {exc}") from None
+        print("hold register: every active record hold matches a dataset of the catalogue")
+    else:
+        print(f"hold register not checked (give --control-db or set {CONTROL_DB_ENV})")
     return 0
 
 
@@ -56,13 +84,81 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 2
 
 
+def _grants(args: argparse.Namespace) -> int:
+    if args.dialect == "mysql" and not args.schema:
+        raise RetentionError("--schema is required for mysql: the database holding the tables")
+    target = Target(args.dialect, args.role, args.schema or "public", args.host)
+    if args.control:
+        print(render(target, control_script(target), "control database: ledger and holds"))
+        return 0
+    activities = [
+        a
+        for a in load_catalogue(args.catalogue)
+        if a.source.kind == "sql" and (not args.conn_id or a.source.conn_id in args.conn_id)
+    ]
+    if not activities:
+        raise RetentionError(f"no SQL activity in the catalogue uses connection(s) {args.conn_id}")
+    title = "sources: " + ", ".join(sorted({a.source.conn_id for a in activities}))
+    print(render(target, source_script(target, activities), title))
+    return 0
+
+
+def _add_grants(commands: Any) -> None:
+    grants = commands.add_parser(
+        "grants", help="SQL creating the worker's role with least privilege (stdout)"
+    )
+    grants.add_argument("--dialect", choices=DIALECTS, required=True)
+    grants.add_argument("--role", default="retention_worker")
+    grants.add_argument(
+        "--schema", help="schema (PostgreSQL, default public) or database (MySQL) of the tables"
+    )
+    grants.add_argument(
+        "--conn-id", action="append", help="only the sources behind this connection (repeatable)"
+    )
+    grants.add_argument(
+        "--control", action="store_true", help="the control database (ledger, holds) instead"
+    )
+    grants.add_argument("--host", default="%", help="MySQL/MariaDB account host (default %%)")
+    grants.set_defaults(run=_grants)
+
+
+def _control_init(args: argparse.Namespace) -> int:
+    url = os.environ.get(connections.CONTROL_DB_ENV)
+    if not url:
+        raise RetentionError(
+            f"set {connections.CONTROL_DB_ENV} to the control database URL of its owner"
+            " (the role that may create tables)"
+        )
+    engine = connections.control_engine(url)
+    applied = init_control(engine, connections.pseudonym_key(), args.grant_to, args.host)
+    print(f"control database {engine.url.render_as_string()}: ledger and hold tables ready")
+    if args.grant_to:
+        print(f"role {args.grant_to}: {len(applied)} statements applied (grants, triggers)")
+    return 0
+
+
+def _add_control_init(commands: Any) -> None:
+    init = commands.add_parser(
+        "control-init",
+        help=f"create the control tables (${connections.CONTROL_DB_ENV}, as their owner)"
+        " and grant the worker's role",
+    )
+    init.add_argument("--grant-to", metavar="ROLE", help="the worker's database role")
+    init.add_argument("--host", default="%", help="MySQL/MariaDB account host (default %%)")
+    init.set_defaults(run=_control_init)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m include.retention")
     parser.add_argument(
         "--catalogue", type=Path, default=None, help=f"catalogue folder ({POLICY_DIR})"
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("validate", help="validate the catalogue").set_defaults(run=_validate)
+    validate = commands.add_parser("validate", help="validate the catalogue")
+    validate.add_argument(
+        "--control-db", help="control DB URL: refuse if active record holds match no dataset"
+    )
+    validate.set_defaults(run=_validate)
     register = commands.add_parser("register", help="render the Art. 30 record")
     register.add_argument("--out", type=Path, default=Path("build/register"))
     register.set_defaults(run=_register)
@@ -72,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "check", help="control DB is not Airflow's metadata DB; paused retention DAGs; the pool"
     ).set_defaults(run=_check)
+    _add_grants(commands)
+    _add_control_init(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

@@ -14,7 +14,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import pendulum
 import yaml
+from croniter import CroniterBadDateError, croniter
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -32,26 +34,95 @@ from include.retention.rules import Rule
 POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
 CATALOGUE_ENV = "RETENTION_CATALOGUE_DIR"  # another catalogue folder (tests, staging)
 POLICY_TEXT = Path("text") / "integritetspolicy.sv.md"  # the policy, relative to the catalogue
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_SLUG = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
+# Patterns are matched whole (fullmatch): "$" would let a trailing newline through. SQL
+# identifiers are lower-case only, so a case-insensitive database (SQLite, MariaDB) and the
+# hold register, which compares exactly, can never disagree about which table is meant.
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_SLUG = re.compile(r"[a-z][a-z0-9_]{1,62}")
+_CONN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+MAX_FILE_BYTES = 256 * 1024  # a catalogue file is a page of YAML
+MAX_DEPTH = 20  # nesting levels of a catalogue file (the deepest real one has 6)
+MAX_ROWS_LIMIT = 1_000_000_000
 
 
 def _identifier(value: str) -> str:
-    if not _IDENTIFIER.match(value):
+    if not _IDENTIFIER.fullmatch(value):
         raise ValueError(
-            f"{value!r} is not a safe SQL identifier (letters, digits, underscore; max 63)"
+            f"{value!r} is not a safe SQL identifier (lower-case letters, digits, underscore;"
+            " max 63; no spaces or line breaks)"
         )
     return value
 
 
 def _slug(value: str) -> str:
-    if not _SLUG.match(value):
+    if not _SLUG.fullmatch(value):
         raise ValueError(f"{value!r} is not an id (lower-case letters, digits, underscore)")
+    return value
+
+
+def _conn_id(value: str) -> str:
+    if not _CONN_ID.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a connection id (letters, digits, '_', '.', '-'; no spaces)"
+        )
+    return value
+
+
+def _bucket(value: str) -> str:
+    if not _BUCKET.fullmatch(value) or ".." in value:
+        raise ValueError(
+            f"{value!r} is not an S3 bucket name (3-63 lower-case letters, digits, '.', '-')"
+        )
+    return value
+
+
+def _timezone(value: str) -> str:
+    try:
+        pendulum.timezone(value)
+    except (ValueError, pendulum.tz.exceptions.InvalidTimezone):
+        raise ValueError(
+            f"{value!r} is not an IANA time zone such as UTC or Europe/Stockholm"
+        ) from None
+    return value
+
+
+def _cron(value: str) -> str:
+    """Five cron fields, as Airflow's CronTriggerTimetable accepts them, that do fire."""
+    if len(value.split()) != 5 or value != value.strip() or not croniter.is_valid(value):
+        raise ValueError(f"{value!r} is not a cron expression of five fields, e.g. '0 2 * * *'")
+    try:
+        croniter(value).get_next()
+    except CroniterBadDateError:
+        raise ValueError(f"cron {value!r} never fires (no such date)") from None
+    return value
+
+
+def check_system_name(value: Any) -> str:
+    """A system name exactly as the catalogue accepts it (for hold requests)."""
+    if not isinstance(value, str) or not _SLUG.fullmatch(value):
+        raise RetentionError(
+            f"system {value!r} is not a catalogue system id (lower-case letters, digits, '_')"
+        )
+    return value
+
+
+def check_dataset_name(value: Any) -> str:
+    """A dataset name (a table or a bucket) exactly as the catalogue accepts it."""
+    if not isinstance(value, str) or not (_IDENTIFIER.fullmatch(value) or _BUCKET.fullmatch(value)):
+        raise RetentionError(
+            f"dataset {value!r} is neither a table name (lower-case letters, digits, '_') nor"
+            " a bucket name, exactly as the catalogue names it"
+        )
     return value
 
 
 Identifier = Annotated[str, AfterValidator(_identifier)]
 Slug = Annotated[str, AfterValidator(_slug)]
+ConnId = Annotated[str, AfterValidator(_conn_id)]
+Bucket = Annotated[str, AfterValidator(_bucket)]
+TimeZoneName = Annotated[str, AfterValidator(_timezone)]
+Cron = Annotated[str, AfterValidator(_cron)]
 Mask = Annotated[MaskStrategy, BeforeValidator(parse_mask)]
 Scalar = bool | int | float | str
 
@@ -166,8 +237,8 @@ class ObjectLink(_Model):
     """Files in object storage that a record points to (e.g. a candidate's CV)."""
 
     column: Identifier = Field(description="The column holding the object key")
-    conn_id: str = Field(min_length=1)
-    bucket: str = Field(min_length=3)
+    conn_id: ConnId
+    bucket: Bucket
 
 
 class SqlSource(_Model):
@@ -175,13 +246,13 @@ class SqlSource(_Model):
 
     kind: Literal["sql"] = "sql"
     system: Slug = Field(description="The source system, e.g. ats, crm")
-    conn_id: str = Field(min_length=1)
+    conn_id: ConnId
     table: Identifier
     primary_key: Identifier = "id"
     subject_column: Identifier | None = Field(
         default=None, description="Identifies the data subject (e.g. email) for requests and holds"
     )
-    anchor_timezone: str = Field(default="UTC", description="Zone of naive timestamps")
+    anchor_timezone: TimeZoneName = Field(default="UTC", description="Zone of naive timestamps")
     children: list[SqlChild] = Field(default_factory=list)
     objects: list[ObjectLink] = Field(default_factory=list)
 
@@ -191,8 +262,8 @@ class S3Source(_Model):
 
     kind: Literal["s3"] = "s3"
     system: Slug
-    conn_id: str = Field(min_length=1)
-    bucket: str = Field(min_length=3)
+    conn_id: ConnId
+    bucket: Bucket
     prefix: str = ""
     subject_key: str | None = Field(default=None, description="Metadata key naming the subject")
 
@@ -203,7 +274,7 @@ Source = Annotated[SqlSource | S3Source, Field(discriminator="kind")]
 class Safety(_Model):
     """Volume limits per run; beyond them nothing is deleted until a person approves."""
 
-    max_rows: int | None = Field(default=10_000, ge=1)
+    max_rows: int | None = Field(default=10_000, ge=1, le=MAX_ROWS_LIMIT, strict=True)
     max_fraction: float | None = Field(default=0.25, gt=0, le=1)
 
 
@@ -222,7 +293,7 @@ class Activity(_Model):
     retention: list[RuleCase] = Field(min_length=1)
     action: Action
     source: Source
-    schedule: str = Field(default="0 2 * * *", description="Cron, Europe/Stockholm")
+    schedule: Cron = Field(default="0 2 * * *", description="Cron, Europe/Stockholm")
     safety: Safety = Field(default_factory=Safety)
     owner: str = "data-engineering"
 
@@ -286,17 +357,68 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-# libyaml's safe loader when available: the same documents, ~10x faster (every task parses
-# the DAG file, so every task reads the catalogue).
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+class _StrictLoader(yaml.CSafeLoader):
+    """YAML's safe loader (libyaml), stricter: a duplicate key is an error instead of
+    silently winning. Run :func:`_check_shape` first: libyaml composes recursively."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: list[Any] = []
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.MarkedYAMLError(
+                    problem=f"duplicate key {key!r} (a key may appear once per mapping)",
+                    problem_mark=key_node.start_mark,
+                )
+            seen.append(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_OPENS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_CLOSES = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+
+
+def _check_shape(text: str) -> None:
+    """Refuse aliases (``*name``: exponential expansion) and nesting deeper than MAX_DEPTH,
+    streaming the parser's events before anything is built."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise _refused("aliases (*name) are not allowed in a catalogue file", event)
+        depth += isinstance(event, _OPENS) - isinstance(event, _CLOSES)
+        if depth > MAX_DEPTH:
+            raise _refused(f"nesting depth over {MAX_DEPTH} levels", event)
+
+
+def _refused(problem: str, event: yaml.Event) -> yaml.YAMLError:
+    mark = event.start_mark
+    return yaml.YAMLError(problem + (f" (line {mark.line + 1})" if mark else ""))
+
+
+def _read_yaml(path: Path) -> Any:
+    """The parsed content of one catalogue file; every failure names the file."""
+    data = path.read_bytes()
+    if len(data) > MAX_FILE_BYTES:
+        raise RetentionError(
+            f"{path.name}: {len(data)} bytes, more than a catalogue file may have"
+            f" ({MAX_FILE_BYTES})"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RetentionError(
+            f"{path.name}: not UTF-8 text (invalid byte at offset {exc.start}): save it as UTF-8"
+        ) from None
+    try:
+        _check_shape(text)
+        return yaml.load(text, Loader=_StrictLoader)  # a safe loader
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:
+        raise RetentionError(f"{path.name}: not valid YAML: {exc}") from None
 
 
 def load_activity(path: Path) -> Activity:
     """Read and validate one catalogue file."""
-    try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
-    except yaml.YAMLError as exc:
-        raise RetentionError(f"{path.name}: not valid YAML: {exc}") from None
+    raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise RetentionError(f"{path.name}: expected a mapping of fields at the top level")
     try:
@@ -306,36 +428,51 @@ def load_activity(path: Path) -> Activity:
     return activity
 
 
-def load_catalogue(directory: Path | None = None) -> Catalogue:
-    """Read, validate and version every ``*.yaml``/``*.yml`` file in ``directory`` (default:
-    ``$RETENTION_CATALOGUE_DIR``, else ``include/policies``).
-
-    The version hashes the files and the policy text they implement (``text/`` beside them),
-    so an edit of either is a new catalogue version in the ledger."""
+def catalogue_paths(directory: Path | None = None) -> list[Path]:
+    """Every ``*.yaml``/``*.yml`` file of the catalogue folder (default:
+    ``$RETENTION_CATALOGUE_DIR``, else ``include/policies``)."""
     directory = directory or Path(os.environ.get(CATALOGUE_ENV) or POLICY_DIR)
     paths = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
     if not paths:
         raise RetentionError(f"{directory}: no catalogue files (*.yaml) found")
+    return paths
+
+
+def load_valid(directory: Path | None = None) -> tuple[Catalogue, dict[str, str]]:
+    """The activities of every valid catalogue file, and the error of each invalid one (by
+    file name). One bad file costs its own activity only; see :func:`load_catalogue`."""
+    folder = directory or Path(os.environ.get(CATALOGUE_ENV) or POLICY_DIR)
     digest = hashlib.sha256()
     activities: dict[str, Activity] = {}
-    errors = []
-    for path in paths:
+    errors: dict[str, str] = {}
+    for path in catalogue_paths(folder):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
         try:
             activity = load_activity(path)
         except RetentionError as exc:
-            errors.append(str(exc))
+            errors[path.name] = str(exc)
             continue
         if activity.id in activities:
-            errors.append(f"{path.name}: id: duplicate id {activity.id!r} (defined twice)")
-        elif path.stem != activity.id:
-            errors.append(f"{path.name}: id: {activity.id!r} must match the file name")
+            errors[path.name] = f"{path.name}: id: duplicate id {activity.id!r} (defined twice)"
+            continue
+        if path.stem != activity.id:
+            errors[path.name] = f"{path.name}: id: {activity.id!r} must match the file name"
+            continue
         activities[activity.id] = activity
-    policy_text = directory / POLICY_TEXT
+    policy_text = folder / POLICY_TEXT
     if policy_text.is_file():
         digest.update(b"policy-text\0" + policy_text.read_bytes())
     else:
-        errors.append(f"{POLICY_TEXT}: the policy text the catalogue implements is missing")
+        errors[str(POLICY_TEXT)] = (
+            f"{POLICY_TEXT}: the policy text the catalogue implements is missing"
+        )
+    return Catalogue(activities=activities, version=digest.hexdigest()[:16]), errors
+
+
+def load_catalogue(directory: Path | None = None) -> Catalogue:
+    """Read, validate and version every catalogue file in ``directory`` (default:
+    ``$RETENTION_CATALOGUE_DIR``, else ``include/policies``); any invalid file is an error."""
+    catalogue, errors = load_valid(directory)
     if errors:
-        raise RetentionError("invalid catalogue:\n  " + "\n  ".join(errors))
-    return Catalogue(activities=activities, version=digest.hexdigest()[:16])
+        raise RetentionError("invalid catalogue:\n  " + "\n  ".join(errors.values()))
+    return catalogue

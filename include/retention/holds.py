@@ -4,25 +4,38 @@ A hold is scoped either to a data subject (by the pseudonymous reference of the 
 identifier) or to one record (by the record reference the ledger uses), so the register
 itself holds no raw personal data. Held records are never deleted or anonymised; the engine
 reads the active holds afresh inside every deleting transaction.
+
+Every placement and release is also chained into the ledger (``hold_placed``/``hold_released``)
+in the same transaction: :meth:`HoldRegister.verify` replays that evidence against the rows,
+so a hold deleted, edited or released behind the register's back is reported. Record holds
+are keyed by the catalogue's ``system`` and dataset names: :func:`check_catalogue` refuses a
+catalogue that no longer has the dataset of an active record hold (a rename would otherwise
+silently drop it).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
+from include.retention.catalogue import Catalogue, check_dataset_name, check_system_name
 from include.retention.errors import RetentionError
-from include.retention.pseudonym import RecordRefHasher, SubjectRefHasher, check_key
+from include.retention.ledger import Ledger
+from include.retention.pseudonym import RecordRefHasher, SubjectRefHasher, check_key, hmac_hex
 
 log = logging.getLogger(__name__)
 
 HoldKind = Literal["legal_hold", "restriction"]
 HOLD_KINDS: tuple[str, ...] = ("legal_hold", "restriction")
+MAX_REASON = 2000
+MAX_NAME = 200
+LISTED = 20  # holds named in one error message
 
 metadata = sa.MetaData()
 
@@ -79,6 +92,97 @@ def _merge(target: dict[bytes, frozenset[str]], ref: bytes, kind: str) -> None:
     target[ref] = target.get(ref, frozenset()) | {kind}
 
 
+def _check_text(name: str, value: Any, limit: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise RetentionError(f"a hold needs {name} (non-empty text)")
+    if len(value) > limit or any(ord(c) < 32 and c not in "\n\t" for c in value):
+        raise RetentionError(f"{name} must be at most {limit} characters without control codes")
+    return value
+
+
+def _check_value(name: str, value: Any) -> None:
+    if value is None or isinstance(value, bool) or value == "" or value == ():
+        raise RetentionError(f"a hold needs the {name}; got {value!r}")
+
+
+def _utc(moment: datetime | None) -> datetime:
+    """A time to store: UTC (a zone-less column keeps it unambiguous); default now."""
+    if moment is None:
+        return _now()
+    if moment.tzinfo is None:
+        raise RetentionError(f"{moment.isoformat()} has no time zone; give an aware time")
+    return moment.astimezone(UTC)
+
+
+def _stamp(moment: datetime | None) -> str | None:
+    """A time as evidence compares it: UTC, whole seconds (some databases drop fractions)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).replace(microsecond=0).isoformat()
+
+
+@dataclass(frozen=True)
+class HoldVerifyReport:
+    """The hold register checked against its chained evidence in the ledger."""
+
+    ok: bool
+    holds: int
+    problems: list[str]
+
+
+def datasets_of(catalogue: Catalogue) -> set[tuple[str, str]]:
+    """The (system, dataset) pairs the engines read record holds for."""
+    pairs = set()
+    for activity in catalogue:
+        src = activity.source
+        if src.kind == "s3":
+            pairs.add((src.system, src.bucket))
+        else:
+            pairs.add((src.system, src.table))
+            pairs.update((src.system, link.bucket) for link in src.objects)
+    return pairs
+
+
+def orphan_holds(engine: Engine, catalogue: Catalogue) -> list[dict[str, Any]]:
+    """Active record holds whose system and dataset no activity of ``catalogue`` has."""
+    t = holds_table
+    query = sa.select(t.c.id, t.c.kind, t.c.system, t.c.dataset, t.c.placed_by, t.c.placed_at)
+    query = query.where(t.c.released_at.is_(None), t.c.scope == "record").order_by(t.c.id)
+    known = datasets_of(catalogue)
+    if not sa.inspect(engine).has_table(t.name):
+        return []  # a new control database: no holds yet
+    with engine.connect() as conn:
+        rows = [row._asdict() for row in conn.execute(query)]
+    return [row for row in rows if (row["system"], row["dataset"]) not in known]
+
+
+def check_catalogue(engine: Engine, catalogue: Catalogue, invalid: Iterable[str] = ()) -> None:
+    """Refuse a catalogue whose datasets no longer match the active record holds.
+
+    Record holds are keyed by the system and dataset names: after a rename (or a removed
+    activity) they would match nothing and the held records would be deleted.
+    """
+    orphans = orphan_holds(engine, catalogue)
+    if not orphans:
+        return
+    named = "; ".join(
+        f"hold {h['id']} ({h['kind']} on {h['system']!r}/{h['dataset']!r}, placed by"
+        f" {h['placed_by']} at {_stamp(h['placed_at'])})"
+        for h in orphans[:LISTED]
+    )
+    more = f" and {len(orphans) - LISTED} more" if len(orphans) > LISTED else ""
+    if invalid:
+        more += f" (catalogue files that failed to load, fix them first: {', '.join(invalid)})"
+    raise RetentionError(
+        f"{len(orphans)} active record holds match no dataset of the catalogue: {named}{more}."
+        " A catalogue edit renamed a system, table or bucket, or removed the activity: restore"
+        " the names, or release these holds and place them again on the new names. Nothing"
+        " was changed."
+    )
+
+
 class HoldRegister:
     """Place, release and query holds. `key` is the pseudonym key (bytes)."""
 
@@ -86,9 +190,11 @@ class HoldRegister:
         self.engine = engine
         self._key = check_key(key)
         self._subjects = SubjectRefHasher(self._key)
+        self._ledger = Ledger(engine, self._key)
 
     def create_tables(self) -> None:
         metadata.create_all(self.engine)
+        self._ledger.create_tables()
 
     def subject_ref(self, identifier: Any) -> bytes:
         return self._subjects.ref(identifier)
@@ -103,6 +209,7 @@ class HoldRegister:
         placed_at: datetime | None = None,
     ) -> int:
         """Hold every record of one data subject (matched through the source's subject column)."""
+        _check_value("subject identifier", identifier)
         return self._insert(
             scope="subject",
             kind=kind,
@@ -123,7 +230,11 @@ class HoldRegister:
         placed_by: str,
         placed_at: datetime | None = None,
     ) -> int:
-        """Hold one record, identified by its primary key in `system`/`dataset` (a table)."""
+        """Hold one record, identified by its primary key in `system`/`dataset` (a table or a
+        bucket), exactly as the catalogue names them."""
+        check_system_name(system)
+        check_dataset_name(dataset)
+        _check_value("primary key", pk)
         ref = RecordRefHasher(self._key, system, dataset).ref(pk)
         return self._insert(
             scope="record",
@@ -140,31 +251,112 @@ class HoldRegister:
         self, *, kind: str, reason: str, placed_by: str, placed_at: datetime | None, **cols: Any
     ) -> int:
         _check_kind(kind)
-        if not reason.strip() or not placed_by.strip():
-            raise RetentionError("a hold needs a reason and the name of who placed it")
+        _check_text("a reason", reason, MAX_REASON)
+        _check_text("the name of who placed it", placed_by, MAX_NAME)
         values = dict(
-            cols, kind=kind, reason=reason, placed_by=placed_by, placed_at=placed_at or _now()
+            cols, kind=kind, reason=reason, placed_by=placed_by, placed_at=_utc(placed_at)
         )
         with self.engine.begin() as conn:
             inserted = conn.execute(sa.insert(holds_table).values(**values)).inserted_primary_key
-        if not inserted:
-            raise RetentionError("the hold register did not return the new hold's id")
-        hold_id = int(inserted[0])
+            if not inserted:
+                raise RetentionError("the hold register did not return the new hold's id")
+            hold_id = int(inserted[0])
+            self._record_placed(conn, hold_id, values)
         log.info("placed %s hold %s (scope %s)", kind, hold_id, cols["scope"])
         return hold_id
 
     def release(
         self, hold_id: int, *, released_by: str, released_at: datetime | None = None
     ) -> None:
+        _check_text("the name of who released it", released_by, MAX_NAME)
+        released_at = _utc(released_at)
         with self.engine.begin() as conn:
             result = conn.execute(
                 sa.update(holds_table)
                 .where(holds_table.c.id == hold_id, holds_table.c.released_at.is_(None))
-                .values(released_at=released_at or _now(), released_by=released_by)
+                .values(released_at=released_at, released_by=released_by)
             )
-        if result.rowcount != 1:
-            raise RetentionError(f"hold {hold_id} does not exist or is already released")
+            if result.rowcount != 1:
+                raise RetentionError(f"hold {hold_id} does not exist or is already released")
+            body = {
+                "hold_id": hold_id,
+                "released_by": released_by,
+                **self._release_doc(released_at),
+            }
+            self._ledger.record_hold_event(conn, "hold_released", hold_id, body)
         log.info("released hold %s", hold_id)
+
+    # ------------------------------------------------------------- evidence
+
+    def _placement_doc(self, values: dict[str, Any]) -> dict[str, Any]:
+        """What the evidence of a placement says about the row (no raw personal data)."""
+        refs = {name: values.get(name) for name in ("subject_ref", "record_ref")}
+        return {
+            "scope": values["scope"],
+            "kind": values["kind"],
+            **{name: ref.hex() if ref is not None else None for name, ref in refs.items()},
+            "reason_hmac": hmac_hex(self._key, "hold-reason\x1f" + values["reason"]),
+            "placed_by": values["placed_by"],
+            "placed_at": _stamp(values["placed_at"]),
+        }
+
+    @staticmethod
+    def _release_doc(released_at: datetime | None) -> dict[str, Any]:
+        return {"released_at": _stamp(released_at)}
+
+    def _record_placed(self, conn: Connection, hold_id: int, values: dict[str, Any]) -> None:
+        body = {"hold_id": hold_id, **self._placement_doc(values)}
+        where = {"system": values.get("system"), "dataset": values.get("dataset")}
+        self._ledger.record_hold_event(conn, "hold_placed", hold_id, body, **where)
+
+    def verify(self) -> HoldVerifyReport:
+        """Replay the chained evidence against the register: every hold row must match its
+        placement (and release) exactly, and every hold the evidence knows must still exist."""
+        chain = self._ledger.verify()
+        problems = (
+            [] if chain.ok else [f"ledger chain broken at seq {chain.bad_seq}: {chain.problem}"]
+        )
+        placed: dict[int, dict[str, Any]] = {}
+        released: dict[int, dict[str, Any]] = {}
+        for entry in self._ledger.hold_events():
+            body = dict(entry.document["body"])
+            target = placed if entry.kind == "hold_placed" else released
+            target[int(body.pop("hold_id"))] = body | {
+                "system": entry.system,
+                "dataset": entry.dataset,
+            }
+        with self.engine.connect() as conn:
+            rows = [row._asdict() for row in conn.execute(sa.select(holds_table))]
+        for row in rows:
+            problems += self._row_problems(
+                row, placed.pop(row["id"], None), released.get(row["id"])
+            )
+        problems += [
+            f"hold {hold_id} ({body['kind']}, placed by {body['placed_by']} at"
+            f" {body['placed_at']}) is in the evidence but not in the register: deleted"
+            for hold_id, body in placed.items()
+        ]
+        for problem in problems:
+            log.error("hold register verification: %s", problem)
+        return HoldVerifyReport(ok=not problems, holds=len(rows), problems=problems)
+
+    def _row_problems(
+        self, row: dict[str, Any], placed: dict[str, Any] | None, released: dict[str, Any] | None
+    ) -> list[str]:
+        hold = f"hold {row['id']}"
+        if placed is None:
+            return [f"{hold} has no placement evidence: added outside the register"]
+        actual = self._placement_doc(row) | {"system": row["system"], "dataset": row["dataset"]}
+        problems = _differences(hold, "placement", placed, actual)
+        if released is None:
+            if row["released_at"] is not None or row["released_by"] is not None:
+                problems.append(f"{hold} is marked released without release evidence")
+        elif row["released_at"] is None:
+            problems.append(f"{hold} was released but is active again in the register")
+        else:
+            actual = {"released_by": row["released_by"], **self._release_doc(row["released_at"])}
+            problems += _differences(hold, "release", released, actual)
+        return problems
 
     def active(self, system: str, dataset: str) -> ActiveHolds:
         """All active subject holds plus the active record holds of this dataset (fresh read)."""
@@ -182,3 +374,12 @@ class HoldRegister:
                 else:
                     _merge(records, bytes(rref), kind)
         return ActiveHolds(subjects=subjects, records=records)
+
+
+def _differences(
+    hold: str, what: str, evidence: dict[str, Any], actual: dict[str, Any]
+) -> list[str]:
+    fields = sorted(name for name in evidence if name in actual and evidence[name] != actual[name])
+    return (
+        [f"{hold}: {', '.join(fields)} differ from its {what} evidence: edited"] if fields else []
+    )

@@ -16,6 +16,9 @@ Entry kinds:
   ``partial`` (then with its own blob of the references actually applied).
 - ``run_finished``: outcome, counts, end time, message.
 - ``run_verified``: the independent post-run verification (Great Expectations) of the run.
+- ``hold_placed`` / ``hold_released``: every change of the hold register, written in the same
+  transaction as the change (see ``holds.py``), so a hold row deleted, edited or released behind
+  the register's back is caught by ``HoldRegister.verify()``.
 
 No raw identifier ever enters the ledger: records are known by
 HMAC-SHA256(key, system \\x1f dataset \\x1f pk) truncated to 16 bytes.
@@ -83,6 +86,7 @@ head_table = sa.Table(
     sa.Column("entry_hash", sa.LargeBinary(32), nullable=False),
 )
 
+HOLD_EVENTS = ("hold_placed", "hold_released")
 _COLUMNS = ("seq", "kind", "run_id", "activity_id", "system", "dataset", "ref_seq", "recorded_at")
 
 
@@ -380,6 +384,21 @@ class Ledger:
                 conn, kind="run_verified", run_id=run_id, activity_id=activity_id,
                 body=dict(verification),
             )  # fmt: skip
+
+    def record_hold_event(
+        self, conn: Connection, kind: str, hold_id: int, body: Mapping[str, Any], **where: Any
+    ) -> int:
+        """Chain a hold register change (``hold_placed``/``hold_released``) inside the caller's
+        transaction; ``where`` gives the record hold's ``system`` and ``dataset``."""
+        if kind not in HOLD_EVENTS:
+            raise RetentionError(f"unknown hold event {kind!r}")
+        return self._append(
+            conn, kind=kind, run_id=f"hold-{hold_id}", activity_id="", body=body, **where
+        )
+
+    def hold_events(self) -> Iterator[Entry]:
+        """Every hold register change, in chain order."""
+        return self.entries(where=ledger_table.c.kind.in_(HOLD_EVENTS), with_blob=False)
 
     # ---------------------------------------------------------------- reading
 

@@ -11,14 +11,15 @@ import datetime as dt
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pendulum
 
-from include.retention import connections, s3_engine, sql_engine
-from include.retention.catalogue import Activity, Catalogue, load_catalogue
+from include.retention import connections, holds, s3_engine, sql_engine
+from include.retention.catalogue import Activity, Catalogue, load_valid
 from include.retention.errors import RetentionError
 from include.retention.object_store import s3_client, storage_fault
 from include.retention.runs import (
@@ -35,9 +36,10 @@ APPROVE = "Approve"
 _ISO_DATE_START = re.compile(r"^\d{4}-\d{2}-\d{2}")
 VERIFIED_OUTCOMES = ("completed", "nothing_to_do")
 # Retention is evaluated within the records' lifetime; outside it date arithmetic overflows.
+AS_OF_YEARS = (1970, 2999)
 AS_OF_RANGE = (
-    dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
-    dt.datetime(2999, 12, 31, tzinfo=dt.UTC),
+    dt.datetime(AS_OF_YEARS[0], 1, 1, tzinfo=dt.UTC),
+    dt.datetime(AS_OF_YEARS[1], 12, 31, tzinfo=dt.UTC),
 )
 AS_OF_FORMATS = (
     "YYYY-MM-DD (midnight in Stockholm) or YYYY-MM-DDTHH:MM[:SS][±HH:MM],"
@@ -65,14 +67,25 @@ class Runtime:
     """The catalogue, the control database and the sources of one task."""
 
     catalogue: Catalogue
+    invalid: dict[str, str] = field(default_factory=dict)  # file name -> its error
 
     @classmethod
     def load(cls) -> Runtime:
-        return cls(load_catalogue())
+        """The valid activities: a broken catalogue file stops only its own activity."""
+        return cls(*load_valid())
 
     @cached_property
     def control(self) -> Control:
         return Control.open(connections.control_engine(), connections.pseudonym_key())
+
+    def activity(self, activity_id: str) -> Activity:
+        """The activity, once the catalogue is known to match the active holds."""
+        for name, error in self.invalid.items():
+            if Path(name).stem == activity_id:
+                raise RetentionError(f"invalid catalogue file {error}")
+        activity = self.catalogue[activity_id]
+        holds.check_catalogue(self.control.holds.engine, self.catalogue, self.invalid)
+        return activity
 
     def source_kwargs(self, activity: Activity) -> dict[str, Any]:
         """The engine call's source argument: an S3 client or a SQLAlchemy engine."""
@@ -104,8 +117,8 @@ def resolve_as_of(raw: Any, run_after: dt.datetime | None) -> pendulum.DateTime:
         in_range = False
     if not in_range:
         raise RetentionError(
-            f"as_of {raw!r} is outside {AS_OF_RANGE[0].date()}..{AS_OF_RANGE[1].date()}:"
-            " retention is evaluated at a time within the records' lifetime"
+            f"as_of {raw!r} is outside {AS_OF_RANGE[0].date()}..{AS_OF_RANGE[1].date()},"
+            " outside the years retention is evaluated in: give a date such as 2026-11-24"
         )
     return parsed
 
@@ -156,7 +169,7 @@ def plan(
     now = now or dt.datetime.now(dt.UTC)
     check_not_early(as_of, dry_run, now)
     runtime = runtime or Runtime.load()
-    activity = runtime.catalogue[activity_id]
+    activity = runtime.activity(activity_id)
     result = _plan_result(activity, as_of, runtime)
     gated = activity.enforceable and not dry_run and result.to_apply > 0
     reason = gate_reason(activity, result) if gated else None
@@ -218,7 +231,7 @@ def enforce(
     as_of = resolve_as_of(planned["as_of"], None)
     check_not_early(as_of, planned["dry_run"])  # again: the approval may have taken hours
     runtime = runtime or Runtime.load()
-    activity = runtime.catalogue[activity_id]
+    activity = runtime.activity(activity_id)
     run = s3_engine.enforce_s3 if activity.source.kind == "s3" else sql_engine.enforce
     result = run(
         activity,

@@ -20,13 +20,22 @@ from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
 import pendulum
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    model_validator,
+)
 
 from include.retention.errors import RetentionError
 
 TIMEZONE = pendulum.timezone("Europe/Stockholm")
 _ONE_DAY = dt.timedelta(days=1)
-_ISO_PERIOD = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?$")
+_ISO_PERIOD = re.compile(r"P(?:(\d{1,5})Y)?(?:(\d{1,5})M)?(?:(\d{1,5})W)?(?:(\d{1,6})D)?")
+MAX_PERIOD_DAYS = 36_525  # 100 years: longer periods are typos, and overflow date arithmetic
+_EPOCH = dt.date(2000, 1, 1)
 
 Anchor = dt.datetime | dt.date
 
@@ -42,14 +51,26 @@ class IsoPeriod:
 
     @classmethod
     def parse(cls, text: str) -> IsoPeriod:
-        match = _ISO_PERIOD.match(text) if isinstance(text, str) else None
+        match = _ISO_PERIOD.fullmatch(text) if isinstance(text, str) else None
         if not match or text == "P":
             raise ValueError(
                 f"{text!r} is not an ISO-8601 period of whole days such as P2Y, P6M, P180D or P0D"
                 " (time parts like PT1H are not supported: retention is counted in days)"
             )
         years, months, weeks, days = (int(part or 0) for part in match.groups())
-        return cls(years=years, months=months, days=weeks * 7 + days, text=text)
+        period = cls(years=years, months=months, days=weeks * 7 + days, text=text)
+        if (
+            years > 100
+            or months > 1200
+            or period.days > MAX_PERIOD_DAYS
+            or (period.add_to(_EPOCH) - _EPOCH).days > MAX_PERIOD_DAYS
+        ):
+            raise ValueError(f"{text!r} is longer than 100 years; retention periods are bounded")
+        return period
+
+    @property
+    def zero(self) -> bool:
+        return not (self.years or self.months or self.days)
 
     def add_to(self, day: dt.date) -> dt.date:
         return pendulum.Date(day.year, day.month, day.day).add(
@@ -163,6 +184,15 @@ class PeriodRule(_AfterPeriod):
 
     def _period(self) -> IsoPeriod:
         return self.period
+
+    @model_validator(mode="after")
+    def _not_zero(self) -> PeriodRule:
+        if self.period.zero:
+            raise ValueError(
+                f"period {self.period} keeps nothing: for deletion when an event happens use"
+                " rule kind 'event' with the event named"
+            )
+        return self
 
     def describe(self) -> str:
         return f"{self.period} after {self.anchor}"

@@ -1,0 +1,256 @@
+"""Least privilege for the worker: the SQL that creates its role and grants only what the
+catalogue binds, for PostgreSQL and MariaDB/MySQL (``python -m include.retention grants``).
+
+Per bound table the worker gets SELECT, plus DELETE where the activity deletes (child tables
+included) or UPDATE on exactly the masked columns and the marker where it anonymises. In the
+control database it may read and append to the ledger, move the head row forward and read
+the hold register: no UPDATE or DELETE on ``retention_ledger``, and triggers refuse them for
+every role (and refuse moving the head anywhere but to the ledger's newest entry).
+
+PostgreSQL takes row locks (``SELECT ... FOR SHARE``, used by recovery and verification to
+wait for in-flight transactions) only with UPDATE on at least one column, so a table without
+masked columns gets UPDATE on its primary key alone, a change the engine never makes.
+
+Identifiers are validated exactly and quoted by SQLAlchemy's dialect; no value is ever
+interpolated. The role's password is never in the script: set it separately.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.engine import Engine
+
+from include.retention.catalogue import Activity, SqlChild, SqlSource
+from include.retention.errors import RetentionError
+from include.retention.holds import holds_table
+from include.retention.ledger import head_table, ledger_table
+from include.retention.runs import Control
+
+DIALECTS = ("postgresql", "mysql")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_HOST = re.compile(r"^[A-Za-z0-9_.%:\-]{1,255}$")
+APPEND_ONLY = "retention_ledger is append-only"
+HEAD_FORWARD = "retention_ledger_head only moves forward to the newest ledger entry"
+
+
+def _name(value: str, what: str) -> str:
+    if not _NAME.match(value):
+        raise RetentionError(
+            f"{what} {value!r} is not a safe SQL identifier (letters, digits, underscore; max 63)"
+        )
+    return value
+
+
+@dataclass
+class TableGrant:
+    """What the worker may do on one table: privileges, and UPDATE limited to columns."""
+
+    table: str
+    privileges: set[str] = field(default_factory=set)
+    update_columns: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the script applies: the dialect, the role, and the schema (MySQL: database)."""
+
+    dialect: str
+    role: str
+    schema: str
+    host: str = "%"  # MySQL/MariaDB account host
+
+    def __post_init__(self) -> None:
+        if self.dialect not in DIALECTS:
+            raise RetentionError(f"dialect {self.dialect!r}: choose one of {', '.join(DIALECTS)}")
+        _name(self.role, "role")
+        _name(self.schema, "schema")
+        if not _HOST.match(self.host):
+            raise RetentionError(f"account host {self.host!r} is not a valid host pattern")
+
+    @property
+    def pg(self) -> bool:
+        return self.dialect == "postgresql"
+
+    def q(self, name: str) -> str:
+        dialect = postgresql.dialect() if self.pg else mysql.dialect()
+        return str(dialect.identifier_preparer.quote_identifier(_name(name, "identifier")))
+
+    def table(self, name: str) -> str:
+        return f"{self.q(self.schema)}.{self.q(name)}"
+
+    @property
+    def grantee(self) -> str:
+        return self.q(self.role) if self.pg else f"{self.q(self.role)}@'{self.host}'"
+
+
+# ------------------------------------------------------------------------------ what to grant
+
+
+def _add(grants: dict[str, TableGrant], table: str, *privileges: str) -> TableGrant:
+    grant = grants.setdefault(table, TableGrant(table))
+    grant.privileges.update(privileges)
+    return grant
+
+
+def _children(grants: dict[str, TableGrant], children: Iterable[SqlChild], delete: bool) -> None:
+    for child in children:
+        _add(grants, child.table, "SELECT", *(["DELETE"] if delete else []))
+        _children(grants, child.children, delete)
+
+
+def source_grants(activities: Iterable[Activity], pg_lock_column: bool) -> list[TableGrant]:
+    """The grants on the SQL sources of ``activities`` (merged per table, sorted)."""
+    grants: dict[str, TableGrant] = {}
+    for activity in activities:
+        source = activity.source
+        if not isinstance(source, SqlSource):
+            continue
+        action = activity.action
+        main = _add(grants, source.table, "SELECT")
+        if action.kind == "delete":
+            main.privileges.add("DELETE")
+        elif action.kind == "anonymise":
+            main.update_columns.update([*action.columns, action.marker_column])
+        _children(grants, source.children, delete=action.kind == "delete")
+        if pg_lock_column and not main.update_columns:
+            main.update_columns.add(source.primary_key)
+    return [grants[name] for name in sorted(grants)]
+
+
+def control_grants() -> list[TableGrant]:
+    """Append to the ledger, move its head, read the holds: nothing else."""
+    return [
+        TableGrant(ledger_table.name, {"SELECT", "INSERT"}),
+        TableGrant(head_table.name, {"SELECT"}, {"seq", "entry_hash"}),
+        TableGrant(holds_table.name, {"SELECT"}),
+    ]
+
+
+# ------------------------------------------------------------------------------ statements
+
+
+def create_role(t: Target) -> list[str]:
+    if t.pg:
+        return [
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{t.role}') THEN"
+            f" CREATE ROLE {t.q(t.role)} LOGIN; END IF; END $$",
+        ]
+    # Locked until the DBA sets its password (ALTER USER … IDENTIFIED BY … ACCOUNT UNLOCK).
+    return [f"CREATE USER IF NOT EXISTS {t.grantee} ACCOUNT LOCK"]
+
+
+def grant_statements(t: Target, grants: Iterable[TableGrant]) -> list[str]:
+    statements = [f"GRANT USAGE ON SCHEMA {t.q(t.schema)} TO {t.grantee}"] if t.pg else []
+    for grant in grants:
+        privileges = sorted(grant.privileges)
+        if grant.update_columns:
+            columns = ", ".join(t.q(c) for c in sorted(grant.update_columns))
+            privileges.append(f"UPDATE ({columns})")
+        statements.append(f"GRANT {', '.join(privileges)} ON {t.table(grant.table)} TO {t.grantee}")
+    return statements
+
+
+def append_only_triggers(t: Target) -> list[str]:
+    """Refuse UPDATE/DELETE (and TRUNCATE) on the ledger, and a head that does not move
+    forward to the newest ledger entry, for every role."""
+    ledger, head = t.table(ledger_table.name), t.table(head_table.name)
+    check = (
+        "NEW.id <> OLD.id OR NEW.seq <> OLD.seq + 1 OR NOT EXISTS (SELECT 1 FROM"
+        f" {ledger} WHERE seq = NEW.seq AND entry_hash = NEW.entry_hash)"
+    )
+    if not t.pg:
+        return [
+            f"DROP TRIGGER IF EXISTS {t.table('retention_ledger_no_update')}",
+            f"CREATE TRIGGER {t.table('retention_ledger_no_update')} BEFORE UPDATE ON {ledger}"
+            f" FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{APPEND_ONLY}'",
+            f"DROP TRIGGER IF EXISTS {t.table('retention_ledger_no_delete')}",
+            f"CREATE TRIGGER {t.table('retention_ledger_no_delete')} BEFORE DELETE ON {ledger}"
+            f" FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{APPEND_ONLY}'",
+            f"DROP TRIGGER IF EXISTS {t.table('retention_ledger_head_forward')}",
+            f"CREATE TRIGGER {t.table('retention_ledger_head_forward')} BEFORE UPDATE ON {head}"
+            f" FOR EACH ROW BEGIN IF {check} THEN SIGNAL SQLSTATE '45000'"
+            f" SET MESSAGE_TEXT = '{HEAD_FORWARD}'; END IF; END",
+            f"DROP TRIGGER IF EXISTS {t.table('retention_ledger_head_no_delete')}",
+            f"CREATE TRIGGER {t.table('retention_ledger_head_no_delete')} BEFORE DELETE ON {head}"
+            f" FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{HEAD_FORWARD}'",
+        ]
+    refuse, forward = t.table("retention_ledger_refuse"), t.table("retention_ledger_head_check")
+    return [
+        f"CREATE OR REPLACE FUNCTION {refuse}() RETURNS trigger LANGUAGE plpgsql AS $$"
+        f" BEGIN RAISE EXCEPTION USING MESSAGE = '{APPEND_ONLY}: ' || TG_OP || ' refused'; END $$",
+        f"CREATE OR REPLACE FUNCTION {forward}() RETURNS trigger LANGUAGE plpgsql AS $$"
+        f" BEGIN IF TG_OP = 'DELETE' OR {check} THEN RAISE EXCEPTION '{HEAD_FORWARD}'; END IF;"
+        " RETURN NEW; END $$",
+        f"DROP TRIGGER IF EXISTS retention_ledger_append_only ON {ledger}",
+        f"CREATE TRIGGER retention_ledger_append_only BEFORE UPDATE OR DELETE ON {ledger}"
+        f" FOR EACH ROW EXECUTE FUNCTION {refuse}()",
+        f"DROP TRIGGER IF EXISTS retention_ledger_no_truncate ON {ledger}",
+        f"CREATE TRIGGER retention_ledger_no_truncate BEFORE TRUNCATE ON {ledger}"
+        f" FOR EACH STATEMENT EXECUTE FUNCTION {refuse}()",
+        f"DROP TRIGGER IF EXISTS retention_ledger_head_forward ON {head}",
+        f"CREATE TRIGGER retention_ledger_head_forward BEFORE UPDATE OR DELETE ON {head}"
+        f" FOR EACH ROW EXECUTE FUNCTION {forward}()",
+    ]
+
+
+def source_script(t: Target, activities: Iterable[Activity]) -> list[str]:
+    """Create the role and grant it what ``activities`` need on their SQL sources."""
+    return create_role(t) + grant_statements(t, source_grants(activities, t.pg))
+
+
+def control_script(t: Target) -> list[str]:
+    """Create the role, grant it the ledger and holds, and make the ledger append-only.
+    Run it after the control tables exist (``airflow-init`` creates them)."""
+    return create_role(t) + grant_statements(t, control_grants()) + append_only_triggers(t)
+
+
+def render(t: Target, statements: list[str], title: str) -> str:
+    """A script for psql (``-v ON_ERROR_STOP=1 -f``) or the mysql/mariadb client."""
+    how = (
+        f"\\password {t.role}"
+        if t.pg
+        else f"ALTER USER {t.grantee} IDENTIFIED BY '…' ACCOUNT UNLOCK"
+    )
+    lines = [f"-- {title}", f"-- role {t.role}: then set its password ({how}), never in a file."]
+    if t.pg:
+        lines += [f"{s};" for s in statements]
+    else:  # compound trigger bodies contain ';'
+        lines += ["DELIMITER //", *(f"{s} //" for s in statements), "DELIMITER ;"]
+    return "\n".join(lines) + "\n"
+
+
+def apply(engine: Engine, statements: list[str]) -> None:
+    """Run a script's statements as they are, one by one, on a raw cursor (so the ``'%'`` of a
+    MySQL account host is not taken for a placeholder)."""
+    with engine.connect() as conn:
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            for statement in statements:
+                cursor.execute(statement)
+            conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
+        finally:
+            cursor.close()
+
+
+def init_control(engine: Engine, key: bytes, role: str | None, host: str = "%") -> list[str]:
+    """Create the control tables (as their owner) and, given a role, grant it the worker's
+    privileges and make the ledger append-only. Returns the statements applied."""
+    Control.open(engine, key)
+    if role is None:
+        return []
+    pg = engine.dialect.name == "postgresql"
+    if not pg and engine.dialect.name not in ("mysql", "mariadb"):
+        raise RetentionError(f"grants need PostgreSQL or MariaDB/MySQL, not {engine.dialect.name}")
+    with engine.connect() as conn:  # where the tables are: search_path or the URL's database
+        schema = str(
+            conn.exec_driver_sql(
+                "SELECT DATABASE()" if not pg else "SELECT current_schema()"
+            ).scalar()
+        )
+    statements = control_script(Target("postgresql" if pg else "mysql", role, schema, host))
+    apply(engine, statements)
+    return statements

@@ -1,0 +1,261 @@
+"""Holds survive catalogue edits, and the hold register is tamper-evident (issue 8, 1 and 4)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from include.retention.catalogue import POLICY_DIR, Catalogue, load_catalogue
+from include.retention.errors import RetentionError
+from include.retention.holds import check_catalogue, holds_table
+from include.retention.ledger import ledger_table
+from include.retention.operations import Runtime, enforce, plan
+from include.retention.runs import Control
+from tests.dbs import DIALECTS, create_db, key_fixture  # noqa: F401 - fixtures
+
+ROOT = Path(__file__).resolve().parent.parent
+PLACED_AT = dt.datetime(2026, 5, 4, 10, 30, 15, 250_000, tzinfo=dt.UTC)
+
+
+@pytest.fixture(name="any_control", params=DIALECTS)
+def any_control_fixture(request, tmp_path, key):
+    db, cleanup = create_db(request.param, tmp_path)
+    try:
+        yield Control.open(db.engine, key)
+    finally:
+        cleanup()
+
+
+def _newsletter(tmp_path: Path, **source: str) -> Path:
+    """A one-file catalogue: the real newsletter activity with ``source`` fields changed."""
+    raw = yaml.safe_load((POLICY_DIR / "newsletter.yaml").read_text(encoding="utf-8"))
+    raw["source"].update(source)
+    folder = tmp_path / "catalogue"
+    folder.mkdir(exist_ok=True)
+    (folder / "newsletter.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return folder
+
+
+def _hold_two_recipients(control: Control) -> list[int]:
+    place = control.holds.place_record_hold
+    return [
+        place("newsletter", "recipients", pk, kind="legal_hold", reason="dispute 2026-17",
+              placed_by="legal.eva", placed_at=PLACED_AT)
+        for pk in (3, 4)
+    ]
+
+
+# --------------------------------------------------------- 1. holds survive catalogue changes
+
+
+def test_matching_catalogue_is_accepted(tmp_path, key):
+    control = Control.open(f"sqlite:///{tmp_path / 'control.db'}", key)
+    _hold_two_recipients(control)
+    check_catalogue(control.holds.engine, load_catalogue(_newsletter(tmp_path)))
+
+
+def test_renamed_system_is_refused_naming_the_holds(tmp_path, key):
+    control = Control.open(f"sqlite:///{tmp_path / 'control.db'}", key)
+    first, second = _hold_two_recipients(control)
+    renamed = load_catalogue(_newsletter(tmp_path, system="mailing"))
+    with pytest.raises(RetentionError) as error:
+        check_catalogue(control.holds.engine, renamed)
+    message = str(error.value)
+    assert "2 active record holds match no dataset" in message
+    assert f"hold {first} (legal_hold on 'newsletter'/'recipients'" in message
+    assert f"hold {second} " in message and "legal.eva" in message
+
+
+def test_renamed_table_is_refused(tmp_path, key):
+    control = Control.open(f"sqlite:///{tmp_path / 'control.db'}", key)
+    _hold_two_recipients(control)
+    with pytest.raises(RetentionError, match="'newsletter'/'recipients'"):
+        check_catalogue(control.holds.engine, load_catalogue(_newsletter(tmp_path, table="subs")))
+
+
+def test_released_holds_do_not_block_a_rename(tmp_path, key):
+    control = Control.open(f"sqlite:///{tmp_path / 'control.db'}", key)
+    for hold_id in _hold_two_recipients(control):
+        control.holds.release(hold_id, released_by="legal.eva")
+    check_catalogue(control.holds.engine, load_catalogue(_newsletter(tmp_path, system="mailing")))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("system", "newsletter\n", "is not an id"),
+        ("system", "newsletter ", "is not an id"),
+        ("table", "recipients\n", "safe SQL identifier"),
+        ("table", "RECIPIENTS", "safe SQL identifier"),
+        ("table", "Recipients", "safe SQL identifier"),
+        ("table", "recipients\t", "safe SQL identifier"),
+    ],
+)
+def test_inexact_identifiers_are_refused_at_load(tmp_path, field, value, problem):
+    folder = _newsletter(tmp_path, **{field: value})
+    with pytest.raises(RetentionError) as error:
+        load_catalogue(folder)
+    assert f"newsletter.yaml: source.sql.{field}" in str(error.value)
+    assert problem in str(error.value)
+
+
+def test_validate_with_the_control_db_refuses_a_rename(tmp_path, key):
+    url = f"sqlite:///{tmp_path / 'control.db'}"
+    first, _ = _hold_two_recipients(Control.open(url, key))
+    folder = _newsletter(tmp_path, system="mailing")
+    result = subprocess.run(
+        [sys.executable, "-m", "include.retention", "--catalogue", str(folder), "validate",
+         "--control-db", url],
+        cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout
+    assert f"hold {first} (legal_hold on 'newsletter'/'recipients'" in result.stderr
+    ok = subprocess.run(
+        [sys.executable, "-m", "include.retention", "--catalogue", str(_newsletter(tmp_path)),
+         "validate", "--control-db", url],
+        cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""},
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "every active record hold matches" in ok.stdout
+
+
+def _runtime(catalogue: Catalogue, control: Control) -> Runtime:
+    runtime = Runtime(catalogue)
+    runtime.control = control  # type: ignore[misc]  # the cached property, set directly
+    return runtime
+
+
+def test_plan_and_enforce_refuse_a_renamed_system_and_change_nothing(tmp_path, key):
+    control = Control.open(f"sqlite:///{tmp_path / 'control.db'}", key)
+    first, _ = _hold_two_recipients(control)
+    head = control.ledger.head()
+    runtime = _runtime(load_catalogue(_newsletter(tmp_path, system="mailing")), control)
+    run_after = dt.datetime(2026, 11, 24, 1, tzinfo=dt.UTC)
+    with pytest.raises(RetentionError, match=f"hold {first} "):
+        plan("newsletter", {}, run_after, runtime)
+    planned = {"as_of": run_after.isoformat(), "dry_run": False}
+    with pytest.raises(RetentionError, match=f"hold {first} "):
+        enforce("newsletter", planned, None, runtime)
+    assert control.ledger.head() == head  # no run started, nothing recorded
+    assert control.holds.verify().ok
+
+
+# ------------------------------------------------------- 4. the hold register is tamper-evident
+
+
+def _register_with_history(control: Control) -> dict[str, int]:
+    ids = {
+        "record": control.holds.place_record_hold(
+            "ats", "people", 7, kind="legal_hold", reason="litigation", placed_by="legal.eva",
+            placed_at=PLACED_AT,
+        ),
+        "subject": control.holds.place_subject_hold(
+            "someone@example.com", kind="restriction", reason="Art. 18 request",
+            placed_by="dpo.anna",
+        ),
+        "released": control.holds.place_record_hold(
+            "ats", "people", 8, kind="legal_hold", reason="audit", placed_by="legal.eva",
+        ),
+    }  # fmt: skip
+    control.holds.release(ids["released"], released_by="legal.olle")
+    return ids
+
+
+def test_untouched_register_verifies(any_control):
+    _register_with_history(any_control)
+    report = any_control.holds.verify()
+    assert report.ok, report.problems
+    assert report.holds == 3
+    kinds = [e.kind for e in any_control.ledger.entries() if e.kind.startswith("hold_")]
+    assert kinds == ["hold_placed", "hold_placed", "hold_placed", "hold_released"]
+
+
+def _tamper(control: Control, statement) -> None:
+    with control.holds.engine.begin() as conn:
+        conn.execute(statement)
+
+
+T = holds_table
+# case -> (the hold tampered with, the new column values or None to delete it, the problem)
+TAMPERING = {
+    "row deleted": ("record", None, "deleted"),
+    "kind weakened": ("record", {"kind": "restriction"}, "kind differ from its placement"),
+    "reason rewritten": ("subject", {"reason": "no reason"}, "reason_hmac differ"),
+    "moved to another table": ("record", {"dataset": "old_people"}, "dataset differ"),
+    "released behind the register's back": (
+        "record", {"released_at": PLACED_AT, "released_by": "x"}, "released without release"
+    ),
+    "release signer changed": ("released", {"released_by": "x"}, "released_by differ"),
+    "released hold re-activated": (
+        "released", {"released_at": None, "released_by": None}, "active again"
+    ),
+    "placement time moved": (
+        "record", {"placed_at": PLACED_AT + dt.timedelta(days=1)}, "placed_at differ"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERING))
+def test_tampering_with_the_register_is_detected(any_control, case):
+    victim, values, problem = TAMPERING[case]
+    ids = _register_with_history(any_control)
+    row = T.c.id == ids[victim]
+    _tamper(any_control, sa.delete(T).where(row) if values is None else
+            sa.update(T).where(row).values(**values))  # fmt: skip
+    report = any_control.holds.verify()
+    assert not report.ok
+    assert any(f"hold {ids[victim]}" in p and problem in p for p in report.problems), report
+
+
+def test_a_hold_added_outside_the_register_is_detected(tmp_path, key):
+    control = Control.open(f"sqlite:///{tmp_path / 'control.db'}", key)
+    _register_with_history(control)
+    _tamper(control, sa.insert(T).values(
+        id=99, scope="record", kind="legal_hold", system="ats", dataset="people",
+        record_ref=b"\x01" * 16, reason="x", placed_by="intruder", placed_at=PLACED_AT,
+    ))  # fmt: skip
+    assert "hold 99 has no placement evidence: added outside the register" in (
+        control.holds.verify().problems
+    )
+
+
+def test_deleting_the_row_and_its_evidence_breaks_the_chain(tmp_path, key):
+    control = Control.open(f"sqlite:///{tmp_path / 'control.db'}", key)
+    ids = _register_with_history(control)
+    _tamper(control, sa.delete(T).where(T.c.id == ids["record"]))
+    L = ledger_table
+    _tamper(control, sa.delete(L).where(L.c.run_id == f"hold-{ids['record']}"))
+    report = control.holds.verify()
+    assert not report.ok
+    assert report.problems[0].startswith("ledger chain broken at seq 1")
+
+
+@pytest.mark.parametrize(
+    ("system", "dataset", "pk", "problem"),
+    [
+        ("newsletter\n", "recipients", 1, "system 'newsletter\\\\n'"),
+        ("Newsletter", "recipients", 1, "is not a catalogue system id"),
+        ("newsletter", "RECIPIENTS", 1, "dataset 'RECIPIENTS'"),
+        ("newsletter", "recipients ", 1, "is neither a table name"),
+        ("newsletter", "recipients;drop", 1, "is neither a table name"),
+        ("newsletter", "recipients", None, "needs the primary key"),
+        ("newsletter", "recipients", "", "needs the primary key"),
+        ("newsletter", "recipients", True, "needs the primary key"),
+    ],
+)
+def test_bad_record_hold_requests_are_refused(tmp_path, key, system, dataset, pk, problem):
+    control = Control.open(f"sqlite:///{tmp_path / 'control.db'}", key)
+    head = control.ledger.head()
+    with pytest.raises(RetentionError, match=problem):
+        control.holds.place_record_hold(
+            system, dataset, pk, kind="legal_hold", reason="r", placed_by="p"
+        )
+    assert control.ledger.head() == head
+    with control.holds.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(T)).scalar() == 0
