@@ -95,6 +95,18 @@ def test_required_tls_against_a_plaintext_server_is_refused(
         assert conn.exec_driver_sql("SELECT 1").scalar() == 1
 
 
+def test_mariadb_with_certificates_is_refused_when_the_server_stays_plaintext(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # PyMySQL would fall back to plaintext when the server offers no TLS (the local one).
+    ssl = {"ca": "/etc/ssl/certs/ca-certificates.crt", "check_hostname": False}
+    _define(monkeypatch, "shop_tls", **_server(MARIADB_ADMIN_URL, "mysql", ssl=ssl))
+    with pytest.raises(RetentionError) as refused:
+        connections.source_engine("shop_tls")
+    assert not isinstance(refused.value, Unavailable)
+    assert "'shop_tls'" in str(refused.value) and "requires TLS" in str(refused.value)
+
+
 def test_mariadb_connection_with_charset(monkeypatch: pytest.MonkeyPatch) -> None:
     _define(monkeypatch, "shop_db", **_server(MARIADB_ADMIN_URL, "mysql", charset="utf8mb4"))
     with connections.source_engine("shop_db").connect() as conn:

@@ -166,6 +166,11 @@ def make_engine(url: sa.URL | str, conn_id: str | None = None, **kwargs: Any) ->
         if exc is not None:
             exc.retention_database = label  # read by `database_fault`
 
+    if engine.dialect.name in ("mysql", "mariadb") and any(
+        k.startswith("ssl_") for k in engine.url.query
+    ):
+        sa.event.listen(engine, "connect", _tls_required(label))
+
     try:
         with engine.connect():
             pass
@@ -176,6 +181,27 @@ def make_engine(url: sa.URL | str, conn_id: str | None = None, **kwargs: Any) ->
         engine.dispose()
         raise RetentionError(f"{label}: {exc}") from None
     return engine
+
+
+def _tls_required(label: str) -> Any:
+    """A connect hook: PyMySQL silently stays in plaintext when the server offers no TLS, even
+    with certificates given; refuse such a connection instead."""
+
+    def check(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        if not row or not row[1]:
+            dbapi_connection.close()
+            raise RetentionError(
+                f"{label}: the connection requires TLS (extra 'ssl') but the server did not"
+                " establish it; fix the server's TLS set-up or the connection's extras"
+            )
+
+    return check
 
 
 def database_fault(exc: BaseException) -> RetentionError | None:
