@@ -55,7 +55,9 @@ validate: install-demo
 register: install-demo
 	$(BIN)/python -m include.retention register --out build/register
 
-# The main job: validate, render the register, seed the demo systems, run every DAG once.
+# The main job: validate, render the register, seed the demo systems, then start Airflow (API
+# server, scheduler, DAG processor, triggerer; LocalExecutor), trigger all 27 DAGs through the
+# REST API, wait, print the table, and stop Airflow again.
 demo: install-demo
 	$(BIN)/python -m include.retention validate $(if $(wildcard var/control.db),--control-db sqlite:///$(CURDIR)/var/control.db)
 	$(BIN)/python -m include.retention register --out build/register

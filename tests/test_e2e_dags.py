@@ -9,65 +9,28 @@ import email.policy
 import html
 import json
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import yaml
 
-from include.demo.manifest import Manifest, ManifestEntry
 from include.demo.run import DemoPaths, environment
 from include.demo.seed import place_holds, seed_demo
-from include.retention.catalogue import POLICY_DIR, load_catalogue
+from include.retention.catalogue import load_catalogue
 from include.retention.dag_factory import build_dag
-from include.retention.object_store import EmbeddedS3, iter_versions
+from include.retention.object_store import EmbeddedS3
 from include.retention.runs import Control
+from tests.demo_checks import Demo, edited_catalogue, strict_safety, survivors
 from tests.s3 import s3_server_fixture  # noqa: F401
 
 AS_OF = dt.datetime(2026, 11, 24, 1, 30, tzinfo=dt.UTC)  # the 02:30 nightly run, Stockholm
-
-
-@dataclass
-class Demo:
-    root: Path
-    manifest: Manifest
-    urls: dict[str, str]
-    control: Control
-    s3: Any
-
-    def row_exists(self, entry: ManifestEntry) -> bool:
-        engine = sa.create_engine(self.urls[entry.system])
-        table = sa.Table(entry.dataset, sa.MetaData(), autoload_with=engine)
-        pk = next(iter(table.primary_key.columns))
-        with engine.connect() as conn:
-            return conn.execute(sa.select(pk).where(pk == entry.pk)).first() is not None
-
-    def exists(self, entry: ManifestEntry) -> bool:
-        if entry.kind == "object":
-            return self.object_versions(entry.dataset, str(entry.pk)) > 0
-        return self.row_exists(entry)
-
-    def row(self, entry: ManifestEntry) -> dict[str, Any]:
-        engine = sa.create_engine(self.urls[entry.system])
-        table = sa.Table(entry.dataset, sa.MetaData(), autoload_with=engine)
-        pk = next(iter(table.primary_key.columns))
-        with engine.connect() as conn:
-            return dict(conn.execute(sa.select(table).where(pk == entry.pk)).mappings().one())
-
-    def object_versions(self, bucket: str, key: str) -> int:
-        return sum(1 for v in iter_versions(self.s3, bucket, key) if v["Key"] == key)
-
-    def last_run(self, activity_id: str) -> dict[str, Any]:
-        return self.control.ledger.runs(activity_id)[-1].finished or {}
 
 
 @pytest.fixture(scope="module")
@@ -96,18 +59,12 @@ def run_dag(activity_id: str, **kwargs: Any) -> Any:
     return dag.test(run_conf=conf, **kwargs)
 
 
-def _survivors(demo: Demo, activity_id: str) -> tuple[list[ManifestEntry], list[ManifestEntry]]:
-    entries = demo.manifest.for_activity(activity_id)
-    alive = [e for e in entries if demo.exists(e)]
-    return entries, alive
-
-
 def test_recruitment_deletes_exactly_the_expired_candidates_with_children_and_cvs(demo):
     entries = demo.manifest.for_activity("recruitment", kind="row")
     expectations = {e.expectation.value for e in entries}
     assert {"expired", "boundary_due", "boundary_kept", "held", "unknown_anchor"} <= expectations
     assert run_dag("recruitment").state == "success"
-    _, alive = _survivors(demo, "recruitment")
+    _, alive = survivors(demo, "recruitment")
     assert {e.pk for e in alive} == {
         e.pk for e in demo.manifest.for_activity("recruitment") if not e.due
     }
@@ -127,7 +84,7 @@ def test_image_bank_removes_every_version_of_expired_objects(demo):
     with_history = [e for e in entries if e.due and demo.object_versions(e.dataset, str(e.pk)) > 1]
     assert with_history, "the demo must hold an expired object with old versions"
     assert run_dag("image_bank").state == "success"
-    _, alive = _survivors(demo, "image_bank")
+    _, alive = survivors(demo, "image_bank")
     assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
     assert all(demo.object_versions(e.dataset, str(e.pk)) == 0 for e in with_history)
 
@@ -136,7 +93,7 @@ def test_consent_withdrawal_and_boundaries_in_the_newsletter(demo):
     entries = demo.manifest.for_activity("newsletter")
     assert any(e.expectation == "consent_withdrawn" for e in entries)
     assert run_dag("newsletter").state == "success"
-    _, alive = _survivors(demo, "newsletter")
+    _, alive = survivors(demo, "newsletter")
     assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
 
 
@@ -224,10 +181,10 @@ def test_verification_catches_remaining_and_falsely_claimed_records(demo):
 
 
 def test_dry_run_changes_nothing(demo):
-    entries, alive_before = _survivors(demo, "chatbot")
+    entries, alive_before = survivors(demo, "chatbot")
     assert run_dag("chatbot", conf={"dry_run": True}).state == "success"
     assert demo.last_run("chatbot")["outcome"] == "dry_run"
-    assert _survivors(demo, "chatbot")[1] == alive_before == entries
+    assert survivors(demo, "chatbot")[1] == alive_before == entries
 
 
 # --- the safety gate: nothing is deleted until a person approves -------------------------
@@ -235,13 +192,9 @@ def test_dry_run_changes_nothing(demo):
 
 @pytest.fixture
 def strict_catalogue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "policies"
-    shutil.copytree(POLICY_DIR, folder)
-    for activity_id in ("demo_process", "building_access"):  # a period and a deadline rule
-        path = folder / f"{activity_id}.yaml"
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        raw["safety"] = {"max_rows": 1, "max_fraction": None}
-        path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    # a period and a deadline rule
+    edits = dict.fromkeys(("demo_process", "building_access"), strict_safety)
+    folder = edited_catalogue(tmp_path / "policies", edits)
     monkeypatch.setenv("RETENTION_CATALOGUE_DIR", str(folder))
     return folder
 
@@ -332,25 +285,25 @@ def _run_answered(activity_id: str, chosen: str, user: str) -> Any:
 
 
 def test_gated_run_deletes_nothing_until_approved(demo, strict_catalogue):
-    entries, alive_before = _survivors(demo, "demo_process")
+    entries, alive_before = survivors(demo, "demo_process")
     assert sum(e.due for e in entries) > 1  # over the strict limit of one row per run
 
     unanswered = run_dag("demo_process", mark_success_pattern="approve")
     assert unanswered.state == "success"
     assert demo.last_run("demo_process")["outcome"] == "approval_required"
-    assert _survivors(demo, "demo_process")[1] == alive_before
+    assert survivors(demo, "demo_process")[1] == alive_before
 
     rejected = _run_answered("demo_process", "Reject", "dpo.anna")
     assert rejected.state == "success"
     assert demo.last_run("demo_process")["outcome"] == "approval_required"
-    assert _survivors(demo, "demo_process")[1] == alive_before
+    assert survivors(demo, "demo_process")[1] == alive_before
 
     approved = _run_answered("demo_process", "Approve", "dpo.anna")
     assert approved.state == "success"
     run = demo.control.ledger.runs("demo_process")[-1]
     assert run.header["approved_by"] == "dpo.anna"
     assert run.finished["outcome"] == "completed"
-    _, alive = _survivors(demo, "demo_process")
+    _, alive = survivors(demo, "demo_process")
     assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
 
 
@@ -374,7 +327,7 @@ def test_a_gated_run_with_a_deadline_at_stake_escalates(demo, strict_catalogue, 
     assert "2026-11-25 00:00" in subject  # the nightly run of 24 Nov is the last before it
     assert f"{due} records: immediately when the badge holder's service relationship ends" in body
     assert "Policy deadlines at stake:" in body  # the approval text names them too
-    _, alive = _survivors(demo, "building_access")
+    _, alive = survivors(demo, "building_access")
     assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
 
 
@@ -433,14 +386,14 @@ def _task_states(run: Any) -> dict[str, str]:
 
 
 def test_future_as_of_is_refused_as_a_failed_run(demo):
-    alive_before = _survivors(demo, "newsletter")[1]
+    alive_before = survivors(demo, "newsletter")[1]
     head_before = demo.control.ledger.head()
     future = (dt.datetime.now(dt.UTC) + dt.timedelta(days=15)).date().isoformat()
     run = run_dag("newsletter", conf={"as_of": future})
     assert run.state == "failed"
     states = _task_states(run)
     assert states["plan"][0] == "failed" and states["report"][0] == "failed"
-    assert _survivors(demo, "newsletter")[1] == alive_before  # nothing deleted
+    assert survivors(demo, "newsletter")[1] == alive_before  # nothing deleted
     assert demo.control.ledger.head() == head_before  # nor recorded as if it ran
 
 
@@ -475,10 +428,10 @@ def test_failure_notification_is_delivered_without_personal_data(demo, smtp_inbo
 def test_offset_trick_is_refused_too(demo):
     # Today's date with the last offset on earth is already tomorrow in UTC.
     today = dt.datetime.now(dt.UTC).date().isoformat()
-    alive_before = _survivors(demo, "marketing")[1]
+    alive_before = survivors(demo, "marketing")[1]
     run = run_dag("marketing", conf={"as_of": f"{today}T23:59:59-12:00"})
     assert run.state == "failed"
-    assert _survivors(demo, "marketing")[1] == alive_before
+    assert survivors(demo, "marketing")[1] == alive_before
 
 
 def test_bad_as_of_fails_at_once_without_retries(demo):
@@ -493,10 +446,10 @@ def test_bad_as_of_fails_at_once_without_retries(demo):
 
 def test_a_dry_run_may_look_ahead_and_records_who_asked(demo):
     future = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).date().isoformat()
-    entries, alive_before = _survivors(demo, "customer_success")
+    entries, alive_before = survivors(demo, "customer_success")
     run = run_dag("customer_success", conf={"as_of": future, "dry_run": True})
     assert run.state == "success"
-    assert _survivors(demo, "customer_success")[1] == alive_before == entries
+    assert survivors(demo, "customer_success")[1] == alive_before == entries
     header = demo.control.ledger.runs("customer_success")[-1].header
     assert header["dry_run"] is True and header["as_of"].startswith(future)
     assert header["origin"]["dag_id"] == "retention_customer_success"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ def _newsletter(tmp_path: Path, **source: str) -> Path:
     folder = tmp_path / "catalogue"
     folder.mkdir(exist_ok=True)
     (folder / "newsletter.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    shutil.copytree(POLICY_DIR / "text", folder / "text", dirs_exist_ok=True)
     return folder
 
 

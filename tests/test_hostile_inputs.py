@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 
 import pendulum
@@ -130,6 +131,12 @@ CATALOGUE_CORPUS: dict[str, tuple[str | bytes, str]] = {
         "fiscal_year_end_month",
     ),
 }
+
+
+@pytest.fixture(autouse=True)
+def _policy_text(tmp_path: Path) -> None:
+    """Every test's catalogue folder (tmp_path) carries the policy text it implements."""
+    shutil.copytree(POLICY_DIR / "text", tmp_path / "text", dirs_exist_ok=True)
 
 
 def _folder_with(tmp_path: Path, content: str | bytes) -> Path:

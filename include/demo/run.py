@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -29,6 +31,16 @@ from include.retention.errors import RetentionError
 from include.retention.object_store import DEFAULT_PORT, local_client, spawn, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT = 600.0  # seconds for the whole burst of runs
+PARALLELISM = 6  # task processes at once (a 2-core machine gains nothing from more)
+# Airflow's metadata DB for the main job. Not SQLite: with the API server, scheduler, DAG
+# processor, triggerer and task runs writing at once (27 DAGs triggered together), Airflow
+# 3.3 on SQLite fails requests with "database is locked" even with WAL and a 60 s busy
+# timeout, and failed task-state updates fail the tasks.
+METADATA_ENV = "RETENTION_DEMO_AIRFLOW_DB"
+DEFAULT_METADATA_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/retention_demo_airflow"
+# The project's deployment set-up (the enforcement pool), run after `airflow db migrate`.
+DEPLOYMENT_SETUP = (sys.executable, "-m", "include.retention", "setup")
 PRIVATE_UMASK = 0o077  # files 0600, folders 0700
 
 
@@ -133,17 +145,15 @@ def write_env_file(paths: DemoPaths, env: dict[str, str]) -> None:
 
 def seed(paths: DemoPaths, key: str, s3_endpoint: str, as_of: dt.datetime) -> None:
     """Seed the SQL systems and the buckets, and place the designed holds."""
-    import sqlalchemy as sa
-
     from include.demo.seed import place_holds, seed_demo
-    from include.retention.holds import HoldRegister
+    from include.retention.runs import Control
 
     shutil.rmtree(paths.demo, ignore_errors=True)
     (paths.var / "control.db").unlink(missing_ok=True)
     result = seed_demo(as_of, paths.demo, s3_client=local_client(s3_endpoint))
-    register = HoldRegister(sa.create_engine(paths.control_url), key.encode())
-    register.create_tables()
-    holds = place_holds(register, result.hold_requests())
+    # The ledger and hold tables exist before the DAGs run, so no run races to create them.
+    control = Control.open(paths.control_url, key.encode())
+    holds = place_holds(control.holds, result.hold_requests())
     paths.state.write_text(json.dumps({"as_of": as_of.isoformat()}), encoding="utf-8")
     print(
         f"seeded {len(result.manifest)} records in 13 systems and 2 buckets;"
@@ -158,46 +168,99 @@ def seeded_as_of(paths: DemoPaths) -> dt.datetime | None:
 
 
 def migrate_airflow(env: dict[str, str]) -> None:
-    """Airflow's metadata DB, then the deployment set-up (the enforcement pool)."""
-    for command in (
+    subprocess.run(
         [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
-        [sys.executable, "-m", "include.retention", "setup"],
-    ):
-        subprocess.run(
-            command,
-            env={**os.environ, **env},
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def ensure_metadata_db(url: str) -> str:
+    """Create the PostgreSQL database for Airflow's metadata if it is missing."""
+    import sqlalchemy as sa
+
+    target = sa.make_url(url)
+    if target.get_backend_name() != "postgresql":
+        return url
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", target.database or ""):
+        raise RetentionError(
+            f"{METADATA_ENV}: database name {target.database!r} must be lower-case letters,"
+            " digits and underscores"
         )
+    admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            exists = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                {"name": target.database},
+            ).first()
+            if not exists:
+                conn.execute(sa.text(f'CREATE DATABASE "{target.database}"'))
+    except sa.exc.OperationalError as exc:
+        raise RetentionError(
+            f"the main job keeps Airflow's metadata in PostgreSQL"
+            f" ({target.render_as_string()}), which does not answer: start PostgreSQL or set"
+            f" {METADATA_ENV} to another database URL ({type(exc).__name__})"
+        ) from None
+    finally:
+        admin.dispose()
+    return url
 
 
-def run_all_dags(as_of: dt.datetime) -> dict[str, str]:
-    """Run every retention DAG once with ``dag.test``; returns the run state per DAG."""
-    from airflow.dag_processing.dagbag import DagBag
+def run_all_dags(
+    paths: DemoPaths, env: dict[str, str], as_of: dt.datetime, api_port: int
+) -> dict[str, str]:
+    """Start Airflow's scheduler, executor and API server, trigger every retention DAG at once
+    through the REST API (the nightly burst), wait for the runs and stop Airflow again.
+    Returns the run state per DAG."""
+    from include.demo.airflow_stack import AirflowStack, StackConfig
+    from include.retention.catalogue import load_catalogue
+    from include.retention.dag_factory import dag_id_for
 
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
-    if bag.import_errors:
-        raise RetentionError(f"DAG import errors: {bag.import_errors}")
-    states = {}
-    for dag_id in sorted(bag.dags):
-        dag = bag.dags[dag_id]
-        for task in dag.tasks:  # a one-off run reports a failure at once instead of retrying
-            task.retries = 0
-        run = dag.test(run_conf={"as_of": as_of.isoformat(), "dry_run": False})
-        states[dag_id] = str(run.state)
-    return states
+    dag_ids = sorted(dag_id_for(activity.id) for activity in load_catalogue())
+    config = StackConfig(
+        home=paths.airflow_home,
+        metadata_url=ensure_metadata_db(os.environ.get(METADATA_ENV) or DEFAULT_METADATA_URL),
+        dags_folder=ROOT / "dags",
+        project_root=ROOT,
+        env={k: v for k, v in env.items() if not k.startswith("AIRFLOW_") or "_CONN_" in k},
+        api_port=api_port,
+        parallelism=PARALLELISM,
+        setup_commands=(DEPLOYMENT_SETUP,),
+    )
+    print(
+        f"starting Airflow (scheduler, dag-processor, triggerer, API server; logs in"
+        f" {paths.airflow_home / 'stack-logs'})"
+    )
+    with AirflowStack(config) as stack:
+        api = stack.api()
+        api.wait_for_dags(dag_ids)
+        conf = {"as_of": as_of.isoformat(), "dry_run": False}
+        runs = []
+        for dag_id in dag_ids:
+            api.unpause(dag_id)
+            runs.append((dag_id, api.trigger(dag_id, conf)))
+        print(f"triggered {len(runs)} DAG runs through {stack.url}/api/v2; waiting for them")
+        states = api.wait_for_runs(runs, timeout=RUN_TIMEOUT)
+    return {dag_id: state for (dag_id, _), state in states.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m include.demo.run")
     parser.add_argument("--var", type=Path, default=ROOT / "var", help="state directory")
     parser.add_argument("--s3-port", type=int, default=DEFAULT_PORT)
+    parser.add_argument(
+        "--api-port", type=int, default=0, help="Airflow API server port (default: a free one)"
+    )
     parser.add_argument("--reset", action="store_true", help="reseed the demo from scratch")
     parser.add_argument(
         "--setup-only", action="store_true", help="seed and configure, but run no DAG"
     )
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     started = time.monotonic()
     paths = DemoPaths(args.var.resolve())
     os.umask(PRIVATE_UMASK)
@@ -213,11 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(paths, key, s3_endpoint)
     write_env_file(paths, env)
     os.environ.update(env)
-    migrate_airflow(env)
     if args.setup_only:
+        migrate_airflow(env)  # the metadata DB of `make ui` (airflow standalone, SQLite)
         print(f"demo set up in {paths.var}: source it with '. {paths.env_file}'")
         return 0
-    states = run_all_dags(as_of)
+    states = run_all_dags(paths, env, as_of, args.api_port)
     from include.demo.report import print_report
 
     ok = print_report(paths.control_url, key.encode(), states)

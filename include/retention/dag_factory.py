@@ -284,6 +284,8 @@ def _wire(activity: Activity) -> None:
     verify(planned, enforced) >> report()
 
 
-def build_all(catalogue: Catalogue) -> dict[str, DAG]:
-    """Every retention DAG, by DAG id."""
-    return {dag_id_for(activity.id): build_dag(activity) for activity in catalogue}
+def build_all(catalogue: Catalogue, only: str | None = None) -> dict[str, DAG]:
+    """Every retention DAG, by DAG id; with ``only`` (a DAG id) just that one, when the
+    catalogue has it (a task process needs only its own DAG)."""
+    wanted = [a for a in catalogue if only is None or dag_id_for(a.id) == only]
+    return {dag_id_for(activity.id): build_dag(activity) for activity in wanted or catalogue}

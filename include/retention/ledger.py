@@ -582,14 +582,17 @@ class Ledger:
 def _lock_head(conn: Connection) -> Any:
     """Take the chain head for this transaction: concurrent appenders wait here.
 
-    The head row is written first (a no-op update), which takes the write lock on every
-    supported database before anything is read: a row lock on PostgreSQL and MariaDB, the
-    database's write lock on SQLite, where ``SELECT … FOR UPDATE`` is a no-op and two
-    appenders would otherwise read the same head and collide on ``seq``.
+    PostgreSQL and MariaDB: ``SELECT … FOR UPDATE`` locks the head row. SQLite, where that is
+    a no-op, first writes the head row (a no-op update) to take the database's write lock
+    before anything is read, else two appenders would read the same head and collide on
+    ``seq``. (On the servers the no-op update is not used: the control database's head
+    trigger only lets the head move forward.)
     """
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-    conn.execute(sa.update(head_table).where(head_table.c.id == 1).values(seq=head_table.c.seq))
+        conn.execute(
+            sa.update(head_table).where(head_table.c.id == 1).values(seq=head_table.c.seq)
+        )
     return conn.execute(
         sa.select(head_table.c.seq, head_table.c.entry_hash)
         .where(head_table.c.id == 1)

@@ -36,7 +36,12 @@ log = logging.getLogger(__name__)
 APPROVE = "Approve"
 _ISO_DATE_START = re.compile(r"^\d{4}-\d{2}-\d{2}")
 VERIFIED_OUTCOMES = ("completed", "nothing_to_do")
+# Retention is evaluated within the records' lifetime; outside it date arithmetic overflows.
 AS_OF_YEARS = (1970, 2999)
+AS_OF_RANGE = (
+    dt.datetime(AS_OF_YEARS[0], 1, 1, tzinfo=dt.UTC),
+    dt.datetime(AS_OF_YEARS[1], 12, 31, tzinfo=dt.UTC),
+)
 AS_OF_FORMATS = (
     "YYYY-MM-DD (midnight in Stockholm) or YYYY-MM-DDTHH:MM[:SS][±HH:MM],"
     " e.g. 2026-11-24 or 2026-11-24T02:30:00+01:00"
@@ -107,17 +112,16 @@ def resolve_as_of(raw: Any, run_after: dt.datetime | None) -> pendulum.DateTime:
             f"as_of {raw!r} is not an ISO-8601 date or date-time: use {AS_OF_FORMATS},"
             " or leave it empty for the run's own time"
         )
-    return _in_range(parsed, raw)
-
-
-def _in_range(as_of: pendulum.DateTime, raw: Any) -> pendulum.DateTime:
-    # Rules step back up to 100 years from as_of: far-off years overflow the date arithmetic.
-    if not AS_OF_YEARS[0] <= as_of.year <= AS_OF_YEARS[1]:
+    try:
+        in_range = AS_OF_RANGE[0] <= parsed <= AS_OF_RANGE[1]
+    except OverflowError:  # an offset pushes it past the representable range
+        in_range = False
+    if not in_range:
         raise RetentionError(
-            f"as_of {raw!r} is outside the years {AS_OF_YEARS[0]}-{AS_OF_YEARS[1]};"
-            " give a date such as 2026-11-24"
+            f"as_of {raw!r} is outside {AS_OF_RANGE[0].date()}..{AS_OF_RANGE[1].date()},"
+            " outside the years retention is evaluated in: give a date such as 2026-11-24"
         )
-    return as_of
+    return parsed
 
 
 def origin_of(dag_run: Any) -> dict[str, str | None]:

@@ -1,0 +1,266 @@
+"""End to end through Airflow's real components, the way the DAGs are operated.
+
+One stack per executor (LocalExecutor; CeleryExecutor with a real ``airflow celery worker`` on
+Redis): API server, scheduler, DAG processor and triggerer as separate processes, PostgreSQL as
+Airflow's metadata DB and as the control DB (fresh databases, dropped afterwards), the demo's
+SQLite sources and an S3 server on loopback. Runs are triggered through the REST API, the
+approval is answered through the HITL REST endpoint, and failure mail goes to an SMTP server on
+loopback. Expected survivors come from the demo manifest (how each record was designed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from include.demo.airflow_stack import (
+    AirflowApi,
+    AirflowStack,
+    CeleryConfig,
+    StackConfig,
+    free_port,
+)
+from include.demo.manifest import ManifestEntry
+from include.demo.run import DEPLOYMENT_SETUP, ROOT, DemoPaths, environment
+from include.demo.seed import place_holds, seed_demo
+from include.retention.dag_factory import dag_id_for
+from include.retention.object_store import EmbeddedS3
+from include.retention.runs import Control
+from tests.dbs import fresh_pg_database
+from tests.demo_checks import Demo, edited_catalogue, strict_safety, survivors
+
+pytestmark = pytest.mark.scheduler
+
+AS_OF = dt.datetime(2026, 11, 24, 1, 30, tzinfo=dt.UTC)  # the 02:30 nightly run, Stockholm
+CONF = {"as_of": AS_OF.isoformat(), "dry_run": False}
+SQL, S3, BROKEN = "recruitment", "image_bank", "chatbot"
+APPROVED, REJECTED = "demo_process", "event_registration"  # gated: a person answers
+ACTIVITIES = (SQL, S3, BROKEN, APPROVED, REJECTED)
+ALERT_TO = "retention-alerts@example.com"
+APPROVER = "dpo.anna"
+RUN_TIMEOUT = 240.0
+
+
+def _drop_source_tables(url: str) -> None:
+    """The broken activity's source table is gone (the catalogue is unchanged, so the legal
+    holds on it still match): its run must fail, and say so."""
+    engine = sa.create_engine(url)
+    metadata = sa.MetaData()
+    metadata.reflect(engine, only=["chat_messages", "conversations"])
+    metadata.drop_all(engine)
+    engine.dispose()
+
+
+@dataclass
+class Mailbox:
+    """An aiosmtpd handler keeping every delivered message."""
+
+    port: int = 0
+    messages: list[Message] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+    def wait_for(self, subject_part: str, timeout: float = 90) -> Message:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in self.messages:
+                if subject_part in str(message["Subject"]):
+                    return message
+            time.sleep(0.5)
+        raise AssertionError(f"no mail with {subject_part!r} in its subject within {timeout}s")
+
+
+@dataclass
+class Scheduled:
+    """A running stack on the seeded demo, and the runs triggered at its start."""
+
+    executor: str
+    stack: AirflowStack
+    api: AirflowApi
+    demo: Demo
+    mailbox: Mailbox
+    runs: dict[str, str]  # activity id -> run id
+
+    def finished(self, activity_id: str) -> str:
+        key = (dag_id_for(activity_id), self.runs[activity_id])
+        return self.api.wait_for_runs([key], timeout=RUN_TIMEOUT)[key]
+
+
+@pytest.fixture(scope="module")
+def mailbox() -> Iterator[Mailbox]:
+    from aiosmtpd.controller import Controller
+
+    handler = Mailbox(port=free_port())
+    controller = Controller(handler, hostname="127.0.0.1", port=handler.port)
+    controller.start()
+    yield handler
+    controller.stop()
+
+
+def _environment(root: Path, key: str, s3: EmbeddedS3, control_url: str, smtp_port: int) -> dict:
+    env = environment(DemoPaths(root), key, s3.endpoint_url)
+    env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW_") or "_CONN_" in k}
+    edits = {APPROVED: strict_safety, REJECTED: strict_safety}
+    catalogue = edited_catalogue(root / "policies", edits)
+    smtp = {
+        "conn_type": "smtp",
+        "host": "127.0.0.1",
+        "port": smtp_port,
+        "extra": {"from_email": "airflow@example.com", "disable_tls": True, "disable_ssl": True},
+    }
+    return env | {
+        "RETENTION_CONTROL_DB_URL": control_url,
+        "RETENTION_CATALOGUE_DIR": str(catalogue),
+        "AIRFLOW_CONN_RETENTION_SMTP": json.dumps(smtp),
+        "AIRFLOW_VAR_RETENTION_ALERT_EMAIL": ALERT_TO,
+    }
+
+
+@pytest.fixture(scope="session")
+def metadata_url() -> Iterator[str]:
+    """Airflow's metadata DB for the test session (migrated once, shared by the stacks)."""
+    with fresh_pg_database("rt_af") as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["local", "celery"])
+def airflow(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    mailbox: Mailbox,
+    metadata_url: str,
+) -> Iterator[Scheduled]:
+    root = tmp_path_factory.mktemp(f"scheduler-{request.param}")
+    key = secrets.token_urlsafe(32)
+    with EmbeddedS3() as s3, fresh_pg_database("rt_ctl") as control_url:
+        seeded = seed_demo(AS_OF, root / "demo", s3_client=s3.client())
+        _drop_source_tables(seeded.urls[BROKEN])
+        control = Control.open(control_url, key.encode())
+        place_holds(control.holds, seeded.hold_requests())
+        config = StackConfig(
+            home=root / "airflow",
+            metadata_url=metadata_url,
+            dags_folder=ROOT / "dags",
+            project_root=ROOT,
+            env=_environment(root, key, s3, control_url, mailbox.port),
+            celery=CeleryConfig.on_local_redis() if request.param == "celery" else None,
+            users={"admin": "admin", APPROVER: "user"},
+            parallelism=6,
+            setup_commands=(DEPLOYMENT_SETUP,),
+        )
+        with AirflowStack(config) as stack:
+            api = stack.api()
+            api.wait_for_dags([dag_id_for(a) for a in ACTIVITIES])
+            for activity_id in ACTIVITIES:
+                api.unpause(dag_id_for(activity_id))
+            runs = {a: api.trigger(dag_id_for(a), CONF) for a in ACTIVITIES}
+            demo = Demo(root, seeded.manifest, seeded.urls, control, s3.client())
+            yield Scheduled(request.param, stack, api, demo, mailbox, runs)
+            api.close()
+
+
+def test_sql_run_deletes_exactly_the_due_rows_children_and_files(airflow: Scheduled) -> None:
+    assert airflow.finished(SQL) == "success"
+    entries, alive = survivors(airflow.demo, SQL)
+    assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
+    assert any(e.due for e in entries) and alive
+    for entry in airflow.demo.manifest.for_activity(SQL, kind="row"):
+        for cv in entry.objects:
+            assert (airflow.demo.object_versions("cv-files", cv) > 0) == (not entry.due)
+    finished = airflow.demo.last_run(SQL)
+    assert finished["outcome"] == "completed"
+    assert finished["counts"]["applied"] == sum(e.due for e in entries if e.kind == "row")
+    due = next(e for e in entries if e.due and e.kind == "row")
+    evidence = airflow.demo.control.ledger.lookup("ats", "candidates", due.pk)
+    assert [e.action for e in evidence] == ["delete"]
+    origin = airflow.demo.control.ledger.runs(SQL)[-1].header["origin"]
+    assert origin == {
+        "dag_id": dag_id_for(SQL), "run_id": airflow.runs[SQL], "run_type": "manual",
+        "triggered_by": "admin",
+    }  # fmt: skip
+    assert airflow.demo.control.ledger.verify().ok
+
+
+def test_s3_run_removes_every_version_of_the_due_objects(airflow: Scheduled) -> None:
+    assert airflow.finished(S3) == "success"
+    entries, alive = survivors(airflow.demo, S3)
+    assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
+    assert airflow.demo.last_run(S3)["counts"]["applied"] == sum(e.due for e in entries)
+
+
+def test_tasks_ran_in_the_executor_as_separate_processes(airflow: Scheduled) -> None:
+    assert airflow.finished(SQL) == "success"
+    tis = airflow.api.task_instances(dag_id_for(SQL), airflow.runs[SQL])
+    states = {task_id: ti["state"] for task_id, ti in tis.items()}
+    assert states == {
+        "plan": "success", "safety_gate": "success", "approve": "skipped",
+        "enforce": "success", "verify": "success", "report": "success",
+    }  # fmt: skip
+    ran = [ti for ti in tis.values() if ti["state"] == "success"]
+    assert len({ti["pid"] for ti in ran}) == len(ran)  # one task process each
+    celery = airflow.stack.config.celery
+    expected_queue = celery.queue if celery else "default"
+    assert {ti["queue"] for ti in ran} == {expected_queue}
+
+
+def _answer(airflow: Scheduled, activity_id: str, chosen: str) -> list[ManifestEntry]:
+    """Answer the run's approval as the approver once it waits; returns the records that
+    existed while it waited (nothing may change before the answer)."""
+    dag_id, run_id = dag_id_for(activity_id), airflow.runs[activity_id]
+    airflow.api.wait_for_approval(dag_id, run_id, "approve")
+    waiting = survivors(airflow.demo, activity_id)[1]
+    approver = airflow.stack.api(APPROVER)
+    answer = approver.answer_approval(dag_id, run_id, "approve", chosen)
+    approver.close()
+    assert answer["responded_by"]["name"] == APPROVER and answer["chosen_options"] == [chosen]
+    return waiting
+
+
+def test_gated_run_deletes_nothing_while_waiting_and_all_due_once_approved(airflow) -> None:
+    entries = airflow.demo.manifest.for_activity(APPROVED)
+    assert sum(e.due for e in entries) > 1  # over the strict limit of one row per run
+    assert _answer(airflow, APPROVED, "Approve") == entries
+    assert airflow.finished(APPROVED) == "success"
+    run = airflow.demo.control.ledger.runs(APPROVED)[-1]
+    assert run.header["approved_by"] == APPROVER
+    assert run.finished["outcome"] == "completed"
+    alive = survivors(airflow.demo, APPROVED)[1]
+    assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
+
+
+def test_rejected_run_changes_nothing(airflow: Scheduled) -> None:
+    entries = airflow.demo.manifest.for_activity(REJECTED)
+    assert sum(e.due for e in entries) > 1
+    assert _answer(airflow, REJECTED, "Reject") == entries
+    assert airflow.finished(REJECTED) == "success"
+    assert airflow.demo.last_run(REJECTED)["outcome"] == "approval_required"
+    assert survivors(airflow.demo, REJECTED)[1] == entries
+
+
+def test_failed_run_is_failed_and_alerts_without_personal_data(airflow: Scheduled) -> None:
+    assert airflow.finished(BROKEN) == "failed"
+    tis = airflow.api.task_instances(dag_id_for(BROKEN), airflow.runs[BROKEN])
+    assert tis["plan"]["state"] == "failed"
+    assert tis["enforce"]["state"] in ("upstream_failed", None)
+    assert tis["plan"]["try_number"] == 1  # bad input is not retried
+
+    mail = airflow.mailbox.wait_for(dag_id_for(BROKEN))
+    assert mail["To"] == ALERT_TO
+    text = mail.as_string()
+    personal = [e.subject for e in airflow.demo.manifest.for_activity(BROKEN) if e.subject]
+    assert personal, "the demo records must name their data subjects"
+    assert not [subject for subject in personal if subject in text]
+    assert airflow.demo.control.ledger.runs(BROKEN) == []  # nothing recorded as if it ran
