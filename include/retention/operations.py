@@ -118,8 +118,9 @@ def resolve_as_of(raw: Any, run_after: dt.datetime | None) -> pendulum.DateTime:
         in_range = False
     if not in_range:
         raise RetentionError(
-            f"as_of {raw!r} is outside {AS_OF_RANGE[0].date()}..{AS_OF_RANGE[1].date()},"
-            " outside the years retention is evaluated in: give a date such as 2026-11-24"
+            f"as_of {raw!r} is outside the years {AS_OF_YEARS[0]}-{AS_OF_YEARS[1]}"
+            f" ({AS_OF_RANGE[0].date()}..{AS_OF_RANGE[1].date()}) retention is evaluated in:"
+            " give a date such as 2026-11-24"
         )
     return parsed
 
