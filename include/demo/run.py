@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -177,8 +178,16 @@ def migrate_airflow(env: dict[str, str]) -> None:
     )
 
 
+def default_metadata_url(paths: DemoPaths) -> str:
+    """One metadata database per checkout, so two checkouts' demos never share runs."""
+    suffix = hashlib.sha256(str(paths.var).encode()).hexdigest()[:8]
+    return f"{DEFAULT_METADATA_URL}_{suffix}"
+
+
 def ensure_metadata_db(url: str) -> str:
-    """Create the PostgreSQL database for Airflow's metadata if it is missing."""
+    """A fresh PostgreSQL database for Airflow's metadata: the main job runs every DAG once,
+    so runs an interrupted job left queued must not resume (the evidence is in the control
+    database, not here)."""
     import sqlalchemy as sa
 
     target = sa.make_url(url)
@@ -192,12 +201,8 @@ def ensure_metadata_db(url: str) -> str:
     admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            exists = conn.execute(
-                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"),
-                {"name": target.database},
-            ).first()
-            if not exists:
-                conn.execute(sa.text(f'CREATE DATABASE "{target.database}"'))
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+            conn.execute(sa.text(f'CREATE DATABASE "{target.database}"'))
     except sa.exc.OperationalError as exc:
         raise RetentionError(
             f"the main job keeps Airflow's metadata in PostgreSQL"
@@ -220,9 +225,10 @@ def run_all_dags(
     from include.retention.dag_factory import dag_id_for
 
     dag_ids = sorted(dag_id_for(activity.id) for activity in load_catalogue())
+    metadata_url = os.environ.get(METADATA_ENV) or default_metadata_url(paths)
     config = StackConfig(
         home=paths.airflow_home,
-        metadata_url=ensure_metadata_db(os.environ.get(METADATA_ENV) or DEFAULT_METADATA_URL),
+        metadata_url=ensure_metadata_db(metadata_url),
         dags_folder=ROOT / "dags",
         project_root=ROOT,
         env={k: v for k, v in env.items() if not k.startswith("AIRFLOW_") or "_CONN_" in k},
