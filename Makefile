@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: install install-runtime install-demo lock env demo demo-reset test lint validate register bench ui clean
+.PHONY: install install-runtime install-demo browser lock env demo demo-reset test lint validate register bench ui clean
 
 # Three locked sets, each a superset of the one before (same versions):
 #   requirements.lock       runtime: what the product imports in Airflow (the Docker image)
@@ -25,9 +25,20 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-# The development set, exactly as locked (packages not in the lock are removed).
-install: | $(BIN)/python
+# The development set, exactly as locked (packages not in the lock are removed), and the
+# browser the browser test drives.
+install: browser | $(BIN)/python
 	$(SYNC) $(DEV_LOCK)
+
+# The browser test drives Debian's chromium through Playwright; Playwright never downloads a
+# browser of its own. Installed with apt-get when missing (as root, else with sudo).
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the browser test"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	@test -x $(CHROMIUM) || { echo "$(CHROMIUM) is missing: install Debian's chromium" >&2; exit 1; }
 
 # The runtime set alone, exactly (what the Docker image installs).
 install-runtime: | $(BIN)/python

@@ -236,6 +236,7 @@ class AirflowStack:
                 "AIRFLOW__CORE__PARALLELISM": str(cfg.parallelism),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__DAGS_FOLDER": str(cfg.dags_folder),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(cfg.project_root / "plugins"),
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
                 "AIRFLOW__CORE__FERNET_KEY": self._fernet_key(),
                 "AIRFLOW__CORE__AUTH_MANAGER": (

@@ -115,6 +115,7 @@ def environment(paths: DemoPaths, key: str, s3_endpoint: str) -> dict[str, str]:
         "AIRFLOW_HOME": str(paths.airflow_home),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "PYTHONPATH": str(ROOT),
         "RETENTION_CONTROL_DB_URL": paths.control_url,
         "AIRFLOW_CONN_RETENTION_PSEUDONYM_KEY": json.dumps(

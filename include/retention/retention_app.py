@@ -1,0 +1,349 @@
+"""The Retention page: a FastAPI app mounted in Airflow's API server at ``/retention``.
+
+Airflow does not authenticate plugin apps, so every route depends on Airflow's own security
+dependencies (``airflow.api_fastapi.core_api.security``): the JWT of the logged-in user (the
+UI's cookie, or a bearer token) and the auth manager's permissions.
+
+- ``GET /`` — every retention activity whose DAG the user may read: rule, last and next run,
+  records deleted (or anonymised) in the last run and in total, held, unknown anchors,
+  approvals waiting, policy gap, the run's verification, the ledger's chain status, and the
+  deletions per day as charts.
+- ``GET /dags/{dag_id}`` — one activity (the DAG's *Retention* tab); needs read access to the
+  DAG's runs.
+- ``POST /lookup`` — was a record deleted or anonymised: when, by which run and rule. It
+  needs read access to the connection holding the pseudonym key (whoever may read the key
+  can compute the references anyway); the identifier never appears in a URL, a log or the
+  answer.
+- ``GET /certificates/{run_id}``, ``GET /report`` — the deletion certificate of a run and the
+  audit report (404 with an explanation while this version has none).
+
+No personal data is shown: counts, rules, times and ids only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from airflow.api_fastapi.app import get_auth_manager
+from airflow.api_fastapi.auth.managers.models.resource_details import (
+    AccessView,
+    ConnectionDetails,
+    DagAccessEntity,
+    DagDetails,
+)
+from airflow.api_fastapi.core_api.security import (
+    GetUserDep,
+    requires_access_dag,
+    requires_access_view,
+)
+from fastapi import Depends, FastAPI, Form, HTTPException, Request, status
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
+
+from include.retention import connections, retention_status, svg_chart
+from include.retention.catalogue import Catalogue, load_valid
+from include.retention.dag_factory import dag_id_for
+from include.retention.errors import RetentionError
+from include.retention.ledger import Ledger
+from include.retention.retention_status import ActivityStatus, DagFacts, LedgerChecker
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).parent / "templates" / "retention"
+RUN_ROWS = 20  # runs listed on a DAG's tab
+# Sent with every page: no caching (the lookup's answer is about a person), framed only by
+# Airflow's own UI, no scripts, no requests to anywhere else.
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:;"
+        " form-action 'self'; frame-ancestors 'self'; base-uri 'none'"
+    ),
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "SAMEORIGIN",
+}
+OUTCOME_LABELS = {
+    "completed": "completed",
+    "nothing_to_do": "nothing due",
+    "approval_required": "approval needed / rejected",
+    "dry_run": "dry run",
+    "report_only": "report only",
+    "failed": "failed",
+    "interrupted": "interrupted",
+    "running": "running",
+}
+
+_checker = LedgerChecker()
+
+
+# ------------------------------------------------------------------------- data sources
+
+
+@functools.cache
+def _ledger(url: str) -> Ledger:
+    return Ledger(connections.control_engine(url), connections.pseudonym_key())
+
+
+def open_ledger() -> Ledger:
+    """The evidence ledger (control database and pseudonym key, as the DAGs find them)."""
+    return _ledger(connections.control_url())
+
+
+def catalogue() -> tuple[Catalogue, dict[str, str]]:
+    return load_valid()
+
+
+def dag_facts(dag_ids: Iterable[str]) -> dict[str, DagFacts]:
+    """Paused, next run and approvals waiting, from Airflow's metadata DB."""
+    from airflow.models.dag import DagModel
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+
+    wanted = list(dag_ids)
+    with create_session() as session:
+        dags = session.execute(
+            sa.select(DagModel.dag_id, DagModel.is_paused, DagModel.next_dagrun_create_after)
+            .where(DagModel.dag_id.in_(wanted))
+        ).all()  # fmt: skip
+        waiting = dict(
+            session.execute(
+                sa.select(TaskInstance.dag_id, sa.func.count())
+                .where(
+                    TaskInstance.dag_id.in_(wanted),
+                    TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
+                )
+                .group_by(TaskInstance.dag_id)
+            ).all()
+        )
+    return {
+        row.dag_id: DagFacts(
+            paused=row.is_paused,
+            next_run=row.next_dagrun_create_after,
+            pending_approvals=int(waiting.get(row.dag_id, 0)),
+        )
+        for row in dags
+    }
+
+
+# ----------------------------------------------------------------------------- access
+
+
+def readable_dag_ids(user: Any) -> set[str]:
+    """The DAGs whose runs the user may read (the auth manager decides)."""
+    manager = get_auth_manager()
+    return {
+        dag_id
+        for dag_id in manager.get_authorized_dag_ids(user=user, method="GET")
+        if manager.is_authorized_dag(
+            method="GET",
+            access_entity=DagAccessEntity.RUN,
+            details=DagDetails(id=dag_id),
+            user=user,
+        )
+    }
+
+
+def may_look_up(user: Any) -> bool:
+    """Lookup computes references with the pseudonym key: only for users who may read the
+    connection that holds it."""
+    return get_auth_manager().is_authorized_connection(
+        method="GET",
+        details=ConnectionDetails(conn_id=connections.PSEUDONYM_KEY_CONN_ID),
+        user=user,
+    )
+
+
+def require_lookup(user: GetUserDep) -> Any:
+    if not may_look_up(user):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "Lookup needs read access to the connection"
+            f" {connections.PSEUDONYM_KEY_CONN_ID!r} (the pseudonym key)",
+        )
+    return user
+
+
+def require_same_origin(request: Request) -> None:
+    """A form post must come from a page of this server (the cookie is the credential)."""
+    origin = request.headers.get("origin")
+    if origin and origin != f"{request.url.scheme}://{request.url.netloc}":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "cross-origin form post refused")
+
+
+# ----------------------------------------------------------------------------- render
+
+
+@functools.cache
+def _templates() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True)
+    )
+    env.filters["when"] = _when
+    env.globals["outcome_label"] = lambda outcome: OUTCOME_LABELS.get(outcome, outcome)
+    return env
+
+
+def _when(value: dt.datetime | None) -> str:
+    if value is None:
+        return "—"
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def render(request: Request, template: str, code: int = 200, **context: Any) -> HTMLResponse:
+    root = request.scope.get("root_path", "")
+    page = (
+        _templates()
+        .get_template(template)
+        .render(page=root, airflow=root.removesuffix("/retention"), **context)
+    )
+    return HTMLResponse(page, status_code=code, headers=SECURITY_HEADERS)
+
+
+def charts(rows: list[ActivityStatus], today: dt.date) -> dict[str, Any]:
+    days = retention_status.chart_days(today)
+    labels = [day.isoformat() for day in days]
+    total = [sum(values) for values in zip(*(r.daily_applied for r in rows), strict=True)]
+    spark = {
+        r.activity_id: Markup(
+            svg_chart.sparkline(r.daily_applied, labels, title=f"{r.activity_id}, per day")
+        )
+        for r in rows
+    }
+    overall = svg_chart.bar_chart(
+        total or [0] * len(days), labels,
+        title=f"Records deleted or anonymised per day, last {len(days)} days",
+    )  # fmt: skip
+    return {"overall_chart": Markup(overall), "sparklines": spark}
+
+
+def _unavailable(request: Request, exc: Exception) -> HTMLResponse:
+    if isinstance(exc, sa.exc.SQLAlchemyError):
+        problem = connections.database_fault(exc) or RetentionError(type(exc).__name__)
+        message = str(problem)
+    else:
+        message = str(exc)
+    log.warning("Retention page: evidence unavailable: %s", message)
+    return render(request, "message.html", 503, title="Evidence unavailable", message=message)
+
+
+# ----------------------------------------------------------------------------- routes
+
+
+def overview(request: Request, user: GetUserDep) -> HTMLResponse:
+    try:
+        cat, invalid = catalogue()
+        readable = readable_dag_ids(user) & {dag_id_for(a.id) for a in cat}
+        ledger = open_ledger()
+        today = dt.datetime.now(dt.UTC).date()
+        rows = retention_status.activity_statuses(
+            cat, ledger, dag_facts(readable), today, only=readable
+        )
+        chain = _checker.status(ledger)
+    except (RetentionError, sa.exc.SQLAlchemyError) as exc:
+        return _unavailable(request, exc)
+    return render(
+        request, "overview.html", rows=rows, chain=chain, invalid=sorted(invalid),
+        lookup=lookup_form(cat, readable) if may_look_up(user) else None,
+        **charts(rows, today),
+    )  # fmt: skip
+
+
+def dag_tab(request: Request, dag_id: str) -> HTMLResponse:
+    try:
+        cat, _ = catalogue()
+        activity = next((a for a in cat if dag_id_for(a.id) == dag_id), None)
+        if activity is None:
+            return render(
+                request, "message.html", 404, title="Not a retention DAG",
+                message=f"{dag_id} enforces no activity of the policy catalogue.",
+            )  # fmt: skip
+        ledger = open_ledger()
+        runs = ledger.runs(activity.id)
+        verified = retention_status.verification_results(ledger)
+        today = dt.datetime.now(dt.UTC).date()
+        days = retention_status.chart_days(today)
+        row = retention_status.activity_status(
+            activity, runs, verified, days, dag_facts([dag_id]).get(dag_id)
+        )
+        recent = [retention_status.run_row(r, verified) for r in reversed(runs[-RUN_ROWS:])]
+    except (RetentionError, sa.exc.SQLAlchemyError) as exc:
+        return _unavailable(request, exc)
+    chart = svg_chart.bar_chart(
+        row.daily_applied, [d.isoformat() for d in days],
+        title=f"{activity.name.en}: records deleted or anonymised per day",
+    )  # fmt: skip
+    return render(request, "dag.html", row=row, runs=recent, chart=Markup(chart), activity=activity)
+
+
+def lookup_form(cat: Catalogue, readable: set[str]) -> list[tuple[str, str]]:
+    """The (system, dataset) pairs a lookup can name: the sources of readable activities."""
+    pairs = {
+        (a.source.system, a.source.table if a.source.kind == "sql" else a.source.bucket)
+        for a in cat
+        if dag_id_for(a.id) in readable
+    }
+    return sorted(pairs)
+
+
+def lookup(
+    request: Request,
+    user: Annotated[Any, Depends(require_lookup)],
+    dataset: Annotated[str, Form(max_length=500)],
+    key: Annotated[str, Form(min_length=1, max_length=500)],
+) -> HTMLResponse:
+    system, _, name = dataset.partition("/")
+    try:
+        cat, _ = catalogue()
+        readable = readable_dag_ids(user)
+        if (system, name) not in lookup_form(cat, readable):
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "unknown system/dataset")
+        found = open_ledger().lookup(system, name, key.strip())
+    except (RetentionError, sa.exc.SQLAlchemyError) as exc:
+        return _unavailable(request, exc)
+    visible = [e for e in found if dag_id_for(e.activity_id) in readable]
+    log.info("Retention page: record lookup in %s/%s: %d answers", system, name, len(visible))
+    return render(request, "lookup.html", system=system, dataset=name, evidence=visible)
+
+
+def certificate(request: Request, run_id: str) -> HTMLResponse:
+    return render(
+        request, "message.html", 404, title="No certificate",
+        message=(
+            "Deletion certificates are not part of this version of the retention product yet:"
+            " the evidence of the run is in the ledger (see the run's row on this page)."
+        ),
+    )  # fmt: skip
+
+
+def report(request: Request) -> HTMLResponse:
+    return render(
+        request, "message.html", 404, title="No audit report",
+        message="The audit report is not part of this version of the retention product yet.",
+    )  # fmt: skip
+
+
+def create_app() -> FastAPI:
+    """The app the plugin mounts at ``/retention`` (see ``retention_page``)."""
+    app = FastAPI(title="Retention", docs_url=None, redoc_url=None, openapi_url=None)
+    website = [Depends(requires_access_view(AccessView.WEBSITE))]
+    runs = [Depends(requires_access_dag("GET", DagAccessEntity.RUN))]
+    app.get("/", dependencies=website, response_class=HTMLResponse)(overview)
+    app.get("/dags/{dag_id}", dependencies=runs, response_class=HTMLResponse)(dag_tab)
+    app.post(
+        "/lookup", dependencies=[*website, Depends(require_same_origin)],
+        response_class=HTMLResponse,
+    )(lookup)  # fmt: skip
+    app.get("/certificates/{run_id}", dependencies=website, response_class=HTMLResponse)(
+        certificate
+    )
+    app.get("/report", dependencies=website, response_class=HTMLResponse)(report)
+    return app
