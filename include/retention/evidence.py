@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -30,7 +30,7 @@ from include.retention.chain import (
     subject_table,
 )
 from include.retention.errors import RetentionError
-from include.retention.pseudonym import PackedRefs, RecordRefHasher, check_key
+from include.retention.pseudonym import PackedRefs, RecordRefHasher, check_key, subject_ref
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,14 @@ class Evidence:
     as_of: str | None
     batch_seq: int
     recovered: bool
+    system: str | None = None
+    dataset: str | None = None
+    outcome: str = "committed"  # or "partial": only some of the batch's records were applied
+    approved_by: str | None = None
+    origin: dict[str, Any] = field(default_factory=dict)  # Airflow dag_id, run_id, run_type, user
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -208,11 +216,12 @@ class EvidenceReader:
             found.append(self._evidence(e, res))
         return found
 
-    def subject_batches(self, subject_ref: bytes) -> list[Evidence]:
-        """The applied batches that held records of the subject with this keyed reference
-        (one index seek; a partially applied batch counts, its records are not told apart)."""
+    def subject_batches(self, ref: bytes, *more: bytes) -> list[Evidence]:
+        """The applied batches that held records of the subject with these keyed references
+        (one index seek each; a partially applied batch counts, its records are not told
+        apart), in ledger order."""
         t, s = ledger_table, subject_table
-        seqs = sa.select(s.c.seq).where(s.c.subject_ref == subject_ref)
+        seqs = sa.select(s.c.seq).where(s.c.subject_ref.in_([ref, *more]))
         prepared = list(self.entries(where=t.c.seq.in_(seqs), with_blob=False))
         resolutions = {
             e.ref_seq: e
@@ -226,6 +235,66 @@ class EvidenceReader:
             if e.seq in resolutions
             and resolutions[e.seq].document["body"]["outcome"] != "rolled_back"
         ]
+
+    def lookup_person(self, identifiers: Sequence[str]) -> list[Evidence]:
+        """What was deleted or anonymised of the person known by these normalised identifiers
+        (see `identifiers.normalise`), under every pseudonym key this reader holds."""
+        refs = [subject_ref(key, i) for key in self._lookup_keys() for i in identifiers]
+        return self.subject_batches(*refs) if refs else []
+
+    def _lookup_keys(self) -> list[bytes]:
+        return [self._need_key()]
+
+    def run_rows(
+        self, start: str | None = None, end: str | None = None, activity_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """One flat row per run started in [start, end) (ISO times): what an export shows.
+        No personal data: counts, rules, times and identities of runs and approvers only."""
+        t = ledger_table
+        where = _period(t.c.kind.in_(RUN_KINDS), start, end, activity_id, self._run_ids)
+        rows: dict[str, dict[str, Any]] = {}
+        for e in self.entries(where=where, with_blob=False):
+            body = e.document["body"]
+            if e.kind == "run_started":
+                rows[e.run_id] = _run_row(e, body)
+            elif e.run_id in rows:
+                _close_run_row(rows[e.run_id], e, body)
+        return list(rows.values())
+
+    def batch_rows(
+        self, start: str | None = None, end: str | None = None, activity_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """One flat row per batch of the runs started in [start, end): no references."""
+        t = ledger_table
+        kinds = t.c.kind.in_(("batch_prepared", "batch_resolved"))
+        where = _period(kinds, start, end, activity_id, self._run_ids)
+        rows: dict[int, dict[str, Any]] = {}
+        for e in self.entries(where=where, with_blob=False):
+            body = e.document["body"]
+            if e.kind == "batch_prepared":
+                rows[e.seq] = {
+                    "run_id": e.run_id, "activity_id": e.activity_id, "batch_seq": e.seq,
+                    "batch_no": body.get("batch_no"), "system": e.system, "dataset": e.dataset,
+                    "action": body.get("action"), "prepared_at": e.recorded_at,
+                    "subjects": (body.get("subjects") or {}).get("count"),
+                    **{f"count.{k}": v for k, v in sorted(body.get("counts", {}).items())},
+                    "outcome": None, "applied": None, "recovered": None, "resolved_at": None,
+                }  # fmt: skip
+            elif e.ref_seq in rows:
+                rows[e.ref_seq].update(
+                    outcome=body.get("outcome"), applied=body.get("applied"),
+                    recovered=body.get("recovered"), resolved_at=e.recorded_at,
+                )  # fmt: skip
+        return list(rows.values())
+
+    def _run_ids(self, start: str | None, end: str | None) -> sa.Select[Any]:
+        t = ledger_table
+        query = sa.select(t.c.run_id).where(t.c.kind == "run_started")
+        if start is not None:
+            query = query.where(t.c.recorded_at >= start)
+        if end is not None:
+            query = query.where(t.c.recorded_at < end)
+        return query
 
     def _evidence(self, prepared: Entry, resolution: Entry) -> Evidence:
         header: dict[str, Any] = {}
@@ -247,6 +316,11 @@ class EvidenceReader:
             as_of=header.get("as_of"),
             batch_seq=prepared.seq,
             recovered=bool(resolution.document["body"]["recovered"]),
+            system=prepared.system,
+            dataset=prepared.dataset,
+            outcome=resolution.document["body"]["outcome"],
+            approved_by=header.get("approved_by"),
+            origin=dict(header.get("origin") or {}),
         )
 
     def verify(self, expect_head: tuple[int, str] | None = None) -> VerifyReport:
@@ -348,6 +422,47 @@ class _SubjectRows:
     def rest(self) -> int | None:
         """The seq of a subject row past the chain's end, if any."""
         return None if self._next is None else int(self._next.seq)
+
+
+RUN_KINDS = ("run_started", "run_finished", "run_verified")
+
+
+def _period(
+    kinds: ColumnElement[bool],
+    start: str | None,
+    end: str | None,
+    activity_id: str | None,
+    run_ids: Any,
+) -> ColumnElement[bool]:
+    where = kinds
+    if start is not None or end is not None:
+        where = sa.and_(where, ledger_table.c.run_id.in_(run_ids(start, end)))
+    if activity_id is not None:
+        where = sa.and_(where, ledger_table.c.activity_id == activity_id)
+    return where
+
+
+def _run_row(e: Entry, body: dict[str, Any]) -> dict[str, Any]:
+    origin = body.get("origin") or {}
+    return {
+        "run_id": e.run_id, "activity_id": e.activity_id, "system": e.system,
+        "dataset": e.dataset, "action": body.get("action"), "started_at": e.recorded_at,
+        "as_of": body.get("as_of"), "rules": " | ".join(body.get("rules", [])),
+        "dry_run": body.get("dry_run"), "catalogue_version": body.get("catalogue_version"),
+        "code_version": body.get("code_version"), "approved_by": body.get("approved_by"),
+        "dag_id": origin.get("dag_id"), "dag_run_id": origin.get("run_id"),
+        "outcome": None, "ended_at": None, "message": None, "verification": None,
+    }  # fmt: skip
+
+
+def _close_run_row(row: dict[str, Any], e: Entry, body: dict[str, Any]) -> None:
+    if e.kind == "run_finished":
+        row.update(outcome=body.get("outcome"), ended_at=body.get("ended_at"))
+        row["message"] = body.get("message")
+        row.update({f"count.{k}": v for k, v in sorted(body.get("counts", {}).items())})
+    else:
+        success = body.get("success")
+        row["verification"] = None if success is None else ("passed" if success else "failed")
 
 
 def _check_row(row: Any, expected_seq: int, prev_hash: bytes) -> str | None:
