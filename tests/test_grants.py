@@ -177,8 +177,8 @@ def test_the_ledger_refuses_update_and_delete_even_for_its_owner(setup: Setup, k
     _refused(owner, "DELETE FROM retention_ledger_head", HEAD_FORWARD)
     assert control.ledger.verify() == before
     with owner.begin() as conn:  # a stray subject reference: appending is allowed, and caught
-        conn.execute(sa.insert(subject_table).values(seq=1, pos=0, subject_ref=b"s" * 16))
-    _refused(owner, "UPDATE retention_ledger_subject SET pos = pos + 1", APPEND_ONLY)
+        conn.execute(sa.insert(subject_table).values(seq=1, bucket=0, refs=b"s" * 16))
+    _refused(owner, "UPDATE retention_ledger_subject SET bucket = bucket + 1", APPEND_ONLY)
     _refused(owner, "DELETE FROM retention_ledger_subject", APPEND_ONLY)
     assert not control.ledger.verify().ok
 

@@ -21,6 +21,7 @@ from include.retention.pseudonym import REF_SIZE
 
 GENESIS = b"\x00" * 32
 Blob = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+SUBJECT_BUCKETS = 1024  # rows of the subject index per batch, at most (a power of 2)
 HOLD_EVENTS = ("hold_placed", "hold_released")
 COLUMNS = ("seq", "kind", "run_id", "activity_id", "system", "dataset", "ref_seq", "recorded_at")
 
@@ -48,21 +49,19 @@ ledger_table = sa.Table(
     sa.Index("ix_retention_ledger_ref", "ref_seq"),
 )
 
-# The keyed subject references of each batch_prepared entry, one row each, written in the
-# entry's transaction: lookup by person is an index seek on subject_ref. The entry's body carries
-# the count and SHA-256 of the packed references in `pos` order, so `verify()` recomputes them
-# from these rows and the chain covers the index.
+# The keyed subject references of each batch_prepared entry, written in the entry's
+# transaction, spread over SUBJECT_BUCKETS rows by the reference's first bits: a batch writes at
+# most that many rows (cheap next to one row per person), and looking a person up reads one
+# bucket row per batch (an index seek; ~1/1024 of the references). The entry's body records
+# the count and SHA-256 of the references in bucket order, so `verify()` recomputes them from
+# these rows: the chain covers the index.
 subject_table = sa.Table(
     "retention_ledger_subject",
     metadata,
     sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("pos", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column(
-        "subject_ref",
-        sa.LargeBinary(16).with_variant(mysql.BINARY(16), "mysql", "mariadb"),
-        nullable=False,
-    ),
-    sa.Index("ix_retention_ledger_subject_ref", "subject_ref", "seq"),
+    sa.Column("bucket", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("refs", Blob, nullable=False),
+    sa.Index("ix_retention_ledger_subject_bucket", "bucket", "seq"),
     sqlite_with_rowid=False,
 )
 
@@ -107,9 +106,38 @@ class Entry:
     blob: bytes | None
 
 
-def subjects_digest(blob: bytes) -> dict[str, Any]:
-    """What a batch_prepared body records of its subject references (chained with the entry)."""
-    return {"count": len(blob) // REF_SIZE, "sha256": hashlib.sha256(blob).hexdigest()}
+def bucket_of(ref: bytes) -> int:
+    return ((ref[0] << 8) | ref[1]) & (SUBJECT_BUCKETS - 1)
+
+
+def subject_buckets(blob: bytes) -> dict[int, bytes]:
+    """A packed blob of references grouped by bucket (ascending), each group in the blob's
+    order. Vectorised: ~0.25 us a reference, where a Python loop costs ~1 us (a million
+    references are one enforcement run's worth)."""
+    import numpy as np  # lazy: DAG parsing must not pay for it
+
+    arr = np.frombuffer(blob, dtype=np.uint8).reshape(-1, REF_SIZE)
+    keys = ((arr[:, 0].astype(np.uint16) << 8) | arr[:, 1]) & (SUBJECT_BUCKETS - 1)
+    order = np.argsort(keys, kind="stable")
+    grouped = arr[order].tobytes()
+    cuts = np.searchsorted(keys[order], np.arange(SUBJECT_BUCKETS + 1)) * REF_SIZE
+    return {int(b): grouped[cuts[b] : cuts[b + 1]] for b in np.flatnonzero(cuts[1:] - cuts[:-1])}
+
+
+def subjects_digest(buckets: dict[int, bytes]) -> dict[str, Any]:
+    """What a batch_prepared body records of its subject references (chained with the entry):
+    their count and the SHA-256 of the bucket rows in bucket order."""
+    digest, count = hashlib.sha256(), 0
+    for bucket in sorted(buckets):
+        update_digest(digest, bucket, buckets[bucket])
+        count += len(buckets[bucket]) // REF_SIZE
+    return {"count": count, "sha256": digest.hexdigest(), "buckets": SUBJECT_BUCKETS}
+
+
+def update_digest(digest: Any, bucket: int, refs: bytes) -> None:
+    """Feed one bucket row, framed by its bucket and length: a reference moved to another
+    bucket's row (where a lookup would miss it) changes the digest."""
+    digest.update(bucket.to_bytes(4, "big") + len(refs).to_bytes(4, "big") + refs)
 
 
 def decode_entry(row: Any, with_blob: bool) -> Entry:

@@ -23,14 +23,22 @@ from include.retention.chain import (
     GENESIS,
     HOLD_EVENTS,
     Entry,
+    bucket_of,
     decode_entry,
     entry_hash,
     head_table,
     ledger_table,
     subject_table,
+    update_digest,
 )
 from include.retention.errors import RetentionError
-from include.retention.pseudonym import PackedRefs, RecordRefHasher, check_key, subject_ref
+from include.retention.pseudonym import (
+    REF_SIZE,
+    PackedRefs,
+    RecordRefHasher,
+    check_key,
+    subject_ref,
+)
 
 log = logging.getLogger(__name__)
 
@@ -218,10 +226,12 @@ class EvidenceReader:
 
     def subject_batches(self, ref: bytes, *more: bytes) -> list[Evidence]:
         """The applied batches that held records of the subject with these keyed references
-        (one index seek each; a partially applied batch counts, its records are not told
-        apart), in ledger order."""
-        t, s = ledger_table, subject_table
-        seqs = sa.select(s.c.seq).where(s.c.subject_ref.in_([ref, *more]))
+        (an index seek on their buckets; a partially applied batch counts, its records are not
+        told apart), in ledger order."""
+        t = ledger_table
+        seqs = self._subject_seqs([ref, *more])
+        if not seqs:
+            return []
         prepared = list(self.entries(where=t.c.seq.in_(seqs), with_blob=False))
         resolutions = {
             e.ref_seq: e
@@ -235,6 +245,22 @@ class EvidenceReader:
             if e.seq in resolutions
             and resolutions[e.seq].document["body"]["outcome"] != "rolled_back"
         ]
+
+    def _subject_seqs(self, refs: list[bytes]) -> list[int]:
+        s = subject_table
+        wanted: dict[int, list[bytes]] = {}
+        for ref in refs:
+            wanted.setdefault(bucket_of(ref), []).append(ref)
+        query = sa.select(s.c.seq, s.c.bucket, s.c.refs).where(s.c.bucket.in_(list(wanted)))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return sorted(
+            {
+                int(row.seq)
+                for row in rows
+                if any(ref in PackedRefs(row.refs) for ref in wanted[row.bucket])
+            }
+        )
 
     def lookup_person(self, identifiers: Sequence[str]) -> list[Evidence]:
         """What was deleted or anonymised of the person known by these normalised identifiers
@@ -393,7 +419,7 @@ class _SubjectRows:
     def __enter__(self) -> _SubjectRows:
         t = subject_table
         self._conn = self._engine.connect()
-        query = sa.select(t.c.seq, t.c.subject_ref).order_by(t.c.seq, t.c.pos)
+        query = sa.select(t.c.seq, t.c.bucket, t.c.refs).order_by(t.c.seq, t.c.bucket)
         self._result = self._conn.execution_options(yield_per=SUBJECT_ROWS).execute(query)
         self._rows = iter(self._result)
         self._next: Any = next(self._rows, None)
@@ -408,8 +434,9 @@ class _SubjectRows:
             return f"subject references recorded for entry {self._next.seq}, which has none"
         digest, count = hashlib.sha256(), 0
         while self._next is not None and self._next.seq == row.seq:
-            digest.update(bytes(self._next.subject_ref))
-            count += 1
+            refs = bytes(self._next.refs)
+            update_digest(digest, self._next.bucket, refs)
+            count += len(refs) // REF_SIZE
             self._next = next(self._rows, None)
         body = json.loads(row.document)["body"] if row.kind == "batch_prepared" else {}
         recorded = body.get("subjects")

@@ -48,6 +48,7 @@ from include.retention.chain import (  # re-exported: callers import them from h
     head_table,
     ledger_table,
     metadata,
+    subject_buckets,
     subject_table,
     subjects_digest,
 )
@@ -59,7 +60,7 @@ from include.retention.evidence import (  # re-exported: callers import them fro
     RunSummary,
     VerifyReport,
 )
-from include.retention.pseudonym import check_key, pack_refs, unpack_refs
+from include.retention.pseudonym import PackedRefs, check_key
 
 log = logging.getLogger(__name__)
 
@@ -220,11 +221,13 @@ class Ledger(EvidenceReader):
 
         ``subject_refs_blob``: the packed keyed references (`pseudonym.pack_refs`) of the data
         subjects the batch's records belong to, so a person can be looked up after their records
-        are gone. Duplicates are dropped; the chain covers them through the entry's body."""
+        are gone. The caller passes each subject once per batch; the chain covers them through
+        the entry's body."""
         body: dict[str, Any] = {"batch_no": batch_no, "action": action, "counts": dict(counts)}
-        subjects = _distinct(subject_refs_blob)
-        if subjects is not None:
-            body["subjects"] = subjects_digest(subjects)
+        buckets = None
+        if subject_refs_blob is not None:
+            buckets = subject_buckets(PackedRefs(subject_refs_blob).blob)
+            body["subjects"] = subjects_digest(buckets)
         with self.engine.begin() as conn:
             seq = self._append(
                 conn,
@@ -236,8 +239,11 @@ class Ledger(EvidenceReader):
                 blob=refs_blob,
                 body=body,
             )
-            if subjects:
-                _insert_subjects(conn, seq, subjects)
+            if buckets:
+                conn.execute(
+                    sa.insert(subject_table),
+                    [{"seq": seq, "bucket": b, "refs": refs} for b, refs in buckets.items()],
+                )
             return seq
 
     def resolve_batch(
@@ -321,23 +327,6 @@ class Ledger(EvidenceReader):
         return self._append(
             conn, kind=kind, run_id=f"hold-{hold_id}", activity_id="", body=body, **where
         )
-
-
-def _distinct(blob: bytes | None) -> bytes | None:
-    """The packed references without repeats, in first-seen order (no sort: it costs seconds
-    per million references)."""
-    if blob is None:
-        return None
-    refs = unpack_refs(blob)
-    distinct = dict.fromkeys(refs)
-    return blob if len(distinct) == len(refs) else pack_refs(distinct)
-
-
-def _insert_subjects(conn: Connection, seq: int, blob: bytes) -> None:
-    conn.execute(
-        sa.insert(subject_table),
-        [{"seq": seq, "pos": pos, "subject_ref": ref} for pos, ref in enumerate(unpack_refs(blob))],
-    )
 
 
 def _lock_head(conn: Connection) -> Any:
