@@ -32,6 +32,8 @@ from include.demo.manifest import Expectation, Manifest
 from include.demo.run import DEPLOYMENT_SETUP, ROOT, DemoPaths, environment
 from include.demo.seed import place_holds, seed_demo
 from include.retention.dag_factory import dag_id_for
+from include.retention.evidence import EvidenceReader
+from include.retention.identifiers import normalise
 from include.retention.object_store import EmbeddedS3
 from include.retention.runs import Control
 from tests.dbs import fresh_pg_database
@@ -66,6 +68,7 @@ class Deployed:
     manifest: Manifest
     urls: dict[str, str]
     control: Control
+    key: bytes
     dag_run_id: str
 
     def client(self, user: str | None = None) -> httpx.Client:
@@ -113,7 +116,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
             api.unpause(DAG_ID)
             run_id = api.trigger(DAG_ID, {"as_of": AS_OF.isoformat(), "dry_run": False})
             assert api.wait_for_runs([(DAG_ID, run_id)], timeout=300)[(DAG_ID, run_id)] == "success"
-            yield Deployed(stack, seeded.manifest, seeded.urls, control, run_id)
+            yield Deployed(stack, seeded.manifest, seeded.urls, control, key.encode(), run_id)
             api.close()
 
 
@@ -178,7 +181,8 @@ def test_anonymous_and_forged_requests_are_refused(deployed: Deployed) -> None:
     for route in ROUTES:
         assert anonymous.get(route).status_code == 401, route
     form = {"dataset": "ats/candidates", "key": "1"}
-    assert anonymous.post("/retention/lookup", data=form).status_code == 401
+    for kind in ("record", "person"):
+        assert anonymous.post(f"/retention/lookup/{kind}", data=form).status_code == 401
     forged = {"Authorization": "Bearer not-a-token"}
     assert anonymous.get("/retention/", headers=forged).status_code == 403
     anonymous.cookies.set("_token", "not-a-token")
@@ -220,21 +224,49 @@ def test_dag_tab_shows_the_activity_and_its_ledger_run(deployed: Deployed) -> No
     assert client.get("/retention/dags/not_a_retention_dag").status_code == 404
 
 
-def test_lookup_needs_the_key_connection_and_answers_from_the_ledger(deployed: Deployed) -> None:
+def test_record_lookup_needs_the_key_connection_and_answers_from_the_ledger(
+    deployed: Deployed,
+) -> None:
     deleted = next(e for e in deployed.manifest.for_activity(ACTIVITY, kind="row") if e.due)
     kept = deployed.designed(Expectation.kept)[0]
     form = {"dataset": f"{deleted.system}/{deleted.dataset}", "key": str(deleted.pk)}
     assert "lookup-denied" in deployed.client("auditor").get("/retention/").text
-    assert deployed.client("auditor").post("/retention/lookup", data=form).status_code == 403
+    assert deployed.client("auditor").post("/retention/lookup/record", data=form).status_code == 403
     dpo = deployed.client("dpo")
-    answer = dpo.post("/retention/lookup", data=form)
+    answer = dpo.post("/retention/lookup/record", data=form)
     assert answer.status_code == 200, answer.text[:500]
     assert deployed.control.ledger.runs(ACTIVITY)[-1].run_id in answer.text
     assert ">delete<" in answer.text.replace(" ", "")
-    not_deleted = dpo.post("/retention/lookup", data={**form, "key": str(kept.pk)})
+    not_deleted = dpo.post("/retention/lookup/record", data={**form, "key": str(kept.pk)})
     assert 'id="no-evidence"' in not_deleted.text
-    foreign = dpo.post("/retention/lookup", data=form, headers={"Origin": "http://evil.example"})
+    foreign = dpo.post(
+        "/retention/lookup/record", data=form, headers={"Origin": "http://evil.example"}
+    )
     assert foreign.status_code == 403
+    unknown = dpo.post("/retention/lookup/record", data={**form, "dataset": "ats/nope"})
+    assert unknown.status_code == 400
+
+
+def test_person_lookup_answers_what_the_ledger_holds_without_echoing_the_person(
+    deployed: Deployed,
+) -> None:
+    deleted = next(e for e in deployed.manifest.for_activity(ACTIVITY, kind="row") if e.due)
+    email = str(deleted.subject)
+    assert "@" in email
+    reader = EvidenceReader(deployed.control.ledger.engine, deployed.key)
+    expected = reader.lookup_person([normalise("email", email).value])
+    assert deployed.client("auditor").post(
+        "/retention/lookup/person", data={"email": email}
+    ).status_code == 403  # fmt: skip
+    dpo = deployed.client("dpo")
+    answer = dpo.post("/retention/lookup/person", data={"email": f"  {email.upper()} "})
+    assert answer.status_code == 200, answer.text[:500]
+    assert email.casefold() not in answer.text.casefold()
+    assert ('id="no-evidence"' in answer.text) == (not expected)
+    assert all(e.run_id in answer.text for e in expected)
+    bad = dpo.post("/retention/lookup/person", data={"email": "not-an-address"})
+    assert bad.status_code == 400 and "email" in bad.text and "not-an-address" not in bad.text
+    assert dpo.post("/retention/lookup/person", data={}).status_code == 400
 
 
 def test_no_personal_data_on_any_page(deployed: Deployed) -> None:
@@ -242,18 +274,18 @@ def test_no_personal_data_on_any_page(deployed: Deployed) -> None:
     assert len(personal) > 100 and any("@" in v for v in personal)  # the scan has teeth
     admin = deployed.client("admin")
     deleted = next(e for e in deployed.manifest.for_activity(ACTIVITY, kind="row") if e.due)
-    pages = [
-        admin.get("/retention/").text,
-        admin.get(f"/retention/dags/{DAG_ID}").text,
-        admin.post(
-            "/retention/lookup",
-            data={"dataset": f"{deleted.system}/{deleted.dataset}", "key": str(deleted.pk)},
-        ).text,
+    record = {"dataset": f"{deleted.system}/{deleted.dataset}", "key": str(deleted.pk)}
+    answers = [
+        admin.get("/retention/"),
+        admin.get(f"/retention/dags/{DAG_ID}"),
+        admin.post("/retention/lookup/record", data=record),
+        admin.post("/retention/lookup/person", data={"email": str(deleted.subject)}),
     ]
-    for html in pages:
-        assert "<table" in html
+    for answer in answers:
+        assert answer.status_code == 200, answer.url
+        html = answer.text
         leaked = [v for v in personal if re.search(rf"(?<!\w){re.escape(v)}(?!\w)", html, re.I)]
-        assert leaked == []
+        assert leaked == [], answer.url
 
 
 def test_browser_logs_in_and_sees_the_dag_list_and_the_retention_page(deployed: Deployed) -> None:

@@ -112,3 +112,34 @@ def test_charts_refuse_values_without_labels() -> None:
         svg_chart.bar_chart([1, 2], ["a"], title="t")
     with pytest.raises(ValueError, match="1 values but 0 labels"):
         svg_chart.sparkline([1], [], title="t")
+
+
+def test_every_page_renders_from_rows_and_escapes_what_it_shows() -> None:
+    from include.retention import retention_app
+
+    activity = load_catalogue()["recruitment"]
+    days = retention_status.chart_days(TODAY)
+    run = _run("<b>run</b>", "2026-11-25T01:30:00+00:00", 4, origin={"run_id": "manual__<x>"})
+    row = retention_status.activity_status(activity, [run], {}, days, DagFacts(paused=True))
+    chain = retention_status.LedgerStatus(
+        ok=False, entries=3, head_seq=3, head_hash="ab" * 32, checked_at=dt.datetime.now(dt.UTC),
+        bad_seq=2, problem="entry hash does not match its content: entry edited",
+    )  # fmt: skip
+    pages = retention_app._templates()
+    common = {"page": "/retention", "airflow": ""}
+    overview = pages.get_template("overview.html").render(
+        rows=[row], chain=chain, invalid=["bad.yaml"], lookup=[("ats", "candidates")],
+        **common, **retention_app.charts([row], TODAY),
+    )  # fmt: skip
+    assert "ledger broken" in overview and "at entry 2" in overview and "bad.yaml" in overview
+    assert "certificates/%3Cb%3Erun%3C/b%3E" in overview and "<b>run</b>" not in overview
+    assert "manual__%3Cx%3E" in overview and ">paused<" in overview
+    assert 'action="/retention/lookup/person"' in overview
+    tab = pages.get_template("dag.html").render(
+        row=row, runs=[row.last_run], chart="", activity=activity, **common
+    )
+    assert "in 1 run<" in tab and "&lt;b&gt;run&lt;/b&gt;" in tab
+    denied = pages.get_template("overview.html").render(
+        rows=[], chain=chain, invalid=[], lookup=None, **common, **retention_app.charts([], TODAY)
+    )
+    assert 'id="lookup-denied"' in denied and "No retention DAG" in denied

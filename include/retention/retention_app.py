@@ -51,7 +51,8 @@ from include.retention import connections, retention_status, svg_chart
 from include.retention.catalogue import Catalogue, load_valid
 from include.retention.dag_factory import dag_id_for
 from include.retention.errors import RetentionError
-from include.retention.ledger import Ledger
+from include.retention.evidence import Evidence, EvidenceReader
+from include.retention.identifiers import LABELS, identify
 from include.retention.retention_status import ActivityStatus, DagFacts, LedgerChecker
 
 log = logging.getLogger(__name__)
@@ -88,13 +89,15 @@ _checker = LedgerChecker()
 
 
 @functools.cache
-def _ledger(url: str) -> Ledger:
-    return Ledger(connections.control_engine(url), connections.pseudonym_key())
+def _reader(url: str, with_key: bool) -> EvidenceReader:
+    key = connections.pseudonym_key() if with_key else None
+    return EvidenceReader(connections.control_engine(url), key)
 
 
-def open_ledger() -> Ledger:
-    """The evidence ledger (control database and pseudonym key, as the DAGs find them)."""
-    return _ledger(connections.control_url())
+def open_evidence(*, with_key: bool = False) -> EvidenceReader:
+    """The evidence ledger, read-only (the control database as the DAGs find it); with the
+    pseudonym key only for a lookup by identifier."""
+    return _reader(connections.control_url(), with_key)
 
 
 def catalogue() -> tuple[Catalogue, dict[str, str]]:
@@ -242,7 +245,7 @@ def overview(request: Request, user: GetUserDep) -> HTMLResponse:
     try:
         cat, invalid = catalogue()
         readable = readable_dag_ids(user) & {dag_id_for(a.id) for a in cat}
-        ledger = open_ledger()
+        ledger = open_evidence()
         today = dt.datetime.now(dt.UTC).date()
         rows = retention_status.activity_statuses(
             cat, ledger, dag_facts(readable), today, only=readable
@@ -266,7 +269,7 @@ def dag_tab(request: Request, dag_id: str) -> HTMLResponse:
                 request, "message.html", 404, title="Not a retention DAG",
                 message=f"{dag_id} enforces no activity of the policy catalogue.",
             )  # fmt: skip
-        ledger = open_ledger()
+        ledger = open_evidence()
         runs = ledger.runs(activity.id)
         verified = retention_status.verification_results(ledger)
         today = dt.datetime.now(dt.UTC).date()
@@ -285,7 +288,8 @@ def dag_tab(request: Request, dag_id: str) -> HTMLResponse:
 
 
 def lookup_form(cat: Catalogue, readable: set[str]) -> list[tuple[str, str]]:
-    """The (system, dataset) pairs a lookup can name: the sources of readable activities."""
+    """The (system, dataset) pairs a record lookup can name: the sources of readable
+    activities."""
     pairs = {
         (a.source.system, a.source.table if a.source.kind == "sql" else a.source.bucket)
         for a in cat
@@ -294,24 +298,55 @@ def lookup_form(cat: Catalogue, readable: set[str]) -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
-def lookup(
+def _answer(request: Request, user: Any, what: str, found: list[Evidence]) -> HTMLResponse:
+    readable = readable_dag_ids(user)
+    visible = sorted(
+        (e for e in found if dag_id_for(e.activity_id) in readable), key=lambda e: e.batch_seq
+    )
+    log.info("Retention page: lookup of %s: %d answers", what, len(visible))
+    return render(request, "lookup.html", what=what, evidence=visible)
+
+
+def lookup_person(
+    request: Request,
+    user: Annotated[Any, Depends(require_lookup)],
+    email: Annotated[str, Form(max_length=320)] = "",
+    phone: Annotated[str, Form(max_length=320)] = "",
+    personnummer: Annotated[str, Form(max_length=320)] = "",
+    customer_id: Annotated[str, Form(max_length=320)] = "",
+) -> HTMLResponse:
+    """What was deleted or anonymised of a person, by any of their identifiers."""
+    form = {"email": email, "phone": phone, "personnummer": personnummer}
+    try:
+        ids = identify(form | {"customer_id": customer_id})
+    except RetentionError as exc:  # names the field, never repeats the value
+        return render(request, "message.html", 400, title="Cannot look up", message=str(exc))
+    what = "the person (" + ", ".join(LABELS[i.kind] for i in ids) + ")"
+    try:
+        found = open_evidence(with_key=True).lookup_person([i.value for i in ids])
+    except (RetentionError, sa.exc.SQLAlchemyError) as exc:
+        return _unavailable(request, exc)
+    return _answer(request, user, what, found)
+
+
+def lookup_record(
     request: Request,
     user: Annotated[Any, Depends(require_lookup)],
     dataset: Annotated[str, Form(max_length=500)],
     key: Annotated[str, Form(min_length=1, max_length=500)],
 ) -> HTMLResponse:
+    """Was one record (by its primary key or object key) deleted or anonymised."""
     system, _, name = dataset.partition("/")
     try:
-        cat, _ = catalogue()
-        readable = readable_dag_ids(user)
-        if (system, name) not in lookup_form(cat, readable):
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, "unknown system/dataset")
-        found = open_ledger().lookup(system, name, key.strip())
+        if (system, name) not in lookup_form(catalogue()[0], readable_dag_ids(user)):
+            return render(
+                request, "message.html", 400, title="Cannot look up",
+                message=f"{dataset!r} is not the system/dataset of an activity you may read",
+            )  # fmt: skip
+        found = open_evidence(with_key=True).lookup(system, name, key.strip())
     except (RetentionError, sa.exc.SQLAlchemyError) as exc:
         return _unavailable(request, exc)
-    visible = [e for e in found if dag_id_for(e.activity_id) in readable]
-    log.info("Retention page: record lookup in %s/%s: %d answers", system, name, len(visible))
-    return render(request, "lookup.html", system=system, dataset=name, evidence=visible)
+    return _answer(request, user, f"the given record of {system}/{name}", found)
 
 
 def certificate(request: Request, run_id: str) -> HTMLResponse:
@@ -338,10 +373,9 @@ def create_app() -> FastAPI:
     runs = [Depends(requires_access_dag("GET", DagAccessEntity.RUN))]
     app.get("/", dependencies=website, response_class=HTMLResponse)(overview)
     app.get("/dags/{dag_id}", dependencies=runs, response_class=HTMLResponse)(dag_tab)
-    app.post(
-        "/lookup", dependencies=[*website, Depends(require_same_origin)],
-        response_class=HTMLResponse,
-    )(lookup)  # fmt: skip
+    posted = [*website, Depends(require_same_origin)]
+    app.post("/lookup/person", dependencies=posted, response_class=HTMLResponse)(lookup_person)
+    app.post("/lookup/record", dependencies=posted, response_class=HTMLResponse)(lookup_record)
     app.get("/certificates/{run_id}", dependencies=website, response_class=HTMLResponse)(
         certificate
     )

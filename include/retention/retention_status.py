@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from include.retention.catalogue import Activity, Catalogue
+from include.retention.chain import ledger_table
 from include.retention.dag_factory import dag_id_for, display_name
-from include.retention.ledger import Ledger, RunSummary, VerifyReport, ledger_table
+from include.retention.evidence import EvidenceReader, RunSummary, VerifyReport
 
 CHART_DAYS = 30  # the deletions chart covers the last 30 days, one bar per day
 LEDGER_CHECK_TTL = 60.0  # seconds a chain verification is reused before it is run again
@@ -121,7 +122,7 @@ def run_row(run: RunSummary, verified: Mapping[str, bool]) -> LastRun:
     )
 
 
-def verification_results(ledger: Ledger) -> dict[str, bool]:
+def verification_results(ledger: EvidenceReader) -> dict[str, bool]:
     """The outcome of every run's independent verification (``run_verified``), by run id."""
     where = ledger_table.c.kind == "run_verified"
     return {
@@ -161,7 +162,7 @@ def activity_status(
 
 def activity_statuses(
     catalogue: Catalogue,
-    ledger: Ledger,
+    ledger: EvidenceReader,
     facts: Mapping[str, DagFacts],
     today: dt.date,
     only: Iterable[str] | None = None,
@@ -190,7 +191,7 @@ class LedgerChecker:
         self._lock = threading.Lock()
         self._cached: tuple[float, Any, LedgerStatus] | None = None
 
-    def status(self, ledger: Ledger) -> LedgerStatus:
+    def status(self, ledger: EvidenceReader) -> LedgerStatus:
         key = ledger.engine.url.render_as_string(hide_password=True)
         with self._lock:
             cached = self._cached
