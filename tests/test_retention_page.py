@@ -37,6 +37,7 @@ from include.retention.identifiers import normalise
 from include.retention.object_store import EmbeddedS3
 from include.retention.runs import Control
 from tests.dbs import fresh_pg_database
+from tests.demo_checks import edited_catalogue, strict_safety
 
 pytestmark = pytest.mark.scheduler
 
@@ -44,6 +45,7 @@ AS_OF = dt.datetime(2026, 11, 24, 1, 30, tzinfo=dt.UTC)
 ACTIVITY = "recruitment"
 DAG_ID = dag_id_for(ACTIVITY)
 GAP_ACTIVITY = "customer_support"  # its policy states no period for some records
+GATED = "demo_process"  # at most one record per run here: its run waits for an approval
 USERS = {"admin": "admin", "auditor": "viewer", "dpo": "op"}
 ARTIFACTS = ROOT / "build" / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -100,6 +102,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         place_holds(control.holds, seeded.hold_requests())
         env = environment(paths, key, s3.endpoint_url)
         env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW_") or "_CONN_" in k}
+        catalogue = edited_catalogue(root / "policies", {GATED: strict_safety})
+        env["RETENTION_CATALOGUE_DIR"] = str(catalogue)
         config = StackConfig(
             home=root / "airflow",
             metadata_url=metadata_url,
@@ -112,10 +116,16 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         )
         with AirflowStack(config) as stack:
             api = stack.api()
-            api.wait_for_dags([DAG_ID])
-            api.unpause(DAG_ID)
-            run_id = api.trigger(DAG_ID, {"as_of": AS_OF.isoformat(), "dry_run": False})
+            conf = {"as_of": AS_OF.isoformat(), "dry_run": False}
+            runs = {}
+            api.wait_for_dags([DAG_ID, dag_id_for(GATED)])
+            for dag_id in (DAG_ID, dag_id_for(GATED)):
+                api.unpause(dag_id)
+                runs[dag_id] = api.trigger(dag_id, conf)
+            run_id = runs[DAG_ID]
             assert api.wait_for_runs([(DAG_ID, run_id)], timeout=300)[(DAG_ID, run_id)] == "success"
+            api.wait_for_task_state(dag_id_for(GATED), runs[dag_id_for(GATED)], "approve",
+                                    "awaiting_input", timeout=300)  # fmt: skip
             yield Deployed(stack, seeded.manifest, seeded.urls, control, key.encode(), run_id)
             api.close()
 
@@ -202,7 +212,7 @@ def test_viewer_sees_every_activity_with_the_designed_counts(deployed: Deployed)
     assert row["deleted-last"] == row["deleted-total"] == str(len(due))
     assert row["held"] == str(len(deployed.designed(Expectation.held)))
     assert row["unknown-anchor"] == str(len(deployed.designed(Expectation.unknown_anchor)))
-    assert row["pending"] == "0"
+    assert row["pending"] == "0" and rows[GATED]["pending"] == "1"
     assert row["verified"] == "verified"
     assert row["policy-gap"] == "none" and rows[GAP_ACTIVITY]["policy-gap"] == "gap"
     assert "completed" in row["last-run"]
@@ -298,6 +308,7 @@ def test_browser_logs_in_and_sees_the_dag_list_and_the_retention_page(deployed: 
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.set_default_timeout(60_000)
+        expect.set_options(timeout=60_000)  # a loaded machine renders slowly
         try:
             page.goto(f"{url}/")
             page.fill("input[name=username]", "admin")

@@ -198,7 +198,7 @@ def _templates() -> Environment:
 def _when(value: dt.datetime | None) -> str:
     if value is None:
         return "—"
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def render(request: Request, template: str, code: int = 200, **context: Any) -> HTMLResponse:
