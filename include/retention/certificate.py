@@ -279,7 +279,7 @@ def check_language(language: str) -> Language:
     return "sv" if language == "sv" else "en"
 
 
-def _local(stamp: str | None) -> str:
+def local_time(stamp: str | None) -> str:
     """A ledger time stamp in Stockholm time, to the second."""
     if not stamp:
         return _NO_VALUE
@@ -332,8 +332,8 @@ def _times(run: RunRecord, lang: Language) -> Facts:
     return Facts(w["time_h"], [
         Item(w["as_of"], str(run.header.get("as_of", _NO_VALUE)), code=True),
         Item(w["cutoffs"], ", ".join(cutoffs) or w["none"], code=bool(cutoffs)),
-        Item(w["started"], _local(run.started_at)),
-        Item(w["ended"], _local(run.finished_at)),
+        Item(w["started"], local_time(run.started_at)),
+        Item(w["ended"], local_time(run.finished_at)),
     ])  # fmt: skip
 
 
@@ -391,7 +391,7 @@ def _residual(run: RunRecord, controller: Controller, lang: Language) -> Notes:
             lines.append(w["no_backups"].format(system=system))
             continue
         expiry = (ended + dt.timedelta(days=days)).date().isoformat()
-        when = _local(ended.isoformat())
+        when = local_time(ended.isoformat())
         lines.append(w["residual"].format(system=system, ended=when, expiry=expiry, days=days))
     return Notes(w["residual_h"], [*lines, copies.statement[lang]])
 
@@ -477,7 +477,9 @@ def build_certificate(
     w = _W[lang]
     title = w["title_anonymise"] if run.action == "anonymise" else w["title"]
     issued = (issued_at or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
-    meta = [f"{w['issued'].format(at=_local(issued), controller=controller.name)} {run.run_id}."]
+    meta = [
+        f"{w['issued'].format(at=local_time(issued), controller=controller.name)} {run.run_id}."
+    ]
     blocks: list[Block] = [
         *_activity_facts(run, activity, catalogue, lang),
         _scope(run, lang),

@@ -64,7 +64,9 @@ class Document:
 # ----------------------------------------------------------------------------------- HTML
 
 _EXTRA_CSS = """
-table.grid th { width: auto; }
+table.grid { table-layout: auto; font-size: 9pt; }
+table.grid th { width: auto; vertical-align: bottom; }
+table.grid th, table.grid td { overflow-wrap: normal; hyphens: manual; }
 table.grid td.n { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: .4em 0 1em; break-inside: avoid; }
 figcaption { font-size: 9pt; color: #444; }
@@ -101,7 +103,7 @@ def _block_html(block: Block, none: str) -> str:
 
 def to_html(document: Document) -> str:
     esc, none = html.escape, document.words["none"]
-    page = "@page { size: A4 landscape; }" if document.landscape else ""
+    page = "@page { size: A4 landscape; } body { max-width: 265mm; }" if document.landscape else ""
     meta = "".join(f'<p class="meta">{esc(line)}</p>' for line in document.meta)
     body = "".join(_block_html(block, none) for block in document.blocks)
     return (
