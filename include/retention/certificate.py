@@ -73,7 +73,7 @@ _W: dict[str, dict[str, str]] = {
         "catalogue_changed": "{run} (katalogen har ändrats sedan dess; nu {now})",
         "scope_h": "Omfattning",
         "system": "System",
-        "dataset": "Tabell eller bucket",
+        "dataset": "Tabell eller S3-behållare",
         "linked": "Tillhörande uppgifter som också togs bort",
         "method": "Metod",
         "dry": "Provkörning",
