@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from include.retention import audit_cli, connections
+from include.retention import audit_cli, connections, ledger_cli
 from include.retention.catalogue import POLICY_DIR, load_catalogue
 from include.retention.connections import CONTROL_DB_ENV
 from include.retention.errors import RetentionError
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     register.set_defaults(run=_register)
     _add_grants(commands)
     _add_control_init(commands)
+    ledger_cli.add_commands(commands)
     audit_cli.add_commands(commands)
     setup = commands.add_parser("setup", help="create the enforcement pool (deployment side)")
     setup.add_argument("--slots", type=int, default=None, help="default $RETENTION_POOL_SLOTS or 4")

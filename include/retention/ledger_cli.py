@@ -1,0 +1,202 @@
+"""``python -m include.retention ledger verify|lookup|export``: the ledger for auditors.
+
+- ``verify``: recompute the hash chain, the subject index and the head; exit 1 naming the first
+  broken entry.
+- ``lookup``: by a person's identifier (``--email``, ``--phone``, ``--personnummer``,
+  ``--customer-id``) or by ``--system/--dataset/--key``: what was deleted or anonymised, when,
+  by which run, rule and approval, or that nothing was. Needs the pseudonym key (the Airflow
+  connection ``retention_pseudonym_key``, as tasks do). The identifier is never printed.
+- ``export``: the runs or batches of a period (and activity) as CSV or JSON: counts, times,
+  rules, run identities; no references, no personal data.
+
+The control database is ``--control-db``, else where tasks find it (``connections.control_url``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from include.retention import connections
+from include.retention.errors import RetentionError
+from include.retention.evidence import Evidence, EvidenceReader, VerifyReport
+from include.retention.identifiers import KINDS, LABELS, normalise
+
+EXIT_BROKEN = 1
+
+
+def _reader(args: argparse.Namespace, *, with_key: bool = False) -> EvidenceReader:
+    engine = connections.control_engine(args.control_db)
+    return EvidenceReader(engine, connections.pseudonym_key() if with_key else None)
+
+
+# ------------------------------------------------------------------------------ verify
+
+
+def _verify(args: argparse.Namespace) -> int:
+    report = _reader(args).verify()
+    _print_verify(report)
+    return 0 if report.ok else EXIT_BROKEN
+
+
+def _print_verify(report: VerifyReport) -> None:
+    if report.ok:
+        print(f"ledger ok: {report.entries} entries, head seq {report.head_seq} {report.head_hash}")
+        return
+    print(
+        f"LEDGER BROKEN at entry seq {report.bad_seq}: {report.problem}\n"
+        f"the chain verified up to seq {report.entries} ({report.head_hash}); keep the database"
+        " as it is and compare it with a backup and the published manifests",
+        file=sys.stderr,
+    )
+
+
+# ------------------------------------------------------------------------------ lookup
+
+
+def _lookup(args: argparse.Namespace) -> int:
+    reader = _reader(args, with_key=True)
+    by_record = (args.system, args.dataset, args.key)
+    given = {kind: getattr(args, kind) for kind in KINDS if getattr(args, kind)}
+    if any(by_record) and given:
+        raise RetentionError("look up either a person or a record (--system/--dataset/--key)")
+    if any(by_record):
+        if not all(by_record):
+            raise RetentionError("a record lookup needs --system, --dataset and --key")
+        key = args.key[0] if len(args.key) == 1 else tuple(args.key)
+        what = f"the given record of {args.system}/{args.dataset}"
+        found = reader.lookup(args.system, args.dataset, key)
+    elif given:
+        ids = [
+            normalise(kind, raw, field=f"--{kind.replace('_', '-')}") for kind, raw in given.items()
+        ]
+        what = "the person (" + ", ".join(LABELS[i.kind] for i in ids) + ")"
+        found = reader.lookup_person([i.value for i in ids])
+    else:
+        raise RetentionError(
+            "say whom to look up: --email, --phone, --personnummer or --customer-id,"
+            " or a record by --system, --dataset and --key"
+        )
+    if args.json:
+        json.dump([e.as_dict() for e in found], sys.stdout, indent=2, sort_keys=True)
+        print()
+    else:
+        _print_findings(what, found)
+    return 0
+
+
+def _print_findings(what: str, found: Sequence[Evidence]) -> None:
+    if not found:
+        print(f"nothing in the ledger: no run deleted or anonymised records of {what}")
+        return
+    print(f"{len(found)} batch(es) deleted or anonymised records of {what}:")
+    for e in found:
+        verb = {"delete": "deleted", "anonymise": "anonymised"}.get(e.action, e.action)
+        partial = " (batch partially applied)" if e.outcome == "partial" else ""
+        print(
+            f"- {verb}{partial} at {e.at} in {e.system}/{e.dataset} by activity {e.activity_id}"
+            f"\n  run {e.run_id} (Airflow {e.origin.get('dag_id') or '-'}"
+            f" {e.origin.get('run_id') or '-'}), ledger entry {e.batch_seq}"
+            f"\n  rule: {'; '.join(e.rules) or '-'}; as of {e.as_of}"
+            f"\n  approved by: {e.approved_by or 'no approval recorded'}"
+            + ("\n  (recorded on recovery after a crash)" if e.recovered else "")
+        )
+
+
+# ------------------------------------------------------------------------------ export
+
+
+def _export(args: argparse.Namespace) -> int:
+    reader = _reader(args)
+    start, end = _day(args.start, "--from"), _day(args.end, "--to", next_day=True)
+    if start and end and start >= end:
+        raise RetentionError("--from must be on or before --to")
+    rows_of = reader.run_rows if args.what == "runs" else reader.batch_rows
+    rows = rows_of(start, end, args.activity)
+    out: TextIO = (
+        sys.stdout if args.out is None else args.out.open("w", encoding="utf-8", newline="")
+    )
+    try:
+        if args.format == "json":
+            json.dump(rows, out, indent=2, sort_keys=True)
+            out.write("\n")
+        else:
+            _write_csv(out, rows)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if args.out is not None:
+        print(f"wrote {len(rows)} {args.what} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _write_csv(out: TextIO, rows: list[dict[str, Any]]) -> None:
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def _day(raw: str | None, option: str, *, next_day: bool = False) -> str | None:
+    """An ISO date (UTC day) as the ledger's ISO timestamp bound; --to includes its day."""
+    if raw is None:
+        return None
+    try:
+        day = dt.date.fromisoformat(raw)
+    except ValueError:
+        raise RetentionError(f"{option}: give a date as YYYY-MM-DD") from None
+    day += dt.timedelta(days=1 if next_day else 0)
+    return dt.datetime.combine(day, dt.time(), dt.UTC).isoformat(timespec="microseconds")
+
+
+# ------------------------------------------------------------------------------ registration
+
+
+def _option(kind: str) -> str:
+    return "--" + kind.replace("_", "-")
+
+
+def add_commands(commands: Any) -> None:
+    """Register ``ledger verify|lookup|export`` on the main command line's subparsers."""
+    ledger = commands.add_parser("ledger", help="verify, look up and export the deletion ledger")
+    verbs = ledger.add_subparsers(dest="verb", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--control-db", help="control database URL (default: where tasks find it)")
+    verify = verbs.add_parser(
+        "verify", parents=[common], help="recompute the chain; exit 1 naming a broken entry"
+    )
+    verify.set_defaults(run=_verify)
+
+    lookup = verbs.add_parser(
+        "lookup", parents=[common], help="what was deleted or anonymised of a person or record"
+    )
+    for kind in KINDS:
+        lookup.add_argument(_option(kind), dest=kind, help=LABELS[kind])
+    lookup.add_argument("--system", help="a record: its system (as in the catalogue)")
+    lookup.add_argument("--dataset", help="a record: its dataset (table or bucket)")
+    lookup.add_argument(
+        "--key", action="append", help="a record: its primary key (repeat for a composite key)"
+    )
+    lookup.add_argument("--json", action="store_true", help="print JSON")
+    lookup.set_defaults(run=_lookup)
+
+    export = verbs.add_parser(
+        "export",
+        parents=[common],
+        help="runs or batches of a period as CSV/JSON (no personal data)",
+    )
+    export.add_argument("what", choices=("runs", "batches"), nargs="?", default="runs")
+    export.add_argument("--from", dest="start", metavar="YYYY-MM-DD", help="first day (UTC)")
+    export.add_argument("--to", dest="end", metavar="YYYY-MM-DD", help="last day (UTC), included")
+    export.add_argument("--activity", help="only this activity")
+    export.add_argument("--format", choices=("csv", "json"), default="csv")
+    export.add_argument("--out", type=Path, help="write to this file instead of stdout")
+    export.set_defaults(run=_export)
