@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,9 @@ from include.retention import connections
 from include.retention.audit_report import FORMATS, AuditReport, build_report, report_bytes
 from include.retention.catalogue import Catalogue, load_valid
 from include.retention.certificate import LedgerState
+from include.retention.chain import ledger_table
 from include.retention.errors import RetentionError
-from include.retention.ledger import Ledger, ledger_table
+from include.retention.evidence import EvidenceReader
 from include.retention.object_store import S3_CONN_ID, s3_client
 from include.retention.run_record import TIMEZONE
 from include.retention.texts import LANGUAGES
@@ -38,9 +38,8 @@ LOCATION_VARIABLE = "retention_audit_report_location"
 DEFAULT_FOLDER = "retention_reports"  # under $AIRFLOW_HOME
 
 
-def open_ledger(url: str | None = None) -> Ledger:
-    """The ledger for reading. Its read methods never use the pseudonym key, so a throwaway
-    key is given: whoever reads the evidence needs no secret."""
+def open_ledger(url: str | None = None) -> EvidenceReader:
+    """The ledger for reading: whoever prints a certificate or a report needs no secret key."""
     url = url or connections.control_url()
     target = sa.make_url(url)
     shown = target.render_as_string(hide_password=True)
@@ -52,7 +51,7 @@ def open_ledger(url: str | None = None) -> Ledger:
     engine = connections.control_engine(url)
     if not sa.inspect(engine).has_table(ledger_table.name):
         raise RetentionError(f"{shown} holds no ledger ({ledger_table.name} is missing)")
-    return Ledger(engine, secrets.token_bytes(32))
+    return EvidenceReader(engine)
 
 
 def write_private(path: Path, data: bytes) -> Path:
@@ -142,7 +141,7 @@ def publish(
     last: dt.date,
     location: Location,
     *,
-    ledger: Ledger,
+    ledger: EvidenceReader,
     catalogue: Catalogue,
     client: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from include.retention.certificate import LedgerState, check_language, local_tim
 from include.retention.charts import Series, TrendChart, top_series
 from include.retention.documents import Block, Document, Facts, Figure, Grid, Notes
 from include.retention.errors import RetentionError
-from include.retention.ledger import Ledger
+from include.retention.evidence import EvidenceReader
 from include.retention.register import Item
 from include.retention.run_record import RunRecord, local_day, read_period
 from include.retention.texts import Language
@@ -232,7 +232,7 @@ class AuditReport:
 
 
 def build_report(
-    ledger: Ledger,
+    ledger: EvidenceReader,
     first: dt.date,
     last: dt.date,
     language: str,

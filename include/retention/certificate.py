@@ -19,7 +19,7 @@ from include.retention.catalogue import Activity, Catalogue
 from include.retention.controller import Controller, load_controller
 from include.retention.documents import Block, Document, Facts, Notes, to_html, to_pdf
 from include.retention.errors import RetentionError
-from include.retention.ledger import Ledger
+from include.retention.evidence import EvidenceReader
 from include.retention.register import ACTIONS, BASIS_LABELS, Item
 from include.retention.run_record import TIMEZONE, RunRecord, entry_hash_at, read_run
 from include.retention.texts import LANGUAGES, Language
@@ -257,7 +257,7 @@ class LedgerState:
     problem: str | None = None
 
     @classmethod
-    def of(cls, ledger: Ledger, verify: bool = True) -> LedgerState:
+    def of(cls, ledger: EvidenceReader, verify: bool = True) -> LedgerState:
         if not verify:
             seq, digest = ledger.head()
             return cls(seq, digest, None)
@@ -442,7 +442,7 @@ def _verification(run: RunRecord, lang: Language) -> Facts:
     return Facts(w["verification_h"], items)
 
 
-def _ledger(run: RunRecord, ledger: Ledger, state: LedgerState, lang: Language) -> Facts:
+def _ledger(run: RunRecord, ledger: EvidenceReader, state: LedgerState, lang: Language) -> Facts:
     w = _W[lang]
     if state.ok is None:
         chain = w["chain_skipped"]
@@ -459,7 +459,7 @@ def _ledger(run: RunRecord, ledger: Ledger, state: LedgerState, lang: Language) 
 
 
 def build_certificate(
-    ledger: Ledger,
+    ledger: EvidenceReader,
     run_id: str,
     language: str,
     *,
@@ -505,7 +505,7 @@ def render(document: Document, fmt: str) -> bytes:
 
 
 def certificate_bytes(
-    ledger: Ledger, run_id: str, *, language: str = "en", fmt: str = "html",
+    ledger: EvidenceReader, run_id: str, *, language: str = "en", fmt: str = "html",
     catalogue: Catalogue, controller: Controller | None = None, verify_chain: bool = True,
 ) -> bytes:  # fmt: skip
     """The certificate, rendered: what the Retention page serves (``fmt`` html or pdf)."""

@@ -20,8 +20,9 @@ from typing import Any
 import pendulum
 import sqlalchemy as sa
 
+from include.retention.chain import Entry, ledger_table
 from include.retention.errors import RetentionError
-from include.retention.ledger import Entry, Ledger, ledger_table
+from include.retention.evidence import EvidenceReader
 
 RUN_KINDS = ("run_started", "batch_prepared", "batch_resolved", "run_finished", "run_verified")
 TIMEZONE = "Europe/Stockholm"
@@ -150,7 +151,7 @@ def _apply(run: RunRecord, e: Entry, body: dict[str, Any]) -> None:
         run.verification = body
 
 
-def read_run(ledger: Ledger, run_id: str) -> RunRecord:
+def read_run(ledger: EvidenceReader, run_id: str) -> RunRecord:
     """The ledger's record of run ``run_id``; a clear error when there is none."""
     t = ledger_table
     where = sa.and_(t.c.run_id == run_id, t.c.kind.in_(RUN_KINDS))
@@ -174,7 +175,7 @@ def local_day(recorded_at: str) -> dt.date:
     return pendulum.parse(recorded_at).in_timezone(TIMEZONE).date()  # type: ignore[union-attr]
 
 
-def read_period(ledger: Ledger, first: dt.date, last: dt.date) -> list[RunRecord]:
+def read_period(ledger: EvidenceReader, first: dt.date, last: dt.date) -> list[RunRecord]:
     """Every run started from ``first`` to ``last`` (inclusive, Stockholm dates), in order."""
     if last < first:
         raise RetentionError(f"the period ends ({last}) before it starts ({first})")
@@ -195,7 +196,7 @@ def _chunks(items: list[str]) -> Iterator[list[str]]:
         yield items[i : i + _IN_CHUNK]
 
 
-def entry_hash_at(ledger: Ledger, seq: int) -> str:
+def entry_hash_at(ledger: EvidenceReader, seq: int) -> str:
     """The hex hash of ledger entry ``seq`` (the chain links a certificate to the ledger)."""
     with ledger.engine.connect() as conn:
         got = conn.execute(
