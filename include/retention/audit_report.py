@@ -414,3 +414,11 @@ def report_bytes(report: AuditReport, fmt: str) -> bytes:
     if fmt not in FORMATS:
         raise RetentionError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     return render(to_document(report), fmt)
+
+
+def render_report(
+    ledger: EvidenceReader, first: dt.date, last: dt.date, *, language: str = "en",
+    fmt: str = "html", catalogue: Catalogue,
+) -> bytes:  # fmt: skip
+    """The period's report, rendered (``fmt`` html, pdf or csv): what the Retention page serves."""
+    return report_bytes(build_report(ledger, first, last, language, catalogue=catalogue), fmt)
