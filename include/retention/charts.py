@@ -83,14 +83,14 @@ def top_series(series: Sequence[Series], keep: int, other_name: str) -> list[Ser
 
 
 def _nice_max(value: int) -> int:
-    if value <= 4:
-        return 4
-    magnitude = 10 ** int(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
-        top = int(step * magnitude)
-        if top >= value and top % 4 == 0:
-            return top
-    return int(math.ceil(value / 4) * 4)
+    """The top of the y axis: four equal, round integer steps reaching ``value``."""
+    raw = max(value, 4) / 4
+    magnitude = 10 ** math.floor(math.log10(raw))
+    for step in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
+        tick = step * magnitude
+        if tick >= raw and tick == int(tick):
+            return 4 * int(tick)
+    return 4 * math.ceil(raw)
 
 
 def colour(index: int, count: int) -> tuple[int, int, int]:
