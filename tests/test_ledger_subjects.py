@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +13,13 @@ import sqlalchemy as sa
 
 from include.retention.chain import SUBJECT_BUCKETS, bucket_of
 from include.retention.ledger import Ledger, RunHeader, subject_table
-from include.retention.pseudonym import REF_SIZE, RecordRefHasher, pack_refs, subject_ref
+from include.retention.pseudonym import (
+    REF_SIZE,
+    RecordRefHasher,
+    SubjectRefHasher,
+    pack_refs,
+    subject_ref,
+)
 from tests.dbs import create_db
 
 
@@ -124,3 +132,15 @@ def test_an_edited_or_moved_subject_row_breaks_the_chain(ledger: Ledger) -> None
         ledger,
         sa.update(t).where(t.c.bucket == second.bucket).values(refs=first.refs + second.refs),
     )
+
+
+@pytest.mark.parametrize("key_size", [16, 32, 80])  # 80: longer than SHA-256's block
+def test_subject_refs_are_hmac_sha256_of_the_normalised_identifier(key_size: int) -> None:
+    key = secrets.token_bytes(key_size)
+    people = [" Anna@Example.COM", "+46701234567", "191212121212", "k10012", "åsa@örebro.se"]
+    expected = [
+        hmac.new(key, b"subject\x1f" + p.strip().casefold().encode(), hashlib.sha256).digest()[:16]
+        for p in people
+    ]
+    assert SubjectRefHasher(key).refs(people) == expected
+    assert [subject_ref(key, p) for p in people] == expected

@@ -1,5 +1,5 @@
 """Command line: ``python -m include.retention COMMAND``: validate, register, grants,
-control-init, setup, check.
+control-init, setup, check, certificate, report.
 
 ``setup`` and ``check`` are deployment commands: they use Airflow's metadata database, so they
 run on the set-up/scheduler side (``make demo``, ``make ui``, the container's init step),
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from include.retention import connections, ledger_cli
+from include.retention import audit_cli, connections, ledger_cli
 from include.retention.catalogue import POLICY_DIR, load_catalogue
 from include.retention.connections import CONTROL_DB_ENV
 from include.retention.errors import RetentionError
@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_grants(commands)
     _add_control_init(commands)
     ledger_cli.add_commands(commands)
+    audit_cli.add_commands(commands)
     setup = commands.add_parser("setup", help="create the enforcement pool (deployment side)")
     setup.add_argument("--slots", type=int, default=None, help="default $RETENTION_POOL_SLOTS or 4")
     setup.set_defaults(run=_setup)

@@ -2,12 +2,14 @@
 
 ``include/policies/controller/controller.yaml`` holds Art. 30(1)(a) (the controller's name and
 contact details, the data-protection contact), the catalogue's reading of the policy's words
-about time, and Art. 30(1)(g) (a general description of the security measures).
+about time, Art. 30(1)(g) (a general description of the security measures), and how long
+copies outlive a deletion in backups (``residual_copies``, shown on deletion certificates).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,6 +37,27 @@ class DataProtectionContact(_Model):
     email: str = Field(pattern=_EMAIL)
 
 
+DEFAULT_BACKUP_DAYS = 35  # five weekly full backups: a common default for database backups
+
+
+class ResidualCopies(_Model):
+    """Copies a deletion does not reach at once: backups, kept ``backup_retention_days`` and
+    then destroyed (``systems`` overrides it per catalogue system; 0 = no backups kept)."""
+
+    backup_retention_days: int = Field(default=DEFAULT_BACKUP_DAYS, ge=0, le=3650)
+    systems: dict[str, Annotated[int, Field(ge=0, le=3650)]] = Field(default_factory=dict)
+    statement: Localised = Localised(
+        sv="Säkerhetskopior skrivs över när lagringstiden för dem har gått ut. En återläst"
+        " säkerhetskopia gallras av nästa schemalagda körning.",
+        en="Backups are overwritten once their retention has passed. A restored backup is"
+        " enforced again by the next scheduled run.",
+    )
+
+    def days_for(self, system: str) -> int:
+        """How many days backups of ``system`` are kept."""
+        return self.systems.get(system, self.backup_retention_days)
+
+
 class Controller(_Model):
     """Who is responsible, how to reach them, and how the policy is read and protected."""
 
@@ -44,6 +67,7 @@ class Controller(_Model):
     supervisory_authority: Localised
     interpretations: list[Localised] = Field(min_length=1)
     security_measures: list[Localised] = Field(min_length=1)
+    residual_copies: ResidualCopies = Field(default_factory=ResidualCopies)
 
 
 def load_controller(path: Path = CONTROLLER_FILE) -> Controller:

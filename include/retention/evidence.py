@@ -227,40 +227,41 @@ class EvidenceReader:
     def subject_batches(self, ref: bytes, *more: bytes) -> list[Evidence]:
         """The applied batches that held records of the subject with these keyed references
         (an index seek on their buckets; a partially applied batch counts, its records are not
-        told apart), in ledger order."""
-        t = ledger_table
-        seqs = self._subject_seqs([ref, *more])
-        if not seqs:
-            return []
-        prepared = list(self.entries(where=t.c.seq.in_(seqs), with_blob=False))
-        resolutions = {
-            e.ref_seq: e
-            for e in self.entries(
-                where=sa.and_(t.c.kind == "batch_resolved", t.c.ref_seq.in_(seqs)), with_blob=False
+        told apart), in ledger order. Two queries on one connection, whatever the ledger's
+        size."""
+        t, s = ledger_table, subject_table
+        wanted: dict[int, list[bytes]] = {}
+        for one in (ref, *more):
+            wanted.setdefault(bucket_of(one), []).append(one)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(s.c.seq, s.c.bucket, s.c.refs).where(s.c.bucket.in_(list(wanted)))
+            ).all()
+            seqs = sorted(
+                {int(r.seq) for r in rows if any(x in PackedRefs(r.refs) for x in wanted[r.bucket])}
             )
-        }
+            if not seqs:
+                return []
+            runs = sa.select(t.c.run_id).where(t.c.seq.in_(seqs))
+            related = sa.or_(
+                t.c.seq.in_(seqs),
+                sa.and_(t.c.kind == "batch_resolved", t.c.ref_seq.in_(seqs)),
+                sa.and_(t.c.kind == "run_started", t.c.run_id.in_(runs)),
+            )
+            cols = [t.c[name] for name in COLUMNS] + [t.c.document]
+            entries = [
+                decode_entry(row, False)
+                for row in conn.execute(sa.select(*cols).where(related).order_by(t.c.seq))
+            ]
+        headers = {e.run_id: e.document["body"] for e in entries if e.kind == "run_started"}
+        resolutions = {e.ref_seq: e for e in entries if e.kind == "batch_resolved"}
         return [
-            self._evidence(e, resolutions[e.seq])
-            for e in prepared
-            if e.seq in resolutions
+            _evidence(e, resolutions[e.seq], headers.get(e.run_id, {}))
+            for e in entries
+            if e.kind == "batch_prepared"
+            and e.seq in resolutions
             and resolutions[e.seq].document["body"]["outcome"] != "rolled_back"
         ]
-
-    def _subject_seqs(self, refs: list[bytes]) -> list[int]:
-        s = subject_table
-        wanted: dict[int, list[bytes]] = {}
-        for ref in refs:
-            wanted.setdefault(bucket_of(ref), []).append(ref)
-        query = sa.select(s.c.seq, s.c.bucket, s.c.refs).where(s.c.bucket.in_(list(wanted)))
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        return sorted(
-            {
-                int(row.seq)
-                for row in rows
-                if any(ref in PackedRefs(row.refs) for ref in wanted[row.bucket])
-            }
-        )
 
     def lookup_person(self, identifiers: Sequence[str]) -> list[Evidence]:
         """What was deleted or anonymised of the person known by these normalised identifiers
@@ -331,23 +332,7 @@ class EvidenceReader:
             with_blob=False,
         ):
             header = e.document["body"]
-        return Evidence(
-            action=prepared.document["body"]["action"],
-            at=resolution.recorded_at
-            if resolution.document["body"]["recovered"]
-            else prepared.recorded_at,
-            run_id=prepared.run_id,
-            activity_id=prepared.activity_id,
-            rules=list(header.get("rules", [])),
-            as_of=header.get("as_of"),
-            batch_seq=prepared.seq,
-            recovered=bool(resolution.document["body"]["recovered"]),
-            system=prepared.system,
-            dataset=prepared.dataset,
-            outcome=resolution.document["body"]["outcome"],
-            approved_by=header.get("approved_by"),
-            origin=dict(header.get("origin") or {}),
-        )
+        return _evidence(prepared, resolution, header)
 
     def verify(self, expect_head: tuple[int, str] | None = None) -> VerifyReport:
         """Recompute the chain; report the first seq where it breaks."""
@@ -449,6 +434,26 @@ class _SubjectRows:
     def rest(self) -> int | None:
         """The seq of a subject row past the chain's end, if any."""
         return None if self._next is None else int(self._next.seq)
+
+
+def _evidence(prepared: Entry, resolution: Entry, header: dict[str, Any]) -> Evidence:
+    return Evidence(
+        action=prepared.document["body"]["action"],
+        at=resolution.recorded_at
+        if resolution.document["body"]["recovered"]
+        else prepared.recorded_at,
+        run_id=prepared.run_id,
+        activity_id=prepared.activity_id,
+        rules=list(header.get("rules", [])),
+        as_of=header.get("as_of"),
+        batch_seq=prepared.seq,
+        recovered=bool(resolution.document["body"]["recovered"]),
+        system=prepared.system,
+        dataset=prepared.dataset,
+        outcome=resolution.document["body"]["outcome"],
+        approved_by=header.get("approved_by"),
+        origin=dict(header.get("origin") or {}),
+    )
 
 
 RUN_KINDS = ("run_started", "run_finished", "run_verified")

@@ -87,15 +87,30 @@ def record_ref(key: bytes, system: str, dataset: str, pk: Any) -> bytes:
 
 
 class SubjectRefHasher:
-    """References of data subjects (for subject-scoped holds)."""
+    """References of data subjects (for subject-scoped holds and the ledger's subject index).
+
+    Pre-keyed SHA-256 states like `RecordRefHasher`: a batch of a million people costs about
+    a second less than with one `hmac` object per person."""
 
     def __init__(self, key: bytes) -> None:
-        self._base = hmac.new(check_key(key), b"subject" + SEP, hashlib.sha256)
+        ipad, opad = hmac_pads(check_key(key))
+        self._inner = hashlib.sha256(ipad + b"subject" + SEP)
+        self._outer = hashlib.sha256(opad)
 
     def ref(self, identifier: Any) -> bytes:
-        h = self._base.copy()
-        h.update(normalise_subject(identifier))
-        return h.digest()[:REF_SIZE]
+        return self.refs([identifier])[0]
+
+    def refs(self, identifiers: Iterable[Any]) -> list[bytes]:
+        inner, outer = self._inner, self._outer
+        out: list[bytes] = []
+        append = out.append
+        for identifier in identifiers:
+            h = inner.copy()
+            h.update(normalise_subject(identifier))
+            o = outer.copy()
+            o.update(h.digest())
+            append(o.digest()[:REF_SIZE])
+        return out
 
 
 def subject_ref(key: bytes, identifier: Any) -> bytes:

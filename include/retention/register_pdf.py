@@ -14,40 +14,48 @@ _PLAIN = str.maketrans({"–": "-", "—": "-", "’": "'", "“": '"', "”": '
 _LABEL_WIDTH = 52  # mm, of 180 mm between the margins
 
 
-def _latin1(text: str) -> str:
+def latin1(text: str) -> str:
+    """``text`` in the built-in fonts' Latin-1 (Swedish fits; dashes and quotes are plainer)."""
     return text.translate(_PLAIN).encode("latin-1", "replace").decode("latin-1")
 
 
-class _Document(FPDF):
-    def __init__(self, register: Register) -> None:
-        super().__init__(orientation="portrait", unit="mm", format="A4")
-        self.register = register
+class PdfDocument(FPDF):
+    """An A4 document in the register's style: a title in the footer with the page number,
+    headings, paragraphs, bullet lists and two-column label/value tables."""
+
+    def __init__(
+        self, title: str, language: str, words: dict[str, str], *, landscape: bool = False,
+        creator: str = "include.retention.register",
+    ) -> None:  # fmt: skip
+        orientation = "landscape" if landscape else "portrait"
+        super().__init__(orientation=orientation, unit="mm", format="A4")
+        self.doc_title, self.words = title, words
         self.set_margins(15, 15, 15)
         self.set_auto_page_break(auto=True, margin=18)
-        self.set_title(_latin1(register.words["title"]))
-        self.set_lang(register.language)
-        self.set_creator("include.retention.register")
+        self.set_title(latin1(title))
+        self.set_lang(language)
+        self.set_creator(creator)
 
     def footer(self) -> None:
         self.set_y(-12)
         self.set_font("Helvetica", size=8)
-        words = self.register.words
-        self.cell(0, 5, _latin1(f"{words['title']} - {words['page']} {self.page_no()}"), align="C")
+        page = f"{self.doc_title} - {self.words['page']} {self.page_no()}"
+        self.cell(0, 5, latin1(page), align="C")
 
     def heading(self, text: str, size: float) -> None:
         self.set_font("Helvetica", "B", size)
-        self.multi_cell(0, size * 0.5, _latin1(text), new_x="LMARGIN", new_y="NEXT")
+        self.multi_cell(0, size * 0.5, latin1(text), new_x="LMARGIN", new_y="NEXT")
         self.ln(1.5)
 
     def paragraph(self, text: str, size: float = 9.5) -> None:
         self.set_font("Helvetica", size=size)
-        self.multi_cell(0, 4.6, _latin1(text), new_x="LMARGIN", new_y="NEXT")
+        self.multi_cell(0, 4.6, latin1(text), new_x="LMARGIN", new_y="NEXT")
         self.ln(1)
 
     def bullets(self, items: list[str]) -> None:
         self.set_font("Helvetica", size=9.5)
-        for item in items or [self.register.words["none"]]:
-            self.multi_cell(0, 4.6, _latin1(f"- {item}"), new_x="LMARGIN", new_y="NEXT")
+        for item in items or [self.words["none"]]:
+            self.multi_cell(0, 4.6, latin1(f"- {item}"), new_x="LMARGIN", new_y="NEXT")
             self.ln(0.8)
         self.ln(2)
 
@@ -64,14 +72,14 @@ class _Document(FPDF):
         ) as table:
             for item in items:
                 row = table.row()
-                row.cell(_latin1(item.label), style=label_style)
-                row.cell(_latin1(item.value))
+                row.cell(latin1(item.label), style=label_style)
+                row.cell(latin1(item.value))
         self.ln(3)
 
 
 def to_pdf(register: Register) -> bytes:
     words = register.words
-    pdf = _Document(register)
+    pdf = PdfDocument(words["title"], register.language, words)
     pdf.add_page()
     pdf.heading(words["title"], 16)
     pdf.paragraph(f"{words['generated']}. {words['version']}: {register.version}.", 9)
