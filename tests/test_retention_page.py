@@ -15,7 +15,9 @@ metadata DB) on the seeded demo runs the recruitment DAG once. Then:
 
 from __future__ import annotations
 
+import csv as csv_module
 import datetime as dt
+import io
 import re
 import secrets
 from collections.abc import Iterator
@@ -234,6 +236,30 @@ def test_dag_tab_shows_the_activity_and_its_ledger_run(deployed: Deployed) -> No
     assert client.get("/retention/dags/not_a_retention_dag").status_code == 404
 
 
+def test_certificates_and_the_report_are_served_to_readers(deployed: Deployed) -> None:
+    client = deployed.client("auditor")
+    run_id = deployed.control.ledger.runs(ACTIVITY)[-1].run_id
+    html = client.get(f"/retention/certificates/{run_id}")
+    assert html.status_code == 200, html.text[:500]
+    assert run_id in html.text and html.headers["content-type"].startswith("text/html")
+    swedish = client.get(f"/retention/certificates/{run_id}", params={"lang": "sv"})
+    assert swedish.status_code == 200 and 'lang="sv"' in swedish.text
+    pdf = client.get(f"/retention/certificates/{run_id}", params={"format": "pdf"})
+    assert pdf.content.startswith(b"%PDF") and "attachment" in pdf.headers["content-disposition"]
+    assert client.get("/retention/certificates/0000-no-such-run").status_code == 404
+    assert client.get("/retention/certificates/x", params={"format": "doc"}).status_code == 422
+    period = {"from": "2026-11-01", "to": "2026-12-31"}
+    csv = client.get("/retention/report", params={**period, "format": "csv"})
+    assert csv.status_code == 200, csv.text[:500]
+    line = next(row for row in csv_module.reader(io.StringIO(csv.text)) if row[0] == ACTIVITY)
+    due = sum(e.due for e in deployed.manifest.for_activity(ACTIVITY, kind="row"))
+    assert (line[4], line[-1]) == (str(due), run_id)  # deleted, last run
+    report = client.get("/retention/report", params=period)
+    assert report.status_code == 200 and "Recruitment process" in report.text
+    backwards = client.get("/retention/report", params={"from": "2026-12-31", "to": "2026-11-01"})
+    assert backwards.status_code == 400
+
+
 def test_record_lookup_needs_the_key_connection_and_answers_from_the_ledger(
     deployed: Deployed,
 ) -> None:
@@ -290,6 +316,8 @@ def test_no_personal_data_on_any_page(deployed: Deployed) -> None:
         admin.get(f"/retention/dags/{DAG_ID}"),
         admin.post("/retention/lookup/record", data=record),
         admin.post("/retention/lookup/person", data={"email": str(deleted.subject)}),
+        admin.get(f"/retention/certificates/{deployed.control.ledger.runs(ACTIVITY)[-1].run_id}"),
+        admin.get("/retention/report", params={"from": "2026-11-01", "to": "2026-12-31"}),
     ]
     for answer in answers:
         assert answer.status_code == 200, answer.url

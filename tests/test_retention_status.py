@@ -4,12 +4,10 @@ status, and the inline SVG charts."""
 from __future__ import annotations
 
 import datetime as dt
-import re
 
-import pytest
-
-from include.retention import retention_status, svg_chart
+from include.retention import retention_status
 from include.retention.catalogue import load_catalogue
+from include.retention.certificate import LedgerState
 from include.retention.ledger import RunHeader, RunSummary, ledger_table
 from include.retention.retention_status import DagFacts, LedgerChecker
 from include.retention.runs import Control
@@ -85,33 +83,12 @@ def test_the_chain_status_reports_a_break_once_the_cache_expires(control: Contro
     ledger.finish_run(ledger.start_run(_header()), "recruitment", outcome="completed",
                       counts={"applied": 1}, message="")  # fmt: skip
     checker = LedgerChecker(ttl=0)
-    assert checker.status(ledger).ok and checker.status(ledger).entries == 2
+    state, _ = checker.status(ledger)
+    assert state.ok and state.entries == 2
     with ledger.engine.begin() as conn:
         conn.execute(ledger_table.update().where(ledger_table.c.seq == 1).values(run_id="x"))
-    broken = checker.status(ledger)
+    broken, _ = checker.status(ledger)
     assert not broken.ok and broken.bad_seq == 1 and "edited" in (broken.problem or "")
-
-
-def _rects(svg: str) -> list[dict[str, str]]:
-    return [dict(re.findall(r'(\w+)="([^"]*)"', tag)) for tag in re.findall(r"<rect [^>]*>", svg)]
-
-
-def test_bar_heights_are_proportional_and_labels_escaped() -> None:
-    svg = svg_chart.bar_chart([0, 5, 10], ["a", "<b>", "c"], title="T & U", height=160)
-    rects = _rects(svg)
-    heights = [float(r["height"]) for r in rects]
-    plot = 160 - 10 - 22
-    assert heights == [1.0, plot / 2, plot]
-    assert rects[0]["fill"] == svg_chart.EMPTY_COLOUR and rects[2]["fill"] == svg_chart.BAR_COLOUR
-    assert "&lt;b&gt;: 5" in svg and "<b>" not in svg and "T &amp; U" in svg
-    assert 'aria-label="T &amp; U: 15 records in total, at most 10 on one day"' in svg
-
-
-def test_charts_refuse_values_without_labels() -> None:
-    with pytest.raises(ValueError, match="2 values but 1 labels"):
-        svg_chart.bar_chart([1, 2], ["a"], title="t")
-    with pytest.raises(ValueError, match="1 values but 0 labels"):
-        svg_chart.sparkline([1], [], title="t")
 
 
 def test_every_page_renders_from_rows_and_escapes_what_it_shows() -> None:
@@ -121,25 +98,32 @@ def test_every_page_renders_from_rows_and_escapes_what_it_shows() -> None:
     days = retention_status.chart_days(TODAY)
     run = _run("<b>run</b>", "2026-11-25T01:30:00+00:00", 4, origin={"run_id": "manual__<x>"})
     row = retention_status.activity_status(activity, [run], {}, days, DagFacts(paused=True))
-    chain = retention_status.LedgerStatus(
-        ok=False, entries=3, head_seq=3, head_hash="ab" * 32, checked_at=dt.datetime.now(dt.UTC),
-        bad_seq=2, problem="entry hash does not match its content: entry edited",
+    chain = LedgerState(
+        head_seq=3, head_hash="ab" * 32, ok=False, entries=3, bad_seq=2,
+        problem="entry hash does not match its content: entry edited",
     )  # fmt: skip
     pages = retention_app._templates()
-    common = {"page": "/retention", "airflow": ""}
+    chart = retention_app.trend([row], TODAY, "per day")
+    assert "<title>Recruitment process 11-25: 4</title>" in chart
+    common = {
+        "page": "/retention", "airflow": "", "chart": chart, "checked_at": dt.datetime.now(dt.UTC),
+        "report_period": retention_app.report_period(TODAY),
+    }  # fmt: skip
     overview = pages.get_template("overview.html").render(
-        rows=[row], chain=chain, invalid=["bad.yaml"], lookup=[("ats", "candidates")],
-        **common, **retention_app.charts([row], TODAY),
-    )  # fmt: skip
+        rows=[row], chain=chain, invalid=["bad.yaml"], lookup=[("ats", "candidates")], **common
+    )
     assert "ledger broken" in overview and "at entry 2" in overview and "bad.yaml" in overview
     assert "certificates/%3Cb%3Erun%3C/b%3E" in overview and "<b>run</b>" not in overview
     assert "manual__%3Cx%3E" in overview and ">paused<" in overview
     assert 'action="/retention/lookup/person"' in overview
+    assert (
+        'name="from" value="2026-10-27"' in overview and 'name="to" value="2026-11-25"' in overview
+    )
     tab = pages.get_template("dag.html").render(
-        row=row, runs=[row.last_run], chart="", activity=activity, **common
+        row=row, runs=[row.last_run], activity=activity, **common
     )
     assert "in 1 run<" in tab and "&lt;b&gt;run&lt;/b&gt;" in tab
     denied = pages.get_template("overview.html").render(
-        rows=[], chain=chain, invalid=[], lookup=None, **common, **retention_app.charts([], TODAY)
+        rows=[], chain=chain, invalid=[], lookup=None, **common
     )
     assert 'id="lookup-denied"' in denied and "No retention DAG" in denied

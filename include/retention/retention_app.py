@@ -26,8 +26,8 @@ import datetime as dt
 import functools
 import logging
 from collections.abc import Iterable
-from pathlib import Path
-from typing import Annotated, Any
+from pathlib import Path as FilePath
+from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from airflow.api_fastapi.app import get_auth_manager
@@ -42,23 +42,30 @@ from airflow.api_fastapi.core_api.security import (
     requires_access_dag,
     requires_access_view,
 )
-from fastapi import Depends, FastAPI, Form, HTTPException, Request, status
-from fastapi.responses import HTMLResponse
+from fastapi import Depends, FastAPI, Form, HTTPException, Path, Query, Request, status
+from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
-from include.retention import connections, retention_status, svg_chart
+from include.retention import charts, connections, retention_status
+from include.retention.audit_report import render_report
 from include.retention.catalogue import Catalogue, load_valid
+from include.retention.certificate import certificate_bytes
 from include.retention.dag_factory import dag_id_for
 from include.retention.errors import RetentionError
 from include.retention.evidence import Evidence, EvidenceReader
 from include.retention.identifiers import LABELS, identify
-from include.retention.retention_status import ActivityStatus, DagFacts, LedgerChecker
+from include.retention.retention_status import CHART_DAYS, ActivityStatus, DagFacts, LedgerChecker
+from include.retention.run_record import read_run
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).parent / "templates" / "retention"
+TEMPLATES = FilePath(__file__).parent / "templates" / "retention"
 RUN_ROWS = 20  # runs listed on a DAG's tab
+CHART_SERIES = 6  # activities drawn one by one in the chart; the rest are summed
+Language = Literal["en", "sv"]
+DocumentFormat = Literal["html", "pdf"]
+ReportFormat = Literal["html", "pdf", "csv"]
 # Sent with every page: no caching (the lookup's answer is about a person), framed only by
 # Airflow's own UI, no scripts, no requests to anywhere else.
 SECURITY_HEADERS = {
@@ -211,21 +218,18 @@ def render(request: Request, template: str, code: int = 200, **context: Any) -> 
     return HTMLResponse(page, status_code=code, headers=SECURITY_HEADERS)
 
 
-def charts(rows: list[ActivityStatus], today: dt.date) -> dict[str, Any]:
+def trend(rows: list[ActivityStatus], today: dt.date, description: str) -> Markup:
+    """Records deleted or anonymised per activity per day (the largest activities one by one,
+    the rest summed), as inline SVG."""
     days = retention_status.chart_days(today)
-    labels = [day.isoformat() for day in days]
-    total = [sum(values) for values in zip(*(r.daily_applied for r in rows), strict=True)]
-    spark = {
-        r.activity_id: Markup(
-            svg_chart.sparkline(r.daily_applied, labels, title=f"{r.activity_id}, per day")
-        )
-        for r in rows
-    }
-    overall = svg_chart.bar_chart(
-        total or [0] * len(days), labels,
-        title=f"Records deleted or anonymised per day, last {len(days)} days",
-    )  # fmt: skip
-    return {"overall_chart": Markup(overall), "sparklines": spark}
+    series = [charts.Series(r.label, r.daily_applied) for r in rows]
+    chart = charts.TrendChart(
+        buckets=[day.strftime("%m-%d") for day in days],
+        series=charts.top_series(series, CHART_SERIES, "other activities"),
+        empty_text=f"nothing deleted or anonymised in the last {len(days)} days",
+        description=description,
+    )
+    return Markup(charts.to_svg(chart))
 
 
 def _unavailable(request: Request, exc: Exception) -> HTMLResponse:
@@ -250,13 +254,14 @@ def overview(request: Request, user: GetUserDep) -> HTMLResponse:
         rows = retention_status.activity_statuses(
             cat, ledger, dag_facts(readable), today, only=readable
         )
-        chain = _checker.status(ledger)
+        chain, checked_at = _checker.status(ledger)
     except (RetentionError, sa.exc.SQLAlchemyError) as exc:
         return _unavailable(request, exc)
+    description = f"Records deleted or anonymised per activity per day, last {CHART_DAYS} days"
     return render(
-        request, "overview.html", rows=rows, chain=chain, invalid=sorted(invalid),
-        lookup=lookup_form(cat, readable) if may_look_up(user) else None,
-        **charts(rows, today),
+        request, "overview.html", rows=rows, chain=chain, checked_at=checked_at,
+        invalid=sorted(invalid), lookup=lookup_form(cat, readable) if may_look_up(user) else None,
+        chart=trend(rows, today, description), report_period=report_period(today),
     )  # fmt: skip
 
 
@@ -280,11 +285,8 @@ def dag_tab(request: Request, dag_id: str) -> HTMLResponse:
         recent = [retention_status.run_row(r, verified) for r in reversed(runs[-RUN_ROWS:])]
     except (RetentionError, sa.exc.SQLAlchemyError) as exc:
         return _unavailable(request, exc)
-    chart = svg_chart.bar_chart(
-        row.daily_applied, [d.isoformat() for d in days],
-        title=f"{activity.name.en}: records deleted or anonymised per day",
-    )  # fmt: skip
-    return render(request, "dag.html", row=row, runs=recent, chart=Markup(chart), activity=activity)
+    chart = trend([row], today, f"{activity.name.en}: records deleted or anonymised per day")
+    return render(request, "dag.html", row=row, runs=recent, chart=chart, activity=activity)
 
 
 def lookup_form(cat: Catalogue, readable: set[str]) -> list[tuple[str, str]]:
@@ -349,21 +351,72 @@ def lookup_record(
     return _answer(request, user, f"the given record of {system}/{name}", found)
 
 
-def certificate(request: Request, run_id: str) -> HTMLResponse:
-    return render(
-        request, "message.html", 404, title="No certificate",
-        message=(
-            "Deletion certificates are not part of this version of the retention product yet:"
-            " the evidence of the run is in the ledger (see the run's row on this page)."
-        ),
-    )  # fmt: skip
+def _document(body: bytes, fmt: str, name: str) -> Response:
+    media = {"html": "text/html; charset=utf-8", "pdf": "application/pdf", "csv": "text/csv"}
+    headers = dict(SECURITY_HEADERS)
+    if fmt != "html":
+        headers["Content-Disposition"] = f'attachment; filename="{name}.{fmt}"'
+    return Response(body, media_type=media[fmt], headers=headers)
 
 
-def report(request: Request) -> HTMLResponse:
-    return render(
-        request, "message.html", 404, title="No audit report",
-        message="The audit report is not part of this version of the retention product yet.",
-    )  # fmt: skip
+def certificate(
+    request: Request,
+    user: GetUserDep,
+    run_id: Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9-]+$")],
+    lang: Language = "en",
+    format: DocumentFormat = "html",
+) -> Response:
+    """The deletion certificate of one ledger run (read access to the activity's runs)."""
+    try:
+        reader = open_evidence()
+        run = read_run(reader, run_id)
+        if dag_id_for(run.activity_id) not in readable_dag_ids(user):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "Forbidden")
+        body = certificate_bytes(
+            reader, run_id, language=lang, fmt=format, catalogue=catalogue()[0]
+        )
+    except RetentionError as exc:
+        if "has no run" in str(exc):
+            return render(request, "message.html", 404, title="No such run", message=str(exc))
+        return _unavailable(request, exc)
+    except sa.exc.SQLAlchemyError as exc:
+        return _unavailable(request, exc)
+    return _document(body, format, f"deletion-certificate-{run_id}-{lang}")
+
+
+def report_period(today: dt.date) -> tuple[dt.date, dt.date]:
+    """The report's default period: the last 30 days, today included."""
+    return today - dt.timedelta(days=CHART_DAYS - 1), today
+
+
+def report(
+    request: Request,
+    user: GetUserDep,
+    start: Annotated[dt.date | None, Query(alias="from")] = None,
+    end: Annotated[dt.date | None, Query(alias="to")] = None,
+    lang: Language = "en",
+    format: ReportFormat = "html",
+) -> Response:
+    """The audit report for a period (read access to the runs of every retention DAG: it
+    covers them all)."""
+    first, last = report_period(dt.datetime.now(dt.UTC).date())
+    first, last = start or first, end or last
+    try:
+        cat = catalogue()[0]
+        hidden = {dag_id_for(a.id) for a in cat} - readable_dag_ids(user)
+        if hidden:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"the audit report covers every activity; you may not read {len(hidden)} of"
+                " the retention DAGs",
+            )
+        body = render_report(open_evidence(), first, last, language=lang, fmt=format,
+                             catalogue=cat)  # fmt: skip
+    except RetentionError as exc:  # e.g. a period that ends before it starts
+        return render(request, "message.html", 400, title="No audit report", message=str(exc))
+    except sa.exc.SQLAlchemyError as exc:
+        return _unavailable(request, exc)
+    return _document(body, format, f"retention-audit-report-{first}-{last}-{lang}")
 
 
 def create_app() -> FastAPI:
@@ -376,8 +429,6 @@ def create_app() -> FastAPI:
     posted = [*website, Depends(require_same_origin)]
     app.post("/lookup/person", dependencies=posted, response_class=HTMLResponse)(lookup_person)
     app.post("/lookup/record", dependencies=posted, response_class=HTMLResponse)(lookup_record)
-    app.get("/certificates/{run_id}", dependencies=website, response_class=HTMLResponse)(
-        certificate
-    )
-    app.get("/report", dependencies=website, response_class=HTMLResponse)(report)
+    app.get("/certificates/{run_id}", dependencies=website)(certificate)
+    app.get("/report", dependencies=website)(report)
     return app

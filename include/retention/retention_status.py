@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from include.retention.catalogue import Activity, Catalogue
+from include.retention.certificate import LedgerState
 from include.retention.chain import ledger_table
 from include.retention.dag_factory import dag_id_for, display_name
-from include.retention.evidence import EvidenceReader, RunSummary, VerifyReport
+from include.retention.evidence import EvidenceReader, RunSummary
 
 CHART_DAYS = 30  # the deletions chart covers the last 30 days, one bar per day
 LEDGER_CHECK_TTL = 60.0  # seconds a chain verification is reused before it is run again
@@ -55,7 +56,8 @@ class ActivityStatus:
 
     activity_id: str
     dag_id: str
-    name: str
+    name: str  # Swedish (English), as the DAG is named
+    label: str  # the English name, for chart legends
     action: str  # delete, anonymise or report_only
     rules: list[str]
     policy_gap: bool
@@ -65,27 +67,6 @@ class ActivityStatus:
     runs: int
     daily_applied: list[int]  # records deleted/anonymised per day, oldest first
     facts: DagFacts = field(default_factory=DagFacts)
-
-
-@dataclass(frozen=True)
-class LedgerStatus:
-    """The chain's verification, as shown at the top of the page."""
-
-    ok: bool
-    entries: int
-    head_seq: int
-    head_hash: str
-    checked_at: dt.datetime
-    bad_seq: int | None = None
-    problem: str | None = None
-
-    @classmethod
-    def of(cls, report: VerifyReport, checked_at: dt.datetime) -> LedgerStatus:
-        return cls(
-            ok=report.ok, entries=report.entries, head_seq=report.head_seq,
-            head_hash=report.head_hash, checked_at=checked_at, bad_seq=report.bad_seq,
-            problem=report.problem,
-        )  # fmt: skip
 
 
 def chart_days(today: dt.date, days: int = CHART_DAYS) -> list[dt.date]:
@@ -148,6 +129,7 @@ def activity_status(
         activity_id=activity.id,
         dag_id=dag_id_for(activity.id),
         name=display_name(activity),
+        label=activity.name.en,
         action=activity.action.kind,
         rules=activity.rule_descriptions("en"),
         policy_gap=activity.policy_gap,
@@ -184,19 +166,20 @@ def activity_statuses(
 
 class LedgerChecker:
     """Verifies the chain at most once per ``ttl`` seconds (the page is reloaded often;
-    a full verification reads every entry)."""
+    a full verification reads every entry). ``status`` returns the result and when it was
+    computed."""
 
     def __init__(self, ttl: float = LEDGER_CHECK_TTL) -> None:
         self.ttl = ttl
         self._lock = threading.Lock()
-        self._cached: tuple[float, Any, LedgerStatus] | None = None
+        self._cached: tuple[float, Any, LedgerState, dt.datetime] | None = None
 
-    def status(self, ledger: EvidenceReader) -> LedgerStatus:
+    def status(self, ledger: EvidenceReader) -> tuple[LedgerState, dt.datetime]:
         key = ledger.engine.url.render_as_string(hide_password=True)
         with self._lock:
             cached = self._cached
             if cached and cached[1] == key and time.monotonic() - cached[0] < self.ttl:
-                return cached[2]
-            status = LedgerStatus.of(ledger.verify(), dt.datetime.now(dt.UTC))
-            self._cached = (time.monotonic(), key, status)
-            return status
+                return cached[2], cached[3]
+            state, at = LedgerState.of(ledger), dt.datetime.now(dt.UTC)
+            self._cached = (time.monotonic(), key, state, at)
+            return state, at
