@@ -47,15 +47,8 @@ def _newsletter(tmp_path: Path, **source: str) -> Path:
 def _hold_two_recipients(control: Control) -> list[int]:
     place = control.holds.place_record_hold
     return [
-        place(
-            "newsletter",
-            "recipients",
-            pk,
-            kind="legal_hold",
-            reason="dispute 2026-17",
-            placed_by="legal.eva",
-            placed_at=PLACED_AT,
-        )
+        place("newsletter", "recipients", pk, kind="legal_hold", reason="dispute 2026-17",
+              placed_by="legal.eva", placed_at=PLACED_AT)
         for pk in (3, 4)
     ]
 
@@ -198,20 +191,14 @@ TAMPERING = {
     "reason rewritten": ("subject", {"reason": "no reason"}, "reason_hmac differ"),
     "moved to another table": ("record", {"dataset": "old_people"}, "dataset differ"),
     "released behind the register's back": (
-        "record",
-        {"released_at": PLACED_AT, "released_by": "x"},
-        "released without release",
+        "record", {"released_at": PLACED_AT, "released_by": "x"}, "released without release"
     ),
     "release signer changed": ("released", {"released_by": "x"}, "released_by differ"),
     "released hold re-activated": (
-        "released",
-        {"released_at": None, "released_by": None},
-        "active again",
+        "released", {"released_at": None, "released_by": None}, "active again"
     ),
     "placement time moved": (
-        "record",
-        {"placed_at": PLACED_AT + dt.timedelta(days=1)},
-        "placed_at differ",
+        "record", {"placed_at": PLACED_AT + dt.timedelta(days=1)}, "placed_at differ"
     ),
 }
 
