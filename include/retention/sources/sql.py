@@ -450,8 +450,10 @@ class SqlAdapter:
             while True:
                 query = sa.select(ds.pk).where(_bounds(ds, KeyRange(base_selection(selection),
                                                                      last, upper)))  # fmt: skip
-                bound = conn.execute(query.order_by(ds.pk).offset(size - 1).limit(1)).scalar()
-                if bound is None or (upper is not None and bound >= upper):
+                # The partition's last key, and whether any key follows it.
+                found = conn.execute(query.order_by(ds.pk).offset(size - 1).limit(2)).scalars()
+                bound, *after = found.all() or [None]
+                if not after or (upper is not None and bound >= upper):
                     break
                 uppers.append(_json_key(bound))
                 last = bound
