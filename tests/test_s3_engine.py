@@ -97,6 +97,9 @@ def test_holds_record_and_subject_scoped(s3: Any, control: Control) -> None:
     run(activity, s3, control)
     assert {"media/record-held.jpg", "media/subject-held.jpg"} <= keys(s3, bucket)
     assert "media/free.jpg" not in keys(s3, bucket)
+    [by_person] = control.ledger.subject_batches(control.holds.subject_ref("person-3"))
+    assert by_person.activity_id == "image_bank"
+    assert control.ledger.subject_batches(control.holds.subject_ref("person-2")) == []
     control.holds.release(record_hold, released_by="legal")
     run(activity, s3, control)
     assert "media/record-held.jpg" not in keys(s3, bucket)

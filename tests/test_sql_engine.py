@@ -100,6 +100,15 @@ def test_delete_with_children_holds_and_evidence(source_db: Db, control: Control
     for pk in (3, 4, 5, 6, 7):
         assert control.ledger.lookup("ats", "people", pk) == []
     assert control.ledger.verify().ok
+    # The evidence names each deleted record's person by keyed reference (lookup by person).
+    for pk in (1, 2, 10):
+        [by_person] = control.ledger.subject_batches(
+            control.holds.subject_ref(f"Person{pk}@example.com")
+        )
+        assert by_person.run_id == result.run_id
+    for pk in (3, 4, 5):
+        email = person(pk, None)["email"] if pk != 3 else "held.person@example.com"
+        assert control.ledger.subject_batches(control.holds.subject_ref(email)) == []
 
 
 def test_null_anchor_is_never_deleted(source_db: Db, control: Control) -> None:

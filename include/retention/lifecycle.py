@@ -498,6 +498,7 @@ class _Run:
             self.report.run_id, self.activity.id, adapter.system, adapter.dataset,
             batch_no=batch.no, action=self.action.kind if adapter is self.adapter else "delete",
             refs_blob=blob, counts=counts,
+            subject_refs_blob=pack_refs(batch.subjects) if batch.subjects else None,
         )  # fmt: skip
 
     def _resolve(self, seq: int, batch: Batch, applied: Applied) -> None:

@@ -245,7 +245,8 @@ class S3Adapter:
         self.system, self.dataset = binding.system, binding.bucket
         self.hasher = RecordRefHasher(key, self.system, self.dataset)
         self._subjects = SubjectRefHasher(key)
-        self._selected: tuple[Selection, list[S3Object]] | None = None  # of the last count
+        # The last count's selection, its objects and their metadata (read at count time).
+        self._selected: tuple[Selection, list[S3Object], dict[str, dict[str, str]]] | None = None
 
     # -------------------------------------------------------------------- the protocol
 
@@ -274,14 +275,16 @@ class S3Adapter:
             ("due", "held", "restricted", "unknown_anchor", "kept", "out_of_scope"), 0
         )
         chosen: list[S3Object] = []
+        chosen_metas: dict[str, dict[str, str]] = {}
         for obj, meta in zip(objects, metas, strict=True):
             status = self._status(base, meta)
             if status == "due":
                 hold = holds.kind_for(self.hasher.ref(obj.key), self._subject_ref(meta))
                 status = {"legal_hold": "held", "restriction": "restricted"}.get(hold or "", "due")
                 chosen.append(obj)
+                chosen_metas[obj.key] = meta
             tally[status] += 1
-        self._selected = (selection, chosen)
+        self._selected = (selection, chosen, chosen_metas)
         counts = Counts(
             total=len(objects), selected=tally["due"] + tally["held"] + tally["restricted"],
             held=tally["held"], restricted=tally["restricted"],
@@ -304,10 +307,11 @@ class S3Adapter:
     ) -> Iterator[Batch]:
         if self._selected is None or self._selected[0] != selection:
             self.count(selection, action, holds())
-        chosen = self._selected[1] if self._selected else []
+        _, chosen, metas = self._selected or (selection, [], {})
         limit = max(1, min(size, MAX_KEYS_PER_CALL))
         for no, group in enumerate(batches(chosen, limit), start=1):
-            yield self._stage(no, _Staged(list(group)), holds)
+            staged = _Staged(list(group), {o.key: metas[o.key] for o in group})
+            yield self._stage(no, staged, holds)
 
     def redo(self, batch: Batch, holds: HoldReader) -> Batch:
         staged: _Staged = batch.state
@@ -392,17 +396,14 @@ class S3Adapter:
         return "due" if self._subject_ref(meta) == base.subject_ref else "out_of_scope"
 
     def _stage(self, no: int, staged: _Staged, holds: HoldReader) -> Batch:
-        """Drop the objects held now; metadata (for subject holds) is read only while holds
-        exist, so without them the batch's subjects are unknown (None)."""
+        """Drop the objects held now. The subjects come from the metadata read when counting
+        (a version's metadata never changes); while holds exist it is read afresh, since a
+        subject may come from an object tag, which can change."""
         active = holds()
         objects = staged.objects
-        subjects: frozenset[bytes] | None = None
         if not active.empty and self.binding.subject_key and objects:
             fresh = _all_metadata(self.client, self.dataset, objects, self._wanted(()))
             staged.metas = {o.key: m for o, m in zip(objects, fresh, strict=True)}
-            subjects = frozenset(ref for m in fresh if (ref := self._subject_ref(m)) is not None)
-        elif not self.binding.subject_key:
-            subjects = frozenset()
         kinds = (
             {}
             if active.empty
@@ -415,6 +416,9 @@ class S3Adapter:
         )
         keep = [o for o in objects if not kinds.get(o.key)]
         skipped = [k for k in kinds.values() if k]
+        subjects = frozenset(
+            ref for o in keep if (ref := self._subject_ref(staged.metas.get(o.key, {})))
+        )
         return Batch(
             no=no, refs=[self.hasher.ref(o.key) for o in keep], holds=active, subjects=subjects,
             skipped={k: skipped.count(k) for k in ("legal_hold", "restriction") if k in skipped},

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -469,7 +469,6 @@ class SqlAdapter:
         window = _window(size, counted) if counted else size
         pool = ThreadPoolExecutor(max_workers=1) if self._pipelined(action) else None
         state = _Walk(ds, action, cond, window, holds, pool, stop=key_bounds(selection)[1])
-        state.with_subject = bool(holds().subjects)
         current: _Open | None = self._open(state, 1, key_bounds(selection)[0])
         upcoming: _Open | None = None
         try:
@@ -604,15 +603,21 @@ class SqlAdapter:
     # -------------------------------------------------------------------- holds
 
     def _kinds(self, holds: ActiveHolds, rows: Sequence[Any], refs: Sequence[bytes],
-               subject_at: int | None) -> dict[Any, str]:  # fmt: skip
-        """pk -> 'legal_hold' | 'restriction' for the held rows (pk first in each row)."""
+               subject_at: int | None, srefs: Mapping[Any, bytes] | None = None,
+    ) -> dict[Any, str]:  # fmt: skip
+        """pk -> 'legal_hold' | 'restriction' for the held rows (pk first in each row).
+        ``srefs``: subject value -> reference, already computed."""
         if holds.empty:
             return {}
         with_subject = subject_at is not None and bool(holds.subjects)
+        known = srefs or {}
         held: dict[Any, str] = {}
         for row, ref in zip(rows, refs, strict=True):
             subject = row[subject_at] if with_subject and subject_at is not None else None
-            kind = holds.kind_for(ref, None if subject is None else self._subjects.ref(subject))
+            sref = None
+            if subject is not None:
+                sref = known.get(subject) or self._subjects.ref(subject)
+            kind = holds.kind_for(ref, sref)
             if kind:
                 held[row[0]] = kind
         return held
@@ -684,7 +689,7 @@ class SqlAdapter:
         for child in ds.children:
             _delete_children(conn, child, parent_keys, children)
         returned = [ds.pk]
-        if ds.subject is not None and walk.with_subject:
+        if ds.subject is not None:
             returned.append(ds.subject)
         returned.extend(ds.objects)
         stmt = sa.delete(ds.table).where(cond).returning(*returned)
@@ -704,14 +709,11 @@ class SqlAdapter:
             if self.after_lock and attempt == 0:
                 self.after_lock(opened.no)
             holds = walk.holds()
-            subject_at = 1 if ds.subject is not None and returned[1:2] == [ds.subject] else None
-            if holds.subjects and ds.subject is not None and subject_at is None:
-                walk.with_subject = True  # a subject hold appeared: fetch subjects from now on
-            else:
-                digest = self._digest(ds, holds, _chunks(result, returned), subject_at)
-                if not digest.held:
-                    return self._batch(opened, walk, digest, holds, children)
-                skipped.update(digest.held)
+            subject_at = 1 if ds.subject is not None else None
+            digest = self._digest(ds, holds, _chunks(result, returned), subject_at)
+            if not digest.held:
+                return self._batch(opened, walk, digest, holds, children)
+            skipped.update(digest.held)
             result.close()
             conn.rollback()
             conn.begin()
@@ -730,17 +732,20 @@ class SqlAdapter:
         digest = _Digest(keys={c.name: [] for c in ds.objects})
         digest.subjects = set() if subject_at is not None else None
         first_key = 1 + (subject_at is not None)
+        srefs: dict[Any, bytes] = {}  # each distinct subject value is hashed once
         for chunk in chunks:
             refs = self.hasher.refs(row[0] for row in chunk)
             digest.count += len(chunk)
             digest.blob += pack_refs(refs)
-            digest.held.update(self._kinds(holds, chunk, refs, subject_at))
-            if digest.subjects is not None:
-                digest.subjects.update(
-                    self._subjects.ref(row[subject_at]) for row in chunk if row[subject_at]
-                )
+            if subject_at is not None:
+                values = {row[subject_at] for row in chunk} - srefs.keys()
+                values.discard(None)
+                srefs.update((v, self._subjects.ref(v)) for v in values)
+            digest.held.update(self._kinds(holds, chunk, refs, subject_at, srefs))
             for i, column in enumerate(ds.objects, start=first_key):
                 digest.keys[column.name].extend(str(row[i]) for row in chunk if row[i] is not None)
+        if digest.subjects is not None:
+            digest.subjects.update(srefs.values())
         return digest
 
     def _batch(
@@ -750,7 +755,7 @@ class SqlAdapter:
         kinds = list(opened.skipped.values())
         return Batch(
             no=opened.no, refs=PackedRefs(bytes(digest.blob)), holds=holds,
-            subjects=None if digest.subjects is None else frozenset(digest.subjects),
+            subjects=frozenset(digest.subjects or ()),  # no subject column: none
             skipped={k: kinds.count(k) for k in ("legal_hold", "restriction") if k in kinds},
             counts={f"children.{name}": n for name, n in children.items()},
             linked={name: keys for name, keys in digest.keys.items() if keys},
@@ -798,8 +803,6 @@ class _Walk:
     holds: HoldReader
     pool: ThreadPoolExecutor | None
     stop: Any = None  # the selection's upper key bound
-    # Subjects are fetched only while subject holds exist (re-checked after every lock).
-    with_subject: bool = True
     _values: dict[str, Any] | None = None
 
     def values(self, dialect: str, key: bytes) -> dict[str, Any]:
