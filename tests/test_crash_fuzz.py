@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from include.demo.embedded_s3 import EmbeddedS3, local_client
 from include.retention.lifecycle import CHECKPOINTS as S3_CHECKPOINTS
 from include.retention.lifecycle import enforce, recover
-from include.retention.object_store import EmbeddedS3, local_client
 from include.retention.runs import Control
 from tests.crash import check_evidence, check_people, fork_run
 from tests.dbs import AS_OF, activity, create_db, old, person, recent, seed

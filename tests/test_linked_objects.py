@@ -24,9 +24,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from include.demo.embedded_s3 import EmbeddedS3, local_client
 from include.retention.catalogue import Activity, ObjectLink
 from include.retention.lifecycle import OBJECT_CHECKPOINT, RunReport, enforce, recover
-from include.retention.object_store import EmbeddedS3, local_client
 from include.retention.runs import KILL_ENV, Control
 from tests.dbs import AS_OF, Db, create_db, ids, old, people_schema, person, recent
 from tests.dbs import activity as base_activity

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from include.demo.embedded_s3 import EmbeddedS3, connection_uri
 from include.retention.catalogue import Activity, S3Source, Safety, load_catalogue
 from include.retention.errors import RetentionError
 from include.retention.lifecycle import enforce, plan, recover
-from include.retention.object_store import EmbeddedS3, connection_uri
 from include.retention.runs import Control
 from include.retention.sources.s3 import S3Adapter, batches
 from tests.s3 import (  # noqa: F401  (the *_fixture names register fixtures)
