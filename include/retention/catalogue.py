@@ -304,6 +304,10 @@ class SqlSource(_Model):
     def describe(self) -> str:
         return f"system `{self.system}`, table `{self.table}`, connection `{self.conn_id}`"
 
+    def location(self) -> str:
+        """Where the records are, in one short line (the Art. 30 register)."""
+        return f"{self.system}.{self.table}"
+
 
 class S3Source(_Model):
     """Objects in a bucket; anchors and classes come from object metadata or tags."""
@@ -326,6 +330,9 @@ class S3Source(_Model):
     def describe(self) -> str:
         where = f"bucket `{self.bucket}/{self.prefix}`"
         return f"system `{self.system}`, {where}, connection `{self.conn_id}`"
+
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
 
 
 Source = Annotated[SqlSource | S3Source, Field(discriminator="kind")]
