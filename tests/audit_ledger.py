@@ -22,10 +22,10 @@ import pytest
 import sqlalchemy as sa
 
 from include.retention import ledger as ledger_module
-from include.retention import sql_engine, verification
+from include.retention import lifecycle, verification
 from include.retention.catalogue import Activity, Catalogue
+from include.retention.lifecycle import Hooks
 from include.retention.runs import Control
-from include.retention.sql_engine import Hooks
 from include.retention.texts import Localised
 from tests.dbs import AS_OF, activity, old, person, recent, seed
 
@@ -113,7 +113,7 @@ def build(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Built:
     def enforce(name: str, act: Activity, engine: sa.Engine, **kwargs: Any) -> Any:
         clock.day = DAYS[name]
         kwargs.setdefault("origin", ORIGIN)
-        result = sql_engine.enforce(
+        result = lifecycle.enforce(
             act, AS_OF, source=engine, control=control, catalogue_version=CATALOGUE_VERSION,
             **kwargs,
         )  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from include.retention import sql_engine
+from include.retention import lifecycle
 from include.retention.audit_dag import DAG_ID, build_audit_dag
 from include.retention.audit_publish import (
     Location,
@@ -44,8 +44,8 @@ def ledger_url_fixture(tmp_path: Path) -> str:
     control = Control.open(url, secrets.token_bytes(32))
     source = sa.create_engine(f"sqlite:///{tmp_path / 'ats.db'}")
     seed(source, [person(i, old() if i <= 5 else recent()) for i in range(1, 9)])
-    sql_engine.enforce(activity(), AS_OF, source=source, control=control,
-                       catalogue_version="test")  # fmt: skip
+    lifecycle.enforce(activity(), AS_OF, source=source, control=control,
+                      catalogue_version="test")  # fmt: skip
     return url
 
 
