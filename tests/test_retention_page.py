@@ -30,13 +30,13 @@ import pytest
 import sqlalchemy as sa
 
 from include.demo.airflow_stack import AirflowStack, StackConfig
+from include.demo.embedded_s3 import EmbeddedS3
 from include.demo.manifest import Expectation, Manifest
 from include.demo.run import DEPLOYMENT_SETUP, ROOT, DemoPaths, environment
 from include.demo.seed import place_holds, seed_demo
 from include.retention.dag_factory import dag_id_for
 from include.retention.evidence import EvidenceReader
 from include.retention.identifiers import normalise
-from include.retention.object_store import EmbeddedS3
 from include.retention.runs import Control
 from tests.dbs import fresh_pg_database
 from tests.demo_checks import edited_catalogue, strict_safety
