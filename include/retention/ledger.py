@@ -19,6 +19,9 @@ Entry kinds:
 - ``hold_placed`` / ``hold_released``: every change of the hold register, written in the same
   transaction as the change (see ``holds.py``), so a hold row deleted, edited or released behind
   the register's back is caught by ``HoldRegister.verify()``.
+- ``dsr_received`` / ``dsr_extended`` / ``dsr_status`` / ``dsr_recipient_notified``: every
+  change of the data-subject request register (``subject_requests.py``), in the same
+  transaction as the change; people appear only as keyed subject references.
 
 No raw identifier ever enters the ledger: records are known by
 HMAC-SHA256(key, system \\x1f dataset \\x1f pk) truncated to 16 bytes.
@@ -87,6 +90,7 @@ head_table = sa.Table(
 )
 
 HOLD_EVENTS = ("hold_placed", "hold_released")
+REQUEST_EVENTS = ("dsr_received", "dsr_extended", "dsr_status", "dsr_recipient_notified")
 _COLUMNS = ("seq", "kind", "run_id", "activity_id", "system", "dataset", "ref_seq", "recorded_at")
 
 
@@ -395,6 +399,22 @@ class Ledger:
         return self._append(
             conn, kind=kind, run_id=f"hold-{hold_id}", activity_id="", body=body, **where
         )
+
+    def record_request_event(
+        self, conn: Connection, kind: str, request_id: int, body: Mapping[str, Any]
+    ) -> int:
+        """Chain a change of the data-subject request register (``dsr_*``, see
+        ``subject_requests.py``) inside the caller's transaction."""
+        if kind not in REQUEST_EVENTS:
+            raise RetentionError(f"unknown request event {kind!r}")
+        return self._append(conn, kind=kind, run_id=f"dsr-{request_id}", activity_id="", body=body)
+
+    def request_events(self, request_id: int | None = None) -> Iterator[Entry]:
+        """The register's changes (of one request), in chain order."""
+        where: ColumnElement[bool] = ledger_table.c.kind.in_(REQUEST_EVENTS)
+        if request_id is not None:
+            where = sa.and_(where, ledger_table.c.run_id == f"dsr-{request_id}")
+        return self.entries(where=where, with_blob=False)
 
     def hold_events(self) -> Iterator[Entry]:
         """Every hold register change, in chain order."""
