@@ -30,84 +30,63 @@ HMAC-SHA256(key, system \\x1f dataset \\x1f pk) truncated to 16 bytes.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.sql.elements import ColumnElement
 
+from include.retention.chain import (  # re-exported: callers import them from here
+    GENESIS,
+    HOLD_EVENTS,
+    Entry,
+    canonical_json,
+    entry_hash,
+    head_table,
+    ledger_table,
+    metadata,
+    subject_table,
+    subjects_digest,
+)
 from include.retention.errors import RetentionError
-from include.retention.pseudonym import PackedRefs, RecordRefHasher, check_key
+from include.retention.evidence import (  # re-exported: callers import them from here
+    Evidence,
+    EvidenceReader,
+    PendingBatch,
+    RunSummary,
+    VerifyReport,
+)
+from include.retention.pseudonym import check_key, pack_refs, unpack_refs
 
 log = logging.getLogger(__name__)
 
-GENESIS = b"\x00" * 32
-BLOB_ROWS = 4  # entries fetched at a time: a batch blob can be 800 kB (50k refs)
 SQLITE_BUSY_TIMEOUT_MS = 60_000  # an appender waits this long for another's commit
-Blob = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
-
-metadata = sa.MetaData()
-
-ledger_table = sa.Table(
-    "retention_ledger",
-    metadata,
-    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("kind", sa.String(32), nullable=False),
-    sa.Column("run_id", sa.String(36), nullable=False),
-    sa.Column("activity_id", sa.String(200), nullable=False),
-    sa.Column("system", sa.String(200), nullable=True),
-    sa.Column("dataset", sa.String(200), nullable=True),
-    sa.Column("ref_seq", sa.BigInteger, nullable=True),  # batch_resolved -> its batch_prepared
-    sa.Column("recorded_at", sa.String(40), nullable=False),  # ISO text: hashed as stored
-    sa.Column(
-        "document", sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"), nullable=False
-    ),
-    sa.Column("blob", Blob, nullable=True),
-    sa.Column("prev_hash", sa.LargeBinary(32), nullable=False),
-    sa.Column("entry_hash", sa.LargeBinary(32), nullable=False),
-    sa.Index("ix_retention_ledger_dataset", "system", "dataset", "kind"),
-    sa.Index("ix_retention_ledger_run", "run_id"),
-    sa.Index("ix_retention_ledger_ref", "ref_seq"),
-)
-
-# One row; locked while appending so that concurrent writers serialise on the chain head
-# (see `_lock_head`).
-head_table = sa.Table(
-    "retention_ledger_head",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("seq", sa.BigInteger, nullable=False),
-    sa.Column("entry_hash", sa.LargeBinary(32), nullable=False),
-)
-
-HOLD_EVENTS = ("hold_placed", "hold_released")
+# Changes of the data-subject request register (``subject_requests.py``).
 REQUEST_EVENTS = ("dsr_received", "dsr_extended", "dsr_status", "dsr_recipient_notified")
-_COLUMNS = ("seq", "kind", "run_id", "activity_id", "system", "dataset", "ref_seq", "recorded_at")
 
-
-def canonical_json(value: Any) -> bytes:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
-    ).encode("utf-8")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    raise TypeError(f"not JSON-serialisable in a ledger entry: {type(value).__name__}")
-
-
-def entry_hash(prev_hash: bytes, document: bytes, blob: bytes | None) -> bytes:
-    return hashlib.sha256(prev_hash + document + hashlib.sha256(blob or b"").digest()).digest()
+__all__ = [
+    "GENESIS",
+    "HOLD_EVENTS",
+    "Entry",
+    "Evidence",
+    "Ledger",
+    "PendingBatch",
+    "RunHeader",
+    "RunSummary",
+    "VerifyReport",
+    "canonical_json",
+    "code_version",
+    "entry_hash",
+    "head_table",
+    "ledger_table",
+    "subject_table",
+]
 
 
 def _now_iso() -> str:
@@ -145,77 +124,13 @@ class RunHeader:
     origin: dict[str, str | None] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Entry:
-    seq: int
-    kind: str
-    run_id: str
-    activity_id: str
-    system: str | None
-    dataset: str | None
-    ref_seq: int | None
-    recorded_at: str
-    document: dict[str, Any]
-    blob: bytes | None
-
-
-@dataclass(frozen=True)
-class PendingBatch:
-    """A batch_prepared entry that no batch_resolved entry answers yet."""
-
-    seq: int
-    run_id: str
-    activity_id: str
-    system: str
-    dataset: str
-    action: str
-    refs: bytes
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """One answer of `lookup`: the record was deleted/anonymised by this batch and run."""
-
-    action: str
-    at: str
-    run_id: str
-    activity_id: str
-    rules: list[str]
-    as_of: str | None
-    batch_seq: int
-    recovered: bool
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    ok: bool
-    entries: int
-    head_seq: int
-    head_hash: str
-    bad_seq: int | None = None
-    problem: str | None = None
-
-
-@dataclass
-class RunSummary:
-    run_id: str
-    activity_id: str
-    header: dict[str, Any]
-    started_at: str
-    finished: dict[str, Any] | None = None
-    batches: list[int] = field(default_factory=list)
-
-
-class Ledger:
-    """Append-only, hash-chained evidence store. `key` is the pseudonym key (bytes)."""
+class Ledger(EvidenceReader):
+    """Append-only, hash-chained evidence store. `key` is the pseudonym key (bytes).
+    Reading (runs, lookup, verify) is inherited from `evidence.EvidenceReader`."""
 
     def __init__(self, engine: Engine, key: bytes) -> None:
-        self.engine = engine
-        self._key = check_key(key)
-
-    @classmethod
-    def from_url(cls, url: str, key: bytes) -> Ledger:
-        return cls(sa.create_engine(url), key)
+        super().__init__(engine, check_key(key))
+        self._key: bytes = check_key(key)
 
     def create_tables(self) -> None:
         metadata.create_all(self.engine)
@@ -304,10 +219,19 @@ class Ledger:
         action: str,
         refs_blob: bytes,
         counts: Mapping[str, int],
+        subject_refs_blob: bytes | None = None,
     ) -> int:
-        """Write-ahead evidence of a batch whose source transaction is not yet committed."""
+        """Write-ahead evidence of a batch whose source transaction is not yet committed.
+
+        ``subject_refs_blob``: the packed keyed references (`pseudonym.pack_refs`) of the data
+        subjects the batch's records belong to, so a person can be looked up after their records
+        are gone. Duplicates are dropped; the chain covers them through the entry's body."""
+        body: dict[str, Any] = {"batch_no": batch_no, "action": action, "counts": dict(counts)}
+        subjects = _distinct(subject_refs_blob)
+        if subjects is not None:
+            body["subjects"] = subjects_digest(subjects)
         with self.engine.begin() as conn:
-            return self._append(
+            seq = self._append(
                 conn,
                 kind="batch_prepared",
                 run_id=run_id,
@@ -315,8 +239,11 @@ class Ledger:
                 system=system,
                 dataset=dataset,
                 blob=refs_blob,
-                body={"batch_no": batch_no, "action": action, "counts": dict(counts)},
+                body=body,
             )
+            if subjects:
+                _insert_subjects(conn, seq, subjects)
+            return seq
 
     def resolve_batch(
         self,
@@ -409,194 +336,22 @@ class Ledger:
             raise RetentionError(f"unknown request event {kind!r}")
         return self._append(conn, kind=kind, run_id=f"dsr-{request_id}", activity_id="", body=body)
 
-    def request_events(self, request_id: int | None = None) -> Iterator[Entry]:
-        """The register's changes (of one request), in chain order."""
-        where: ColumnElement[bool] = ledger_table.c.kind.in_(REQUEST_EVENTS)
-        if request_id is not None:
-            where = sa.and_(where, ledger_table.c.run_id == f"dsr-{request_id}")
-        return self.entries(where=where, with_blob=False)
 
-    def hold_events(self) -> Iterator[Entry]:
-        """Every hold register change, in chain order."""
-        return self.entries(where=ledger_table.c.kind.in_(HOLD_EVENTS), with_blob=False)
+def _distinct(blob: bytes | None) -> bytes | None:
+    """The packed references without repeats, in first-seen order (no sort: it costs seconds
+    per million references)."""
+    if blob is None:
+        return None
+    refs = unpack_refs(blob)
+    distinct = dict.fromkeys(refs)
+    return blob if len(distinct) == len(refs) else pack_refs(distinct)
 
-    # ---------------------------------------------------------------- reading
 
-    def head(self) -> tuple[int, str]:
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(head_table.c.seq, head_table.c.entry_hash)).first()
-        return (0, GENESIS.hex()) if row is None else (int(row.seq), bytes(row.entry_hash).hex())
-
-    def entries(self, *, where: Any = None, with_blob: bool = True) -> Iterator[Entry]:
-        t = ledger_table
-        cols = [t.c[name] for name in _COLUMNS] + [t.c.document] + ([t.c.blob] if with_blob else [])
-        query = sa.select(*cols).order_by(t.c.seq)
-        if where is not None:
-            query = query.where(where)
-        with self.engine.connect() as conn:
-            for row in conn.execution_options(yield_per=BLOB_ROWS).execute(query):
-                yield _entry(row, with_blob)
-
-    def _pending_by_seq(self, seq: int) -> PendingBatch:
-        for entry in self.entries(where=ledger_table.c.seq == seq):
-            if entry.kind == "batch_prepared":
-                return _pending(entry)
-        raise RetentionError(f"ledger entry {seq} is not a prepared batch")
-
-    def pending_batches(self, activity_id: str | None = None) -> list[PendingBatch]:
-        t = ledger_table
-        resolved = sa.select(t.c.ref_seq).where(
-            t.c.kind == "batch_resolved", t.c.ref_seq.is_not(None)
-        )
-        where = sa.and_(t.c.kind == "batch_prepared", t.c.seq.not_in(resolved))
-        if activity_id is not None:
-            where = sa.and_(where, t.c.activity_id == activity_id)
-        return [_pending(e) for e in self.entries(where=where)]
-
-    def unfinished_runs(self, activity_id: str) -> list[str]:
-        t = ledger_table
-        finished = sa.select(t.c.run_id).where(t.c.kind == "run_finished")
-        where = sa.and_(
-            t.c.kind == "run_started", t.c.activity_id == activity_id, t.c.run_id.not_in(finished)
-        )
-        return [e.run_id for e in self.entries(where=where, with_blob=False)]
-
-    def runs(self, activity_id: str | None = None) -> list[RunSummary]:
-        t = ledger_table
-        where: ColumnElement[bool] = t.c.kind.in_(("run_started", "run_finished", "batch_prepared"))
-        if activity_id is not None:
-            where = sa.and_(where, t.c.activity_id == activity_id)
-        runs: dict[str, RunSummary] = {}
-        for e in self.entries(where=where, with_blob=False):
-            body = e.document["body"]
-            if e.kind == "run_started":
-                runs[e.run_id] = RunSummary(e.run_id, e.activity_id, body, e.recorded_at)
-            elif e.run_id in runs and e.kind == "run_finished":
-                runs[e.run_id].finished = body
-            elif e.run_id in runs:
-                runs[e.run_id].batches.append(e.seq)
-        return list(runs.values())
-
-    def applied_refs(self, run_id: str, system: str, dataset: str) -> list[bytes]:
-        """The references of every record of ``dataset`` that the run claims as applied."""
-        t = ledger_table
-        where = sa.and_(
-            t.c.run_id == run_id, t.c.kind.like("batch_%"), t.c.system == system,
-            t.c.dataset == dataset,
-        )  # fmt: skip
-        entries = list(self.entries(where=where))
-        prepared = {e.seq: e for e in entries if e.kind == "batch_prepared"}
-        refs: list[bytes] = []
-        for resolution in (e for e in entries if e.kind == "batch_resolved"):
-            outcome = resolution.document["body"]["outcome"]
-            if outcome == "committed":
-                refs.extend(PackedRefs(prepared[resolution.ref_seq].blob))  # type: ignore[index]
-            elif outcome == "partial":
-                refs.extend(PackedRefs(resolution.blob))
-        return refs
-
-    def lookup(self, system: str, dataset: str, pk: Any) -> list[Evidence]:
-        """Was the record with this primary key deleted or anonymised: when, by which run/rule?"""
-        ref = RecordRefHasher(self._key, system, dataset).ref(pk)
-        t = ledger_table
-        resolutions = {
-            e.ref_seq: e
-            for e in self.entries(
-                where=sa.and_(
-                    t.c.kind == "batch_resolved", t.c.system == system, t.c.dataset == dataset
-                )
-            )
-        }
-        found: list[Evidence] = []
-        for e in self.entries(
-            where=sa.and_(
-                t.c.kind == "batch_prepared", t.c.system == system, t.c.dataset == dataset
-            )
-        ):
-            res = resolutions.get(e.seq)
-            if res is None or ref not in PackedRefs(e.blob):
-                continue
-            outcome = res.document["body"]["outcome"]
-            if outcome == "rolled_back" or (
-                outcome == "partial" and ref not in PackedRefs(res.blob)
-            ):
-                continue
-            found.append(self._evidence(e, res))
-        return found
-
-    def _evidence(self, prepared: Entry, resolution: Entry) -> Evidence:
-        header: dict[str, Any] = {}
-        for e in self.entries(
-            where=sa.and_(
-                ledger_table.c.run_id == prepared.run_id, ledger_table.c.kind == "run_started"
-            ),
-            with_blob=False,
-        ):
-            header = e.document["body"]
-        return Evidence(
-            action=prepared.document["body"]["action"],
-            at=resolution.recorded_at
-            if resolution.document["body"]["recovered"]
-            else prepared.recorded_at,
-            run_id=prepared.run_id,
-            activity_id=prepared.activity_id,
-            rules=list(header.get("rules", [])),
-            as_of=header.get("as_of"),
-            batch_seq=prepared.seq,
-            recovered=bool(resolution.document["body"]["recovered"]),
-        )
-
-    def verify(self, expect_head: tuple[int, str] | None = None) -> VerifyReport:
-        """Recompute the chain; report the first seq where it breaks."""
-        t = ledger_table
-        prev_hash, expected_seq, count = GENESIS, 1, 0
-        query = sa.select(
-            *[t.c[n] for n in _COLUMNS], t.c.document, t.c.blob, t.c.prev_hash, t.c.entry_hash
-        )
-        with self.engine.connect() as conn:
-            rows = conn.execution_options(yield_per=BLOB_ROWS).execute(query.order_by(t.c.seq))
-            for row in rows:
-                problem = _check_row(row, expected_seq, prev_hash)
-                if problem:
-                    return self._report(
-                        False, count, prev_hash, bad_seq=expected_seq, problem=problem
-                    )
-                prev_hash, expected_seq, count = bytes(row.entry_hash), expected_seq + 1, count + 1
-        head_seq, head_hash = self.head()
-        if (head_seq, head_hash) != (count, prev_hash.hex()):
-            return self._report(
-                False,
-                count,
-                prev_hash,
-                bad_seq=count + 1,
-                problem="entries missing at the end (head row)",
-            )
-        if expect_head is not None and (
-            count < expect_head[0] or not self._chain_contains(expect_head)
-        ):
-            return self._report(
-                False,
-                count,
-                prev_hash,
-                bad_seq=expect_head[0],
-                problem="expected head not in the chain",
-            )
-        return self._report(True, count, prev_hash)
-
-    def _chain_contains(self, head: tuple[int, str]) -> bool:
-        with self.engine.connect() as conn:
-            got = conn.execute(
-                sa.select(ledger_table.c.entry_hash).where(ledger_table.c.seq == head[0])
-            ).scalar()
-        return got is not None and bytes(got).hex() == head[1]
-
-    @staticmethod
-    def _report(
-        ok: bool, count: int, last: bytes, *, bad_seq: int | None = None, problem: str | None = None
-    ) -> VerifyReport:
-        if not ok:
-            log.error("ledger verification failed at seq %s: %s", bad_seq, problem)
-        return VerifyReport(ok, count, count, last.hex(), bad_seq, problem)
+def _insert_subjects(conn: Connection, seq: int, blob: bytes) -> None:
+    conn.execute(
+        sa.insert(subject_table),
+        [{"seq": seq, "pos": pos, "subject_ref": ref} for pos, ref in enumerate(unpack_refs(blob))],
+    )
 
 
 def _lock_head(conn: Connection) -> Any:
@@ -610,56 +365,9 @@ def _lock_head(conn: Connection) -> Any:
     """
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        conn.execute(
-            sa.update(head_table).where(head_table.c.id == 1).values(seq=head_table.c.seq)
-        )
+        conn.execute(sa.update(head_table).where(head_table.c.id == 1).values(seq=head_table.c.seq))
     return conn.execute(
         sa.select(head_table.c.seq, head_table.c.entry_hash)
         .where(head_table.c.id == 1)
         .with_for_update()
     ).first()
-
-
-def _check_row(row: Any, expected_seq: int, prev_hash: bytes) -> str | None:
-    if row.seq != expected_seq:
-        return f"seq {expected_seq} is missing (found {row.seq} next): entry deleted or inserted"
-    if bytes(row.prev_hash) != prev_hash:
-        return "prev_hash does not match the previous entry: entries reordered, deleted or inserted"
-    document = row.document.encode("utf-8")
-    if entry_hash(prev_hash, document, None if row.blob is None else bytes(row.blob)) != bytes(
-        row.entry_hash
-    ):
-        return "entry hash does not match its content: entry edited"
-    doc = json.loads(document)
-    if any(doc.get(name) != getattr(row, name) for name in _COLUMNS):
-        return "entry columns differ from the hashed document: entry edited"
-    return None
-
-
-def _entry(row: Any, with_blob: bool) -> Entry:
-    doc = json.loads(row.document)
-    blob = bytes(row.blob) if with_blob and row.blob is not None else None
-    return Entry(
-        seq=int(row.seq),
-        kind=row.kind,
-        run_id=row.run_id,
-        activity_id=row.activity_id,
-        system=row.system,
-        dataset=row.dataset,
-        ref_seq=row.ref_seq,
-        recorded_at=row.recorded_at,
-        document=doc,
-        blob=blob,
-    )
-
-
-def _pending(entry: Entry) -> PendingBatch:
-    return PendingBatch(
-        seq=entry.seq,
-        run_id=entry.run_id,
-        activity_id=entry.activity_id,
-        system=entry.system or "",
-        dataset=entry.dataset or "",
-        action=entry.document["body"]["action"],
-        refs=entry.blob or b"",
-    )

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from include.retention.errors import RetentionError
 from include.retention.identifiers import SubjectId
-from include.retention.ledger import Ledger
+from include.retention.ledger import REQUEST_EVENTS, Entry, Ledger, ledger_table
 from include.retention.pseudonym import (
     SubjectRefHasher,
     check_key,
@@ -430,6 +430,12 @@ class RequestRegister:
     def near_deadline(self, today: dt.date, within_days: int) -> list[Request]:
         """Open requests due within ``within_days`` of ``today``, and overdue ones."""
         return [r for r in self.requests(open_only=True) if r.days_left(today) <= within_days]
+
+    def events(self, request_id: int) -> list[Entry]:
+        """The request's chained evidence, in chain order."""
+        t = ledger_table
+        where = sa.and_(t.c.kind.in_(REQUEST_EVENTS), t.c.run_id == f"dsr-{request_id}")
+        return list(self._ledger.entries(where=where, with_blob=False))
 
     def notices(self, request_id: int) -> list[dict[str, Any]]:
         t = notices_table

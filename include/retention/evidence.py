@@ -1,0 +1,378 @@
+"""Reading the deletion ledger: runs, applied references, lookup, verification.
+
+The UI, reports and command line import this module only to read; `ledger.Ledger` (which
+appends) extends `EvidenceReader`. Verification recomputes the hash chain (see `chain`), the
+subject index against the entries that record it, and the head row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.sql.elements import ColumnElement
+
+from include.retention.chain import (
+    COLUMNS,
+    GENESIS,
+    HOLD_EVENTS,
+    Entry,
+    decode_entry,
+    entry_hash,
+    head_table,
+    ledger_table,
+    subject_table,
+)
+from include.retention.errors import RetentionError
+from include.retention.pseudonym import PackedRefs, RecordRefHasher, check_key
+
+log = logging.getLogger(__name__)
+
+SUBJECT_ROWS = 10_000  # subject index rows fetched at a time by verify()
+BLOB_ROWS = 4  # entries fetched at a time: a batch blob can be 800 kB (50k refs)
+
+
+@dataclass(frozen=True)
+class PendingBatch:
+    """A batch_prepared entry that no batch_resolved entry answers yet."""
+
+    seq: int
+    run_id: str
+    activity_id: str
+    system: str
+    dataset: str
+    action: str
+    refs: bytes
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One answer of `lookup`: the record was deleted/anonymised by this batch and run."""
+
+    action: str
+    at: str
+    run_id: str
+    activity_id: str
+    rules: list[str]
+    as_of: str | None
+    batch_seq: int
+    recovered: bool
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    ok: bool
+    entries: int
+    head_seq: int
+    head_hash: str
+    bad_seq: int | None = None
+    problem: str | None = None
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    activity_id: str
+    header: dict[str, Any]
+    started_at: str
+    finished: dict[str, Any] | None = None
+    batches: list[int] = field(default_factory=list)
+
+
+class EvidenceReader:
+    """Read-only access to the ledger in ``engine``. ``key`` (the pseudonym key) is needed only
+    to look up a record or person by identifier."""
+
+    def __init__(self, engine: Engine, key: bytes | None = None) -> None:
+        self.engine = engine
+        self._key = None if key is None else check_key(key)
+
+    @classmethod
+    def from_url(cls, url: str, key: bytes | None = None) -> Self:
+        return cls(sa.create_engine(url), key)
+
+    def _need_key(self) -> bytes:
+        if self._key is None:
+            raise RetentionError("looking up by identifier needs the pseudonym key")
+        return self._key
+
+    def hold_events(self) -> Iterator[Entry]:
+        """Every hold register change, in chain order."""
+        return self.entries(where=ledger_table.c.kind.in_(HOLD_EVENTS), with_blob=False)
+
+    def head(self) -> tuple[int, str]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(head_table.c.seq, head_table.c.entry_hash)).first()
+        return (0, GENESIS.hex()) if row is None else (int(row.seq), bytes(row.entry_hash).hex())
+
+    def entries(self, *, where: Any = None, with_blob: bool = True) -> Iterator[Entry]:
+        t = ledger_table
+        cols = [t.c[name] for name in COLUMNS] + [t.c.document] + ([t.c.blob] if with_blob else [])
+        query = sa.select(*cols).order_by(t.c.seq)
+        if where is not None:
+            query = query.where(where)
+        with self.engine.connect() as conn:
+            for row in conn.execution_options(yield_per=BLOB_ROWS).execute(query):
+                yield decode_entry(row, with_blob)
+
+    def _pending_by_seq(self, seq: int) -> PendingBatch:
+        for entry in self.entries(where=ledger_table.c.seq == seq):
+            if entry.kind == "batch_prepared":
+                return _pending(entry)
+        raise RetentionError(f"ledger entry {seq} is not a prepared batch")
+
+    def pending_batches(self, activity_id: str | None = None) -> list[PendingBatch]:
+        t = ledger_table
+        resolved = sa.select(t.c.ref_seq).where(
+            t.c.kind == "batch_resolved", t.c.ref_seq.is_not(None)
+        )
+        where = sa.and_(t.c.kind == "batch_prepared", t.c.seq.not_in(resolved))
+        if activity_id is not None:
+            where = sa.and_(where, t.c.activity_id == activity_id)
+        return [_pending(e) for e in self.entries(where=where)]
+
+    def unfinished_runs(self, activity_id: str) -> list[str]:
+        t = ledger_table
+        finished = sa.select(t.c.run_id).where(t.c.kind == "run_finished")
+        where = sa.and_(
+            t.c.kind == "run_started", t.c.activity_id == activity_id, t.c.run_id.not_in(finished)
+        )
+        return [e.run_id for e in self.entries(where=where, with_blob=False)]
+
+    def runs(self, activity_id: str | None = None) -> list[RunSummary]:
+        t = ledger_table
+        where: ColumnElement[bool] = t.c.kind.in_(("run_started", "run_finished", "batch_prepared"))
+        if activity_id is not None:
+            where = sa.and_(where, t.c.activity_id == activity_id)
+        runs: dict[str, RunSummary] = {}
+        for e in self.entries(where=where, with_blob=False):
+            body = e.document["body"]
+            if e.kind == "run_started":
+                runs[e.run_id] = RunSummary(e.run_id, e.activity_id, body, e.recorded_at)
+            elif e.run_id in runs and e.kind == "run_finished":
+                runs[e.run_id].finished = body
+            elif e.run_id in runs:
+                runs[e.run_id].batches.append(e.seq)
+        return list(runs.values())
+
+    def applied_refs(self, run_id: str, system: str, dataset: str) -> list[bytes]:
+        """The references of every record of ``dataset`` that the run claims as applied."""
+        t = ledger_table
+        where = sa.and_(
+            t.c.run_id == run_id, t.c.kind.like("batch_%"), t.c.system == system,
+            t.c.dataset == dataset,
+        )  # fmt: skip
+        entries = list(self.entries(where=where))
+        prepared = {e.seq: e for e in entries if e.kind == "batch_prepared"}
+        refs: list[bytes] = []
+        for resolution in (e for e in entries if e.kind == "batch_resolved"):
+            outcome = resolution.document["body"]["outcome"]
+            if outcome == "committed":
+                refs.extend(PackedRefs(prepared[resolution.ref_seq].blob))  # type: ignore[index]
+            elif outcome == "partial":
+                refs.extend(PackedRefs(resolution.blob))
+        return refs
+
+    def lookup(self, system: str, dataset: str, pk: Any) -> list[Evidence]:
+        """Was the record with this primary key deleted or anonymised: when, by which run/rule?"""
+        ref = RecordRefHasher(self._need_key(), system, dataset).ref(pk)
+        t = ledger_table
+        resolutions = {
+            e.ref_seq: e
+            for e in self.entries(
+                where=sa.and_(
+                    t.c.kind == "batch_resolved", t.c.system == system, t.c.dataset == dataset
+                )
+            )
+        }
+        found: list[Evidence] = []
+        for e in self.entries(
+            where=sa.and_(
+                t.c.kind == "batch_prepared", t.c.system == system, t.c.dataset == dataset
+            )
+        ):
+            res = resolutions.get(e.seq)
+            if res is None or ref not in PackedRefs(e.blob):
+                continue
+            outcome = res.document["body"]["outcome"]
+            if outcome == "rolled_back" or (
+                outcome == "partial" and ref not in PackedRefs(res.blob)
+            ):
+                continue
+            found.append(self._evidence(e, res))
+        return found
+
+    def subject_batches(self, subject_ref: bytes) -> list[Evidence]:
+        """The applied batches that held records of the subject with this keyed reference
+        (one index seek; a partially applied batch counts, its records are not told apart)."""
+        t, s = ledger_table, subject_table
+        seqs = sa.select(s.c.seq).where(s.c.subject_ref == subject_ref)
+        prepared = list(self.entries(where=t.c.seq.in_(seqs), with_blob=False))
+        resolutions = {
+            e.ref_seq: e
+            for e in self.entries(
+                where=sa.and_(t.c.kind == "batch_resolved", t.c.ref_seq.in_(seqs)), with_blob=False
+            )
+        }
+        return [
+            self._evidence(e, resolutions[e.seq])
+            for e in prepared
+            if e.seq in resolutions
+            and resolutions[e.seq].document["body"]["outcome"] != "rolled_back"
+        ]
+
+    def _evidence(self, prepared: Entry, resolution: Entry) -> Evidence:
+        header: dict[str, Any] = {}
+        for e in self.entries(
+            where=sa.and_(
+                ledger_table.c.run_id == prepared.run_id, ledger_table.c.kind == "run_started"
+            ),
+            with_blob=False,
+        ):
+            header = e.document["body"]
+        return Evidence(
+            action=prepared.document["body"]["action"],
+            at=resolution.recorded_at
+            if resolution.document["body"]["recovered"]
+            else prepared.recorded_at,
+            run_id=prepared.run_id,
+            activity_id=prepared.activity_id,
+            rules=list(header.get("rules", [])),
+            as_of=header.get("as_of"),
+            batch_seq=prepared.seq,
+            recovered=bool(resolution.document["body"]["recovered"]),
+        )
+
+    def verify(self, expect_head: tuple[int, str] | None = None) -> VerifyReport:
+        """Recompute the chain; report the first seq where it breaks."""
+        t = ledger_table
+        prev_hash, expected_seq, count = GENESIS, 1, 0
+        query = sa.select(
+            *[t.c[n] for n in COLUMNS], t.c.document, t.c.blob, t.c.prev_hash, t.c.entry_hash
+        )
+        with self.engine.connect() as conn, _SubjectRows(self.engine) as subjects:
+            rows = conn.execution_options(yield_per=BLOB_ROWS).execute(query.order_by(t.c.seq))
+            for row in rows:
+                problem = _check_row(row, expected_seq, prev_hash) or subjects.check(row)
+                if problem:
+                    return self._report(
+                        False, count, prev_hash, bad_seq=expected_seq, problem=problem
+                    )
+                prev_hash, expected_seq, count = bytes(row.entry_hash), expected_seq + 1, count + 1
+            stray = subjects.rest()
+            if stray is not None:
+                return self._report(
+                    False, count, prev_hash, bad_seq=stray,
+                    problem="subject references recorded for an entry that is not in the chain",
+                )  # fmt: skip
+        head_seq, head_hash = self.head()
+        if (head_seq, head_hash) != (count, prev_hash.hex()):
+            return self._report(
+                False,
+                count,
+                prev_hash,
+                bad_seq=count + 1,
+                problem="entries missing at the end (head row)",
+            )
+        if expect_head is not None and (
+            count < expect_head[0] or not self._chain_contains(expect_head)
+        ):
+            return self._report(
+                False,
+                count,
+                prev_hash,
+                bad_seq=expect_head[0],
+                problem="expected head not in the chain",
+            )
+        return self._report(True, count, prev_hash)
+
+    def _chain_contains(self, head: tuple[int, str]) -> bool:
+        with self.engine.connect() as conn:
+            got = conn.execute(
+                sa.select(ledger_table.c.entry_hash).where(ledger_table.c.seq == head[0])
+            ).scalar()
+        return got is not None and bytes(got).hex() == head[1]
+
+    @staticmethod
+    def _report(
+        ok: bool, count: int, last: bytes, *, bad_seq: int | None = None, problem: str | None = None
+    ) -> VerifyReport:
+        if not ok:
+            log.error("ledger verification failed at seq %s: %s", bad_seq, problem)
+        return VerifyReport(ok, count, count, last.hex(), bad_seq, problem)
+
+
+class _SubjectRows:
+    """The subject index read alongside the chain (both in seq order, on its own connection so
+    two result streams may be open at once on any database), checked entry by entry against
+    the count and SHA-256 each batch_prepared body records."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __enter__(self) -> _SubjectRows:
+        t = subject_table
+        self._conn = self._engine.connect()
+        query = sa.select(t.c.seq, t.c.subject_ref).order_by(t.c.seq, t.c.pos)
+        self._result = self._conn.execution_options(yield_per=SUBJECT_ROWS).execute(query)
+        self._rows = iter(self._result)
+        self._next: Any = next(self._rows, None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._result.close()
+        self._conn.close()
+
+    def check(self, row: Any) -> str | None:
+        if self._next is not None and self._next.seq < row.seq:
+            return f"subject references recorded for entry {self._next.seq}, which has none"
+        digest, count = hashlib.sha256(), 0
+        while self._next is not None and self._next.seq == row.seq:
+            digest.update(bytes(self._next.subject_ref))
+            count += 1
+            self._next = next(self._rows, None)
+        body = json.loads(row.document)["body"] if row.kind == "batch_prepared" else {}
+        recorded = body.get("subjects")
+        if recorded is None:
+            return None if count == 0 else "subject references recorded for an entry without any"
+        if (count, digest.hexdigest()) != (recorded["count"], recorded["sha256"]):
+            return "subject references differ from those the entry records: index edited"
+        return None
+
+    def rest(self) -> int | None:
+        """The seq of a subject row past the chain's end, if any."""
+        return None if self._next is None else int(self._next.seq)
+
+
+def _check_row(row: Any, expected_seq: int, prev_hash: bytes) -> str | None:
+    if row.seq != expected_seq:
+        return f"seq {expected_seq} is missing (found {row.seq} next): entry deleted or inserted"
+    if bytes(row.prev_hash) != prev_hash:
+        return "prev_hash does not match the previous entry: entries reordered, deleted or inserted"
+    document = row.document.encode("utf-8")
+    if entry_hash(prev_hash, document, None if row.blob is None else bytes(row.blob)) != bytes(
+        row.entry_hash
+    ):
+        return "entry hash does not match its content: entry edited"
+    doc = json.loads(document)
+    if any(doc.get(name) != getattr(row, name) for name in COLUMNS):
+        return "entry columns differ from the hashed document: entry edited"
+    return None
+
+
+def _pending(entry: Entry) -> PendingBatch:
+    return PendingBatch(
+        seq=entry.seq,
+        run_id=entry.run_id,
+        activity_id=entry.activity_id,
+        system=entry.system or "",
+        dataset=entry.dataset or "",
+        action=entry.document["body"]["action"],
+        refs=entry.blob or b"",
+    )
