@@ -59,7 +59,8 @@ def test_dag_folder_has_no_import_errors(parsed):
 
 
 def test_exactly_one_dag_per_activity(parsed):
-    assert parsed["dags"] == sorted(f"retention_{a.id}" for a in load_catalogue())
+    retention = [dag_id for dag_id in parsed["dags"] if dag_id.startswith("retention_")]
+    assert retention == sorted(f"retention_{a.id}" for a in load_catalogue())
 
 
 def test_dag_folder_parses_within_budget(parsed):

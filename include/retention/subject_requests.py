@@ -106,7 +106,8 @@ def _now() -> dt.datetime:
 def _aware(moment: dt.datetime, name: str) -> dt.datetime:
     if not isinstance(moment, dt.datetime) or moment.tzinfo is None:
         raise RetentionError(f"{name} must be a time-zone-aware time")
-    return moment.astimezone(dt.UTC)
+    utc = moment.astimezone(dt.UTC)
+    return dt.datetime.combine(utc.date(), utc.time(), tzinfo=dt.UTC)  # not pendulum's subclass
 
 
 def local_date(moment: dt.datetime) -> dt.date:
@@ -118,7 +119,8 @@ def due_date(received_at: dt.datetime, months: int = 1) -> dt.date:
     """The last day to answer: the same date ``months`` later, or that month's last day
     when it has no such date (31 Jan -> 28/29 Feb)."""
     received = local_date(received_at)
-    return pendulum.date(received.year, received.month, received.day).add(months=months)
+    due = pendulum.date(received.year, received.month, received.day).add(months=months)
+    return dt.date(due.year, due.month, due.day)
 
 
 def deadline_of(due_on: dt.date) -> dt.datetime:
