@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from include.retention import connections, holds_cli
+from include.retention import connections, holds_cli, requests_cli
 from include.retention.catalogue import POLICY_DIR, load_catalogue
 from include.retention.connections import CONTROL_DB_ENV
 from include.retention.errors import RetentionError
@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "check", help="control DB is not Airflow's metadata DB; paused retention DAGs; the pool"
     ).set_defaults(run=_check)
     holds_cli.add_commands(commands)
+    requests_cli.add_commands(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
