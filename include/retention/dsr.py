@@ -62,7 +62,7 @@ class DsrRuntime:
 
     @cached_property
     def engine(self) -> sa.Engine:
-        return connections.control_engine()
+        return connections.dsr_control_engine()
 
     @cached_property
     def key(self) -> bytes:
