@@ -29,6 +29,15 @@ from include.retention.identifiers import KINDS, LABELS, normalise
 OPTION = {kind: "--" + kind.replace("_", "-") for kind in KINDS}
 
 
+def command_group(commands: Any, name: str, help_text: str) -> Any:
+    """A command with verbs and the ``--control-db`` option (``holds``, ``requests``)."""
+    group = commands.add_parser(name, help=help_text)
+    group.add_argument(
+        "--control-db", help="control DB URL (default: the workers' control database)"
+    )
+    return group.add_subparsers(dest="verb", required=True)
+
+
 def register_for(args: argparse.Namespace) -> HoldRegister:
     engine = connections.control_engine(args.control_db)
     register = HoldRegister(engine, connections.pseudonym_key())
@@ -143,11 +152,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def add_commands(commands: Any) -> None:
     """Register ``holds`` and its verbs on the main parser's subcommands."""
-    holds = commands.add_parser("holds", help="legal holds and restrictions: place, list, release")
-    holds.add_argument(
-        "--control-db", help="control DB URL (default: the workers' control database)"
-    )
-    verbs = holds.add_subparsers(dest="verb", required=True)
+    verbs = command_group(commands, "holds", "legal holds and restrictions: place, list, release")
 
     place = verbs.add_parser("place", help="hold a person or one record (with reason and who)")
     for kind, option in OPTION.items():

@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from include.retention import connections
+from include.retention.holds_cli import command_group
 from include.retention.subject_requests import (
     REQUEST_KINDS,
     STATUSES,
@@ -94,11 +95,7 @@ def _notified(args: argparse.Namespace) -> int:
 
 def add_commands(commands: Any) -> None:
     """Register ``requests`` and its verbs on the main parser's subcommands."""
-    parser = commands.add_parser("requests", help="data-subject requests: deadlines, extensions")
-    parser.add_argument(
-        "--control-db", help="control DB URL (default: the workers' control database)"
-    )
-    verbs = parser.add_subparsers(dest="verb", required=True)
+    verbs = command_group(commands, "requests", "data-subject requests: deadlines, extensions")
 
     listing = verbs.add_parser("list", help="open requests by due date (--all: closed too)")
     listing.add_argument("--all", action="store_true")
