@@ -26,8 +26,8 @@ from include.retention.grants import APPEND_ONLY, HEAD_FORWARD, Target, apply, i
 from include.retention.grants import control_script as make_control_script
 from include.retention.grants import source_script as make_source_script
 from include.retention.ledger import subject_table
+from include.retention.lifecycle import enforce
 from include.retention.runs import Control
-from include.retention.sql_engine import enforce
 from tests.dbs import (  # noqa: F401 - fixtures
     AS_OF,
     MARIADB_ADMIN_URL,
