@@ -24,13 +24,13 @@ import pytest
 import sqlalchemy as sa
 
 from include.demo.airflow_stack import AirflowApi, AirflowStack, StackConfig, free_port
+from include.demo.embedded_s3 import EmbeddedS3
 from include.demo.manifest import ManifestEntry
 from include.demo.run import DEPLOYMENT_SETUP, ROOT, DemoPaths, environment
 from include.demo.seed import place_holds, seed_demo
 from include.retention.dag_factory import dag_id_for
 from include.retention.errors import RetentionError
 from include.retention.identifiers import normalise
-from include.retention.object_store import EmbeddedS3
 from include.retention.pseudonym import subject_ref
 from include.retention.runs import Control
 from include.retention.subject_requests import RequestRegister, local_date
@@ -49,6 +49,7 @@ DAG_IDS = {  # the runs the tests look at, by name
     "retention": dag_id_for(ACTIVITY),
     "withdrawal": "dsr_consent_withdrawal",
     "malformed": "dsr_objection",
+    "access": "dsr_access",
     "deadlines": "dsr_deadlines",
 }
 ARRIVED_DAYS_AGO = 28  # due within the deadline mail's 7 days
@@ -95,11 +96,12 @@ def _requests(airflow: Stack) -> None:
     airflow.trigger("retention", {"as_of": AS_OF.isoformat(), "dry_run": False})
     arrived = dt.date.today() - dt.timedelta(days=ARRIVED_DAYS_AGO)
     airflow.trigger("withdrawal", {"email": subject, "received_on": arrived.isoformat()})
+    airflow.trigger("access", {"email": _spelled_differently(subject)})
     airflow.trigger("malformed", {
         "personnummer": "811218-9875", "email": "anna(at)example.se",
         "scope": "direct_marketing",
     })  # fmt: skip
-    airflow.wait("retention", "withdrawal", "malformed")
+    airflow.wait("retention", "withdrawal", "malformed", "access")
 
 
 def _person(entries: list[ManifestEntry]) -> ManifestEntry:
@@ -138,6 +140,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                           "disable_ssl": True},
             }),
             "AIRFLOW_VAR_RETENTION_ALERT_EMAIL": ALERT_TO,
+            "RETENTION_DSR_OUTPUT_DIR": str(root / "responses"),
         }  # fmt: skip
         config = StackConfig(
             home=root / "airflow",
@@ -194,6 +197,31 @@ def test_consent_withdrawal_suppresses_a_reimport(airflow: Stack) -> None:
     suppressions = SuppressionList(airflow.demo.control.ledger.engine, airflow.key)
     rows = [{"email": _spelled_differently(airflow.person.subject)}, {"email": "ny@example.se"}]
     assert suppressions.admit(rows, "email", "email") == [{"email": "ny@example.se"}]
+
+
+def test_the_access_extract_lists_the_persons_records_everywhere(airflow: Stack) -> None:
+    run_id, state = airflow.runs["access"]
+    assert state == "success"
+    register = RequestRegister(airflow.demo.control.ledger.engine, airflow.key)
+    request = next(r for r in register.requests() if r.run_id == run_id)
+    folder = airflow.demo.root / "responses" / request.ref
+    doc = json.loads((folder / "registerutdrag.json").read_text(encoding="utf-8"))
+    rows = {
+        (item["källsystem"], str(record.get("id")))
+        for item in doc["behandlingar"]
+        for record in item["uppgifter"]
+    }
+    # Every designed row of the person that exists now (the retention run kept theirs: the
+    # restriction) is in the extract, with its activity's legal basis.
+    person = airflow.person.subject
+    expected = {
+        (e.system, str(e.pk)) for e in airflow.demo.manifest.entries
+        if e.subject == person and e.kind == "row" and airflow.demo.exists(e)
+    }  # fmt: skip
+    assert expected and expected <= rows
+    assert all(item["rättslig grund"] for item in doc["behandlingar"])
+    assert (folder / "registerutdrag.pdf").read_bytes().startswith(b"%PDF")
+    assert oct((folder / "registerutdrag.json").stat().st_mode & 0o777) == "0o600"
 
 
 def test_a_malformed_request_fails_at_once_changes_nothing_and_alerts(airflow: Stack) -> None:

@@ -248,6 +248,38 @@ def suppress(
     }
 
 
+def access(
+    received: Mapping[str, Any],
+    *,
+    runtime: DsrRuntime | None = None,
+    catalogue: Any = None,
+    connections: Any = None,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Art. 15: find the person's records in every system and write the register extract
+    (JSON, HTML, PDF in Swedish) to the configured folder; returns counts and the folder."""
+    from include.retention import access_extract
+    from include.retention.catalogue import load_valid
+
+    runtime = runtime or DsrRuntime()
+    catalogue = catalogue if catalogue is not None else load_valid()[0]
+    refs = [bytes.fromhex(r) for r in received["subject_refs"]]
+    activities = access_extract.searchable(catalogue)
+    found = access_extract.collect(activities, refs, runtime.key, connections)
+    folder = access_extract.write(
+        received["request"], found, access_extract.output_dir(), now or dt.datetime.now(dt.UTC)
+    )
+    result: dict[str, Any] = {
+        "records": sum(len(f.records) for f in found),
+        "activities_with_records": [f.activity.id for f in found if f.records],
+        "activities_searched": len(activities),
+        "extract": str(folder),
+    }
+    log.info("%s: %s records in %s activities; extract written to %s", received["request"],
+             result["records"], len(result["activities_with_records"]), folder)  # fmt: skip
+    return result
+
+
 def respond(
     received: Mapping[str, Any] | None,
     results: Mapping[str, Mapping[str, Any] | None],

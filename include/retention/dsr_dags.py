@@ -131,7 +131,14 @@ def _suppress(kind: str, received: dict[str, Any], params: dict[str, Any], user:
     return dsr.suppress(kind, received, user=user)
 
 
+def _access(kind: str, received: dict[str, Any], params: dict[str, Any], user: str) -> Any:
+    from include.retention import dsr
+
+    return dsr.access(received)
+
+
 WORK: dict[str, tuple[str, Work]] = {
+    "access": ("extract", _access),
     "restriction": ("restrict", _restrict),
     "objection": ("suppress", _suppress),
     "consent_withdrawal": ("suppress", _suppress),
