@@ -42,6 +42,14 @@ def _parse(env: dict[str, str] | None = None) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+# DAGs in the folder that are not generated from a catalogue activity.
+SERVICE_DAGS = {"retention_audit_report"}
+
+
+def _activity_dags(dag_ids) -> list[str]:
+    return sorted(d for d in dag_ids if d.startswith("retention_") and d not in SERVICE_DAGS)
+
+
 @pytest.fixture(scope="module")
 def parsed() -> dict:
     return _parse()
@@ -59,8 +67,9 @@ def test_dag_folder_has_no_import_errors(parsed):
 
 
 def test_exactly_one_dag_per_activity(parsed):
-    activity_dags = [f"retention_{a.id}" for a in load_catalogue()]
-    assert parsed["dags"] == sorted([*activity_dags, "retention_audit_report"])
+    activity_dags = sorted(f"retention_{a.id}" for a in load_catalogue())
+    assert _activity_dags(parsed["dags"]) == activity_dags
+    assert set(parsed["dags"]) >= SERVICE_DAGS
 
 
 def test_dag_folder_parses_within_budget(parsed):
@@ -177,9 +186,9 @@ def _catalogue_with_bad_cron(folder: Path) -> Path:
 def test_one_bad_catalogue_file_costs_one_dag(tmp_path):
     folder = _catalogue_with_bad_cron(tmp_path / "catalogue")
     result = _parse({"RETENTION_CATALOGUE_DIR": str(folder)})
-    expected = [f"retention_{a.id}" for a in load_catalogue() if a.id != "newsletter"]
+    expected = sorted(f"retention_{a.id}" for a in load_catalogue() if a.id != "newsletter")
     assert len(expected) == 26
-    assert result["dags"] == sorted([*expected, "retention_audit_report"])
+    assert _activity_dags(result["dags"]) == expected
     assert list(result["errors"]) == ["dags/retention_catalogue_check.py"]
     error = result["errors"]["dags/retention_catalogue_check.py"]
     assert "newsletter.yaml: schedule" in error and "'0 2 * *' is not a cron expression" in error
@@ -209,6 +218,5 @@ def test_airflow_lists_the_bad_file_as_an_import_error(tmp_path):
     dags = json_out("dags", "list")
     assert [e["filepath"] for e in errors] == ["retention_catalogue_check.py"]
     assert "newsletter.yaml: schedule" in errors[0]["error"]
-    listed = {d["dag_id"] for d in dags}
-    assert len(listed) == 27 and "retention_audit_report" in listed  # 26 activities + report
-    assert "retention_newsletter" not in listed
+    listed = _activity_dags(d["dag_id"] for d in dags)
+    assert len(listed) == 26 and "retention_newsletter" not in listed

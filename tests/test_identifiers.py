@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from include.retention import identifiers
@@ -100,6 +100,7 @@ dates = st.dates(min_value=dt.date(1927, 1, 1) - dt.timedelta(days=36500), max_v
 HUNDRED_YEARS_AGO = dt.date(TODAY.year - 100, TODAY.month, TODAY.day)
 
 
+@settings(deadline=None)  # no timing: the machine is shared
 @given(born=dates, serial=st.integers(0, 999), samordning=st.booleans(), form=st.integers(0, 3))
 def test_every_spelling_of_a_valid_number_has_one_normal_form(
     born: dt.date, serial: int, samordning: bool, form: int
@@ -117,6 +118,7 @@ def test_every_spelling_of_a_valid_number_has_one_normal_form(
     assert found.variant == ("samordningsnummer" if samordning else "personnummer")
 
 
+@settings(deadline=None)  # no timing: the machine is shared
 @given(born=dates, serial=st.integers(0, 999), wrong=st.integers(1, 9))
 def test_a_wrong_check_digit_is_always_refused(born: dt.date, serial: int, wrong: int) -> None:
     ten = with_check_digit(f"{born.year % 100:02d}{born.month:02d}{born.day:02d}{serial:03d}")
@@ -166,6 +168,7 @@ def test_invalid_phones(raw: str, problem: str) -> None:
         normalise("phone", raw)
 
 
+@settings(deadline=None)  # no timing: the machine is shared
 @given(
     number=st.text("0123456789", min_size=8, max_size=8),
     groups=st.lists(st.sampled_from(["", " ", "-"]), min_size=8, max_size=8),
@@ -221,6 +224,7 @@ local_parts = st.text(ASCII_LETTERS + "0123456789_+-", min_size=1, max_size=20)
 domain_labels = st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=12)
 
 
+@settings(deadline=None)  # no timing: the machine is shared
 @given(
     local=local_parts,
     labels=st.lists(domain_labels, min_size=1, max_size=3),

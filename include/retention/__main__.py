@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from include.retention import audit_cli, connections, ledger_cli
+from include.retention import audit_cli, connections, holds_cli, ledger_cli, requests_cli
 from include.retention.catalogue import POLICY_DIR, load_catalogue
 from include.retention.connections import CONTROL_DB_ENV
 from include.retention.errors import RetentionError
@@ -22,6 +22,7 @@ from include.retention.grants import (
     DIALECTS,
     Target,
     control_script,
+    dsr_script,
     init_control,
     render,
     source_script,
@@ -93,6 +94,10 @@ def _grants(args: argparse.Namespace) -> int:
     if args.control:
         print(render(target, control_script(target), "control database: ledger and holds"))
         return 0
+    if args.dsr:
+        title = "control database: the data-subject-request DAGs' role"
+        print(render(target, dsr_script(target), title))
+        return 0
     activities = [
         a
         for a in load_catalogue(args.catalogue)
@@ -120,6 +125,10 @@ def _add_grants(commands: Any) -> None:
     grants.add_argument(
         "--control", action="store_true", help="the control database (ledger, holds) instead"
     )
+    grants.add_argument(
+        "--dsr", action="store_true",
+        help="the data-subject-request DAGs' role in the control database (places holds)",
+    )  # fmt: skip
     grants.add_argument("--host", default="%", help="MySQL/MariaDB account host (default %%)")
     grants.set_defaults(run=_grants)
 
@@ -174,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "check", help="control DB is not Airflow's metadata DB; paused retention DAGs; the pool"
     ).set_defaults(run=_check)
+    holds_cli.add_commands(commands)
+    requests_cli.add_commands(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

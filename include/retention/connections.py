@@ -24,6 +24,7 @@ from include.retention.pseudonym import check_key
 PSEUDONYM_KEY_CONN_ID = "retention_pseudonym_key"
 CONTROL_DB_CONN_ID = "retention_control_db"
 CONTROL_DB_ENV = "RETENTION_CONTROL_DB_URL"
+DSR_CONTROL_DB_CONN_ID = "retention_dsr_control_db"  # the data-subject-request DAGs' role
 
 PYMYSQL_SSL_KEYS = ("ca", "cert", "key", "capath", "cipher", "check_hostname")
 # Hook-level extras that are not driver options (the hooks drop them from their connect args).
@@ -237,3 +238,16 @@ def control_url(default_dir: Path | None = None) -> str:
 def control_engine(url: str | None = None) -> Engine:
     conn_id = None if url or os.environ.get(CONTROL_DB_ENV) else CONTROL_DB_CONN_ID
     return make_engine(url or control_url(), conn_id)
+
+
+def dsr_control_engine() -> Engine:
+    """The control database as the data-subject-request DAGs' role (they place holds and write
+    the request register): the Airflow connection ``retention_dsr_control_db``, else the one
+    the retention workers use."""
+    try:
+        url = url_for(DSR_CONTROL_DB_CONN_ID)
+    except RetentionError as exc:
+        if "is not defined" not in str(exc):
+            raise
+        return control_engine()
+    return make_engine(url, DSR_CONTROL_DB_CONN_ID)

@@ -135,6 +135,40 @@ def control_grants() -> list[TableGrant]:
     ]
 
 
+def dsr_grants() -> list[TableGrant]:
+    """The data-subject-request DAGs' role (connection ``retention_dsr_control_db``): append to
+    the ledger, place and release holds (never edit or delete one), write the request register
+    and the suppression list. The retention workers' role keeps read-only holds."""
+    from include.retention.subject_requests import notices_table, requests_table
+    from include.retention.suppression import suppressions_table
+
+    register_updates = {"due_on", "extended_months", "extension_reason", "status", "status_at",
+                        "updated_by", "outcome", "closed_at"}  # fmt: skip
+    return [
+        TableGrant(ledger_table.name, {"SELECT", "INSERT"}),
+        TableGrant(subject_table.name, {"SELECT"}),
+        TableGrant(head_table.name, {"SELECT"}, {"seq", "entry_hash"}),
+        TableGrant(holds_table.name, {"SELECT", "INSERT"}, {"released_at", "released_by"}),
+        TableGrant(leases_table.name, {"SELECT"}),  # a placement waits for batches in flight
+        TableGrant(requests_table.name, {"SELECT", "INSERT"}, register_updates),
+        TableGrant(notices_table.name, {"SELECT", "INSERT"}),
+        TableGrant(suppressions_table.name, {"SELECT", "INSERT"},
+                   {"lifted_at", "lifted_by", "lift_reason"}),
+    ]  # fmt: skip
+
+
+def sequence_grants(t: Target, grants: Iterable[TableGrant]) -> list[str]:
+    """PostgreSQL: INSERT into a table with a serial id also needs its sequence."""
+    if not t.pg:
+        return []
+    serial = {holds_table.name, "dsr_requests", "dsr_recipient_notices", "dsr_suppressions"}
+    return [
+        f"GRANT USAGE ON SEQUENCE {t.table(g.table + '_id_seq')} TO {t.grantee}"
+        for g in grants
+        if g.table in serial and "INSERT" in g.privileges
+    ]
+
+
 # ------------------------------------------------------------------------------ statements
 
 
@@ -228,6 +262,12 @@ def control_script(t: Target) -> list[str]:
     return create_role(t) + grant_statements(t, control_grants()) + append_only_triggers(t)
 
 
+def dsr_script(t: Target) -> list[str]:
+    """Create the data-subject-request DAGs' role and grant it :func:`dsr_grants`."""
+    grants = dsr_grants()
+    return create_role(t) + grant_statements(t, grants) + sequence_grants(t, grants)
+
+
 def render(t: Target, statements: list[str], title: str) -> str:
     """A script for psql (``-v ON_ERROR_STOP=1 -f``) or the mysql/mariadb client."""
     how = (
@@ -260,6 +300,7 @@ def init_control(engine: Engine, key: bytes, role: str | None, host: str = "%") 
     """Create the control tables (as their owner) and, given a role, grant it the worker's
     privileges and make the ledger append-only. Returns the statements applied."""
     Control.open(engine, key)
+    create_dsr_tables(engine, key)
     if role is None:
         return []
     pg = engine.dialect.name == "postgresql"
@@ -274,3 +315,12 @@ def init_control(engine: Engine, key: bytes, role: str | None, host: str = "%") 
     statements = control_script(Target("postgresql" if pg else "mysql", role, schema, host))
     apply(engine, statements)
     return statements
+
+
+def create_dsr_tables(engine: Engine, key: bytes) -> None:
+    """The request register and the suppression list (created by their owner, like the rest)."""
+    from include.retention.subject_requests import RequestRegister
+    from include.retention.suppression import SuppressionList
+
+    RequestRegister(engine, key).create_tables()
+    SuppressionList(engine, key).create_tables()

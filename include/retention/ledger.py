@@ -19,6 +19,9 @@ Entry kinds:
 - ``hold_placed`` / ``hold_released``: every change of the hold register, written in the same
   transaction as the change (see ``holds.py``), so a hold row deleted, edited or released behind
   the register's back is caught by ``HoldRegister.verify()``.
+- ``dsr_received`` / ``dsr_extended`` / ``dsr_status`` / ``dsr_recipient_notified``: every
+  change of the data-subject request register (``subject_requests.py``), in the same
+  transaction as the change; people appear only as keyed subject references.
 
 No raw identifier ever enters the ledger: records are known by
 HMAC-SHA256(key, system \\x1f dataset \\x1f pk) truncated to 16 bytes.
@@ -65,6 +68,8 @@ from include.retention.pseudonym import PackedRefs, check_key
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000  # an appender waits this long for another's commit
+# Changes of the data-subject request register (``subject_requests.py``).
+REQUEST_EVENTS = ("dsr_received", "dsr_extended", "dsr_status", "dsr_recipient_notified")
 
 __all__ = [
     "GENESIS",
@@ -327,6 +332,15 @@ class Ledger(EvidenceReader):
         return self._append(
             conn, kind=kind, run_id=f"hold-{hold_id}", activity_id="", body=body, **where
         )
+
+    def record_request_event(
+        self, conn: Connection, kind: str, request_id: int, body: Mapping[str, Any]
+    ) -> int:
+        """Chain a change of the data-subject request register (``dsr_*``, see
+        ``subject_requests.py``) inside the caller's transaction."""
+        if kind not in REQUEST_EVENTS:
+            raise RetentionError(f"unknown request event {kind!r}")
+        return self._append(conn, kind=kind, run_id=f"dsr-{request_id}", activity_id="", body=body)
 
 
 def _lock_head(conn: Connection) -> Any:

@@ -1,0 +1,185 @@
+"""The register extract of a data-subject access request (Art. 15): every record of the person
+found in every system, per activity with its purpose, legal basis, recipients, transfers,
+retention and source system; JSON plus a readable HTML and PDF in Swedish.
+
+Records are found through the source adapters (`sources`), selecting by the person's keyed
+references, so the raw identifier is not needed here. The extract is personal data: it is
+written only to the configured folder (``RETENTION_DSR_OUTPUT_DIR``, default
+``$AIRFLOW_HOME/dsr_responses``), one folder per request (0700) with owner-only files (0600),
+and never to Airflow's metadata DB, XComs or logs: the task returns counts and the folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from include.retention.catalogue import Activity, Catalogue
+from include.retention.register import BASIS_LABELS
+from include.retention.sources.base import OfSubject, adapter_for
+
+OUTPUT_DIR_ENV = "RETENTION_DSR_OUTPUT_DIR"
+FILES = ("registerutdrag.json", "registerutdrag.html", "registerutdrag.pdf")
+
+
+@dataclass(frozen=True)
+class Found:
+    """The person's records in one activity's dataset."""
+
+    activity: Activity
+    records: list[dict[str, Any]]
+
+
+def output_dir() -> Path:
+    configured = os.environ.get(OUTPUT_DIR_ENV)
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser() / "dsr_responses"
+
+
+def searchable(catalogue: Catalogue) -> list[Activity]:
+    """Activities whose dataset names its data subject (a subject column or metadata key)."""
+    return [
+        a for a in catalogue
+        if getattr(a.source, "subject_column", None) or getattr(a.source, "subject_key", None)
+    ]  # fmt: skip
+
+
+def collect(
+    activities: Iterable[Activity], refs: Sequence[bytes], key: bytes, connections: Any = None
+) -> list[Found]:
+    """Every record of the person (any of ``refs``) in each activity's dataset.
+    ``connections``: activity id -> engine or client (tests); else the Airflow connections."""
+    found = []
+    for activity in activities:
+        connection = (connections or {}).get(activity.id)
+        adapter = adapter_for(activity.source, key, connection)
+        try:
+            records: dict[str, dict[str, Any]] = {}
+            for ref in refs:
+                for record in adapter.read(OfSubject(ref)):
+                    records[json.dumps(record, default=str, sort_keys=True)] = dict(record)
+        finally:
+            adapter.close()
+        found.append(Found(activity, list(records.values())))
+    return found
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def document(request_ref: str, found: list[Found], created: dt.datetime) -> dict[str, Any]:
+    """The extract as data (the JSON file), in Swedish."""
+    return {
+        "ärende": request_ref,
+        "skapat": created.isoformat(),
+        "behandlingar": [
+            {
+                "behandling": f.activity.name.sv,
+                "ändamål": f.activity.purpose.sv,
+                "rättslig grund": [BASIS_LABELS["sv"][b] for b in f.activity.legal_bases],
+                "mottagare": [r.sv for r in f.activity.recipients],
+                "överföringar till tredje land": [
+                    {"land": t.country, "skyddsåtgärd": t.mechanism} for t in f.activity.transfers
+                ],
+                "lagringstid": f.activity.rule_descriptions("sv"),
+                "källsystem": f.activity.source.system,
+                "uppgifter": [{k: _plain(v) for k, v in r.items()} for r in f.records],
+            }
+            for f in found
+            if f.records
+        ],
+    }
+
+
+def _html(doc: dict[str, Any]) -> str:
+    esc = html.escape
+    parts = [
+        "<!doctype html><html lang='sv'><meta charset='utf-8'>",
+        f"<title>Registerutdrag {esc(doc['ärende'])}</title>",
+        f"<h1>Registerutdrag ({esc(doc['ärende'])})</h1><p>Skapat {esc(doc['skapat'])}.</p>",
+    ]
+    if not doc["behandlingar"]:
+        parts.append("<p>Vi har inga personuppgifter om dig i våra system.</p>")
+    for item in doc["behandlingar"]:
+        facts = "".join(
+            f"<tr><th>{esc(k)}</th><td>{esc(_text(item[k]))}</td></tr>"
+            for k in ("ändamål", "rättslig grund", "mottagare", "överföringar till tredje land",
+                      "lagringstid", "källsystem")
+        )  # fmt: skip
+        records = "".join(
+            "<tr>" + "".join(f"<td>{esc(k)}: {esc(str(v))}</td>" for k, v in r.items()) + "</tr>"
+            for r in item["uppgifter"]
+        )
+        parts.append(
+            f"<h2>{esc(item['behandling'])}</h2><table>{facts}</table>"
+            f"<h3>Uppgifter ({len(item['uppgifter'])})</h3><table>{records}</table>"
+        )
+    return "".join(parts) + "</html>"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return "; ".join(_text(v) for v in value) or "–"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items())
+    return str(value)
+
+
+def _pdf(doc: dict[str, Any]) -> bytes:
+    from fpdf import FPDF
+
+    from include.retention.register_pdf import _latin1
+
+    pdf = FPDF(format="A4")
+    pdf.set_auto_page_break(auto=True, margin=15)
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 14)
+    pdf.multi_cell(0, 8, _latin1(f"Registerutdrag ({doc['ärende']})"), new_x="LMARGIN")
+    pdf.set_font("Helvetica", size=9)
+    if not doc["behandlingar"]:
+        pdf.multi_cell(0, 5, _latin1("Vi har inga personuppgifter om dig i våra system."))
+    for item in doc["behandlingar"]:
+        pdf.set_font("Helvetica", "B", 11)
+        pdf.multi_cell(0, 7, _latin1(item["behandling"]), new_x="LMARGIN")
+        pdf.set_font("Helvetica", size=9)
+        for name, value in item.items():
+            if name not in ("behandling", "uppgifter"):
+                pdf.multi_cell(0, 5, _latin1(f"{name}: {_text(value)}"), new_x="LMARGIN")
+        for record in item["uppgifter"]:
+            pdf.multi_cell(0, 5, _latin1("- " + _text(record)), new_x="LMARGIN")
+    return bytes(pdf.output())
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+    path.chmod(0o600)
+
+
+def write(request_ref: str, found: list[Found], folder: Path, created: dt.datetime) -> Path:
+    """Write the extract's three files to ``folder``/``request_ref`` (owner-only)."""
+    target = folder / request_ref
+    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target.chmod(0o700)
+    doc = document(request_ref, found, created)
+    text = json.dumps(doc, ensure_ascii=False, indent=2, default=str)
+    _write_private(target / FILES[0], text.encode("utf-8"))
+    _write_private(target / FILES[1], _html(doc).encode("utf-8"))
+    _write_private(target / FILES[2], _pdf(doc))
+    return target

@@ -1,0 +1,363 @@
+"""What each data-subject-request DAG task does, in plain functions (``dsr_dags`` only wires).
+
+The trigger form (the DAG run's params) is the only place the person's identifiers exist:
+:func:`receive` validates the form, pseudonymises the identifiers and registers the request,
+and returns only the request's number and keyed references. Tasks that need an identifier
+again read it from the params, never from an XCom; nothing here logs one. Every function
+returns JSON-serialisable dicts without personal data (they are XComs and asset events).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import pendulum
+import sqlalchemy as sa
+
+from include.retention import connections
+from include.retention.errors import RetentionError
+from include.retention.holds import HoldRegister, holds_table
+from include.retention.identifiers import KINDS, SubjectId, identify
+from include.retention.subject_requests import (
+    REQUEST_KINDS,
+    TIMEZONE,
+    Request,
+    RequestRegister,
+    local_date,
+)
+from include.retention.suppression import SuppressionList
+
+log = logging.getLogger(__name__)
+
+# Art. 18(1)(a)-(d): why processing is restricted.
+RESTRICTION_GROUNDS = {
+    "accuracy_contested": "Art. 18(1)(a): the person contests the accuracy of the data",
+    "unlawful_processing": "Art. 18(1)(b): unlawful processing; the person opposes erasure",
+    "legal_claims": "Art. 18(1)(c): the person needs the data for legal claims",
+    "objection_pending": "Art. 18(1)(d): objection pending verification of legitimate grounds",
+}
+OBJECTION_SCOPES = {
+    "direct_marketing": "Art. 21(2)-(3): direct marketing (absolute)",
+    "legitimate_interest": "Art. 21(1): processing based on legitimate interest",
+}
+SYSTEM_USER = "airflow"
+MAX_RECEIVED_AGE_DAYS = 92  # a request older than three months cannot be on time any more
+
+
+@dataclass
+class DsrRuntime:
+    """The control database's registers for one task (opened on first use)."""
+
+    @classmethod
+    def of(cls, engine: sa.Engine, key: bytes) -> DsrRuntime:
+        """A runtime on a given control database and key (tests, the CLI)."""
+        runtime = cls()
+        runtime.__dict__.update(engine=engine, key=key)
+        return runtime
+
+    @cached_property
+    def engine(self) -> sa.Engine:
+        return connections.dsr_control_engine()
+
+    @cached_property
+    def key(self) -> bytes:
+        return connections.pseudonym_key()
+
+    @cached_property
+    def requests(self) -> RequestRegister:
+        register = RequestRegister(self.engine, self.key)
+        register.create_tables()
+        return register
+
+    @cached_property
+    def holds(self) -> HoldRegister:
+        register = HoldRegister(self.engine, self.key)
+        register.create_tables()
+        return register
+
+    @cached_property
+    def suppressions(self) -> SuppressionList:
+        register = SuppressionList(self.engine, self.key)
+        register.create_tables()
+        return register
+
+
+# ------------------------------------------------------------------------------ the form
+
+
+def _choice(params: Mapping[str, Any], name: str, allowed: Mapping[str, str]) -> str:
+    value = params.get(name)
+    if value not in allowed:
+        raise RetentionError(f"{name}: choose one of {', '.join(allowed)} (got {value!r})")
+    return str(value)
+
+
+def received_at(raw: Any, now: dt.datetime) -> dt.datetime:
+    """The ``received_on`` field (YYYY-MM-DD, the day the request arrived) as the start of that
+    day in Stockholm, or ``now`` when empty. Not in the future, not more than three months ago."""
+    if raw in (None, ""):
+        return now
+    try:
+        day = dt.date.fromisoformat(str(raw))
+    except ValueError:
+        raise RetentionError(
+            "received_on: write the day the request arrived as YYYY-MM-DD, or leave it empty"
+            " for today"
+        ) from None
+    today = local_date(now)
+    if day > today:
+        raise RetentionError(f"received_on: {day} is in the future (today is {today})")
+    if (today - day).days > MAX_RECEIVED_AGE_DAYS:
+        raise RetentionError(
+            f"received_on: {day} is more than {MAX_RECEIVED_AGE_DAYS} days ago; check the date"
+        )
+    return pendulum.datetime(day.year, day.month, day.day, tz=TIMEZONE)
+
+
+def kind_options(kind: str, params: Mapping[str, Any]) -> dict[str, str]:
+    """The request kind's own choices, validated (no free text: it could hold personal data)."""
+    if kind == "restriction":
+        action = _choice(params, "action", {"place": "", "lift": ""})
+        options = {"action": action}
+        if action == "place":
+            options["ground"] = _choice(params, "ground", RESTRICTION_GROUNDS)
+        return options
+    if kind == "objection":
+        return {"scope": _choice(params, "scope", OBJECTION_SCOPES)}
+    return {}
+
+
+def subjects_of(params: Mapping[str, Any], now: dt.datetime | None = None) -> list[SubjectId]:
+    """The person's identifiers from the form, normalised (refused with every bad field)."""
+    today = local_date(now or dt.datetime.now(dt.UTC))
+    return identify({k: params.get(k) for k in KINDS}, today=today)
+
+
+def filed_by(dag_run: Any) -> str:
+    """Who filed the request: the user who triggered the run, else the system."""
+    return str(getattr(dag_run, "triggering_user_name", None) or SYSTEM_USER)
+
+
+# ------------------------------------------------------------------------------ tasks
+
+
+def receive(
+    kind: str,
+    params: Mapping[str, Any],
+    *,
+    user: str,
+    dag_id: str | None,
+    run_id: str | None,
+    runtime: DsrRuntime | None = None,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Validate the form, pseudonymise, register the request. Nothing is written when any
+    field is wrong."""
+    now = now or dt.datetime.now(dt.UTC)
+    options = kind_options(kind, params)
+    arrived = received_at(params.get("received_on"), now)
+    subjects = subjects_of(params, now)
+    runtime = runtime or DsrRuntime()
+    request = runtime.requests.receive(
+        kind, subjects, filed_by=user, received_at=arrived, dag_id=dag_id, run_id=run_id, now=now
+    )
+    log.info(
+        "%s: %s request (%s) for a person given by %s; due %s",
+        request.ref, kind, REQUEST_KINDS[kind][0], ", ".join(request.identifier_kinds),
+        request.due_on,
+    )  # fmt: skip
+    return {
+        **request.summary(),
+        "request_id": request.id,
+        "subject_refs": [ref.hex() for ref in request.subject_refs],
+        "options": options,
+    }
+
+
+def _active_restrictions(runtime: DsrRuntime, refs: set[bytes]) -> dict[bytes, list[int]]:
+    t = holds_table
+    query = sa.select(t.c.id, t.c.subject_ref).where(
+        t.c.released_at.is_(None), t.c.scope == "subject", t.c.kind == "restriction"
+    )
+    found: dict[bytes, list[int]] = {}
+    with runtime.holds.engine.connect() as conn:  # (the register creates its table)
+        for hold_id, ref in conn.execute(query):
+            if bytes(ref) in refs:
+                found.setdefault(bytes(ref), []).append(int(hold_id))
+    return found
+
+
+def restrict(
+    received: Mapping[str, Any],
+    params: Mapping[str, Any],
+    *,
+    user: str,
+    runtime: DsrRuntime | None = None,
+) -> dict[str, Any]:
+    """Art. 18: place a restriction hold on the person (every retention run keeps their
+    records), or lift it (its own logged action: the release is chained into the ledger)."""
+    runtime = runtime or DsrRuntime()
+    options = received["options"]
+    refs = {bytes.fromhex(r) for r in received["subject_refs"]}
+    active = _active_restrictions(runtime, refs)
+    if options["action"] == "lift":
+        lifted = [hold for holds in active.values() for hold in holds]
+        for hold_id in lifted:
+            runtime.holds.release(hold_id, released_by=user)
+        log.info("%s: lifted restriction holds %s", received["request"], lifted)
+        return {"action": "lift", "holds_released": lifted, "holds_placed": []}
+    placed = []
+    reason = f"{received['request']}: {RESTRICTION_GROUNDS[options['ground']]}"
+    for subject in subjects_of(params):
+        if runtime.holds.subject_ref(subject.value) in active:
+            continue  # already restricted (a retried task, or an earlier request)
+        placed.append(
+            runtime.holds.place_subject_hold(
+                subject.value, kind="restriction", reason=reason, placed_by=user
+            )
+        )
+    log.info("%s: placed restriction holds %s", received["request"], placed)
+    return {"action": "place", "holds_placed": placed, "holds_released": []}
+
+
+def suppress(
+    kind: str,
+    received: Mapping[str, Any],
+    *,
+    user: str,
+    runtime: DsrRuntime | None = None,
+) -> dict[str, Any]:
+    """Art. 7(3) and 21: put the person on the suppression list, so imports and retention runs
+    do not bring them back into consent-based processing (or direct marketing)."""
+    runtime = runtime or DsrRuntime()
+    direct = kind == "objection" and received["options"]["scope"] == "direct_marketing"
+    scope = "direct_marketing" if direct else "consent"
+    refs = [bytes.fromhex(r) for r in received["subject_refs"]]
+    added = runtime.suppressions.add(
+        refs, scope, added_by=user, request_id=int(received["request_id"])
+    )
+    return {
+        "suppression_scope": scope,
+        "suppressed": added,
+        "already_suppressed": len(refs) - added,
+    }
+
+
+def access(
+    received: Mapping[str, Any],
+    *,
+    runtime: DsrRuntime | None = None,
+    catalogue: Any = None,
+    connections: Any = None,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Art. 15: find the person's records in every system and write the register extract
+    (JSON, HTML, PDF in Swedish) to the configured folder; returns counts and the folder."""
+    from include.retention import access_extract
+    from include.retention.catalogue import load_valid
+
+    runtime = runtime or DsrRuntime()
+    catalogue = catalogue if catalogue is not None else load_valid()[0]
+    refs = [bytes.fromhex(r) for r in received["subject_refs"]]
+    activities = access_extract.searchable(catalogue)
+    found = access_extract.collect(activities, refs, runtime.key, connections)
+    folder = access_extract.write(
+        received["request"], found, access_extract.output_dir(), now or dt.datetime.now(dt.UTC)
+    )
+    result: dict[str, Any] = {
+        "records": sum(len(f.records) for f in found),
+        "activities_with_records": [f.activity.id for f in found if f.records],
+        "activities_searched": len(activities),
+        "extract": str(folder),
+    }
+    log.info("%s: %s records in %s activities; extract written to %s", received["request"],
+             result["records"], len(result["activities_with_records"]), folder)  # fmt: skip
+    return result
+
+
+def respond(
+    received: Mapping[str, Any] | None,
+    results: Mapping[str, Mapping[str, Any] | None],
+    failed_steps: list[str],
+    *,
+    user: str,
+    runtime: DsrRuntime | None = None,
+) -> dict[str, Any]:
+    """Close the request in the register (completed, or failed: it stays open and due) with
+    what was done; raise after recording a failure, so the run fails and alerts someone."""
+    if received is None:
+        raise RetentionError(
+            "the request was not registered (see the receive task's log for what to fix);"
+            " nothing was changed"
+        )
+    runtime = runtime or DsrRuntime()
+    outcome = {step: dict(result) for step, result in results.items() if result is not None}
+    status = "failed" if failed_steps else "completed"
+    request: Request = runtime.requests.set_status(
+        int(received["request_id"]), status, by=user,
+        outcome={"steps": outcome, "failed_steps": failed_steps},
+    )  # fmt: skip
+    summary = {**request.summary(), "outcome": outcome}
+    if failed_steps:
+        raise RetentionError(
+            f"{request.ref} ({request.kind}) failed at {', '.join(failed_steps)}; it stays open,"
+            f" due {request.due_on}: fix the cause, then clear the failed task in the Airflow UI"
+            " (the same request runs again)"
+        )
+    log.info("%s %s: %s", request.ref, status, outcome)
+    return summary
+
+
+# ------------------------------------------------------------------------------ deadlines
+
+
+def deadlines(
+    within_days: int, *, now: dt.datetime | None = None, runtime: DsrRuntime | None = None
+) -> dict[str, Any]:
+    """Open requests due within ``within_days`` days, and overdue ones (no personal data)."""
+    today = local_date(now or dt.datetime.now(dt.UTC))
+    runtime = runtime or DsrRuntime()
+    near = runtime.requests.near_deadline(today, within_days)
+    listed = [r.summary() | {"days_left": r.days_left(today)} for r in near]
+    overdue = sum(item["days_left"] < 0 for item in listed)
+    log.info(
+        "%s open requests due within %s days (%s overdue) as of %s",
+        len(listed), within_days, overdue, today,
+    )  # fmt: skip
+    return {"today": today.isoformat(), "within_days": within_days, "near": listed,
+            "overdue": overdue}  # fmt: skip
+
+
+def deadline_mail(report: Mapping[str, Any]) -> tuple[str, str]:
+    """Subject and HTML body of the daily deadline mail: request numbers, kinds and dates."""
+    near = report["near"]
+    subject = (
+        f"[dsr] {len(near)} data-subject request(s) due within {report['within_days']} days"
+        + (f", {report['overdue']} OVERDUE" if report["overdue"] else "")
+    )
+    rows = "".join(
+        f"<tr><td>{item['request']}</td><td>{item['kind']} ({item['article']})</td>"
+        f"<td>{item['due_on']}</td><td>{_left(item['days_left'])}</td>"
+        f"<td>{item['status']}</td><td>{item['extended_months']}</td></tr>"
+        for item in near
+    )
+    body = (
+        f"<p>Open data-subject requests as of {report['today']} (Europe/Stockholm) that are due"
+        f" within {report['within_days']} days or overdue. Art. 12(3): answer within one month"
+        " of receipt.</p><table border='1' cellpadding='4'><tr><th>Request</th><th>Kind</th>"
+        "<th>Due</th><th>Days left</th><th>Status</th><th>Extended (months)</th></tr>"
+        f"{rows}</table><p>Open the request's DAG run in the Airflow UI to finish it. If it"
+        " needs more time and the first month still runs, extend it and tell the person why:"
+        " <code>python -m include.retention requests extend DSR-N --months 1 --reason …"
+        " --by …</code></p>"
+    )
+    return subject, body
+
+
+def _left(days: int) -> str:
+    return f"<b>{-days} days overdue</b>" if days < 0 else "due today" if days == 0 else str(days)

@@ -1,0 +1,311 @@
+"""Data-subject requests end to end through Airflow's real scheduler (LocalExecutor), triggered
+through the REST API as the UI's form does, on the seeded demo systems.
+
+A person with a due recruitment record asks for restriction: the next retention run keeps
+their records and deletes the others that are due. A consent withdrawal puts them on the
+suppression list and a re-import of them is refused. Malformed requests are refused (by the
+form's schema at trigger time, or by ``receive``'s checks at once, without retries) and change
+nothing. The person's identifier is then searched for in every XCom, asset event, task log
+file and the ledger: it is in none of them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import json
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import Message
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from include.demo.airflow_stack import AirflowApi, AirflowStack, StackConfig, free_port
+from include.demo.embedded_s3 import EmbeddedS3
+from include.demo.manifest import ManifestEntry
+from include.demo.run import DEPLOYMENT_SETUP, ROOT, DemoPaths, environment
+from include.demo.seed import place_holds, seed_demo
+from include.retention.dag_factory import dag_id_for
+from include.retention.errors import RetentionError
+from include.retention.identifiers import normalise
+from include.retention.pseudonym import subject_ref
+from include.retention.runs import Control
+from include.retention.subject_requests import RequestRegister, local_date
+from include.retention.suppression import SuppressionList
+from tests.dbs import fresh_pg_database
+from tests.demo_checks import Demo
+
+pytestmark = pytest.mark.scheduler
+
+AS_OF = dt.datetime(2026, 11, 24, 1, 30, tzinfo=dt.UTC)
+ACTIVITY = "recruitment"
+RUN_TIMEOUT = 240.0
+ALERT_TO = "dsr-alerts@example.com"
+DAG_IDS = {  # the runs the tests look at, by name
+    "restriction": "dsr_restriction",
+    "retention": dag_id_for(ACTIVITY),
+    "withdrawal": "dsr_consent_withdrawal",
+    "malformed": "dsr_objection",
+    "access": "dsr_access",
+    "deadlines": "dsr_deadlines",
+}
+ARRIVED_DAYS_AGO = 28  # due within the deadline mail's 7 days
+
+
+@dataclass
+class Mailbox:
+    messages: list[Message] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+@dataclass
+class Stack:
+    stack: AirflowStack
+    api: AirflowApi
+    demo: Demo
+    key: bytes
+    metadata_url: str
+    mailbox: Mailbox
+    person: ManifestEntry
+    runs: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (run id, state)
+
+    def trigger(self, name: str, conf: dict[str, Any]) -> None:
+        self.runs[name] = (self.api.trigger(DAG_IDS[name], conf), "")
+
+    def wait(self, *names: str) -> None:
+        keys = {name: (DAG_IDS[name], self.runs[name][0]) for name in names}
+        states = self.api.wait_for_runs(keys.values(), timeout=RUN_TIMEOUT)
+        self.runs |= {name: (key[1], states[key]) for name, key in keys.items()}
+
+
+def _requests(airflow: Stack) -> None:
+    """The runs the tests look at: a restriction, then (once it holds) the retention run, a
+    consent withdrawal that arrived four weeks ago and a malformed objection."""
+    subject = airflow.person.subject
+    airflow.trigger("restriction", {
+        "email": _spelled_differently(subject), "action": "place",
+        "ground": "accuracy_contested",
+    })  # fmt: skip
+    airflow.wait("restriction")
+    airflow.trigger("retention", {"as_of": AS_OF.isoformat(), "dry_run": False})
+    arrived = dt.date.today() - dt.timedelta(days=ARRIVED_DAYS_AGO)
+    airflow.trigger("withdrawal", {"email": subject, "received_on": arrived.isoformat()})
+    airflow.trigger("access", {"email": _spelled_differently(subject)})
+    airflow.trigger("malformed", {
+        "personnummer": "811218-9875", "email": "anna(at)example.se",
+        "scope": "direct_marketing",
+    })  # fmt: skip
+    airflow.wait("retention", "withdrawal", "malformed", "access")
+
+
+def _person(entries: list[ManifestEntry]) -> ManifestEntry:
+    """A due, unheld recruitment record whose person has no other due record held."""
+    held = {e.subject for e in entries if e.hold is not None}
+    return next(
+        e for e in entries
+        if e.due and e.kind == "row" and e.subject and e.hold is None and e.subject not in held
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    from aiosmtpd.controller import Controller
+
+    root = tmp_path_factory.mktemp("dsr-e2e")
+    key = secrets.token_urlsafe(32)
+    mailbox, smtp_port = Mailbox(), free_port()
+    smtp = Controller(mailbox, hostname="127.0.0.1", port=smtp_port)
+    smtp.start()
+    with (
+        EmbeddedS3() as s3,
+        fresh_pg_database("rt_ctl") as control_url,
+        fresh_pg_database("rt_af") as metadata_url,
+    ):
+        seeded = seed_demo(AS_OF, root / "demo", s3_client=s3.client())
+        control = Control.open(control_url, key.encode())
+        place_holds(control.holds, seeded.hold_requests())
+        env = environment(DemoPaths(root), key, s3.endpoint_url)
+        env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW_") or "_CONN_" in k}
+        env |= {
+            "RETENTION_CONTROL_DB_URL": control_url,
+            "AIRFLOW_CONN_RETENTION_SMTP": json.dumps({
+                "conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port,
+                "extra": {"from_email": "airflow@example.com", "disable_tls": True,
+                          "disable_ssl": True},
+            }),
+            "AIRFLOW_VAR_RETENTION_ALERT_EMAIL": ALERT_TO,
+            "RETENTION_DSR_OUTPUT_DIR": str(root / "responses"),
+        }  # fmt: skip
+        config = StackConfig(
+            home=root / "airflow",
+            metadata_url=metadata_url,
+            dags_folder=ROOT / "dags",
+            project_root=ROOT,
+            env=env,
+            users={"admin": "admin"},
+            parallelism=4,
+            setup_commands=(DEPLOYMENT_SETUP,),
+        )
+        with AirflowStack(config) as stack:
+            api = stack.api()
+            api.wait_for_dags(DAG_IDS.values())
+            for dag_id in DAG_IDS.values():
+                api.unpause(dag_id)
+            demo = Demo(root, seeded.manifest, seeded.urls, control, s3.client())
+            person = _person(seeded.manifest.for_activity(ACTIVITY))
+            running = Stack(stack, api, demo, key.encode(), metadata_url, mailbox, person)
+            _requests(running)
+            yield running
+            api.close()
+    smtp.stop()
+
+
+def _spelled_differently(address: str) -> str:
+    return f"  {address.upper()} "
+
+
+def test_a_restriction_blocks_the_next_retention_run(airflow: Stack) -> None:
+    person = airflow.person
+    assert airflow.runs["restriction"][1] == "success"
+    ref = subject_ref(airflow.key, normalise("email", person.subject).value)
+    active = airflow.demo.control.holds.active("ats", "candidates").subjects
+    assert active.get(ref) == frozenset({"restriction"})
+
+    assert airflow.runs["retention"][1] == "success"
+    entries = airflow.demo.manifest.for_activity(ACTIVITY)
+    theirs = [e for e in entries if e.subject == person.subject]
+    others_due = [e for e in entries if e.due and e.hold is None and e.subject != person.subject]
+    assert theirs and all(airflow.demo.exists(e) for e in theirs)
+    assert others_due and not any(airflow.demo.exists(e) for e in others_due)
+    assert airflow.demo.last_run(ACTIVITY)["counts"]["restricted"] >= 1
+
+    register = RequestRegister(airflow.demo.control.ledger.engine, airflow.key)
+    run_id = airflow.runs["restriction"][0]
+    request = next(r for r in register.requests() if r.run_id == run_id)
+    assert (request.kind, request.status, request.filed_by) == ("restriction", "completed", "admin")
+    assert ref in request.subject_refs
+
+
+def test_consent_withdrawal_suppresses_a_reimport(airflow: Stack) -> None:
+    assert airflow.runs["withdrawal"][1] == "success"
+    suppressions = SuppressionList(airflow.demo.control.ledger.engine, airflow.key)
+    rows = [{"email": _spelled_differently(airflow.person.subject)}, {"email": "ny@example.se"}]
+    assert suppressions.admit(rows, "email", "email") == [{"email": "ny@example.se"}]
+
+
+def test_the_access_extract_lists_the_persons_records_everywhere(airflow: Stack) -> None:
+    run_id, state = airflow.runs["access"]
+    assert state == "success"
+    register = RequestRegister(airflow.demo.control.ledger.engine, airflow.key)
+    request = next(r for r in register.requests() if r.run_id == run_id)
+    folder = airflow.demo.root / "responses" / request.ref
+    doc = json.loads((folder / "registerutdrag.json").read_text(encoding="utf-8"))
+    rows = {
+        (item["källsystem"], str(record.get("id")))
+        for item in doc["behandlingar"]
+        for record in item["uppgifter"]
+    }
+    # Every designed row of the person that exists now (the retention run kept theirs: the
+    # restriction) is in the extract, with its activity's legal basis.
+    person = airflow.person.subject
+    expected = {
+        (e.system, str(e.pk)) for e in airflow.demo.manifest.entries
+        if e.subject == person and e.kind == "row" and airflow.demo.exists(e)
+    }  # fmt: skip
+    assert expected and expected <= rows
+    assert all(item["rättslig grund"] for item in doc["behandlingar"])
+    assert (folder / "registerutdrag.pdf").read_bytes().startswith(b"%PDF")
+    assert oct((folder / "registerutdrag.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_malformed_request_fails_at_once_changes_nothing_and_alerts(airflow: Stack) -> None:
+    register = RequestRegister(airflow.demo.control.ledger.engine, airflow.key)
+    before = register.requests()
+    # The form's schema refuses what it can check at trigger time: no run is created.
+    with pytest.raises(RetentionError, match="HTTP 400"):
+        airflow.api.trigger("dsr_objection", {"personnummer": "12-34", "scope": "direct_marketing"})
+    # A wrong check digit passes the schema; receive refuses it at once, without retries.
+    run_id, state = airflow.runs["malformed"]
+    assert state == "failed"
+    tis = airflow.api.task_instances("dsr_objection", run_id)
+    assert tis["receive"]["state"] == "failed" and tis["receive"]["try_number"] == 1
+    assert tis["suppress"]["state"] == "upstream_failed"
+    assert [r for r in register.requests() if r.run_id == run_id] == []
+    assert register.requests() == before
+    log = _task_log(airflow, "dsr_objection", run_id, "receive")
+    assert "personnummer: the check digit" in log and "email: not an e-mail address" in log
+    assert "811218" not in log and "anna(at)" not in log
+    mails = [m for m in airflow.mailbox.messages if "dsr_objection failed" in str(m["Subject"])]
+    assert mails and mails[0]["To"] == ALERT_TO
+    text = _readable(mails[0])
+    assert "dsr_objection" in text
+    assert "811218" not in text and "anna(at)" not in text
+
+
+def test_the_deadline_mail_names_the_request_not_the_person(airflow: Stack) -> None:
+    register = RequestRegister(airflow.demo.control.ledger.engine, airflow.key)
+    withdrawal = next(r for r in register.requests() if r.run_id == airflow.runs["withdrawal"][0])
+    assert withdrawal.status == "completed"  # closed: not listed
+    arrived = dt.date.today() - dt.timedelta(days=ARRIVED_DAYS_AGO)  # the form's received_on
+    assert local_date(withdrawal.received_at) == arrived
+    assert 28 <= (withdrawal.due_on - arrived).days <= 31  # one calendar month
+    open_request = register.receive(
+        "erasure", [normalise("email", airflow.person.subject)], filed_by="test",
+        received_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=ARRIVED_DAYS_AGO),
+    )  # fmt: skip
+    run_id = airflow.api.trigger("dsr_deadlines", {})
+    assert airflow.api.wait_for_runs([("dsr_deadlines", run_id)])[("dsr_deadlines", run_id)] == (
+        "success"
+    )
+    mails = [m for m in airflow.mailbox.messages if "[dsr]" in str(m["Subject"])
+             and "due within 7 days" in str(m["Subject"])]  # fmt: skip
+    assert mails, "no deadline mail"
+    text = _readable(mails[-1])
+    assert open_request.ref in text and mails[-1]["To"] == ALERT_TO
+    assert airflow.person.subject not in text and airflow.person.subject.upper() not in text
+
+
+def _readable(mail: Message) -> str:
+    """The subject and every part decoded (bodies are sent base64-encoded)."""
+    parts = [
+        part.get_payload(decode=True).decode("utf-8", "replace")  # type: ignore[union-attr]
+        for part in mail.walk()
+        if not part.is_multipart()
+    ]
+    return "\n".join([str(mail["Subject"]), *parts])
+
+
+def _task_log(airflow: Stack, dag_id: str, run_id: str, task_id: str) -> str:
+    logs = airflow.api.request(
+        "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/1",
+        params={"full_content": True},
+    )  # fmt: skip
+    return json.dumps(logs)
+
+
+def test_the_identifier_is_in_no_xcom_asset_event_log_or_ledger(airflow: Stack) -> None:
+    person = airflow.person.subject
+    spellings = {person, person.upper(), normalise("email", person).value}
+    engine = sa.create_engine(airflow.metadata_url)
+    with engine.connect() as conn:
+        xcoms = [str(v) for (v,) in conn.execute(sa.text("SELECT value FROM xcom"))]
+        events = [str(v) for (v,) in conn.execute(sa.text("SELECT extra FROM asset_event"))]
+    engine.dispose()
+    assert any("subject_refs" in x for x in xcoms)  # the DSR runs' XComs are there
+    assert any("DSR-" in e for e in events)  # and their asset events
+    logs = [p for p in airflow.stack.config.home.rglob("*.log") if p.is_file()]
+    assert any("dag_id=dsr_restriction" in str(p) for p in logs)  # the task logs are there
+    texts = {
+        "xcom": " ".join(xcoms),
+        "asset events": " ".join(events),
+        "ledger": " ".join(str(e.document) for e in airflow.demo.control.ledger.entries()),
+        **{str(p): p.read_text(errors="replace") for p in logs},
+    }
+    leaks = {where for where, text in texts.items() if any(s in text for s in spellings)}
+    assert leaks == set()

@@ -1,0 +1,80 @@
+"""``python -m include.retention requests``: list, extend, status, notified."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import json
+import secrets
+
+import pytest
+
+from include.retention.__main__ import main
+from include.retention.identifiers import normalise
+from include.retention.runs import Control
+from include.retention.subject_requests import RequestRegister
+
+
+@pytest.fixture(name="cli")
+def cli_fixture(tmp_path, monkeypatch):
+    key = secrets.token_urlsafe(32)
+    url = f"sqlite:///{tmp_path / 'control.db'}"
+    monkeypatch.setenv("RETENTION_CONTROL_DB_URL", url)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RETENTION_PSEUDONYM_KEY",
+        json.dumps({"conn_type": "generic", "password": key}),
+    )
+    register = RequestRegister(Control.open(url, key.encode()).ledger.engine, key.encode())
+    register.create_tables()
+
+    def run(*args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(["requests", *args])
+            except SystemExit as exc:
+                code = int(exc.code or 0)
+        return code, out.getvalue(), err.getvalue()
+
+    run.register = register  # type: ignore[attr-defined]
+    return run
+
+
+def test_list_extend_close_and_notify(cli) -> None:
+    now = dt.datetime.now(dt.UTC)
+    request = cli.register.receive(
+        "erasure", [normalise("email", "anna@example.se")], filed_by="dpo.anna", received_at=now
+    )
+    code, out, _ = cli("list")
+    assert code == 0 and "DSR-1" in out and "erasure" in out and "Art. 17" in out
+    assert "anna@" not in out
+
+    code, out, err = cli("extend", "DSR-1", "--months", "2", "--reason", "12 systems", "--by", "x")
+    assert code == 0, err
+    assert f"now due {cli.register.get(request.id).due_on}" in out
+    assert cli.register.get(request.id).extended_months == 2
+    code, _, err = cli("extend", "1", "--months", "1", "--reason", "more", "--by", "x")
+    assert code == 2 and "at most 2 more months" in err
+
+    assert cli("notified", "DSR-1", "--recipient", "Mailchimp", "--by", "x")[0] == 0
+    code, out, _ = cli(
+        "status", "DSR-1", "refused", "--by", "x", "--reason-code", "manifestly_unfounded"
+    )
+    assert code == 0 and "DSR-1 is now refused" in out
+    assert cli("list")[1].strip() == "no open requests"
+    listed = json.loads(cli("list", "--all", "--json")[1])
+    assert listed[0]["status"] == "refused" and listed[0]["extended_months"] == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("extend", "DSR-x", "--months", "1", "--reason", "r", "--by", "b"),
+        ("extend", "1", "--months", "3", "--reason", "r", "--by", "b"),
+        ("status", "1", "completed", "--by", "b", "--reason-code", "anna@example.se"),
+    ],
+)
+def test_bad_arguments_are_refused(cli, args) -> None:
+    code, _, err = cli(*args)
+    assert code == 2 and "error" in err
