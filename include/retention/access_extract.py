@@ -143,25 +143,25 @@ def _text(value: Any) -> str:
 def _pdf(doc: dict[str, Any]) -> bytes:
     from fpdf import FPDF
 
-    from include.retention.register_pdf import _latin1
+    from include.retention.register_pdf import latin1
 
     pdf = FPDF(format="A4")
     pdf.set_auto_page_break(auto=True, margin=15)
     pdf.add_page()
     pdf.set_font("Helvetica", "B", 14)
-    pdf.multi_cell(0, 8, _latin1(f"Registerutdrag ({doc['ärende']})"), new_x="LMARGIN")
+    pdf.multi_cell(0, 8, latin1(f"Registerutdrag ({doc['ärende']})"), new_x="LMARGIN")
     pdf.set_font("Helvetica", size=9)
     if not doc["behandlingar"]:
-        pdf.multi_cell(0, 5, _latin1("Vi har inga personuppgifter om dig i våra system."))
+        pdf.multi_cell(0, 5, latin1("Vi har inga personuppgifter om dig i våra system."))
     for item in doc["behandlingar"]:
         pdf.set_font("Helvetica", "B", 11)
-        pdf.multi_cell(0, 7, _latin1(item["behandling"]), new_x="LMARGIN")
+        pdf.multi_cell(0, 7, latin1(item["behandling"]), new_x="LMARGIN")
         pdf.set_font("Helvetica", size=9)
         for name, value in item.items():
             if name not in ("behandling", "uppgifter"):
-                pdf.multi_cell(0, 5, _latin1(f"{name}: {_text(value)}"), new_x="LMARGIN")
+                pdf.multi_cell(0, 5, latin1(f"{name}: {_text(value)}"), new_x="LMARGIN")
         for record in item["uppgifter"]:
-            pdf.multi_cell(0, 5, _latin1("- " + _text(record)), new_x="LMARGIN")
+            pdf.multi_cell(0, 5, latin1("- " + _text(record)), new_x="LMARGIN")
     return bytes(pdf.output())
 
 
