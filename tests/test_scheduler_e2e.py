@@ -35,6 +35,7 @@ from include.demo.embedded_s3 import EmbeddedS3
 from include.demo.manifest import ManifestEntry
 from include.demo.run import DEPLOYMENT_SETUP, ROOT, DemoPaths, environment
 from include.demo.seed import place_holds, seed_demo
+from include.retention.audit_dag import DAG_ID as AUDIT_DAG_ID
 from include.retention.dag_factory import dag_id_for
 from include.retention.runs import Control
 from tests.dbs import fresh_pg_database
@@ -126,6 +127,7 @@ def _environment(root: Path, key: str, s3: EmbeddedS3, control_url: str, smtp_po
         "RETENTION_CATALOGUE_DIR": str(catalogue),
         "AIRFLOW_CONN_RETENTION_SMTP": json.dumps(smtp),
         "AIRFLOW_VAR_RETENTION_ALERT_EMAIL": ALERT_TO,
+        "AIRFLOW_VAR_RETENTION_AUDIT_REPORT_LOCATION": str(root / "audit-reports"),
     }
 
 
@@ -163,7 +165,7 @@ def airflow(
         )
         with AirflowStack(config) as stack:
             api = stack.api()
-            api.wait_for_dags([dag_id_for(a) for a in ACTIVITIES])
+            api.wait_for_dags([dag_id_for(a) for a in ACTIVITIES] + [AUDIT_DAG_ID])
             for activity_id in ACTIVITIES:
                 api.unpause(dag_id_for(activity_id))
             runs = {a: api.trigger(dag_id_for(a), CONF) for a in ACTIVITIES}
@@ -264,3 +266,22 @@ def test_failed_run_is_failed_and_alerts_without_personal_data(airflow: Schedule
     assert personal, "the demo records must name their data subjects"
     assert not [subject for subject in personal if subject in text]
     assert airflow.demo.control.ledger.runs(BROKEN) == []  # nothing recorded as if it ran
+
+
+def test_weekly_audit_report_runs_in_the_executor_and_writes_owner_only_files(airflow):
+    import stat
+
+    assert airflow.finished(SQL) == "success"
+    today = dt.datetime.now(dt.UTC).date()
+    period = {"from": (today - dt.timedelta(days=1)).isoformat(), "to": today.isoformat()}
+    airflow.api.unpause(AUDIT_DAG_ID)
+    run_id = airflow.api.trigger(AUDIT_DAG_ID, period)
+    key = (AUDIT_DAG_ID, run_id)
+    assert airflow.api.wait_for_runs([key], timeout=RUN_TIMEOUT)[key] == "success"
+    folder = airflow.demo.root / "audit-reports"
+    files = sorted(folder.iterdir())
+    assert len(files) == 6 and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o600}
+    csv_file = next(p for p in files if p.name.endswith(".en.csv"))
+    row = next(line for line in csv_file.read_text().splitlines() if line.startswith(f"{SQL},"))
+    deleted = sum(r.finished["counts"]["applied"] for r in airflow.demo.control.ledger.runs(SQL))
+    assert row.split(",")[4] == str(deleted) != "0"
