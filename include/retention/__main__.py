@@ -49,7 +49,7 @@ def _validate(args: argparse.Namespace) -> int:
         except sa.exc.SQLAlchemyError as exc:
             shown = engine.url.render_as_string(hide_password=True)
             raise RetentionError(f"cannot read the hold register at {shown}: {exc}") from None
-        print("hold register: every active record hold matches a dataset of the catalogue")
+        print("hold register: every active hold matches the catalogue's bindings")
     else:
         print(f"hold register not checked (give --control-db or set {CONTROL_DB_ENV})")
     return 0
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     validate = commands.add_parser("validate", help="validate the catalogue")
     validate.add_argument(
-        "--control-db", help="control DB URL: refuse if active record holds match no dataset"
+        "--control-db", help="control DB URL: refuse if active holds no longer match the catalogue"
     )
     validate.set_defaults(run=_validate)
     register = commands.add_parser("register", help="render the Art. 30 record")
