@@ -590,7 +590,9 @@ def _lock_head(conn: Connection) -> Any:
     """
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        conn.execute(sa.update(head_table).where(head_table.c.id == 1).values(seq=head_table.c.seq))
+        conn.execute(
+            sa.update(head_table).where(head_table.c.id == 1).values(seq=head_table.c.seq)
+        )
     return conn.execute(
         sa.select(head_table.c.seq, head_table.c.entry_hash)
         .where(head_table.c.id == 1)
