@@ -182,11 +182,6 @@ def bindings_of(catalogue: Catalogue) -> dict[tuple[str, str], set[Binding]]:
     return found
 
 
-def datasets_of(catalogue: Catalogue) -> set[tuple[str, str]]:
-    """The (system, dataset) pairs the engines read record holds for."""
-    return set(bindings_of(catalogue))
-
-
 def _dataset_name(system: str, dataset: str) -> str:
     return f"{system}/{dataset}"
 
