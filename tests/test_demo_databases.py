@@ -17,13 +17,13 @@ import pytest
 import sqlalchemy as sa
 
 from include.demo import databases
+from include.demo.embedded_s3 import EmbeddedS3
 from include.demo.manifest import Manifest
 from include.demo.run import DemoPaths, environment, seed, seeded_as_of
 from include.demo.schema import SYSTEMS
 from include.retention import connections
 from include.retention.catalogue import load_catalogue
 from include.retention.errors import RetentionError
-from include.retention.object_store import EmbeddedS3
 from include.retention.runs import Control
 from tests.s3 import s3_server_fixture  # noqa: F401
 
