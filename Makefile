@@ -69,13 +69,17 @@ register: install-demo
 # The main job: validate, render the register, seed the demo systems, then start Airflow (API
 # server, scheduler, DAG processor, triggerer; LocalExecutor), trigger all 27 DAGs through the
 # REST API, wait, print the table, and stop Airflow again.
+# DB=sqlite (default): SQLite files. DB=postgres: the source systems on PostgreSQL and MariaDB,
+# the control DB on PostgreSQL (include/demo/databases.py; servers from RETENTION_DEMO_PG_URL
+# and RETENTION_DEMO_MARIADB_URL, default 127.0.0.1:5432 postgres and 127.0.0.1:3306 root).
+DB ?= sqlite
 demo: install-demo
-	$(BIN)/python -m include.retention validate $(if $(wildcard var/control.db),--control-db sqlite:///$(CURDIR)/var/control.db)
+	$(BIN)/python -m include.retention validate $(if $(and $(filter sqlite,$(DB)),$(wildcard var/control.db)),--control-db sqlite:///$(CURDIR)/var/control.db)
 	$(BIN)/python -m include.retention register --out build/register
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m include.demo.run
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m include.demo.run --db $(DB)
 
 demo-reset: install-demo
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m include.demo.run --reset
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m include.demo.run --reset --db $(DB)
 
 # The Airflow UI on the embedded default (after `make demo`): http://127.0.0.1:8080, owner-only
 # files; AIRFLOW__API__HOST / AIRFLOW__API__PORT choose another address.

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 import yaml
 
 from deploy import new_env
+from include.demo.airflow_stack import COMPONENTS
 from include.retention.catalogue import load_catalogue
 from include.retention.pseudonym import check_key
 from tests.dbs import PG_ADMIN_URL
@@ -26,14 +27,8 @@ from tests.dbs import PG_ADMIN_URL
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILES = ("docker-compose.yaml", "docker-compose.dev.yaml")
 SCHEMA = json.loads((ROOT / "tests/data/compose-spec.json").read_text())
-# What the local topology (the CeleryExecutor end-to-end test) starts: service -> command.
-TOPOLOGY = {
-    "airflow-apiserver": "api-server",
-    "airflow-scheduler": "scheduler",
-    "airflow-dag-processor": "dag-processor",
-    "airflow-triggerer": "triggerer",
-    "airflow-worker": "celery worker",
-}
+# What the local topology (the CeleryExecutor end-to-end test) starts: the airflow commands.
+TOPOLOGY = {" ".join(command) for command in COMPONENTS.values()}
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}; $${...} is an escaped '$'.
 VARIABLE = re.compile(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)(?:(:?[-?])[^}]*)?\}")
 
@@ -108,7 +103,7 @@ def test_named_volumes_are_declared_and_init_script_is_executable() -> None:
             source = volume.split(":")[0]
             if not source.startswith(("/", ".")):
                 assert source in declared
-    script = ROOT / "deploy/control-db/10-worker-role.sh"
+    script = ROOT / "deploy/control-db/10-roles.sh"
     assert os.access(script, os.X_OK)
 
 
@@ -135,9 +130,13 @@ def test_the_image_extends_airflow_3_3_2_and_copies_existing_paths() -> None:
 
 
 def test_services_and_executor_match_the_local_topology() -> None:
-    commands = {name: s.get("command") for name, s in SERVICES.items()}
-    for name, command in TOPOLOGY.items():
-        assert commands[name] == command, name
+    running = {  # the long-running Airflow services of a plain `docker compose up`
+        name: s["command"]
+        for name, s in AIRFLOW.items()
+        if isinstance(s.get("command"), str) and "profiles" not in s
+    }
+    assert sorted(running.values()) == sorted(TOPOLOGY)  # each component once, nothing else
+    assert running["airflow-worker"] == "celery worker"
     assert {"redis", "postgres", "control-db"} <= set(SERVICES)
     for name in AIRFLOW:
         env = SERVICES[name]["environment"]
@@ -170,8 +169,14 @@ def test_airflow_init_prepares_everything_the_workers_need() -> None:
     assert "/entrypoint airflow version" in script  # migrates and creates the admin user
     assert init["environment"]["_AIRFLOW_DB_MIGRATE"] == "true"
     assert init["environment"]["_AIRFLOW_WWW_USER_CREATE"] == "true"
-    assert "python -m include.retention setup" in script  # the retention pool
-    assert 'control-init --grant-to "$${RETENTION_WORKER_DB_USER}"' in script
+    retention = [
+        line.split("#")[0].strip() for line in script.splitlines() if "include.retention" in line
+    ]
+    assert retention == [  # one set-up command: validation, pool, control tables, roles, holds
+        'python -m include.retention setup --grant-to "$${RETENTION_WORKER_DB_USER}"'
+        ' --holds-admin "$${RETENTION_HOLDS_ADMIN_DB_USER}"'
+    ]
+    assert "airflow pools" not in script
     assert "retention_owner" in init["environment"]["RETENTION_CONTROL_DB_URL"]
 
 
@@ -235,8 +240,8 @@ def test_connections_cover_the_catalogue_and_parse_as_airflow_connections(
     assert {"postgres", "mysql"} <= set(types.values())
 
 
-def test_the_control_db_init_script_creates_the_worker_login(tmp_path: Path) -> None:
-    """Run deploy/control-db/10-worker-role.sh as the postgres image would, in a fresh DB."""
+def test_the_control_db_init_script_creates_the_logins(tmp_path: Path) -> None:
+    """Run deploy/control-db/10-roles.sh as the postgres image would, in a fresh DB."""
     name = f"rt_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     url = sa.make_url(PG_ADMIN_URL)
@@ -246,20 +251,22 @@ def test_the_control_db_init_script_creates_the_worker_login(tmp_path: Path) -> 
         "PGHOST": url.host or "127.0.0.1", "PGPORT": str(url.port or 5432),
         "POSTGRES_USER": url.username or "postgres", "POSTGRES_DB": name,
         "RETENTION_WORKER_DB_USER": f"{name}_worker", "RETENTION_WORKER_DB_PASSWORD": "p'w\"x",
+        "RETENTION_HOLDS_ADMIN_DB_USER": f"{name}_holds", "RETENTION_HOLDS_ADMIN_DB_PASSWORD": "h'",
     }  # fmt: skip
     try:
         subprocess.run(
-            [str(ROOT / "deploy/control-db/10-worker-role.sh")], env=env, check=True,
+            [str(ROOT / "deploy/control-db/10-roles.sh")], env=env, check=True,
             capture_output=True, text=True,
         )  # fmt: skip
         with admin.connect() as conn:
-            login = conn.execute(
-                sa.text("SELECT rolcanlogin FROM pg_roles WHERE rolname = :r"),
-                {"r": f"{name}_worker"},
-            ).scalar()
-        assert login is True
+            logins = conn.execute(
+                sa.text("SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname IN (:w, :h)"),
+                {"w": f"{name}_worker", "h": f"{name}_holds"},
+            ).all()
+        assert sorted(logins) == [(f"{name}_holds", True), (f"{name}_worker", True)]
     finally:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
             conn.exec_driver_sql(f'DROP ROLE IF EXISTS "{name}_worker"')
+            conn.exec_driver_sql(f'DROP ROLE IF EXISTS "{name}_holds"')
         admin.dispose()

@@ -3,7 +3,9 @@ through the commands the set-up runs (separate processes, Airflow's metadata DB)
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -44,11 +46,19 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def test_setup_creates_the_pool_and_check_reports_paused_dags(
     airflow_env: dict[str, str], tmp_path: Path
 ) -> None:
-    env = airflow_env | {"RETENTION_CONTROL_DB_URL": f"sqlite:///{tmp_path / 'control.db'}"}
+    key = json.dumps({"conn_type": "generic", "password": secrets.token_urlsafe(32)})
+    env = airflow_env | {
+        "RETENTION_CONTROL_DB_URL": f"sqlite:///{tmp_path / 'control.db'}",
+        "AIRFLOW_CONN_RETENTION_PSEUDONYM_KEY": key,
+    }
     before = _run("check", env=env)
     assert "pool 'retention' is missing" in before.stdout
     setup = _run("setup", "--slots", "3", env=env)
     assert setup.returncode == 0 and "3 slots" in setup.stdout, setup.stderr[-2000:]
+    assert "27 activities valid" in setup.stdout  # one command: the catalogue is validated,
+    assert "ledger and hold tables ready" in setup.stdout  # the control tables created
+    assert "every active hold matches" in setup.stdout  # and checked against the holds
+    assert (tmp_path / "control.db").is_file()
     pools = _run("pools", "get", "retention", "-o", "plain", env=env, tool=AIRFLOW)
     assert "retention" in pools.stdout and "3" in pools.stdout
 

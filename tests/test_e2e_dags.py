@@ -1,5 +1,10 @@
 """End to end: retention DAGs run through Airflow (``dag.test``) against the seeded demo
-systems (SQLite sources, moto S3), and exactly the designed records survive."""
+systems (moto S3), and exactly the designed records survive.
+
+The retention outcomes run with the sources on each SQL dialect (SQLite files, PostgreSQL,
+MariaDB: every system on that server, reached through its Airflow connection type); the
+expected survivors come from the demo's manifest (how each record was designed), never from
+the engine. The approval, alerting and parameter tests run on SQLite only (``ON_SQLITE``)."""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from include.demo import databases
 from include.demo.embedded_s3 import EmbeddedS3
 from include.demo.run import DemoPaths, environment
 from include.demo.seed import place_holds, seed_demo
@@ -33,22 +39,58 @@ from tests.s3 import s3_server_fixture  # noqa: F401
 AS_OF = dt.datetime(2026, 11, 24, 1, 30, tzinfo=dt.UTC)  # the 02:30 nightly run, Stockholm
 
 
+SOURCE_DIALECTS = ("sqlite", "postgresql", "mariadb")
+ON_SQLITE = pytest.mark.parametrize("demo", ["sqlite"], indirect=True)
+# What the tests on every dialect run: deletion with children and files, consent, boundaries,
+# anonymisation, a second run, verification, a dry run. Only their systems go on the servers.
+ON_EVERY_DIALECT = ("recruitment", "newsletter", "service_development", "chatbot")
+
+
+def _server_sources(root: Path, dialect: str) -> dict[str, str] | None:
+    """The systems of ``ON_EVERY_DIALECT``, each in its own fresh database on the ``dialect``
+    server (None: every system as SQLite files)."""
+    if dialect == "sqlite":
+        return None
+    systems = {load_catalogue()[a].source.system for a in ON_EVERY_DIALECT}
+    placement = dict.fromkeys(databases.PLACEMENT, dialect)
+    urls = databases.source_urls(databases.prefix_for(root), placement)
+    urls = {system: url for system, url in urls.items() if system in systems}
+    databases.recreate_databases(urls.values())
+    return urls
+
+
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory, s3_server: EmbeddedS3) -> Iterator[Demo]:
+def airflow_db() -> None:
     airflow = Path(sys.executable).parent / "airflow"
     subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True)
-    root = tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module", params=SOURCE_DIALECTS)
+def demo(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    s3_server: EmbeddedS3,
+    airflow_db: None,
+) -> Iterator[Demo]:
+    root = tmp_path_factory.mktemp(f"e2e-{request.param}")
     key = secrets.token_urlsafe(32)
-    result = seed_demo(AS_OF, root / "demo", s3_client=s3_server.client())
-    env = environment(DemoPaths(root), key, s3_server.endpoint_url)
-    for name in ("AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER"):
-        env.pop(name)
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        control = Control.open(env["RETENTION_CONTROL_DB_URL"], key.encode())
-        place_holds(control.holds, result.hold_requests())
-        yield Demo(root, result.manifest, result.urls, control, s3_server.client())
+    servers = _server_sources(root, request.param)
+    try:
+        result = seed_demo(AS_OF, root / "demo", s3_client=s3_server.client(), urls=servers)
+        env = environment(DemoPaths(root), key, s3_server.endpoint_url)
+        for system, url in result.urls.items():  # the connections reach the seeded systems
+            env[f"AIRFLOW_CONN_RETENTION_{system.upper()}"] = databases.airflow_connection(url)
+        for name in ("AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER"):
+            env.pop(name)
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            control = Control.open(env["RETENTION_CONTROL_DB_URL"], key.encode())
+            place_holds(control.holds, result.hold_requests())
+            yield Demo(root, result.manifest, result.urls, control, s3_server.client())
+    finally:
+        if servers:
+            databases.drop_databases(servers.values())
 
 
 def run_dag(activity_id: str, **kwargs: Any) -> Any:
@@ -79,6 +121,7 @@ def test_recruitment_deletes_exactly_the_expired_candidates_with_children_and_cv
     assert len(evidence) == 1 and evidence[0].action == "delete"
 
 
+@ON_SQLITE
 def test_image_bank_removes_every_version_of_expired_objects(demo):
     entries = demo.manifest.for_activity("image_bank")
     with_history = [e for e in entries if e.due and demo.object_versions(e.dataset, str(e.pk)) > 1]
@@ -134,6 +177,7 @@ def test_anonymised_demo_rows_cannot_be_joined_back(demo):
 
 
 def test_second_run_deletes_nothing_new(demo):
+    assert run_dag("recruitment").state == "success"  # the first run, if no test ran it yet
     before = demo.control.ledger.head()
     assert run_dag("recruitment").state == "success"
     finished = demo.last_run("recruitment")
@@ -284,6 +328,7 @@ def _run_answered(activity_id: str, chosen: str, user: str) -> Any:
         answer.join()
 
 
+@ON_SQLITE
 def test_gated_run_deletes_nothing_until_approved(demo, strict_catalogue):
     entries, alive_before = survivors(demo, "demo_process")
     assert sum(e.due for e in entries) > 1  # over the strict limit of one row per run
@@ -307,12 +352,14 @@ def test_gated_run_deletes_nothing_until_approved(demo, strict_catalogue):
     assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
 
 
+@ON_SQLITE
 def test_no_escalation_when_no_policy_deadline_is_at_stake(demo, strict_catalogue, smtp_inbox):
     assert run_dag("demo_process", mark_success_pattern="approve").state == "success"
     assert not load_catalogue()["demo_process"].deadlines
     assert smtp_inbox == []
 
 
+@ON_SQLITE
 def test_a_gated_run_with_a_deadline_at_stake_escalates(demo, strict_catalogue, smtp_inbox):
     """building_access deletes "direkt": held back by the gate, the records miss the deadline."""
     entries = demo.manifest.for_activity("building_access")
@@ -331,6 +378,7 @@ def test_a_gated_run_with_a_deadline_at_stake_escalates(demo, strict_catalogue, 
     assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
 
 
+@ON_SQLITE
 def test_runs_leave_an_asset_event_with_counts_and_no_personal_data_in_xcoms(demo):
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.models.xcom import XComModel
@@ -385,6 +433,7 @@ def _task_states(run: Any) -> dict[str, str]:
         return {ti.task_id: (str(ti.state), ti.try_number) for ti in tis}
 
 
+@ON_SQLITE
 def test_future_as_of_is_refused_as_a_failed_run(demo):
     alive_before = survivors(demo, "newsletter")[1]
     head_before = demo.control.ledger.head()
@@ -397,6 +446,7 @@ def test_future_as_of_is_refused_as_a_failed_run(demo):
     assert demo.control.ledger.head() == head_before  # nor recorded as if it ran
 
 
+@ON_SQLITE
 def test_failure_notification_is_delivered_without_personal_data(demo, smtp_inbox):
     # dag.test() cannot render a DAG callback (it holds the serialized DAG); the scheduler's
     # DAG processor calls the same notifier with the failed run's context, as done here.
@@ -425,6 +475,7 @@ def test_failure_notification_is_delivered_without_personal_data(demo, smtp_inbo
             assert entry.subject not in text
 
 
+@ON_SQLITE
 def test_offset_trick_is_refused_too(demo):
     # Today's date with the last offset on earth is already tomorrow in UTC.
     today = dt.datetime.now(dt.UTC).date().isoformat()
@@ -434,6 +485,7 @@ def test_offset_trick_is_refused_too(demo):
     assert survivors(demo, "marketing")[1] == alive_before
 
 
+@ON_SQLITE
 def test_bad_as_of_fails_at_once_without_retries(demo):
     dag = build_dag(load_catalogue()["crm"])
     assert dag.get_task("plan").retries >= 1  # retried if it were a transient fault
@@ -444,6 +496,7 @@ def test_bad_as_of_fails_at_once_without_retries(demo):
     assert time.monotonic() - started < 120
 
 
+@ON_SQLITE
 def test_a_dry_run_may_look_ahead_and_records_who_asked(demo):
     future = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).date().isoformat()
     entries, alive_before = survivors(demo, "customer_success")

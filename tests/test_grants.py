@@ -22,8 +22,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from include.retention import verification
+from include.retention.catalogue import Catalogue
 from include.retention.grants import APPEND_ONLY, HEAD_FORWARD, Target, apply, init_control
 from include.retention.grants import control_script as make_control_script
+from include.retention.grants import holds_admin_script as make_holds_admin_script
 from include.retention.grants import source_script as make_source_script
 from include.retention.ledger import subject_table
 from include.retention.lifecycle import enforce
@@ -60,6 +62,7 @@ class Setup:
     role: str
     password: str
     admin: Engine
+    holds_admin: str = ""
 
     def schema(self, db: Db) -> str:
         url = sa.make_url(db.url)
@@ -70,8 +73,8 @@ class Setup:
     def target(self, db: Db) -> Target:
         return Target(DIALECT[self.kind], self.role, self.schema(db))
 
-    def as_role(self, db: Db) -> Engine:
-        url = sa.make_url(db.url).set(username=self.role, password=self.password)
+    def as_role(self, db: Db, role: str | None = None) -> Engine:
+        url = sa.make_url(db.url).set(username=role or self.role, password=self.password)
         return sa.create_engine(url)
 
     def apply(self, statements: list[str]) -> None:
@@ -86,17 +89,19 @@ def setup_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Se
     admin = sa.create_engine(
         PG_ADMIN_URL if kind == "postgresql" else MARIADB_ADMIN_URL, isolation_level="AUTOCOMMIT"
     )
-    setup = Setup(kind, source, control, f"rt_role_{uuid.uuid4().hex[:12]}",
-                  secrets.token_hex(16), admin)  # fmt: skip
+    suffix = uuid.uuid4().hex[:12]
+    setup = Setup(kind, source, control, f"rt_role_{suffix}", secrets.token_hex(16), admin,
+                  holds_admin=f"rt_holds_{suffix}")  # fmt: skip
     try:
         yield setup
     finally:
         drop_source()
         drop_control()
-        if kind == "postgresql":
-            setup.apply([f'DROP ROLE IF EXISTS "{setup.role}"'])
-        else:
-            setup.apply([f"DROP USER IF EXISTS `{setup.role}`@'%'"])
+        for role in (setup.role, setup.holds_admin):
+            if kind == "postgresql":
+                setup.apply([f'DROP ROLE IF EXISTS "{role}"'])
+            else:
+                setup.apply([f"DROP USER IF EXISTS `{role}`@'%'"])
         admin.dispose()
 
 
@@ -114,13 +119,12 @@ def _prepare(setup: Setup, key: bytes, action: str = "delete") -> tuple[Engine, 
     return setup.as_role(setup.source), Control.open(setup.as_role(setup.control), key)
 
 
-def _set_password(setup: Setup) -> None:
+def _set_password(setup: Setup, role: str | None = None) -> None:
+    role = role or setup.role
     if setup.kind == "postgresql":
-        setup.apply([f"ALTER ROLE \"{setup.role}\" PASSWORD '{setup.password}'"])
+        setup.apply([f"ALTER ROLE \"{role}\" PASSWORD '{setup.password}'"])
     else:
-        setup.apply(
-            [f"ALTER USER `{setup.role}`@'%' IDENTIFIED BY '{setup.password}' ACCOUNT UNLOCK"]
-        )
+        setup.apply([f"ALTER USER `{role}`@'%' IDENTIFIED BY '{setup.password}' ACCOUNT UNLOCK"])
 
 
 def _refused(engine: Engine, statement: str, reason: str) -> None:
@@ -222,9 +226,10 @@ def test_bad_names_are_refused() -> None:
         Target("oracle", "worker", "public")
 
 
-def test_control_init_command_creates_tables_and_grants(setup: Setup, key: bytes) -> None:
+def test_setup_command_creates_tables_and_grants(setup: Setup, key: bytes) -> None:
     """What airflow-init runs: as the owner, from $RETENTION_CONTROL_DB_URL and the key's
-    Airflow connection; afterwards the role can append but not edit."""
+    Airflow connection (and Airflow's metadata DB, for the pool); afterwards the worker can
+    append but not edit, and the holds admin holds."""
     secret = key.hex()
     env = os.environ | {
         "RETENTION_CONTROL_DB_URL": setup.control.url,
@@ -232,16 +237,75 @@ def test_control_init_command_creates_tables_and_grants(setup: Setup, key: bytes
             {"conn_type": "generic", "password": secret}
         ),
     }
+    airflow = Path(sys.executable).parent / "airflow"
+    subprocess.run([str(airflow), "db", "migrate"], env=env, check=True, capture_output=True)
     done = subprocess.run(
-        [sys.executable, "-m", "include.retention", "control-init", "--grant-to", setup.role],
+        [sys.executable, "-m", "include.retention", "setup", "--grant-to", setup.role,
+         "--holds-admin", setup.holds_admin],
         cwd=ROOT, env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    assert "pool 'retention': 4 slots" in done.stdout
     assert "ledger and hold tables ready" in done.stdout
+    assert f"role {setup.holds_admin} (holds_admin): grants applied" in done.stdout
+    assert "every active hold matches" in done.stdout
     assert secret not in done.stdout + done.stderr
+    _set_password(setup, setup.holds_admin)
+    holds_admin = Control.open(setup.as_role(setup.control, setup.holds_admin), secret.encode())
+    holds_admin.holds.place_record_hold(
+        "ats", "people", 1, kind="legal_hold", reason="dispute", placed_by="legal.eva"
+    )
     _set_password(setup)
     seed(setup.source.engine, PEOPLE)
     control = Control.open(setup.as_role(setup.control), secret.encode())
     enforce(activity(), AS_OF, source=setup.source.engine, control=control, catalogue_version="t")
+    assert ids(setup.source.engine) == set(range(1, 11)) - (EXPIRED - {1})  # 1 is held
     assert control.ledger.verify().ok
     _refused(control.ledger.engine, "DELETE FROM retention_ledger", DENIED[setup.kind])
+
+
+def test_only_the_holds_admin_places_and_releases_holds(setup: Setup, key: bytes) -> None:
+    """Placing a hold writes the register and the ledger: the holds admin may, within its
+    grants; the worker may only read holds (it cannot release the hold that stops it)."""
+    seed(setup.source.engine, PEOPLE)
+    applied = init_control(setup.control.engine, key, setup.role, holds_admin=setup.holds_admin)
+    assert applied[-len(make_holds_admin_script(setup.target(setup.control))) :] == (
+        make_holds_admin_script(
+            Target(DIALECT[setup.kind], setup.holds_admin, setup.schema(setup.control))
+        )
+    )
+    setup.apply(make_source_script(setup.target(setup.source), [activity()]))
+    for role in (setup.role, setup.holds_admin):
+        _set_password(setup, role)
+    catalogue = Catalogue(activities={"recruitment": activity()}, version="t")
+    admin = Control.open(
+        setup.as_role(setup.control, setup.holds_admin), key, catalogue=catalogue
+    ).holds
+    worker = Control.open(setup.as_role(setup.control), key, catalogue=catalogue)
+    denied = DENIED[setup.kind]
+
+    held = admin.place_record_hold("ats", "people", 3, kind="legal_hold", reason="dispute",
+                                   placed_by="legal.eva")  # fmt: skip
+    released = admin.place_subject_hold(person(5, None)["email"], kind="restriction",
+                                        reason="Art. 18", placed_by="dpo.anna")  # fmt: skip
+    admin.release(released, released_by="dpo.anna")
+    assert admin.verify().ok
+    with pytest.raises(sa.exc.DBAPIError, match=denied):
+        worker.holds.place_record_hold("ats", "people", 1, kind="legal_hold", reason="r",
+                                       placed_by="worker")  # fmt: skip
+    with pytest.raises(sa.exc.DBAPIError, match=denied):
+        worker.holds.release(held, released_by="worker")
+    for statement in (
+        "DELETE FROM retention_holds",
+        "UPDATE retention_holds SET kind = 'restriction'",
+        "UPDATE retention_holds SET released_at = NULL, reason = 'edited'",
+    ):
+        _refused(admin.engine, statement, denied)
+    _refused(admin.engine, "DELETE FROM retention_ledger", denied)
+    _refused(admin.engine, "DELETE FROM retention_leases", denied)
+
+    result = enforce(activity(), AS_OF, source=setup.as_role(setup.source), control=worker,
+                     catalogue_version="t")  # fmt: skip
+    assert result.outcome == "completed" and result.applied == len(EXPIRED) - 1
+    assert ids(setup.source.engine) == set(range(1, 11)) - (EXPIRED - {3})  # the held one stays
+    assert admin.verify().ok and worker.ledger.verify().ok

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 import subprocess
 import sys
@@ -33,12 +34,12 @@ def any_control_fixture(request, tmp_path, key):
         cleanup()
 
 
-def _newsletter(tmp_path: Path, **source: str) -> Path:
+def _newsletter(tmp_path: Path, **source: str | None) -> Path:
     """A one-file catalogue: the real newsletter activity with ``source`` fields changed."""
     raw = yaml.safe_load((POLICY_DIR / "newsletter.yaml").read_text(encoding="utf-8"))
     raw["source"].update(source)
-    folder = tmp_path / "catalogue"
-    folder.mkdir(exist_ok=True)
+    folder = tmp_path / f"catalogue-{len(list(tmp_path.glob('catalogue-*')))}"
+    folder.mkdir()
     (folder / "newsletter.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     shutil.copytree(POLICY_DIR / "text", folder / "text", dirs_exist_ok=True)
     return folder
@@ -47,8 +48,15 @@ def _newsletter(tmp_path: Path, **source: str) -> Path:
 def _hold_two_recipients(control: Control) -> list[int]:
     place = control.holds.place_record_hold
     return [
-        place("newsletter", "recipients", pk, kind="legal_hold", reason="dispute 2026-17",
-              placed_by="legal.eva", placed_at=PLACED_AT)
+        place(
+            "newsletter",
+            "recipients",
+            pk,
+            kind="legal_hold",
+            reason="dispute 2026-17",
+            placed_by="legal.eva",
+            placed_at=PLACED_AT,
+        )
         for pk in (3, 4)
     ]
 
@@ -69,8 +77,9 @@ def test_renamed_system_is_refused_naming_the_holds(tmp_path, key):
     with pytest.raises(RetentionError) as error:
         check_catalogue(control.holds.engine, renamed)
     message = str(error.value)
-    assert "2 active record holds match no dataset" in message
+    assert "2 active holds no longer match the catalogue" in message
     assert f"hold {first} (legal_hold on 'newsletter'/'recipients'" in message
+    assert "matches no dataset of the catalogue" in message
     assert f"hold {second} " in message and "legal.eva" in message
 
 
@@ -124,7 +133,7 @@ def test_validate_with_the_control_db_refuses_a_rename(tmp_path, key):
         cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""},
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
-    assert "every active record hold matches" in ok.stdout
+    assert "every active hold matches the catalogue's bindings" in ok.stdout
 
 
 def _runtime(catalogue: Catalogue, control: Control) -> Runtime:
@@ -148,13 +157,141 @@ def test_plan_and_enforce_refuse_a_renamed_system_and_change_nothing(tmp_path, k
     assert control.holds.verify().ok
 
 
+# ----------------------------- holds record the binding: key and subject columns (issue 8, 1)
+
+
+def _bound_control(tmp_path: Path, key: bytes) -> Control:
+    """A control DB whose placements record the bindings of the unchanged newsletter."""
+    catalogue = load_catalogue(_newsletter(tmp_path))
+    return Control.open(f"sqlite:///{tmp_path / 'control.db'}", key, catalogue=catalogue)
+
+
+def _hold_subject(control: Control) -> int:
+    return control.holds.place_subject_hold(
+        "anna@example.com", kind="restriction", reason="Art. 18 request", placed_by="dpo.anna",
+        placed_at=PLACED_AT,
+    )  # fmt: skip
+
+
+def test_holds_record_the_binding_they_were_placed_on(tmp_path, key):
+    control = _bound_control(tmp_path, key)
+    record, subject = _hold_two_recipients(control)[0], _hold_subject(control)
+    with control.holds.engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(sa.select(T))}
+    assert rows[record].key_columns == "id"  # newsletter.yaml: primary_key: id
+    assert json.loads(rows[subject].subject_columns) == {"newsletter/recipients": ["email"]}
+    placed = [e.document["body"] for e in control.ledger.entries() if e.kind == "hold_placed"]
+    assert [b.get("key_columns") for b in placed] == ["id", "id", None]  # chained as evidence
+    check_catalogue(control.holds.engine, load_catalogue(_newsletter(tmp_path)))
+
+
+def test_renamed_primary_key_is_refused_naming_the_record_holds(tmp_path, key):
+    control = _bound_control(tmp_path, key)
+    first, second = _hold_two_recipients(control)
+    _hold_subject(control)  # the subject column is unchanged: not named
+    with pytest.raises(RetentionError) as error:
+        check_catalogue(
+            control.holds.engine, load_catalogue(_newsletter(tmp_path, primary_key="recipient_id"))
+        )
+    message = str(error.value)
+    assert message.startswith("2 active holds no longer match the catalogue")
+    for hold in (first, second):
+        assert f"hold {hold} (legal_hold on 'newsletter'/'recipients', placed by legal.eva" in (
+            message
+        )
+    assert "was placed on key (id); the catalogue now binds key (recipient_id)" in message
+
+
+def test_composite_primary_key_is_refused(tmp_path, key):
+    control = _bound_control(tmp_path, key)
+    first, _ = _hold_two_recipients(control)
+    catalogue = load_catalogue(_newsletter(tmp_path))
+    newsletter = catalogue["newsletter"]
+    # The key made composite (id plus the list it belongs to): a record known by "id" alone
+    # no longer names one row, so the hold is refused, not silently reinterpreted.
+    source = newsletter.source.model_copy(update={"primary_key": ("id", "list_id")})
+    composite = catalogue.model_copy(
+        update={"activities": {"newsletter": newsletter.model_copy(update={"source": source})}}
+    )
+    with pytest.raises(RetentionError, match=f"hold {first} .*the catalogue now binds key"
+                       r" \(id,list_id\)"):  # fmt: skip
+        check_catalogue(control.holds.engine, composite)
+
+
+@pytest.mark.parametrize(
+    ("subject_column", "now"), [(None, "none"), ("email_address", "email_address")]
+)
+def test_removed_or_renamed_subject_column_is_refused_naming_the_subject_holds(
+    tmp_path, key, subject_column, now
+):
+    control = _bound_control(tmp_path, key)
+    _hold_two_recipients(control)  # the key is unchanged: not named
+    subject = _hold_subject(control)
+    edited = load_catalogue(_newsletter(tmp_path, subject_column=subject_column))
+    with pytest.raises(RetentionError) as error:
+        check_catalogue(control.holds.engine, edited)
+    message = str(error.value)
+    assert message.startswith("1 active holds no longer match the catalogue")
+    assert f"hold {subject} (restriction (subject), placed by dpo.anna at" in message
+    assert f"subject column(s) newsletter/recipients by email (now: {now})" in message
+    control.holds.release(subject, released_by="dpo.anna")
+    check_catalogue(control.holds.engine, edited)  # released: the edit may go ahead
+
+
+def test_a_changed_binding_is_refused_at_run_time_and_changes_nothing(tmp_path, key):
+    control = _bound_control(tmp_path, key)
+    subject = _hold_subject(control)
+    head = control.ledger.head()
+    runtime = _runtime(load_catalogue(_newsletter(tmp_path, subject_column=None)), control)
+    run_after = dt.datetime(2026, 11, 24, 1, tzinfo=dt.UTC)
+    with pytest.raises(RetentionError, match=f"hold {subject} .*subject column"):
+        plan("newsletter", {}, run_after, runtime)
+    planned = {"as_of": run_after.isoformat(), "dry_run": False}
+    with pytest.raises(RetentionError, match=f"hold {subject} "):
+        enforce("newsletter", planned, None, runtime)
+    assert control.ledger.head() == head
+
+
+def test_validate_refuses_a_changed_primary_key(tmp_path, key):
+    url = f"sqlite:///{tmp_path / 'control.db'}"
+    control = Control.open(url, key, catalogue=load_catalogue(_newsletter(tmp_path)))
+    first, _ = _hold_two_recipients(control)
+    folder = _newsletter(tmp_path, primary_key="recipient_id")
+    result = subprocess.run(
+        [sys.executable, "-m", "include.retention", "--catalogue", str(folder), "validate",
+         "--control-db", url],
+        cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout
+    assert f"hold {first} (legal_hold on 'newsletter'/'recipients'" in result.stderr
+    assert "now binds key (recipient_id)" in result.stderr
+
+
+def test_a_register_from_before_bindings_is_upgraded_in_place(tmp_path, key):
+    url = f"sqlite:///{tmp_path / 'control.db'}"
+    unbound = load_catalogue(_newsletter(tmp_path, table="subscribers"))
+    control = Control.open(url, key, catalogue=unbound)
+    first, _ = _hold_two_recipients(control)  # no binding to record, as before
+    engine = control.holds.engine
+    with engine.begin() as conn:  # the register as an earlier version created it
+        conn.exec_driver_sql("ALTER TABLE retention_holds DROP COLUMN key_columns")
+        conn.exec_driver_sql("ALTER TABLE retention_holds DROP COLUMN subject_columns")
+    upgraded = Control.open(url, key)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(T.c.key_columns).where(T.c.id == first)).scalar() is None
+    assert upgraded.holds.verify().ok  # evidence and rows still agree
+    renamed = load_catalogue(_newsletter(tmp_path, system="mailing"))
+    with pytest.raises(RetentionError, match=f"hold {first} "):
+        check_catalogue(engine, renamed)  # still checked by dataset
+
+
 # ------------------------------------------------------- 4. the hold register is tamper-evident
 
 
 def _register_with_history(control: Control) -> dict[str, int]:
     ids = {
         "record": control.holds.place_record_hold(
-            "ats", "people", 7, kind="legal_hold", reason="litigation", placed_by="legal.eva",
+            "ats", "candidates", 7, kind="legal_hold", reason="litigation", placed_by="legal.eva",
             placed_at=PLACED_AT,
         ),
         "subject": control.holds.place_subject_hold(
@@ -189,16 +326,24 @@ TAMPERING = {
     "row deleted": ("record", None, "deleted"),
     "kind weakened": ("record", {"kind": "restriction"}, "kind differ from its placement"),
     "reason rewritten": ("subject", {"reason": "no reason"}, "reason_hmac differ"),
-    "moved to another table": ("record", {"dataset": "old_people"}, "dataset differ"),
+    "moved to another table": ("record", {"dataset": "old_candidates"}, "dataset differ"),
     "released behind the register's back": (
-        "record", {"released_at": PLACED_AT, "released_by": "x"}, "released without release"
+        "record",
+        {"released_at": PLACED_AT, "released_by": "x"},
+        "released without release",
     ),
     "release signer changed": ("released", {"released_by": "x"}, "released_by differ"),
     "released hold re-activated": (
-        "released", {"released_at": None, "released_by": None}, "active again"
+        "released",
+        {"released_at": None, "released_by": None},
+        "active again",
     ),
+    "key binding rewritten": ("record", {"key_columns": "other_id"}, "key_columns differ"),
+    "subject binding rewritten": ("subject", {"subject_columns": "{}"}, "subject_columns differ"),
     "placement time moved": (
-        "record", {"placed_at": PLACED_AT + dt.timedelta(days=1)}, "placed_at differ"
+        "record",
+        {"placed_at": PLACED_AT + dt.timedelta(days=1)},
+        "placed_at differ",
     ),
 }
 

@@ -2,14 +2,18 @@
 
 One stack per executor (LocalExecutor; CeleryExecutor with a real ``airflow celery worker`` on
 Redis): API server, scheduler, DAG processor and triggerer as separate processes, PostgreSQL as
-Airflow's metadata DB and as the control DB (fresh databases, dropped afterwards), the demo's
-SQLite sources and an S3 server on loopback. Runs are triggered through the REST API, the
-approval is answered through the HITL REST endpoint, and failure mail goes to an SMTP server on
-loopback. Expected survivors come from the demo manifest (how each record was designed).
+Airflow's metadata DB and as the control DB (fresh databases, dropped afterwards), and an S3
+server on loopback. The LocalExecutor stack runs on the demo's SQLite sources, the Celery one on
+the layout of ``make demo DB=postgres`` (sources on PostgreSQL and MariaDB, reached through
+``postgres``/``mysql`` connections; fresh databases, dropped afterwards). Runs are triggered
+through the REST API, the approval is answered through the HITL REST endpoint, and failure mail
+goes to an SMTP server on loopback. Expected survivors come from the demo manifest (how each
+record was designed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email
 import json
@@ -18,12 +22,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from include.demo import databases
 from include.demo.airflow_stack import (
     AirflowApi,
     AirflowStack,
@@ -111,8 +115,11 @@ def mailbox() -> Iterator[Mailbox]:
     controller.stop()
 
 
-def _environment(root: Path, key: str, s3: EmbeddedS3, control_url: str, smtp_port: int) -> dict:
-    env = environment(DemoPaths(root), key, s3.endpoint_url)
+def _environment(
+    paths: DemoPaths, key: str, s3: EmbeddedS3, control_url: str, smtp_port: int
+) -> dict:
+    root = paths.var
+    env = environment(paths, key, s3.endpoint_url)
     env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW_") or "_CONN_" in k}
     edits = {APPROVED: strict_safety, REJECTED: strict_safety}
     catalogue = edited_catalogue(root / "policies", edits)
@@ -138,17 +145,34 @@ def metadata_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module", params=["local", "celery"])
+@contextlib.contextmanager
+def _sources(paths: DemoPaths) -> Iterator[dict[str, str] | None]:
+    """The layout's server databases, fresh and dropped afterwards (None: SQLite files)."""
+    if paths.db == "sqlite":
+        yield None
+        return
+    urls = paths.source_urls
+    databases.recreate_databases(urls.values())
+    try:
+        yield urls
+    finally:
+        databases.drop_databases(urls.values())
+
+
+@pytest.fixture(scope="module", params=[("local", "sqlite"), ("celery", "postgres")],
+                ids=["local-sqlite", "celery-postgres"])  # fmt: skip
 def airflow(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     mailbox: Mailbox,
     metadata_url: str,
 ) -> Iterator[Scheduled]:
-    root = tmp_path_factory.mktemp(f"scheduler-{request.param}")
+    executor, layout = request.param
+    root = tmp_path_factory.mktemp(f"scheduler-{executor}")
+    paths = DemoPaths(root, layout)
     key = secrets.token_urlsafe(32)
-    with EmbeddedS3() as s3, fresh_pg_database("rt_ctl") as control_url:
-        seeded = seed_demo(AS_OF, root / "demo", s3_client=s3.client())
+    with EmbeddedS3() as s3, fresh_pg_database("rt_ctl") as control_url, _sources(paths) as urls:
+        seeded = seed_demo(AS_OF, root / "demo", s3_client=s3.client(), urls=urls)
         _drop_source_tables(seeded.urls[BROKEN])
         control = Control.open(control_url, key.encode())
         place_holds(control.holds, seeded.hold_requests())
@@ -157,8 +181,8 @@ def airflow(
             metadata_url=metadata_url,
             dags_folder=ROOT / "dags",
             project_root=ROOT,
-            env=_environment(root, key, s3, control_url, mailbox.port),
-            celery=CeleryConfig.on_local_redis() if request.param == "celery" else None,
+            env=_environment(paths, key, s3, control_url, mailbox.port),
+            celery=CeleryConfig.on_local_redis() if executor == "celery" else None,
             users={"admin": "admin", APPROVER: "user"},
             parallelism=6,
             setup_commands=(DEPLOYMENT_SETUP,),
@@ -170,7 +194,7 @@ def airflow(
                 api.unpause(dag_id_for(activity_id))
             runs = {a: api.trigger(dag_id_for(a), CONF) for a in ACTIVITIES}
             demo = Demo(root, seeded.manifest, seeded.urls, control, s3.client())
-            yield Scheduled(request.param, stack, api, demo, mailbox, runs)
+            yield Scheduled(executor, stack, api, demo, mailbox, runs)
             api.close()
 
 

@@ -133,6 +133,18 @@ class StackConfig:
         return "CeleryExecutor" if self.celery else "LocalExecutor"
 
 
+# The long-running Airflow components of a stack: name -> the `airflow` sub-command it runs
+# (options come from the config); the Celery worker only with the CeleryExecutor. The
+# production docker-compose.yaml runs the same set (tests/test_compose.py derives it from here).
+COMPONENTS: dict[str, tuple[str, ...]] = {
+    "api-server": ("api-server",),
+    "dag-processor": ("dag-processor",),
+    "triggerer": ("triggerer",),
+    "scheduler": ("scheduler",),
+    "celery-worker": ("celery", "worker"),
+}
+
+
 @dataclass
 class _Component:
     name: str
@@ -287,13 +299,14 @@ class AirflowStack:
         return path.read_text(encoding="ascii").strip()
 
     def _commands(self) -> Iterator[tuple[str, list[str]]]:
-        yield "api-server", ["api-server", "--host", HOST, "--port", str(self.port)]
-        yield "dag-processor", ["dag-processor"]
-        yield "triggerer", ["triggerer", "--skip-serve-logs"]
-        yield "scheduler", ["scheduler", "--skip-serve-logs"]
+        run = COMPONENTS
+        yield "api-server", [*run["api-server"], "--host", HOST, "--port", str(self.port)]
+        yield "dag-processor", [*run["dag-processor"]]
+        yield "triggerer", [*run["triggerer"], "--skip-serve-logs"]
+        yield "scheduler", [*run["scheduler"], "--skip-serve-logs"]
         if self.config.celery:
             yield "celery-worker", [
-                "celery", "worker", "--queues", self.config.celery.queue,
+                *run["celery-worker"], "--queues", self.config.celery.queue,
                 "--concurrency", str(self.config.celery.concurrency),
                 "--celery-hostname", f"{self.config.celery.queue}@%h", "--skip-serve-logs",
             ]  # fmt: skip

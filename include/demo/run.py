@@ -4,6 +4,8 @@ Airflow once, then print what happened per activity and verify the ledger.
 Everything lives under ``var/`` (git-ignored): the SQLite source systems, the control
 database (ledger + holds), Airflow's home and metadata DB, the pseudonym key and ``demo.env``
 (the connections as environment variables, for ``airflow dags test`` and ``make ui``).
+``--db postgres`` (``make demo DB=postgres``) puts the source systems on PostgreSQL and
+MariaDB and the control database on PostgreSQL instead (see :mod:`include.demo.databases`).
 The demo is evaluated at the time it was seeded, so a second run deletes nothing new.
 Everything under ``var/`` holds personal data or secrets: it is created owner-only (umask 077:
 files 0600, folders 0700), and files an earlier version left readable are tightened.
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from include.demo import databases
 from include.demo.embedded_s3 import DEFAULT_PORT, local_client, spawn, wait_until_up
 from include.retention.errors import RetentionError
 
@@ -56,9 +59,11 @@ def make_private(root: Path) -> None:
 
 @dataclass(frozen=True)
 class DemoPaths:
-    """Where the embedded default keeps its state."""
+    """Where the demo keeps its state; ``db``: where its databases live (a layout of
+    :mod:`include.demo.databases`)."""
 
     var: Path
+    db: str = "sqlite"
 
     @property
     def demo(self) -> Path:
@@ -74,7 +79,18 @@ class DemoPaths:
 
     @property
     def control_url(self) -> str:
-        return f"sqlite:///{self.var / 'control.db'}"
+        if self.db == "sqlite":
+            return f"sqlite:///{self.var / 'control.db'}"
+        return databases.control_url(databases.prefix_for(self.var))
+
+    @property
+    def source_urls(self) -> dict[str, str]:
+        """The demo systems' databases, by system."""
+        if self.db == "sqlite":
+            from include.demo.seed import sqlite_urls
+
+            return sqlite_urls(self.demo)
+        return databases.source_urls(databases.prefix_for(self.var))
 
     @property
     def key_file(self) -> Path:
@@ -130,12 +146,8 @@ def environment(paths: DemoPaths, key: str, s3_endpoint: str) -> dict[str, str]:
             }
         ),
     }
-    from include.demo.seed import sqlite_urls
-
-    for system, url in sorted(sqlite_urls(paths.demo).items()):
-        env[f"AIRFLOW_CONN_RETENTION_{system.upper()}"] = json.dumps(
-            {"conn_type": "sqlite", "host": url.removeprefix("sqlite:///")}
-        )
+    for system, url in sorted(paths.source_urls.items()):
+        env[f"AIRFLOW_CONN_RETENTION_{system.upper()}"] = databases.airflow_connection(url)
     return env
 
 
@@ -152,21 +164,30 @@ def seed(paths: DemoPaths, key: str, s3_endpoint: str, as_of: dt.datetime) -> No
 
     shutil.rmtree(paths.demo, ignore_errors=True)
     (paths.var / "control.db").unlink(missing_ok=True)
-    result = seed_demo(as_of, paths.demo, s3_client=local_client(s3_endpoint))
+    servers = None if paths.db == "sqlite" else paths.source_urls
+    if servers:
+        databases.recreate_databases([*servers.values(), paths.control_url])
+    result = seed_demo(as_of, paths.demo, s3_client=local_client(s3_endpoint), urls=servers)
     # The ledger and hold tables exist before the DAGs run, so no run races to create them.
     control = Control.open(paths.control_url, key.encode())
     holds = place_holds(control.holds, result.hold_requests())
-    paths.state.write_text(json.dumps({"as_of": as_of.isoformat()}), encoding="utf-8")
+    paths.state.write_text(
+        json.dumps({"as_of": as_of.isoformat(), "db": paths.db}), encoding="utf-8"
+    )
     print(
-        f"seeded {len(result.manifest)} records in 13 systems and 2 buckets;"
+        f"seeded {len(result.manifest)} records in 13 systems ({paths.db}) and 2 buckets;"
         f" placed {len(holds)} legal holds (as of {as_of.isoformat()})"
     )
 
 
 def seeded_as_of(paths: DemoPaths) -> dt.datetime | None:
+    """When the demo was seeded, if it was seeded for this layout (``paths.db``)."""
     if not paths.state.exists():
         return None
-    return dt.datetime.fromisoformat(json.loads(paths.state.read_text(encoding="utf-8"))["as_of"])
+    state = json.loads(paths.state.read_text(encoding="utf-8"))
+    if state.get("db", "sqlite") != paths.db:
+        return None
+    return dt.datetime.fromisoformat(state["as_of"])
 
 
 def migrate_airflow(env: dict[str, str]) -> None:
@@ -263,13 +284,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--reset", action="store_true", help="reseed the demo from scratch")
     parser.add_argument(
+        "--db",
+        choices=databases.LAYOUTS,
+        default="sqlite",
+        help="sqlite: SQLite files; postgres: sources on PostgreSQL and MariaDB, control DB"
+        " on PostgreSQL",
+    )
+    parser.add_argument(
         "--setup-only", action="store_true", help="seed and configure, but run no DAG"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     started = time.monotonic()
-    paths = DemoPaths(args.var.resolve())
+    paths = DemoPaths(args.var.resolve(), args.db)
     os.umask(PRIVATE_UMASK)
     make_private(paths.var)
     key = ensure_key(paths)

@@ -286,15 +286,19 @@ def seed_demo(
     s3_client: Any = None,
     catalogue: Catalogue | None = None,
     seed: int = DEFAULT_SEED,
+    urls: Mapping[str, str] | None = None,
 ) -> SeedResult:
-    """Seed every demo system as SQLite files under ``directory`` (replacing them), and the
-    buckets too when ``s3_client`` is given; writes ``manifest.json`` there."""
+    """Seed every demo system as SQLite files under ``directory`` (replacing them), or in
+    the existing databases ``urls`` (system -> URL; their tables are replaced), and the
+    buckets too when ``s3_client`` is given; writes ``manifest.json`` under ``directory``."""
     catalogue = catalogue or load_catalogue()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    urls = sqlite_urls(directory)
-    for system in SYSTEMS:
-        (directory / f"{system}.sqlite").unlink(missing_ok=True)
+    if urls is None:
+        urls = sqlite_urls(directory)
+        for system in SYSTEMS:
+            (directory / f"{system}.sqlite").unlink(missing_ok=True)
+    urls = dict(urls)
     manifest = seed_sql(as_of, urls, catalogue=catalogue, seed=seed)
     if s3_client is not None:
         from include.demo.objects import seed_objects

@@ -1,9 +1,12 @@
-"""Command line: ``python -m include.retention COMMAND``: validate, register, grants,
-control-init, setup, check, certificate, report.
+"""Command line: ``python -m include.retention COMMAND``: validate, register, grants, setup,
+check, ledger, certificate, report, holds, requests.
 
 ``setup`` and ``check`` are deployment commands: they use Airflow's metadata database, so they
 run on the set-up/scheduler side (``make demo``, ``make ui``, the container's init step),
-never inside a task.
+never inside a task. ``setup`` is the one way to set a deployment up (idempotent): the
+catalogue is validated, the enforcement pool created or resized, the control database's
+tables created (as their owner) with the worker's and the holds admin's grants, and the
+catalogue checked against the active holds.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from include.retention.grants import (
     Target,
     control_script,
     dsr_script,
+    holds_admin_script,
     init_control,
     render,
     source_script,
@@ -50,7 +54,7 @@ def _validate(args: argparse.Namespace) -> int:
         except sa.exc.SQLAlchemyError as exc:
             shown = engine.url.render_as_string(hide_password=True)
             raise RetentionError(f"cannot read the hold register at {shown}: {exc}") from None
-        print("hold register: every active record hold matches a dataset of the catalogue")
+        print("hold register: every active hold matches the catalogue's bindings")
     else:
         print(f"hold register not checked (give --control-db or set {CONTROL_DB_ENV})")
     return 0
@@ -65,9 +69,24 @@ def _register(args: argparse.Namespace) -> int:
 
 def _setup(args: argparse.Namespace) -> int:
     from include.retention.deployment import ENFORCEMENT_POOL, ensure_pool
+    from include.retention.holds import check_catalogue
 
+    catalogue = load_catalogue(args.catalogue)
+    print(f"catalogue: {len(catalogue)} activities valid (version {catalogue.version})")
     slots = ensure_pool(args.slots)
     print(f"pool {ENFORCEMENT_POOL!r}: {slots} slots (concurrent enforcement tasks)")
+    engine = connections.control_engine()
+    roles = {"worker": args.grant_to, "holds_admin": args.holds_admin}
+    applied = init_control(engine, connections.pseudonym_key(), args.grant_to, args.host,
+                           holds_admin=args.holds_admin)  # fmt: skip
+    print(f"control database {engine.url.render_as_string()}: ledger and hold tables ready")
+    for what, role in roles.items():
+        if role:
+            print(f"role {role} ({what}): grants applied")
+    if applied:
+        print(f"{len(applied)} statements applied (grants, append-only triggers)")
+    check_catalogue(engine, catalogue)
+    print("hold register: every active hold matches the catalogue's bindings")
     return 0
 
 
@@ -97,6 +116,9 @@ def _grants(args: argparse.Namespace) -> int:
     if args.dsr:
         title = "control database: the data-subject-request DAGs' role"
         print(render(target, dsr_script(target), title))
+        return 0
+    if args.holds_admin:
+        print(render(target, holds_admin_script(target), "control database: the holds admin"))
         return 0
     activities = [
         a
@@ -129,34 +151,28 @@ def _add_grants(commands: Any) -> None:
         "--dsr", action="store_true",
         help="the data-subject-request DAGs' role in the control database (places holds)",
     )  # fmt: skip
+    grants.add_argument(
+        "--holds-admin",
+        action="store_true",
+        help="the role placing and releasing holds (control database) instead",
+    )
     grants.add_argument("--host", default="%", help="MySQL/MariaDB account host (default %%)")
     grants.set_defaults(run=_grants)
 
 
-def _control_init(args: argparse.Namespace) -> int:
-    url = os.environ.get(connections.CONTROL_DB_ENV)
-    if not url:
-        raise RetentionError(
-            f"set {connections.CONTROL_DB_ENV} to the control database URL of its owner"
-            " (the role that may create tables)"
-        )
-    engine = connections.control_engine(url)
-    applied = init_control(engine, connections.pseudonym_key(), args.grant_to, args.host)
-    print(f"control database {engine.url.render_as_string()}: ledger and hold tables ready")
-    if args.grant_to:
-        print(f"role {args.grant_to}: {len(applied)} statements applied (grants, triggers)")
-    return 0
-
-
-def _add_control_init(commands: Any) -> None:
-    init = commands.add_parser(
-        "control-init",
-        help=f"create the control tables (${connections.CONTROL_DB_ENV}, as their owner)"
-        " and grant the worker's role",
+def _add_setup(commands: Any) -> None:
+    setup = commands.add_parser(
+        "setup",
+        help="set a deployment up: validate, the pool, the control tables"
+        f" (${connections.CONTROL_DB_ENV}, as their owner) and roles, the holds check",
     )
-    init.add_argument("--grant-to", metavar="ROLE", help="the worker's database role")
-    init.add_argument("--host", default="%", help="MySQL/MariaDB account host (default %%)")
-    init.set_defaults(run=_control_init)
+    setup.add_argument("--slots", type=int, default=None, help="default $RETENTION_POOL_SLOTS or 4")
+    setup.add_argument("--grant-to", metavar="ROLE", help="the worker's database role")
+    setup.add_argument(
+        "--holds-admin", metavar="ROLE", help="the role that places and releases holds"
+    )
+    setup.add_argument("--host", default="%", help="MySQL/MariaDB account host (default %%)")
+    setup.set_defaults(run=_setup)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,19 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     validate = commands.add_parser("validate", help="validate the catalogue")
     validate.add_argument(
-        "--control-db", help="control DB URL: refuse if active record holds match no dataset"
+        "--control-db", help="control DB URL: refuse if active holds no longer match the catalogue"
     )
     validate.set_defaults(run=_validate)
     register = commands.add_parser("register", help="render the Art. 30 record")
     register.add_argument("--out", type=Path, default=Path("build/register"))
     register.set_defaults(run=_register)
     _add_grants(commands)
-    _add_control_init(commands)
+    _add_setup(commands)
     ledger_cli.add_commands(commands)
     audit_cli.add_commands(commands)
-    setup = commands.add_parser("setup", help="create the enforcement pool (deployment side)")
-    setup.add_argument("--slots", type=int, default=None, help="default $RETENTION_POOL_SLOTS or 4")
-    setup.set_defaults(run=_setup)
     commands.add_parser(
         "check", help="control DB is not Airflow's metadata DB; paused retention DAGs; the pool"
     ).set_defaults(run=_check)

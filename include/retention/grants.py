@@ -1,6 +1,13 @@
 """Least privilege for the worker: the SQL that creates its role and grants only what the
 catalogue binds, for PostgreSQL and MariaDB/MySQL (``python -m include.retention grants``).
 
+Two roles use the control database: the worker (below) and the holds admin. Placing or
+releasing a hold writes the hold register and chains the change into the ledger, so only the
+holds admin may: it may insert holds, set a hold's release (``released_at``/``released_by``,
+nothing else), append to the ledger and move its head, and read the run leases (a placement
+waits for in-flight batches). It may not delete or edit a hold; the worker only reads them, so
+a compromised worker cannot release the hold that stops it.
+
 Per bound table the worker gets SELECT, plus DELETE where the activity deletes (child tables
 included) or UPDATE on exactly the masked columns and the marker where it anonymises. In the
 control database it may read and append to the ledger, move the head row forward and read
@@ -121,6 +128,24 @@ def source_grants(activities: Iterable[Activity], pg_lock_column: bool) -> list[
         if pg_lock_column and not main.update_columns:
             main.update_columns.add(source.primary_key)
     return [grants[name] for name in sorted(grants)]
+
+
+def holds_admin_grants() -> list[TableGrant]:
+    """Place holds and release them, with their ledger evidence: nothing else."""
+    return [
+        TableGrant(holds_table.name, {"SELECT", "INSERT"}, {"released_at", "released_by"}),
+        TableGrant(ledger_table.name, {"SELECT", "INSERT"}),
+        TableGrant(head_table.name, {"SELECT"}, {"seq", "entry_hash"}),
+        TableGrant(leases_table.name, {"SELECT"}),
+    ]
+
+
+def _holds_id_sequence(t: Target) -> list[str]:
+    """PostgreSQL: new hold ids come from the serial column's sequence."""
+    if not t.pg:
+        return []
+    sequence = t.table(f"{holds_table.name}_id_seq")
+    return [f"GRANT USAGE ON SEQUENCE {sequence} TO {t.grantee}"]
 
 
 def control_grants() -> list[TableGrant]:
@@ -268,6 +293,11 @@ def dsr_script(t: Target) -> list[str]:
     return create_role(t) + grant_statements(t, grants) + sequence_grants(t, grants)
 
 
+def holds_admin_script(t: Target) -> list[str]:
+    """Create the holds admin's role and grant it the hold register and its evidence."""
+    return create_role(t) + grant_statements(t, holds_admin_grants()) + _holds_id_sequence(t)
+
+
 def render(t: Target, statements: list[str], title: str) -> str:
     """A script for psql (``-v ON_ERROR_STOP=1 -f``) or the mysql/mariadb client."""
     how = (
@@ -296,12 +326,15 @@ def apply(engine: Engine, statements: list[str]) -> None:
             cursor.close()
 
 
-def init_control(engine: Engine, key: bytes, role: str | None, host: str = "%") -> list[str]:
+def init_control(
+    engine: Engine, key: bytes, role: str | None, host: str = "%", holds_admin: str | None = None
+) -> list[str]:
     """Create the control tables (as their owner) and, given a role, grant it the worker's
-    privileges and make the ledger append-only. Returns the statements applied."""
+    privileges and make the ledger append-only; given ``holds_admin``, grant that role the
+    hold register. Returns the statements applied."""
     Control.open(engine, key)
     create_dsr_tables(engine, key)
-    if role is None:
+    if role is None and holds_admin is None:
         return []
     pg = engine.dialect.name == "postgresql"
     if not pg and engine.dialect.name not in ("mysql", "mariadb"):
@@ -312,7 +345,10 @@ def init_control(engine: Engine, key: bytes, role: str | None, host: str = "%") 
                 "SELECT DATABASE()" if not pg else "SELECT current_schema()"
             ).scalar()
         )
-    statements = control_script(Target("postgresql" if pg else "mysql", role, schema, host))
+    dialect = "postgresql" if pg else "mysql"
+    statements = control_script(Target(dialect, role, schema, host)) if role else []
+    if holds_admin:
+        statements += holds_admin_script(Target(dialect, holds_admin, schema, host))
     apply(engine, statements)
     return statements
 

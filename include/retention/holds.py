@@ -10,16 +10,20 @@ is honoured.
 
 Every placement and release is also chained into the ledger (``hold_placed``/``hold_released``)
 in the same transaction: :meth:`HoldRegister.verify` replays that evidence against the rows,
-so a hold deleted, edited or released behind the register's back is reported. Record holds
-are keyed by the catalogue's ``system`` and dataset names: :func:`check_catalogue` refuses a
-catalogue that no longer has the dataset of an active record hold (a rename would otherwise
-silently drop it).
+so a hold deleted, edited or released behind the register's back is reported.
+
+A hold also records the catalogue binding it was placed on: a record hold its dataset's key
+column(s), a subject hold the subject column of every dataset that had one. A catalogue edit
+that would make an active hold match nothing (a renamed system, table or bucket, a changed
+primary key, a removed or renamed subject column) is refused by :func:`check_catalogue`, at
+validation and at the start of every task, with a message naming the holds.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -27,7 +31,12 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from include.retention.catalogue import Catalogue, check_dataset_name, check_system_name
+from include.retention.catalogue import (
+    Catalogue,
+    check_dataset_name,
+    check_system_name,
+    load_valid,
+)
 from include.retention.errors import RetentionError
 from include.retention.leases import InFlight, wait_for_in_flight
 from include.retention.ledger import Ledger
@@ -40,6 +49,9 @@ HOLD_KINDS: tuple[str, ...] = ("legal_hold", "restriction")
 MAX_REASON = 2000
 MAX_NAME = 200
 LISTED = 20  # holds named in one error message
+# The key of a bucket's records is the object key itself: no catalogue edit can change it.
+OBJECT_KEY = "<object key>"
+BINDING_FIELDS = ("key_columns", "subject_columns")
 
 metadata = sa.MetaData()
 
@@ -53,6 +65,10 @@ holds_table = sa.Table(
     sa.Column("system", sa.String(200), nullable=True),
     sa.Column("dataset", sa.String(200), nullable=True),
     sa.Column("record_ref", sa.LargeBinary(32), nullable=True),
+    # The binding the hold was placed on (NULL: placed before bindings were recorded, or on a
+    # dataset no activity bound): comma-separated key columns; JSON {"system/dataset": [column]}.
+    sa.Column("key_columns", sa.String(400), nullable=True),
+    sa.Column("subject_columns", sa.Text, nullable=True),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("placed_by", sa.String(200), nullable=False),
     sa.Column("placed_at", sa.DateTime(timezone=True), nullable=False),
@@ -136,61 +152,163 @@ class HoldVerifyReport:
     problems: list[str]
 
 
-def datasets_of(catalogue: Catalogue) -> set[tuple[str, str]]:
-    """The (system, dataset) pairs the engines read record holds for."""
-    return {(a.source.system, name) for a in catalogue for name in a.source.datasets()}
+@dataclass(frozen=True)
+class Binding:
+    """How the catalogue identifies the records of one dataset and their data subject."""
+
+    key_columns: tuple[str, ...]
+    subject_column: str | None  # None: the binding names no subject
 
 
-def orphan_holds(engine: Engine, catalogue: Catalogue) -> list[dict[str, Any]]:
-    """Active record holds whose system and dataset no activity of ``catalogue`` has."""
+def _key_columns(primary_key: str | Iterable[str]) -> tuple[str, ...]:
+    return (primary_key,) if isinstance(primary_key, str) else tuple(primary_key)
+
+
+def bindings_of(catalogue: Catalogue) -> dict[tuple[str, str], set[Binding]]:
+    """Every (system, dataset) the engines read holds for, with how each activity binds it."""
+    found: dict[tuple[str, str], set[Binding]] = {}
+    for activity in catalogue:
+        src = activity.source
+        if src.kind == "s3":
+            found.setdefault((src.system, src.bucket), set()).add(
+                Binding((OBJECT_KEY,), src.subject_key)
+            )
+            continue
+        found.setdefault((src.system, src.table), set()).add(
+            Binding(_key_columns(src.primary_key), src.subject_column)
+        )
+        for link in src.objects:  # linked files go with their record (its subject holds)
+            found.setdefault((src.system, link.bucket), set()).add(Binding((OBJECT_KEY,), None))
+    return found
+
+
+def _dataset_name(system: str, dataset: str) -> str:
+    return f"{system}/{dataset}"
+
+
+def subject_columns_of(catalogue: Catalogue) -> dict[str, list[str]]:
+    """What a subject hold records: per dataset that names subjects, its subject column(s)."""
+    columns = {
+        _dataset_name(*dataset): sorted({b.subject_column or "" for b in bindings})
+        for dataset, bindings in bindings_of(catalogue).items()
+    }
+    return {name: cols for name, cols in sorted(columns.items()) if cols != [""]}
+
+
+def _key_text(columns: Iterable[str]) -> str:
+    return ",".join(columns)
+
+
+def _active_holds(engine: Engine) -> list[dict[str, Any]]:
     t = holds_table
-    query = sa.select(t.c.id, t.c.kind, t.c.system, t.c.dataset, t.c.placed_by, t.c.placed_at)
-    query = query.where(t.c.released_at.is_(None), t.c.scope == "record").order_by(t.c.id)
-    known = datasets_of(catalogue)
+    query = sa.select(
+        t.c.id, t.c.scope, t.c.kind, t.c.system, t.c.dataset, t.c.key_columns,
+        t.c.subject_columns, t.c.placed_by, t.c.placed_at,
+    ).where(t.c.released_at.is_(None)).order_by(t.c.id)  # fmt: skip
     if not sa.inspect(engine).has_table(t.name):
         return []  # a new control database: no holds yet
     with engine.connect() as conn:
-        rows = [row._asdict() for row in conn.execute(query)]
-    return [row for row in rows if (row["system"], row["dataset"]) not in known]
+        return [row._asdict() for row in conn.execute(query)]
+
+
+def _record_problem(
+    hold: dict[str, Any], bindings: Mapping[tuple[str, str], set[Binding]]
+) -> str | None:
+    current = bindings.get((hold["system"], hold["dataset"]))
+    if current is None:
+        return "matches no dataset of the catalogue"
+    keys = sorted({_key_text(b.key_columns) for b in current})
+    if hold["key_columns"] is not None and keys != [hold["key_columns"]]:
+        return (
+            f"was placed on key ({hold['key_columns']}); the catalogue now binds key"
+            f" ({' | '.join(keys)})"
+        )
+    return None
+
+
+def _subject_problem(
+    hold: dict[str, Any], bindings: Mapping[tuple[str, str], set[Binding]]
+) -> str | None:
+    if hold["subject_columns"] is None:
+        return None
+    placed_on: dict[str, list[str]] = json.loads(hold["subject_columns"])
+    current = {_dataset_name(*dataset): b for dataset, b in bindings.items()}
+    changed = []
+    for dataset, columns in placed_on.items():
+        now = sorted({b.subject_column or "" for b in current.get(dataset, ())})
+        if dataset in current and now != columns:
+            shown = ", ".join(c or "none" for c in now)
+            changed.append(f"{dataset} by {', '.join(columns)} (now: {shown})")
+    if not changed:
+        return None
+    return "was placed on subject column(s) " + "; ".join(changed)
+
+
+def orphan_holds(engine: Engine, catalogue: Catalogue) -> list[dict[str, Any]]:
+    """Active holds the catalogue no longer matches: a record hold whose system and dataset
+    no activity has, or whose key columns changed; a subject hold whose subject column of a
+    dataset was removed or renamed. Each comes with its ``problem``."""
+    bindings = bindings_of(catalogue)
+    orphans = []
+    for hold in _active_holds(engine):
+        check = _record_problem if hold["scope"] == "record" else _subject_problem
+        problem = check(hold, bindings)
+        if problem is not None:
+            orphans.append(hold | {"problem": problem})
+    return orphans
+
+
+def _describe_hold(hold: dict[str, Any]) -> str:
+    where = (
+        f" on {hold['system']!r}/{hold['dataset']!r}" if hold["scope"] == "record" else " (subject)"
+    )
+    return (
+        f"hold {hold['id']} ({hold['kind']}{where}, placed by {hold['placed_by']} at"
+        f" {_stamp(hold['placed_at'])}) {hold['problem']}"
+    )
 
 
 def check_catalogue(engine: Engine, catalogue: Catalogue, invalid: Iterable[str] = ()) -> None:
-    """Refuse a catalogue whose datasets no longer match the active record holds.
-
-    Record holds are keyed by the system and dataset names: after a rename (or a removed
-    activity) they would match nothing and the held records would be deleted.
-    """
+    """Refuse a catalogue that no longer matches the active holds (see :func:`orphan_holds`):
+    after a rename, a changed key or a removed subject column they would match nothing and the
+    held records would be deleted."""
     orphans = orphan_holds(engine, catalogue)
     if not orphans:
         return
-    named = "; ".join(
-        f"hold {h['id']} ({h['kind']} on {h['system']!r}/{h['dataset']!r}, placed by"
-        f" {h['placed_by']} at {_stamp(h['placed_at'])})"
-        for h in orphans[:LISTED]
-    )
+    named = "; ".join(_describe_hold(h) for h in orphans[:LISTED])
     more = f" and {len(orphans) - LISTED} more" if len(orphans) > LISTED else ""
     if invalid:
         more += f" (catalogue files that failed to load, fix them first: {', '.join(invalid)})"
     raise RetentionError(
-        f"{len(orphans)} active record holds match no dataset of the catalogue: {named}{more}."
-        " A catalogue edit renamed a system, table or bucket, or removed the activity: restore"
-        " the names, or release these holds and place them again on the new names. Nothing"
-        " was changed."
+        f"{len(orphans)} active holds no longer match the catalogue: {named}{more}. A catalogue"
+        " edit renamed a system, table or bucket, changed a primary key, removed or renamed a"
+        " subject column, or removed the activity: restore the binding, or release these holds"
+        " and place them again on the new binding. Nothing was changed."
     )
 
 
 class HoldRegister:
-    """Place, release and query holds. `key` is the pseudonym key (bytes)."""
+    """Place, release and query holds. `key` is the pseudonym key (bytes); `catalogue` the
+    catalogue in force, whose bindings a placement records (default: the valid activities
+    of the catalogue directory, read at the first placement)."""
 
-    def __init__(self, engine: Engine, key: bytes) -> None:
+    def __init__(self, engine: Engine, key: bytes, catalogue: Catalogue | None = None) -> None:
         self.engine = engine
         self._key = check_key(key)
         self._subjects = SubjectRefHasher(self._key)
         self._ledger = Ledger(engine, self._key)
+        self._catalogue = catalogue
         self.last_in_flight = InFlight((), ())  # what the last placement waited for
+
+    @property
+    def catalogue(self) -> Catalogue:
+        if self._catalogue is None:
+            self._catalogue = load_valid()[0]
+        return self._catalogue
 
     def create_tables(self) -> None:
         metadata.create_all(self.engine)
+        _add_binding_columns(self.engine)
         self._ledger.create_tables()
 
     def subject_ref(self, identifier: Any) -> bytes:
@@ -211,6 +329,7 @@ class HoldRegister:
             scope="subject",
             kind=kind,
             subject_ref=self.subject_ref(identifier),
+            subject_columns=json.dumps(subject_columns_of(self.catalogue), sort_keys=True),
             reason=reason,
             placed_by=placed_by,
             placed_at=placed_at,
@@ -228,7 +347,8 @@ class HoldRegister:
         placed_at: datetime | None = None,
     ) -> int:
         """Hold one record, identified by its primary key in `system`/`dataset` (a table or a
-        bucket), exactly as the catalogue names them."""
+        bucket), exactly as the catalogue names them; the hold records the key column(s) the
+        catalogue binds the dataset by."""
         check_system_name(system)
         check_dataset_name(dataset)
         _check_value("primary key", pk)
@@ -239,10 +359,25 @@ class HoldRegister:
             system=system,
             dataset=dataset,
             record_ref=ref,
+            key_columns=self._key_columns_of(system, dataset),
             reason=reason,
             placed_by=placed_by,
             placed_at=placed_at,
         )
+
+    def _key_columns_of(self, system: str, dataset: str) -> str | None:
+        bindings = bindings_of(self.catalogue).get((system, dataset))
+        if bindings is None:
+            # Refused by check_catalogue until an activity binds it (then by its key).
+            log.warning("hold on %s/%s: no activity of the catalogue binds it", system, dataset)
+            return None
+        keys = sorted({_key_text(b.key_columns) for b in bindings})
+        if len(keys) > 1:
+            raise RetentionError(
+                f"{system}/{dataset} is bound by different primary keys ({' | '.join(keys)}) in"
+                " the catalogue: make the activities agree before placing a record hold"
+            )
+        return keys[0]
 
     def _insert(
         self, *, kind: str, reason: str, placed_by: str, placed_at: datetime | None, **cols: Any
@@ -308,6 +443,8 @@ class HoldRegister:
             "scope": values["scope"],
             "kind": values["kind"],
             **{name: ref.hex() if ref is not None else None for name, ref in refs.items()},
+            # The binding (absent in evidence from before bindings were recorded).
+            **{name: values[name] for name in BINDING_FIELDS if values.get(name) is not None},
             "reason_hmac": hmac_hex(self._key, "hold-reason\x1f" + values["reason"]),
             "placed_by": values["placed_by"],
             "placed_at": _stamp(values["placed_at"]),
@@ -387,6 +524,22 @@ class HoldRegister:
                 else:
                     _merge(records, bytes(rref), kind)
         return ActiveHolds(subjects=subjects, records=records)
+
+
+def _add_binding_columns(engine: Engine) -> None:
+    """Add the binding columns to a hold register created before holds recorded them (its
+    holds keep NULL: checked by dataset only, as when they were placed)."""
+    present = {c["name"] for c in sa.inspect(engine).get_columns(holds_table.name)}
+    missing = [c for c in (holds_table.c.key_columns, holds_table.c.subject_columns)
+               if c.name not in present]  # fmt: skip
+    if not missing:
+        return
+    table = engine.dialect.identifier_preparer.format_table(holds_table)
+    with engine.begin() as conn:
+        for column in missing:
+            ddl = sa.schema.CreateColumn(column).compile(dialect=engine.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {ddl}")
+    log.info("hold register: added the binding columns %s", [c.name for c in missing])
 
 
 def _differences(

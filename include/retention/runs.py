@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from include.retention.catalogue import Activity
+from include.retention.catalogue import Activity, Catalogue
 from include.retention.errors import RetentionError, Unavailable
 from include.retention.holds import HoldRegister
 from include.retention.leases import Leases
@@ -42,10 +42,19 @@ class Control:
     key: bytes
 
     @classmethod
-    def open(cls, engine: Engine | str, key: bytes, *, create: bool = True) -> Control:
+    def open(
+        cls,
+        engine: Engine | str,
+        key: bytes,
+        *,
+        create: bool = True,
+        catalogue: Catalogue | None = None,
+    ) -> Control:
+        """The control database; ``catalogue``: the one hold placements record their binding
+        from (default: the catalogue directory's)."""
         eng = sa.create_engine(engine) if isinstance(engine, str) else engine
         name_database(eng, "the control database (ledger, holds, leases)")
-        control = cls(Ledger(eng, key), HoldRegister(eng, key), check_key(key))
+        control = cls(Ledger(eng, key), HoldRegister(eng, key, catalogue), check_key(key))
         if create:
             if eng.dialect.name == "sqlite" and eng.url.database not in (None, "", ":memory:"):
                 # Write-ahead log: one fsync per commit instead of three; as durable on a crash.
