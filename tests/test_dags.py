@@ -16,19 +16,14 @@ import pytest
 from include.retention.catalogue import POLICY_DIR, load_catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
-PARSE_BUDGET_SECONDS = 2.0
 _PARSE_SCRIPT = """
-import json, sys, time
+import json, sys
 from airflow.dag_processing.dagbag import DagBag
-start = time.perf_counter()
 bag = DagBag(dag_folder="dags")
-elapsed = time.perf_counter() - start
 heavy = ("great_expectations", "boto3", "pandas", "faker", "moto")
 print(json.dumps({
-    "seconds": elapsed,
     "dags": sorted(bag.dags),
     "errors": {path: str(error) for path, error in bag.import_errors.items()},
-    "stats": sum(stat.duration.total_seconds() for stat in bag.dagbag_stats),
     "heavy": [name for name in heavy if name in sys.modules],
 }))
 """
@@ -70,11 +65,6 @@ def test_exactly_one_dag_per_activity(parsed):
     activity_dags = sorted(f"retention_{a.id}" for a in load_catalogue())
     assert _activity_dags(parsed["dags"]) == activity_dags
     assert set(parsed["dags"]) >= SERVICE_DAGS
-
-
-def test_dag_folder_parses_within_budget(parsed):
-    print(f"DAG folder parse: {parsed['stats']:.3f} s (DagBag total {parsed['seconds']:.3f} s)")
-    assert parsed["stats"] < PARSE_BUDGET_SECONDS
 
 
 def test_parsing_imports_nothing_heavy(parsed):
