@@ -293,6 +293,11 @@ class SqlSource(_Model):
     children: list[SqlChild] = Field(default_factory=list)
     objects: list[ObjectLink] = Field(default_factory=list)
 
+    @property
+    def location(self) -> str:
+        """Where the records are, for people (the register, the DAG docs)."""
+        return f"{self.system}.{self.table}"
+
 
 class S3Source(_Model):
     """Objects in a bucket; anchors and classes come from object metadata or tags."""
@@ -304,8 +309,32 @@ class S3Source(_Model):
     prefix: str = ""
     subject_key: str | None = Field(default=None, description="Metadata key naming the subject")
 
+    @property
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
 
-Source = Annotated[SqlSource | S3Source, Field(discriminator="kind")]
+
+class HttpSource(_Model):
+    """A collection of records in a SaaS tool's HTTP API (a newsletter or CRM tool), reached
+    through an Airflow connection of type ``http`` whose password is the API token. Rules
+    read the records' fields (``anchor_column`` names a field holding an ISO-8601 date or
+    date-time); records are deleted by id (see `include.retention.sources.http`)."""
+
+    kind: Literal["http"] = "http"
+    system: Slug
+    conn_id: ConnId
+    collection: Identifier = Field(description="The API's collection, e.g. contacts or leads")
+    subject_field: Identifier | None = Field(
+        default=None, description="The field identifying the data subject (e.g. email)"
+    )
+    anchor_timezone: TimeZoneName = Field(default="UTC", description="Zone of naive date-times")
+
+    @property
+    def location(self) -> str:
+        return f"{self.system} API, collection {self.collection}"
+
+
+Source = Annotated[SqlSource | S3Source | HttpSource, Field(discriminator="kind")]
 
 
 class Safety(_Model):

@@ -78,8 +78,7 @@ def _safety(activity: Activity) -> str:
 
 def _source(activity: Activity) -> str:
     src = activity.source
-    where = f"table `{src.table}`" if src.kind == "sql" else f"bucket `{src.bucket}/{src.prefix}`"
-    return f"system `{src.system}`, {where}, connection `{src.conn_id}`"
+    return f"system `{src.system}`, `{src.location}`, connection `{src.conn_id}`"
 
 
 def _facts(activity: Activity) -> list[str]:

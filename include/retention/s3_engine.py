@@ -425,7 +425,8 @@ def _buckets(activity: Activity) -> list[tuple[str, str, str, str]]:
     src = activity.source
     if isinstance(src, S3Source):
         return [(src.system, src.bucket, src.prefix, src.conn_id)]
-    return [(src.system, link.bucket, "", link.conn_id) for link in src.objects]
+    links = src.objects if isinstance(src, SqlSource) else []
+    return [(src.system, link.bucket, "", link.conn_id) for link in links]
 
 
 def recover_s3(
