@@ -298,6 +298,11 @@ class SqlSource(_Model):
         """Where the records are, for people (the register, the DAG docs)."""
         return f"{self.system}.{self.table}"
 
+    @property
+    def datasets(self) -> list[tuple[str, str]]:
+        """The (system, dataset) pairs whose records the activity changes (holds name them)."""
+        return [(self.system, self.table), *((self.system, o.bucket) for o in self.objects)]
+
 
 class S3Source(_Model):
     """Objects in a bucket; anchors and classes come from object metadata or tags."""
@@ -312,6 +317,10 @@ class S3Source(_Model):
     @property
     def location(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
+
+    @property
+    def datasets(self) -> list[tuple[str, str]]:
+        return [(self.system, self.bucket)]
 
 
 class HttpSource(_Model):
@@ -332,6 +341,10 @@ class HttpSource(_Model):
     @property
     def location(self) -> str:
         return f"{self.system} API, collection {self.collection}"
+
+    @property
+    def datasets(self) -> list[tuple[str, str]]:
+        return [(self.system, self.collection)]
 
 
 Source = Annotated[SqlSource | S3Source | HttpSource, Field(discriminator="kind")]
