@@ -277,6 +277,10 @@ class ObjectLink(_Model):
     conn_id: ConnId
     bucket: Bucket
 
+    def binding(self, system: str) -> S3Source:
+        """The bucket as a dataset of ``system`` (holds and evidence are keyed by it)."""
+        return S3Source(system=system, conn_id=self.conn_id, bucket=self.bucket)
+
 
 class SqlSource(_Model):
     """A table in a SQL database reached through an Airflow connection."""
@@ -294,14 +298,16 @@ class SqlSource(_Model):
     objects: list[ObjectLink] = Field(default_factory=list)
 
     @property
-    def location(self) -> str:
-        """Where the records are, for people (the register, the DAG docs)."""
-        return f"{self.system}.{self.table}"
+    def dataset(self) -> str:
+        """The name holds and evidence key its records by."""
+        return self.table
 
-    @property
-    def datasets(self) -> list[tuple[str, str]]:
-        """The (system, dataset) pairs whose records the activity changes (holds name them)."""
-        return [(self.system, self.table), *((self.system, o.bucket) for o in self.objects)]
+    def datasets(self) -> list[str]:
+        """Every dataset the binding changes: the table and its linked buckets."""
+        return [self.table, *(link.bucket for link in self.objects)]
+
+    def describe(self) -> str:
+        return f"system `{self.system}`, table `{self.table}`, connection `{self.conn_id}`"
 
 
 class S3Source(_Model):
@@ -315,12 +321,16 @@ class S3Source(_Model):
     subject_key: str | None = Field(default=None, description="Metadata key naming the subject")
 
     @property
-    def location(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}"
+    def dataset(self) -> str:
+        """The name holds and evidence key its records by."""
+        return self.bucket
 
-    @property
-    def datasets(self) -> list[tuple[str, str]]:
-        return [(self.system, self.bucket)]
+    def datasets(self) -> list[str]:
+        return [self.bucket]
+
+    def describe(self) -> str:
+        where = f"bucket `{self.bucket}/{self.prefix}`"
+        return f"system `{self.system}`, {where}, connection `{self.conn_id}`"
 
 
 class HttpSource(_Model):
@@ -339,12 +349,16 @@ class HttpSource(_Model):
     anchor_timezone: TimeZoneName = Field(default="UTC", description="Zone of naive date-times")
 
     @property
-    def location(self) -> str:
-        return f"{self.system} API, collection {self.collection}"
+    def dataset(self) -> str:
+        """The name holds and evidence key its records by."""
+        return self.collection
 
-    @property
-    def datasets(self) -> list[tuple[str, str]]:
-        return [(self.system, self.collection)]
+    def datasets(self) -> list[str]:
+        return [self.collection]
+
+    def describe(self) -> str:
+        where = f"API collection `{self.collection}`"
+        return f"system `{self.system}`, {where}, connection `{self.conn_id}`"
 
 
 Source = Annotated[SqlSource | S3Source | HttpSource, Field(discriminator="kind")]

@@ -76,11 +76,6 @@ def _safety(activity: Activity) -> str:
     return " and ".join(limits) or "none"
 
 
-def _source(activity: Activity) -> str:
-    src = activity.source
-    return f"system `{src.system}`, `{src.location}`, connection `{src.conn_id}`"
-
-
 def _facts(activity: Activity) -> list[str]:
     rules = "<br>".join(activity.rule_descriptions("en"))
     rows = [
@@ -89,7 +84,7 @@ def _facts(activity: Activity) -> list[str]:
         ("Policy (Swedish original)", f"“{activity.policy_text_sv}”"),
         ("Rule enforced", rules),
         ("Action", ACTIONS["en"][activity.action.kind]),
-        ("Source", _source(activity)),
+        ("Source", activity.source.describe()),
         ("Schedule", f"cron `{activity.schedule}`, Europe/Stockholm time"),
         ("Safety limit per run", _safety(activity)),
     ]

@@ -138,7 +138,7 @@ class HoldVerifyReport:
 
 def datasets_of(catalogue: Catalogue) -> set[tuple[str, str]]:
     """The (system, dataset) pairs the engines read record holds for."""
-    return {pair for activity in catalogue for pair in activity.source.datasets}
+    return {(a.source.system, name) for a in catalogue for name in a.source.datasets()}
 
 
 def orphan_holds(engine: Engine, catalogue: Catalogue) -> list[dict[str, Any]]:

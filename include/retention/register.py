@@ -189,7 +189,9 @@ def _items(activity: Activity, lang: Language) -> list[Item]:
         for t in activity.transfers
     )
     src = activity.source
-    location = src.location
+    location = (
+        f"s3://{src.bucket}/{src.prefix}" if src.kind == "s3" else f"{src.system}.{src.dataset}"
+    )
     items = [
         Item(w["purpose"], activity.purpose[lang]),
         Item(w["basis"], "; ".join(BASIS_LABELS[lang][b] for b in activity.legal_bases)),
