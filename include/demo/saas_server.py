@@ -242,7 +242,7 @@ class _Server(ThreadingHTTPServer):
     store: Store
     token: bytes
     limit: RateLimit | None
-    failures: list[int]
+    failures: list[int | None]  # per coming request: None (served) or the status to fail with
     lock: threading.Lock
 
     def admit(self, authorization: str) -> None:
@@ -324,11 +324,14 @@ class SaasServer:
     def store(self) -> Store:
         return Store(self.store_path)
 
-    def fail_next(self, count: int, status: int = HTTPStatus.SERVICE_UNAVAILABLE) -> None:
-        """Answer the next ``count`` authenticated requests with ``status`` (an outage)."""
+    def fail_next(
+        self, count: int, status: int = HTTPStatus.SERVICE_UNAVAILABLE, *, after: int = 0
+    ) -> None:
+        """An outage: after ``after`` more authenticated requests, answer ``count`` with
+        ``status``. Replaces any outage still pending (``fail_next(0)`` ends it)."""
         assert self._server is not None, "start the server first"
         with self._server.lock:
-            self._server.failures.extend([int(status)] * count)
+            self._server.failures[:] = [None] * after + [int(status)] * count
 
     def connection(self) -> dict[str, Any]:
         """The Airflow connection (as JSON for ``AIRFLOW_CONN_…``) that reaches this API."""
