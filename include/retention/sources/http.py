@@ -335,6 +335,7 @@ class HttpAdapter:
         self._subjects = SubjectRefHasher(key)
         self._zone = ZoneInfo(binding.anchor_timezone)
         self._where = f"collection {binding.collection!r} of system {binding.system!r}"
+        self._listed: tuple[Selection, list[ApiRecord]] | None = None
 
     def resolve(self, action: Action | None = None) -> None:
         if action is not None and not isinstance(action, DeleteAction):
@@ -352,11 +353,14 @@ class HttpAdapter:
 
     def count(self, selection: Selection, action: Action, holds: ActiveHolds) -> Counts:
         tally: Counter[str] = Counter()
+        chosen: list[ApiRecord] = []
         for record, status in self._statuses(selection):
             if status == "due":
+                chosen.append(record)
                 hold = holds.kind_for(*self._refs(record)) if not holds.empty else None
                 status = {"legal_hold": "held", "restriction": "restricted"}.get(hold or "", status)
             tally[status] += 1
+        self._listed = (selection, chosen)  # a run stages what it just planned: one listing
         return Counts(
             total=tally.total(), selected=tally["due"] + tally["held"] + tally["restricted"],
             held=tally["held"], restricted=tally["restricted"],
@@ -382,7 +386,11 @@ class HttpAdapter:
         self.resolve(action)
         # The whole selection is listed before the first delete: an API paging by offset would
         # otherwise skip records as earlier pages shrink.
-        due = [record for record, status in self._statuses(selection) if status == "due"]
+        listed, self._listed = self._listed, None
+        if listed is not None and listed[0] == selection:
+            due = listed[1]
+        else:
+            due = [record for record, status in self._statuses(selection) if status == "due"]
         for start in range(0, len(due), size):
             yield self._stage(start // size + 1, due[start : start + size], holds)
 
