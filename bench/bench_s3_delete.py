@@ -30,16 +30,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from include.demo.embedded_s3 import ensure_bucket, local_client, purge_bucket, spawn
 from include.retention.catalogue import Activity
-from include.retention.object_store import (
-    ensure_bucket,
-    iter_versions,
-    local_client,
-    purge_bucket,
-    spawn,
-)
+from include.retention.lifecycle import enforce
+from include.retention.object_store import iter_versions
 from include.retention.runs import Control
-from include.retention.s3_engine import enforce_s3
 
 AS_OF = dt.datetime(2026, 6, 15, 3, 0, tzinfo=dt.UTC)
 BUCKET = "bench-objects"
@@ -117,13 +112,13 @@ def bare_delete(client: Any) -> tuple[int, float, float]:
 def engine_delete(client: Any, ledger_url: str) -> tuple[int, float]:
     control = Control.open(ledger_url, secrets.token_bytes(32))
     start = time.perf_counter()
-    result = enforce_s3(
-        bench_activity(), AS_OF, control=control, catalogue_version="bench", client=client,
+    result = enforce(
+        bench_activity(), AS_OF, control=control, catalogue_version="bench", source=client,
         approved_by="bench",
     )  # fmt: skip
     elapsed = time.perf_counter() - start
     assert control.ledger.verify().ok and result.failed == 0
-    return result.versions_deleted, elapsed
+    return int(result.extra.get("versions_deleted", 0)), elapsed
 
 
 def main() -> None:

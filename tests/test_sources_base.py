@@ -29,6 +29,8 @@ def test_selections_refuse_what_they_cannot_mean() -> None:
 
 
 def test_registry_names_the_module_a_missing_kind_needs() -> None:
+    assert adapter_class("sql").kind == "sql"  # type: ignore[attr-defined]
+    assert adapter_class("s3").kind == "s3"  # type: ignore[attr-defined]
     with pytest.raises(RetentionError, match=r"sources/ftp\.py"):
         adapter_class("ftp")
 

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from include.demo import saas_server
+from include.demo.embedded_s3 import DEFAULT_PORT, local_client, spawn, wait_until_up
 from include.retention.errors import RetentionError
-from include.retention.object_store import DEFAULT_PORT, local_client, spawn, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 600.0  # seconds for the whole burst of runs

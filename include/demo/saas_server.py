@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from include.demo.embedded_s3 import wait_until_up
 from include.retention.errors import RetentionError
-from include.retention.object_store import wait_until_up
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5056

@@ -188,10 +188,7 @@ def _items(activity: Activity, lang: Language) -> list[Item]:
         f"{_COUNTRIES[lang].get(t.country, t.country)} ({_MECHANISMS[lang][t.mechanism]})"
         for t in activity.transfers
     )
-    src = activity.source
-    location = (
-        f"s3://{src.bucket}/{src.prefix}" if src.kind == "s3" else f"{src.system}.{src.dataset}"
-    )
+    location = activity.source.location()
     items = [
         Item(w["purpose"], activity.purpose[lang]),
         Item(w["basis"], "; ".join(BASIS_LABELS[lang][b] for b in activity.legal_bases)),

@@ -21,10 +21,10 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from include.retention import sql_engine
-from include.retention.catalogue import Activity
-from include.retention.pseudonym import RecordRefHasher
+from include.retention.catalogue import Activity, DeleteAction, ReportOnlyAction
 from include.retention.runs import Control
+from include.retention.sources.base import Action, DueAt, SourceAdapter
+from include.retention.sources.sql import SqlAdapter
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ def _sql_remaining_query(
     activity: Activity, as_of: dt.datetime, source: Engine, control: Control
 ) -> tuple[str, int]:
     """SQL text (rendered by SQLAlchemy for the source's dialect) of the due, unheld rows."""
-    query, held = sql_engine.due_and_unheld(activity, as_of, source=source, control=control)
+    adapter = SqlAdapter(activity.source, control.key, source)  # type: ignore[arg-type]
+    holds = control.holds.active(adapter.system, adapter.dataset)
+    query, held = adapter.due_and_unheld(_due(activity, as_of), _action(activity), holds)
     compiled = query.compile(dialect=source.dialect, compile_kwargs={"literal_binds": True})
     return str(compiled), held
 
@@ -69,14 +71,41 @@ def _sql_claims(
     activity: Activity, run_id: str | None, source: Engine, control: Control
 ) -> list[bool]:
     """Per record the run claims: is the claim true in the source now?"""
-    schema = sql_engine.resolve_schema(activity, source)
+    return _claims(activity, run_id, SqlAdapter(activity.source, control.key, source), control)  # type: ignore[arg-type]
+
+
+def _due(activity: Activity, as_of: dt.datetime) -> DueAt:
+    return DueAt(as_of, tuple(activity.retention))
+
+
+def _action(activity: Activity) -> Action:
+    action = activity.action
+    return DeleteAction() if isinstance(action, ReportOnlyAction) else action
+
+
+def _claims(
+    activity: Activity, run_id: str | None, adapter: SourceAdapter, control: Control
+) -> list[bool]:
+    """Per record the run claims: is the claim true in the source now?"""
     claimed = set(
-        control.ledger.applied_refs(run_id, schema.system, schema.dataset) if run_id else []
+        control.ledger.applied_refs(run_id, adapter.system, adapter.dataset) if run_id else []
     )
-    anonymise = schema.marker is not None
-    present = sql_engine.present_refs(source, schema, control.key, anonymise, claimed)
+    action = _action(activity)
+    present = adapter.present(claimed, action)
     # delete: a claimed record must be gone; anonymise: it must be there, marked anonymised.
+    anonymise = action.kind == "anonymise"
     return [(ref in present) == anonymise for ref in sorted(claimed)]
+
+
+def verify(
+    activity: Activity, as_of: dt.datetime, run_id: str | None, *, adapter: SourceAdapter,
+    control: Control,
+) -> Verification:  # fmt: skip
+    """Check a finished run of any source: in the database itself for SQL sources, else
+    through the source's adapter."""
+    if isinstance(adapter, SqlAdapter):
+        return verify_sql(activity, as_of, run_id, source=adapter.engine, control=control)
+    return verify_adapter(activity, as_of, run_id, adapter=adapter, control=control)
 
 
 def verify_sql(
@@ -144,38 +173,29 @@ def _validate_frame(gx: Any, context: Any, name: str, frame: Any, expectation: A
     return batch.validate(expectation)
 
 
-def verify_s3(
-    activity: Activity, as_of: dt.datetime, run_id: str | None, *, client: Any, control: Control
-) -> Verification:
-    """Check a finished S3 run: no due, unheld object remains (any version), and every object
-    the evidence claims is gone has no version left."""
-    from include.retention import s3_engine
-
+def verify_adapter(
+    activity: Activity, as_of: dt.datetime, run_id: str | None, *, adapter: SourceAdapter,
+    control: Control,
+) -> Verification:  # fmt: skip
+    """Check a finished run through the source's adapter: counted afresh, no due, unheld record
+    remains (for objects: any version), and every record the evidence claims is applied."""
     gx, context = _quiet_context()
-    src = activity.source
-    replan = s3_engine.plan_s3(activity, as_of, client=client, control=control)
-    refs = RecordRefHasher(control.key, src.system, src.bucket)  # type: ignore[union-attr]
+    holds = control.holds.active(adapter.system, adapter.dataset)
+    counts = adapter.count(_due(activity, as_of), _action(activity), holds)
     remaining = _validate_frame(
-        gx,
-        context,
-        "due_and_unheld",
-        _frame("ref", [r.hex() for r in refs.refs(o.key for o in replan.due)]),
+        gx, context, "due_and_unheld", _frame("due", [True] * counts.to_apply),
         gx.expectations.ExpectTableRowCountToEqual(value=0),
-    )
-    claimed = set(control.ledger.applied_refs(run_id, src.system, src.bucket) if run_id else [])  # type: ignore[union-attr]
-    present = s3_engine.present_refs(client, control, src.system, src.bucket, src.prefix, claimed)  # type: ignore[union-attr]
+    )  # fmt: skip
+    claims = _claims(activity, run_id, adapter, control)
     truthful = _validate_frame(
-        gx,
-        context,
-        "claims",
-        _frame("claim_true", [ref not in present for ref in sorted(claimed)]),
+        gx, context, "claims", _frame("claim_true", claims),
         gx.expectations.ExpectColumnValuesToBeInSet(column="claim_true", value_set=[True]),
-    )
+    )  # fmt: skip
     result = Verification(
         success=bool(remaining.success and truthful.success),
         remaining_due=int(remaining.result["observed_value"]),
-        held_remaining=replan.result.held + replan.result.restricted,
-        claims_checked=len(claimed),
+        held_remaining=counts.held + counts.restricted,
+        claims_checked=len(claims),
         false_claims=int(truthful.result.get("unexpected_count") or 0),
     )
     log.info("verification of %s: %s", activity.id, result.as_dict())

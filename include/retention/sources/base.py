@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
+import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -107,6 +108,14 @@ def key_bounds(selection: Selection) -> tuple[Key | None, Key | None]:
     if isinstance(selection, KeyRange):
         return selection.lower, selection.upper
     return None, None
+
+
+def key_ranges(selection: Selection, uppers: Sequence[Key]) -> list[KeyRange]:
+    """The partitions of ``selection`` whose inner upper bounds are ``uppers`` (ascending)."""
+    lower, upper = key_bounds(selection)
+    edges = [lower, *uppers, upper]
+    base = base_selection(selection)
+    return [KeyRange(base, lo, hi, index=i) for i, (lo, hi) in enumerate(itertools.pairwise(edges))]
 
 
 # ------------------------------------------------------------------------------ results
@@ -216,10 +225,14 @@ class SourceAdapter(Protocol):
     def abandon(self, batch: Batch) -> None:
         """Undo whatever staging did (SQL: roll back); nothing of the batch is applied."""
 
-    def present(self, refs: AbstractSet[bytes], action: Action) -> set[bytes]:
+    def present(
+        self, refs: AbstractSet[bytes], action: Action, within: Selection | None = None
+    ) -> set[bytes]:
         """Which of ``refs`` are present now: for a deletion, the records that still exist;
         for an anonymisation, the records that exist and are marked anonymised. Waits for a
-        change still being committed (recovery relies on it)."""
+        change still being committed (recovery relies on it). ``within``: look only in this
+        key range (a partition's recovery must not wait for the others' batches in flight);
+        an adapter may look further."""
 
     def read(self, selection: Selection) -> Iterator[Record]:
         """The selected records' fields (data-subject access and portability)."""

@@ -63,6 +63,7 @@ from include.retention.sources.base import (
     Selection,
     base_selection,
     key_bounds,
+    key_ranges,
     register,
 )
 
@@ -375,10 +376,7 @@ class HttpAdapter:
         ids = sorted(
             r.id for r in self.client.records(self.dataset) if _in_range(r.id, lower, upper)
         )
-        cuts: list[Key | None] = list(ids[size - 1 : -1 : size])
-        base = base_selection(selection)
-        bounds = zip([lower, *cuts], [*cuts, upper], strict=True)
-        return [KeyRange(base, low, high, index=n) for n, (low, high) in enumerate(bounds)]
+        return key_ranges(selection, ids[size - 1 : -1 : size])
 
     def batches(
         self, selection: Selection, action: Action, holds: HoldReader, size: int
@@ -415,8 +413,11 @@ class HttpAdapter:
     def abandon(self, batch: Batch) -> None:
         """Staging changed nothing at the API: nothing to undo."""
 
-    def present(self, refs: AbstractSet[bytes], action: Action) -> set[bytes]:
-        ids = [record.id for record in self.client.records(self.dataset)]
+    def present(
+        self, refs: AbstractSet[bytes], action: Action, within: Selection | None = None
+    ) -> set[bytes]:
+        lower, upper = key_bounds(within) if within is not None else (None, None)
+        ids = [r.id for r in self.client.records(self.dataset) if _in_range(r.id, lower, upper)]
         return {ref for ref in self._records.refs(ids) if ref in refs}
 
     def read(self, selection: Selection) -> Iterator[Record]:
