@@ -8,7 +8,7 @@ export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
 .PHONY: install install-runtime install-demo lock env demo demo-reset test lint validate register ui clean \
-        bench bench-postgres bench-mariadb bench-s3
+        bench bench-postgres bench-mariadb bench-s3 bench-partitions
 
 # Three locked sets, each a superset of the one before (same versions):
 #   requirements.lock       runtime: what the product imports in Airflow (the Docker image)
@@ -79,7 +79,8 @@ BENCH_ROWS       ?= 2000000
 BENCH_REPEATS    ?= 3
 BENCH_OBJECTS    ?= 2000
 BENCH_S3_REPEATS ?= 1
-bench: bench-postgres bench-mariadb bench-s3
+BENCH_PARTITION_ROWS ?= 1000000
+bench: bench-postgres bench-mariadb bench-s3 bench-partitions
 
 bench-postgres: install-demo
 	$(BIN)/python bench/bench_sql_delete.py --db postgresql --rows $(BENCH_ROWS) --repeats $(BENCH_REPEATS)
@@ -89,6 +90,9 @@ bench-mariadb: install-demo
 
 bench-s3: install-demo
 	$(BIN)/python bench/bench_s3_delete.py --objects $(BENCH_OBJECTS) --repeats $(BENCH_S3_REPEATS)
+
+bench-partitions: install-demo
+	$(BIN)/python bench/bench_partitions.py --rows $(BENCH_PARTITION_ROWS) --counts 1 2 4
 
 test: install
 	$(BIN)/ruff check .
