@@ -14,7 +14,8 @@ carry record ids). :meth:`SaasServer.fail_next` makes the next requests answer 5
 can show what a client does when the service has an outage.
 
 ``python -m include.demo.saas_server --store FILE --token-file FILE [--port N]`` runs it as a
-long-running process (the demo); :func:`spawn` starts that process.
+long-running process (the demo; the docker-compose demo profile passes the token in
+``$SAAS_API_TOKEN``); :func:`spawn` starts that process.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from include.retention.errors import RetentionError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5056
+TOKEN_ENV = "SAAS_API_TOKEN"  # the token when no --token-file is given (containers)
 MAX_PAGE = 100
 MAX_BODY = 4 * 1024 * 1024
 _COLLECTION = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -377,7 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--store", type=Path, required=True, help="the SQLite file of records")
-    parser.add_argument("--token-file", type=Path, required=True, help="the API token (0600)")
+    parser.add_argument(
+        "--token-file", type=Path, help=f"the API token (0600); default: ${TOKEN_ENV}"
+    )
     parser.add_argument("--rate", type=float, default=None, help="requests per second (429 above)")
     parser.add_argument("--burst", type=int, default=20)
     args = parser.parse_args(argv)
@@ -385,7 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        token = args.token_file.read_text(encoding="ascii").strip()
+        if args.token_file is not None:
+            token = args.token_file.read_text(encoding="ascii").strip()
+        else:
+            token = os.environ.get(TOKEN_ENV, "")
         server = SaasServer(args.store, token, args.host, args.port, args.rate, args.burst)
         with server:
             print(f"SaaS API on {server.base_url}", flush=True)
