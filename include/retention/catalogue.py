@@ -363,7 +363,7 @@ class HttpSource(_Model):
         return f"system `{self.system}`, {where}, connection `{self.conn_id}`"
 
     def location(self) -> str:
-        return f"{self.system} API /{self.collection}"
+        return f"{self.system}/{self.collection}"
 
 
 Source = Annotated[SqlSource | S3Source | HttpSource, Field(discriminator="kind")]
