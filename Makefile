@@ -7,7 +7,8 @@ UV_VERSION := 0.13.9
 export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: install install-runtime install-demo browser lock env demo demo-reset test lint validate register bench ui clean
+.PHONY: install install-runtime install-demo browser lock env demo demo-reset test lint validate register ui \
+        clean bench bench-postgres bench-mariadb bench-s3 bench-partitions
 
 # Three locked sets, each a superset of the one before (same versions):
 #   requirements.lock       runtime: what the product imports in Airflow (the Docker image)
@@ -87,8 +88,26 @@ ui: install-demo
 	@test -f var/demo.env || { echo "run 'make demo' first: it seeds the demo systems" >&2; exit 1; }
 	umask 077 && . var/demo.env && PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m include.demo.ui
 
-bench: install-demo
-	$(BIN)/python bench/bench_sql_delete.py
+# Benchmarks: each prints ratios against a baseline timed in the same run (README, Figures).
+# Sizes: make bench BENCH_ROWS=500000 BENCH_REPEATS=1 BENCH_OBJECTS=10000 BENCH_S3_REPEATS=1
+BENCH_ROWS       ?= 2000000
+BENCH_REPEATS    ?= 3
+BENCH_OBJECTS    ?= 2000
+BENCH_S3_REPEATS ?= 1
+BENCH_PARTITION_ROWS ?= 1000000
+bench: bench-postgres bench-mariadb bench-s3 bench-partitions
+
+bench-postgres: install-demo
+	$(BIN)/python bench/bench_sql_delete.py --db postgresql --rows $(BENCH_ROWS) --repeats $(BENCH_REPEATS)
+
+bench-mariadb: install-demo
+	$(BIN)/python bench/bench_sql_delete.py --db mariadb --rows $(BENCH_ROWS) --repeats $(BENCH_REPEATS)
+
+bench-s3: install-demo
+	$(BIN)/python bench/bench_s3_delete.py --objects $(BENCH_OBJECTS) --repeats $(BENCH_S3_REPEATS)
+
+bench-partitions: install-demo
+	$(BIN)/python bench/bench_partitions.py --rows $(BENCH_PARTITION_ROWS) --counts 1 2 4
 
 test: install
 	$(BIN)/ruff check .

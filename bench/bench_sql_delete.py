@@ -1,18 +1,22 @@
-"""Benchmark: the engine's evidence-keeping delete against a bare DELETE, on local PostgreSQL.
+"""Benchmark: the engine's evidence-keeping delete against a bare DELETE, on local PostgreSQL
+or MariaDB (``--db``).
 
-Seeds a table of ``--rows`` rows (default 2,000,000) of which every other one is expired, then
-times, alternating and reseeding before each repetition:
+Seeds a table of ``--rows`` rows (default 2,000,000) of which every other one is expired, in a
+schema (PostgreSQL) or database (MariaDB) of its own that is dropped at the end, then times,
+reseeding before each and repeating ``--repeats`` times:
 
   (a) a bare ``DELETE FROM bench_records WHERE decided_at <= cutoff``;
+  (r) the same ``DELETE … RETURNING id``, every key fetched to the client: the floor of any
+      delete that keeps evidence of what it deleted;
   (b) `enforce`: recovery check, plan (counts + holds), range batches of ``--batch-size``,
       write-ahead ledger entries with one blob of pseudonymous refs per batch, in a separate
       ledger database (a SQLite file by default, ``--ledger-url`` for another).
 
-Prints rows, seconds, the median ratio (b)/(a), and the engine's peak memory at 100k and 1M
-expired rows (in a child process: ru_maxrss, and the Python heap peak during `enforce` from
-tracemalloc). Not a test: run it by hand::
+Prints rows, seconds, the median ratios (b)/(a) and (b)/(r), and (PostgreSQL, unless
+``--skip-memory``) the engine's peak memory at 100k and 1M expired rows (in a child process:
+ru_maxrss, and the Python heap peak during `enforce` from tracemalloc). Not a test::
 
-    PYTHONPATH=. .venv/bin/python bench/bench_sql_delete.py
+    PYTHONPATH=. .venv/bin/python bench/bench_sql_delete.py [--db mariadb] [--rows N]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import resource
 import secrets
 import statistics
@@ -36,14 +41,17 @@ from include.retention.catalogue import Activity
 from include.retention.lifecycle import enforce
 from include.retention.runs import Control
 
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-SCHEMA = "retention_bench"
+SERVERS = {
+    "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    "mariadb": "mysql+pymysql://root@127.0.0.1:3306/",
+}
+SCHEMA = f"retention_bench_{os.getpid()}"  # one per run: runs on a shared server never collide
 AS_OF = dt.datetime(2026, 6, 15, 3, 0, tzinfo=dt.UTC)
 OLD = dt.datetime(2020, 1, 1)
 RECENT = dt.datetime(2026, 1, 1)
 CUTOFF = dt.datetime(2024, 6, 14, 23, 59, 59)  # what the P2Y rule yields at AS_OF (UTC source)
 
-metadata = sa.MetaData(schema=SCHEMA)
+metadata = sa.MetaData()
 records = sa.Table(
     "bench_records",
     metadata,
@@ -88,42 +96,62 @@ def bench_activity() -> Activity:
     )
 
 
-def source_engine() -> sa.Engine:
-    url = sa.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={SCHEMA}"})
-    return sa.create_engine(url)
+def source_engine(db: str = "postgresql") -> sa.Engine:
+    """An engine on the benchmark's own schema (PostgreSQL) or database (MariaDB), created."""
+    url = sa.make_url(SERVERS[db])
+    with sa.create_engine(url, isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.execute(sa.schema.CreateSchema(SCHEMA, if_not_exists=True))  # MariaDB: a database
+    if db == "postgresql":
+        return sa.create_engine(url.update_query_dict({"options": f"-csearch_path={SCHEMA}"}))
+    return sa.create_engine(url.set(database=SCHEMA))
+
+
+def drop(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.schema.DropSchema(SCHEMA, cascade=engine.dialect.name == "postgresql"))
+
+
+def _numbers(engine: sa.Engine, rows: int) -> sa.ColumnElement[int]:
+    if engine.dialect.name == "postgresql":
+        return sa.func.generate_series(1, rows).column_valued("n")
+    return sa.table(f"seq_1_to_{rows}", sa.column("seq")).c.seq  # MariaDB's Sequence engine
 
 
 def seed(engine: sa.Engine, rows: int) -> int:
     """(Re)create the table with ``rows`` rows, every other one expired; returns the expired."""
     with engine.begin() as conn:
-        conn.execute(sa.schema.CreateSchema(SCHEMA, if_not_exists=True))
         metadata.drop_all(conn)
         metadata.create_all(conn)
-        value = sa.func.generate_series(1, rows).column_valued("n")
+        value = _numbers(engine, rows)
         expired = value % 2 == 0
         conn.execute(
             records.insert().from_select(
                 ["id", "email", "status", "decided_at"],
                 sa.select(
                     value,
-                    sa.literal("person") + sa.cast(value, sa.Text) + sa.literal("@example.com"),
+                    sa.func.concat("person", value, "@example.com"),
                     sa.literal("rejected"),
                     sa.case((expired, sa.literal(OLD)), else_=sa.literal(RECENT)),
                 ),
             )
         )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text("VACUUM ANALYZE retention_bench.bench_records"))
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text(f"VACUUM ANALYZE {SCHEMA}.bench_records"))
+        else:
+            conn.execute(sa.text("ANALYZE TABLE bench_records")).all()
     return rows // 2
 
 
-def bare_delete(engine: sa.Engine) -> tuple[int, float]:
+def bare_delete(engine: sa.Engine, returning: bool = False) -> tuple[int, float]:
+    """(a) a bare DELETE, or (r) with ``returning``: DELETE … RETURNING id, keys fetched."""
+    stmt = sa.delete(records).where(records.c.status == "rejected", records.c.decided_at <= CUTOFF)
     start = time.perf_counter()
     with engine.begin() as conn:
-        stmt = sa.delete(records).where(
-            records.c.status == "rejected", records.c.decided_at <= CUTOFF
-        )
-        deleted = conn.execute(stmt).rowcount
+        if returning:
+            deleted = len(conn.execute(stmt.returning(records.c.id)).scalars().all())
+        else:
+            deleted = conn.execute(stmt).rowcount
     return deleted, time.perf_counter() - start
 
 
@@ -143,16 +171,19 @@ def child_memory(rows: int, ledger_url: str, batch_size: int) -> None:
     """In a child process: seed, enforce, print its peak RSS and the enforcement's peak Python
     heap (tracemalloc slows the run down, so the timings come from the parent, not from here)."""
     engine = source_engine()
-    seed(engine, rows)
-    control = Control.open(ledger_url, secrets.token_bytes(32))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    tracemalloc.start()
-    applied = enforce(
-        bench_activity(), AS_OF, source=engine, control=control, catalogue_version="bench",
-        batch_size=batch_size, approved_by="bench",
-    ).applied  # fmt: skip
-    heap = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    try:
+        seed(engine, rows)
+        control = Control.open(ledger_url, secrets.token_bytes(32))
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        tracemalloc.start()
+        applied = enforce(
+            bench_activity(), AS_OF, source=engine, control=control, catalogue_version="bench",
+            batch_size=batch_size, approved_by="bench",
+        ).applied  # fmt: skip
+        heap = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    finally:
+        drop(engine)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     summary = {"applied": applied, "heap_mib": heap / 2**20}
     print(json.dumps(summary | {"peak_mib": peak / 1024, "base_mib": base / 1024}))
@@ -172,6 +203,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--db", choices=sorted(SERVERS), default="postgresql")
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=50_000)
@@ -184,35 +216,49 @@ def main() -> None:
         if args.child_memory:
             child_memory(args.child_memory, args.ledger_url, args.batch_size)
             return
-        engine = source_engine()
-        bare, ours = [], []
-        for i in range(args.repeats):
-            expected = seed(engine, args.rows)
-            n_bare, t_bare = bare_delete(engine)
-            seed(engine, args.rows)
-            ledger_url = args.ledger_url or f"sqlite:///{tmp / f'ledger{i}.db'}"
-            n_ours, t_ours = engine_delete(engine, ledger_url, args.batch_size)
-            assert n_bare == n_ours == expected, (n_bare, n_ours, expected)
-            bare.append(t_bare)
-            ours.append(t_ours)
-            print(f"rep {i + 1}: rows {n_bare:,}  bare DELETE {t_bare:.2f} s  engine {t_ours:.2f} s"
-                  f"  ratio {t_ours / t_bare:.2f}", flush=True)  # fmt: skip
-        mb, mo = statistics.median(bare), statistics.median(ours)
-        print(f"median: table {args.rows:,} rows, deleted {expected:,}; bare DELETE {mb:.2f} s,"
-              f" engine {mo:.2f} s, ratio (b)/(a) {mo / mb:.2f} (target <= 5)")  # fmt: skip
-        if not args.skip_memory:
-            small = measure_memory(200_000, tmp, args.batch_size)
-            large = measure_memory(2_000_000, tmp, args.batch_size)
-            for m in (small, large):
-                print(
-                    f"peak memory at {m['applied']:,} rows: RSS {m['peak_mib']:.0f} MiB"
-                    f" (process start {m['base_mib']:.0f} MiB), Python heap during enforce"
-                    f" {m['heap_mib']:.1f} MiB"
-                )
-            rss, heap = large["peak_mib"] / small["peak_mib"], large["heap_mib"] / small["heap_mib"]
-            print(f"memory ratio 1M/100k: RSS {rss:.2f}, heap {heap:.2f} (target <= 1.2)")
-        with engine.begin() as conn:
-            conn.execute(sa.schema.DropSchema(SCHEMA, cascade=True))
+        engine = source_engine(args.db)
+        try:
+            _compare(engine, args, tmp)
+            if not args.skip_memory and args.db == "postgresql":
+                _memory(tmp, args.batch_size)
+        finally:
+            drop(engine)
+
+
+def _compare(engine: sa.Engine, args: argparse.Namespace, tmp: Path) -> None:
+    bare, returning, ours = [], [], []
+    for i in range(args.repeats):
+        expected = seed(engine, args.rows)
+        n_bare, t_bare = bare_delete(engine)
+        seed(engine, args.rows)
+        n_ret, t_ret = bare_delete(engine, returning=True)
+        seed(engine, args.rows)
+        ledger_url = args.ledger_url or f"sqlite:///{tmp / f'ledger{i}.db'}"
+        n_ours, t_ours = engine_delete(engine, ledger_url, args.batch_size)
+        assert n_bare == n_ret == n_ours == expected, (n_bare, n_ret, n_ours, expected)
+        bare.append(t_bare)
+        returning.append(t_ret)
+        ours.append(t_ours)
+        print(f"rep {i + 1}: rows {n_bare:,}  bare DELETE {t_bare:.2f} s  DELETE RETURNING"
+              f" {t_ret:.2f} s  engine {t_ours:.2f} s  ratios {t_ours / t_bare:.2f}"
+              f" / {t_ours / t_ret:.2f}", flush=True)  # fmt: skip
+    mb, mr, mo = (statistics.median(t) for t in (bare, returning, ours))
+    print(f"median ({args.db}): table {args.rows:,} rows, deleted {expected:,}; bare DELETE"
+          f" {mb:.2f} s, DELETE RETURNING keys {mr:.2f} s, engine {mo:.2f} s; ratio engine/bare"
+          f" {mo / mb:.2f} (target <= 3), engine/RETURNING {mo / mr:.2f}")  # fmt: skip
+
+
+def _memory(tmp: Path, batch_size: int) -> None:
+    small = measure_memory(200_000, tmp, batch_size)
+    large = measure_memory(2_000_000, tmp, batch_size)
+    for m in (small, large):
+        print(
+            f"peak memory at {m['applied']:,} rows: RSS {m['peak_mib']:.0f} MiB"
+            f" (process start {m['base_mib']:.0f} MiB), Python heap during enforce"
+            f" {m['heap_mib']:.1f} MiB"
+        )
+    rss, heap = large["peak_mib"] / small["peak_mib"], large["heap_mib"] / small["heap_mib"]
+    print(f"memory ratio 1M/100k: RSS {rss:.2f}, heap {heap:.2f} (target <= 1.2)")
 
 
 if __name__ == "__main__":

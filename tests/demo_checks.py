@@ -1,5 +1,6 @@
 """Checks on the seeded demo systems shared by the end-to-end tests: which designed records
-still exist (rows and S3 object versions), and what the ledger says about an activity's runs."""
+still exist (rows, S3 object versions, SaaS API records), and what the ledger says about an
+activity's runs."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class Demo:
     urls: dict[str, str]
     control: Control
     s3: Any
+    saas: Any = None  # the SaaS API's Store (include.demo.saas_server), for ``record`` entries
 
     def row_exists(self, entry: ManifestEntry) -> bool:
         engine = sa.create_engine(self.urls[entry.system])
@@ -36,6 +38,8 @@ class Demo:
     def exists(self, entry: ManifestEntry) -> bool:
         if entry.kind == "object":
             return self.object_versions(entry.dataset, str(entry.pk)) > 0
+        if entry.kind == "record":
+            return self.saas.get(entry.dataset, str(entry.pk)) is not None
         return self.row_exists(entry)
 
     def row(self, entry: ManifestEntry) -> dict[str, Any]:

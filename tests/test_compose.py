@@ -236,7 +236,7 @@ def test_connections_cover_the_catalogue_and_parse_as_airflow_connections(
             else Connection(conn_id=conn_id, uri=value)
         )
         types[conn_id] = conn.conn_type
-    assert {types[c] for c in needed} <= {"postgres", "mysql", "aws"}
+    assert {types[c] for c in needed} <= {"postgres", "mysql", "aws", "http"}
     assert {"postgres", "mysql"} <= set(types.values())
 
 

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from include.demo import databases
 from include.demo.embedded_s3 import EmbeddedS3
 from include.demo.run import DemoPaths, environment
+from include.demo.saas_server import SaasServer
 from include.demo.seed import place_holds, seed_demo
 from include.retention.catalogue import load_catalogue
 from include.retention.dag_factory import build_dag
@@ -60,6 +61,13 @@ def _server_sources(root: Path, dialect: str) -> dict[str, str] | None:
 
 
 @pytest.fixture(scope="module")
+def saas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaasServer]:
+    store = tmp_path_factory.mktemp("saas") / "records.db"
+    with SaasServer(store, secrets.token_urlsafe(24)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def airflow_db() -> None:
     airflow = Path(sys.executable).parent / "airflow"
     subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True)
@@ -70,14 +78,21 @@ def demo(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     s3_server: EmbeddedS3,
+    saas: SaasServer,
     airflow_db: None,
 ) -> Iterator[Demo]:
     root = tmp_path_factory.mktemp(f"e2e-{request.param}")
     key = secrets.token_urlsafe(32)
     servers = _server_sources(root, request.param)
     try:
-        result = seed_demo(AS_OF, root / "demo", s3_client=s3_server.client(), urls=servers)
-        env = environment(DemoPaths(root), key, s3_server.endpoint_url)
+        result = seed_demo(
+            AS_OF,
+            root / "demo",
+            s3_client=s3_server.client(),
+            saas_store=saas.store_path,
+            urls=servers,
+        )
+        env = environment(DemoPaths(root), key, s3_server.endpoint_url, saas.connection())
         for system, url in result.urls.items():  # the connections reach the seeded systems
             env[f"AIRFLOW_CONN_RETENTION_{system.upper()}"] = databases.airflow_connection(url)
         for name in ("AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER"):
@@ -87,7 +102,9 @@ def demo(
                 patch.setenv(name, value)
             control = Control.open(env["RETENTION_CONTROL_DB_URL"], key.encode())
             place_holds(control.holds, result.hold_requests())
-            yield Demo(root, result.manifest, result.urls, control, s3_server.client())
+            yield Demo(
+                root, result.manifest, result.urls, control, s3_server.client(), saas.store
+            )
     finally:
         if servers:
             databases.drop_databases(servers.values())
@@ -138,6 +155,21 @@ def test_consent_withdrawal_and_boundaries_in_the_newsletter(demo):
     assert run_dag("newsletter").state == "success"
     _, alive = survivors(demo, "newsletter")
     assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
+
+
+def test_sales_leads_are_deleted_through_the_saas_api(demo):
+    entries = demo.manifest.for_activity("sales_leads")
+    assert entries and all(e.kind == "record" for e in entries)
+    assert {"expired", "consent_withdrawn", "held"} <= {e.expectation.value for e in entries}
+    assert run_dag("sales_leads").state == "success"
+    _, alive = survivors(demo, "sales_leads")
+    assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
+    finished = demo.last_run("sales_leads")
+    assert finished["outcome"] == "completed"
+    assert finished["counts"]["applied"] == sum(e.due for e in entries)
+    due = next(e for e in entries if e.due)
+    evidence = demo.control.ledger.lookup("lead_crm", "leads", due.pk)
+    assert len(evidence) == 1 and evidence[0].action == "delete"
 
 
 def test_service_development_anonymises_in_place(demo):

@@ -38,6 +38,7 @@ from include.demo.airflow_stack import (
 from include.demo.embedded_s3 import EmbeddedS3
 from include.demo.manifest import ManifestEntry
 from include.demo.run import DEPLOYMENT_SETUP, ROOT, DemoPaths, environment
+from include.demo.saas_server import SaasServer
 from include.demo.seed import place_holds, seed_demo
 from include.retention.audit_dag import DAG_ID as AUDIT_DAG_ID
 from include.retention.dag_factory import dag_id_for
@@ -51,7 +52,8 @@ AS_OF = dt.datetime(2026, 11, 24, 1, 30, tzinfo=dt.UTC)  # the 02:30 nightly run
 CONF = {"as_of": AS_OF.isoformat(), "dry_run": False}
 SQL, S3, BROKEN = "recruitment", "image_bank", "chatbot"
 APPROVED, REJECTED = "demo_process", "event_registration"  # gated: a person answers
-ACTIVITIES = (SQL, S3, BROKEN, APPROVED, REJECTED)
+API = "sales_leads"  # an http source: the demo's SaaS lead CRM
+ACTIVITIES = (SQL, S3, BROKEN, APPROVED, REJECTED, API)
 ALERT_TO = "retention-alerts@example.com"
 APPROVER = "dpo.anna"
 RUN_TIMEOUT = 240.0
@@ -116,10 +118,10 @@ def mailbox() -> Iterator[Mailbox]:
 
 
 def _environment(
-    paths: DemoPaths, key: str, s3: EmbeddedS3, control_url: str, smtp_port: int
+    paths: DemoPaths, key: str, s3: EmbeddedS3, saas: SaasServer, control_url: str, smtp_port: int
 ) -> dict:
     root = paths.var
-    env = environment(paths, key, s3.endpoint_url)
+    env = environment(paths, key, s3.endpoint_url, saas.connection())
     env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW_") or "_CONN_" in k}
     edits = {APPROVED: strict_safety, REJECTED: strict_safety}
     catalogue = edited_catalogue(root / "policies", edits)
@@ -171,8 +173,16 @@ def airflow(
     root = tmp_path_factory.mktemp(f"scheduler-{executor}")
     paths = DemoPaths(root, layout)
     key = secrets.token_urlsafe(32)
-    with EmbeddedS3() as s3, fresh_pg_database("rt_ctl") as control_url, _sources(paths) as urls:
-        seeded = seed_demo(AS_OF, root / "demo", s3_client=s3.client(), urls=urls)
+    saas = SaasServer(root / "saas.db", secrets.token_urlsafe(24))
+    with (
+        EmbeddedS3() as s3,
+        saas,
+        fresh_pg_database("rt_ctl") as control_url,
+        _sources(paths) as urls,
+    ):
+        seeded = seed_demo(
+            AS_OF, root / "demo", s3_client=s3.client(), saas_store=saas.store_path, urls=urls
+        )
         _drop_source_tables(seeded.urls[BROKEN])
         control = Control.open(control_url, key.encode())
         place_holds(control.holds, seeded.hold_requests())
@@ -181,7 +191,7 @@ def airflow(
             metadata_url=metadata_url,
             dags_folder=ROOT / "dags",
             project_root=ROOT,
-            env=_environment(paths, key, s3, control_url, mailbox.port),
+            env=_environment(paths, key, s3, saas, control_url, mailbox.port),
             celery=CeleryConfig.on_local_redis() if executor == "celery" else None,
             users={"admin": "admin", APPROVER: "user"},
             parallelism=6,
@@ -193,7 +203,7 @@ def airflow(
             for activity_id in ACTIVITIES:
                 api.unpause(dag_id_for(activity_id))
             runs = {a: api.trigger(dag_id_for(a), CONF) for a in ACTIVITIES}
-            demo = Demo(root, seeded.manifest, seeded.urls, control, s3.client())
+            demo = Demo(root, seeded.manifest, seeded.urls, control, s3.client(), saas.store)
             yield Scheduled(executor, stack, api, demo, mailbox, runs)
             api.close()
 
@@ -225,6 +235,13 @@ def test_s3_run_removes_every_version_of_the_due_objects(airflow: Scheduled) -> 
     entries, alive = survivors(airflow.demo, S3)
     assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}
     assert airflow.demo.last_run(S3)["counts"]["applied"] == sum(e.due for e in entries)
+
+
+def test_api_run_deletes_exactly_the_due_records_through_the_saas_api(airflow: Scheduled) -> None:
+    assert airflow.finished(API) == "success"
+    entries, alive = survivors(airflow.demo, API)
+    assert entries and {e.pk for e in alive} == {e.pk for e in entries if not e.due}
+    assert airflow.demo.last_run(API)["counts"]["applied"] == sum(e.due for e in entries)
 
 
 def test_tasks_ran_in_the_executor_as_separate_processes(airflow: Scheduled) -> None:

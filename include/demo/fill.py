@@ -526,7 +526,6 @@ FILLERS: dict[str, Callable[[RowContext], tuple[Row, Children]]] = {
         customer_admins,
         web_inquiries,
         prospects,
-        demo_leads,
         badge_holders,
         tickets,
         phone_messages,

@@ -57,14 +57,15 @@ class HoldRequest:
 
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One seeded record. ``kind`` is ``row`` (dataset = table) or ``object`` (= bucket)."""
+    """One seeded record. ``kind`` is ``row`` (dataset = table), ``object`` (= bucket) or
+    ``record`` (an API record; dataset = the API's collection)."""
 
     activity: str
     system: str
     dataset: str
     pk: int | str
     expectation: Expectation
-    kind: Literal["row", "object"] = "row"
+    kind: Literal["row", "object", "record"] = "row"
     subject: str | None = None
     hold: HoldScope | None = None
     note: str = ""

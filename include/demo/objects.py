@@ -217,7 +217,7 @@ def seed_objects(
     for activity in catalogue:
         if isinstance(activity.source, S3Source):
             entries += seed_image_bank(client, activity, as_of, seed=seed)
-        elif activity.source.objects:
+        elif isinstance(activity.source, SqlSource) and activity.source.objects:
             rows = [e for e in manifest.for_activity(activity.id, kind="row") if e.objects]
             entries += seed_linked_files(client, activity, rows, seed=seed)
     return entries

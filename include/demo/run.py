@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from include.demo import databases
+from include.demo import databases, saas_server
 from include.demo.embedded_s3 import DEFAULT_PORT, local_client, spawn, wait_until_up
 from include.retention.errors import RetentionError
 
@@ -100,6 +100,15 @@ class DemoPaths:
     def env_file(self) -> Path:
         return self.var / "demo.env"
 
+    @property
+    def saas_store(self) -> Path:
+        """The SaaS tool's records (kept outside ``demo/``: the server keeps it open)."""
+        return self.var / "saas" / "records.db"
+
+    @property
+    def saas_token(self) -> Path:
+        return self.var / "secrets" / "saas_token"
+
 
 def ensure_key(paths: DemoPaths) -> str:
     """The demo's secret pseudonym key: generated once, readable by the owner only."""
@@ -125,7 +134,26 @@ def ensure_s3(paths: DemoPaths, port: int) -> tuple[str, bool]:
     return endpoint, True
 
 
-def environment(paths: DemoPaths, key: str, s3_endpoint: str) -> dict[str, str]:
+def ensure_saas(paths: DemoPaths, port: int) -> dict[str, Any]:
+    """The SaaS API (the demo's lead CRM); starts it in the background if nothing answers.
+    Returns its Airflow connection. Its records live in a file and survive a restart."""
+    from include.demo.saas import ensure_token
+
+    token = ensure_token(paths.saas_token)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}", timeout=0.5)
+    except RetentionError:
+        log = (paths.var / "saas.log").open("ab")
+        proc = saas_server.spawn(
+            paths.saas_store, paths.saas_token, port=port, stdout=log, detach=True
+        )
+        (paths.var / "saas.pid").write_text(str(proc.pid), encoding="ascii")
+    return saas_server.connection("127.0.0.1", port, token)
+
+
+def environment(
+    paths: DemoPaths, key: str, s3_endpoint: str, saas: dict[str, Any] | None = None
+) -> dict[str, str]:
     """The Airflow settings and connections of the embedded default."""
     env = {
         "AIRFLOW_HOME": str(paths.airflow_home),
@@ -148,6 +176,12 @@ def environment(paths: DemoPaths, key: str, s3_endpoint: str) -> dict[str, str]:
     }
     for system, url in sorted(paths.source_urls.items()):
         env[f"AIRFLOW_CONN_RETENTION_{system.upper()}"] = databases.airflow_connection(url)
+    if saas is not None:
+        from include.demo.saas import http_activities
+        from include.retention.catalogue import load_catalogue
+
+        for activity in http_activities(load_catalogue()):
+            env[f"AIRFLOW_CONN_{activity.source.conn_id.upper()}"] = json.dumps(saas)
     return env
 
 
@@ -167,7 +201,13 @@ def seed(paths: DemoPaths, key: str, s3_endpoint: str, as_of: dt.datetime) -> No
     servers = None if paths.db == "sqlite" else paths.source_urls
     if servers:
         databases.recreate_databases([*servers.values(), paths.control_url])
-    result = seed_demo(as_of, paths.demo, s3_client=local_client(s3_endpoint), urls=servers)
+    result = seed_demo(
+        as_of,
+        paths.demo,
+        s3_client=local_client(s3_endpoint),
+        saas_store=paths.saas_store,
+        urls=servers,
+    )
     # The ledger and hold tables exist before the DAGs run, so no run races to create them.
     control = Control.open(paths.control_url, key.encode())
     holds = place_holds(control.holds, result.hold_requests())
@@ -175,7 +215,8 @@ def seed(paths: DemoPaths, key: str, s3_endpoint: str, as_of: dt.datetime) -> No
         json.dumps({"as_of": as_of.isoformat(), "db": paths.db}), encoding="utf-8"
     )
     print(
-        f"seeded {len(result.manifest)} records in 13 systems ({paths.db}) and 2 buckets;"
+        f"seeded {len(result.manifest)} records in 13 systems ({paths.db}), 2 buckets and a"
+        " SaaS API;"
         f" placed {len(holds)} legal holds (as of {as_of.isoformat()})"
     )
 
@@ -279,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m include.demo.run")
     parser.add_argument("--var", type=Path, default=ROOT / "var", help="state directory")
     parser.add_argument("--s3-port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--saas-port", type=int, default=saas_server.DEFAULT_PORT)
     parser.add_argument(
         "--api-port", type=int, default=0, help="Airflow API server port (default: a free one)"
     )
@@ -308,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     if as_of is None or s3_fresh or args.reset:
         as_of = dt.datetime.now(dt.UTC).replace(microsecond=0)
         seed(paths, key, s3_endpoint, as_of)
-    env = environment(paths, key, s3_endpoint)
+    env = environment(paths, key, s3_endpoint, ensure_saas(paths, args.saas_port))
     write_env_file(paths, env)
     os.environ.update(env)
     if args.setup_only:

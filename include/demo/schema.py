@@ -189,19 +189,6 @@ def _crm(md: sa.MetaData) -> None:
         _ts("declined_at"),
         _ts("created_at", nullable=False),
     )
-    sa.Table(
-        "demo_leads",
-        md,
-        _id(),
-        _str("full_name"),
-        _str("email", _EMAIL, nullable=False),
-        _str("phone", 40),
-        _str("company"),
-        sa.Column("employees", sa.Integer),
-        _ts("received_at"),
-        _ts("consent_withdrawn_at"),
-        _ts("meeting_booked_at"),
-    )
 
 
 def _access_control(md: sa.MetaData) -> None:

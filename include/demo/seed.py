@@ -284,13 +284,15 @@ def seed_demo(
     directory: Path = DEFAULT_DIR,
     *,
     s3_client: Any = None,
+    saas_store: Path | None = None,
     catalogue: Catalogue | None = None,
     seed: int = DEFAULT_SEED,
     urls: Mapping[str, str] | None = None,
 ) -> SeedResult:
     """Seed every demo system as SQLite files under ``directory`` (replacing them), or in
-    the existing databases ``urls`` (system -> URL; their tables are replaced), and the
-    buckets too when ``s3_client`` is given; writes ``manifest.json`` under ``directory``."""
+    the existing databases ``urls`` (system -> URL; their tables are replaced), the buckets
+    too when ``s3_client`` is given, and the SaaS API's collections when its store file
+    ``saas_store`` is given; writes ``manifest.json`` under ``directory``."""
     catalogue = catalogue or load_catalogue()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -304,6 +306,10 @@ def seed_demo(
         from include.demo.objects import seed_objects
 
         manifest.extend(seed_objects(s3_client, as_of, manifest, catalogue=catalogue, seed=seed))
+    if saas_store is not None:
+        from include.demo.saas import seed_saas
+
+        manifest.extend(seed_saas(saas_store, as_of, catalogue, seed))
     path = manifest.write(directory / MANIFEST_FILE)
     return SeedResult(as_of=as_of, urls=urls, manifest=manifest, manifest_path=path)
 

@@ -335,7 +335,38 @@ class S3Source(_Model):
         return f"s3://{self.bucket}/{self.prefix}"
 
 
-Source = Annotated[SqlSource | S3Source, Field(discriminator="kind")]
+class HttpSource(_Model):
+    """A collection of records in a SaaS tool's HTTP API (a newsletter or CRM tool), reached
+    through an Airflow connection of type ``http`` whose password is the API token. Rules
+    read the records' fields (``anchor_column`` names a field holding an ISO-8601 date or
+    date-time); records are deleted by id (see `include.retention.sources.http`)."""
+
+    kind: Literal["http"] = "http"
+    system: Slug
+    conn_id: ConnId
+    collection: Identifier = Field(description="The API's collection, e.g. contacts or leads")
+    subject_field: Identifier | None = Field(
+        default=None, description="The field identifying the data subject (e.g. email)"
+    )
+    anchor_timezone: TimeZoneName = Field(default="UTC", description="Zone of naive date-times")
+
+    @property
+    def dataset(self) -> str:
+        """The name holds and evidence key its records by."""
+        return self.collection
+
+    def datasets(self) -> list[str]:
+        return [self.collection]
+
+    def describe(self) -> str:
+        where = f"API collection `{self.collection}`"
+        return f"system `{self.system}`, {where}, connection `{self.conn_id}`"
+
+    def location(self) -> str:
+        return f"{self.system}/{self.collection}"
+
+
+Source = Annotated[SqlSource | S3Source | HttpSource, Field(discriminator="kind")]
 
 
 class Safety(_Model):

@@ -1,0 +1,510 @@
+"""HTTP API sources: records of a SaaS tool (a newsletter or CRM tool) reached over its API.
+
+The adapter (:class:`HttpAdapter`, source kind ``http``) lists a collection's records with their
+fields, selects them like any source (retention rules read the fields the catalogue names;
+anchors are ISO-8601 dates or date-times), deletes by id and finds out which records are still
+there. The API has no transactions: staging a batch changes nothing, ``apply`` deletes.
+
+The client (:class:`ApiClient`) reaches the API through an Airflow connection of type
+``http``: ``host`` (with or without a scheme), ``port``, ``schema`` (``https`` unless given),
+and the API token as ``password`` (sent as ``Authorization: Bearer``). Optional extras:
+``timeout`` (seconds per request, default 10), ``page_size`` (default 100), ``max_retries``
+(default 5), ``max_wait`` (the longest pause in seconds a retry may take, default 60).
+
+A ``429`` waits as long as its ``Retry-After`` asks; a 5xx or a network failure backs off
+exponentially (0.5 s, 1 s, 2 s … with jitter). When the retries are spent, or the API asks for
+a longer pause than ``max_wait``, :class:`Unavailable` names the connection (the task is
+retried later). A refused token is a :class:`RetentionError` saying which connection to fix.
+Logs and errors carry the method, collection and status only: paths hold record ids and the
+token is never shown.
+
+The API's shape (the demo's SaaS server, ``include/demo/saas_server.py``, serves it)::
+
+    GET    /v1/<collection>?limit=N&cursor=C  {"records": [{"id", "fields"}], "next_cursor"}
+    GET    /v1/<collection>/<id>              one record, or 404
+    DELETE /v1/<collection>/<id>              204, or 404 when there is no such record
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import itertools
+import json
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+import urllib3
+
+from include.retention.catalogue import DeleteAction, HttpSource
+from include.retention.connections import _get_connection
+from include.retention.errors import RetentionError, Unavailable
+from include.retention.holds import ActiveHolds
+from include.retention.pseudonym import RecordRefHasher, SubjectRefHasher
+from include.retention.sources.base import (
+    Action,
+    Applied,
+    Batch,
+    Counts,
+    DueAt,
+    HoldReader,
+    Key,
+    KeyRange,
+    OfSubject,
+    Record,
+    Selection,
+    base_selection,
+    key_bounds,
+    key_ranges,
+    register,
+)
+
+log = logging.getLogger(__name__)
+
+RETRIED = frozenset({429, 500, 502, 503, 504})
+
+
+class Refused(RetentionError):
+    """The API refused a request for a reason a retry cannot change (a 4xx answer)."""
+
+
+_EXTRAS: dict[str, tuple[type, float, float]] = {  # name -> (type, min, max)
+    "timeout": (float, 0.1, 600),
+    "page_size": (int, 1, 1000),
+    "max_retries": (int, 0, 20),
+    "max_wait": (float, 0, 3600),
+}
+
+
+@dataclass(frozen=True)
+class ApiRecord:
+    """One record of a collection: its id and its fields as the API returns them."""
+
+    id: str
+    fields: Mapping[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Where the API is and how patiently to talk to it."""
+
+    base_url: str
+    token: str = field(repr=False)
+    timeout: float = 10.0
+    page_size: int = 100
+    max_retries: int = 5
+    max_wait: float = 60.0
+    backoff: float = 0.5
+
+    @classmethod
+    def from_connection(cls, conn_id: str) -> ApiSettings:
+        conn = _get_connection(conn_id)
+        if not conn.host:
+            raise RetentionError(f"connection {conn_id!r} has no host: set the API's address")
+        if not conn.password:
+            raise RetentionError(f"connection {conn_id!r} has no password: put the API token there")
+        host = str(conn.host).rstrip("/")
+        if "://" not in host:
+            port = f":{conn.port}" if conn.port else ""
+            host = f"{conn.schema or 'https'}://{host}{port}"
+        return cls(host, conn.password, **_extras(conn_id, conn.extra_dejson))
+
+
+def _extras(conn_id: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for name, (kind, low, high) in _EXTRAS.items():
+        if name not in extra:
+            continue
+        try:
+            value = kind(extra[name])
+        except (TypeError, ValueError):
+            value = None
+        if value is None or not low <= value <= high:
+            raise RetentionError(
+                f"connection {conn_id!r}: extra {name!r} must be a number from {low:g} to"
+                f" {high:g}, not {extra[name]!r}"
+            )
+        options[name] = value
+    return options
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class ApiClient:
+    """Requests to one SaaS API with retries, timeouts and errors naming the connection."""
+
+    def __init__(
+        self, settings: ApiSettings, conn_id: str, *, sleep: Callable[[float], None] = time.sleep
+    ):
+        self.settings = settings
+        self.label = f"the API of connection {conn_id!r} ({settings.base_url})"
+        self._sleep = sleep
+        self._pool = urllib3.PoolManager(
+            retries=False, timeout=urllib3.Timeout(total=settings.timeout), maxsize=4
+        )
+        self._headers = {
+            "Authorization": f"Bearer {settings.token}",
+            "Accept": "application/json",
+            "User-Agent": "retention-enforcement",
+        }
+
+    @classmethod
+    def for_connection(cls, conn_id: str) -> ApiClient:
+        return cls(ApiSettings.from_connection(conn_id), conn_id)
+
+    # -------------------------------------------------------------------------- operations
+
+    def records(self, collection: str) -> Iterator[ApiRecord]:
+        """Every record of ``collection``, following the pages' cursors."""
+        cursor: str | None = None
+        seen: set[str] = set()
+        while True:
+            query = {"limit": str(self.settings.page_size)} | ({"cursor": cursor} if cursor else {})
+            page = self._json("GET", collection, "", query)
+            if not isinstance(page, dict) or not isinstance(page.get("records"), list):
+                raise self._unexpected("GET", collection, "no 'records' list")
+            yield from (self._record(collection, item) for item in page["records"])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+            if cursor in seen:
+                raise self._unexpected("GET", collection, "a page cursor repeated")
+            seen.add(cursor)
+
+    def get(self, collection: str, record_id: str) -> ApiRecord | None:
+        """The record, or None when the API has no such record."""
+        response = self._request("GET", collection, _item(record_id), expected=(200, 404))
+        if response.status == 404:
+            return None
+        return self._record(collection, self._decode("GET", collection, response))
+
+    def delete(self, collection: str, record_id: str) -> bool:
+        """Delete one record: True if it was deleted now, False if it was already gone
+        (so a retried delete, e.g. after a timeout, is not an error)."""
+        response = self._request(
+            "DELETE", collection, _item(record_id), expected=(200, 202, 204, 404)
+        )
+        return response.status != 404
+
+    def close(self) -> None:
+        self._pool.clear()
+
+    # -------------------------------------------------------------------------- transport
+
+    def _json(self, method: str, collection: str, item: str, query: dict[str, str]) -> Any:
+        response = self._request(method, collection, item, query=query, expected=(200,))
+        return self._decode(method, collection, response)
+
+    def _request(
+        self, method: str, collection: str, item: str = "", *,
+        query: dict[str, str] | None = None, expected: tuple[int, ...],
+    ) -> urllib3.BaseHTTPResponse:  # fmt: skip
+        url = f"{self.settings.base_url}/v1/{quote(collection, safe='')}{item}"
+        what = f"{method} {collection}"
+        for attempt in range(self.settings.max_retries + 1):
+            try:
+                response = self._pool.request(method, url, fields=query, headers=self._headers)
+            except urllib3.exceptions.HTTPError as exc:
+                problem, wait = type(exc).__name__, self._backoff(attempt)
+            else:
+                if response.status in expected:
+                    return response
+                self._refuse(what, response)
+                problem = f"HTTP {response.status}"
+                wait = retry_after(response.headers.get("Retry-After")) or self._backoff(attempt)
+                if wait > self.settings.max_wait:
+                    raise Unavailable(
+                        f"{self.label}: {what} answered {problem} asking to wait {wait:.0f} s,"
+                        f" longer than the connection's max_wait ({self.settings.max_wait:g} s);"
+                        " the task is retried later"
+                    )
+            if attempt < self.settings.max_retries:
+                log.warning(
+                    "%s: %s gave %s; retrying in %.1f s (retry %s of %s)",
+                    self.label, what, problem, wait, attempt + 1, self.settings.max_retries,
+                )  # fmt: skip
+                self._sleep(wait)
+        raise Unavailable(
+            f"{self.label}: {what} failed {self.settings.max_retries + 1} times (last: {problem});"
+            " the task is retried — check that the service is up and the connection's host"
+        )
+
+    def _refuse(self, what: str, response: urllib3.BaseHTTPResponse) -> None:
+        """Raise for an answer that a retry cannot change."""
+        if response.status in (401, 403):
+            raise RetentionError(
+                f"{self.label}: {what} was refused ({response.status}): the API token is"
+                " missing, wrong or lacks permission; put a valid token in the connection's"
+                " password"
+            )
+        if response.status not in RETRIED:
+            raise Refused(
+                f"{self.label}: {what} answered HTTP {response.status} ({_api_message(response)})"
+            )
+
+    def _backoff(self, attempt: int) -> float:
+        base = self.settings.backoff * 2**attempt
+        return float(min(self.settings.max_wait, base + random.uniform(0, self.settings.backoff)))
+
+    def _decode(self, method: str, collection: str, response: urllib3.BaseHTTPResponse) -> Any:
+        try:
+            return json.loads(response.data)
+        except ValueError:
+            raise self._unexpected(method, collection, "not JSON") from None
+
+    def _record(self, collection: str, item: Any) -> ApiRecord:
+        if not isinstance(item, dict) or not isinstance(item.get("fields"), dict):
+            raise self._unexpected("GET", collection, "a record without 'fields'")
+        if not isinstance(item.get("id"), str | int) or isinstance(item["id"], bool):
+            raise self._unexpected("GET", collection, "a record without an 'id'")
+        return ApiRecord(str(item["id"]), item["fields"])
+
+    def _unexpected(self, method: str, collection: str, problem: str) -> RetentionError:
+        return RetentionError(
+            f"{self.label}: unexpected answer to {method} {collection} ({problem}); is the"
+            " connection pointing at the right API?"
+        )
+
+
+def _item(record_id: str) -> str:
+    if not record_id:
+        raise RetentionError("a record id must not be empty")
+    return "/" + quote(record_id, safe="")
+
+
+def _api_message(response: urllib3.BaseHTTPResponse) -> str:
+    try:
+        message = json.loads(response.data).get("error")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message)[:200] if message else "no error message"
+
+
+# ------------------------------------------------------------------------------ the adapter
+
+
+def _in_range(record_id: str, lower: Key | None, upper: Key | None) -> bool:
+    return (lower is None or record_id > str(lower)) and (upper is None or record_id <= str(upper))
+
+
+def _matches(value: Any, wanted: Sequence[Any]) -> bool:
+    """JSON values compare by type too: ``true`` is not ``1``."""
+    return any(value == w and isinstance(value, bool) == isinstance(w, bool) for w in wanted)
+
+
+@dataclass(frozen=True)
+class _Item:
+    id: str
+    ref: bytes
+    subject: bytes | None
+
+
+@register("http")
+class HttpAdapter:
+    """One collection of a SaaS API (:class:`HttpSource`); ``connection``: an
+    :class:`ApiClient` (None: made from the binding's Airflow connection)."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, binding: HttpSource, key: bytes, connection: ApiClient | None = None):
+        if not isinstance(binding, HttpSource):
+            raise RetentionError(f"the http adapter needs an 'http' source, not {binding!r}")
+        self.binding = binding
+        self.system, self.dataset = binding.system, binding.collection
+        self.client = connection or ApiClient.for_connection(binding.conn_id)
+        self._records = RecordRefHasher(key, binding.system, binding.collection)
+        self._subjects = SubjectRefHasher(key)
+        self._zone = ZoneInfo(binding.anchor_timezone)
+        self._where = f"collection {binding.collection!r} of system {binding.system!r}"
+        self._listed: tuple[Selection, list[ApiRecord]] | None = None
+
+    def resolve(self, action: Action | None = None) -> None:
+        if action is not None and not isinstance(action, DeleteAction):
+            raise RetentionError(
+                f"{self._where}: an http source can only delete records ({action.kind!r} is"
+                " not supported through the API); use action 'delete'"
+            )
+        field_name = self.binding.subject_field
+        sample = list(itertools.islice(self.client.records(self.dataset), 100))
+        if field_name and sample and all(field_name not in r.fields for r in sample):
+            raise RetentionError(
+                f"{self._where}: no record has the subject field {field_name!r}; check the"
+                " catalogue's 'subject_field' against the API's field names"
+            )
+
+    def count(self, selection: Selection, action: Action, holds: ActiveHolds) -> Counts:
+        tally: Counter[str] = Counter()
+        chosen: list[ApiRecord] = []
+        for record, status in self._statuses(selection):
+            if status == "due":
+                chosen.append(record)
+                hold = holds.kind_for(*self._refs(record)) if not holds.empty else None
+                status = {"legal_hold": "held", "restriction": "restricted"}.get(hold or "", status)
+            tally[status] += 1
+        self._listed = (selection, chosen)  # a run stages what it just planned: one listing
+        return Counts(
+            total=tally.total(), selected=tally["due"] + tally["held"] + tally["restricted"],
+            held=tally["held"], restricted=tally["restricted"],
+            anchor_unknown=tally["unknown_anchor"], kept=tally["kept"],
+            out_of_scope=tally["out_of_scope"], cutoffs=_cutoffs(base_selection(selection)),
+        )  # fmt: skip
+
+    def partitions(self, selection: Selection, size: int) -> list[KeyRange]:
+        if size < 1:
+            raise RetentionError(f"a partition size must be at least 1, not {size}")
+        lower, upper = key_bounds(selection)
+        ids = sorted(
+            r.id for r in self.client.records(self.dataset) if _in_range(r.id, lower, upper)
+        )
+        return key_ranges(selection, ids[size - 1 : -1 : size])
+
+    def batches(
+        self, selection: Selection, action: Action, holds: HoldReader, size: int
+    ) -> Iterator[Batch]:
+        self.resolve(action)
+        # The whole selection is listed before the first delete: an API paging by offset would
+        # otherwise skip records as earlier pages shrink.
+        listed, self._listed = self._listed, None
+        if listed is not None and listed[0] == selection:
+            due = listed[1]
+        else:
+            due = [record for record, status in self._statuses(selection) if status == "due"]
+        for start in range(0, len(due), size):
+            yield self._stage(start // size + 1, due[start : start + size], holds)
+
+    def redo(self, batch: Batch, holds: HoldReader) -> Batch:
+        return self._stage(batch.no, batch.state[0], holds)
+
+    def apply(self, batch: Batch) -> Applied:
+        applied: list[bytes] = []
+        failed = gone = 0
+        for item in batch.state[1]:
+            try:
+                deleted = self.client.delete(self.dataset, item.id)
+            except Refused:
+                failed += 1
+                continue
+            gone += not deleted
+            applied.append(item.ref)
+        if failed:
+            log.warning("batch %s: the API refused to delete %s record(s)", batch.no, failed)
+        return Applied(applied, failed, {"already_gone": gone} if gone else {})
+
+    def abandon(self, batch: Batch) -> None:
+        """Staging changed nothing at the API: nothing to undo."""
+
+    def present(
+        self, refs: AbstractSet[bytes], action: Action, within: Selection | None = None
+    ) -> set[bytes]:
+        lower, upper = key_bounds(within) if within is not None else (None, None)
+        ids = [r.id for r in self.client.records(self.dataset) if _in_range(r.id, lower, upper)]
+        return {ref for ref in self._records.refs(ids) if ref in refs}
+
+    def read(self, selection: Selection) -> Iterator[Record]:
+        for record, status in self._statuses(selection):
+            if status == "due":
+                yield {"id": record.id, **record.fields}
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -------------------------------------------------------------------------- selecting
+
+    def _statuses(self, selection: Selection) -> Iterator[tuple[ApiRecord, str]]:
+        """Each record in the selection's key range with its status (``due``: selected)."""
+        base = base_selection(selection)
+        lower, upper = key_bounds(selection)
+        if isinstance(base, OfSubject) and not self.binding.subject_field:
+            raise RetentionError(f"{self._where}: no 'subject_field' to find a subject's records")
+        for record in self.client.records(self.dataset):
+            if not _in_range(record.id, lower, upper):
+                continue
+            if isinstance(base, OfSubject):
+                yield record, "due" if self._refs(record)[1] == base.subject_ref else "other"
+            else:
+                yield record, self._classify(base, record.fields)
+
+    def _classify(self, selection: DueAt, fields: Mapping[str, Any]) -> str:
+        applicable = [
+            case for case in selection.rules
+            if case.when is None or _matches(fields.get(case.when.column), case.when.values)
+        ]  # fmt: skip
+        if not applicable:
+            return "out_of_scope"
+        unknown = False
+        for case in applicable:
+            if not case.rule.enforceable or case.anchor_column is None:
+                continue
+            raw = fields.get(case.anchor_column)
+            anchor = self._anchor(raw)
+            if anchor is None:
+                unknown |= raw not in (None, "") or not case.rule.null_anchor_is_pending
+                continue
+            due = case.rule.due_at(anchor)
+            if due is not None and due <= selection.as_of:
+                return "due"
+        return "unknown_anchor" if unknown else "kept"
+
+    def _anchor(self, raw: Any) -> dt.date | dt.datetime | None:
+        """An ISO-8601 date, or a date-time (naive ones are in the binding's zone)."""
+        if not isinstance(raw, str):
+            return None
+        text = raw.strip()
+        try:
+            if len(text) == 10:
+                return dt.date.fromisoformat(text)
+            moment = dt.datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        return moment if moment.tzinfo else moment.replace(tzinfo=self._zone)
+
+    def _refs(self, record: ApiRecord) -> tuple[bytes, bytes | None]:
+        subject = record.fields.get(self.binding.subject_field or "")
+        sref = self._subjects.ref(subject) if subject not in (None, "") else None
+        return self._records.ref(record.id), sref
+
+    def _stage(self, no: int, records: list[ApiRecord], holds: HoldReader) -> Batch:
+        active = holds()
+        items: list[_Item] = []
+        skipped: Counter[str] = Counter()
+        for record in records:
+            item = _Item(record.id, *self._refs(record))
+            kind = active.kind_for(item.ref, item.subject) if not active.empty else None
+            if kind:
+                skipped[kind] += 1
+            else:
+                items.append(item)
+        subjects = frozenset(i.subject for i in items if i.subject is not None)
+        return Batch(
+            no, [i.ref for i in items], active, subjects=subjects,
+            skipped=dict(skipped), state=(records, items),
+        )  # fmt: skip
+
+
+def _cutoffs(selection: DueAt | OfSubject) -> tuple[str | None, ...]:
+    if not isinstance(selection, DueAt):
+        return ()
+    cuts = (
+        c.rule.cutoff_date(selection.as_of) if c.rule.enforceable else None for c in selection.rules
+    )
+    return tuple(None if cut is None else cut.isoformat() for cut in cuts)
