@@ -172,6 +172,11 @@ def plan(
     check_not_early(as_of, dry_run, now)
     runtime = runtime or Runtime.load()
     activity = runtime.activity(activity_id)
+    from include.retention import verification  # Great Expectations: imported when used
+
+    checks = verification.precheck(
+        activity, dry_run=dry_run, control=runtime.control, **runtime.source_kwargs(activity)
+    )
     result = _plan_result(activity, as_of, runtime)
     gated = activity.enforceable and not dry_run and result.to_apply > 0
     reason = gate_reason(activity, result) if gated else None
@@ -189,6 +194,7 @@ def plan(
             else "within the safety limits"
         ),
         "origin": origin or {},
+        "source_checks": checks,
     }
     stakes = _deadlines_at_stake(activity, as_of, runtime) if reason else []
     planned["deadlines_at_stake"] = stakes
@@ -298,7 +304,8 @@ def verify(
         control=runtime.control,
         **runtime.source_kwargs(activity),
     )
-    runtime.control.ledger.record_verification(enforced["run_id"], activity_id, result.as_dict())
+    stored = result.as_dict() | {"source_checks": planned.get("source_checks")}
+    runtime.control.ledger.record_verification(enforced["run_id"], activity_id, stored)
     if not result.success:
         raise RetentionError(f"verification of {activity_id} failed: {result.as_dict()}")
     return {"checked": True, **result.as_dict()}
