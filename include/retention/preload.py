@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from types import ModuleType
 
 
 def great_expectations() -> ModuleType:
-    """GX, imported without usage statistics and without its INFO chatter at import."""
+    """GX, imported without usage statistics, without its INFO chatter and without the
+    deprecation warnings its own imports raise (nothing an operator can act on)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    import great_expectations as gx
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import great_expectations as gx
 
     return gx
 

@@ -259,7 +259,7 @@ def _share_checks(
             column="anchor", max_value=_in_column_terms(now, anchor, zone),
             mostly=1 - limits.max_future_anchor_fraction))  # fmt: skip
         results += [
-            summary(r, anchor_column=column, rule_case=n)
+            summary(r, column=column, rule_case=n)
             for r in _validate(batches[f"case_{n}"], *expect)
         ]
     return results
