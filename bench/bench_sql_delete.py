@@ -33,8 +33,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from include.retention.catalogue import Activity
+from include.retention.lifecycle import enforce
 from include.retention.runs import Control
-from include.retention.sql_engine import enforce
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SCHEMA = "retention_bench"

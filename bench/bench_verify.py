@@ -69,19 +69,18 @@ def child(state: Path, preloaded: bool) -> None:
         from include.retention import preload
 
         preload.task_libraries()
-    from include.retention import operations, s3_engine, sql_engine, verification
+    from include.retention import lifecycle, operations, verification
 
     runtime = operations.Runtime.load()
     for activity_id, planned, enforced in json.loads(state.read_text()):
         activity = runtime.catalogue[activity_id]
-        kwargs = runtime.source_kwargs(activity)
+        adapter = runtime.adapter(activity)
         as_of = operations.resolve_as_of(planned["as_of"], None)
-        engine_plan = s3_engine.plan_s3 if activity.source.kind == "s3" else sql_engine.plan
         steps = {
-            "plan": partial(engine_plan, activity, as_of, control=runtime.control, **kwargs),
-            "precheck": partial(
-                verification.precheck, activity, dry_run=True, control=runtime.control, **kwargs
+            "plan": partial(
+                lifecycle.plan, activity, as_of, control=runtime.control, adapter=adapter
             ),
+            "precheck": partial(verification.precheck, activity, adapter, dry_run=True),
             "verify": partial(operations.verify, activity_id, planned, enforced, runtime),
         }
         times: dict[str, Any] = {"activity": activity_id, "ok": True}
@@ -89,7 +88,7 @@ def child(state: Path, preloaded: bool) -> None:
             started, cpu = time.perf_counter(), _cpu()
             done = work()
             times[f"{step}_s"], times[f"{step}_cpu"] = time.perf_counter() - started, _cpu() - cpu
-            if step != "plan":
+            if isinstance(done, dict):
                 times["ok"] = times["ok"] and done.get("success", done.get("passed", True))
         print(json.dumps(times), flush=True)
 
@@ -102,7 +101,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.preloaded)
         return
-    from include.retention.object_store import EmbeddedS3
+    from include.demo.embedded_s3 import EmbeddedS3
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedS3() as s3:
         env, runs = prepare(Path(tmp), s3.endpoint_url, s3.client())

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from include.demo.embedded_s3 import EmbeddedS3, ensure_bucket
 from include.retention.errors import RetentionError
-from include.retention.object_store import EmbeddedS3, ensure_bucket, iter_versions
+from include.retention.object_store import iter_versions
 from include.retention.runs import Control
 
 KEY = b"test-pseudonym-key-0123456789abcdef"

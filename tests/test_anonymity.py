@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from include.retention.anonymity import check_anonymity
 from include.retention.catalogue import load_catalogue
+from include.retention.errors import RetentionError
 
 ACTIVITY = load_catalogue()["service_development"]
 KEY = secrets.token_bytes(32)
@@ -101,3 +102,47 @@ def test_only_anonymising_activities_are_checked(tmp_path):
 
     with pytest.raises(RetentionError, match="does not anonymise"):
         check_anonymity(load_catalogue()["newsletter"], _source(tmp_path, []), KEY)
+
+
+def test_strategies_mask_values_in_python_and_describe_themselves() -> None:
+    from decimal import Decimal
+
+    from include.retention.masking import STRATEGIES, describe_strategies, parse_mask
+
+    band = parse_mask({"strategy": "band", "width": 10})
+    assert [band.mask(v) for v in (37, -7, 40, Decimal("-7"), 12.5, None)] == [
+        30, -10, 40, Decimal("-10"), 10.0, None,
+    ]  # fmt: skip
+    year = parse_mask({"strategy": "year"})
+    assert year.mask(dt.date(1984, 7, 3)) == dt.date(1984, 1, 1)
+    assert year.mask("1984-07-03") == dt.date(1984, 1, 1)
+    assert year.mask(dt.datetime(1984, 7, 3, 12, 5)) == dt.datetime(1984, 1, 1)
+    assert parse_mask({"strategy": "null"}).mask("a@b.se") is None
+    assert parse_mask({"strategy": "fixed", "value": "x"}).mask("a@b.se") == "x"
+    with pytest.raises(RetentionError, match="cannot mask a str"):
+        band.mask("37")
+    described = {d["strategy"]: d for d in describe_strategies()}
+    assert set(described) == set(STRATEGIES) == {"null", "fixed", "year", "band"}
+    assert described["band"]["column_types"] == ["Integer", "Numeric"]
+    assert described["null"]["column_types"] == ["any"] and described["null"]["removes_value"]
+    assert "lower bound" in described["band"]["summary"]
+
+
+def test_a_duplicate_strategy_name_is_an_error() -> None:
+    from typing import Literal
+
+    from include.retention.masking import MaskStrategy
+
+    with pytest.raises(TypeError, match="'null' is taken by NullMask"):
+
+        class AnotherNull(MaskStrategy):
+            name = "null"
+            strategy: Literal["null"] = "null"
+
+
+def test_a_strategy_refuses_a_column_type_it_cannot_replace() -> None:
+    from include.retention.masking import parse_mask
+
+    parse_mask({"strategy": "year"}).check_type("born", sa.Date())
+    with pytest.raises(RetentionError, match=r"column 'email' is VARCHAR.*'year' works on Date"):
+        parse_mask({"strategy": "year"}).check_type("email", sa.String(100))

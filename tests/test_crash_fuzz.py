@@ -23,11 +23,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from include.retention.object_store import EmbeddedS3, local_client
+from include.demo.embedded_s3 import EmbeddedS3, local_client
+from include.retention.lifecycle import CHECKPOINTS as S3_CHECKPOINTS
+from include.retention.lifecycle import enforce, recover
 from include.retention.runs import Control
-from include.retention.s3_engine import CHECKPOINTS as S3_CHECKPOINTS
-from include.retention.s3_engine import enforce_s3
-from include.retention.sql_engine import enforce, recover
 from tests.crash import check_evidence, check_people, fork_run
 from tests.dbs import AS_OF, activity, create_db, old, person, recent, seed
 from tests.s3 import AS_OF as S3_AS_OF
@@ -117,8 +116,8 @@ def test_sql_kill_at_a_random_moment(case: int, sql_run_seconds: float, tmp_path
 
 
 def _s3_child(endpoint: str, bucket: str, control_url: str) -> None:
-    enforce_s3(
-        image_bank(bucket), S3_AS_OF, client=local_client(endpoint),
+    enforce(
+        image_bank(bucket), S3_AS_OF, source=local_client(endpoint),
         control=Control.open(control_url, KEY, create=False), catalogue_version="test",
         approved_by="tester", batch_size=S3_BATCH,
     )  # fmt: skip
@@ -143,8 +142,8 @@ def s3_case_fixture(s3: Any, tmp_path: Path) -> Iterator[tuple[str, str, Control
 def _s3_recover_and_check(s3: Any, bucket: str, control: Control) -> None:
     # A normal run recovers first; check the state it recovered to, then that it finished.
     must_stay = set(OBJECTS) - DUE_KEYS | {HELD_KEY}
-    result = enforce_s3(
-        image_bank(bucket), S3_AS_OF, client=s3, control=control, catalogue_version="test",
+    result = enforce(
+        image_bank(bucket), S3_AS_OF, source=s3, control=control, catalogue_version="test",
         approved_by="tester", batch_size=S3_BATCH,
     )  # fmt: skip
     assert result.outcome in ("completed", "nothing_to_do"), result.message

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from include.retention.lifecycle import CHECKPOINTS, enforce, recover
 from include.retention.runs import Control
-from include.retention.sql_engine import CHECKPOINTS, enforce, recover
 from tests.crash import fork_run
 from tests.dbs import (
     AS_OF,
@@ -88,11 +88,11 @@ def test_kill_at_every_checkpoint_then_recover(
         _kill_child(db, control_url, key, "delete", f"{checkpoint}:{batch_no}")
         recovery = recover(crash_activity(), source=db.engine, control=control)
         assert recovery.runs_closed == 1
-        if checkpoint in ("after_prepare", "after_source_commit"):
+        if checkpoint in ("after_prepare", "after_apply"):
             assert recovery.committed + recovery.rolled_back == 1
-            assert recovery.committed == (checkpoint == "after_source_commit")
+            assert recovery.committed == (checkpoint == "after_apply")
         present = _check_invariants(db.engine, control)
-        done = batch_no - (checkpoint in ("batch_applied", "after_prepare"))
+        done = batch_no - (checkpoint in ("batch_staged", "after_prepare"))
         assert len(EXPIRED - present) == PER_BATCH * done
         result = enforce(
             crash_activity(), AS_OF, source=db.engine, control=control,
@@ -135,7 +135,7 @@ def test_kill_during_anonymisation_then_recover(
         batch_no = 0 if checkpoint == "run_started" else 2
         _kill_child(db, control_url, key, "anonymise", f"{checkpoint}:{batch_no}")
         recover(crash_activity("anonymise"), source=db.engine, control=control)
-        done = batch_no - (checkpoint in ("run_started", "batch_applied", "after_prepare"))
+        done = batch_no - (checkpoint in ("run_started", "batch_staged", "after_prepare"))
         assert len(_check_anonymised(db.engine, control)) == PER_BATCH * max(done, 0)
         enforce(
             crash_activity("anonymise"), AS_OF, source=db.engine, control=control,

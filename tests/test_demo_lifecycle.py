@@ -65,7 +65,7 @@ def test_sigterm_stops_every_component_the_main_job_started(tmp_path: Path) -> N
                     break
                 time.sleep(0.5)
             assert job.poll() is None, job.communicate()[1][-3000:]
-            assert any("include.retention.object_store" in cmd for cmd in seen.values())
+            assert any("include.demo.embedded_s3" in cmd for cmd in seen.values())
             seen |= _descendants(job.pid)
             job.send_signal(signal.SIGTERM)
             _, err = job.communicate(timeout=120)

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from include.demo.embedded_s3 import EmbeddedS3
 from include.demo.run import DemoPaths, environment
 from include.demo.seed import place_holds, seed_demo
 from include.retention.catalogue import load_catalogue
 from include.retention.dag_factory import build_dag
-from include.retention.object_store import EmbeddedS3
 from include.retention.runs import Control
 from tests.demo_checks import Demo, edited_catalogue, strict_safety, survivors
 from tests.s3 import s3_server_fixture  # noqa: F401

@@ -25,8 +25,9 @@ from include.retention import verification
 from include.retention.grants import APPEND_ONLY, HEAD_FORWARD, Target, apply, init_control
 from include.retention.grants import control_script as make_control_script
 from include.retention.grants import source_script as make_source_script
+from include.retention.ledger import subject_table
+from include.retention.lifecycle import enforce
 from include.retention.runs import Control
-from include.retention.sql_engine import enforce
 from tests.dbs import (  # noqa: F401 - fixtures
     AS_OF,
     MARIADB_ADMIN_URL,
@@ -175,6 +176,11 @@ def test_the_ledger_refuses_update_and_delete_even_for_its_owner(setup: Setup, k
     _refused(owner, "UPDATE retention_ledger_head SET seq = 1", HEAD_FORWARD)
     _refused(owner, "DELETE FROM retention_ledger_head", HEAD_FORWARD)
     assert control.ledger.verify() == before
+    with owner.begin() as conn:  # a stray subject reference: appending is allowed, and caught
+        conn.execute(sa.insert(subject_table).values(seq=1, pos=0, subject_ref=b"s" * 16))
+    _refused(owner, "UPDATE retention_ledger_subject SET pos = pos + 1", APPEND_ONLY)
+    _refused(owner, "DELETE FROM retention_ledger_subject", APPEND_ONLY)
+    assert not control.ledger.verify().ok
 
 
 def test_anonymisation_updates_only_the_masked_columns(setup: Setup, key: bytes) -> None:

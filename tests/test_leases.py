@@ -14,8 +14,9 @@ import sqlalchemy as sa
 
 from include.retention.errors import RetentionError
 from include.retention.leases import Leases, lease_name, leases_table
+from include.retention.lifecycle import Hooks, enforce, recover
 from include.retention.runs import Control, close_interrupted_runs
-from include.retention.sql_engine import Hooks, SourceTimeouts, _limit, enforce, recover
+from include.retention.sources.sql import SourceTimeouts, SqlAdapter, limit
 from tests.dbs import (  # noqa: F401 - fixtures
     AS_OF,
     Db,
@@ -33,10 +34,10 @@ from tests.dbs import (  # noqa: F401 - fixtures
 NAME = lease_name("recruitment", "ats", "people")
 
 
-def _run(db: Db, control: Control, **kwargs: Any) -> Any:
-    return enforce(
-        activity(), AS_OF, source=db.engine, control=control, catalogue_version="v1", **kwargs
-    )
+def _run(db: Db, control: Control, timeouts: SourceTimeouts | None = None, **kwargs: Any) -> Any:
+    act = activity()
+    adapter = SqlAdapter(act.source, control.key, db.engine, timeouts=timeouts)
+    return enforce(act, AS_OF, adapter=adapter, control=control, catalogue_version="v1", **kwargs)
 
 
 def _dead_pid() -> int:
@@ -228,7 +229,7 @@ def test_source_timeouts_are_set_on_the_connection(dialect: str, tmp_path: Any) 
     db, cleanup = create_db(dialect, tmp_path)
     try:
         with db.engine.connect() as conn:
-            _limit(conn, SourceTimeouts(lock=7, statement=42))
+            limit(conn, SourceTimeouts(lock=7, statement=42))
             if dialect == "postgresql":
                 got = (
                     conn.execute(sa.text("SHOW lock_timeout")).scalar(),

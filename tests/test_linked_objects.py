@@ -24,16 +24,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from include.demo.embedded_s3 import EmbeddedS3, local_client
 from include.retention.catalogue import Activity, ObjectLink
-from include.retention.object_store import EmbeddedS3, local_client
-from include.retention.runs import Control
-from include.retention.sql_engine import (
-    KILL_ENV,
-    OBJECT_CHECKPOINT,
-    EnforceResult,
-    enforce,
-    recover,
-)
+from include.retention.lifecycle import OBJECT_CHECKPOINT, RunReport, enforce, recover
+from include.retention.runs import KILL_ENV, Control
 from tests.dbs import AS_OF, Db, create_db, ids, old, people_schema, person, recent
 from tests.dbs import activity as base_activity
 from tests.s3 import (  # noqa: F401  (the *_fixture names register fixtures)
@@ -131,7 +125,7 @@ def place_holds(control: Control) -> None:
                                      reason="Art. 18", placed_by="dpo")  # fmt: skip
 
 
-def run(act: Activity, db: Db, control: Control, client: Any, **kw: Any) -> EnforceResult:
+def run(act: Activity, db: Db, control: Control, client: Any, **kw: Any) -> RunReport:
     return enforce(act, AS_OF, source=db.engine, control=control, catalogue_version="test",
                    clients=lambda _: client, batch_size=3, **kw)  # fmt: skip
 
@@ -240,9 +234,7 @@ def _kill_child(db: Db, control_url: str, endpoint: str, bucket: str, kill_at: s
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
 
 
-@pytest.mark.parametrize(
-    "kill_at", ["after_prepare:1", f"{OBJECT_CHECKPOINT}:1", "after_source_commit:2"]
-)
+@pytest.mark.parametrize("kill_at", ["after_prepare:1", f"{OBJECT_CHECKPOINT}:1", "after_apply:2"])
 def test_crash_around_the_file_deletion_is_recovered(
     db: Db, s3_server: EmbeddedS3, s3: Any, tmp_path: Path, kill_at: str
 ) -> None:
@@ -255,7 +247,7 @@ def test_crash_around_the_file_deletion_is_recovered(
     pending = control.ledger.pending_batches(act.id)
     assert [(b.system, b.dataset) for b in pending] == [("ats", "people")]
     recovery = recover(act, source=db.engine, control=control, clients=lambda _: s3)
-    committed = kill_at.startswith("after_source_commit")
+    committed = kill_at.startswith("after_apply")
     assert (recovery.committed, recovery.rolled_back, recovery.runs_closed) == (
         committed, not committed, 1,
     )  # fmt: skip

@@ -12,8 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from include.retention.errors import RetentionError, Unavailable
+from include.retention.lifecycle import enforce
 from include.retention.runs import Control
-from include.retention.sql_engine import Hooks, enforce
+from include.retention.sources.sql import SqlAdapter
 from tests.crash import check_people
 from tests.dbs import (
     AS_OF,
@@ -87,9 +88,10 @@ def test_an_outage_mid_run_names_the_database_and_a_rerun_recovers(
                 terminated.append(_terminate(kind, tag))
 
         with pytest.raises(RetentionError) as err:
+            act = activity()
             enforce(
-                activity(), AS_OF, source=source, control=control, catalogue_version="v1",
-                batch_size=4, hooks=Hooks(after_lock=after_lock),
+                act, AS_OF, control=control, catalogue_version="v1", batch_size=4,
+                adapter=SqlAdapter(act.source, control.key, source, after_lock=after_lock),
             )  # fmt: skip
         message = str(err.value)
         print(f"{kind} {which} outage: {message}")

@@ -1,4 +1,4 @@
-"""The S3 engine against a real moto server on loopback (see tests/s3.py)."""
+"""S3 sources through the run lifecycle, against a real moto server on loopback (tests/s3.py)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,12 @@ from typing import Any
 
 import pytest
 
+from include.demo.embedded_s3 import EmbeddedS3, connection_uri
 from include.retention.catalogue import Activity, S3Source, Safety, load_catalogue
 from include.retention.errors import RetentionError
-from include.retention.object_store import EmbeddedS3, connection_uri
+from include.retention.lifecycle import enforce, plan, recover
 from include.retention.runs import Control
-from include.retention.s3_engine import (
-    batches,
-    delete_linked_objects,
-    enforce_s3,
-    plan_s3,
-    recover_s3,
-)
+from include.retention.sources.s3 import S3Adapter, batches
 from tests.s3 import (  # noqa: F401  (the *_fixture names register fixtures)
     AS_OF,
     CallCounter,
@@ -50,8 +45,8 @@ def image_bank(bucket: str, **safety: Any) -> Activity:
 
 def run(activity: Activity, client: Any, control: Control, **kwargs: Any) -> Any:
     kwargs.setdefault("approved_by", "tester")
-    return enforce_s3(
-        activity, AS_OF, client=client, control=control, catalogue_version="test", **kwargs
+    return enforce(
+        activity, AS_OF, source=client, control=control, catalogue_version="test", **kwargs
     )
 
 
@@ -78,7 +73,7 @@ def test_every_version_and_delete_marker_of_an_expired_object_is_removed(
     result = run(image_bank(bucket), s3, control)
     assert result.outcome == "completed", result.message
     assert result.applied == 2
-    assert result.versions_deleted == 6  # 3 + 2 versions + 1 delete marker
+    assert result.counts()["versions_deleted"] == 6  # 3 + 2 versions + 1 delete marker
     assert keys(s3, bucket) == {"media/new.jpg"}
     assert len(versions(s3, bucket)) == 2  # the kept object keeps its history
 
@@ -96,12 +91,15 @@ def test_holds_record_and_subject_scoped(s3: Any, control: Control) -> None:
     control.holds.place_subject_hold("person-2", kind="restriction", reason="Art. 18",
                                      placed_by="dpo")  # fmt: skip
     activity = image_bank(bucket)
-    plan = plan_s3(activity, AS_OF, client=s3, control=control)
-    assert (plan.result.expired, plan.result.held, plan.result.restricted) == (3, 1, 1)
-    assert plan.result.to_apply == 1
+    planned = plan(activity, AS_OF, source=s3, control=control)
+    assert (planned.expired, planned.held, planned.restricted) == (3, 1, 1)
+    assert planned.to_apply == 1
     run(activity, s3, control)
     assert {"media/record-held.jpg", "media/subject-held.jpg"} <= keys(s3, bucket)
     assert "media/free.jpg" not in keys(s3, bucket)
+    [by_person] = control.ledger.subject_batches(control.holds.subject_ref("person-3"))
+    assert by_person.activity_id == "image_bank"
+    assert control.ledger.subject_batches(control.holds.subject_ref("person-2")) == []
     control.holds.release(record_hold, released_by="legal")
     run(activity, s3, control)
     assert "media/record-held.jpg" not in keys(s3, bucket)
@@ -113,8 +111,8 @@ def test_hold_placed_after_planning_is_respected(s3: Any, control: Control) -> N
     put(s3, bucket, "media/a.jpg", **spont(OLD, "person-9"))
     put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(5)], **spont(NEW))
     activity = image_bank(bucket)
-    plan = plan_s3(activity, AS_OF, client=s3, control=control)
-    assert plan.result.to_apply == 1
+    planned = plan(activity, AS_OF, source=s3, control=control)
+    assert planned.to_apply == 1
     control.holds.place_subject_hold("person-9", kind="legal_hold", reason="late",
                                      placed_by="legal")  # fmt: skip
     result = run(activity, s3, control)
@@ -147,9 +145,9 @@ def test_missing_or_unreadable_capture_date_is_unknown_and_kept(s3: Any, control
     activity = activity.model_copy(
         update={"source": activity.source.model_copy(update={"prefix": "media/"})}
     )
-    plan = plan_s3(activity, AS_OF, client=s3, control=control)
-    assert (plan.result.total, plan.result.anchor_unknown, plan.result.out_of_scope) == (3, 2, 1)
-    assert plan.result.to_apply == 0
+    planned = plan(activity, AS_OF, source=s3, control=control)
+    assert (planned.total, planned.anchor_unknown, planned.out_of_scope) == (3, 2, 1)
+    assert planned.to_apply == 0
     result = run(activity, s3, control)
     assert result.outcome == "nothing_to_do"
     assert len(keys(s3, bucket)) == 4
@@ -172,7 +170,7 @@ def test_dry_run_changes_nothing(s3: Any, control: Control) -> None:
     before = versions(s3, bucket)
     result = run(image_bank(bucket), s3, control, dry_run=True)
     assert result.outcome == "dry_run"
-    assert result.plan.result.to_apply == 1 and result.plan.versions == 2
+    assert result.plan.to_apply == 1
     assert versions(s3, bucket) == before
     assert control.ledger.pending_batches() == []
     assert control.ledger.lookup("image_bank", bucket, "media/old.jpg") == []
@@ -216,7 +214,7 @@ def test_failed_delete_leaves_prepared_evidence_that_recovery_rolls_back(
     with pytest.raises(ConnectionError):
         run(activity, failing, control)
     assert len(control.ledger.pending_batches(activity.id)) == 1  # written before deleting
-    recovery = recover_s3(activity, control=control, clients=lambda _: s3)
+    recovery = recover(activity, source=s3, control=control)
     assert (recovery.rolled_back, recovery.committed) == (1, 0)
     assert control.ledger.lookup("image_bank", bucket, "media/old.jpg") == []
     assert run(activity, s3, control).applied == 1  # the next run deletes it
@@ -252,57 +250,40 @@ def test_more_than_1000_keys_use_several_delete_objects_calls(s3: Any, control: 
 
 
 def test_batches_split_by_versions() -> None:
-    from include.retention.s3_engine import S3Object
+    from include.retention.sources.s3 import S3Object
 
     objs = [S3Object(f"k{i}", ("v",) * n, 0, "v") for i, n in enumerate([400, 400, 400, 1500, 1])]
     groups = [[o.key for o in g] for g in batches(objs)]
     assert groups == [["k0", "k1"], ["k2"], ["k3"], ["k4"]]
 
 
-def test_linked_files_of_sql_records(s3: Any, control: Control) -> None:
+def test_linked_files_are_staged_by_key_with_every_version(s3: Any, control: Control) -> None:
     bucket = new_bucket(s3, "cv")
-    recruitment = CATALOGUE["recruitment"]
-    link = recruitment.source.objects[0].model_copy(update={"bucket": bucket})
-    activity = recruitment.model_copy(
-        update={"source": recruitment.source.model_copy(update={"objects": [link]})}
-    )
+    link = CATALOGUE["recruitment"].source.objects[0].model_copy(update={"bucket": bucket})
     for _ in range(2):
         put(s3, bucket, "candidates/00001/cv.pdf")
     put(s3, bucket, "candidates/00002/cv.pdf")
     put(s3, bucket, "candidates/00003/cv.pdf")
     control.holds.place_record_hold("ats", bucket, "candidates/00002/cv.pdf", kind="legal_hold",
                                     reason="dispute", placed_by="legal")  # fmt: skip
-    run_id = control.ledger.start_run(_header(activity, bucket))
-    result = delete_linked_objects(
-        activity,
-        {"cv_object_key": ["candidates/00001/cv.pdf", "candidates/00002/cv.pdf", "gone.pdf", None]},
-        control=control, run_id=run_id, batch_no=1, clients=lambda _: s3,
-    )  # fmt: skip
-    assert (result.objects, result.versions_deleted, result.held_skipped, result.missing) == (
-        1, 2, 1, 1,
-    )  # fmt: skip
+    files = S3Adapter(link.binding("ats"), control.key, s3)
+    wanted = ["candidates/00001/cv.pdf", "candidates/00002/cv.pdf", "gone.pdf"]
+    [batch] = files.stage_keys(wanted, lambda: control.holds.active("ats", bucket), 7)
+    assert (batch.no, batch.held_skipped, batch.counts) == (7, 1, {"versions": 2, "missing": 1})
+    applied = files.apply(batch)
+    assert (len(applied.refs), applied.failed, applied.counts["versions_deleted"]) == (1, 0, 2)
+    assert applied.refs == [files.hasher.ref("candidates/00001/cv.pdf")]
     assert keys(s3, bucket) == {"candidates/00002/cv.pdf", "candidates/00003/cv.pdf"}
-    assert len(control.ledger.lookup("ats", bucket, "candidates/00001/cv.pdf")) == 1
 
 
-def _header(activity: Activity, bucket: str) -> Any:
-    from include.retention.ledger import RunHeader
-
-    return RunHeader(
-        activity_id=activity.id, system="ats", dataset="candidates", action="delete", rules=[],
-        as_of=AS_OF.isoformat(), cutoffs=[], dry_run=False, catalogue_version="t",
-        code_version="t",
-    )  # fmt: skip
-
-
-def test_s3_source_is_required(s3: Any, control: Control) -> None:
+def test_the_s3_adapter_needs_an_s3_binding(s3: Any, control: Control) -> None:
     with pytest.raises(RetentionError, match="needs an 's3' source"):
-        plan_s3(CATALOGUE["crm"], AS_OF, client=s3, control=control)
+        S3Adapter(CATALOGUE["crm"].source, control.key, s3)  # type: ignore[arg-type]
 
 
 def test_missing_bucket_is_named(s3: Any, control: Control) -> None:
     with pytest.raises(RetentionError, match="does-not-exist"):
-        plan_s3(image_bank("does-not-exist"), AS_OF, client=s3, control=control)
+        plan(image_bank("does-not-exist"), AS_OF, source=s3, control=control)
 
 
 def test_embedded_s3_busy_port_fails_loudly(s3_server: EmbeddedS3) -> None:

@@ -31,11 +31,11 @@ from include.demo.airflow_stack import (
     StackConfig,
     free_port,
 )
+from include.demo.embedded_s3 import EmbeddedS3
 from include.demo.manifest import ManifestEntry
 from include.demo.run import DEPLOYMENT_SETUP, ROOT, DemoPaths, environment
 from include.demo.seed import place_holds, seed_demo
 from include.retention.dag_factory import dag_id_for
-from include.retention.object_store import EmbeddedS3
 from include.retention.runs import Control
 from tests.dbs import fresh_pg_database
 from tests.demo_checks import Demo, edited_catalogue, strict_safety, survivors

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from include.demo.embedded_s3 import EmbeddedS3
 from include.demo.run import ROOT, DemoPaths, environment
 from include.demo.seed import place_holds, seed_demo
 from include.retention.catalogue import load_catalogue
 from include.retention.dag_factory import build_dag
-from include.retention.object_store import EmbeddedS3
 from include.retention.runs import Control
 from tests.demo_checks import Demo, edited_catalogue, survivors
 from tests.s3 import s3_server_fixture  # noqa: F401
@@ -163,8 +163,7 @@ def test_a_check_prints_no_warnings(demo):
         "source = connections.source_engine(activity.source.conn_id)\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
-        "    checked = verification.precheck(activity, dry_run=False, source=source,"
-        " control=runtime.control)\n"
+        "    checked = verification.precheck(activity, runtime.adapter(activity), dry_run=False)\n"
         f"    result = verification.verify_sql(activity, dt.datetime.fromisoformat("
         f"'{AS_OF.isoformat()}'), None, source=source, control=runtime.control)\n"
         "print('passed', checked['passed'], 'remaining', result.remaining_due)\n"
@@ -180,14 +179,13 @@ def test_a_check_prints_no_warnings(demo):
 
 
 def test_gx_is_quiet_in_this_process_too(demo):
-    from include.retention import connections, operations, verification
+    from include.retention import operations, verification
 
     activity = load_catalogue()["supplier_register"]
-    source = connections.source_engine(activity.source.conn_id)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         checked = verification.precheck(
-            activity, dry_run=False, source=source, control=operations.Runtime.load().control
+            activity, operations.Runtime.load().adapter(activity), dry_run=False
         )
     assert checked["passed"] and checked["expectations"]
     assert [str(w.message) for w in caught] == []

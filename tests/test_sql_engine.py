@@ -8,8 +8,9 @@ import pytest
 import sqlalchemy as sa
 
 from include.retention.errors import RetentionError
+from include.retention.lifecycle import Hooks, enforce, plan
 from include.retention.runs import Control
-from include.retention.sql_engine import Hooks, enforce, plan
+from include.retention.sources.sql import SqlAdapter
 from tests.dbs import (  # noqa: F401 - fixtures
     AS_OF,
     Db,
@@ -40,11 +41,12 @@ def _mixed_people() -> list[dict]:
     ]
 
 
-def _run(db: Db, control: Control, act=None, **kwargs) -> object:
+def _run(db: Db, control: Control, act=None, after_lock=None, **kwargs) -> object:
+    act = act or activity()
     return enforce(
-        act or activity(),
+        act,
         AS_OF,
-        source=db.engine,
+        adapter=SqlAdapter(act.source, control.key, db.engine, after_lock=after_lock),
         control=control,
         catalogue_version="v1",
         **kwargs,
@@ -85,7 +87,7 @@ def test_delete_with_children_holds_and_evidence(source_db: Db, control: Control
     result = _run(source_db, control, batch_size=2)
     assert result.outcome == "completed"
     assert (result.applied, result.held_skipped, result.restricted_skipped) == (3, 1, 1)
-    assert result.children == {"applications": 6, "attachments": 6}
+    assert result.counts()["children"] == {"applications": 6, "attachments": 6}
     assert ids(source_db.engine) == {3, 4, 5, 6, 7, 8, 9}
     assert ids(source_db.engine, "applications") == {
         i * 10 + j for i in (3, 4, 5, 6, 7, 8, 9) for j in (0, 1)
@@ -98,6 +100,15 @@ def test_delete_with_children_holds_and_evidence(source_db: Db, control: Control
     for pk in (3, 4, 5, 6, 7):
         assert control.ledger.lookup("ats", "people", pk) == []
     assert control.ledger.verify().ok
+    # The evidence names each deleted record's person by keyed reference (lookup by person).
+    for pk in (1, 2, 10):
+        [by_person] = control.ledger.subject_batches(
+            control.holds.subject_ref(f"Person{pk}@example.com")
+        )
+        assert by_person.run_id == result.run_id
+    for pk in (3, 4, 5):
+        email = person(pk, None)["email"] if pk != 3 else "held.person@example.com"
+        assert control.ledger.subject_batches(control.holds.subject_ref(email)) == []
 
 
 def test_null_anchor_is_never_deleted(source_db: Db, control: Control) -> None:
@@ -137,7 +148,7 @@ def test_hold_placed_mid_run_protects_the_record(source_db: Db, control: Control
             )
 
     result = _run(
-        source_db, control, batch_size=4, hooks=Hooks(after_plan=after_plan, after_lock=after_lock)
+        source_db, control, batch_size=4, hooks=Hooks(after_plan=after_plan), after_lock=after_lock
     )
     assert planned == [10]
     assert result.held_skipped == 2 and result.applied == 8
@@ -158,7 +169,7 @@ def test_subject_hold_while_the_next_batch_is_already_deleting(
                 "person6@example.com", kind="legal_hold", reason="claim", placed_by="legal"
             )
 
-    result = _run(source_db, control, batch_size=4, hooks=Hooks(after_lock=after_lock))
+    result = _run(source_db, control, batch_size=4, after_lock=after_lock)
     assert (result.applied, result.held_skipped) == (9, 1)
     assert ids(source_db.engine) == {6}
 

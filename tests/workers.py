@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _run(cmd: dict[str, Any]) -> dict[str, Any]:
     from include.retention.errors import RetentionError
+    from include.retention.lifecycle import enforce
     from include.retention.runs import Control
-    from include.retention.sql_engine import enforce
     from tests.dbs import AS_OF, activity
 
     source = sa.create_engine(cmd["source"])
@@ -50,7 +50,7 @@ def _run(cmd: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    from include.retention import sql_engine  # noqa: F401  (import before the first command)
+    from include.retention import lifecycle  # noqa: F401  (import before the first command)
 
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:

@@ -15,10 +15,10 @@ import zlib
 from typing import Any
 
 from include.demo.design import Design, Designer, OutOfScope
+from include.demo.embedded_s3 import ensure_bucket, purge_bucket
 from include.demo.manifest import Expectation, Manifest, ManifestEntry
 from include.retention.catalogue import Activity, Catalogue, S3Source, SqlSource, load_catalogue
 from include.retention.errors import RetentionError
-from include.retention.object_store import ensure_bucket, purge_bucket
 
 IMAGE_BANK = "image_bank"
 _JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"

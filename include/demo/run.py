@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from include.demo.airflow_stack import check_port_free, free_port
+from include.demo.embedded_s3 import local_client, spawn, wait_until_up
 from include.retention.errors import RetentionError
-from include.retention.object_store import local_client, spawn, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 600.0  # seconds for the whole burst of runs
@@ -46,6 +46,7 @@ DEFAULT_METADATA_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/retention_d
 # The project's deployment set-up (the enforcement pool), run after `airflow db migrate`.
 DEPLOYMENT_SETUP = (sys.executable, "-m", "include.retention", "setup")
 PRIVATE_UMASK = 0o077  # files 0600, folders 0700
+S3_MODULE = "include.demo.embedded_s3"  # the embedded S3 server's command line names it
 
 
 def make_private(root: Path) -> None:
@@ -128,7 +129,7 @@ def _running_s3(paths: DemoPaths) -> int | None:
         command = psutil.Process(pid).cmdline()
     except (OSError, ValueError, psutil.Error):
         return None
-    if "include.retention.object_store" not in command or str(port) not in command:
+    if S3_MODULE not in command or str(port) not in command:
         return None
     try:
         wait_until_up(f"http://127.0.0.1:{port}", timeout=0.5)

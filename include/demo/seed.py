@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = None
         if args.s3_endpoint:
-            from include.retention.object_store import local_client
+            from include.demo.embedded_s3 import local_client
 
             client = local_client(args.s3_endpoint)
         result = seed_demo(_parse_as_of(args.as_of), args.dir, s3_client=client, seed=args.seed)

@@ -25,8 +25,8 @@ from sqlalchemy.engine import Engine
 
 from include.retention.catalogue import Activity, AnonymiseAction
 from include.retention.errors import RetentionError
+from include.retention.masking import mask_key
 from include.retention.pseudonym import hmac_hex
-from include.retention.sql_engine import _mask_key
 
 log = logging.getLogger(__name__)
 _HEX = re.compile(r"^[0-9a-fA-F]{16,64}$")
@@ -90,7 +90,7 @@ def check_anonymity(activity: Activity, source: Engine, key: bytes) -> Anonymity
         live: set[str] = set()
         for row in conn.execute(sa.select(*direct).where(marker.is_(None))):
             live |= _texts(row)
-        hashes = _KeyedHashes(live, (key, _mask_key(key)))
+        hashes = _KeyedHashes(live, (key, mask_key(key)))
         groups: Counter[tuple[Any, ...]] = Counter()
         linkable = 0
         rows = conn.execution_options(yield_per=_BATCH).execute(

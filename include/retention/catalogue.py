@@ -196,8 +196,8 @@ class AnonymiseAction(_Model):
     """Anonymise in place, keeping the row (e.g. for statistics): direct identifiers are removed
     (nulled or replaced by one constant), quasi-identifiers generalised or released as they are.
 
-    A keyed or per-value replacement (e.g. ``hmac``) is pseudonymisation, not anonymisation
-    (GDPR recital 26): whoever holds the key can link the row back. It is refused.
+    A keyed or per-value replacement would be pseudonymisation, not anonymisation (GDPR recital
+    26: whoever holds the key can link the row back): no strategy offers one.
     """
 
     kind: Literal["anonymise"] = "anonymise"
@@ -229,12 +229,7 @@ class AnonymiseAction(_Model):
                     f"direct identifier {column!r} has {used}: anonymisation must remove it"
                     " (strategy 'null' or 'fixed'); a keyed or generalised value still identifies"
                 )
-        for column, mask in self.columns.items():
-            if mask.keyed:
-                raise ValueError(
-                    f"column {column!r} uses the keyed strategy {mask.name!r}: that is"
-                    " pseudonymisation (the key links it back), not anonymisation; use 'null'"
-                )
+        for column in self.columns:
             if column not in self.direct_identifiers and column not in self.quasi_identifiers:
                 raise ValueError(
                     f"column {column!r} is masked but not declared: list it under"
@@ -277,6 +272,10 @@ class ObjectLink(_Model):
     conn_id: ConnId
     bucket: Bucket
 
+    def binding(self, system: str) -> S3Source:
+        """The bucket as a dataset of ``system`` (holds and evidence are keyed by it)."""
+        return S3Source(system=system, conn_id=self.conn_id, bucket=self.bucket)
+
 
 class SqlSource(_Model):
     """A table in a SQL database reached through an Airflow connection."""
@@ -293,6 +292,22 @@ class SqlSource(_Model):
     children: list[SqlChild] = Field(default_factory=list)
     objects: list[ObjectLink] = Field(default_factory=list)
 
+    @property
+    def dataset(self) -> str:
+        """The name holds and evidence key its records by."""
+        return self.table
+
+    def datasets(self) -> list[str]:
+        """Every dataset the binding changes: the table and its linked buckets."""
+        return [self.table, *(link.bucket for link in self.objects)]
+
+    def describe(self) -> str:
+        return f"system `{self.system}`, table `{self.table}`, connection `{self.conn_id}`"
+
+    def location(self) -> str:
+        """Where the records are, in one short line (the Art. 30 register)."""
+        return f"{self.system}.{self.table}"
+
 
 class S3Source(_Model):
     """Objects in a bucket; anchors and classes come from object metadata or tags."""
@@ -303,6 +318,21 @@ class S3Source(_Model):
     bucket: Bucket
     prefix: str = ""
     subject_key: str | None = Field(default=None, description="Metadata key naming the subject")
+
+    @property
+    def dataset(self) -> str:
+        """The name holds and evidence key its records by."""
+        return self.bucket
+
+    def datasets(self) -> list[str]:
+        return [self.bucket]
+
+    def describe(self) -> str:
+        where = f"bucket `{self.bucket}/{self.prefix}`"
+        return f"system `{self.system}`, {where}, connection `{self.conn_id}`"
+
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
 
 
 Source = Annotated[SqlSource | S3Source, Field(discriminator="kind")]

@@ -76,12 +76,6 @@ def _safety(activity: Activity) -> str:
     return " and ".join(limits) or "none"
 
 
-def _source(activity: Activity) -> str:
-    src = activity.source
-    where = f"table `{src.table}`" if src.kind == "sql" else f"bucket `{src.bucket}/{src.prefix}`"
-    return f"system `{src.system}`, {where}, connection `{src.conn_id}`"
-
-
 def _facts(activity: Activity) -> list[str]:
     rules = "<br>".join(activity.rule_descriptions("en"))
     rows = [
@@ -90,7 +84,7 @@ def _facts(activity: Activity) -> list[str]:
         ("Policy (Swedish original)", f"“{activity.policy_text_sv}”"),
         ("Rule enforced", rules),
         ("Action", ACTIONS["en"][activity.action.kind]),
-        ("Source", _source(activity)),
+        ("Source", activity.source.describe()),
         ("Schedule", f"cron `{activity.schedule}`, Europe/Stockholm time"),
         ("Safety limit per run", _safety(activity)),
     ]

@@ -29,7 +29,7 @@ from include.retention.catalogue import Activity, SqlChild, SqlSource
 from include.retention.errors import RetentionError
 from include.retention.holds import holds_table
 from include.retention.leases import leases_table
-from include.retention.ledger import head_table, ledger_table
+from include.retention.ledger import head_table, ledger_table, subject_table
 from include.retention.runs import Control
 
 DIALECTS = ("postgresql", "mysql")
@@ -128,6 +128,7 @@ def control_grants() -> list[TableGrant]:
     nothing else."""
     return [
         TableGrant(ledger_table.name, {"SELECT", "INSERT"}),
+        TableGrant(subject_table.name, {"SELECT", "INSERT"}),
         TableGrant(head_table.name, {"SELECT"}, {"seq", "entry_hash"}),
         TableGrant(holds_table.name, {"SELECT"}),
         TableGrant(leases_table.name, {"SELECT", "INSERT", "UPDATE", "DELETE"}),
@@ -162,12 +163,14 @@ def append_only_triggers(t: Target) -> list[str]:
     """Refuse UPDATE/DELETE (and TRUNCATE) on the ledger, and a head that does not move
     forward to the newest ledger entry, for every role."""
     ledger, head = t.table(ledger_table.name), t.table(head_table.name)
+    subjects = t.table(subject_table.name)
     check = (  # a no-op update (appenders lock the head with one) or one step to the newest entry
         "NEW.id <> OLD.id OR NOT ((NEW.seq = OLD.seq AND NEW.entry_hash = OLD.entry_hash) OR"
         f" (NEW.seq = OLD.seq + 1 AND EXISTS (SELECT 1 FROM {ledger}"
         " WHERE seq = NEW.seq AND entry_hash = NEW.entry_hash)))"
     )
     if not t.pg:
+        refuse_row = f"SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{APPEND_ONLY}'"
         return [
             f"DROP TRIGGER IF EXISTS {t.table('retention_ledger_no_update')}",
             f"CREATE TRIGGER {t.table('retention_ledger_no_update')} BEFORE UPDATE ON {ledger}"
@@ -175,6 +178,12 @@ def append_only_triggers(t: Target) -> list[str]:
             f"DROP TRIGGER IF EXISTS {t.table('retention_ledger_no_delete')}",
             f"CREATE TRIGGER {t.table('retention_ledger_no_delete')} BEFORE DELETE ON {ledger}"
             f" FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{APPEND_ONLY}'",
+            f"DROP TRIGGER IF EXISTS {t.table('retention_ledger_subject_no_update')}",
+            f"CREATE TRIGGER {t.table('retention_ledger_subject_no_update')} BEFORE UPDATE"
+            f" ON {subjects} FOR EACH ROW {refuse_row}",
+            f"DROP TRIGGER IF EXISTS {t.table('retention_ledger_subject_no_delete')}",
+            f"CREATE TRIGGER {t.table('retention_ledger_subject_no_delete')} BEFORE DELETE"
+            f" ON {subjects} FOR EACH ROW {refuse_row}",
             f"DROP TRIGGER IF EXISTS {t.table('retention_ledger_head_forward')}",
             f"CREATE TRIGGER {t.table('retention_ledger_head_forward')} BEFORE UPDATE ON {head}"
             f" FOR EACH ROW BEGIN IF {check} THEN SIGNAL SQLSTATE '45000'"
@@ -195,6 +204,12 @@ def append_only_triggers(t: Target) -> list[str]:
         f" FOR EACH ROW EXECUTE FUNCTION {refuse}()",
         f"DROP TRIGGER IF EXISTS retention_ledger_no_truncate ON {ledger}",
         f"CREATE TRIGGER retention_ledger_no_truncate BEFORE TRUNCATE ON {ledger}"
+        f" FOR EACH STATEMENT EXECUTE FUNCTION {refuse}()",
+        f"DROP TRIGGER IF EXISTS retention_ledger_subject_append_only ON {subjects}",
+        f"CREATE TRIGGER retention_ledger_subject_append_only BEFORE UPDATE OR DELETE"
+        f" ON {subjects} FOR EACH ROW EXECUTE FUNCTION {refuse}()",
+        f"DROP TRIGGER IF EXISTS retention_ledger_subject_no_truncate ON {subjects}",
+        f"CREATE TRIGGER retention_ledger_subject_no_truncate BEFORE TRUNCATE ON {subjects}"
         f" FOR EACH STATEMENT EXECUTE FUNCTION {refuse}()",
         f"DROP TRIGGER IF EXISTS retention_ledger_head_forward ON {head}",
         f"CREATE TRIGGER retention_ledger_head_forward BEFORE UPDATE OR DELETE ON {head}"

@@ -138,15 +138,7 @@ class HoldVerifyReport:
 
 def datasets_of(catalogue: Catalogue) -> set[tuple[str, str]]:
     """The (system, dataset) pairs the engines read record holds for."""
-    pairs = set()
-    for activity in catalogue:
-        src = activity.source
-        if src.kind == "s3":
-            pairs.add((src.system, src.bucket))
-        else:
-            pairs.add((src.system, src.table))
-            pairs.update((src.system, link.bucket) for link in src.objects)
-    return pairs
+    return {(a.source.system, name) for a in catalogue for name in a.source.datasets()}
 
 
 def orphan_holds(engine: Engine, catalogue: Catalogue) -> list[dict[str, Any]]:

@@ -43,11 +43,19 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
 from include.retention.errors import RetentionError
-from include.retention.pseudonym import PackedRefs, RecordRefHasher, check_key
+from include.retention.pseudonym import (
+    REF_SIZE,
+    PackedRefs,
+    RecordRefHasher,
+    check_key,
+    pack_refs,
+    unpack_refs,
+)
 
 log = logging.getLogger(__name__)
 
 GENESIS = b"\x00" * 32
+SUBJECT_ROWS = 10_000  # subject index rows fetched at a time by verify()
 BLOB_ROWS = 4  # entries fetched at a time: a batch blob can be 800 kB (50k refs)
 SQLITE_BUSY_TIMEOUT_MS = 60_000  # an appender waits this long for another's commit
 Blob = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
@@ -74,6 +82,24 @@ ledger_table = sa.Table(
     sa.Index("ix_retention_ledger_dataset", "system", "dataset", "kind"),
     sa.Index("ix_retention_ledger_run", "run_id"),
     sa.Index("ix_retention_ledger_ref", "ref_seq"),
+)
+
+# The keyed subject references of each batch_prepared entry, one row each, written in the
+# entry's transaction: lookup by person is an index seek on subject_ref. The entry's body carries
+# the count and SHA-256 of the packed references in `pos` order, so `verify()` recomputes them
+# from these rows and the chain covers the index.
+subject_table = sa.Table(
+    "retention_ledger_subject",
+    metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("pos", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column(
+        "subject_ref",
+        sa.LargeBinary(16).with_variant(mysql.BINARY(16), "mysql", "mariadb"),
+        nullable=False,
+    ),
+    sa.Index("ix_retention_ledger_subject_ref", "subject_ref", "seq"),
+    sqlite_with_rowid=False,
 )
 
 # One row; locked while appending so that concurrent writers serialise on the chain head
@@ -300,10 +326,19 @@ class Ledger:
         action: str,
         refs_blob: bytes,
         counts: Mapping[str, int],
+        subject_refs_blob: bytes | None = None,
     ) -> int:
-        """Write-ahead evidence of a batch whose source transaction is not yet committed."""
+        """Write-ahead evidence of a batch whose source transaction is not yet committed.
+
+        ``subject_refs_blob``: the packed keyed references (`pseudonym.pack_refs`) of the data
+        subjects the batch's records belong to, so a person can be looked up after their records
+        are gone. Duplicates are dropped; the chain covers them through the entry's body."""
+        body: dict[str, Any] = {"batch_no": batch_no, "action": action, "counts": dict(counts)}
+        subjects = _distinct(subject_refs_blob)
+        if subjects is not None:
+            body["subjects"] = subjects_digest(subjects)
         with self.engine.begin() as conn:
-            return self._append(
+            seq = self._append(
                 conn,
                 kind="batch_prepared",
                 run_id=run_id,
@@ -311,8 +346,11 @@ class Ledger:
                 system=system,
                 dataset=dataset,
                 blob=refs_blob,
-                body={"batch_no": batch_no, "action": action, "counts": dict(counts)},
+                body=body,
             )
+            if subjects:
+                _insert_subjects(conn, seq, subjects)
+            return seq
 
     def resolve_batch(
         self,
@@ -504,6 +542,25 @@ class Ledger:
             found.append(self._evidence(e, res))
         return found
 
+    def subject_batches(self, subject_ref: bytes) -> list[Evidence]:
+        """The applied batches that held records of the subject with this keyed reference
+        (one index seek; a partially applied batch counts, its records are not told apart)."""
+        t, s = ledger_table, subject_table
+        seqs = sa.select(s.c.seq).where(s.c.subject_ref == subject_ref)
+        prepared = list(self.entries(where=t.c.seq.in_(seqs), with_blob=False))
+        resolutions = {
+            e.ref_seq: e
+            for e in self.entries(
+                where=sa.and_(t.c.kind == "batch_resolved", t.c.ref_seq.in_(seqs)), with_blob=False
+            )
+        }
+        return [
+            self._evidence(e, resolutions[e.seq])
+            for e in prepared
+            if e.seq in resolutions
+            and resolutions[e.seq].document["body"]["outcome"] != "rolled_back"
+        ]
+
     def _evidence(self, prepared: Entry, resolution: Entry) -> Evidence:
         header: dict[str, Any] = {}
         for e in self.entries(
@@ -533,15 +590,21 @@ class Ledger:
         query = sa.select(
             *[t.c[n] for n in _COLUMNS], t.c.document, t.c.blob, t.c.prev_hash, t.c.entry_hash
         )
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn, _SubjectRows(self.engine) as subjects:
             rows = conn.execution_options(yield_per=BLOB_ROWS).execute(query.order_by(t.c.seq))
             for row in rows:
-                problem = _check_row(row, expected_seq, prev_hash)
+                problem = _check_row(row, expected_seq, prev_hash) or subjects.check(row)
                 if problem:
                     return self._report(
                         False, count, prev_hash, bad_seq=expected_seq, problem=problem
                     )
                 prev_hash, expected_seq, count = bytes(row.entry_hash), expected_seq + 1, count + 1
+            stray = subjects.rest()
+            if stray is not None:
+                return self._report(
+                    False, count, prev_hash, bad_seq=stray,
+                    problem="subject references recorded for an entry that is not in the chain",
+                )  # fmt: skip
         head_seq, head_hash = self.head()
         if (head_seq, head_hash) != (count, prev_hash.hex()):
             return self._report(
@@ -579,6 +642,28 @@ class Ledger:
         return VerifyReport(ok, count, count, last.hex(), bad_seq, problem)
 
 
+def subjects_digest(blob: bytes) -> dict[str, Any]:
+    """What a batch_prepared body records of its subject references (chained with the entry)."""
+    return {"count": len(blob) // REF_SIZE, "sha256": hashlib.sha256(blob).hexdigest()}
+
+
+def _distinct(blob: bytes | None) -> bytes | None:
+    """The packed references without repeats, in first-seen order (no sort: it costs seconds
+    per million references)."""
+    if blob is None:
+        return None
+    refs = unpack_refs(blob)
+    distinct = dict.fromkeys(refs)
+    return blob if len(distinct) == len(refs) else pack_refs(distinct)
+
+
+def _insert_subjects(conn: Connection, seq: int, blob: bytes) -> None:
+    conn.execute(
+        sa.insert(subject_table),
+        [{"seq": seq, "pos": pos, "subject_ref": ref} for pos, ref in enumerate(unpack_refs(blob))],
+    )
+
+
 def _lock_head(conn: Connection) -> Any:
     """Take the chain head for this transaction: concurrent appenders wait here.
 
@@ -590,14 +675,54 @@ def _lock_head(conn: Connection) -> Any:
     """
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        conn.execute(
-            sa.update(head_table).where(head_table.c.id == 1).values(seq=head_table.c.seq)
-        )
+        conn.execute(sa.update(head_table).where(head_table.c.id == 1).values(seq=head_table.c.seq))
     return conn.execute(
         sa.select(head_table.c.seq, head_table.c.entry_hash)
         .where(head_table.c.id == 1)
         .with_for_update()
     ).first()
+
+
+class _SubjectRows:
+    """The subject index read alongside the chain (both in seq order, on its own connection so
+    two result streams may be open at once on any database), checked entry by entry against
+    the count and SHA-256 each batch_prepared body records."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __enter__(self) -> _SubjectRows:
+        t = subject_table
+        self._conn = self._engine.connect()
+        query = sa.select(t.c.seq, t.c.subject_ref).order_by(t.c.seq, t.c.pos)
+        self._result = self._conn.execution_options(yield_per=SUBJECT_ROWS).execute(query)
+        self._rows = iter(self._result)
+        self._next: Any = next(self._rows, None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._result.close()
+        self._conn.close()
+
+    def check(self, row: Any) -> str | None:
+        if self._next is not None and self._next.seq < row.seq:
+            return f"subject references recorded for entry {self._next.seq}, which has none"
+        digest, count = hashlib.sha256(), 0
+        while self._next is not None and self._next.seq == row.seq:
+            digest.update(bytes(self._next.subject_ref))
+            count += 1
+            self._next = next(self._rows, None)
+        body = json.loads(row.document)["body"] if row.kind == "batch_prepared" else {}
+        recorded = body.get("subjects")
+        if recorded is None:
+            return None if count == 0 else "subject references recorded for an entry without any"
+        if (count, digest.hexdigest()) != (recorded["count"], recorded["sha256"]):
+            return "subject references differ from those the entry records: index edited"
+        return None
+
+    def rest(self) -> int | None:
+        """The seq of a subject row past the chain's end, if any."""
+        return None if self._next is None else int(self._next.seq)
 
 
 def _check_row(row: Any, expected_seq: int, prev_hash: bytes) -> str | None:

@@ -1,8 +1,8 @@
 """What each retention DAG task does, in plain functions (the DAG file only wires them).
 
 Every function takes and returns JSON-serialisable dicts of counts, ids and outcomes: they are
-XComs, so they never carry personal data. The SQL or S3 engine is chosen by the activity's
-source kind.
+XComs, so they never carry personal data. Every source kind goes through the same run
+lifecycle (`include.retention.lifecycle`); its adapter is chosen by the source's kind.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 
 import pendulum
 
-from include.retention import connections, holds, s3_engine, sql_engine
+from include.retention import connections, holds, lifecycle
 from include.retention.catalogue import Activity, Catalogue, load_valid
 from include.retention.errors import RetentionError
 from include.retention.escalation import deadline_at_stake, deadline_text
-from include.retention.object_store import s3_client, storage_fault
+from include.retention.object_store import storage_fault
 from include.retention.runs import (
     Control,
     PlanResult,
@@ -30,6 +30,7 @@ from include.retention.runs import (
     describe_offset,
     gate_reason,
 )
+from include.retention.sources.base import SourceAdapter, adapter_for
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,9 @@ class Runtime:
         holds.check_catalogue(self.control.holds.engine, self.catalogue, self.invalid)
         return activity
 
-    def source_kwargs(self, activity: Activity) -> dict[str, Any]:
-        """The engine call's source argument: an S3 client or a SQLAlchemy engine."""
-        if activity.source.kind == "s3":
-            return {"client": s3_client(activity.source.conn_id)}
-        return {"source": connections.source_engine(activity.source.conn_id)}
+    def adapter(self, activity: Activity) -> SourceAdapter:
+        """The adapter of the activity's source, connected through its Airflow connection."""
+        return adapter_for(activity.source, self.control.key)
 
 
 def resolve_as_of(raw: Any, run_after: dt.datetime | None) -> pendulum.DateTime:
@@ -146,10 +145,9 @@ def _dry_run(raw: Any) -> bool:
 
 
 def _plan_result(activity: Activity, as_of: dt.datetime, runtime: Runtime) -> PlanResult:
-    kwargs = runtime.source_kwargs(activity)
-    if activity.source.kind == "s3":
-        return s3_engine.plan_s3(activity, as_of, control=runtime.control, **kwargs).result
-    return sql_engine.plan(activity, as_of, control=runtime.control, **kwargs)
+    return lifecycle.plan(
+        activity, as_of, control=runtime.control, adapter=runtime.adapter(activity)
+    )
 
 
 def plan(
@@ -174,9 +172,7 @@ def plan(
     activity = runtime.activity(activity_id)
     from include.retention import verification  # Great Expectations: imported when used
 
-    checks = verification.precheck(
-        activity, dry_run=dry_run, control=runtime.control, **runtime.source_kwargs(activity)
-    )
+    checks = verification.precheck(activity, runtime.adapter(activity), dry_run=dry_run)
     result = _plan_result(activity, as_of, runtime)
     gated = activity.enforceable and not dry_run and result.to_apply > 0
     reason = gate_reason(activity, result) if gated else None
@@ -258,16 +254,15 @@ def enforce(
     check_not_early(as_of, planned["dry_run"])  # again: the approval may have taken hours
     runtime = runtime or Runtime.load()
     activity = runtime.activity(activity_id)
-    run = s3_engine.enforce_s3 if activity.source.kind == "s3" else sql_engine.enforce
-    result = run(
+    result = lifecycle.enforce(
         activity,
         as_of,
         control=runtime.control,
         catalogue_version=runtime.catalogue.version,
+        adapter=runtime.adapter(activity),
         dry_run=planned["dry_run"],
         approved_by=approver(approval),
         origin=planned.get("origin"),
-        **runtime.source_kwargs(activity),
     )
     summary = {
         "run_id": result.run_id,
@@ -296,13 +291,12 @@ def verify(
 
     runtime = runtime or Runtime.load()
     activity = runtime.catalogue[activity_id]
-    check = verification.verify_s3 if activity.source.kind == "s3" else verification.verify_sql
-    result = check(
+    result = verification.verify(
         activity,
         resolve_as_of(planned["as_of"], None),
         enforced["run_id"],
         control=runtime.control,
-        **runtime.source_kwargs(activity),
+        adapter=runtime.adapter(activity),
     )
     stored = result.as_dict() | {"source_checks": planned.get("source_checks")}
     runtime.control.ledger.record_verification(enforced["run_id"], activity_id, stored)

@@ -130,6 +130,10 @@ class PackedRefs(Sequence[bytes]):
                 "reference blob is corrupt (length not a multiple of the ref size)"
             )
 
+    @property
+    def blob(self) -> bytes:
+        return self._blob
+
     def __len__(self) -> int:
         return len(self._blob) // REF_SIZE
 

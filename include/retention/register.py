@@ -188,10 +188,7 @@ def _items(activity: Activity, lang: Language) -> list[Item]:
         f"{_COUNTRIES[lang].get(t.country, t.country)} ({_MECHANISMS[lang][t.mechanism]})"
         for t in activity.transfers
     )
-    src = activity.source
-    location = (
-        f"{src.system}.{src.table}" if src.kind == "sql" else f"s3://{src.bucket}/{src.prefix}"
-    )
+    location = activity.source.location()
     items = [
         Item(w["purpose"], activity.purpose[lang]),
         Item(w["basis"], "; ".join(BASIS_LABELS[lang][b] for b in activity.legal_bases)),

@@ -234,11 +234,14 @@ def settle_batch(
     return outcome
 
 
-def close_interrupted_runs(control: Control, activity_id: str) -> int:
+def close_interrupted_runs(control: Control, activity_id: str, only: set[str] | None = None) -> int:
     """Close the runs a crash left open (after their batches were settled); how many.
-    Runs that still hold a lease are live and left alone."""
+    Runs that still hold a lease are live and left alone; ``only``: close just these."""
     live = control.leases.live_runs()
-    run_ids = [r for r in control.ledger.unfinished_runs(activity_id) if r not in live]
+    run_ids = [
+        r for r in control.ledger.unfinished_runs(activity_id)
+        if r not in live and (only is None or r in only)
+    ]  # fmt: skip
     for run_id in run_ids:
         control.ledger.finish_run(
             run_id, activity_id, outcome="interrupted", counts={},

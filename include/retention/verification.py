@@ -6,7 +6,7 @@ to, the share of NULL anchors (where NULL means *unknown*, not *not yet happened
 anchors later than now stay within the activity's ``source_checks`` limits. A failed
 expectation stops the run before anything is deleted, naming the expectation and the limit.
 
-**After** (:func:`verify_sql`, :func:`verify_s3`): two expectations per run.
+**After** (:func:`verify`): two expectations per run.
 
 1. *Nothing due remains*: the rows that are expired, in scope and not under a hold or
    restriction, queried from the source itself, number exactly zero.
@@ -18,7 +18,8 @@ linked back (a failure) and reports groups of quasi-identifiers smaller than k.
 
 SQL sources are read through GX's datasource for their dialect (SQLite, PostgreSQL; GX 1.x has
 none for MySQL/MariaDB, which use its generic SQL datasource), so the expectations are computed
-by the database. Claims (computed from keyed references) and S3 listings are data frames.
+by the database. Claims (computed from keyed references) and other sources' counts (through
+their adapter) are data frames.
 Results keep counts and shares only, never values (they could be personal data).
 
 GX is expensive to import (~8 s of CPU): it is imported on first use, or before an executor
@@ -42,11 +43,19 @@ import pendulum
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from include.retention import preload, sql_engine
-from include.retention.catalogue import Activity, AnonymiseAction, RuleCase, SqlSource
+from include.retention import preload
+from include.retention.catalogue import (
+    Activity,
+    AnonymiseAction,
+    DeleteAction,
+    ReportOnlyAction,
+    RuleCase,
+    SqlSource,
+)
 from include.retention.errors import RetentionError
-from include.retention.pseudonym import RecordRefHasher
 from include.retention.runs import Control
+from include.retention.sources.base import Action, DueAt, SourceAdapter
+from include.retention.sources.sql import SqlAdapter
 
 log = logging.getLogger(__name__)
 
@@ -178,19 +187,15 @@ def summary(result: Any, **context: Any) -> dict[str, Any]:
 
 
 def precheck(
-    activity: Activity,
-    *,
-    dry_run: bool,
-    source: Engine | None = None,
-    client: Any = None,
-    control: Control | None = None,
-    now: dt.datetime | None = None,
+    activity: Activity, adapter: SourceAdapter, *, dry_run: bool, now: dt.datetime | None = None
 ) -> dict[str, Any]:
     """The expectations on the source before enforcement; raises :class:`RetentionError`
-    naming what failed (a dry run only reports it). Returns what was checked."""
-    if source is None or not activity.enforceable:  # object stores: anchors checked by the engine
+    naming what failed (a dry run only reports it). Returns what was checked. Only SQL sources
+    have typed anchor columns; other sources' anchors are parsed (and counted as unknown when
+    unreadable) by their adapter."""
+    if not isinstance(adapter, SqlAdapter) or not activity.enforceable:
         return {"checked": False, "passed": True, "expectations": []}
-    results = _anchor_checks(activity, source, now or dt.datetime.now(dt.UTC))
+    results = _anchor_checks(activity, adapter.engine, now or dt.datetime.now(dt.UTC))
     problems = [_problem(activity, r) for r in results if not r["success"]]
     checked = {"checked": True, "passed": not problems, "expectations": results}
     if problems and not dry_run:
@@ -259,8 +264,7 @@ def _share_checks(
             column="anchor", max_value=_in_column_terms(now, anchor, zone),
             mostly=1 - limits.max_future_anchor_fraction))  # fmt: skip
         results += [
-            summary(r, column=column, rule_case=n)
-            for r in _validate(batches[f"case_{n}"], *expect)
+            summary(r, column=column, rule_case=n) for r in _validate(batches[f"case_{n}"], *expect)
         ]
     return results
 
@@ -336,18 +340,54 @@ def _problem(activity: Activity, result: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------ after
 
 
+def _sql_remaining_query(
+    activity: Activity, as_of: dt.datetime, source: Engine, control: Control
+) -> tuple[sa.Select[Any], int]:
+    """The query of the due, unheld rows, and how many due rows are held."""
+    adapter = SqlAdapter(activity.source, control.key, source)  # type: ignore[arg-type]
+    holds = control.holds.active(adapter.system, adapter.dataset)
+    return adapter.due_and_unheld(_due(activity, as_of), _action(activity), holds)
+
+
 def _sql_claims(
     activity: Activity, run_id: str | None, source: Engine, control: Control
 ) -> list[bool]:
     """Per record the run claims: is the claim true in the source now?"""
-    schema = sql_engine.resolve_schema(activity, source)
+    return _claims(activity, run_id, SqlAdapter(activity.source, control.key, source), control)  # type: ignore[arg-type]
+
+
+def _due(activity: Activity, as_of: dt.datetime) -> DueAt:
+    return DueAt(as_of, tuple(activity.retention))
+
+
+def _action(activity: Activity) -> Action:
+    action = activity.action
+    return DeleteAction() if isinstance(action, ReportOnlyAction) else action
+
+
+def _claims(
+    activity: Activity, run_id: str | None, adapter: SourceAdapter, control: Control
+) -> list[bool]:
+    """Per record the run claims: is the claim true in the source now?"""
     claimed = set(
-        control.ledger.applied_refs(run_id, schema.system, schema.dataset) if run_id else []
+        control.ledger.applied_refs(run_id, adapter.system, adapter.dataset) if run_id else []
     )
-    anonymise = schema.marker is not None
-    present = sql_engine.present_refs(source, schema, control.key, anonymise, claimed)
+    action = _action(activity)
+    present = adapter.present(claimed, action)
     # delete: a claimed record must be gone; anonymise: it must be there, marked anonymised.
+    anonymise = action.kind == "anonymise"
     return [(ref in present) == anonymise for ref in sorted(claimed)]
+
+
+def verify(
+    activity: Activity, as_of: dt.datetime, run_id: str | None, *, adapter: SourceAdapter,
+    control: Control,
+) -> Verification:  # fmt: skip
+    """Check a finished run of any source: in the database itself for SQL sources, else
+    through the source's adapter."""
+    if isinstance(adapter, SqlAdapter):
+        return verify_sql(activity, as_of, run_id, source=adapter.engine, control=control)
+    return verify_adapter(activity, as_of, run_id, adapter=adapter, control=control)
 
 
 def verify_sql(
@@ -360,7 +400,7 @@ def verify_sql(
 ) -> Verification:
     """Check a finished SQL run; ``success`` is False when either expectation fails."""
     gx, _ = _gx()
-    query, held = sql_engine.due_and_unheld(activity, as_of, source=source, control=control)
+    query, held = _sql_remaining_query(activity, as_of, source, control)
     with _sql_batches(source, {"due_and_unheld": query}) as batches:
         (remaining,) = _validate(
             batches["due_and_unheld"], gx.expectations.ExpectTableRowCountToEqual(value=0)
@@ -381,17 +421,6 @@ def verify_sql(
     return result
 
 
-def _claims_true(claims: list[bool]) -> Any:
-    """GX's result for "every claim is true" (one boolean per claimed record)."""
-    gx, _ = _gx()
-    with _frame_batch("claims", _frame("claim_true", claims)) as batch:
-        (truthful,) = _validate(
-            batch,
-            gx.expectations.ExpectColumnValuesToBeInSet(column="claim_true", value_set=[True]),
-        )
-    return truthful
-
-
 def _anonymity(activity: Activity, source: Engine, key: bytes) -> dict[str, int]:
     """The anonymity checks' counts for an anonymising activity, else nothing."""
     if activity.action.kind != "anonymise":
@@ -406,28 +435,35 @@ def _anonymity(activity: Activity, source: Engine, key: bytes) -> dict[str, int]
     }
 
 
-def verify_s3(
-    activity: Activity, as_of: dt.datetime, run_id: str | None, *, client: Any, control: Control
-) -> Verification:
-    """Check a finished S3 run: no due, unheld object remains (any version), and every object
-    the evidence claims is gone has no version left."""
-    from include.retention import s3_engine
-
+def _claims_true(claims: list[bool]) -> Any:
+    """GX's result for "every claim is true" (one boolean per claimed record)."""
     gx, _ = _gx()
-    src = activity.source
-    replan = s3_engine.plan_s3(activity, as_of, client=client, control=control)
-    refs = RecordRefHasher(control.key, src.system, src.bucket)  # type: ignore[union-attr]
-    due = _frame("ref", [r.hex() for r in refs.refs(o.key for o in replan.due)])
-    with _frame_batch("due_and_unheld", due) as batch:
+    with _frame_batch("claims", _frame("claim_true", claims)) as batch:
+        (truthful,) = _validate(
+            batch,
+            gx.expectations.ExpectColumnValuesToBeInSet(column="claim_true", value_set=[True]),
+        )
+    return truthful
+
+
+def verify_adapter(
+    activity: Activity, as_of: dt.datetime, run_id: str | None, *, adapter: SourceAdapter,
+    control: Control,
+) -> Verification:  # fmt: skip
+    """Check a finished run through the source's adapter: counted afresh, no due, unheld record
+    remains (for objects: any version), and every record the evidence claims is applied."""
+    gx, _ = _gx()
+    holds = control.holds.active(adapter.system, adapter.dataset)
+    counts = adapter.count(_due(activity, as_of), _action(activity), holds)
+    with _frame_batch("due_and_unheld", _frame("due", [True] * counts.to_apply)) as batch:
         (remaining,) = _validate(batch, gx.expectations.ExpectTableRowCountToEqual(value=0))
-    claimed = set(control.ledger.applied_refs(run_id, src.system, src.bucket) if run_id else [])  # type: ignore[union-attr]
-    present = s3_engine.present_refs(client, control, src.system, src.bucket, src.prefix, claimed)  # type: ignore[union-attr]
-    truthful = _claims_true([ref not in present for ref in sorted(claimed)])
+    claims = _claims(activity, run_id, adapter, control)
+    truthful = _claims_true(claims)
     result = Verification(
         success=bool(remaining.success and truthful.success),
         remaining_due=int(remaining.result["observed_value"]),
-        held_remaining=replan.result.held + replan.result.restricted,
-        claims_checked=len(claimed),
+        held_remaining=counts.held + counts.restricted,
+        claims_checked=len(claims),
         false_claims=int(truthful.result.get("unexpected_count") or 0),
         expectations=[summary(remaining), summary(truthful)],
     )

@@ -1,0 +1,593 @@
+"""One run lifecycle for every source kind and every selection (`sources.base`):
+
+    lease → recover → plan → start → gate → batches (prepare → apply → resolve) → finish
+
+A run holds the lease of its activity and dataset from recovery to its last ledger entry, so
+runs never overlap and recovery only settles batches of runs that are dead. Each batch follows
+the write-ahead protocol against the ledger (a different database than the source):
+
+1. the adapter stages the batch (SQL: deletes or locks its records in an open transaction,
+   leaving out held ones; object stores and APIs: lists them, changing nothing);
+2. ``batch_prepared`` evidence with the records' keyed references is committed;
+3. the holds are read again: a hold placed since staging on one of the batch's records (or
+   subjects) rolls the batch back (``rolled_back``) and it is staged again; placing a hold
+   waits for batches already past this check (`leases.wait_for_in_flight`);
+4. follow-on: the files the batch's records point to (the binding's linked files) are deleted,
+   each bucket with its own prepared/resolved batch; if that fails the batch is rolled back
+   (the records stay and the next run retries) and the run fails;
+5. the adapter applies the batch (SQL: commit; others: delete) and names the records applied;
+6. ``batch_resolved``: committed, partial or rolled back, with the applied references.
+
+After a crash anywhere, :func:`recover` (run first by every enforcing run) settles each
+prepared batch from which of its records are present now (`SourceAdapter.present`): no record
+is changed without evidence, no evidence claims a record that is still there, and nothing is
+recorded twice. ``RETENTION_TEST_KILL_AT=<checkpoint>:<batch>`` kills the process at one of
+:data:`CHECKPOINTS` (crash tests).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from include.retention.catalogue import Activity, DeleteAction, ObjectLink, ReportOnlyAction
+from include.retention.errors import RetentionError
+from include.retention.leases import Lease, lease_name, leased
+from include.retention.ledger import RunHeader, code_version
+from include.retention.pseudonym import PackedRefs, pack_refs, unpack_refs
+from include.retention.runs import (
+    Control,
+    PlanResult,
+    RunResult,
+    check_as_of,
+    check_not_early,
+    checkpoint,
+    close_interrupted_runs,
+    database_errors,
+    decide,
+    finish_failed,
+    finish_run,
+    settle_batch,
+)
+from include.retention.sources.base import (
+    Action,
+    Applied,
+    Batch,
+    Counts,
+    DueAt,
+    HoldReader,
+    KeyRange,
+    Selection,
+    SourceAdapter,
+    adapter_for,
+    base_selection,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 50_000
+MAX_HOLD_RETRIES = 20
+CHECKPOINTS = ("run_started", "batch_staged", "after_prepare", "after_apply", "after_resolve")
+# Only for bindings with linked files: after the files were deleted, before the batch applies.
+OBJECT_CHECKPOINT = "after_objects_deleted"
+ClientFactory = Callable[[str], Any]
+LINKED_COUNTS = (
+    "objects_deleted", "object_versions_deleted", "objects_held_skipped", "objects_missing",
+)  # fmt: skip
+
+
+@dataclass
+class Hooks:
+    """Callbacks for tests and operators; called with the plan or the batch number."""
+
+    after_plan: Callable[[PlanResult], None] | None = None
+    # After the batch's prepared entry, before the holds are read again.
+    after_prepare: Callable[[int], None] | None = None
+    # After that second read, just before the batch is applied.
+    before_commit: Callable[[int], None] | None = None
+
+
+@dataclass
+class RecoveryResult:
+    """What recovery settled: prepared batches by outcome, and runs closed as interrupted."""
+
+    committed: int = 0
+    rolled_back: int = 0
+    partial: int = 0
+    runs_closed: int = 0
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.committed or self.rolled_back or self.partial or self.runs_closed)
+
+
+@dataclass
+class RunReport(RunResult):
+    """One run: :class:`RunResult` plus what its batches counted (child rows by table,
+    versions, linked files, records that failed)."""
+
+    plan: PlanResult
+    recovery: RecoveryResult | None = None
+    failed: int = 0  # records the source refused to change (kept; the run is partial)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def extra_counts(self) -> dict[str, Any]:
+        return {"failed": self.failed, **self.extra}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How one run goes: who asked, whether it changes anything, batch size, test hooks."""
+
+    catalogue_version: str
+    dry_run: bool = False
+    approved_by: str | None = None
+    origin: Mapping[str, str | None] | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    hooks: Hooks = field(default_factory=Hooks)
+    lease_wait: float | None = None
+    clients: ClientFactory | None = None  # conn_id -> S3 client, for linked files
+    # For one partition of a mapped run: the plan of the whole selection, which the safety
+    # gate judges (a partition may hold every due record of the dataset).
+    whole: PlanResult | None = None
+
+
+# ------------------------------------------------------------------------------ entry points
+
+
+def enforce(
+    activity: Activity,
+    as_of: dt.datetime,
+    *,
+    control: Control,
+    catalogue_version: str,
+    source: Any = None,
+    adapter: SourceAdapter | None = None,
+    dry_run: bool = False,
+    approved_by: str | None = None,
+    origin: Mapping[str, str | None] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    hooks: Hooks | None = None,
+    clients: ClientFactory | None = None,
+    lease_wait: float | None = None,
+) -> RunReport:
+    """Run the activity's retention at ``as_of`` (see the module doc).
+
+    ``source``: the source's connection (SQLAlchemy engine, boto3 client, ...) when no
+    ``adapter`` is given; None: from the binding's Airflow connection. A second run of the
+    activity waits up to ``lease_wait`` seconds (default $RETENTION_LEASE_WAIT_S or 90), then
+    refuses naming the run that holds it. ``clients``: conn_id -> boto3 S3 client for linked
+    files (default `object_store.s3_client`). A database failure raises a RetentionError
+    naming the database.
+    """
+    check_not_early(as_of, dry_run)
+    options = RunOptions(
+        catalogue_version, dry_run, approved_by, origin, batch_size, hooks or Hooks(), lease_wait,
+        clients,
+    )  # fmt: skip
+    adapter = adapter or adapter_for(activity.source, control.key, source)
+    return run(activity, DueAt(as_of, tuple(activity.retention)), adapter, control, options)
+
+
+def plan(
+    activity: Activity, as_of: dt.datetime, *, control: Control, source: Any = None,
+    adapter: SourceAdapter | None = None,
+) -> PlanResult:  # fmt: skip
+    """Count what a run at ``as_of`` would do, changing nothing."""
+    check_as_of(as_of)
+    adapter = adapter or adapter_for(activity.source, control.key, source)
+    selection = DueAt(as_of, tuple(activity.retention))
+    with database_errors():
+        adapter.resolve(_changing(activity))
+        holds = control.holds.active(adapter.system, adapter.dataset)
+        counts = adapter.count(selection, _changing(activity) or DeleteAction(), holds)
+    result = plan_result(activity, selection, counts)
+    log.info("plan %s: %s", activity.id, result.counts())
+    return result
+
+
+def recover(
+    activity: Activity, *, control: Control, source: Any = None,
+    adapter: SourceAdapter | None = None, clients: ClientFactory | None = None,
+    lease_wait: float | None = None,
+) -> RecoveryResult:  # fmt: skip
+    """Settle the batches a crashed run left prepared (the records' from the source, the linked
+    files' from their buckets) and close its run entry. Takes the activity's lease, so a live
+    run is never touched."""
+    adapter = adapter or adapter_for(activity.source, control.key, source)
+    with database_errors():
+        adapter.resolve(_changing(activity))
+        with leased(control.ledger.engine, _lease(activity, adapter), wait=lease_wait):
+            return _recover(activity, adapter, control, _LinkedFiles(activity, control, clients))
+
+
+def run(
+    activity: Activity, selection: Selection, adapter: SourceAdapter, control: Control,
+    options: RunOptions,
+) -> RunReport:  # fmt: skip
+    """Apply the activity's action to ``selection`` of ``adapter``'s dataset."""
+    if options.batch_size < 1:
+        raise RetentionError("batch_size must be at least 1")
+    with database_errors():
+        adapter.resolve(_changing(activity))
+        with leased(control.ledger.engine, _lease(activity, adapter, selection),
+                    wait=options.lease_wait) as lease:  # fmt: skip
+            linked = _LinkedFiles(activity, control, options.clients)
+            return _Run(activity, selection, adapter, control, options, lease, linked).go()
+
+
+def plan_result(activity: Activity, selection: Selection, counts: Counts) -> PlanResult:
+    """The plan's counts as the ledger, the gate and the UI know them."""
+    base = base_selection(selection)
+    return PlanResult(
+        activity_id=activity.id,
+        as_of=(base.as_of if isinstance(base, DueAt) else dt.datetime.now(dt.UTC)).isoformat(),
+        rules=activity.rule_descriptions(), cutoffs=list(counts.cutoffs) or
+        [None] * len(activity.retention), total=counts.total, expired=counts.selected,
+        held=counts.held, restricted=counts.restricted, anchor_unknown=counts.anchor_unknown,
+        kept=counts.kept, out_of_scope=counts.out_of_scope,
+        already_anonymised=counts.already_anonymised,
+    )  # fmt: skip
+
+
+def _changing(activity: Activity) -> Action | None:
+    """The action that changes records, or None (report only)."""
+    action = activity.action
+    return None if isinstance(action, ReportOnlyAction) else action
+
+
+def _lease(activity: Activity, adapter: SourceAdapter, selection: Selection | None = None) -> str:
+    """The activity's lease on the dataset; a partition's own lease on its key range (the
+    mapped DAG runs one run at a time, so partitions never meet a whole-dataset run)."""
+    dataset = adapter.dataset
+    if isinstance(selection, KeyRange):
+        dataset = f"{dataset}#{selection.index}"
+    return lease_name(activity.id, adapter.system, dataset)
+
+
+def partitions(
+    activity: Activity, as_of: dt.datetime, *, control: Control, size: int,
+    source: Any = None, adapter: SourceAdapter | None = None,
+) -> list[KeyRange]:  # fmt: skip
+    """The key ranges of about ``size`` records each that a mapped run enforces in parallel."""
+    adapter = adapter or adapter_for(activity.source, control.key, source)
+    with database_errors():
+        adapter.resolve(_changing(activity))
+        return adapter.partitions(DueAt(as_of, tuple(activity.retention)), size)
+
+
+# ------------------------------------------------------------------------------ linked files
+
+
+class _LinkedFiles:
+    """The binding's linked files (e.g. CVs): one S3 adapter per link, made on first use."""
+
+    def __init__(self, activity: Activity, control: Control, clients: ClientFactory | None) -> None:
+        self.system = activity.source.system
+        self.links: tuple[ObjectLink, ...] = tuple(getattr(activity.source, "objects", ()))
+        self.key = control.key
+        self._clients = clients
+        self._made: dict[str, Any] = {}
+        self._connected: dict[str, Any] = {}
+
+    def adapter(self, link: ObjectLink) -> Any:
+        """The S3 adapter of ``link``'s bucket (one client per connection)."""
+        if link.column not in self._made:
+            if link.conn_id not in self._connected:
+                self._connected[link.conn_id] = self._client(link.conn_id)
+            client = self._connected[link.conn_id]
+            self._made[link.column] = adapter_for(link.binding(self.system), self.key, client)
+        return self._made[link.column]
+
+    def _client(self, conn_id: str) -> Any:
+        if self._clients is not None:
+            return self._clients(conn_id)
+        from include.retention.object_store import s3_client
+
+        return s3_client(conn_id)
+
+
+# ------------------------------------------------------------------------------ recovery
+
+
+def _recover(
+    activity: Activity, adapter: SourceAdapter, control: Control, linked: _LinkedFiles,
+    selection: Selection | None = None,
+) -> RecoveryResult:  # fmt: skip
+    """Call under the lease: every other unfinished run of it is dead. Linked files first
+    (they are deleted before their records' batch applies). A partition settles only the
+    batches and runs of its own key range (the other partitions may be live)."""
+    result = RecoveryResult()
+    live = control.leases.live_runs()
+    pending = [b for b in control.ledger.pending_batches(activity.id) if b.run_id not in live]
+    scope = _partition_runs(activity, control, selection)
+    if scope is not None:
+        pending = [b for b in pending if b.run_id in scope]
+    action = _changing(activity) or DeleteAction()
+    targets: list[tuple[str, str, Callable[[], SourceAdapter], Action]] = [
+        (linked.system, link.bucket, functools.partial(linked.adapter, link), DeleteAction())
+        for link in linked.links
+    ]
+
+    def main() -> SourceAdapter:
+        return adapter
+
+    targets.append((adapter.system, adapter.dataset, main, action))
+    for system, dataset, make, target_action in targets:
+        mine = [b for b in pending if (b.system, b.dataset) == (system, dataset)]
+        if not mine:
+            continue
+        wanted = {ref for batch in mine for ref in unpack_refs(batch.refs)}
+        # A partition looks only in its own key range; linked buckets have no key ranges.
+        within = selection if isinstance(selection, KeyRange) and make is main else None
+        present = make().present(wanted, target_action, within)
+        for batch in mine:
+            outcome = settle_batch(
+                control, batch, present, applied_if_present=target_action.kind == "anonymise"
+            )
+            setattr(result, outcome, getattr(result, outcome) + 1)
+    result.runs_closed = close_interrupted_runs(control, activity.id, only=scope)
+    return result
+
+
+def _partition_runs(
+    activity: Activity, control: Control, selection: Selection | None
+) -> set[str] | None:
+    """Run ids of the ledger runs of this partition (None: not a partition, all runs)."""
+    if not isinstance(selection, KeyRange):
+        return None
+    mine = str(selection.index)
+    return {
+        r.run_id for r in control.ledger.runs(activity.id)
+        if (r.header.get("origin") or {}).get("partition") == mine
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class _Run:
+    activity: Activity
+    selection: Selection
+    adapter: SourceAdapter
+    control: Control
+    options: RunOptions
+    lease: Lease
+    linked: _LinkedFiles
+    report: RunReport | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def action(self) -> Action:
+        return _changing(self.activity) or DeleteAction()
+
+    def holds_of(self, adapter: SourceAdapter) -> HoldReader:
+        return lambda: self.control.holds.active(adapter.system, adapter.dataset)
+
+    def go(self) -> RunReport:
+        options, control, activity = self.options, self.control, self.activity
+        recovery = None
+        if not options.dry_run:
+            recovery = _recover(activity, self.adapter, control, self.linked, self.selection)
+        holds = self.holds_of(self.adapter)()
+        counts = self.adapter.count(self.selection, self.action, holds)
+        planned = plan_result(activity, self.selection, counts)
+        log.info("plan %s: %s", activity.id, planned.counts())
+        if options.hooks.after_plan:
+            options.hooks.after_plan(planned)
+        run_id = control.ledger.start_run(self._header(planned))
+        report = self.report = RunReport(
+            activity.id, "completed", "", planned, run_id=run_id,
+            approved_by=options.approved_by, recovery=recovery,
+            extra=dict.fromkeys(LINKED_COUNTS, 0) if self.linked.links else {},
+        )  # fmt: skip
+        self.lease.bind_run(report.run_id)  # type: ignore[arg-type]
+        checkpoint("run_started", 0)
+        decided = decide(activity, options.whole or planned, options.dry_run, options.approved_by)
+        if decided:
+            report.outcome, report.message = decided
+            return finish_run(control, report)
+        try:
+            self._batches(planned.to_apply)
+        except Exception as exc:
+            finish_failed(control, report, exc, "records")
+            raise
+        report.message = (
+            f"{activity.action.kind}: {report.applied} records in {report.batches} batches;"
+            f" skipped {report.held_skipped} held, {report.restricted_skipped} restricted"
+            + (f"; {report.failed} failed" if report.failed else "")
+        )
+        if report.failed:
+            report.outcome = "partial"
+        return finish_run(control, report)
+
+    def _header(self, planned: PlanResult) -> RunHeader:
+        options, selection = self.options, self.selection
+        origin = dict(options.origin or {})
+        if isinstance(selection, KeyRange):
+            origin["partition"] = str(selection.index)
+        return RunHeader(
+            activity_id=self.activity.id, system=self.adapter.system,
+            dataset=self.adapter.dataset, action=self.activity.action.kind, rules=planned.rules,
+            as_of=planned.as_of, cutoffs=planned.cutoffs, dry_run=options.dry_run,
+            catalogue_version=options.catalogue_version, code_version=code_version(),
+            approved_by=options.approved_by, origin=origin,
+        )  # fmt: skip
+
+    def _batches(self, expected: int) -> None:
+        staged = self.adapter.batches(
+            self.selection, self.action, self.holds_of(self.adapter), self.options.batch_size
+        )
+        try:
+            for batch in staged:
+                self.lease.renew()  # a run that lost its lease stops here
+                self._one(batch)
+                self._progress(batch.no, expected)
+        finally:
+            close = getattr(staged, "close", None)
+            if close is not None:
+                close()
+
+    def _one(self, batch: Batch) -> None:
+        adapter, report = self.adapter, self.report
+        assert report is not None
+        batch, seq = self._prepared(adapter, batch, main=True)
+        if seq is None:
+            adapter.apply(batch)  # nothing to change (all held): ends the staging
+            _add(report, batch, Applied(refs=()))
+            return
+        if self.linked.links and batch.linked:
+            self._follow_on(batch, seq)
+            checkpoint(OBJECT_CHECKPOINT, batch.no)
+        applied = adapter.apply(batch)  # if this fails the batch stays pending for recovery
+        checkpoint("after_apply", batch.no)
+        self._resolve(seq, batch, applied)
+        checkpoint("after_resolve", batch.no)
+        _add(report, batch, applied)
+        log.info(
+            "batch %s: %s %s record(s) of %s/%s, %s skipped (held/restricted)%s",
+            batch.no, self.activity.action.kind, len(applied.refs), adapter.system,
+            adapter.dataset, batch.held_skipped + batch.restricted_skipped,
+            f", {applied.failed} failed" if applied.failed else "",
+        )  # fmt: skip
+
+    def _prepared(
+        self, adapter: SourceAdapter, batch: Batch, *, main: bool
+    ) -> tuple[Batch, int | None]:
+        """Write the staged batch's evidence, then re-read the holds: a hold placed meanwhile
+        on it makes the batch roll back and stage again. (batch, prepared seq or None when the
+        batch changes nothing)."""
+        hooks = self.options.hooks
+        for _ in range(MAX_HOLD_RETRIES):
+            if main:
+                checkpoint("batch_staged", batch.no)
+            if not batch.refs:
+                return batch, None
+            seq = self._prepare(adapter, batch)
+            if main:
+                checkpoint("after_prepare", batch.no)
+                if hooks.after_prepare:
+                    hooks.after_prepare(batch.no)
+            if not _held_since(batch, self.holds_of(adapter)()):
+                if main and hooks.before_commit:
+                    hooks.before_commit(batch.no)
+                return batch, seq
+            adapter.abandon(batch)
+            self.control.ledger.resolve_batch(seq, outcome="rolled_back", applied=0)
+            log.info("batch %s: a hold was placed on it meanwhile; redoing it", batch.no)
+            batch = adapter.redo(batch, self.holds_of(adapter))
+        raise RetentionError(
+            f"batch {batch.no}: holds kept changing; gave up after {MAX_HOLD_RETRIES} tries"
+        )
+
+    def _prepare(self, adapter: SourceAdapter, batch: Batch) -> int:
+        assert self.report is not None and self.report.run_id is not None
+        refs = batch.refs
+        blob = refs.blob if isinstance(refs, PackedRefs) else pack_refs(refs)
+        counts = {
+            "records": len(refs), "held_skipped": batch.held_skipped,
+            "restricted_skipped": batch.restricted_skipped, **batch.counts,
+        }  # fmt: skip
+        return self.control.ledger.prepare_batch(
+            self.report.run_id, self.activity.id, adapter.system, adapter.dataset,
+            batch_no=batch.no, action=self.action.kind if adapter is self.adapter else "delete",
+            refs_blob=blob, counts=counts,
+            subject_refs_blob=pack_refs(batch.subjects) if batch.subjects else None,
+        )  # fmt: skip
+
+    def _resolve(self, seq: int, batch: Batch, applied: Applied) -> None:
+        done, total = len(applied.refs), len(batch.refs)
+        outcome = "committed" if done == total else "partial" if done else "rolled_back"
+        self.control.ledger.resolve_batch(
+            seq, outcome=outcome, applied=done,
+            applied_blob=None if outcome == "committed" else pack_refs(applied.refs),
+        )  # fmt: skip
+
+    def _follow_on(self, batch: Batch, seq: int) -> None:
+        """Delete the files the batch's records point to before the batch applies; on any
+        failure roll the batch back (the records stay, the next run retries)."""
+        assert self.report is not None
+        try:
+            for link in self.linked.links:
+                keys = sorted(set(batch.linked.get(link.column, ())))
+                if keys:
+                    self._delete_files(self.linked.adapter(link), keys, batch.no)
+        except BaseException:
+            self.adapter.abandon(batch)
+            log.error("batch %s: deleting the linked files failed; batch rolled back", batch.no)
+            try:
+                self.control.ledger.resolve_batch(seq, outcome="rolled_back", applied=0)
+            except Exception:  # left pending: the next run's recovery settles it
+                log.exception("batch %s: could not resolve the rolled-back batch", batch.no)
+            raise
+
+    def _delete_files(self, files: Any, keys: list[str], batch_no: int) -> None:
+        extra = self.report.extra  # type: ignore[union-attr]
+        for staged in files.stage_keys(keys, self.holds_of(files), batch_no):
+            staged, seq = self._prepared(files, staged, main=False)
+            applied = files.apply(staged) if seq is not None else Applied(refs=())
+            if seq is not None:
+                self._resolve(seq, staged, applied)
+            counts = {
+                "objects_deleted": len(applied.refs),
+                "object_versions_deleted": applied.counts.get("versions_deleted", 0),
+                "objects_held_skipped": staged.held_skipped + staged.restricted_skipped,
+                "objects_missing": staged.counts.get("missing", 0),
+            }
+            for name, n in counts.items():
+                extra[name] = extra.get(name, 0) + n
+            if applied.failed:
+                raise RetentionError(
+                    f"batch {batch_no}: {applied.failed} linked file(s) could not be deleted"
+                )
+
+    def _progress(self, batch_no: int, expected: int) -> None:
+        report = self.report
+        assert report is not None
+        done = report.applied + report.held_skipped + report.restricted_skipped + report.failed
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = report.applied / elapsed
+        left = max(expected - done, 0)
+        eta = f", about {left / rate:.0f} s left" if rate and left else ""
+        log.info(
+            "%s: batch %s done, %s of about %s records (%.0f/s)%s",
+            self.activity.id, batch_no, done, expected, rate, eta,
+        )  # fmt: skip
+
+
+def _held_since(batch: Batch, now: Any) -> bool:
+    """Does a hold placed since the batch was staged cover one of its records?
+
+    New record holds are matched against the batch's references, new subject holds against its
+    subjects (when the adapter did not read them, any new subject hold redoes the batch)."""
+    before = batch.holds
+    new_subjects = now.subjects.keys() - before.subjects.keys()
+    if new_subjects and (batch.subjects is None or new_subjects & batch.subjects):
+        return True
+    new = now.records.keys() - before.records.keys()
+    if not new:
+        return False
+    refs = batch.refs if isinstance(batch.refs, PackedRefs) else set(batch.refs)
+    return any(ref in refs for ref in new)
+
+
+def _add(report: RunReport, batch: Batch, applied: Applied) -> None:
+    report.batches += 1 if applied.refs else 0
+    report.applied += len(applied.refs)
+    report.failed += applied.failed
+    report.held_skipped += batch.held_skipped
+    report.restricted_skipped += batch.restricted_skipped
+    extra = report.extra
+    for name, n in batch.counts.items():
+        if name.startswith("children."):
+            children = extra.setdefault("children", {})
+            table = name.removeprefix("children.")
+            children[table] = children.get(table, 0) + n
+    for name, n in applied.counts.items():
+        extra[name] = extra.get(name, 0) + n

@@ -1,0 +1,427 @@
+"""The S3 source adapter: objects in a bucket (the image bank), and the files SQL records point
+to (``ObjectLink``, e.g. candidates' CVs: `S3Adapter.stage_keys`, the run's follow-on step).
+
+Rules read object metadata (``RuleCase.when.column`` and ``anchor_column`` name metadata keys,
+falling back to object tags; anchors are ``YYYY-MM-DD`` dates). An object's metadata is that of
+its newest version that is not a delete marker, so soft-deleted objects are found too.
+
+Deleting an object means removing EVERY version and delete marker of its key
+(``list_object_versions`` + ``DeleteObjects`` in calls of at most 1000 entries): in a versioned
+bucket anything less deletes nothing. Staging a batch changes nothing (it drops the held
+objects); ``apply`` deletes the versions, then confirms with a HEAD per key that no current
+version is left (a key uploaded again meanwhile is not claimed). ``present`` lists which keys
+still have any version. Logs carry counts and references only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from include.retention.catalogue import RuleCase, S3Source
+from include.retention.errors import RetentionError
+from include.retention.holds import ActiveHolds
+from include.retention.object_store import iter_versions, s3_client
+from include.retention.pseudonym import RecordRefHasher, SubjectRefHasher
+from include.retention.sources.base import (
+    Action,
+    Applied,
+    Batch,
+    Counts,
+    DueAt,
+    HoldReader,
+    KeyRange,
+    OfSubject,
+    Record,
+    Selection,
+    base_selection,
+    key_bounds,
+    key_ranges,
+    register,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_KEYS_PER_CALL = 1000  # the DeleteObjects limit
+HEAD_WORKERS = 16
+
+Status = Literal["due", "unknown_anchor", "kept", "out_of_scope"]
+
+
+@dataclass(frozen=True)
+class S3Object:
+    """One key with its whole history (newest first)."""
+
+    key: str
+    versions: tuple[str, ...]  # version ids of every version and delete marker
+    delete_markers: int
+    latest: str | None  # newest version that is not a delete marker (metadata source)
+
+
+# ------------------------------------------------------------------------------ listing
+
+
+def list_objects(client: Any, bucket: str, prefix: str = "") -> list[S3Object]:
+    """Every key under ``prefix`` with all its versions and delete markers."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for version in iter_versions(client, bucket, prefix):
+            grouped.setdefault(version["Key"], []).append(version)
+    except client.exceptions.NoSuchBucket:
+        raise RetentionError(f"bucket {bucket!r} does not exist") from None
+    return [_object(key, items) for key, items in sorted(grouped.items())]
+
+
+def _object(key: str, items: list[dict[str, Any]]) -> S3Object:
+    items = sorted(items, key=lambda v: (v["LastModified"], v.get("IsLatest", False)), reverse=True)
+    latest = next((v["VersionId"] for v in items if not v["IsDeleteMarker"]), None)
+    return S3Object(
+        key=key,
+        versions=tuple(v["VersionId"] for v in items),
+        delete_markers=sum(1 for v in items if v["IsDeleteMarker"]),
+        latest=latest,
+    )
+
+
+def _versions_of(client: Any, bucket: str, key: str) -> S3Object:
+    items = [v for v in iter_versions(client, bucket, key) if v["Key"] == key]
+    return _object(key, items) if items else S3Object(key, (), 0, None)
+
+
+def _metadata(client: Any, bucket: str, obj: S3Object, wanted: set[str]) -> dict[str, str]:
+    """User metadata of the newest real version; object tags fill keys metadata lacks."""
+    if obj.latest is None:
+        return {}
+    head = client.head_object(Bucket=bucket, Key=obj.key, VersionId=obj.latest)
+    meta = {k.lower(): v for k, v in head.get("Metadata", {}).items()}
+    if wanted - meta.keys():
+        tags = client.get_object_tagging(Bucket=bucket, Key=obj.key, VersionId=obj.latest)
+        for tag in tags.get("TagSet", []):
+            meta.setdefault(tag["Key"].lower(), tag["Value"])
+    return meta
+
+
+def _all_metadata(
+    client: Any, bucket: str, objects: Sequence[S3Object], wanted: set[str]
+) -> list[dict[str, str]]:
+    with ThreadPoolExecutor(max_workers=HEAD_WORKERS) as pool:
+        return list(pool.map(lambda o: _metadata(client, bucket, o, wanted), objects))
+
+
+def batches(
+    objects: Sequence[S3Object], limit: int = MAX_KEYS_PER_CALL
+) -> Iterator[list[S3Object]]:
+    """Groups of objects with at most ``limit`` versions in all (bigger objects alone)."""
+    batch: list[S3Object] = []
+    size = 0
+    for obj in objects:
+        if batch and size + len(obj.versions) > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(obj)
+        size += len(obj.versions)
+    if batch:
+        yield batch
+
+
+def _delete_versions(
+    client: Any, bucket: str, objects: Sequence[S3Object]
+) -> tuple[set[str], int, int]:
+    """DeleteObjects for every version of ``objects``; (keys with an error, deleted, calls)."""
+    entries = [{"Key": o.key, "VersionId": v} for o in objects for v in o.versions]
+    failed: set[str] = set()
+    calls = 0
+    for start in range(0, len(entries), MAX_KEYS_PER_CALL):
+        chunk = entries[start : start + MAX_KEYS_PER_CALL]
+        response = client.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
+        calls += 1
+        failed |= {error["Key"] for error in response.get("Errors", [])}
+    deleted = sum(len(o.versions) for o in objects if o.key not in failed)
+    return failed, deleted, calls
+
+
+def _still_present(client: Any, bucket: str, keys: Sequence[str]) -> set[str]:
+    """Confirm: the keys that have a current version again (e.g. uploaded meanwhile).
+
+    One HEAD per key (cheap everywhere); a version uploaded meanwhile and then hidden under a
+    new delete marker is not seen here, and is found by the next run's listing.
+    """
+
+    def present(key: str) -> bool:
+        try:
+            client.head_object(Bucket=bucket, Key=key)
+        except client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    with ThreadPoolExecutor(max_workers=HEAD_WORKERS) as pool:
+        return {key for key, found in zip(keys, pool.map(present, keys), strict=True) if found}
+
+
+# ------------------------------------------------------------------------------ rules
+
+
+def _wanted_keys(rules: Sequence[RuleCase]) -> set[str]:
+    keys = {c.anchor_column.lower() for c in rules if c.anchor_column}
+    keys |= {c.when.column.lower() for c in rules if c.when}
+    return keys
+
+
+def _applies(case: RuleCase, meta: Mapping[str, str]) -> bool:
+    if case.when is None:
+        return True
+    value = meta.get(case.when.column.lower())
+    return value is not None and value.strip().lower() in {str(v).lower() for v in case.when.values}
+
+
+def _anchor_date(meta: Mapping[str, str], column: str) -> dt.date | None:
+    raw = meta.get(column.lower())
+    if not raw:
+        return None
+    try:
+        return dt.date.fromisoformat(raw.strip()[:10])
+    except ValueError:
+        return None
+
+
+def classify(
+    rules: Sequence[RuleCase], meta: Mapping[str, str], as_of: dt.datetime
+) -> tuple[Status, str | None]:
+    """The status of one object by its metadata, and the label of the deciding case."""
+    applicable = [c for c in rules if _applies(c, meta)]
+    if not applicable:
+        return "out_of_scope", None
+    unknown: str | None = None
+    for case in applicable:
+        if not case.rule.enforceable or case.anchor_column is None:
+            continue
+        anchor, cutoff = _anchor_date(meta, case.anchor_column), case.rule.cutoff_date(as_of)
+        if anchor is None:
+            if not case.rule.null_anchor_is_pending:
+                unknown = unknown or (case.label or case.anchor_column)
+        elif cutoff is not None and anchor <= cutoff:
+            return "due", case.label
+    return ("unknown_anchor", unknown) if unknown else ("kept", None)
+
+
+def _cutoffs(rules: Sequence[RuleCase], as_of: dt.datetime) -> tuple[str | None, ...]:
+    out: list[str | None] = []
+    for case in rules:
+        cut = case.rule.cutoff_date(as_of) if case.rule.enforceable else None
+        out.append(None if cut is None else cut.isoformat())
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------ the adapter
+
+
+@dataclass
+class _Staged:
+    """A batch's objects (held ones dropped) and what is known of their metadata."""
+
+    objects: list[S3Object]
+    metas: dict[str, dict[str, str]] = field(default_factory=dict)
+    bucket_counts: dict[str, int] = field(default_factory=dict)
+
+
+@register("s3")
+class S3Adapter:
+    """One bucket (under a prefix) of a system (see the module doc)."""
+
+    kind: ClassVar[str] = "s3"
+
+    def __init__(self, binding: S3Source, key: bytes, connection: Any = None) -> None:
+        if not isinstance(binding, S3Source):
+            raise RetentionError(f"the S3 adapter needs an 's3' source, not {binding.kind!r}")
+        self.binding, self.key = binding, key
+        self.client = connection if connection is not None else s3_client(binding.conn_id)
+        self.system, self.dataset = binding.system, binding.bucket
+        self.hasher = RecordRefHasher(key, self.system, self.dataset)
+        self._subjects = SubjectRefHasher(key)
+        # The last count's selection, its objects and their metadata (read at count time).
+        self._selected: tuple[Selection, list[S3Object], dict[str, dict[str, str]]] | None = None
+
+    # -------------------------------------------------------------------- the protocol
+
+    def resolve(self, action: Action | None = None) -> None:
+        if action is not None and action.kind != "delete":
+            raise RetentionError(
+                f"bucket {self.dataset!r}: objects can only be deleted, not {action.kind}d"
+            )
+        try:
+            self.client.head_bucket(Bucket=self.dataset)
+        except self.client.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise RetentionError(
+                    f"bucket {self.dataset!r} does not exist (system {self.system!r},"
+                    f" connection {self.binding.conn_id!r})"
+                ) from None
+            raise
+
+    def count(self, selection: Selection, action: Action, holds: ActiveHolds) -> Counts:
+        objects = self._listed(selection)
+        base = base_selection(selection)
+        rules = base.rules if isinstance(base, DueAt) else ()
+        metas = _all_metadata(self.client, self.dataset, objects, self._wanted(rules))
+        tally = dict.fromkeys(
+            ("due", "held", "restricted", "unknown_anchor", "kept", "out_of_scope"), 0
+        )
+        chosen: list[S3Object] = []
+        chosen_metas: dict[str, dict[str, str]] = {}
+        for obj, meta in zip(objects, metas, strict=True):
+            status = self._status(base, meta)
+            if status == "due":
+                hold = holds.kind_for(self.hasher.ref(obj.key), self._subject_ref(meta))
+                status = {"legal_hold": "held", "restriction": "restricted"}.get(hold or "", "due")
+                chosen.append(obj)
+                chosen_metas[obj.key] = meta
+            tally[status] += 1
+        self._selected = (selection, chosen, chosen_metas)
+        counts = Counts(
+            total=len(objects), selected=tally["due"] + tally["held"] + tally["restricted"],
+            held=tally["held"], restricted=tally["restricted"],
+            anchor_unknown=tally["unknown_anchor"], kept=tally["kept"],
+            out_of_scope=tally["out_of_scope"],
+            cutoffs=_cutoffs(rules, base.as_of) if isinstance(base, DueAt) else (),
+        )  # fmt: skip
+        log.info("%s/%s: %s", self.system, self.dataset, counts)
+        return counts
+
+    def partitions(self, selection: Selection, size: int) -> list[KeyRange]:
+        if size < 1:
+            raise RetentionError("a partition needs at least one record")
+        keys = [o.key for o in self._listed(selection)]
+        uppers = [keys[i] for i in range(size - 1, len(keys) - 1, size)]
+        return key_ranges(selection, uppers)
+
+    def batches(
+        self, selection: Selection, action: Action, holds: HoldReader, size: int
+    ) -> Iterator[Batch]:
+        if self._selected is None or self._selected[0] != selection:
+            self.count(selection, action, holds())
+        _, chosen, metas = self._selected or (selection, [], {})
+        limit = max(1, min(size, MAX_KEYS_PER_CALL))
+        for no, group in enumerate(batches(chosen, limit), start=1):
+            staged = _Staged(list(group), {o.key: metas[o.key] for o in group})
+            yield self._stage(no, staged, holds)
+
+    def redo(self, batch: Batch, holds: HoldReader) -> Batch:
+        staged: _Staged = batch.state
+        again = self._stage(batch.no, _Staged(staged.objects, staged.metas), holds)
+        for kind, n in batch.skipped.items():  # held at the first staging: still skipped
+            again.skipped[kind] = again.skipped.get(kind, 0) + n
+        return again
+
+    def apply(self, batch: Batch) -> Applied:
+        staged: _Staged = batch.state
+        objects = staged.objects
+        failed, deleted, calls = _delete_versions(self.client, self.dataset, objects)
+        failed |= _still_present(self.client, self.dataset, [o.key for o in objects])
+        applied = [self.hasher.ref(o.key) for o in objects if o.key not in failed]
+        return Applied(
+            refs=applied, failed=len(failed),
+            counts={"versions_deleted": deleted, "delete_calls": calls},
+        )  # fmt: skip
+
+    def abandon(self, batch: Batch) -> None:
+        """Staging changed nothing."""
+
+    def present(
+        self, refs: AbstractSet[bytes], action: Action, within: Selection | None = None
+    ) -> set[bytes]:
+        keys = {v["Key"] for v in iter_versions(self.client, self.dataset, self.binding.prefix)}
+        return {ref for ref in self.hasher.refs(sorted(keys)) if ref in refs}
+
+    def read(self, selection: Selection) -> Iterator[Record]:
+        base = base_selection(selection)
+        rules = base.rules if isinstance(base, DueAt) else ()
+        objects = self._listed(selection)
+        metas = _all_metadata(self.client, self.dataset, objects, self._wanted(rules))
+        for obj, meta in zip(objects, metas, strict=True):
+            if self._status(base, meta) == "due":
+                yield {"key": obj.key, "versions": len(obj.versions), "metadata": dict(meta)}
+
+    def close(self) -> None:
+        """The client belongs to whoever made it."""
+
+    # -------------------------------------------------------------------- linked files
+
+    def stage_keys(self, keys: Sequence[str], holds: HoldReader, no: int) -> Iterator[Batch]:
+        """Stage the objects of exactly these keys (files SQL records point to), every version;
+        batch numbers are all ``no`` (the records' batch). Keys without any version are counted
+        as ``missing`` in the first batch."""
+        with ThreadPoolExecutor(max_workers=HEAD_WORKERS) as pool:
+            found = list(pool.map(lambda k: _versions_of(self.client, self.dataset, k), keys))
+        present = [o for o in found if o.versions]
+        missing = len(found) - len(present)
+        for i, group in enumerate(batches(present) if present else [[]]):
+            staged = _Staged(list(group), bucket_counts={"missing": missing} if i == 0 else {})
+            yield self._stage(no, staged, holds)
+
+    # -------------------------------------------------------------------- helpers
+
+    def _listed(self, selection: Selection) -> list[S3Object]:
+        lower, upper = key_bounds(selection)
+        objects = list_objects(self.client, self.dataset, self.binding.prefix)
+        return [
+            o for o in objects if o.latest is not None
+            and (lower is None or o.key > str(lower)) and (upper is None or o.key <= str(upper))
+        ]  # fmt: skip
+
+    def _wanted(self, rules: Sequence[RuleCase]) -> set[str]:
+        subject = {self.binding.subject_key.lower()} if self.binding.subject_key else set()
+        return _wanted_keys(rules) | subject
+
+    def _subject_ref(self, meta: Mapping[str, str]) -> bytes | None:
+        name = self.binding.subject_key
+        subject = meta.get(name.lower()) if name else None
+        return self._subjects.ref(subject) if subject else None
+
+    def _status(self, base: DueAt | OfSubject, meta: Mapping[str, str]) -> str:
+        if isinstance(base, DueAt):
+            return classify(base.rules, meta, base.as_of)[0]
+        if not self.binding.subject_key:
+            raise RetentionError(
+                f"bucket {self.dataset!r} has no subject_key: its objects cannot be selected by"
+                " data subject (set source.subject_key)"
+            )
+        return "due" if self._subject_ref(meta) == base.subject_ref else "out_of_scope"
+
+    def _stage(self, no: int, staged: _Staged, holds: HoldReader) -> Batch:
+        """Drop the objects held now. The subjects come from the metadata read when counting
+        (a version's metadata never changes); while holds exist it is read afresh, since a
+        subject may come from an object tag, which can change."""
+        active = holds()
+        objects = staged.objects
+        if not active.empty and self.binding.subject_key and objects:
+            fresh = _all_metadata(self.client, self.dataset, objects, self._wanted(()))
+            staged.metas = {o.key: m for o, m in zip(objects, fresh, strict=True)}
+        kinds = (
+            {}
+            if active.empty
+            else {
+                o.key: active.kind_for(
+                    self.hasher.ref(o.key), self._subject_ref(staged.metas.get(o.key, {}))
+                )
+                for o in objects
+            }
+        )
+        keep = [o for o in objects if not kinds.get(o.key)]
+        skipped = [k for k in kinds.values() if k]
+        subjects = frozenset(
+            ref for o in keep if (ref := self._subject_ref(staged.metas.get(o.key, {})))
+        )
+        return Batch(
+            no=no, refs=[self.hasher.ref(o.key) for o in keep], holds=active, subjects=subjects,
+            skipped={k: skipped.count(k) for k in ("legal_hold", "restriction") if k in skipped},
+            counts={"versions": sum(len(o.versions) for o in keep), **staged.bucket_counts},
+            state=_Staged(keep, staged.metas, staged.bucket_counts),
+        )  # fmt: skip

@@ -1,0 +1,49 @@
+"""The source adapter protocol's selections and registry (no source needed)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from include.retention.errors import RetentionError
+from include.retention.sources import base
+from include.retention.sources.base import DueAt, KeyRange, OfSubject, adapter_class, register
+from tests.dbs import activity
+
+
+def test_selections_refuse_what_they_cannot_mean() -> None:
+    rules = tuple(activity().retention)
+    with pytest.raises(RetentionError, match="time-zone-aware"):
+        DueAt(dt.datetime(2026, 1, 1), rules)
+    with pytest.raises(RetentionError, match="at least one rule"):
+        DueAt(dt.datetime(2026, 1, 1, tzinfo=dt.UTC), ())
+    with pytest.raises(RetentionError, match="keyed reference"):
+        OfSubject(b"")
+    due = DueAt(dt.datetime(2026, 1, 1, tzinfo=dt.UTC), rules)
+    with pytest.raises(RetentionError, match="not another key range"):
+        KeyRange(KeyRange(due, 1, 2), 1, 2)  # type: ignore[arg-type]
+    part = KeyRange(due, 10, 20, index=1)
+    assert base.base_selection(part) is due and base.key_bounds(part) == (10, 20)
+    assert base.key_bounds(due) == (None, None)
+
+
+def test_registry_names_the_module_a_missing_kind_needs() -> None:
+    assert adapter_class("sql").kind == "sql"  # type: ignore[attr-defined]
+    assert adapter_class("s3").kind == "s3"  # type: ignore[attr-defined]
+    with pytest.raises(RetentionError, match=r"sources/ftp\.py"):
+        adapter_class("ftp")
+
+
+def test_a_kind_registered_twice_is_an_error() -> None:
+    @register("twice_test")
+    class One:
+        pass
+
+    with pytest.raises(RetentionError, match="two adapters"):
+
+        @register("twice_test")
+        class Two:
+            pass
+
+    base._ADAPTERS.pop("twice_test")
