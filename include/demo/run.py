@@ -14,6 +14,7 @@ files 0600, folders 0700), and files an earlier version left readable are tighte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -23,6 +24,7 @@ import re
 import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -31,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from include.demo import databases, saas_server
-from include.demo.embedded_s3 import DEFAULT_PORT, local_client, spawn, wait_until_up
+from include.demo.airflow_stack import check_port_free, free_port
+from include.demo.embedded_s3 import local_client, spawn, wait_until_up
 from include.retention.errors import RetentionError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +49,7 @@ DEFAULT_METADATA_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/retention_d
 # The project's deployment set-up (the enforcement pool), run after `airflow db migrate`.
 DEPLOYMENT_SETUP = (sys.executable, "-m", "include.retention", "setup")
 PRIVATE_UMASK = 0o077  # files 0600, folders 0700
+S3_MODULE = "include.demo.embedded_s3"  # the embedded S3 server's command line names it
 
 
 def make_private(root: Path) -> None:
@@ -119,19 +123,65 @@ def ensure_key(paths: DemoPaths) -> str:
     return paths.key_file.read_text(encoding="ascii").strip()
 
 
-def ensure_s3(paths: DemoPaths, port: int) -> tuple[str, bool]:
-    """The embedded S3 endpoint; starts it in the background if nothing answers. Returns
-    ``(endpoint, started)``: a fresh server holds no objects."""
-    endpoint = f"http://127.0.0.1:{port}"
+@dataclass(frozen=True)
+class DemoS3:
+    """The demo's embedded S3: the endpoint, and the process if this run started it."""
+
+    endpoint: str
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def fresh(self) -> bool:
+        """Started by this run: it holds no objects yet."""
+        return self.process is not None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)  # its own session, and only it
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(10)
+
+
+def _running_s3(paths: DemoPaths) -> int | None:
+    """The port of the embedded S3 an earlier run of this checkout started, if that very
+    process still runs and answers; never just whatever listens on a port."""
+    import psutil
+
     try:
-        wait_until_up(endpoint, timeout=0.5)
-        return endpoint, False
+        pid = int((paths.var / "s3.pid").read_text(encoding="ascii"))
+        port = int((paths.var / "s3.port").read_text(encoding="ascii"))
+        command = psutil.Process(pid).cmdline()
+    except (OSError, ValueError, psutil.Error):
+        return None
+    if S3_MODULE not in command or str(port) not in command:
+        return None
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}", timeout=0.5)
     except RetentionError:
-        pass
+        return None
+    return port
+
+
+def ensure_s3(paths: DemoPaths, port: int | None) -> DemoS3:
+    """The embedded S3: the one this checkout started earlier while it runs (it keeps the
+    seeded objects), else a new one in the background on ``port`` (default: a free port).
+    A port something else listens on is an error naming it."""
+    running = _running_s3(paths)
+    if running is not None and port in (None, running):
+        return DemoS3(f"http://127.0.0.1:{running}")
+    if running is not None:
+        raise RetentionError(
+            f"the demo's embedded S3 already runs on port {running} (pid in"
+            f" {paths.var / 's3.pid'}): stop it first, or leave out --s3-port"
+        )
+    port = port or free_port()
+    check_port_free(port)
     log = (paths.var / "s3.log").open("ab")
     proc = spawn(port=port, stdout=log, detach=True)
     (paths.var / "s3.pid").write_text(str(proc.pid), encoding="ascii")
-    return endpoint, True
+    (paths.var / "s3.port").write_text(str(port), encoding="ascii")
+    return DemoS3(f"http://127.0.0.1:{port}", proc)
 
 
 def ensure_saas(paths: DemoPaths, port: int) -> dict[str, Any]:
@@ -303,23 +353,48 @@ def run_all_dags(
         f"starting Airflow (scheduler, dag-processor, triggerer, API server; logs in"
         f" {paths.airflow_home / 'stack-logs'})"
     )
+    clock = Phases()
     with AirflowStack(config) as stack:
+        clock.lap("Airflow start")
         api = stack.api()
         api.wait_for_dags(dag_ids)
+        clock.lap("DAGs parsed")
         conf = {"as_of": as_of.isoformat(), "dry_run": False}
-        runs = []
-        for dag_id in dag_ids:
-            api.unpause(dag_id)
-            runs.append((dag_id, api.trigger(dag_id, conf)))
+        for dag in api.dags("retention_"):  # deployed unpaused; unpause any paused by hand
+            if dag["dag_id"] in dag_ids and dag["is_paused"]:
+                api.unpause(dag["dag_id"])
+        runs = [(dag_id, api.trigger(dag_id, conf)) for dag_id in dag_ids]
         print(f"triggered {len(runs)} DAG runs through {stack.url}/api/v2; waiting for them")
+        clock.lap("triggered")
         states = api.wait_for_runs(runs, timeout=RUN_TIMEOUT)
+        clock.lap("DAG runs")
+    clock.lap("Airflow stop")
+    print(f"phases: {clock}")
     return {dag_id: state for (dag_id, _), state in states.items()}
+
+
+class Phases:
+    """Wall-clock seconds per phase of the main job, as laps."""
+
+    def __init__(self) -> None:
+        self.laps: list[tuple[str, float]] = []
+        self._last = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.laps.append((name, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.laps)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m include.demo.run")
     parser.add_argument("--var", type=Path, default=ROOT / "var", help="state directory")
-    parser.add_argument("--s3-port", type=int, default=DEFAULT_PORT)
+    parser.add_argument(
+        "--s3-port", type=int, help="embedded S3 port (default: a free one, kept while it runs)"
+    )
     parser.add_argument("--saas-port", type=int, default=saas_server.DEFAULT_PORT)
     parser.add_argument(
         "--api-port", type=int, default=0, help="Airflow API server port (default: a free one)"
@@ -343,14 +418,39 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(PRIVATE_UMASK)
     make_private(paths.var)
     key = ensure_key(paths)
-    s3_endpoint, s3_fresh = ensure_s3(paths, args.s3_port)
+    stop_on_signals()
+    s3 = ensure_s3(paths, args.s3_port)
+    try:
+        return _main_job(args, paths, key, s3, started)
+    except KeyboardInterrupt:
+        s3.stop()  # an S3 this run started holds nothing worth keeping
+        print("interrupted: stopped everything the main job had started", file=sys.stderr)
+        return 130
+
+
+def stop_on_signals() -> None:
+    """SIGTERM unwinds like Ctrl-C (KeyboardInterrupt), so every ``with`` block stops what it
+    started; a second signal cannot cut that clean-up short."""
+
+    def interrupted(signum: int, frame: Any) -> None:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, interrupted)
+
+
+def _main_job(
+    args: argparse.Namespace, paths: DemoPaths, key: str, s3: DemoS3, started: float
+) -> int:
     as_of = seeded_as_of(paths)
-    if as_of is not None and s3_fresh and not args.reset:
+    if as_of is not None and s3.fresh and not args.reset:
         print("the embedded S3 was not running, so its objects are gone: reseeding the demo")
-    if as_of is None or s3_fresh or args.reset:
+    if as_of is None or s3.fresh or args.reset:
         as_of = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        seed(paths, key, s3_endpoint, as_of)
-    env = environment(paths, key, s3_endpoint, ensure_saas(paths, args.saas_port))
+        seed(paths, key, s3.endpoint, as_of)
+    env = environment(paths, key, s3.endpoint, ensure_saas(paths, args.saas_port))
     write_env_file(paths, env)
     os.environ.update(env)
     if args.setup_only:

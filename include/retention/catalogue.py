@@ -376,6 +376,27 @@ class Safety(_Model):
     max_fraction: float | None = Field(default=0.25, gt=0, le=1)
 
 
+class SourceChecks(_Model):
+    """Expectations on the source checked before anything is deleted (Great Expectations, see
+    :mod:`include.retention.verification`). Shares are of the records a rule case applies to;
+    beyond a limit the run stops, deletes nothing and says why."""
+
+    max_null_anchor_fraction: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="NULL anchors (unknown: counted, never deleted); a column gone mostly NULL"
+        " means the source changed and its records would silently never be deleted",
+    )
+    max_future_anchor_fraction: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Anchors later than now (of the known ones): a clock, time-zone or format"
+        " fault in the source; raise it where the anchor is a planned date",
+    )
+
+
 class Activity(_Model):
     """One processing activity of the privacy policy and how its retention is enforced."""
 
@@ -393,6 +414,7 @@ class Activity(_Model):
     source: Source
     schedule: Cron = Field(default=DEFAULT_SCHEDULE, description="Cron, Europe/Stockholm")
     safety: Safety = Field(default_factory=Safety)
+    source_checks: SourceChecks = Field(default_factory=SourceChecks)
     owner: str = "data-engineering"
     assumptions: list[Assumption] = Field(
         default_factory=list, description="Readings the policy does not state, to confirm"

@@ -170,6 +170,9 @@ def plan(
     check_not_early(as_of, dry_run, now)
     runtime = runtime or Runtime.load()
     activity = runtime.activity(activity_id)
+    from include.retention import verification  # Great Expectations: imported when used
+
+    checks = verification.precheck(activity, runtime.adapter(activity), dry_run=dry_run)
     result = _plan_result(activity, as_of, runtime)
     gated = activity.enforceable and not dry_run and result.to_apply > 0
     reason = gate_reason(activity, result) if gated else None
@@ -187,6 +190,7 @@ def plan(
             else "within the safety limits"
         ),
         "origin": origin or {},
+        "source_checks": checks,
     }
     stakes = _deadlines_at_stake(activity, as_of, runtime) if reason else []
     planned["deadlines_at_stake"] = stakes
@@ -294,7 +298,8 @@ def verify(
         control=runtime.control,
         adapter=runtime.adapter(activity),
     )
-    runtime.control.ledger.record_verification(enforced["run_id"], activity_id, result.as_dict())
+    stored = result.as_dict() | {"source_checks": planned.get("source_checks")}
+    runtime.control.ledger.record_verification(enforced["run_id"], activity_id, stored)
     if not result.success:
         raise RetentionError(f"verification of {activity_id} failed: {result.as_dict()}")
     return {"checked": True, **result.as_dict()}
