@@ -377,12 +377,22 @@ class EvidenceReader:
             )
         return self._report(True, count, prev_hash)
 
-    def _chain_contains(self, head: tuple[int, str]) -> bool:
+    def entry_hash_at(self, seq: int) -> str | None:
+        """The stored hash of entry ``seq`` (hex), or None if there is no such entry."""
         with self.engine.connect() as conn:
             got = conn.execute(
-                sa.select(ledger_table.c.entry_hash).where(ledger_table.c.seq == head[0])
+                sa.select(ledger_table.c.entry_hash).where(ledger_table.c.seq == seq)
             ).scalar()
-        return got is not None and bytes(got).hex() == head[1]
+        return None if got is None else bytes(got).hex()
+
+    def kind_at(self, seq: int) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(ledger_table.c.kind).where(ledger_table.c.seq == seq)
+            ).scalar()
+
+    def _chain_contains(self, head: tuple[int, str]) -> bool:
+        return self.entry_hash_at(head[0]) == head[1]
 
     @staticmethod
     def _report(
