@@ -264,3 +264,24 @@ def test_failed_run_is_failed_and_alerts_without_personal_data(airflow: Schedule
     assert personal, "the demo records must name their data subjects"
     assert not [subject for subject in personal if subject in text]
     assert airflow.demo.control.ledger.runs(BROKEN) == []  # nothing recorded as if it ran
+
+
+def test_the_daily_manifest_is_published_under_object_lock(airflow: Scheduled) -> None:
+    """retention_ledger_manifest through the scheduler: a signed manifest of the ledger head
+    lands in the bucket under compliance-mode Object Lock, and the ledger matches it."""
+    from include.retention import manifest
+
+    dag_id = "retention_ledger_manifest"
+    airflow.api.wait_for_dags([dag_id])
+    airflow.api.unpause(dag_id)
+    key = (dag_id, airflow.api.trigger(dag_id, {}))
+    assert airflow.api.wait_for_runs([key], timeout=RUN_TIMEOUT)[key] == "success"
+    s3, bucket = airflow.demo.s3, manifest.bucket_name()
+    [published] = manifest.fetch_all(s3, bucket)
+    head = s3.head_object(Bucket=bucket, Key=published.key)
+    assert head["ObjectLockMode"] == "COMPLIANCE"
+    assert published.document["body"]["ledger"]["head_seq"] > 0
+    signing = manifest.SigningKey.from_text(
+        DemoPaths(airflow.demo.root).signing_key_file.read_text()
+    )
+    assert manifest.check(airflow.demo.control.ledger, [published], [signing.public()]) == []

@@ -34,6 +34,7 @@ from include.retention.chain import (
 from include.retention.errors import RetentionError
 from include.retention.pseudonym import (
     REF_SIZE,
+    KeyRing,
     PackedRefs,
     RecordRefHasher,
     check_key,
@@ -105,8 +106,14 @@ class EvidenceReader:
     """Read-only access to the ledger in ``engine``. ``key`` (the pseudonym key) is needed only
     to look up a record or person by identifier."""
 
-    def __init__(self, engine: Engine, key: bytes | None = None) -> None:
+    def __init__(
+        self, engine: Engine, key: bytes | None = None, *, keyring: KeyRing | None = None
+    ) -> None:
+        """``keyring`` (instead of ``key``): look up under every retained key version too."""
         self.engine = engine
+        self._keyring = keyring
+        if keyring is not None:
+            key = keyring.current
         self._key = None if key is None else check_key(key)
 
     @classmethod
@@ -197,7 +204,7 @@ class EvidenceReader:
 
     def lookup(self, system: str, dataset: str, pk: Any) -> list[Evidence]:
         """Was the record with this primary key deleted or anonymised: when, by which run/rule?"""
-        ref = RecordRefHasher(self._need_key(), system, dataset).ref(pk)
+        refs = {RecordRefHasher(key, system, dataset).ref(pk) for key in self._lookup_keys()}
         t = ledger_table
         resolutions = {
             e.ref_seq: e
@@ -214,11 +221,15 @@ class EvidenceReader:
             )
         ):
             res = resolutions.get(e.seq)
-            if res is None or ref not in PackedRefs(e.blob):
+            if res is None:
                 continue
+            batch = PackedRefs(e.blob)
+            ref = next((r for r in refs if r in batch), None)
             outcome = res.document["body"]["outcome"]
-            if outcome == "rolled_back" or (
-                outcome == "partial" and ref not in PackedRefs(res.blob)
+            if (
+                ref is None
+                or outcome == "rolled_back"
+                or (outcome == "partial" and ref not in PackedRefs(res.blob))
             ):
                 continue
             found.append(self._evidence(e, res))
@@ -270,7 +281,7 @@ class EvidenceReader:
         return self.subject_batches(*refs) if refs else []
 
     def _lookup_keys(self) -> list[bytes]:
-        return [self._need_key()]
+        return list(self._keyring.all) if self._keyring is not None else [self._need_key()]
 
     def run_rows(
         self, start: str | None = None, end: str | None = None, activity_id: str | None = None
@@ -376,6 +387,30 @@ class EvidenceReader:
                 problem="expected head not in the chain",
             )
         return self._report(True, count, prev_hash)
+
+    def active_hold_keys(self) -> dict[str, str | None]:
+        """run id ("hold-N") -> the key id its placement recorded (None: before key ids were
+        recorded), for every hold placed and not released."""
+        placed: dict[str, str | None] = {}
+        for e in self.hold_events():
+            if e.kind == "hold_placed":
+                placed[e.run_id] = e.document["body"].get("key_id")
+            else:
+                placed.pop(e.run_id, None)
+        return placed
+
+    def key_usage(self) -> dict[str | None, dict[str, Any]]:
+        """key id -> how many batches and hold events carry references it made, and when it
+        was first and last used (None: entries written before key ids were recorded)."""
+        t = ledger_table
+        kinds = t.c.kind.in_(("batch_prepared", *HOLD_EVENTS))
+        usage: dict[str | None, dict[str, Any]] = {}
+        for e in self.entries(where=kinds, with_blob=False):
+            kid = e.document["body"].get("key_id")
+            use = usage.setdefault(kid, {"entries": 0, "first": e.recorded_at})
+            use["entries"] += 1
+            use["last"] = e.recorded_at
+        return usage
 
     def entry_hash_at(self, seq: int) -> str | None:
         """The stored hash of entry ``seq`` (hex), or None if there is no such entry."""

@@ -60,7 +60,7 @@ from include.retention.evidence import (  # re-exported: callers import them fro
     RunSummary,
     VerifyReport,
 )
-from include.retention.pseudonym import PackedRefs, check_key
+from include.retention.pseudonym import PackedRefs, check_key, key_id
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ class Ledger(EvidenceReader):
     def __init__(self, engine: Engine, key: bytes) -> None:
         super().__init__(engine, check_key(key))
         self._key: bytes = check_key(key)
+        self.key_id = key_id(self._key)  # recorded with every reference this ledger writes
 
     def create_tables(self) -> None:
         metadata.create_all(self.engine)
@@ -192,6 +193,7 @@ class Ledger(EvidenceReader):
             for k, v in header.__dict__.items()
             if k not in ("activity_id", "system", "dataset")
         }
+        self._check_hold_keys()
         with self.engine.begin() as conn:
             self._append(
                 conn,
@@ -223,7 +225,9 @@ class Ledger(EvidenceReader):
         subjects the batch's records belong to, so a person can be looked up after their records
         are gone. The caller passes each subject once per batch; the chain covers them through
         the entry's body."""
-        body: dict[str, Any] = {"batch_no": batch_no, "action": action, "counts": dict(counts)}
+        body: dict[str, Any] = {
+            "batch_no": batch_no, "action": action, "counts": dict(counts), "key_id": self.key_id,
+        }  # fmt: skip
         buckets = None
         if subject_refs_blob is not None:
             buckets = subject_buckets(PackedRefs(subject_refs_blob).blob)
@@ -324,9 +328,26 @@ class Ledger(EvidenceReader):
         transaction; ``where`` gives the record hold's ``system`` and ``dataset``."""
         if kind not in HOLD_EVENTS:
             raise RetentionError(f"unknown hold event {kind!r}")
+        body = {**body, "key_id": self.key_id}
         return self._append(
             conn, kind=kind, run_id=f"hold-{hold_id}", activity_id="", body=body, **where
         )
+
+    def _check_hold_keys(self) -> None:
+        """Refuse to start a run while an active hold was placed under another pseudonym key:
+        its reference would not match the records this key hashes, and they would be deleted."""
+        stale = {
+            hold: kid
+            for hold, kid in self.active_hold_keys().items()
+            if kid not in (None, self.key_id)
+        }
+        if stale:
+            raise RetentionError(
+                f"{len(stale)} active hold(s) ({', '.join(sorted(stale))}) were placed under"
+                f" an older pseudonym key ({', '.join(sorted(set(stale.values())))}), not the"
+                f" current one ({self.key_id}): place them again under the current key and"
+                " release the old ones before any run (see the README: rotating the key)"
+            )
 
 
 def _lock_head(conn: Connection) -> Any:

@@ -27,13 +27,16 @@ from include.retention import connections, manifest, object_store
 from include.retention.errors import RetentionError
 from include.retention.evidence import Evidence, EvidenceReader, VerifyReport
 from include.retention.identifiers import KINDS, LABELS, normalise
+from include.retention.pseudonym import key_id
 
 EXIT_BROKEN = 1
 
 
 def _reader(args: argparse.Namespace, *, with_key: bool = False) -> EvidenceReader:
     engine = connections.control_engine(args.control_db)
-    return EvidenceReader(engine, connections.pseudonym_key() if with_key else None)
+    if not with_key:
+        return EvidenceReader(engine)
+    return EvidenceReader(engine, keyring=connections.pseudonym_keyring())
 
 
 # ------------------------------------------------------------------------------ verify
@@ -52,8 +55,13 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _hold_problems(reader: EvidenceReader) -> list[str]:
-    from include.retention.holds import HoldRegister
+    import sqlalchemy as sa
 
+    from include.retention.holds import HoldRegister, holds_table
+
+    if not sa.inspect(reader.engine).has_table(holds_table.name):
+        print("hold register not checked: this database has none")
+        return []
     try:
         key = connections.pseudonym_key()
     except RetentionError as exc:
@@ -117,6 +125,35 @@ def _manifest_key(args: argparse.Namespace) -> int:
     else:
         key = manifest.signing_key()
     print(f"public (give it to auditors: ledger verify --public-key …):\n{key.public()}")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    """Which pseudonym key versions made the evidence, and which retained ones may go."""
+    reader = _reader(args, with_key=True)
+    ring = connections.pseudonym_keyring()
+    current, retained = key_id(ring.current), [key_id(k) for k in ring.retained]
+    usage, holds = reader.key_usage(), reader.active_hold_keys()
+    keep = dt.timedelta(days=args.evidence_days)
+    print(f"current key {current}; retained: {', '.join(retained) or 'none'}")
+    for kid, use in sorted(usage.items(), key=lambda item: item[1]["first"]):
+        label = kid or "unrecorded (before key ids were recorded: the first key)"
+        active = sum(1 for k in holds.values() if k == kid)
+        print(
+            f"- {label}: {use['entries']} evidence entries, {use['first'][:10]} to"
+            f" {use['last'][:10]}; {active} active hold(s)"
+        )
+    for kid in retained:
+        last = usage.get(kid, {}).get("last")
+        if last is None:
+            print(f"retained key {kid} made no evidence here: it can be destroyed")
+            continue
+        until = (dt.datetime.fromisoformat(last) + keep).date()
+        print(f"retained key {kid}: keep it for lookups until {until}, then destroy it")
+    stale = sorted(hold for hold, kid in holds.items() if kid not in (None, current))
+    if stale:
+        print(f"place again under the current key, then release: {', '.join(stale)}")
+        return EXIT_BROKEN
     return 0
 
 
@@ -253,6 +290,15 @@ def add_commands(commands: Any) -> None:
     )
     publish.add_argument("--bucket", help=f"manifest bucket (default ${manifest.BUCKET_ENV})")
     publish.set_defaults(run=_publish)
+
+    keys = verbs.add_parser(
+        "keys", parents=[common], help="pseudonym key versions in the evidence; which may go"
+    )
+    keys.add_argument(
+        "--evidence-days", type=int, default=manifest.DEFAULT_RETAIN_DAYS,
+        help="how long evidence is kept (days; default that of the manifests)",
+    )  # fmt: skip
+    keys.set_defaults(run=_keys)
 
     key = verbs.add_parser("manifest-key", help="the manifest signing key's public key")
     key.add_argument("--new", action="store_true", help="generate a new signing key")
