@@ -4,14 +4,18 @@ It lives in its own control database (never Airflow's metadata DB). Entries are 
 and hash-chained: entry_hash = sha256(prev_hash + canonical JSON document + sha256(blob)), where
 the document carries every column of the entry (seq included), so editing, deleting,
 inserting or reordering entries breaks the chain at a seq that `verify()` reports. Deleting
-entries from the end is caught against the head row, or against a head hash noted elsewhere
-(`verify(expect_head=...)`); every finished run logs it.
+entries from the end is caught against the head row; a chain rewritten with recomputed hashes
+against the signed manifests published outside the database (``manifest.py``). This module
+appends; reading (runs, lookup, verification) is ``evidence.EvidenceReader``, which `Ledger`
+extends, and the tables and hash format are ``chain.py``.
 
 Entry kinds:
 - ``run_started``: activity, rules, as_of, cutoffs, dry-run flag, catalogue and code version,
   approved_by, origin (Airflow dag_id, run_id, run_type, triggering user), start time.
 - ``batch_prepared``: written BEFORE the source transaction commits (write-ahead): action,
-  counts, time, and one blob of the batch's 16-byte record references.
+  counts, time, the id of the pseudonym key (``key_id``), one blob of the batch's 16-byte
+  record references, and, given, the count and digest of its subject references, which go to
+  the subject index (``retention_ledger_subject``) in the same transaction.
 - ``batch_resolved``: the outcome of a prepared batch: ``committed``, ``rolled_back`` or
   ``partial`` (then with its own blob of the references actually applied).
 - ``run_finished``: outcome, counts, end time, message.
@@ -21,7 +25,8 @@ Entry kinds:
   the register's back is caught by ``HoldRegister.verify()``.
 
 No raw identifier ever enters the ledger: records are known by
-HMAC-SHA256(key, system \\x1f dataset \\x1f pk) truncated to 16 bytes.
+HMAC-SHA256(key, system \\x1f dataset \\x1f pk), people by HMAC-SHA256(key, "subject" \\x1f
+normalised identifier), truncated to 16 bytes: pseudonymous data while the key exists.
 """
 
 from __future__ import annotations

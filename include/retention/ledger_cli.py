@@ -1,13 +1,17 @@
-"""``python -m include.retention ledger verify|lookup|export``: the ledger for auditors.
+"""``python -m include.retention ledger …``: the ledger for auditors and operators.
 
-- ``verify``: recompute the hash chain, the subject index and the head; exit 1 naming the first
-  broken entry.
+- ``verify``: recompute the hash chain, the subject index and the head, check the hold register
+  against its history and the ledger against every published manifest; exit 1 naming the
+  first broken entry or manifest.
 - ``lookup``: by a person's identifier (``--email``, ``--phone``, ``--personnummer``,
   ``--customer-id``) or by ``--system/--dataset/--key``: what was deleted or anonymised, when,
   by which run, rule and approval, or that nothing was. Needs the pseudonym key (the Airflow
   connection ``retention_pseudonym_key``, as tasks do). The identifier is never printed.
 - ``export``: the runs or batches of a period (and activity) as CSV or JSON: counts, times,
   rules, run identities; no references, no personal data.
+- ``publish``: publish a signed manifest now (as the daily DAG does); ``manifest-key``: the
+  signing key's public key (``--new``: a new key).
+- ``keys``: which pseudonym key versions made the evidence, until when retained ones are needed.
 
 The control database is ``--control-db``, else where tasks find it (``connections.control_url``).
 """
