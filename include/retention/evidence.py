@@ -346,13 +346,15 @@ class EvidenceReader:
         return _evidence(prepared, resolution, header)
 
     def verify(self, expect_head: tuple[int, str] | None = None) -> VerifyReport:
-        """Recompute the chain; report the first seq where it breaks."""
+        """Recompute the chain up to the head row as read first (runs may append meanwhile);
+        report the first seq where it breaks."""
         t = ledger_table
+        head_seq, head_hash = self.head()
         prev_hash, expected_seq, count = GENESIS, 1, 0
         query = sa.select(
             *[t.c[n] for n in COLUMNS], t.c.document, t.c.blob, t.c.prev_hash, t.c.entry_hash
-        )
-        with self.engine.connect() as conn, _SubjectRows(self.engine) as subjects:
+        ).where(t.c.seq <= head_seq)
+        with self.engine.connect() as conn, _SubjectRows(self.engine, head_seq) as subjects:
             rows = conn.execution_options(yield_per=BLOB_ROWS).execute(query.order_by(t.c.seq))
             for row in rows:
                 problem = _check_row(row, expected_seq, prev_hash) or subjects.check(row)
@@ -367,8 +369,7 @@ class EvidenceReader:
                     False, count, prev_hash, bad_seq=stray,
                     problem="subject references recorded for an entry that is not in the chain",
                 )  # fmt: skip
-        head_seq, head_hash = self.head()
-        if (head_seq, head_hash) != (count, prev_hash.hex()):
+        if (head_seq, head_hash) != (count, prev_hash.hex()) or self._beyond_head():
             return self._report(
                 False,
                 count,
@@ -412,6 +413,16 @@ class EvidenceReader:
             use["last"] = e.recorded_at
         return usage
 
+    def _beyond_head(self) -> bool:
+        """Entries or subject rows past the head row as it is now (appenders move it in the
+        same transaction)."""
+        with self.engine.connect() as conn:
+            last = max(
+                conn.execute(sa.select(sa.func.max(table.c.seq))).scalar() or 0
+                for table in (ledger_table, subject_table)
+            )
+        return int(last) > self.head()[0]
+
     def entry_hash_at(self, seq: int) -> str | None:
         """The stored hash of entry ``seq`` (hex), or None if there is no such entry."""
         with self.engine.connect() as conn:
@@ -443,13 +454,18 @@ class _SubjectRows:
     two result streams may be open at once on any database), checked entry by entry against
     the count and SHA-256 each batch_prepared body records."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, upto: int) -> None:
         self._engine = engine
+        self._upto = upto
 
     def __enter__(self) -> _SubjectRows:
         t = subject_table
         self._conn = self._engine.connect()
-        query = sa.select(t.c.seq, t.c.bucket, t.c.refs).order_by(t.c.seq, t.c.bucket)
+        query = (
+            sa.select(t.c.seq, t.c.bucket, t.c.refs)
+            .where(t.c.seq <= self._upto)
+            .order_by(t.c.seq, t.c.bucket)
+        )
         self._result = self._conn.execution_options(yield_per=SUBJECT_ROWS).execute(query)
         self._rows = iter(self._result)
         self._next: Any = next(self._rows, None)
