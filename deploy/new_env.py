@@ -25,6 +25,8 @@ _REFERENCE = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 def secret_for(name: str) -> str:
     if name == "AIRFLOW_FERNET_KEY":  # what cryptography's Fernet.generate_key() returns
         return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+    if name == "RETENTION_MANIFEST_SIGNING_KEY":  # an Ed25519 seed, as manifest.SigningKey reads it
+        return base64.b64encode(secrets.token_bytes(32)).decode()
     if name == "FLOWER_BASIC_AUTH":
         return f"admin:{secrets.token_hex(16)}"
     return secrets.token_hex(32)

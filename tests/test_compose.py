@@ -188,6 +188,8 @@ def test_secrets_come_from_env_and_env_is_never_committed() -> None:
     ):
         assert env[key] == f"${{{variable}:?run make env}}"
     assert "${RETENTION_PSEUDONYM_KEY:?run make env}" in env["AIRFLOW_CONN_RETENTION_PSEUDONYM_KEY"]
+    signing = env["AIRFLOW_CONN_RETENTION_MANIFEST_SIGNING_KEY"]
+    assert "${RETENTION_MANIFEST_SIGNING_KEY:?run make env}" in signing
     ignored = (ROOT / ".gitignore").read_text().split()
     assert ".env" in ignored and "connections.env" in ignored
     tracked = subprocess.run(
@@ -204,6 +206,9 @@ def test_make_env_writes_private_complete_files(tmp_path: Path) -> None:
     assert all(values.values())
     assert env.stat().st_mode & 0o777 == 0o600
     check_key(values["RETENTION_PSEUDONYM_KEY"].encode())
+    from include.retention.manifest import SigningKey
+
+    assert SigningKey.from_text(values["RETENTION_MANIFEST_SIGNING_KEY"]).public()
     from cryptography.fernet import Fernet
 
     Fernet(values["AIRFLOW_FERNET_KEY"].encode())

@@ -38,7 +38,7 @@ def _parse(env: dict[str, str] | None = None) -> dict:
 
 
 # DAGs in the folder that are not generated from a catalogue activity.
-SERVICE_DAGS = {"retention_audit_report"}
+SERVICE_DAGS = {"retention_audit_report", "retention_ledger_manifest"}
 
 
 def _activity_dags(dag_ids) -> list[str]:

@@ -144,3 +144,22 @@ def test_subject_refs_are_hmac_sha256_of_the_normalised_identifier(key_size: int
     ]
     assert SubjectRefHasher(key).refs(people) == expected
     assert [subject_ref(key, p) for p in people] == expected
+
+
+def test_verify_is_not_fooled_by_a_run_appending_meanwhile(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _run(ledger, {1: "anna@example.com"})
+    head = Ledger.head
+    calls = []
+
+    def head_then_append(self: Ledger) -> tuple[int, str]:
+        seen = head(self)
+        if not calls:  # a run appends right after verify() read the head
+            calls.append(seen)
+            _run(ledger, {2: "bo@example.com"})
+        return seen
+
+    monkeypatch.setattr(Ledger, "head", head_then_append)
+    report = ledger.verify()
+    assert report.ok and report.entries == calls[0][0] == 4

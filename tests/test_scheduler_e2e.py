@@ -326,3 +326,24 @@ def test_weekly_audit_report_runs_in_the_executor_and_writes_owner_only_files(ai
     row = next(line for line in csv_file.read_text().splitlines() if line.startswith(f"{SQL},"))
     deleted = sum(r.finished["counts"]["applied"] for r in airflow.demo.control.ledger.runs(SQL))
     assert row.split(",")[4] == str(deleted) != "0"
+
+
+def test_the_daily_manifest_is_published_under_object_lock(airflow: Scheduled) -> None:
+    """retention_ledger_manifest through the scheduler: a signed manifest of the ledger head
+    lands in the bucket under compliance-mode Object Lock, and the ledger matches it."""
+    from include.retention import manifest
+
+    dag_id = "retention_ledger_manifest"
+    airflow.api.wait_for_dags([dag_id])
+    airflow.api.unpause(dag_id)
+    key = (dag_id, airflow.api.trigger(dag_id, {}))
+    assert airflow.api.wait_for_runs([key], timeout=RUN_TIMEOUT)[key] == "success"
+    s3, bucket = airflow.demo.s3, manifest.bucket_name()
+    [published] = manifest.fetch_all(s3, bucket)
+    head = s3.head_object(Bucket=bucket, Key=published.key)
+    assert head["ObjectLockMode"] == "COMPLIANCE"
+    assert published.document["body"]["ledger"]["head_seq"] > 0
+    signing = manifest.SigningKey.from_text(
+        DemoPaths(airflow.demo.root).signing_key_file.read_text()
+    )
+    assert manifest.check(airflow.demo.control.ledger, [published], [signing.public()]) == []

@@ -101,6 +101,10 @@ class DemoPaths:
         return self.var / "secrets" / "pseudonym_key"
 
     @property
+    def signing_key_file(self) -> Path:
+        return self.var / "secrets" / "manifest_signing_key"
+
+    @property
     def env_file(self) -> Path:
         return self.var / "demo.env"
 
@@ -121,6 +125,17 @@ def ensure_key(paths: DemoPaths) -> str:
         paths.key_file.write_text(secrets.token_urlsafe(48), encoding="ascii")
         paths.key_file.chmod(0o600)
     return paths.key_file.read_text(encoding="ascii").strip()
+
+
+def ensure_signing_key(paths: DemoPaths) -> str:
+    """The demo's ledger-manifest signing key (Ed25519 seed, base64): generated once, 0600."""
+    from include.retention.manifest import SigningKey
+
+    if not paths.signing_key_file.exists():
+        paths.signing_key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        paths.signing_key_file.write_text(SigningKey.new().text(), encoding="ascii")
+        paths.signing_key_file.chmod(0o600)
+    return paths.signing_key_file.read_text(encoding="ascii").strip()
 
 
 @dataclass(frozen=True)
@@ -214,6 +229,9 @@ def environment(
         "RETENTION_CONTROL_DB_URL": paths.control_url,
         "AIRFLOW_CONN_RETENTION_PSEUDONYM_KEY": json.dumps(
             {"conn_type": "generic", "password": key}
+        ),
+        "AIRFLOW_CONN_RETENTION_MANIFEST_SIGNING_KEY": json.dumps(
+            {"conn_type": "generic", "password": ensure_signing_key(paths)}
         ),
         "AIRFLOW_CONN_RETENTION_S3": json.dumps(
             {
@@ -450,6 +468,10 @@ def _main_job(
     if as_of is None or s3.fresh or args.reset:
         as_of = dt.datetime.now(dt.UTC).replace(microsecond=0)
         seed(paths, key, s3.endpoint, as_of)
+    from include.retention.manifest import bucket_name, ensure_manifest_bucket
+
+    # the ledger manifests' bucket: Object Lock can only be enabled when a bucket is created
+    ensure_manifest_bucket(local_client(s3.endpoint), bucket_name())
     env = environment(paths, key, s3.endpoint, ensure_saas(paths, args.saas_port))
     write_env_file(paths, env)
     os.environ.update(env)

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from include.retention.errors import RetentionError, Unavailable
-from include.retention.pseudonym import check_key
+from include.retention.pseudonym import KeyRing, check_key
 
 PSEUDONYM_KEY_CONN_ID = "retention_pseudonym_key"
 CONTROL_DB_CONN_ID = "retention_control_db"
@@ -47,6 +47,17 @@ def pseudonym_key(conn_id: str = PSEUDONYM_KEY_CONN_ID) -> bytes:
     if not password:
         raise RetentionError(f"Airflow connection {conn_id!r} has no password (the pseudonym key)")
     return check_key(password.encode("utf-8"))
+
+
+def pseudonym_keyring(conn_id: str = PSEUDONYM_KEY_CONN_ID) -> KeyRing:
+    """The current key (``conn_id``'s password) and the retained older versions: the
+    connections named in its extra ``{"retained": ["retention_pseudonym_key_2025", …]}``."""
+    retained = _get_connection(conn_id).extra_dejson.get("retained") or []
+    if not isinstance(retained, list) or not all(isinstance(c, str) for c in retained):
+        raise RetentionError(
+            f"Airflow connection {conn_id!r}: extra 'retained' must be a list of connection ids"
+        )
+    return KeyRing(pseudonym_key(conn_id), tuple(pseudonym_key(c) for c in retained))
 
 
 # ------------------------------------------------------------------------------ URLs via hooks

@@ -34,6 +34,7 @@ from include.retention.chain import (
 from include.retention.errors import RetentionError
 from include.retention.pseudonym import (
     REF_SIZE,
+    KeyRing,
     PackedRefs,
     RecordRefHasher,
     check_key,
@@ -105,8 +106,14 @@ class EvidenceReader:
     """Read-only access to the ledger in ``engine``. ``key`` (the pseudonym key) is needed only
     to look up a record or person by identifier."""
 
-    def __init__(self, engine: Engine, key: bytes | None = None) -> None:
+    def __init__(
+        self, engine: Engine, key: bytes | None = None, *, keyring: KeyRing | None = None
+    ) -> None:
+        """``keyring`` (instead of ``key``): look up under every retained key version too."""
         self.engine = engine
+        self._keyring = keyring
+        if keyring is not None:
+            key = keyring.current
         self._key = None if key is None else check_key(key)
 
     @classmethod
@@ -197,7 +204,7 @@ class EvidenceReader:
 
     def lookup(self, system: str, dataset: str, pk: Any) -> list[Evidence]:
         """Was the record with this primary key deleted or anonymised: when, by which run/rule?"""
-        ref = RecordRefHasher(self._need_key(), system, dataset).ref(pk)
+        refs = {RecordRefHasher(key, system, dataset).ref(pk) for key in self._lookup_keys()}
         t = ledger_table
         resolutions = {
             e.ref_seq: e
@@ -214,11 +221,15 @@ class EvidenceReader:
             )
         ):
             res = resolutions.get(e.seq)
-            if res is None or ref not in PackedRefs(e.blob):
+            if res is None:
                 continue
+            batch = PackedRefs(e.blob)
+            ref = next((r for r in refs if r in batch), None)
             outcome = res.document["body"]["outcome"]
-            if outcome == "rolled_back" or (
-                outcome == "partial" and ref not in PackedRefs(res.blob)
+            if (
+                ref is None
+                or outcome == "rolled_back"
+                or (outcome == "partial" and ref not in PackedRefs(res.blob))
             ):
                 continue
             found.append(self._evidence(e, res))
@@ -270,7 +281,7 @@ class EvidenceReader:
         return self.subject_batches(*refs) if refs else []
 
     def _lookup_keys(self) -> list[bytes]:
-        return [self._need_key()]
+        return list(self._keyring.all) if self._keyring is not None else [self._need_key()]
 
     def run_rows(
         self, start: str | None = None, end: str | None = None, activity_id: str | None = None
@@ -335,13 +346,15 @@ class EvidenceReader:
         return _evidence(prepared, resolution, header)
 
     def verify(self, expect_head: tuple[int, str] | None = None) -> VerifyReport:
-        """Recompute the chain; report the first seq where it breaks."""
+        """Recompute the chain up to the head row as read first (runs may append meanwhile);
+        report the first seq where it breaks."""
         t = ledger_table
+        head_seq, head_hash = self.head()
         prev_hash, expected_seq, count = GENESIS, 1, 0
         query = sa.select(
             *[t.c[n] for n in COLUMNS], t.c.document, t.c.blob, t.c.prev_hash, t.c.entry_hash
-        )
-        with self.engine.connect() as conn, _SubjectRows(self.engine) as subjects:
+        ).where(t.c.seq <= head_seq)
+        with self.engine.connect() as conn, _SubjectRows(self.engine, head_seq) as subjects:
             rows = conn.execution_options(yield_per=BLOB_ROWS).execute(query.order_by(t.c.seq))
             for row in rows:
                 problem = _check_row(row, expected_seq, prev_hash) or subjects.check(row)
@@ -356,8 +369,7 @@ class EvidenceReader:
                     False, count, prev_hash, bad_seq=stray,
                     problem="subject references recorded for an entry that is not in the chain",
                 )  # fmt: skip
-        head_seq, head_hash = self.head()
-        if (head_seq, head_hash) != (count, prev_hash.hex()):
+        if (head_seq, head_hash) != (count, prev_hash.hex()) or self._beyond_head():
             return self._report(
                 False,
                 count,
@@ -377,12 +389,56 @@ class EvidenceReader:
             )
         return self._report(True, count, prev_hash)
 
-    def _chain_contains(self, head: tuple[int, str]) -> bool:
+    def active_hold_keys(self) -> dict[str, str | None]:
+        """run id ("hold-N") -> the key id its placement recorded (None: before key ids were
+        recorded), for every hold placed and not released."""
+        placed: dict[str, str | None] = {}
+        for e in self.hold_events():
+            if e.kind == "hold_placed":
+                placed[e.run_id] = e.document["body"].get("key_id")
+            else:
+                placed.pop(e.run_id, None)
+        return placed
+
+    def key_usage(self) -> dict[str | None, dict[str, Any]]:
+        """key id -> how many batches and hold events carry references it made, and when it
+        was first and last used (None: entries written before key ids were recorded)."""
+        t = ledger_table
+        kinds = t.c.kind.in_(("batch_prepared", *HOLD_EVENTS))
+        usage: dict[str | None, dict[str, Any]] = {}
+        for e in self.entries(where=kinds, with_blob=False):
+            kid = e.document["body"].get("key_id")
+            use = usage.setdefault(kid, {"entries": 0, "first": e.recorded_at})
+            use["entries"] += 1
+            use["last"] = e.recorded_at
+        return usage
+
+    def _beyond_head(self) -> bool:
+        """Entries or subject rows past the head row as it is now (appenders move it in the
+        same transaction)."""
+        with self.engine.connect() as conn:
+            last = max(
+                conn.execute(sa.select(sa.func.max(table.c.seq))).scalar() or 0
+                for table in (ledger_table, subject_table)
+            )
+        return int(last) > self.head()[0]
+
+    def entry_hash_at(self, seq: int) -> str | None:
+        """The stored hash of entry ``seq`` (hex), or None if there is no such entry."""
         with self.engine.connect() as conn:
             got = conn.execute(
-                sa.select(ledger_table.c.entry_hash).where(ledger_table.c.seq == head[0])
+                sa.select(ledger_table.c.entry_hash).where(ledger_table.c.seq == seq)
             ).scalar()
-        return got is not None and bytes(got).hex() == head[1]
+        return None if got is None else bytes(got).hex()
+
+    def kind_at(self, seq: int) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(ledger_table.c.kind).where(ledger_table.c.seq == seq)
+            ).scalar()
+
+    def _chain_contains(self, head: tuple[int, str]) -> bool:
+        return self.entry_hash_at(head[0]) == head[1]
 
     @staticmethod
     def _report(
@@ -398,13 +454,18 @@ class _SubjectRows:
     two result streams may be open at once on any database), checked entry by entry against
     the count and SHA-256 each batch_prepared body records."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, upto: int) -> None:
         self._engine = engine
+        self._upto = upto
 
     def __enter__(self) -> _SubjectRows:
         t = subject_table
         self._conn = self._engine.connect()
-        query = sa.select(t.c.seq, t.c.bucket, t.c.refs).order_by(t.c.seq, t.c.bucket)
+        query = (
+            sa.select(t.c.seq, t.c.bucket, t.c.refs)
+            .where(t.c.seq <= self._upto)
+            .order_by(t.c.seq, t.c.bucket)
+        )
         self._result = self._conn.execution_options(yield_per=SUBJECT_ROWS).execute(query)
         self._rows = iter(self._result)
         self._next: Any = next(self._rows, None)

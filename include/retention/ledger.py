@@ -4,14 +4,18 @@ It lives in its own control database (never Airflow's metadata DB). Entries are 
 and hash-chained: entry_hash = sha256(prev_hash + canonical JSON document + sha256(blob)), where
 the document carries every column of the entry (seq included), so editing, deleting,
 inserting or reordering entries breaks the chain at a seq that `verify()` reports. Deleting
-entries from the end is caught against the head row, or against a head hash noted elsewhere
-(`verify(expect_head=...)`); every finished run logs it.
+entries from the end is caught against the head row; a chain rewritten with recomputed hashes
+against the signed manifests published outside the database (``manifest.py``). This module
+appends; reading (runs, lookup, verification) is ``evidence.EvidenceReader``, which `Ledger`
+extends, and the tables and hash format are ``chain.py``.
 
 Entry kinds:
 - ``run_started``: activity, rules, as_of, cutoffs, dry-run flag, catalogue and code version,
   approved_by, origin (Airflow dag_id, run_id, run_type, triggering user), start time.
 - ``batch_prepared``: written BEFORE the source transaction commits (write-ahead): action,
-  counts, time, and one blob of the batch's 16-byte record references.
+  counts, time, the id of the pseudonym key (``key_id``), one blob of the batch's 16-byte
+  record references, and, given, the count and digest of its subject references, which go to
+  the subject index (``retention_ledger_subject``) in the same transaction.
 - ``batch_resolved``: the outcome of a prepared batch: ``committed``, ``rolled_back`` or
   ``partial`` (then with its own blob of the references actually applied).
 - ``run_finished``: outcome, counts, end time, message.
@@ -24,7 +28,8 @@ Entry kinds:
   transaction as the change; people appear only as keyed subject references.
 
 No raw identifier ever enters the ledger: records are known by
-HMAC-SHA256(key, system \\x1f dataset \\x1f pk) truncated to 16 bytes.
+HMAC-SHA256(key, system \\x1f dataset \\x1f pk), people by HMAC-SHA256(key, "subject" \\x1f
+normalised identifier), truncated to 16 bytes: pseudonymous data while the key exists.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ from include.retention.evidence import (  # re-exported: callers import them fro
     RunSummary,
     VerifyReport,
 )
-from include.retention.pseudonym import PackedRefs, check_key
+from include.retention.pseudonym import PackedRefs, check_key, key_id
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +137,7 @@ class Ledger(EvidenceReader):
     def __init__(self, engine: Engine, key: bytes) -> None:
         super().__init__(engine, check_key(key))
         self._key: bytes = check_key(key)
+        self.key_id = key_id(self._key)  # recorded with every reference this ledger writes
 
     def create_tables(self) -> None:
         metadata.create_all(self.engine)
@@ -197,6 +203,7 @@ class Ledger(EvidenceReader):
             for k, v in header.__dict__.items()
             if k not in ("activity_id", "system", "dataset")
         }
+        self._check_hold_keys()
         with self.engine.begin() as conn:
             self._append(
                 conn,
@@ -228,7 +235,9 @@ class Ledger(EvidenceReader):
         subjects the batch's records belong to, so a person can be looked up after their records
         are gone. The caller passes each subject once per batch; the chain covers them through
         the entry's body."""
-        body: dict[str, Any] = {"batch_no": batch_no, "action": action, "counts": dict(counts)}
+        body: dict[str, Any] = {
+            "batch_no": batch_no, "action": action, "counts": dict(counts), "key_id": self.key_id,
+        }  # fmt: skip
         buckets = None
         if subject_refs_blob is not None:
             buckets = subject_buckets(PackedRefs(subject_refs_blob).blob)
@@ -329,6 +338,7 @@ class Ledger(EvidenceReader):
         transaction; ``where`` gives the record hold's ``system`` and ``dataset``."""
         if kind not in HOLD_EVENTS:
             raise RetentionError(f"unknown hold event {kind!r}")
+        body = {**body, "key_id": self.key_id}
         return self._append(
             conn, kind=kind, run_id=f"hold-{hold_id}", activity_id="", body=body, **where
         )
@@ -341,6 +351,22 @@ class Ledger(EvidenceReader):
         if kind not in REQUEST_EVENTS:
             raise RetentionError(f"unknown request event {kind!r}")
         return self._append(conn, kind=kind, run_id=f"dsr-{request_id}", activity_id="", body=body)
+
+    def _check_hold_keys(self) -> None:
+        """Refuse to start a run while an active hold was placed under another pseudonym key:
+        its reference would not match the records this key hashes, and they would be deleted."""
+        stale = {
+            hold: kid
+            for hold, kid in self.active_hold_keys().items()
+            if kid not in (None, self.key_id)
+        }
+        if stale:
+            raise RetentionError(
+                f"{len(stale)} active hold(s) ({', '.join(sorted(stale))}) were placed under"
+                f" an older pseudonym key ({', '.join(sorted(set(stale.values())))}), not the"
+                f" current one ({self.key_id}): place them again under the current key and"
+                " release the old ones before any run (see the README: rotating the key)"
+            )
 
 
 def _lock_head(conn: Connection) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from include.retention.errors import RetentionError
@@ -35,6 +36,33 @@ def check_key(key: bytes) -> bytes:
     if len(key) < MIN_KEY_BYTES:
         raise RetentionError(f"pseudonym key is too short: need at least {MIN_KEY_BYTES} bytes")
     return bytes(key)
+
+
+def key_id(key: bytes) -> str:
+    """Which key made a reference, as the evidence records it: HMAC(key, "key id"), 8 bytes
+    hex. Names the key version without revealing anything about the key."""
+    return hmac.new(check_key(key), b"retention pseudonym key id", hashlib.sha256).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """The pseudonym key versions: ``current`` makes every new reference; ``retained`` (older
+    versions) are kept only to look up the evidence they made, and destroyed once that
+    evidence is past its retention (see the README's key rotation procedure)."""
+
+    current: bytes
+    retained: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        for key in (self.current, *self.retained):
+            check_key(key)
+
+    @property
+    def all(self) -> tuple[bytes, ...]:
+        return (self.current, *self.retained)
+
+    def by_id(self) -> dict[str, bytes]:
+        return {key_id(key): key for key in self.all}
 
 
 def encode_pk(pk: Any) -> bytes:
