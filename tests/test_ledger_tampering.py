@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from include.demo.embedded_s3 import EmbeddedS3
 from include.retention import manifest
 from include.retention.__main__ import main
 from include.retention.chain import (
@@ -30,7 +31,6 @@ from include.retention.chain import (
 )
 from include.retention.holds import holds_table
 from include.retention.ledger import RunHeader
-from include.retention.object_store import EmbeddedS3
 from include.retention.pseudonym import RecordRefHasher, SubjectRefHasher, pack_refs
 from include.retention.runs import Control
 from tests.s3 import s3_server_fixture
