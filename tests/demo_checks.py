@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,13 @@ def edited_catalogue(folder: Path, edits: Mapping[str, Callable[[dict[str, Any]]
 def strict_safety(raw: dict[str, Any]) -> None:
     """At most one record per run: an enforcing run of the demo's data needs approval."""
     raw["safety"] = {"max_rows": 1, "max_fraction": None}
+
+
+def readable_mail(mail: Message) -> str:
+    """The subject and every part decoded (bodies are sent base64-encoded)."""
+    parts = [
+        part.get_payload(decode=True).decode("utf-8", "replace")  # type: ignore[union-attr]
+        for part in mail.walk()
+        if not part.is_multipart()
+    ]
+    return "\n".join([str(mail["Subject"]), *parts])

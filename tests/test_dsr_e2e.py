@@ -36,7 +36,7 @@ from include.retention.runs import Control
 from include.retention.subject_requests import RequestRegister, local_date
 from include.retention.suppression import SuppressionList
 from tests.dbs import fresh_pg_database
-from tests.demo_checks import Demo
+from tests.demo_checks import Demo, readable_mail
 
 pytestmark = pytest.mark.scheduler
 
@@ -243,7 +243,7 @@ def test_a_malformed_request_fails_at_once_changes_nothing_and_alerts(airflow: S
     assert "811218" not in log and "anna(at)" not in log
     mails = [m for m in airflow.mailbox.messages if "dsr_objection failed" in str(m["Subject"])]
     assert mails and mails[0]["To"] == ALERT_TO
-    text = _readable(mails[0])
+    text = readable_mail(mails[0])
     assert "dsr_objection" in text
     assert "811218" not in text and "anna(at)" not in text
 
@@ -266,19 +266,9 @@ def test_the_deadline_mail_names_the_request_not_the_person(airflow: Stack) -> N
     mails = [m for m in airflow.mailbox.messages if "[dsr]" in str(m["Subject"])
              and "due within 7 days" in str(m["Subject"])]  # fmt: skip
     assert mails, "no deadline mail"
-    text = _readable(mails[-1])
+    text = readable_mail(mails[-1])
     assert open_request.ref in text and mails[-1]["To"] == ALERT_TO
     assert airflow.person.subject not in text and airflow.person.subject.upper() not in text
-
-
-def _readable(mail: Message) -> str:
-    """The subject and every part decoded (bodies are sent base64-encoded)."""
-    parts = [
-        part.get_payload(decode=True).decode("utf-8", "replace")  # type: ignore[union-attr]
-        for part in mail.walk()
-        if not part.is_multipart()
-    ]
-    return "\n".join([str(mail["Subject"]), *parts])
 
 
 def _task_log(airflow: Stack, dag_id: str, run_id: str, task_id: str) -> str:
