@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -229,26 +230,27 @@ def test_objects_are_seeded_with_histories(s3: Any) -> None:
 
 @pytest.fixture(params=["postgresql", "mariadb"])
 def server_db(request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"demo_seed_{uuid.uuid4().hex[:12]}"  # its own database: test runs may overlap
     admin, url = {
         "postgresql": (
             "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-            "postgresql+psycopg://postgres@127.0.0.1:5432/demo_seed_test",
+            f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
         ),
         "mariadb": (
             "mysql+pymysql://root@127.0.0.1:3306/",
-            "mysql+pymysql://root@127.0.0.1:3306/demo_seed_test",
+            f"mysql+pymysql://root@127.0.0.1:3306/{name}",
         ),
     }[request.param]
     engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
-            conn.exec_driver_sql("DROP DATABASE IF EXISTS demo_seed_test")
-            conn.exec_driver_sql("CREATE DATABASE demo_seed_test")
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
     except sa.exc.OperationalError as exc:
         pytest.fail(f"{request.param} at {admin} is not reachable: {exc}")
     yield url
     with engine.connect() as conn:
-        conn.exec_driver_sql("DROP DATABASE IF EXISTS demo_seed_test")
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
     engine.dispose()
 
 
