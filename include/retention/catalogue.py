@@ -12,7 +12,7 @@ import os
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import pendulum
 import yaml
@@ -277,6 +277,19 @@ class ObjectLink(_Model):
         return S3Source(system=system, conn_id=self.conn_id, bucket=self.bucket)
 
 
+OBJECT_KEY = "<object key>"  # what identifies an object in a bucket
+RECORD_ID = "<record id>"  # what identifies a record in a SaaS API's collection
+
+
+class HoldKey(NamedTuple):
+    """How holds name the records of one dataset a binding changes: the dataset, the key
+    column(s) identifying a record, and the column naming its subject (None: none)."""
+
+    dataset: str
+    key_columns: tuple[str, ...]
+    subject_column: str | None
+
+
 class SqlSource(_Model):
     """A table in a SQL database reached through an Airflow connection."""
 
@@ -303,6 +316,13 @@ class SqlSource(_Model):
 
     def describe(self) -> str:
         return f"system `{self.system}`, table `{self.table}`, connection `{self.conn_id}`"
+
+    def hold_keys(self) -> list[HoldKey]:
+        pk = self.primary_key  # a tuple where a composite key was built in code
+        columns = (pk,) if isinstance(pk, str) else tuple(pk)
+        keys = [HoldKey(self.table, columns, self.subject_column)]
+        # linked files go with their record (its subject holds)
+        return keys + [HoldKey(link.bucket, (OBJECT_KEY,), None) for link in self.objects]
 
     def location(self) -> str:
         """Where the records are, in one short line (the Art. 30 register)."""
@@ -334,6 +354,9 @@ class S3Source(_Model):
     def location(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
+    def hold_keys(self) -> list[HoldKey]:
+        return [HoldKey(self.bucket, (OBJECT_KEY,), self.subject_key)]
+
 
 class HttpSource(_Model):
     """A collection of records in a SaaS tool's HTTP API (a newsletter or CRM tool), reached
@@ -364,6 +387,9 @@ class HttpSource(_Model):
 
     def location(self) -> str:
         return f"{self.system}/{self.collection}"
+
+    def hold_keys(self) -> list[HoldKey]:
+        return [HoldKey(self.collection, (RECORD_ID,), self.subject_field)]
 
 
 Source = Annotated[SqlSource | S3Source | HttpSource, Field(discriminator="kind")]

@@ -50,7 +50,6 @@ MAX_REASON = 2000
 MAX_NAME = 200
 LISTED = 20  # holds named in one error message
 # The key of a bucket's records is the object key itself: no catalogue edit can change it.
-OBJECT_KEY = "<object key>"
 BINDING_FIELDS = ("key_columns", "subject_columns")
 
 metadata = sa.MetaData()
@@ -160,25 +159,15 @@ class Binding:
     subject_column: str | None  # None: the binding names no subject
 
 
-def _key_columns(primary_key: str | Iterable[str]) -> tuple[str, ...]:
-    return (primary_key,) if isinstance(primary_key, str) else tuple(primary_key)
-
-
 def bindings_of(catalogue: Catalogue) -> dict[tuple[str, str], set[Binding]]:
     """Every (system, dataset) the engines read holds for, with how each activity binds it."""
     found: dict[tuple[str, str], set[Binding]] = {}
     for activity in catalogue:
         src = activity.source
-        if src.kind == "s3":
-            found.setdefault((src.system, src.bucket), set()).add(
-                Binding((OBJECT_KEY,), src.subject_key)
+        for hold_key in src.hold_keys():
+            found.setdefault((src.system, hold_key.dataset), set()).add(
+                Binding(hold_key.key_columns, hold_key.subject_column)
             )
-            continue
-        found.setdefault((src.system, src.table), set()).add(
-            Binding(_key_columns(src.primary_key), src.subject_column)
-        )
-        for link in src.objects:  # linked files go with their record (its subject holds)
-            found.setdefault((src.system, link.bucket), set()).add(Binding((OBJECT_KEY,), None))
     return found
 
 
