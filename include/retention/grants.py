@@ -135,8 +135,9 @@ def holds_admin_grants() -> list[TableGrant]:
     return [
         TableGrant(holds_table.name, {"SELECT", "INSERT"}, {"released_at", "released_by"}),
         TableGrant(ledger_table.name, {"SELECT", "INSERT"}),
+        TableGrant(subject_table.name, {"SELECT"}),  # reading the ledger checks its index
         TableGrant(head_table.name, {"SELECT"}, {"seq", "entry_hash"}),
-        TableGrant(leases_table.name, {"SELECT"}),
+        TableGrant(leases_table.name, {"SELECT"}),  # a placement waits for batches in flight
     ]
 
 
@@ -162,19 +163,16 @@ def control_grants() -> list[TableGrant]:
 
 def dsr_grants() -> list[TableGrant]:
     """The data-subject-request DAGs' role (connection ``retention_dsr_control_db``): append to
-    the ledger, place and release holds (never edit or delete one), write the request register
-    and the suppression list. The retention workers' role keeps read-only holds."""
+    the ledger, place and release holds (never edit or delete one) as the holds admin does,
+    write the request register and the suppression list. The retention workers' role keeps
+    read-only holds."""
     from include.retention.subject_requests import notices_table, requests_table
     from include.retention.suppression import suppressions_table
 
     register_updates = {"due_on", "extended_months", "extension_reason", "status", "status_at",
                         "updated_by", "outcome", "closed_at"}  # fmt: skip
     return [
-        TableGrant(ledger_table.name, {"SELECT", "INSERT"}),
-        TableGrant(subject_table.name, {"SELECT"}),
-        TableGrant(head_table.name, {"SELECT"}, {"seq", "entry_hash"}),
-        TableGrant(holds_table.name, {"SELECT", "INSERT"}, {"released_at", "released_by"}),
-        TableGrant(leases_table.name, {"SELECT"}),  # a placement waits for batches in flight
+        *holds_admin_grants(),
         TableGrant(requests_table.name, {"SELECT", "INSERT"}, register_updates),
         TableGrant(notices_table.name, {"SELECT", "INSERT"}),
         TableGrant(suppressions_table.name, {"SELECT", "INSERT"},
