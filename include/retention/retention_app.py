@@ -292,11 +292,7 @@ def dag_tab(request: Request, dag_id: str) -> HTMLResponse:
 def lookup_form(cat: Catalogue, readable: set[str]) -> list[tuple[str, str]]:
     """The (system, dataset) pairs a record lookup can name: the sources of readable
     activities."""
-    pairs = {
-        (a.source.system, a.source.table if a.source.kind == "sql" else a.source.bucket)
-        for a in cat
-        if dag_id_for(a.id) in readable
-    }
+    pairs = {(a.source.system, a.source.dataset) for a in cat if dag_id_for(a.id) in readable}
     return sorted(pairs)
 
 
