@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,6 +43,7 @@ from include.demo.saas_server import SaasServer
 from include.demo.seed import place_holds, seed_demo
 from include.retention.audit_dag import DAG_ID as AUDIT_DAG_ID
 from include.retention.dag_factory import dag_id_for
+from include.retention.manifest import BUCKET_ENV as MANIFEST_BUCKET_ENV
 from include.retention.runs import Control
 from tests.dbs import fresh_pg_database
 from tests.demo_checks import Demo, edited_catalogue, readable_mail, strict_safety, survivors
@@ -137,7 +139,14 @@ def _environment(
         "AIRFLOW_CONN_RETENTION_SMTP": json.dumps(smtp),
         "AIRFLOW_VAR_RETENTION_ALERT_EMAIL": ALERT_TO,
         "AIRFLOW_VAR_RETENTION_AUDIT_REPORT_LOCATION": str(root / "audit-reports"),
+        MANIFEST_BUCKET_ENV: _manifest_bucket(root),
     }
+
+
+def _manifest_bucket(root: Path) -> str:
+    """A manifest bucket per stack: moto keeps every in-process S3 server's objects in one
+    store, and Object Lock keeps an earlier stack's manifests (signed by its own key)."""
+    return f"ledger-manifests-{root.name}"
 
 
 @pytest.fixture(scope="session")
@@ -338,7 +347,7 @@ def test_the_daily_manifest_is_published_under_object_lock(airflow: Scheduled) -
     airflow.api.unpause(dag_id)
     key = (dag_id, airflow.api.trigger(dag_id, {}))
     assert airflow.api.wait_for_runs([key], timeout=RUN_TIMEOUT)[key] == "success"
-    s3, bucket = airflow.demo.s3, manifest.bucket_name()
+    s3, bucket = airflow.demo.s3, _manifest_bucket(airflow.demo.root)
     [published] = manifest.fetch_all(s3, bucket)
     head = s3.head_object(Bucket=bucket, Key=published.key)
     assert head["ObjectLockMode"] == "COMPLIANCE"
