@@ -50,6 +50,7 @@ DEFAULT_METADATA_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/retention_d
 DEPLOYMENT_SETUP = (sys.executable, "-m", "include.retention", "setup")
 PRIVATE_UMASK = 0o077  # files 0600, folders 0700
 S3_MODULE = "include.demo.embedded_s3"  # the embedded S3 server's command line names it
+SAAS_MODULE = "include.demo.saas_server"
 
 
 def make_private(root: Path) -> None:
@@ -139,8 +140,9 @@ def ensure_signing_key(paths: DemoPaths) -> str:
 
 
 @dataclass(frozen=True)
-class DemoS3:
-    """The demo's embedded S3: the endpoint, and the process if this run started it."""
+class DemoServer:
+    """A demo server (the embedded S3, the SaaS API): its endpoint, and the process if this
+    run started it."""
 
     endpoint: str
     process: subprocess.Popen[bytes] | None = None
@@ -158,18 +160,19 @@ class DemoS3:
                 self.process.wait(10)
 
 
-def _running_s3(paths: DemoPaths) -> int | None:
-    """The port of the embedded S3 an earlier run of this checkout started, if that very
-    process still runs and answers; never just whatever listens on a port."""
+def _running_server(paths: DemoPaths, name: str, *markers: str) -> int | None:
+    """The port of the ``name`` server (``s3``, ``saas``) an earlier run of this checkout
+    started, if that very process (its command line names ``markers`` and the port) still
+    runs and answers; never just whatever listens on a port."""
     import psutil
 
     try:
-        pid = int((paths.var / "s3.pid").read_text(encoding="ascii"))
-        port = int((paths.var / "s3.port").read_text(encoding="ascii"))
+        pid = int((paths.var / f"{name}.pid").read_text(encoding="ascii"))
+        port = int((paths.var / f"{name}.port").read_text(encoding="ascii"))
         command = psutil.Process(pid).cmdline()
     except (OSError, ValueError, psutil.Error):
         return None
-    if S3_MODULE not in command or str(port) not in command:
+    if not all(marker in command for marker in (*markers, str(port))):
         return None
     try:
         wait_until_up(f"http://127.0.0.1:{port}", timeout=0.5)
@@ -178,42 +181,53 @@ def _running_s3(paths: DemoPaths) -> int | None:
     return port
 
 
-def ensure_s3(paths: DemoPaths, port: int | None) -> DemoS3:
+def _reusable_port(paths: DemoPaths, name: str, wanted: int | None, *markers: str) -> int | None:
+    """The running server's port if it may serve this run; an error if ``wanted`` differs."""
+    running = _running_server(paths, name, *markers)
+    if running is not None and wanted not in (None, running):
+        raise RetentionError(
+            f"the demo's {name} server already runs on port {running} (pid in"
+            f" {paths.var / (name + '.pid')}): stop it first, or leave out --{name}-port"
+        )
+    return running
+
+
+def ensure_s3(paths: DemoPaths, port: int | None) -> DemoServer:
     """The embedded S3: the one this checkout started earlier while it runs (it keeps the
     seeded objects), else a new one in the background on ``port`` (default: a free port).
     A port something else listens on is an error naming it."""
-    running = _running_s3(paths)
-    if running is not None and port in (None, running):
-        return DemoS3(f"http://127.0.0.1:{running}")
+    running = _reusable_port(paths, "s3", port, S3_MODULE)
     if running is not None:
-        raise RetentionError(
-            f"the demo's embedded S3 already runs on port {running} (pid in"
-            f" {paths.var / 's3.pid'}): stop it first, or leave out --s3-port"
-        )
+        return DemoServer(f"http://127.0.0.1:{running}")
     port = port or free_port()
     check_port_free(port)
     log = (paths.var / "s3.log").open("ab")
     proc = spawn(port=port, stdout=log, detach=True)
     (paths.var / "s3.pid").write_text(str(proc.pid), encoding="ascii")
     (paths.var / "s3.port").write_text(str(port), encoding="ascii")
-    return DemoS3(f"http://127.0.0.1:{port}", proc)
+    return DemoServer(f"http://127.0.0.1:{port}", proc)
 
 
-def ensure_saas(paths: DemoPaths, port: int) -> dict[str, Any]:
-    """The SaaS API (the demo's lead CRM); starts it in the background if nothing answers.
-    Returns its Airflow connection. Its records live in a file and survive a restart."""
+def ensure_saas(paths: DemoPaths, port: int | None) -> tuple[DemoServer, dict[str, Any]]:
+    """The SaaS API (the demo's lead CRM): the one this checkout started earlier while it
+    runs, else a new one in the background on ``port`` (default: a free port). Returns its
+    server and its Airflow connection. Its records live in a file and survive a restart."""
     from include.demo.saas import ensure_token
 
     token = ensure_token(paths.saas_token)
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}", timeout=0.5)
-    except RetentionError:
+    running = _reusable_port(paths, "saas", port, SAAS_MODULE, str(paths.saas_store))
+    proc = None
+    if running is None:
+        running = port or free_port()
+        check_port_free(running)
         log = (paths.var / "saas.log").open("ab")
         proc = saas_server.spawn(
-            paths.saas_store, paths.saas_token, port=port, stdout=log, detach=True
+            paths.saas_store, paths.saas_token, port=running, stdout=log, detach=True
         )
         (paths.var / "saas.pid").write_text(str(proc.pid), encoding="ascii")
-    return saas_server.connection("127.0.0.1", port, token)
+        (paths.var / "saas.port").write_text(str(running), encoding="ascii")
+    server = DemoServer(f"http://127.0.0.1:{running}", proc)
+    return server, saas_server.connection("127.0.0.1", running, token)
 
 
 def environment(
@@ -413,7 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--s3-port", type=int, help="embedded S3 port (default: a free one, kept while it runs)"
     )
-    parser.add_argument("--saas-port", type=int, default=saas_server.DEFAULT_PORT)
+    parser.add_argument(
+        "--saas-port", type=int, help="demo SaaS API port (default: a free one, kept while it runs)"
+    )
     parser.add_argument(
         "--api-port", type=int, default=0, help="Airflow API server port (default: a free one)"
     )
@@ -438,10 +454,14 @@ def main(argv: list[str] | None = None) -> int:
     key = ensure_key(paths)
     stop_on_signals()
     s3 = ensure_s3(paths, args.s3_port)
+    saas: DemoServer | None = None
     try:
-        return _main_job(args, paths, key, s3, started)
+        saas, saas_conn = ensure_saas(paths, args.saas_port)
+        return _main_job(args, paths, key, s3, saas_conn, started)
     except KeyboardInterrupt:
         s3.stop()  # an S3 this run started holds nothing worth keeping
+        if saas is not None:
+            saas.stop()
         print("interrupted: stopped everything the main job had started", file=sys.stderr)
         return 130
 
@@ -460,7 +480,12 @@ def stop_on_signals() -> None:
 
 
 def _main_job(
-    args: argparse.Namespace, paths: DemoPaths, key: str, s3: DemoS3, started: float
+    args: argparse.Namespace,
+    paths: DemoPaths,
+    key: str,
+    s3: DemoServer,
+    saas: dict[str, Any],
+    started: float,
 ) -> int:
     as_of = seeded_as_of(paths)
     if as_of is not None and s3.fresh and not args.reset:
@@ -472,7 +497,7 @@ def _main_job(
 
     # the ledger manifests' bucket: Object Lock can only be enabled when a bucket is created
     ensure_manifest_bucket(local_client(s3.endpoint), bucket_name())
-    env = environment(paths, key, s3.endpoint, ensure_saas(paths, args.saas_port))
+    env = environment(paths, key, s3.endpoint, saas)
     write_env_file(paths, env)
     os.environ.update(env)
     if args.setup_only:
