@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 from include.retention.errors import RetentionError
@@ -68,8 +68,34 @@ def wait_until_up(endpoint_url: str, timeout: float = START_TIMEOUT) -> None:
     )
 
 
+class ServedInThread:
+    """A loopback server running in a daemon thread of this process (``_server``,
+    ``_thread``, set by the subclass's ``start``); stopped on leaving a ``with`` block."""
+
+    _server: Any
+    _thread: threading.Thread | None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server, self._thread = None, None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 @dataclass
-class EmbeddedS3:
+class EmbeddedS3(ServedInThread):
     """moto's S3 server on ``host``:``port`` (port 0: a free port) in a daemon thread."""
 
     host: str = DEFAULT_HOST
@@ -97,21 +123,6 @@ class EmbeddedS3:
         wait_until_up(self.endpoint_url)
         log.info("embedded S3 listening on %s", self.endpoint_url)
         return self
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server, self._thread = None, None
-
-    def __enter__(self) -> EmbeddedS3:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def endpoint_url(self) -> str:

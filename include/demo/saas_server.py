@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from include.demo.embedded_s3 import wait_until_up
+from include.demo.embedded_s3 import ServedInThread, wait_until_up
 from include.retention.errors import RetentionError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -268,7 +268,7 @@ class _Server(ThreadingHTTPServer):
 
 
 @dataclass
-class SaasServer:
+class SaasServer(ServedInThread):
     """The API on ``host``:``port`` (0: a free port) in a daemon thread; a context manager.
 
     ``rate`` requests per second (bursts of ``burst``) before 429s; ``None``: unlimited."""
@@ -302,21 +302,6 @@ class SaasServer:
         self._thread.start()
         wait_until_up(self.base_url)
         return self
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server, self._thread = None, None
-
-    def __enter__(self) -> SaasServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def base_url(self) -> str:
