@@ -8,6 +8,7 @@ second (a token bucket of ``burst``) gets ``429 Too Many Requests`` with ``Retry
     GET    /v1/<collection>/<id>              one record, or 404
     DELETE /v1/<collection>/<id>              204, or 404 when there is no such record
     POST   /v1/<collection>                   {"records": [{"id", "fields"}]}: import (upsert)
+    PATCH  /v1/<collection>/<id>              {"fields": {...}}: change those fields; 404 if none
 
 Pages are ordered by id (keyset); the cursor is opaque. Nothing is logged per request (paths
 carry record ids). :meth:`SaasServer.fail_next` makes the next requests answer 5xx, so tests
@@ -163,6 +164,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._serve(self._post)
 
+    def do_PATCH(self) -> None:
+        self._serve(self._patch)
+
     def _serve(self, handle: Any) -> None:
         try:
             body = self._read_body()
@@ -226,6 +230,23 @@ class _Handler(BaseHTTPRequestHandler):
                 HTTPStatus.BAD_REQUEST, 'expected {"records": [{"id", "fields"}]}'
             ) from None
         return HTTPStatus.CREATED, {"imported": self.server.store.upsert(collection, records)}
+
+    def _patch(self, collection: str, record_id: str | None, body: bytes) -> tuple[int, Any]:
+        if record_id is None:
+            raise _Refused(HTTPStatus.METHOD_NOT_ALLOWED, "PATCH needs a record id")
+        try:
+            changes = json.loads(body)["fields"]
+            if not isinstance(changes, dict):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise _Refused(HTTPStatus.BAD_REQUEST, 'expected {"fields": {...}}') from None
+        store = self.server.store
+        current = store.get(collection, record_id)
+        if current is None:
+            raise _Refused(HTTPStatus.NOT_FOUND, "no such record")
+        fields = json.loads(current) | changes
+        store.upsert(collection, [(record_id, json.dumps(fields))])
+        return HTTPStatus.OK, {"id": record_id, "fields": fields}
 
     def _answer(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = b"" if payload is None else json.dumps(payload).encode()

@@ -81,11 +81,29 @@ class OfSubject:
 
 
 @dataclass(frozen=True)
+class OfSubjects:
+    """Every record of any of several data subjects by keyed reference (e.g. the people on the
+    suppression list); ``reason`` says why they are selected (it goes into the run's evidence,
+    so it names a ground, never a person)."""
+
+    subject_refs: frozenset[bytes]
+    reason: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.subject_refs, frozenset) or not all(
+            isinstance(ref, bytes) and ref for ref in self.subject_refs
+        ):
+            raise RetentionError("a subjects selection needs a frozenset of keyed references")
+        if not self.reason.strip():
+            raise RetentionError("a subjects selection needs the reason they are selected")
+
+
+@dataclass(frozen=True)
 class KeyRange:
     """The records of ``within`` whose key is above ``lower`` and at most ``upper`` (None: no
     bound): one partition of a selection (see `SourceAdapter.partitions`)."""
 
-    within: DueAt | OfSubject
+    within: DueAt | OfSubject | OfSubjects
     lower: Key | None = None
     upper: Key | None = None
     index: int = 0  # the partition's number (0-based), for logs and the evidence
@@ -95,12 +113,22 @@ class KeyRange:
             raise RetentionError("a key range partitions a selection, not another key range")
 
 
-Selection = DueAt | OfSubject | KeyRange
+Selection = DueAt | OfSubject | OfSubjects | KeyRange
 
 
-def base_selection(selection: Selection) -> DueAt | OfSubject:
+def base_selection(selection: Selection) -> DueAt | OfSubject | OfSubjects:
     """The selection a key range partitions (or the selection itself)."""
     return selection.within if isinstance(selection, KeyRange) else selection
+
+
+def wanted_subjects(selection: Selection) -> frozenset[bytes] | None:
+    """The keyed subject references a selection by subject picks (None: not by subject)."""
+    base = base_selection(selection)
+    if isinstance(base, OfSubject):
+        return frozenset({base.subject_ref})
+    if isinstance(base, OfSubjects):
+        return base.subject_refs
+    return None
 
 
 def key_bounds(selection: Selection) -> tuple[Key | None, Key | None]:
@@ -178,6 +206,20 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class Updated:
+    """What :meth:`SourceAdapter.update` changed: the references of the records updated, and
+    the held or restricted records left as they were (hold kind -> records)."""
+
+    refs: Sequence[bytes]
+    skipped: Mapping[str, int] = field(default_factory=dict)
+
+
+class NotUpdatable(RetentionError):
+    """The source cannot change a record's fields through its adapter (e.g. objects in a
+    bucket): a rectification must be made there by hand."""
+
+
+@dataclass(frozen=True)
 class Applied:
     """What :meth:`SourceAdapter.apply` made final: the references applied (a subset of the
     batch's), how many records failed (kept, e.g. an API error), and further counts."""
@@ -236,6 +278,20 @@ class SourceAdapter(Protocol):
 
     def read(self, selection: Selection) -> Iterator[Record]:
         """The selected records' fields (data-subject access and portability)."""
+
+    def fields_to_update(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Of ``values`` (field name -> new value), the fields this dataset has (names matched
+        exactly), each value checked against and converted to its field's type; {} when it
+        has none of them. Raise :class:`RetentionError` naming every field whose value does
+        not fit, or :class:`NotUpdatable` when the source cannot change fields. Changes
+        nothing."""
+
+    def update(
+        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader
+    ) -> Updated:
+        """Set ``values`` (as :meth:`fields_to_update` returned them) on the selected records
+        at once, leaving out held and restricted ones (``holds()`` read while the records are
+        locked, where the source can lock). Data-subject rectification (Art. 16)."""
 
     def close(self) -> None:
         """Release connections the adapter made itself."""

@@ -23,6 +23,7 @@ The API's shape (the demo's SaaS server, ``include/demo/saas_server.py``, serves
     GET    /v1/<collection>?limit=N&cursor=C  {"records": [{"id", "fields"}], "next_cursor"}
     GET    /v1/<collection>/<id>              one record, or 404
     DELETE /v1/<collection>/<id>              204, or 404 when there is no such record
+    PATCH  /v1/<collection>/<id>              {"fields": {...}}: change those fields (rectification)
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import urllib3
 from include.retention.catalogue import DeleteAction, HttpSource
 from include.retention.connections import _get_connection
 from include.retention.errors import RetentionError, Unavailable
+from include.retention.field_values import like
 from include.retention.holds import ActiveHolds
 from include.retention.pseudonym import RecordRefHasher, SubjectRefHasher
 from include.retention.sources.base import (
@@ -59,12 +61,15 @@ from include.retention.sources.base import (
     Key,
     KeyRange,
     OfSubject,
+    OfSubjects,
     Record,
     Selection,
+    Updated,
     base_selection,
     key_bounds,
     key_ranges,
     register,
+    wanted_subjects,
 )
 
 log = logging.getLogger(__name__)
@@ -206,6 +211,14 @@ class ApiClient:
         )
         return response.status != 404
 
+    def patch(self, collection: str, record_id: str, fields: Mapping[str, Any]) -> bool:
+        """Change some fields of one record: True if changed, False if there is no such record."""
+        body = json.dumps({"fields": dict(fields)}).encode()
+        response = self._request(
+            "PATCH", collection, _item(record_id), body=body, expected=(200, 204, 404)
+        )
+        return response.status != 404
+
     def close(self) -> None:
         self._pool.clear()
 
@@ -217,13 +230,19 @@ class ApiClient:
 
     def _request(
         self, method: str, collection: str, item: str = "", *,
-        query: dict[str, str] | None = None, expected: tuple[int, ...],
+        query: dict[str, str] | None = None, body: bytes | None = None,
+        expected: tuple[int, ...],
     ) -> urllib3.BaseHTTPResponse:  # fmt: skip
         url = f"{self.settings.base_url}/v1/{quote(collection, safe='')}{item}"
         what = f"{method} {collection}"
+        headers = self._headers
+        if body is not None:
+            headers = {**headers, "Content-Type": "application/json"}
         for attempt in range(self.settings.max_retries + 1):
             try:
-                response = self._pool.request(method, url, fields=query, headers=self._headers)
+                response = self._pool.request(
+                    method, url, fields=query, body=body, headers=headers
+                )
             except urllib3.exceptions.HTTPError as exc:
                 problem, wait = type(exc).__name__, self._backoff(attempt)
             else:
@@ -425,6 +444,46 @@ class HttpAdapter:
             if status == "due":
                 yield {"id": record.id, **record.fields}
 
+    def fields_to_update(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Fields are those the collection's records have (the first 100 looked at); a value
+        takes the JSON type the field holds now."""
+        examples: dict[str, Any] = {}
+        for record in itertools.islice(self.client.records(self.dataset), 100):
+            for name, value in record.fields.items():
+                if examples.get(name) is None:
+                    examples[name] = value
+        checked: dict[str, Any] = {}
+        problems = []
+        for name in sorted(set(values) & examples.keys()):
+            if name == self.binding.subject_field:
+                problems.append(f"field {name!r} names the person: it cannot be rectified here")
+                continue
+            try:
+                checked[name] = like(name, values[name], examples[name])
+            except RetentionError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise RetentionError(f"{self._where}: " + "; ".join(problems))
+        return checked
+
+    def update(
+        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader
+    ) -> Updated:
+        """PATCH each selected record that is not held (the API cannot lock: the holds are read
+        once the records are listed)."""
+        records = [record for record, status in self._statuses(selection) if status == "due"]
+        active = holds()
+        updated: list[bytes] = []
+        skipped: Counter[str] = Counter()
+        for record in records:
+            ref, subject = self._refs(record)
+            kind = active.kind_for(ref, subject) if not active.empty else None
+            if kind:
+                skipped[kind] += 1
+            elif values and self.client.patch(self.dataset, record.id, values):
+                updated.append(ref)
+        return Updated(refs=updated, skipped=dict(skipped))
+
     def close(self) -> None:
         self.client.close()
 
@@ -434,14 +493,15 @@ class HttpAdapter:
         """Each record in the selection's key range with its status (``due``: selected)."""
         base = base_selection(selection)
         lower, upper = key_bounds(selection)
-        if isinstance(base, OfSubject) and not self.binding.subject_field:
+        wanted = wanted_subjects(base)
+        if wanted is not None and not self.binding.subject_field:
             raise RetentionError(f"{self._where}: no 'subject_field' to find a subject's records")
         for record in self.client.records(self.dataset):
             if not _in_range(record.id, lower, upper):
                 continue
-            if isinstance(base, OfSubject):
-                yield record, "due" if self._refs(record)[1] == base.subject_ref else "other"
-            else:
+            if wanted is not None:
+                yield record, "due" if self._refs(record)[1] in wanted else "other"
+            elif isinstance(base, DueAt):
                 yield record, self._classify(base, record.fields)
 
     def _classify(self, selection: DueAt, fields: Mapping[str, Any]) -> str:
@@ -501,7 +561,7 @@ class HttpAdapter:
         )  # fmt: skip
 
 
-def _cutoffs(selection: DueAt | OfSubject) -> tuple[str | None, ...]:
+def _cutoffs(selection: DueAt | OfSubject | OfSubjects) -> tuple[str | None, ...]:
     if not isinstance(selection, DueAt):
         return ()
     cuts = (

@@ -36,13 +36,17 @@ from include.retention.sources.base import (
     DueAt,
     HoldReader,
     KeyRange,
+    NotUpdatable,
     OfSubject,
+    OfSubjects,
     Record,
     Selection,
+    Updated,
     base_selection,
     key_bounds,
     key_ranges,
     register,
+    wanted_subjects,
 )
 
 log = logging.getLogger(__name__)
@@ -349,6 +353,20 @@ class S3Adapter:
             if self._status(base, meta) == "due":
                 yield {"key": obj.key, "versions": len(obj.versions), "metadata": dict(meta)}
 
+    def fields_to_update(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        raise self._not_updatable()
+
+    def update(
+        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader
+    ) -> Updated:
+        raise self._not_updatable()
+
+    def _not_updatable(self) -> NotUpdatable:
+        return NotUpdatable(
+            f"bucket {self.dataset!r} of system {self.system!r}: an object's metadata cannot be"
+            " changed without rewriting the object; rectify it in the system itself"
+        )
+
     def close(self) -> None:
         """The client belongs to whoever made it."""
 
@@ -385,7 +403,7 @@ class S3Adapter:
         subject = meta.get(name.lower()) if name else None
         return self._subjects.ref(subject) if subject else None
 
-    def _status(self, base: DueAt | OfSubject, meta: Mapping[str, str]) -> str:
+    def _status(self, base: DueAt | OfSubject | OfSubjects, meta: Mapping[str, str]) -> str:
         if isinstance(base, DueAt):
             return classify(base.rules, meta, base.as_of)[0]
         if not self.binding.subject_key:
@@ -393,7 +411,7 @@ class S3Adapter:
                 f"bucket {self.dataset!r} has no subject_key: its objects cannot be selected by"
                 " data subject (set source.subject_key)"
             )
-        return "due" if self._subject_ref(meta) == base.subject_ref else "out_of_scope"
+        return "due" if self._subject_ref(meta) in (wanted_subjects(base) or ()) else "out_of_scope"
 
     def _stage(self, no: int, staged: _Staged, holds: HoldReader) -> Batch:
         """Drop the objects held now. The subjects come from the metadata read when counting

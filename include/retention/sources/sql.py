@@ -34,6 +34,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from include.retention.catalogue import AnonymiseAction, RuleCase, SqlChild, SqlSource
 from include.retention.errors import RetentionError
+from include.retention.field_values import for_column
 from include.retention.holds import ActiveHolds
 from include.retention.masking import MaskStrategy, mask_key
 from include.retention.pseudonym import (
@@ -52,13 +53,14 @@ from include.retention.sources.base import (
     HoldReader,
     Key,
     KeyRange,
-    OfSubject,
     Record,
     Selection,
+    Updated,
     base_selection,
     key_bounds,
     key_ranges,
     register,
+    wanted_subjects,
 )
 
 log = logging.getLogger(__name__)
@@ -533,6 +535,50 @@ class SqlAdapter:
             for row in result:
                 yield dict(row._mapping)
 
+    def fields_to_update(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        ds = self.table_of()
+        fixed = {ds.pk.name, *(c.name for c in ds.objects)}
+        if ds.subject is not None:
+            fixed.add(ds.subject.name)
+        checked: dict[str, Any] = {}
+        problems = []
+        for name in sorted(set(values) & set(ds.table.c.keys())):
+            if name in fixed:
+                problems.append(
+                    f"field {name!r} keys the record or names its person: it cannot be"
+                    " rectified through the form"
+                )
+                continue
+            try:
+                checked[name] = for_column(name, values[name], ds.table.c[name])
+            except RetentionError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise RetentionError(f"table {ds.dataset!r} of system {ds.system!r}: "
+                                 + "; ".join(problems))  # fmt: skip
+        return checked
+
+    def update(
+        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader
+    ) -> Updated:
+        """One transaction: lock the selected rows, read the holds, update the others."""
+        ds = self.table_of()
+        cols = [ds.pk] + ([ds.subject] if ds.subject is not None else [])
+        with self.engine.connect() as conn, conn.begin():
+            limit(conn, self.timeouts)
+            cond = self._selected(conn, ds, selection, None)
+            locked = conn.execute(sa.select(*cols).where(cond).with_for_update()).all()
+            refs = self.hasher.refs(row[0] for row in locked)
+            held = self._kinds(holds(), locked, refs, 1 if ds.subject is not None else None)
+            keys = [row[0] for row in locked if row[0] not in held]
+            if keys and values:
+                conn.execute(sa.update(ds.table).where(ds.pk.in_(keys)).values(**values))
+        kinds = list(held.values())
+        return Updated(
+            refs=[ref for row, ref in zip(locked, refs, strict=True) if row[0] not in held],
+            skipped={kind: kinds.count(kind) for kind in set(kinds)},
+        )
+
     def close(self) -> None:
         """The engine belongs to whoever made it (the connection registry or the caller)."""
 
@@ -570,7 +616,7 @@ class SqlAdapter:
         )  # fmt: skip
 
     def _subject_keys(
-        self, conn: Connection, ds: SqlDataset, of: OfSubject, bounds: ColumnElement[bool]
+        self, conn: Connection, ds: SqlDataset, of: Selection, bounds: ColumnElement[bool]
     ) -> list[Any]:
         """Keys of the subject's records: the subject column is hashed here (the reference is
         keyed, the database cannot compute it)."""
@@ -582,9 +628,11 @@ class SqlAdapter:
         result = conn.execution_options(yield_per=SCAN_CHUNK).execute(
             sa.select(ds.pk, ds.subject).where(bounds, ds.subject.is_not(None))
         )
+        wanted = wanted_subjects(of) or frozenset()
         keys = []
         for chunk in result.partitions():
-            keys += [row[0] for row in chunk if self._subjects.ref(row[1]) == of.subject_ref]
+            refs = self._subjects.refs(row[1] for row in chunk)
+            keys += [row[0] for row, ref in zip(chunk, refs, strict=True) if ref in wanted]
         return keys
 
     def _selected(
