@@ -4,9 +4,8 @@ retention and source system; JSON plus a readable HTML and PDF in Swedish.
 
 Records are found through the source adapters (`sources`), selecting by the person's keyed
 references, so the raw identifier is not needed here. The extract is personal data: it is
-written only to the configured folder (``RETENTION_DSR_OUTPUT_DIR``, default
-``$AIRFLOW_HOME/dsr_responses``), one folder per request (0700) with owner-only files (0600),
-and never to Airflow's metadata DB, XComs or logs: the task returns counts and the folder.
+written only to the configured folder or S3 prefix (`responses`), and never to Airflow's
+metadata DB, XComs or logs: the task returns counts and the location.
 """
 
 from __future__ import annotations
@@ -14,18 +13,16 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-from include.retention.catalogue import Activity, Catalogue
+from include.retention.catalogue import Activity
 from include.retention.register import BASIS_LABELS
+from include.retention.responses import ResponseStore
 from include.retention.sources.base import OfSubject, adapter_for
 
-OUTPUT_DIR_ENV = "RETENTION_DSR_OUTPUT_DIR"
 FILES = ("registerutdrag.json", "registerutdrag.html", "registerutdrag.pdf")
 
 
@@ -37,14 +34,7 @@ class Found:
     records: list[dict[str, Any]]
 
 
-def output_dir() -> Path:
-    configured = os.environ.get(OUTPUT_DIR_ENV)
-    if configured:
-        return Path(configured)
-    return Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser() / "dsr_responses"
-
-
-def searchable(catalogue: Catalogue) -> list[Activity]:
+def searchable(catalogue: Iterable[Activity]) -> list[Activity]:
     """Activities whose dataset names its data subject (a subject column or metadata key)."""
     return [
         a for a in catalogue
@@ -72,7 +62,7 @@ def collect(
     return found
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
     if isinstance(value, Decimal):
@@ -98,7 +88,7 @@ def document(request_ref: str, found: list[Found], created: dt.datetime) -> dict
                 ],
                 "lagringstid": f.activity.rule_descriptions("sv"),
                 "källsystem": f.activity.source.system,
-                "uppgifter": [{k: _plain(v) for k, v in r.items()} for r in f.records],
+                "uppgifter": [{k: plain(v) for k, v in r.items()} for r in f.records],
             }
             for f in found
             if f.records
@@ -165,21 +155,11 @@ def _pdf(doc: dict[str, Any]) -> bytes:
     return bytes(pdf.output())
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-    path.chmod(0o600)
-
-
-def write(request_ref: str, found: list[Found], folder: Path, created: dt.datetime) -> Path:
-    """Write the extract's three files to ``folder``/``request_ref`` (owner-only)."""
-    target = folder / request_ref
-    target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    target.chmod(0o700)
+def write(request_ref: str, found: list[Found], store: ResponseStore, created: dt.datetime) -> str:
+    """Write the extract's three files to the request's place; returns its location."""
     doc = document(request_ref, found, created)
     text = json.dumps(doc, ensure_ascii=False, indent=2, default=str)
-    _write_private(target / FILES[0], text.encode("utf-8"))
-    _write_private(target / FILES[1], _html(doc).encode("utf-8"))
-    _write_private(target / FILES[2], _pdf(doc))
-    return target
+    store.write(FILES[0], text.encode("utf-8"))
+    store.write(FILES[1], _html(doc).encode("utf-8"))
+    store.write(FILES[2], _pdf(doc))
+    return store.location

@@ -442,6 +442,11 @@ class Activity(_Model):
     safety: Safety = Field(default_factory=Safety)
     source_checks: SourceChecks = Field(default_factory=SourceChecks)
     owner: str = "data-engineering"
+    direct_marketing: bool = Field(
+        default=False,
+        description="Processing for direct marketing: an objection to it (Art. 21(3)) removes"
+        " the person here whatever the legal basis",
+    )
     assumptions: list[Assumption] = Field(
         default_factory=list, description="Readings the policy does not state, to confirm"
     )

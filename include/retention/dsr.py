@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -46,6 +47,9 @@ OBJECTION_SCOPES = {
     "legitimate_interest": "Art. 21(1): processing based on legitimate interest",
 }
 SYSTEM_USER = "airflow"
+MAX_RECTIFIED_FIELDS = 20
+MAX_RECTIFIED_TEXT = 2000
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 MAX_RECEIVED_AGE_DAYS = 92  # a request older than three months cannot be on time any more
 
 
@@ -119,17 +123,42 @@ def received_at(raw: Any, now: dt.datetime) -> dt.datetime:
     return pendulum.datetime(day.year, day.month, day.day, tz=TIMEZONE)
 
 
-def kind_options(kind: str, params: Mapping[str, Any]) -> dict[str, str]:
+def kind_options(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """The request kind's own choices, validated (no free text: it could hold personal data)."""
     if kind == "restriction":
         action = _choice(params, "action", {"place": "", "lift": ""})
-        options = {"action": action}
+        options: dict[str, Any] = {"action": action}
         if action == "place":
             options["ground"] = _choice(params, "ground", RESTRICTION_GROUNDS)
         return options
     if kind == "objection":
         return {"scope": _choice(params, "scope", OBJECTION_SCOPES)}
+    if kind == "rectification":
+        return {"fields": sorted(rectified_fields(params))}  # the names only: values are data
     return {}
+
+
+def rectified_fields(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``fields`` form field: field name -> new value (text, number, true/false or null).
+    Refused, naming every problem but never a value, unless every entry fits."""
+    raw = params.get("fields")
+    if not isinstance(raw, Mapping) or not raw:
+        raise RetentionError(
+            'fields: give the fields to correct and their new values, e.g. {"last_name": "Berg"}'
+        )
+    if len(raw) > MAX_RECTIFIED_FIELDS:
+        raise RetentionError(f"fields: at most {MAX_RECTIFIED_FIELDS} fields per request")
+    problems = []
+    for name, value in raw.items():
+        if not isinstance(name, str) or not FIELD_NAME.fullmatch(name):
+            problems.append(f"fields: {str(name)[:64]!r} is not a field name")
+        elif isinstance(value, dict | list):
+            problems.append(f"fields: {name!r} must be text, a number, true/false or null")
+        elif isinstance(value, str) and len(value) > MAX_RECTIFIED_TEXT:
+            problems.append(f"fields: {name!r} is longer than {MAX_RECTIFIED_TEXT} characters")
+    if problems:
+        raise RetentionError("; ".join(problems))
+    return dict(raw)
 
 
 def subjects_of(params: Mapping[str, Any], now: dt.datetime | None = None) -> list[SubjectId]:
@@ -248,6 +277,21 @@ def suppress(
     }
 
 
+def _found(
+    received: Mapping[str, Any], runtime: DsrRuntime, activities: list[Any], connections: Any
+) -> list[Any]:
+    from include.retention import access_extract
+
+    refs = [bytes.fromhex(r) for r in received["subject_refs"]]
+    return access_extract.collect(activities, refs, runtime.key, connections)
+
+
+def _catalogue(catalogue: Any) -> Any:
+    from include.retention.catalogue import load_valid
+
+    return catalogue if catalogue is not None else load_valid()[0]
+
+
 def access(
     received: Mapping[str, Any],
     *,
@@ -255,29 +299,77 @@ def access(
     catalogue: Any = None,
     connections: Any = None,
     now: dt.datetime | None = None,
+    store: Any = None,
 ) -> dict[str, Any]:
     """Art. 15: find the person's records in every system and write the register extract
-    (JSON, HTML, PDF in Swedish) to the configured folder; returns counts and the folder."""
-    from include.retention import access_extract
-    from include.retention.catalogue import load_valid
+    (JSON, HTML, PDF in Swedish) to the configured place; returns counts and the place."""
+    from include.retention import access_extract, responses
 
     runtime = runtime or DsrRuntime()
-    catalogue = catalogue if catalogue is not None else load_valid()[0]
-    refs = [bytes.fromhex(r) for r in received["subject_refs"]]
-    activities = access_extract.searchable(catalogue)
-    found = access_extract.collect(activities, refs, runtime.key, connections)
-    folder = access_extract.write(
-        received["request"], found, access_extract.output_dir(), now or dt.datetime.now(dt.UTC)
-    )
+    activities = access_extract.searchable(_catalogue(catalogue))
+    found = _found(received, runtime, activities, connections)
+    store = store or responses.store_for(received["request"])
+    where = access_extract.write(received["request"], found, store, now or dt.datetime.now(dt.UTC))
+    return _answered(received, found, activities, {"extract": where})
+
+
+def portability(
+    received: Mapping[str, Any],
+    *,
+    runtime: DsrRuntime | None = None,
+    catalogue: Any = None,
+    connections: Any = None,
+    now: dt.datetime | None = None,
+    store: Any = None,
+) -> dict[str, Any]:
+    """Art. 20: the person's records of the activities on consent or contract, as JSON and
+    one CSV per activity and system, written to the configured place."""
+    from include.retention import portability as art20
+    from include.retention import responses
+
+    runtime = runtime or DsrRuntime()
+    activities = art20.portable(_catalogue(catalogue))
+    found = _found(received, runtime, activities, connections)
+    store = store or responses.store_for(received["request"])
+    files = art20.write(received["request"], found, store, now or dt.datetime.now(dt.UTC))
+    return _answered(received, found, activities, {"location": store.location, "files": files})
+
+
+def _answered(
+    received: Mapping[str, Any], found: list[Any], activities: list[Any], where: dict[str, Any]
+) -> dict[str, Any]:
     result: dict[str, Any] = {
         "records": sum(len(f.records) for f in found),
         "activities_with_records": [f.activity.id for f in found if f.records],
         "activities_searched": len(activities),
-        "extract": str(folder),
+        **where,
     }
-    log.info("%s: %s records in %s activities; extract written to %s", received["request"],
-             result["records"], len(result["activities_with_records"]), folder)  # fmt: skip
+    log.info("%s: %s records in %s activities; written to %s", received["request"],
+             result["records"], len(result["activities_with_records"]),
+             where.get("extract") or where.get("location"))  # fmt: skip
     return result
+
+
+def rectify(
+    received: Mapping[str, Any],
+    params: Mapping[str, Any],
+    *,
+    runtime: DsrRuntime | None = None,
+    catalogue: Any = None,
+    connections: Any = None,
+) -> dict[str, Any]:
+    """Art. 16: set the corrected fields on the person's records in every system that holds
+    them (held or restricted records are left as they are); the ledger records which fields
+    changed where and how many records, never the values."""
+    from include.retention import rectification
+
+    runtime = runtime or DsrRuntime()
+    plan = rectification.Rectification(
+        request_id=int(received["request_id"]), request_ref=received["request"],
+        refs=frozenset(bytes.fromhex(r) for r in received["subject_refs"]),
+        values=rectified_fields(params), key=runtime.key, connections=connections or {},
+    )  # fmt: skip
+    return plan.run(_catalogue(catalogue), runtime.holds, runtime.requests)
 
 
 def respond(

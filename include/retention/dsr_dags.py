@@ -79,7 +79,26 @@ def kind_params(kind: str) -> dict[str, Param]:
             "scope": Param("direct_marketing", enum=list(OBJECTION_SCOPES),
                            title="Objection to", values_display=OBJECTION_SCOPES),
         }  # fmt: skip
+    if kind == "rectification":
+        return rectification_params()
     return {}
+
+
+def rectification_params() -> dict[str, Param]:
+    """Art. 16: the fields to correct, by their exact names in the systems, and new values."""
+    from include.retention.dsr import FIELD_NAME, MAX_RECTIFIED_FIELDS
+
+    return {
+        "fields": Param(
+            None, type=["null", "object"], maxProperties=MAX_RECTIFIED_FIELDS,
+            propertyNames={"pattern": f"^{FIELD_NAME.pattern}$"},
+            additionalProperties={"type": ["string", "number", "boolean", "null"]},
+            title="Rättade uppgifter / corrected fields",
+            description='JSON: field name -> new value, e.g. {"last_name": "Berg"}; names as'
+            " the systems have them (the register extract shows them). Every system holding"
+            " the field is corrected; values are checked against the field's type.",
+        ),
+    }  # fmt: skip
 
 
 def doc_md(kind: str) -> str:
@@ -137,8 +156,22 @@ def _access(kind: str, received: dict[str, Any], params: dict[str, Any], user: s
     return dsr.access(received)
 
 
+def _portability(kind: str, received: dict[str, Any], params: dict[str, Any], user: str) -> Any:
+    from include.retention import dsr
+
+    return dsr.portability(received)
+
+
+def _rectify(kind: str, received: dict[str, Any], params: dict[str, Any], user: str) -> Any:
+    from include.retention import dsr
+
+    return dsr.rectify(received, params)
+
+
 WORK: dict[str, tuple[str, Work]] = {
     "access": ("extract", _access),
+    "portability": ("export", _portability),
+    "rectification": ("rectify", _rectify),
     "restriction": ("restrict", _restrict),
     "objection": ("suppress", _suppress),
     "consent_withdrawal": ("suppress", _suppress),

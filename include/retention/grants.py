@@ -150,13 +150,16 @@ def _holds_id_sequence(t: Target) -> list[str]:
 
 
 def control_grants() -> list[TableGrant]:
-    """Append to the ledger, move its head, read the holds, take and give back run leases:
-    nothing else."""
+    """Append to the ledger, move its head, read the holds and the suppression list, take and
+    give back run leases: nothing else."""
+    from include.retention.suppression import suppressions_table
+
     return [
         TableGrant(ledger_table.name, {"SELECT", "INSERT"}),
         TableGrant(subject_table.name, {"SELECT", "INSERT"}),
         TableGrant(head_table.name, {"SELECT"}, {"seq", "entry_hash"}),
         TableGrant(holds_table.name, {"SELECT"}),
+        TableGrant(suppressions_table.name, {"SELECT"}),
         TableGrant(leases_table.name, {"SELECT", "INSERT", "UPDATE", "DELETE"}),
     ]
 

@@ -26,6 +26,8 @@ Entry kinds:
 - ``dsr_received`` / ``dsr_extended`` / ``dsr_status`` / ``dsr_recipient_notified``: every
   change of the data-subject request register (``subject_requests.py``), in the same
   transaction as the change; people appear only as keyed subject references.
+- ``dsr_rectified``: a rectification (Art. 16) changed records of one dataset: which fields,
+  how many records and their keyed references, never the values (``rectification.py``).
 
 No raw identifier ever enters the ledger: records are known by
 HMAC-SHA256(key, system \\x1f dataset \\x1f pk), people by HMAC-SHA256(key, "subject" \\x1f
@@ -74,7 +76,9 @@ log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000  # an appender waits this long for another's commit
 # Changes of the data-subject request register (``subject_requests.py``).
-REQUEST_EVENTS = ("dsr_received", "dsr_extended", "dsr_status", "dsr_recipient_notified")
+REQUEST_EVENTS = (
+    "dsr_received", "dsr_extended", "dsr_status", "dsr_recipient_notified", "dsr_rectified",
+)  # fmt: skip
 
 __all__ = [
     "GENESIS",

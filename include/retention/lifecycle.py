@@ -62,6 +62,7 @@ from include.retention.sources.base import (
     DueAt,
     HoldReader,
     KeyRange,
+    OfSubjects,
     Selection,
     SourceAdapter,
     adapter_for,
@@ -222,13 +223,15 @@ def run(
 
 
 def plan_result(activity: Activity, selection: Selection, counts: Counts) -> PlanResult:
-    """The plan's counts as the ledger, the gate and the UI know them."""
+    """The plan's counts as the ledger, the gate and the UI know them. A selection of several
+    people records its reason as the rule (e.g. the suppression list)."""
     base = base_selection(selection)
+    rules = [base.reason] if isinstance(base, OfSubjects) else activity.rule_descriptions()
     return PlanResult(
         activity_id=activity.id,
         as_of=(base.as_of if isinstance(base, DueAt) else dt.datetime.now(dt.UTC)).isoformat(),
-        rules=activity.rule_descriptions(), cutoffs=list(counts.cutoffs) or
-        [None] * len(activity.retention), total=counts.total, expired=counts.selected,
+        rules=rules, cutoffs=list(counts.cutoffs) or [None] * len(rules), total=counts.total,
+        expired=counts.selected,
         held=counts.held, restricted=counts.restricted, anchor_unknown=counts.anchor_unknown,
         kept=counts.kept, out_of_scope=counts.out_of_scope,
         already_anonymised=counts.already_anonymised,

@@ -30,7 +30,7 @@ from include.retention.runs import (
     describe_offset,
     gate_reason,
 )
-from include.retention.sources.base import SourceAdapter, adapter_for
+from include.retention.sources.base import OfSubjects, SourceAdapter, adapter_for
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,45 @@ def enforce(
         "enforce %s: %s — %s; ledger run %s",
         activity_id, result.outcome, result.message, result.run_id,
     )  # fmt: skip
+    suppressed = remove_suppressed(
+        activity, runtime, dry_run=planned["dry_run"], origin=planned.get("origin")
+    )
+    if suppressed is not None:
+        summary["suppression"] = suppressed
     return summary
+
+
+def remove_suppressed(
+    activity: Activity, runtime: Runtime, *, dry_run: bool, origin: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Remove (by the activity's action) the records of people on the suppression list that
+    an activity on consent, or for direct marketing, holds again (e.g. imported by another
+    tool): its own ledger run whose rule names the suppression; held and restricted records
+    are kept, and the safety limits apply as to any run. None: the activity is out of scope."""
+    from include.retention import suppression
+
+    scopes = suppression.scopes_for(activity)
+    if not scopes or not activity.source.hold_keys()[0].subject_column:
+        return None
+    control = runtime.control
+    register = suppression.SuppressionList(control.ledger.engine, control.key)
+    refs = register.active_refs(scopes) if register.exists() else frozenset()
+    if not refs:
+        return {"people": 0, "run_id": None, "outcome": "nothing_to_do", "counts": {}}
+    selection = OfSubjects(refs, reason=suppression.reason(scopes))
+    options = lifecycle.RunOptions(
+        runtime.catalogue.version, dry_run=dry_run,
+        origin={**(origin or {}), "reason": "suppression"},
+    )  # fmt: skip
+    result = lifecycle.run(activity, selection, runtime.adapter(activity), control, options)
+    log.info(
+        "suppression %s: %s — %s; ledger run %s",
+        activity.id, result.outcome, result.message, result.run_id,
+    )  # fmt: skip
+    return {
+        "people": len(refs), "run_id": result.run_id, "outcome": result.outcome,
+        "message": result.message, "counts": result.counts(),
+    }  # fmt: skip
 
 
 def verify(
@@ -318,6 +356,9 @@ def failures(
         return problems or ([] if planned["needs_approval"] else ["enforce failed"])
     if enforced["outcome"] in ("failed", "partial"):
         problems.append(f"enforce ended {enforced['outcome']}: {enforced['message']}")
+    suppressed = enforced.get("suppression") or {}
+    if suppressed.get("outcome") in ("failed", "partial"):
+        problems.append(f"removing suppressed people ended {suppressed['outcome']}")
     if enforced["outcome"] in VERIFIED_OUTCOMES and verified is None and not problems:
         problems.append("verify failed: the run's result is not proven")
     return problems

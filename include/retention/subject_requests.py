@@ -12,7 +12,8 @@ be told of the extension within it). ``dsr_deadlines`` mails a daily list of ope
 close to their deadline.
 
 Every change is chained into the ledger (``dsr_received``, ``dsr_extended``, ``dsr_status``,
-``dsr_recipient_notified``) in the same transaction; free-text reasons enter the ledger only
+``dsr_recipient_notified``; ``dsr_rectified`` for what a rectification changed) in the same
+transaction; free-text reasons enter the ledger only
 as keyed hashes.
 """
 
@@ -397,6 +398,13 @@ class RequestRegister:
             )
             body = {"recipient": recipient, "by": by, "at": now.replace(microsecond=0).isoformat()}
             self._ledger.record_request_event(conn, "dsr_recipient_notified", request.id, body)
+
+    def record_rectified(self, request_id: int, body: Mapping[str, Any]) -> None:
+        """Chain what a rectification changed in one dataset (fields, counts, keyed record
+        references; never the values)."""
+        request = self.get(request_id)
+        with self.engine.begin() as conn:
+            self._ledger.record_request_event(conn, "dsr_rectified", request.id, dict(body))
 
     def _update(self, conn: Connection, request: Request, **values: Any) -> None:
         conn.execute(

@@ -3,7 +3,10 @@
 An entry says "do not process this person for consent-based activities" (``consent``: a
 withdrawn consent, Art. 7(3)) or "never for direct marketing" (``direct_marketing``: an
 objection under Art. 21(2)-(3), absolute). Imports ask :meth:`SuppressionList.admit` before
-loading people into a consent-based activity, so a re-import does not bring them back.
+loading people into a consent-based activity, so a re-import does not bring them back; and
+every retention run of such an activity removes the records of suppressed people it finds
+(brought back by another tool), as its own ledger run whose rule names the suppression
+(`operations.remove_suppressed`). Which scopes reach which activity: :func:`scopes_for`.
 Entries are never removed by the product: a person who consents again is a new consent,
 recorded by the system that collects it, which then releases the entry
 (:meth:`SuppressionList.lift`, logged with who and why).
@@ -46,6 +49,35 @@ suppressions_table = sa.Table(
 )
 
 
+REASONS = {
+    "consent": "consent withdrawn (Art. 7(3))",
+    "direct_marketing": "objection to direct marketing (Art. 21(3))",
+}
+
+
+def blocking(scope: str) -> tuple[str, ...]:
+    """The suppression scopes that keep a person out of processing of ``scope``: everything
+    suppressed for consent-based processing, only direct-marketing objections for direct
+    marketing."""
+    return (scope,) if _check_scope(scope) == "direct_marketing" else SCOPES
+
+
+def scopes_for(activity: Any) -> tuple[str, ...]:
+    """The scopes whose people an activity's retention runs remove: an activity on consent as
+    a consent import (:func:`blocking`), a direct-marketing one the direct-marketing
+    objections; none for the others."""
+    if "consent" in activity.legal_bases:
+        return blocking("consent")
+    if activity.direct_marketing:
+        return blocking("direct_marketing")
+    return ()
+
+
+def reason(scopes: Iterable[str]) -> str:
+    """The rule a suppression run records (no person in it)."""
+    return "suppression list: " + " or ".join(REASONS[s] for s in scopes)
+
+
 def _check_scope(scope: str) -> str:
     if scope not in SCOPES:
         raise RetentionError(f"suppression scope {scope!r} is not one of {', '.join(SCOPES)}")
@@ -61,6 +93,11 @@ class SuppressionList:
 
     def create_tables(self) -> None:
         metadata.create_all(self.engine)
+
+    def exists(self) -> bool:
+        """Whether the list's table exists (the DSR DAGs or the deployment create it; the
+        retention workers' role only reads it)."""
+        return sa.inspect(self.engine).has_table(suppressions_table.name)
 
     def add(
         self,
@@ -100,6 +137,14 @@ class SuppressionList:
             query = query.where(t.c.scope == scope)
         return {bytes(ref) for (ref,) in conn.execute(query)}
 
+    def active_refs(self, scopes: Iterable[str]) -> frozenset[bytes]:
+        """Every person suppressed now in one of ``scopes``."""
+        wanted = [_check_scope(s) for s in scopes]
+        t = suppressions_table
+        query = sa.select(t.c.subject_ref).where(t.c.lifted_at.is_(None), t.c.scope.in_(wanted))
+        with self.engine.connect() as conn:
+            return frozenset(bytes(ref) for (ref,) in conn.execute(query))
+
     def suppressed(self, refs: Iterable[bytes], scope: str | None = None) -> set[bytes]:
         """Which of ``refs`` are suppressed (in ``scope``, or in any scope)."""
         with self.engine.connect() as conn:
@@ -127,8 +172,7 @@ class SuppressionList:
         identifier of ``kind``) is suppressed are left out, and so is every suppressed person
         for ``consent`` imports when they objected to direct marketing. A row whose identifier
         is invalid is refused with an error naming the column."""
-        _check_scope(scope)
-        scopes = (scope,) if scope == "direct_marketing" else SCOPES
+        scopes = blocking(scope)
         batch: list[tuple[bytes, Mapping[str, Any]]] = []
         for row in rows:
             try:
