@@ -564,9 +564,10 @@ class SqlAdapter:
         """One transaction: lock the selected rows, read the holds, update the others."""
         ds = self.table_of()
         cols = [ds.pk] + ([ds.subject] if ds.subject is not None else [])
+        with self.engine.connect() as conn:  # (a scan by subject streams its connection)
+            cond = self._selected(conn, ds, selection, None)
         with self.engine.connect() as conn, conn.begin():
             limit(conn, self.timeouts)
-            cond = self._selected(conn, ds, selection, None)
             locked = conn.execute(sa.select(*cols).where(cond).with_for_update()).all()
             refs = self.hasher.refs(row[0] for row in locked)
             held = self._kinds(holds(), locked, refs, 1 if ds.subject is not None else None)
