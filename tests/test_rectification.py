@@ -21,7 +21,7 @@ from include.retention.catalogue import Activity, Catalogue, HttpSource, S3Sourc
 from include.retention.errors import RetentionError
 from include.retention.holds import ActiveHolds, HoldRegister
 from include.retention.pseudonym import record_ref, subject_ref
-from include.retention.sources.base import NotUpdatable, OfSubjects, adapter_for
+from include.retention.sources.base import NotUpdatable, OfSubject, adapter_for
 from include.retention.sources.http import ApiClient, ApiSettings
 from tests.dbs import (  # noqa: F401
     activity,
@@ -189,7 +189,7 @@ def test_an_api_source_is_rectified_through_patch(tmp_path, key) -> None:
         ])  # fmt: skip
         client = ApiClient(ApiSettings(server.base_url, TOKEN), "saas")
         binding = HttpSource(system="crm_saas", conn_id="saas", collection="leads",
-                             subject_field="email")  # fmt: skip
+                             lookup={"email": "email"})  # fmt: skip
         adapter = adapter_for(binding, key, client)
         with pytest.raises(RetentionError, match="field 'score' takes a number"):
             adapter.fields_to_update({"score": "high"})
@@ -200,7 +200,7 @@ def test_an_api_source_is_rectified_through_patch(tmp_path, key) -> None:
         restricted = ActiveHolds(records={record_ref(key, "crm_saas", "leads", "l3"):
                                           frozenset({"restriction"})})  # fmt: skip
         updated = adapter.update(
-            OfSubjects(frozenset({anna}), "rectification"), {"name": "Anna"}, lambda: restricted
+            OfSubject(frozenset({anna})), {"name": "Anna"}, lambda: restricted
         )
         names = {r.id: r.fields["name"] for r in client.records("leads")}
     assert names == {"l1": "Anna", "l2": "Bo", "l3": "Ana"}
@@ -211,7 +211,9 @@ def test_an_api_source_is_rectified_through_patch(tmp_path, key) -> None:
 def test_a_bucket_cannot_be_rectified_and_the_answer_says_so(tmp_path, key, s3) -> None:
     bucket = new_bucket(s3, "rect")
     put(s3, bucket, "img/1.jpg", subject=ANNA)
-    binding = S3Source(system="image_bank", conn_id="s3", bucket=bucket, subject_key="subject")
+    binding = S3Source(
+        system="image_bank", conn_id="s3", bucket=bucket, lookup={"email": "subject"}
+    )
     adapter = adapter_for(binding, key, s3)
     with pytest.raises(NotUpdatable, match="cannot be changed without rewriting"):
         adapter.fields_to_update({"subject": "x"})

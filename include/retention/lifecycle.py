@@ -62,7 +62,6 @@ from include.retention.sources.base import (
     DueAt,
     HoldReader,
     KeyRange,
-    OfSubjects,
     Selection,
     SourceAdapter,
     adapter_for,
@@ -136,6 +135,9 @@ class RunOptions:
     # For one partition of a mapped run: the plan of the whole selection, which the safety
     # gate judges (a partition may hold every due record of the dataset).
     whole: PlanResult | None = None
+    # Why the records are selected when it is not the retention rules (e.g. the suppression
+    # list): the run's recorded rule.
+    reason: str | None = None
 
 
 # ------------------------------------------------------------------------------ entry points
@@ -222,11 +224,14 @@ def run(
             return _Run(activity, selection, adapter, control, options, lease, linked).go()
 
 
-def plan_result(activity: Activity, selection: Selection, counts: Counts) -> PlanResult:
-    """The plan's counts as the ledger, the gate and the UI know them. A selection of several
-    people records its reason as the rule (e.g. the suppression list)."""
+def plan_result(
+    activity: Activity, selection: Selection, counts: Counts, reason: str | None = None
+) -> PlanResult:
+    """The plan's counts as the ledger, the gate and the UI know them. ``reason``: why the
+    records are selected, recorded as the run's rule instead of the retention rules (e.g. the
+    suppression list)."""
     base = base_selection(selection)
-    rules = [base.reason] if isinstance(base, OfSubjects) else activity.rule_descriptions()
+    rules = [reason] if reason else activity.rule_descriptions()
     return PlanResult(
         activity_id=activity.id,
         as_of=(base.as_of if isinstance(base, DueAt) else dt.datetime.now(dt.UTC)).isoformat(),
@@ -380,7 +385,7 @@ class _Run:
             recovery = _recover(activity, self.adapter, control, self.linked, self.selection)
         holds = self.holds_of(self.adapter)()
         counts = self.adapter.count(self.selection, self.action, holds)
-        planned = plan_result(activity, self.selection, counts)
+        planned = plan_result(activity, self.selection, counts, options.reason)
         log.info("plan %s: %s", activity.id, planned.counts())
         if options.hooks.after_plan:
             options.hooks.after_plan(planned)

@@ -30,7 +30,7 @@ from include.retention.runs import (
     describe_offset,
     gate_reason,
 )
-from include.retention.sources.base import OfSubjects, SourceAdapter, adapter_for
+from include.retention.sources.base import OfSubject, SourceAdapter, adapter_for
 
 log = logging.getLogger(__name__)
 
@@ -293,18 +293,19 @@ def remove_suppressed(
     from include.retention import suppression
 
     scopes = suppression.scopes_for(activity)
-    if not scopes or not activity.source.hold_keys()[0].subject_column:
-        return None
+    if not scopes or not activity.source.lookup or activity.processor_for is not None:
+        return None  # (records held for another controller are theirs to stop)
     control = runtime.control
     register = suppression.SuppressionList(control.ledger.engine, control.key)
-    refs = register.active_refs(scopes) if register.exists() else frozenset()
+    active = register.active() if register.exists() else {}
+    refs = frozenset().union(*(active.get(scope, ()) for scope in scopes))
     if not refs:
         return {"people": 0, "run_id": None, "outcome": "nothing_to_do", "counts": {}}
-    selection = OfSubjects(refs, reason=suppression.reason(scopes))
     options = lifecycle.RunOptions(
-        runtime.catalogue.version, dry_run=dry_run,
+        runtime.catalogue.version, dry_run=dry_run, reason=suppression.reason(scopes),
         origin={**(origin or {}), "reason": "suppression"},
     )  # fmt: skip
+    selection = OfSubject(refs)
     result = lifecycle.run(activity, selection, runtime.adapter(activity), control, options)
     log.info(
         "suppression %s: %s — %s; ledger run %s",

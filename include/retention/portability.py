@@ -28,9 +28,10 @@ PORTABLE_BASES = frozenset({LegalBasis.consent, LegalBasis.contract})
 JSON_FILE = "dataportabilitet.json"
 
 
-def portable(catalogue: Iterable[Activity]) -> list[Activity]:
-    """Activities on consent or contract whose records can be found by data subject."""
-    return [a for a in searchable(catalogue) if PORTABLE_BASES & set(a.legal_bases)]
+def portable(catalogue: Iterable[Activity], kinds: Iterable[str]) -> list[Activity]:
+    """Activities on consent or contract that identifiers of ``kinds`` can search (never those
+    run as a processor: `access_extract.searchable`)."""
+    return [a for a in searchable(catalogue, kinds) if PORTABLE_BASES & set(a.legal_bases)]
 
 
 def csv_name(activity: Activity) -> str:

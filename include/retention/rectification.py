@@ -34,7 +34,7 @@ from include.retention.errors import RetentionError
 from include.retention.holds import HoldRegister
 from include.retention.sources.base import (
     NotUpdatable,
-    OfSubjects,
+    OfSubject,
     SourceAdapter,
     Updated,
     adapter_for,
@@ -74,6 +74,7 @@ class Rectification:
     request_id: int
     request_ref: str
     refs: frozenset[bytes]
+    kinds: list[str]  # the kinds of identifier given (which lookup columns can find them)
     values: dict[str, Any]
     key: bytes
     connections: Mapping[str, Any] = field(default_factory=dict)
@@ -83,7 +84,7 @@ class Rectification:
     ) -> dict[str, Any]:
         from include.retention.access_extract import searchable
 
-        targets = self._targets(searchable(catalogue))
+        targets = self._targets(searchable(catalogue, self.kinds))
         try:
             checked, cannot = self._check(targets)
             outcomes = [
@@ -118,8 +119,8 @@ class Rectification:
             by_dataset[where] = Target([activity], adapter)
         return list(by_dataset.values())
 
-    def _selection(self) -> OfSubjects:
-        return OfSubjects(self.refs, reason=f"rectification {self.request_ref}")
+    def _selection(self) -> OfSubject:
+        return OfSubject(self.refs)
 
     def _check(
         self, targets: list[Target]

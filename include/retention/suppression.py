@@ -137,18 +137,21 @@ class SuppressionList:
             query = query.where(t.c.scope == scope)
         return {bytes(ref) for (ref,) in conn.execute(query)}
 
-    def active_refs(self, scopes: Iterable[str]) -> frozenset[bytes]:
-        """Every person suppressed now in one of ``scopes``."""
-        wanted = [_check_scope(s) for s in scopes]
-        t = suppressions_table
-        query = sa.select(t.c.subject_ref).where(t.c.lifted_at.is_(None), t.c.scope.in_(wanted))
-        with self.engine.connect() as conn:
-            return frozenset(bytes(ref) for (ref,) in conn.execute(query))
-
     def suppressed(self, refs: Iterable[bytes], scope: str | None = None) -> set[bytes]:
         """Which of ``refs`` are suppressed (in ``scope``, or in any scope)."""
         with self.engine.connect() as conn:
             return self._active(conn, set(refs), scope)
+
+    def active(self) -> dict[str, set[bytes]]:
+        """Every active suppression: scope -> keyed references."""
+        t = suppressions_table
+        found: dict[str, set[bytes]] = {scope: set() for scope in SCOPES}
+        with self.engine.connect() as conn:
+            for ref, scope in conn.execute(
+                sa.select(t.c.subject_ref, t.c.scope).where(t.c.lifted_at.is_(None))
+            ):
+                found[scope].add(bytes(ref))
+        return found
 
     def lift(self, ref: bytes, scope: str, *, by: str, reason: str) -> int:
         """Lift the active suppressions of ``ref`` in ``scope`` (e.g. a new, recorded consent);

@@ -70,32 +70,26 @@ class DueAt:
 
 @dataclass(frozen=True)
 class OfSubject:
-    """Every record of one data subject, by the keyed subject reference
-    (`pseudonym.SubjectRefHasher` of the identifier the binding's subject column holds)."""
-
-    subject_ref: bytes
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.subject_ref, bytes) or not self.subject_ref:
-            raise RetentionError("a subject selection needs the subject's keyed reference")
-
-
-@dataclass(frozen=True)
-class OfSubjects:
-    """Every record of any of several data subjects by keyed reference (e.g. the people on the
-    suppression list); ``reason`` says why they are selected (it goes into the run's evidence,
-    so it names a ground, never a person)."""
+    """Every record of one data subject: those whose lookup columns (any of them, each value
+    normalised by its kind, `include.retention.lookup`) hold one of ``subject_refs``, the
+    keyed references of the person's normalised identifiers (`SubjectRefHasher`)."""
 
     subject_refs: frozenset[bytes]
-    reason: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.subject_refs, frozenset) or not all(
-            isinstance(ref, bytes) and ref for ref in self.subject_refs
-        ):
-            raise RetentionError("a subjects selection needs a frozenset of keyed references")
-        if not self.reason.strip():
-            raise RetentionError("a subjects selection needs the reason they are selected")
+        refs = self.subject_refs
+        if isinstance(refs, bytes | str) or not refs:
+            raise RetentionError(
+                "a subject selection needs the subject's keyed references (a collection)"
+            )
+        refs = frozenset(refs)
+        if not all(isinstance(r, bytes) and r for r in refs):
+            raise RetentionError("a subject's keyed references are non-empty bytes")
+        object.__setattr__(self, "subject_refs", refs)
+
+    def matches(self, refs: AbstractSet[bytes]) -> bool:
+        """Whether a record with these lookup references is the subject's."""
+        return not self.subject_refs.isdisjoint(refs)
 
 
 @dataclass(frozen=True)
@@ -103,7 +97,7 @@ class KeyRange:
     """The records of ``within`` whose key is above ``lower`` and at most ``upper`` (None: no
     bound): one partition of a selection (see `SourceAdapter.partitions`)."""
 
-    within: DueAt | OfSubject | OfSubjects
+    within: DueAt | OfSubject
     lower: Key | None = None
     upper: Key | None = None
     index: int = 0  # the partition's number (0-based), for logs and the evidence
@@ -113,22 +107,12 @@ class KeyRange:
             raise RetentionError("a key range partitions a selection, not another key range")
 
 
-Selection = DueAt | OfSubject | OfSubjects | KeyRange
+Selection = DueAt | OfSubject | KeyRange
 
 
-def base_selection(selection: Selection) -> DueAt | OfSubject | OfSubjects:
+def base_selection(selection: Selection) -> DueAt | OfSubject:
     """The selection a key range partitions (or the selection itself)."""
     return selection.within if isinstance(selection, KeyRange) else selection
-
-
-def wanted_subjects(selection: Selection) -> frozenset[bytes] | None:
-    """The keyed subject references a selection by subject picks (None: not by subject)."""
-    base = base_selection(selection)
-    if isinstance(base, OfSubject):
-        return frozenset({base.subject_ref})
-    if isinstance(base, OfSubjects):
-        return base.subject_refs
-    return None
 
 
 def key_bounds(selection: Selection) -> tuple[Key | None, Key | None]:
@@ -178,8 +162,9 @@ class Batch:
     """One staged batch: what the lifecycle writes as evidence before :meth:`apply`.
 
     ``refs``: the records the batch changes (held and restricted ones already left out);
-    ``subjects``: the distinct keyed subject references of those records, or None when the
-    adapter did not read them (then any new subject hold makes the lifecycle redo the batch);
+    ``subjects``: the distinct keyed subject references of those records (of all their lookup
+    columns), or None when the adapter did not read them (then any new subject hold makes the
+    lifecycle redo the batch);
     ``holds``: the active holds the batch was checked against; ``skipped``: hold kind ->
     records left out; ``counts``: further evidence counts (``children.<table>``, ``versions``);
     ``linked``: per linked dataset (e.g. a bucket of files the records point to), the keys of
