@@ -298,7 +298,7 @@ def test_missing_table_or_column_is_a_clear_error(source_db: Db, control: Contro
             control=control,
         )
     with pytest.raises(
-        RetentionError, match="subject column 'mail' does not exist in table 'people'"
+        RetentionError, match=r"lookup \(email\) column 'mail' does not exist in table 'people'"
     ):
         plan(
             activity(lookup={"email": "mail"}, children=False),
