@@ -60,7 +60,7 @@ def _setup(source_db, tmp_path: Path, key: bytes) -> tuple[dsr.DsrRuntime, Any]:
 
 
 def _rectify(runtime, catalogue, source_db, fields: dict[str, Any]) -> tuple[dict, dict]:
-    params = {"email": ANNA, "fields": fields}
+    params = {"email": ANNA, "corrections": fields}
     received = dsr.receive(
         "rectification", params, user="u", dag_id="dsr_rectification",
         run_id=secrets.token_hex(4), runtime=runtime, now=NOW,
@@ -169,8 +169,8 @@ def test_a_field_or_value_that_does_not_fit_changes_nothing(
 )  # fmt: skip
 def test_a_malformed_form_is_refused_before_anything_is_registered(tmp_path, key, fields) -> None:
     runtime = dsr.DsrRuntime.of(sa.create_engine(f"sqlite:///{tmp_path / 'c.db'}"), key)
-    with pytest.raises(RetentionError, match="fields"):
-        dsr.receive("rectification", {"email": ANNA, "fields": fields}, user="u",
+    with pytest.raises(RetentionError, match="corrections"):
+        dsr.receive("rectification", {"email": ANNA, "corrections": fields}, user="u",
                     dag_id="d", run_id="r", runtime=runtime, now=NOW)  # fmt: skip
     assert runtime.requests.requests() == []
 
@@ -227,7 +227,7 @@ def test_a_bucket_cannot_be_rectified_and_the_answer_says_so(tmp_path, key, s3) 
                                        "reason": {"sv": "bilder", "en": "images"}}}],
                "action": {"kind": "report_only"}}
         )  # fmt: skip
-        params = {"email": ANNA, "fields": {"city": NEW_CITY}}
+        params = {"email": ANNA, "corrections": {"city": NEW_CITY}}
         received = dsr.receive("rectification", params, user="u", dag_id="d", run_id="r",
                                runtime=runtime, now=NOW)  # fmt: skip
         result = dsr.rectify(

@@ -35,8 +35,8 @@ from urllib.parse import quote
 
 import httpx
 
+from include.retention.dsr import SENSITIVE_FORM_FIELDS
 from include.retention.errors import RetentionError
-from include.retention.identifiers import KINDS
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ STOP_TIMEOUT = 15.0  # then whatever is left of a component is killed
 LOCAL_EXECUTOR = "include.retention.executors.LocalExecutor"
 # A data-subject request's identifiers (the dsr_* trigger forms' fields), masked like passwords
 # wherever Airflow masks secrets: the audit log keeps every trigger request's body.
-SENSITIVE_NAMES = ",".join(KINDS)
+SENSITIVE_NAMES = ",".join(SENSITIVE_FORM_FIELDS)
 # The Celery worker's configuration: Airflow's, with the task libraries preloaded.
 CELERY_CONFIG = "include.retention.celery_config.CELERY_CONFIG"
 _HEALTHY_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")

@@ -51,6 +51,10 @@ SYSTEM_USER = "airflow"
 MAX_RECTIFIED_FIELDS = 20
 MAX_RECTIFIED_TEXT = 2000
 FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+CORRECTIONS = "corrections"  # the rectification form's field: field name -> new value
+# The form fields holding personal data: Airflow masks them like passwords in its audit log,
+# which keeps every trigger request's body ([core] sensitive_var_conn_names).
+SENSITIVE_FORM_FIELDS = (*KINDS, CORRECTIONS)
 MAX_RECEIVED_AGE_DAYS = 92  # a request older than three months cannot be on time any more
 
 
@@ -140,23 +144,24 @@ def kind_options(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def rectified_fields(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``fields`` form field: field name -> new value (text, number, true/false or null).
-    Refused, naming every problem but never a value, unless every entry fits."""
-    raw = params.get("fields")
+    """The ``corrections`` form field: field name -> new value (text, number, true/false or
+    null). Refused, naming every problem but never a value, unless every entry fits."""
+    raw = params.get(CORRECTIONS)
     if not isinstance(raw, Mapping) or not raw:
         raise RetentionError(
-            'fields: give the fields to correct and their new values, e.g. {"last_name": "Berg"}'
+            'corrections: give the fields to correct and their new values, e.g.'
+            ' {"last_name": "Berg"}'
         )
     if len(raw) > MAX_RECTIFIED_FIELDS:
-        raise RetentionError(f"fields: at most {MAX_RECTIFIED_FIELDS} fields per request")
+        raise RetentionError(f"corrections: at most {MAX_RECTIFIED_FIELDS} fields per request")
     problems = []
     for name, value in raw.items():
         if not isinstance(name, str) or not FIELD_NAME.fullmatch(name):
-            problems.append(f"fields: {str(name)[:64]!r} is not a field name")
+            problems.append(f"corrections: {str(name)[:64]!r} is not a field name")
         elif isinstance(value, dict | list):
-            problems.append(f"fields: {name!r} must be text, a number, true/false or null")
+            problems.append(f"corrections: {name!r} must be text, a number, true/false or null")
         elif isinstance(value, str) and len(value) > MAX_RECTIFIED_TEXT:
-            problems.append(f"fields: {name!r} is longer than {MAX_RECTIFIED_TEXT} characters")
+            problems.append(f"corrections: {name!r} is longer than {MAX_RECTIFIED_TEXT} characters")
     if problems:
         raise RetentionError("; ".join(problems))
     return dict(raw)

@@ -86,10 +86,10 @@ def kind_params(kind: str) -> dict[str, Param]:
 
 def rectification_params() -> dict[str, Param]:
     """Art. 16: the fields to correct, by their exact names in the systems, and new values."""
-    from include.retention.dsr import FIELD_NAME, MAX_RECTIFIED_FIELDS
+    from include.retention.dsr import CORRECTIONS, FIELD_NAME, MAX_RECTIFIED_FIELDS
 
     return {
-        "fields": Param(
+        CORRECTIONS: Param(
             None, type=["null", "object"], maxProperties=MAX_RECTIFIED_FIELDS,
             propertyNames={"pattern": f"^{FIELD_NAME.pattern}$"},
             additionalProperties={"type": ["string", "number", "boolean", "null"]},
