@@ -308,23 +308,40 @@ def suppress(
     }
 
 
-def _found(
-    received: Mapping[str, Any], runtime: DsrRuntime, activities: list[Any], connections: Any
-) -> list[Any]:
-    from include.retention import access_extract
-
-    refs = [bytes.fromhex(r) for r in received["subject_refs"]]
-    return access_extract.collect(activities, refs, runtime.key, connections)
-
-
 def _catalogue(catalogue: Any) -> Any:
     from include.retention.catalogue import load_valid
 
     return catalogue if catalogue is not None else load_valid()[0]
 
 
-def access(
+def access(received: Mapping[str, Any], **context: Any) -> dict[str, Any]:
+    """Art. 15: find the person's records in every system and write the register extract
+    (JSON, HTML, PDF in Swedish) to the configured place; counts and the place. ``context``:
+    see :func:`_export`."""
+    from include.retention import access_extract
+
+    def write(ref: str, found: list[Any], store: Any, at: dt.datetime, reach: Any) -> dict:
+        return {"extract": access_extract.write(ref, found, store, at, reach)}
+
+    return _export(received, access_extract.searchable, write, **context)
+
+
+def portability(received: Mapping[str, Any], **context: Any) -> dict[str, Any]:
+    """Art. 20: the person's records of the activities on consent or contract, as JSON and
+    one CSV per activity and system, written to the configured place; counts, the place and
+    the file names. ``context``: see :func:`_export`."""
+    from include.retention import portability as art20
+
+    def write(ref: str, found: list[Any], store: Any, at: dt.datetime, reach: Any) -> dict:
+        return {"location": store.location, "files": art20.write(ref, found, store, at, reach)}
+
+    return _export(received, art20.portable, write, **context)
+
+
+def _export(
     received: Mapping[str, Any],
+    select: Any,
+    write: Any,
     *,
     runtime: DsrRuntime | None = None,
     catalogue: Any = None,
@@ -332,59 +349,28 @@ def access(
     now: dt.datetime | None = None,
     store: Any = None,
 ) -> dict[str, Any]:
-    """Art. 15: find the person's records in every system and write the register extract
-    (JSON, HTML, PDF in Swedish) to the configured place; returns counts and the place."""
+    """Read the person's records in the activities ``select`` picks (by the identifier kinds
+    given) and ``write`` them to the request's place (``store``; default the configured one).
+    ``catalogue``, ``connections`` (activity id -> engine or client), ``runtime``: tests."""
     from include.retention import access_extract, responses
 
     runtime = runtime or DsrRuntime()
     catalogue = _catalogue(catalogue)
     found_reach = _reach(received, catalogue)
-    activities = access_extract.searchable(catalogue, received["identifier_kinds"])
-    found = _found(received, runtime, activities, connections)
+    activities = select(catalogue, received["identifier_kinds"])
+    refs = [bytes.fromhex(r) for r in received["subject_refs"]]
+    found = access_extract.collect(activities, refs, runtime.key, connections)
     store = store or responses.store_for(received["request"])
-    where = access_extract.write(
-        received["request"], found, store, now or dt.datetime.now(dt.UTC), found_reach
-    )
-    return _answered(received, found, activities, {"extract": where, **found_reach.summary()})
-
-
-def portability(
-    received: Mapping[str, Any],
-    *,
-    runtime: DsrRuntime | None = None,
-    catalogue: Any = None,
-    connections: Any = None,
-    now: dt.datetime | None = None,
-    store: Any = None,
-) -> dict[str, Any]:
-    """Art. 20: the person's records of the activities on consent or contract, as JSON and
-    one CSV per activity and system, written to the configured place."""
-    from include.retention import portability as art20
-    from include.retention import responses
-
-    runtime = runtime or DsrRuntime()
-    catalogue = _catalogue(catalogue)
-    found_reach = _reach(received, catalogue)
-    activities = art20.portable(catalogue, received["identifier_kinds"])
-    found = _found(received, runtime, activities, connections)
-    store = store or responses.store_for(received["request"])
-    files = art20.write(received["request"], found, store, now or dt.datetime.now(dt.UTC))
-    where = {"location": store.location, "files": files, **found_reach.summary()}
-    return _answered(received, found, activities, where)
-
-
-def _answered(
-    received: Mapping[str, Any], found: list[Any], activities: list[Any], where: dict[str, Any]
-) -> dict[str, Any]:
+    where = write(received["request"], found, store, now or dt.datetime.now(dt.UTC), found_reach)
     result: dict[str, Any] = {
         "records": sum(len(f.records) for f in found),
         "activities_with_records": [f.activity.id for f in found if f.records],
         "activities_searched": len(activities),
         **where,
+        **found_reach.summary(),
     }
     log.info("%s: %s records in %s activities; written to %s", received["request"],
-             result["records"], len(result["activities_with_records"]),
-             where.get("extract") or where.get("location"))  # fmt: skip
+             result["records"], len(result["activities_with_records"]), store.location)  # fmt: skip
     return result
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from include.retention.access_extract import Found, plain, searchable
 from include.retention.catalogue import Activity, LegalBasis
+from include.retention.lookup import Reach
 from include.retention.responses import ResponseStore
 
 PORTABLE_BASES = frozenset({LegalBasis.consent, LegalBasis.contract})
@@ -38,12 +39,19 @@ def csv_name(activity: Activity) -> str:
     return f"dataportabilitet-{activity.id}-{activity.source.system}.csv"
 
 
-def document(request_ref: str, found: list[Found], created: dt.datetime) -> dict[str, Any]:
-    """The JSON file: per activity and system, its legal bases and the records."""
+def document(
+    request_ref: str, found: list[Found], created: dt.datetime, reach: Reach | None = None
+) -> dict[str, Any]:
+    """The JSON file: per activity and system, its legal bases and the records; where the
+    company is a processor, whom to ask instead."""
     return {
         "request": request_ref,
         "created": created.isoformat(),
         "format": "GDPR Art. 20 data portability export, UTF-8 JSON",
+        "ask_the_controller": [
+            {"system": r["system"], "controller": r["controller_en"]}
+            for r in (reach.refer if reach else [])
+        ],
         "activities": [
             {
                 "activity": f.activity.id,
@@ -81,10 +89,11 @@ def _cell(value: Any) -> Any:
 
 
 def write(
-    request_ref: str, found: list[Found], store: ResponseStore, created: dt.datetime
-) -> list[str]:
+    request_ref: str, found: list[Found], store: ResponseStore, created: dt.datetime,
+    reach: Reach | None = None,
+) -> list[str]:  # fmt: skip
     """Write the JSON file and one CSV per activity with records; the file names."""
-    doc = document(request_ref, found, created)
+    doc = document(request_ref, found, created, reach)
     store.write(JSON_FILE, json.dumps(doc, ensure_ascii=False, indent=2).encode("utf-8"))
     names = [JSON_FILE]
     for item in doc["activities"]:
