@@ -5,16 +5,22 @@ A person with a due recruitment record asks for restriction: the next retention 
 their records and deletes the others that are due. A consent withdrawal puts them on the
 suppression list and a re-import of them is refused. Malformed requests are refused (by the
 form's schema at trigger time, or by ``receive``'s checks at once, without retries) and change
-nothing. The person's identifier is then searched for in every XCom, asset event, task log
-file and the ledger: it is in none of them.
+nothing. A newsletter subscriber asks for a portability export (their consent-based records
+only; the recruitment person's export is empty: legitimate interest) and a rectification of
+their last name (a value of the wrong type first: refused, nothing changed), then withdraws
+their consent: the newsletter's next retention run removes them. The identifiers and the
+corrected value are then searched for in every XCom, asset event, task log file, the audit
+log and the ledger: they are in none of them.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import email
 import json
 import secrets
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
@@ -25,13 +31,13 @@ import sqlalchemy as sa
 
 from include.demo.airflow_stack import AirflowApi, AirflowStack, StackConfig, free_port
 from include.demo.embedded_s3 import EmbeddedS3
-from include.demo.manifest import ManifestEntry
+from include.demo.manifest import Expectation, ManifestEntry
 from include.demo.run import DEPLOYMENT_SETUP, ROOT, DemoPaths, environment
 from include.demo.seed import place_holds, seed_demo
 from include.retention.dag_factory import dag_id_for
 from include.retention.errors import RetentionError
 from include.retention.identifiers import normalise
-from include.retention.pseudonym import subject_ref
+from include.retention.pseudonym import record_ref, subject_ref
 from include.retention.runs import Control
 from include.retention.subject_requests import RequestRegister, local_date
 from include.retention.suppression import SuppressionList
@@ -51,7 +57,15 @@ DAG_IDS = {  # the runs the tests look at, by name
     "malformed": "dsr_objection",
     "access": "dsr_access",
     "deadlines": "dsr_deadlines",
+    "export": "dsr_portability",
+    "export_li": "dsr_portability",
+    "rectify_bad": "dsr_rectification",
+    "rectify": "dsr_rectification",
+    "withdrawal_subscriber": "dsr_consent_withdrawal",
+    "newsletter": dag_id_for("newsletter"),
 }
+# The subscriber's new last name (ASCII, so an escaped JSON copy could not hide from the scan).
+CORRECTED = "Corrected-" + secrets.token_hex(4)
 ARRIVED_DAYS_AGO = 28  # due within the deadline mail's 7 days
 
 
@@ -74,6 +88,8 @@ class Stack:
     mailbox: Mailbox
     person: ManifestEntry
     runs: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (run id, state)
+    subscriber: Any = None  # a newsletter recipient (ManifestEntry) not yet due
+    rows: dict[str, Any] = field(default_factory=dict)  # their row as it was, by moment
 
     def trigger(self, name: str, conf: dict[str, Any]) -> None:
         self.runs[name] = (self.api.trigger(DAG_IDS[name], conf), "")
@@ -102,6 +118,36 @@ def _requests(airflow: Stack) -> None:
         "scope": "direct_marketing",
     })  # fmt: skip
     airflow.wait("retention", "withdrawal", "malformed", "access")
+    _portability_and_rectification(airflow)
+
+
+def _portability_and_rectification(airflow: Stack) -> None:
+    """The subscriber's export and corrections, then their consent withdrawal and the
+    newsletter's retention run (their row is looked at before it goes)."""
+    subscriber = airflow.subscriber
+    airflow.trigger("export", {"email": _spelled_differently(subscriber.subject)})
+    airflow.trigger("export_li", {"email": airflow.person.subject})
+    airflow.trigger("rectify_bad", {"email": subscriber.subject,
+                                    "corrections": {"last_name": 12345}})  # fmt: skip
+    airflow.wait("export", "export_li", "rectify_bad")
+    airflow.rows["before"] = airflow.demo.row(subscriber)
+    airflow.trigger("rectify", {"email": _spelled_differently(subscriber.subject),
+                                "corrections": {"last_name": CORRECTED}})  # fmt: skip
+    airflow.wait("rectify")
+    airflow.rows["rectified"] = airflow.demo.row(subscriber)
+    airflow.trigger("withdrawal_subscriber", {"email": subscriber.subject})
+    airflow.wait("withdrawal_subscriber")
+    airflow.trigger("newsletter", {"as_of": AS_OF.isoformat(), "dry_run": False})
+    airflow.wait("newsletter")
+
+
+def _subscriber(entries: list[ManifestEntry], held: set[str | None]) -> ManifestEntry:
+    """A newsletter recipient not yet due whose person is under no hold."""
+    return next(
+        e for e in entries
+        if e.expectation == Expectation.kept and e.kind == "row" and e.subject
+        and e.hold is None and e.subject not in held
+    )  # fmt: skip
 
 
 def _person(entries: list[ManifestEntry]) -> ManifestEntry:
@@ -160,6 +206,10 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             demo = Demo(root, seeded.manifest, seeded.urls, control, s3.client())
             person = _person(seeded.manifest.for_activity(ACTIVITY))
             running = Stack(stack, api, demo, key.encode(), metadata_url, mailbox, person)
+            running.subscriber = _subscriber(
+                seeded.manifest.for_activity("newsletter"),
+                {e.subject for e in seeded.manifest.entries if e.hold is not None},
+            )
             _requests(running)
             yield running
             api.close()
@@ -280,8 +330,9 @@ def _task_log(airflow: Stack, dag_id: str, run_id: str, task_id: str) -> str:
 
 
 def test_the_identifier_is_in_no_xcom_asset_event_log_or_ledger(airflow: Stack) -> None:
-    person = airflow.person.subject
-    spellings = {person, person.upper(), normalise("email", person).value}
+    people = (airflow.person.subject, airflow.subscriber.subject)
+    spellings = {s for p in people for s in (p, p.upper(), normalise("email", p).value)}
+    spellings.add(CORRECTED)
     engine = sa.create_engine(airflow.metadata_url)
     with engine.connect() as conn:
         xcoms = [str(v) for (v,) in conn.execute(sa.text("SELECT value FROM xcom"))]
@@ -289,12 +340,15 @@ def test_the_identifier_is_in_no_xcom_asset_event_log_or_ledger(airflow: Stack) 
         audit_rows = conn.execute(sa.text("SELECT dag_id, extra FROM log")).all()
     engine.dispose()
     audit = [str(extra) for (_, extra) in audit_rows]
-    triggers = [str(e) for (d, e) in audit_rows if d == "dsr_restriction" and "conf" in str(e)]
+    triggers = [str(e) for (d, e) in audit_rows
+                if d in ("dsr_restriction", "dsr_rectification") and "conf" in str(e)]  # fmt: skip
     assert triggers and all("***" in a for a in triggers)  # trigger bodies, identifiers masked
+    assert any("dsr_rectification" in str(row) for row in audit_rows)
     assert any("subject_refs" in x for x in xcoms)  # the DSR runs' XComs are there
     assert any("DSR-" in e for e in events)  # and their asset events
     logs = [p for p in airflow.stack.config.home.rglob("*.log") if p.is_file()]
     assert any("dag_id=dsr_restriction" in str(p) for p in logs)  # the task logs are there
+    assert any("dag_id=dsr_rectification" in str(p) for p in logs)
     texts = {
         "xcom": " ".join(xcoms),
         "asset events": " ".join(events),
@@ -304,3 +358,99 @@ def test_the_identifier_is_in_no_xcom_asset_event_log_or_ledger(airflow: Stack) 
     }
     leaks = {where for where, text in texts.items() if any(s in text for s in spellings)}
     assert leaks == set()
+
+
+# ------------------------------------------------------------------------------ Art. 20, 16, 7(3)
+
+
+def _request_of(airflow: Stack, name: str) -> Any:
+    register = RequestRegister(airflow.demo.control.ledger.engine, airflow.key)
+    return next(r for r in register.requests() if r.run_id == airflow.runs[name][0])
+
+
+def test_the_export_holds_the_consent_and_contract_records_only(airflow: Stack) -> None:
+    assert airflow.runs["export"][1] == "success" and airflow.runs["export_li"][1] == "success"
+    request = _request_of(airflow, "export")
+    assert (request.kind, request.status) == ("portability", "completed")
+    folder = airflow.demo.root / "responses" / request.ref
+    doc = json.loads((folder / "dataportabilitet.json").read_text(encoding="utf-8"))
+    subscriber = airflow.subscriber
+    (newsletter,) = doc["activities"]  # the subscriber is in no other activity
+    assert (newsletter["activity"], newsletter["legal_bases"]) == ("newsletter", ["consent"])
+    assert [r["id"] for r in newsletter["records"]] == [subscriber.pk]
+    assert newsletter["records"][0]["email"] == subscriber.subject
+    with (folder / newsletter["csv"]).open(encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    assert [(r["id"], r["email"]) for r in rows] == [(str(subscriber.pk), subscriber.subject)]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o600}
+    # The recruitment person's records are processed on legitimate interest: not portable
+    # (the access extract lists them).
+    empty = _request_of(airflow, "export_li")
+    doc = json.loads((airflow.demo.root / "responses" / empty.ref / "dataportabilitet.json")
+                     .read_text(encoding="utf-8"))  # fmt: skip
+    assert doc["activities"] == [] and empty.status == "completed"
+
+
+def test_a_value_that_does_not_fit_is_refused_and_changes_nothing(airflow: Stack) -> None:
+    run_id, state = airflow.runs["rectify_bad"]
+    assert state == "failed"
+    tis = airflow.api.task_instances("dsr_rectification", run_id)
+    assert tis["receive"]["state"] == "success"
+    assert tis["rectify"]["state"] == "failed" and tis["rectify"]["try_number"] == 1
+    request = _request_of(airflow, "rectify_bad")
+    assert request.status == "failed"
+    assert [e.kind for e in RequestRegister(airflow.demo.control.ledger.engine, airflow.key)
+            .events(request.id)] == ["dsr_received", "dsr_status"]  # fmt: skip
+    log = _task_log(airflow, "dsr_rectification", run_id, "rectify")
+    assert "field 'last_name' takes text" in log and "nothing was changed" in log
+    assert "12345" not in log
+    assert airflow.rows["before"]["last_name"] not in (None, "12345", CORRECTED)
+    # The form's schema refuses what it can check at trigger time (no run is created).
+    with pytest.raises(RetentionError, match="HTTP 400"):
+        airflow.api.trigger("dsr_rectification", {
+            "email": airflow.subscriber.subject, "corrections": {"last_name": {"a": 1}},
+        })  # fmt: skip
+
+
+def test_the_rectification_changes_the_field_and_the_ledger_names_it(airflow: Stack) -> None:
+    assert airflow.runs["rectify"][1] == "success"
+    before, after = airflow.rows["before"], airflow.rows["rectified"]
+    assert after["last_name"] == CORRECTED
+    assert {k: v for k, v in after.items() if k != "last_name"} == {
+        k: v for k, v in before.items() if k != "last_name"
+    }
+    request = _request_of(airflow, "rectify")
+    assert request.status == "completed"
+    events = RequestRegister(airflow.demo.control.ledger.engine, airflow.key).events(request.id)
+    (rectified,) = [e.document["body"] for e in events if e.kind == "dsr_rectified"]
+    subscriber = airflow.subscriber
+    assert rectified == {
+        "system": "newsletter", "dataset": "recipients", "activities": ["newsletter"],
+        "fields": ["last_name"], "records": 1, "held_skipped": 0, "restricted_skipped": 0,
+        "record_refs": [record_ref(airflow.key, "newsletter", "recipients", subscriber.pk).hex()],
+    }  # fmt: skip
+    assert request.outcome["steps"]["rectify"]["recipients_to_notify"]  # Art. 19
+
+
+def test_the_newsletter_run_removes_the_withdrawn_subscriber(airflow: Stack) -> None:
+    assert airflow.runs["withdrawal_subscriber"][1] == "success"
+    assert airflow.runs["newsletter"][1] == "success"
+    subscriber = airflow.subscriber
+    assert not airflow.demo.exists(subscriber)
+    kept = [e for e in airflow.demo.manifest.for_activity("newsletter")
+            if not e.due and e.subject != subscriber.subject]  # fmt: skip
+    assert kept and all(airflow.demo.exists(e) for e in kept)
+    runs = airflow.demo.control.ledger.runs("newsletter")
+    (suppression,) = [
+        r for r in runs if r.header["origin"].get("reason") == "suppression"
+        and r.header["origin"]["run_id"] == airflow.runs["newsletter"][0]
+    ]  # fmt: skip
+    assert suppression.header["rules"] == [
+        "suppression list: consent withdrawn (Art. 7(3)) or objection to direct marketing"
+        " (Art. 21(3))"
+    ]
+    assert suppression.header["origin"]["dag_id"] == "retention_newsletter"
+    applied = airflow.demo.control.ledger.applied_refs(
+        suppression.run_id, "newsletter", "recipients"
+    )
+    assert applied == [record_ref(airflow.key, "newsletter", "recipients", subscriber.pk)]
