@@ -70,3 +70,22 @@ def test_the_form_refuses_shapes_it_can_check(dags) -> None:
     ):
         with pytest.raises(Exception, match=r"Invalid input|validat"):
             _form(dag, **bad)
+
+
+def test_the_rectification_form_checks_the_corrections_shape(dags) -> None:
+    dag = dags["dsr_rectification"]
+    ok = _form(dag, email="anna@example.se", corrections={"last_name": "Berg", "age": 41})
+    assert ok["corrections"] == {"last_name": "Berg", "age": 41}
+    for bad in (
+        {"corrections": {"last name": "Berg"}},  # not a field name
+        {"corrections": {"last_name": {"first": "Berg"}}},  # not a scalar
+        {"corrections": {f"f{i}": 1 for i in range(21)}},  # too many
+        {"corrections": ["last_name", "Berg"]},
+    ):
+        with pytest.raises(Exception, match=r"Invalid input|validat"):
+            _form(dag, email="anna@example.se", **bad)
+
+
+def test_portability_and_rectification_are_request_dags(dags) -> None:
+    assert dags["dsr_portability"].get_task("export").upstream_task_ids == {"receive"}
+    assert dags["dsr_rectification"].get_task("rectify").upstream_task_ids == {"receive"}
