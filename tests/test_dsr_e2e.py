@@ -33,6 +33,7 @@ from include.demo.airflow_stack import AirflowApi, AirflowStack, StackConfig, fr
 from include.demo.embedded_s3 import EmbeddedS3
 from include.demo.manifest import Expectation, ManifestEntry
 from include.demo.run import DEPLOYMENT_SETUP, ROOT, DemoPaths, environment
+from include.demo.saas_server import SaasServer
 from include.demo.seed import place_holds, seed_demo
 from include.retention.dag_factory import dag_id_for
 from include.retention.errors import RetentionError
@@ -168,15 +169,17 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     mailbox, smtp_port = Mailbox(), free_port()
     smtp = Controller(mailbox, hostname="127.0.0.1", port=smtp_port)
     smtp.start()
+    saas = SaasServer(root / "saas.db", secrets.token_urlsafe(24))
     with (
         EmbeddedS3() as s3,
+        saas,
         fresh_pg_database("rt_ctl") as control_url,
         fresh_pg_database("rt_af") as metadata_url,
     ):
-        seeded = seed_demo(AS_OF, root / "demo", s3_client=s3.client())
+        seeded = seed_demo(AS_OF, root / "demo", s3_client=s3.client(), saas_store=saas.store_path)
         control = Control.open(control_url, key.encode())
         place_holds(control.holds, seeded.hold_requests())
-        env = environment(DemoPaths(root), key, s3.endpoint_url)
+        env = environment(DemoPaths(root), key, s3.endpoint_url, saas.connection())
         env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW_") or "_CONN_" in k}
         env |= {
             "RETENTION_CONTROL_DB_URL": control_url,
@@ -203,7 +206,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             api.wait_for_dags(DAG_IDS.values())
             for dag_id in DAG_IDS.values():
                 api.unpause(dag_id)
-            demo = Demo(root, seeded.manifest, seeded.urls, control, s3.client())
+            demo = Demo(root, seeded.manifest, seeded.urls, control, s3.client(), saas.store)
             person = _person(seeded.manifest.for_activity(ACTIVITY))
             running = Stack(stack, api, demo, key.encode(), metadata_url, mailbox, person)
             running.subscriber = _subscriber(
