@@ -95,6 +95,8 @@ def test_the_persons_records_get_the_corrected_fields(source_db, tmp_path, key) 
         "fields": ["age", "city"], "records": 2,
     }]  # fmt: skip
     assert result["kept"] == [] and result["not_rectifiable"] == []
+    assert result["systems_searched"] == {"ats": ["people"]}
+    assert result["systems_not_covered"] == {} and result["refer_to_controller"] == []
     assert received["options"] == {"fields": ["age", "city"]}
     (event,) = [e for e in runtime.requests.events(received["request_id"])
                 if e.kind == "dsr_rectified"]  # fmt: skip

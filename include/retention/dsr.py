@@ -394,7 +394,9 @@ def rectify(
         kinds=list(received["identifier_kinds"]),
         values=rectified_fields(params), key=runtime.key, connections=connections or {},
     )  # fmt: skip
-    return plan.run(_catalogue(catalogue), runtime.holds, runtime.requests)
+    catalogue = _catalogue(catalogue)
+    result = plan.run(catalogue, runtime.holds, runtime.requests)
+    return result | _reach(received, catalogue).summary()
 
 
 def respond(
