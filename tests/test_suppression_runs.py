@@ -156,3 +156,27 @@ def test_a_lifted_suppression_removes_nobody(tmp_path, key, lifted) -> None:
         assert {r for b in batches for r in unpack_refs(b.blob or b"")} == {
             record_ref(key, "ats", "people", pk) for pk in (1, 3)
         }
+
+
+def test_the_retention_page_shows_the_retention_run_not_the_suppression_run(tmp_path, key) -> None:
+    from include.retention import lifecycle
+    from include.retention.retention_status import activity_statuses
+    from tests.dbs import AS_OF
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'source.db'}")
+    control = Control.open(f"sqlite:///{tmp_path / 'control.db'}", key)
+    consent = _on("newsletter", ["consent"])
+    _holds_catalogue(control, consent)
+    _seed(engine)
+    _suppress(control, key)
+    retention = lifecycle.enforce(
+        consent, AS_OF, control=control, catalogue_version="t",
+        adapter=adapter_for(consent.source, key, engine),
+    )  # fmt: skip
+    suppression: Any = _remove(consent, control, engine)
+    assert suppression["counts"]["applied"] == 3  # a later run that changed records
+    catalogue = Catalogue(activities={"newsletter": consent}, version="t")
+    (status,) = activity_statuses(catalogue, control.ledger, {}, AS_OF.date())
+    assert status.runs == 2 and status.total_applied == 3
+    assert status.last_run is not None
+    assert status.last_run.ledger_run_id == retention.run_id != suppression["run_id"]

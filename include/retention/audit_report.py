@@ -27,7 +27,7 @@ from include.retention.documents import Block, Document, Facts, Figure, Grid, No
 from include.retention.errors import RetentionError
 from include.retention.evidence import EvidenceReader
 from include.retention.register import Item
-from include.retention.run_record import RunRecord, local_day, read_period
+from include.retention.run_record import RunRecord, by_retention_rules, local_day, read_period
 from include.retention.texts import Language
 
 FORMATS = (*DOCUMENT_FORMATS, "csv")
@@ -184,8 +184,10 @@ class ActivityLine:
 
     @property
     def last(self) -> RunRecord | None:
-        """The last finished run of the period (the state it found)."""
-        finished = [r for r in self.runs if r.finished is not None]
+        """The last finished retention run of the period (the state it found)."""
+        finished = [
+            r for r in self.runs if r.finished is not None and by_retention_rules(r.header)
+        ]
         return finished[-1] if finished else None
 
     def state(self, name: str) -> int | None:

@@ -20,6 +20,7 @@ from include.retention.certificate import LedgerState
 from include.retention.chain import ledger_table
 from include.retention.dag_factory import dag_id_for, display_name
 from include.retention.evidence import EvidenceReader, RunSummary
+from include.retention.run_record import by_retention_rules
 
 CHART_DAYS = 30  # the deletions chart covers the last 30 days, one bar per day
 LEDGER_CHECK_TTL = 60.0  # seconds a chain verification is reused before it is run again
@@ -121,6 +122,7 @@ def activity_status(
 ) -> ActivityStatus:
     """The row of one activity from its ledger runs (in chain order)."""
     per_day = dict.fromkeys(days, 0)
+    state = [run for run in runs if by_retention_rules(run.header)]  # (not suppression runs)
     for run in runs:
         day = _parse_time(run.started_at).astimezone(dt.UTC).date()
         if day in per_day:
@@ -134,7 +136,7 @@ def activity_status(
         rules=activity.rule_descriptions("en"),
         policy_gap=activity.policy_gap,
         schedule=activity.schedule,
-        last_run=run_row(runs[-1], verified) if runs else None,
+        last_run=run_row(state[-1], verified) if state else None,
         total_applied=sum(_applied(run) for run in runs),
         runs=len(runs),
         daily_applied=[per_day[day] for day in days],

@@ -49,6 +49,12 @@ class Batch:
         return self.applied_partial if self.outcome == "partial" else 0
 
 
+def by_retention_rules(header: dict[str, Any]) -> bool:
+    """Whether a run selected its records by the retention rules (its counts are the dataset's
+    state), not for another reason such as the suppression list (origin ``reason``)."""
+    return not (header.get("origin") or {}).get("reason")
+
+
 @dataclass
 class RunRecord:
     """One run as the ledger holds it."""
