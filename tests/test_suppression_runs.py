@@ -98,6 +98,10 @@ def test_a_consent_activity_removes_everyone_suppressed(source_db, control, key)
     assert _applied(control, result["run_id"]) == {
         record_ref(key, "ats", "people", pk) for pk in (1, 3, 5)
     }
+    (verified,) = [e for e in control.ledger.entries() if e.kind == "run_verified"]
+    assert verified.run_id == result["run_id"] and result["verified"] is True
+    assert verified.document["body"]["success"] is True
+    assert (verified.document["body"]["remaining"], verified.document["body"]["held"]) == (0, 1)
     again: Any = _remove(consent, control, source_db.engine)
     assert again["outcome"] == "nothing_to_do" and ids(source_db.engine) == set(range(1, 21)) - {
         1, 3, 5,

@@ -19,7 +19,13 @@ from typing import Any, TypeVar
 import pendulum
 
 from include.retention import connections, holds, lifecycle
-from include.retention.catalogue import Activity, Catalogue, load_valid
+from include.retention.catalogue import (
+    Activity,
+    AnonymiseAction,
+    Catalogue,
+    DeleteAction,
+    load_valid,
+)
 from include.retention.errors import RetentionError
 from include.retention.escalation import deadline_at_stake, deadline_text
 from include.retention.object_store import storage_fault
@@ -311,10 +317,36 @@ def remove_suppressed(
         "suppression %s: %s — %s; ledger run %s",
         activity.id, result.outcome, result.message, result.run_id,
     )  # fmt: skip
-    return {
+    summary = {
         "people": len(refs), "run_id": result.run_id, "outcome": result.outcome,
         "message": result.message, "counts": result.counts(),
     }  # fmt: skip
+    if result.outcome == "completed" and result.applied and result.run_id:
+        summary["verified"] = _recount(activity, selection, runtime, result.run_id)
+    return summary
+
+
+def _recount(activity: Activity, selection: OfSubject, runtime: Runtime, run_id: str) -> bool:
+    """The suppression run's verification: counted afresh, no record of those people is left
+    that is neither held nor restricted. Recorded as the run's ``run_verified``; raises when
+    one is left (the run failed: someone must look)."""
+    action = activity.action
+    if not isinstance(action, DeleteAction | AnonymiseAction):
+        raise RetentionError(f"{activity.id}: a report-only activity changes no records")
+    adapter = runtime.adapter(activity)
+    holds_now = runtime.control.holds.active(adapter.system, adapter.dataset)
+    counts = adapter.count(selection, action, holds_now)
+    result = {
+        "success": counts.to_apply == 0, "method": "recount of the suppressed people's records",
+        "remaining": counts.to_apply, "held": counts.held, "restricted": counts.restricted,
+    }  # fmt: skip
+    runtime.control.ledger.record_verification(run_id, activity.id, result)
+    if counts.to_apply:
+        raise RetentionError(
+            f"{activity.id}: {counts.to_apply} record(s) of suppressed people are still there"
+            f" after ledger run {run_id}; check the source (a concurrent import?) and run again"
+        )
+    return True
 
 
 def verify(
