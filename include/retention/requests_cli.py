@@ -15,7 +15,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from include.retention import connections
+from include.retention import connections, request_runs
 from include.retention.holds_cli import command_group
 from include.retention.subject_requests import (
     REQUEST_KINDS,
@@ -93,6 +93,18 @@ def _notified(args: argparse.Namespace) -> int:
     return 0
 
 
+def _forget_runs(args: argparse.Namespace) -> int:
+    before = args.before or request_runs.cutoff(args.older_than_days)
+    count = request_runs.forget_runs(before, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(
+        f"{verb} {count} finished run(s) of the dsr_* DAGs started before {before.isoformat()}"
+        " from Airflow's metadata database (their conf held the identifiers); the request"
+        " register keeps every request"
+    )
+    return 0
+
+
 def add_commands(commands: Any) -> None:
     """Register ``requests`` and its verbs on the main parser's subcommands."""
     verbs = command_group(commands, "requests", "data-subject requests: deadlines, extensions")
@@ -125,8 +137,31 @@ def add_commands(commands: Any) -> None:
     notified.add_argument("--by", required=True)
     notified.set_defaults(run=_notified)
 
+    forget = verbs.add_parser(
+        "forget-runs",
+        help="delete finished dsr_* runs (their conf holds identifiers) from Airflow's DB",
+    )
+    when = forget.add_mutually_exclusive_group()
+    when.add_argument(
+        "--older-than-days", type=int, default=request_runs.DEFAULT_DAYS,
+        help=f"runs started this many days ago or earlier (default {request_runs.DEFAULT_DAYS})",
+    )  # fmt: skip
+    when.add_argument("--before", type=aware_time, help="ISO time with zone; default: now - days")
+    forget.add_argument("--dry-run", action="store_true", help="say what, change nothing")
+    forget.set_defaults(run=_forget_runs)
+
 
 def reason_code(value: str) -> str:
     if not value.replace("_", "").isascii() or not value.replace("_", "").isalnum():
         raise argparse.ArgumentTypeError("a reason code is letters, digits and '_' only")
     return value
+
+
+def aware_time(value: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO time") from None
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{value!r} has no time zone (add +00:00)")
+    return parsed
