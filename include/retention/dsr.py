@@ -23,6 +23,7 @@ from include.retention import connections
 from include.retention.errors import RetentionError
 from include.retention.holds import HoldRegister, holds_table
 from include.retention.identifiers import KINDS, SubjectId, identify
+from include.retention.runs import Control
 from include.retention.subject_requests import (
     REQUEST_KINDS,
     TIMEZONE,
@@ -57,7 +58,7 @@ class DsrRuntime:
     def of(cls, engine: sa.Engine, key: bytes) -> DsrRuntime:
         """A runtime on a given control database and key (tests, the CLI)."""
         runtime = cls()
-        runtime.__dict__.update(engine=engine, key=key)
+        runtime.__dict__.update(engine=engine, key=key, control_engine=engine)
         return runtime
 
     @cached_property
@@ -79,6 +80,16 @@ class DsrRuntime:
         register = HoldRegister(self.engine, self.key)
         register.create_tables()
         return register
+
+    @cached_property
+    def control(self) -> Control:
+        """The control database as the retention workers use it (ledger, holds, leases):
+        erasure runs through the run lifecycle."""
+        return Control.open(self.control_engine, self.key)
+
+    @cached_property
+    def control_engine(self) -> sa.Engine:
+        return connections.control_engine()
 
     @cached_property
     def suppressions(self) -> SuppressionList:
@@ -278,6 +289,78 @@ def access(
     log.info("%s: %s records in %s activities; extract written to %s", received["request"],
              result["records"], len(result["activities_with_records"]), folder)  # fmt: skip
     return result
+
+
+def _catalogue(runtime: DsrRuntime, catalogue: Any) -> Any:
+    """The valid catalogue, once it is known to match the active holds."""
+    from include.retention.catalogue import load_valid
+    from include.retention.holds import check_catalogue
+
+    if catalogue is not None:
+        return catalogue
+    valid, invalid = load_valid()
+    check_catalogue(runtime.control.ledger.engine, valid, invalid)
+    return valid
+
+
+def erase(
+    received: Mapping[str, Any],
+    *,
+    user: str,
+    runtime: DsrRuntime | None = None,
+    catalogue: Any = None,
+    connections: Any = None,
+) -> dict[str, Any]:
+    """Art. 17: erase the person from every system through the run lifecycle (evidence in the
+    ledger, action ``erasure``, the request in the run's origin), except what Art. 17(3), a
+    restriction or the processor role keeps; returns what was erased and kept, why, and the
+    recipients to tell (Art. 19). Idempotent: a retried task finds what is gone gone."""
+    from include.retention import erasure
+
+    runtime = runtime or DsrRuntime()
+    catalogue = _catalogue(runtime, catalogue)
+    request = runtime.requests.get(int(received["request_id"]))
+    how = erasure.Erasure(
+        by=user, catalogue_version=catalogue.version,
+        origin={"dag_id": request.dag_id, "run_id": request.run_id, "request": request.ref,
+                "triggered_by": user},
+    )  # fmt: skip
+    refs = [bytes.fromhex(r) for r in received["subject_refs"]]
+    outcomes = erasure.erase(
+        erasure.subject_bindings(catalogue), refs, runtime.control, how, connections
+    )
+    result = erasure.response(outcomes)
+    log.info(
+        "%s: erased %s record(s) in %s of %s datasets; kept %s; recipients to tell: %s",
+        request.ref, result["erased"], sum(1 for o in outcomes if o.erased), len(outcomes),
+        {k["reason"]: k["records"] for k in result["kept"]} or "none",
+        len(result["recipients_to_notify"]),
+    )  # fmt: skip
+    return result
+
+
+def reapply(
+    system: str,
+    *,
+    user: str,
+    origin: Mapping[str, str | None],
+    runtime: DsrRuntime | None = None,
+    catalogue: Any = None,
+    connections: Any = None,
+) -> dict[str, Any]:
+    """After a backup restore of ``system``: erase again every person whose erasure the ledger
+    records and apply the suppression list, with the same exceptions and evidence."""
+    from include.retention import erasure
+
+    runtime = runtime or DsrRuntime()
+    catalogue = _catalogue(runtime, catalogue)
+    how = erasure.Erasure(
+        by=user, catalogue_version=catalogue.version,
+        origin={**origin, "reapply": system, "triggered_by": user},
+    )  # fmt: skip
+    return erasure.reapply(
+        catalogue, system, runtime.control, how, runtime.suppressions.active(), connections
+    )
 
 
 def respond(
