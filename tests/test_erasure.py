@@ -179,9 +179,10 @@ def test_reapply_after_a_restore_erases_again_and_is_idempotent(world: dict[str,
     run = read_run(world["runtime"].control.ledger, run_id)
     assert run.action == "erasure" and run.header["origin"]["reapply"] == "ats"
     assert reapply()["erased"] == 0
-    with pytest.raises(RetentionError, match="choose one of accounting, ats"):
-        dsr.reapply("nowhere", user="o", origin={}, runtime=world["runtime"],
-                    catalogue=world["catalogue"], connections=world["conns"])  # fmt: skip
+    for system in ("nowhere", None):
+        with pytest.raises(RetentionError, match="choose one of accounting, ats"):
+            dsr.reapply(system, user="o", origin={}, runtime=world["runtime"],
+                        catalogue=world["catalogue"], connections=world["conns"])  # fmt: skip
 
 
 def test_reapply_applies_the_suppression_list_to_consent_based_activities(

@@ -307,7 +307,7 @@ def reapply(
 ) -> dict[str, Any]:
     """Re-apply every recorded erasure and the suppression list to ``system`` after a backup
     restore (see the module doc); counts per binding, no personal data."""
-    activities = subject_bindings(catalogue, system)
+    activities = subject_bindings(catalogue, system) if isinstance(system, str) else []
     if not activities:
         raise RetentionError(
             f"system {system!r} has no dataset that names its data subject; choose one of"
