@@ -78,3 +78,25 @@ def test_list_extend_close_and_notify(cli) -> None:
 def test_bad_arguments_are_refused(cli, args) -> None:
     code, _, err = cli(*args)
     assert code == 2 and "error" in err
+
+
+def test_recipients_lists_who_must_be_told_and_who_was(cli) -> None:
+    now = dt.datetime.now(dt.UTC)
+    request = cli.register.receive(
+        "erasure", [normalise("email", "anna@example.se")], filed_by="dpo.anna", received_at=now
+    )
+    agency = {"sv": "rekryteringsbyrå", "en": "recruitment agency"}
+    outcome = {"steps": {"erase": {"recipients_to_notify": [agency]}}, "failed_steps": []}
+    cli.register.set_status(request.id, "completed", by="airflow", outcome=outcome)
+    code, out, _ = cli("recipients", "DSR-1")
+    assert code == 0 and "recruitment agency (rekryteringsbyrå): NOT TOLD YET" in out
+    assert cli("notified", "DSR-1", "--recipient", "recruitment agency", "--by", "dpo.anna")[0] == 0
+    code, out, _ = cli("recipients", "1")
+    assert code == 0 and "NOT TOLD" not in out and "by dpo.anna" in out
+    assert [e.kind for e in cli.register.events(request.id)][-1] == "dsr_recipient_notified"
+
+
+def test_reapply_refuses_a_system_the_catalogue_does_not_have(cli) -> None:
+    code, _, err = cli("reapply", "--system", "nowhere", "--by", "ops.olle")
+    assert code == 2 and "choose one of" in err and "crm" in err and "Nothing was changed" in err
+    assert cli.register.requests() == []
