@@ -206,3 +206,27 @@ def test_reapply_applies_the_suppression_list_to_consent_based_activities(
     everyone = {p["id"] for p in PEOPLE}
     assert ids(world["ats"]) == everyone - {6, 7}  # consent-based: both scopes
     assert ids(world["books"]) == everyone - {7}  # direct marketing: the objection only
+
+
+def test_a_restriction_lists_the_recipients_of_the_activities_holding_the_person(
+    world: dict[str, Any],
+) -> None:
+    form = {"email": TARGET, "action": "place", "ground": "accuracy_contested"}
+    received = dsr.receive(
+        "restriction", form, user="dpo", dag_id="dsr_restriction", run_id="r1",
+        runtime=world["runtime"], now=NOW,
+    )  # fmt: skip
+    placed = dsr.restrict(
+        received, form, user="dpo", runtime=world["runtime"], catalogue=world["catalogue"],
+        connections=world["conns"],
+    )  # fmt: skip
+    assert len(placed["holds_placed"]) == 1
+    assert placed["recipients_to_notify"] == [
+        {"sv": "rekryteringsbyrå", "en": "recruitment agency"}
+    ]
+    nobody = {"email": "nobody@example.com", "action": "place", "ground": "legal_claims"}
+    other = dsr.receive("restriction", nobody, user="dpo", dag_id="dsr_restriction",
+                        run_id="r2", runtime=world["runtime"], now=NOW)  # fmt: skip
+    assert dsr.restrict(other, nobody, user="dpo", runtime=world["runtime"],
+                        catalogue=world["catalogue"], connections=world["conns"]
+                        )["recipients_to_notify"] == []  # fmt: skip

@@ -209,10 +209,32 @@ def restrict(
     *,
     user: str,
     runtime: DsrRuntime | None = None,
+    catalogue: Any = None,
+    connections: Any = None,
 ) -> dict[str, Any]:
     """Art. 18: place a restriction hold on the person (every retention run keeps their
-    records), or lift it (its own logged action: the release is chained into the ledger)."""
+    records), or lift it (its own logged action: the release is chained into the ledger).
+    Either way the result lists the recipients of the activities holding the person's records,
+    who must be told (Art. 19)."""
     runtime = runtime or DsrRuntime()
+    result = _restrict(received, params, user=user, runtime=runtime)
+    return result | {"recipients_to_notify": _recipients(runtime, received, catalogue, connections)}
+
+
+def _recipients(
+    runtime: DsrRuntime, received: Mapping[str, Any], catalogue: Any, connections: Any
+) -> list[dict[str, str]]:
+    from include.retention import erasure
+
+    catalogue = _catalogue(runtime, catalogue)
+    refs = [bytes.fromhex(r) for r in received["subject_refs"]]
+    found = erasure.holding(erasure.subject_bindings(catalogue), refs, runtime.key, connections)
+    return erasure.recipients_of(found)
+
+
+def _restrict(
+    received: Mapping[str, Any], params: Mapping[str, Any], *, user: str, runtime: DsrRuntime
+) -> dict[str, Any]:
     options = received["options"]
     refs = {bytes.fromhex(r) for r in received["subject_refs"]}
     active = _active_restrictions(runtime, refs)

@@ -47,6 +47,7 @@ from include.retention.catalogue import (
 from include.retention.chain import ledger_table
 from include.retention.errors import RetentionError
 from include.retention.evidence import EvidenceReader
+from include.retention.holds import ActiveHolds
 from include.retention.runs import Control
 from include.retention.sources.base import OfSubject, SourceAdapter, adapter_for
 
@@ -134,6 +135,28 @@ def _erasing(activity: Activity) -> Activity:
     if activity.action.kind != "report_only":
         return activity
     return activity.model_copy(update={"action": DeleteAction()})
+
+
+def holding(
+    activities: Iterable[Activity], refs: Sequence[bytes], key: bytes,
+    connections: Connections | None = None,
+) -> list[Activity]:  # fmt: skip
+    """The activities that hold records of the person (any of ``refs``) now; changes nothing."""
+
+    def found(activity: Activity, adapter: SourceAdapter) -> bool:
+        action = _erasing(activity).action
+        assert not isinstance(action, ReportOnlyAction)
+        return any(adapter.count(OfSubject(ref), action, ActiveHolds()).selected for ref in refs)
+
+    chosen = list(activities)
+    return [a for a, hit in zip(chosen, for_each_binding(chosen, key, found, connections),
+                                strict=True) if hit]  # fmt: skip
+
+
+def recipients_of(activities: Iterable[Activity]) -> list[dict[str, str]]:
+    """The distinct recipients of ``activities`` (Art. 19), by English name."""
+    named = {r.en: {"sv": r.sv, "en": r.en} for a in activities for r in a.recipients}
+    return [named[name] for name in sorted(named)]
 
 
 # ------------------------------------------------------------------------------ erasure
