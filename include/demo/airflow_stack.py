@@ -46,6 +46,8 @@ ADMIN = "admin"
 START_TIMEOUT = 180.0
 STOP_TIMEOUT = 15.0  # then whatever is left of a component is killed
 LOCAL_EXECUTOR = "include.retention.executors.LocalExecutor"
+# The Celery worker's configuration: Airflow's, with the task libraries preloaded.
+CELERY_CONFIG = "include.retention.celery_config.CELERY_CONFIG"
 _HEALTHY_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 # A metadata DB on SQLite: every component writes to one file. Writers wait for each other
 # (instead of failing with "database is locked" after 5 s) and readers don't block them (WAL).
@@ -286,6 +288,7 @@ class AirflowStack:
             env["AIRFLOW__CELERY__BROKER_URL"] = cfg.celery.broker_url
             env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"] = cfg.celery.queue
             env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = str(cfg.celery.concurrency)
+            env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] = CELERY_CONFIG
         return env
 
     def _password_file(self) -> Path:
