@@ -132,19 +132,17 @@ def test_holds_and_restrictions_keep_records_with_their_reason(world: dict[str, 
 def test_a_processor_binding_is_untouched_and_refers_to_the_employer(
     world: dict[str, Any],
 ) -> None:
-    class Processed(Activity):
-        role: str = "processor"
-
-    recruitment = world["catalogue"]["recruitment"]
-    processed = Processed.model_validate(recruitment.model_dump())
+    employer = Localised(sv="Kundens arbetsgivare", en="the customer's employer")
+    processed = world["catalogue"]["recruitment"].model_copy(update={"processor_for": employer})
     catalogue = Catalogue(activities={"recruitment": processed}, version="test")
     result = dsr.erase(
         _request(world), user="dpo.anna", runtime=world["runtime"], catalogue=catalogue,
-        connections=world["conns"],
+        connections={},  # (never connected to: a processor's records are not searched)
     )  # fmt: skip
     assert 3 in ids(world["ats"])
-    assert result["refer_to_employer"] == ["recruitment"]
-    assert [k["reason"] for k in result["kept"]] == ["processor"]
+    assert (result["erased"], result["found"], result["kept"]) == (0, 0, [])
+    [referral] = result["refer_to_controller"]
+    assert (referral["activity"], referral["controller_en"]) == ("recruitment", employer.en)
 
 
 def _complete(world: dict[str, Any], received: Any) -> None:

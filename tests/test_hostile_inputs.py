@@ -48,8 +48,7 @@ BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
 # name -> (file content, a fragment the error must contain). Each names newsletter.yaml.
 CATALOGUE_CORPUS: dict[str, tuple[str | bytes, str]] = {
     "duplicate key silently winning": (
-        _swap(PERIOD, PERIOD + "    period: P0D\n"),
-        "duplicate key 'period'",
+        _swap(PERIOD, PERIOD + "    period: P0D\n"), "duplicate key 'period'"
     ),
     "duplicate top-level key": (NEWSLETTER + "schedule: 0 3 * * *\n", "duplicate key 'schedule'"),
     "P0D on a period rule": (_swap("P180D", "P0D"), "use rule kind 'event'"),
@@ -87,8 +86,7 @@ CATALOGUE_CORPUS: dict[str, tuple[str | bytes, str]] = {
     "100k-deep mapping nesting": ("id: " + "{" * 100_000, "nesting depth"),
     "60k-deep mapping nesting": ("id: " + "{a: " * 60_000, "nesting depth"),
     "deep block nesting": (
-        "".join(f"{' ' * i}k{i}:\n" for i in range(200)) + " " * 200 + "v",
-        "nesting depth",
+        "".join(f"{' ' * i}k{i}:\n" for i in range(200)) + " " * 200 + "v", "nesting depth"
     ),
     "billion laughs": (BILLION_LAUGHS, "aliases"),
     "merge key alias": (
@@ -96,8 +94,7 @@ CATALOGUE_CORPUS: dict[str, tuple[str | bytes, str]] = {
         "aliases",
     ),
     "python object tag": (
-        '!!python/object/apply:os.system ["touch /tmp/retention-pwned"]\n',
-        "not valid YAML",
+        '!!python/object/apply:os.system ["touch /tmp/retention-pwned"]\n', "not valid YAML"
     ),
     "impossible date": (NEWSLETTER + "created: 2026-02-30\n", "not valid YAML"),
     "huge file": (NEWSLETTER + "#" * 300_000 + "\n", "more than"),
@@ -105,31 +102,30 @@ CATALOGUE_CORPUS: dict[str, tuple[str | bytes, str]] = {
     "top-level list": ("- id: newsletter\n", "expected a mapping"),
     "tab-indented YAML": (NEWSLETTER.replace("  sv: Nyhetsbrev", "\tsv: Nyhetsbrev"), "YAML"),
     "system with a trailing newline": (
-        _swap("system: newsletter", 'system: "newsletter\\n"'),
-        "source.sql.system",
+        _swap("system: newsletter", 'system: "newsletter\\n"'), "source.sql.system"
     ),
     "upper-case table": (_swap("table: recipients", "table: RECIPIENTS"), "source.sql.table"),
     "table with SQL": (
-        _swap("table: recipients", 'table: "recipients; DROP TABLE x"'),
-        "source.sql.table",
+        _swap("table: recipients", 'table: "recipients; DROP TABLE x"'), "source.sql.table"
     ),
     "homoglyph table": (_swap("table: recipients", "table: recіpients"), "source.sql.table"),
     "primary key with a space": (_swap("primary_key: id", 'primary_key: "id "'), "primary_key"),
-    "subject column with a newline": (
-        _swap("subject_column: email", 'subject_column: "email\\n"'),
-        "subject_column",
+    "lookup column with a newline": (
+        _swap("    email: email", '    email: "email\\n"'), "source.sql.lookup.email"
     ),
+    "lookup of an unknown kind": (
+        _swap("    email: email", "    email: email\n    passport: pass_no"),
+        "source.sql.lookup.passport",
+    ),
+    "no lookup column": (_swap("  lookup:\n    email: email\n", ""), "source.lookup"),
     "anchor column with a quote": (
-        _swap("anchor_column: last_sent_at", 'anchor_column: last_sent_at"'),
-        "anchor_column",
+        _swap("anchor_column: last_sent_at", "anchor_column: last_sent_at\""), "anchor_column"
     ),
     "connection id with a space": (
-        _swap("conn_id: retention_newsletter", "conn_id: retention newsletter"),
-        "conn_id",
+        _swap("conn_id: retention_newsletter", "conn_id: retention newsletter"), "conn_id"
     ),
     "unknown time zone": (
-        _swap("anchor_timezone: UTC", "anchor_timezone: Mars/Olympus"),
-        "anchor_timezone",
+        _swap("anchor_timezone: UTC", "anchor_timezone: Mars/Olympus"), "anchor_timezone"
     ),
     "id differs from the file name": (_swap("id: newsletter", "id: mailing"), "file name"),
     "upper-case id": (_swap("id: newsletter", "id: Newsletter"), "is not an id"),
@@ -316,9 +312,8 @@ def test_hostile_release(tmp_path, key, released_by, problem):
 
 _VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
 _RAW = yaml.safe_load(NEWSLETTER)

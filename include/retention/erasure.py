@@ -1,11 +1,12 @@
 """Art. 17 erasure of one person across every system, and its re-application after a backup
 restore.
 
-Every dataset binding that names its data subject (a subject column, object metadata key or
-API field) is searched with an :class:`OfSubject` selection per keyed reference of the person.
-Records found are erased through the one run lifecycle (`lifecycle.run`): lease, recovery,
-write-ahead evidence with the records' and subjects' keyed references, the hold re-check, the
-run header's ``action`` = ``erasure`` and its origin naming the request. The activity's own
+Every dataset binding the request's identifier kinds can search (its lookup columns,
+`include.retention.lookup`) is searched with one :class:`OfSubject` selection of the person's
+keyed references. Records found are erased through the one run lifecycle (`lifecycle.run`):
+lease, recovery, write-ahead evidence with the records' and subjects' keyed references, the
+hold re-check, the run header's ``action`` = ``erasure`` and its origin naming the request.
+The activity's own
 action is used (delete, or anonymise where the catalogue anonymises); a report-only activity
 deletes. The filer's request is the approval: the volume gate does not stop one person's
 erasure.
@@ -15,9 +16,11 @@ What is kept, and why (Art. 17(3)), is counted per binding and never changed:
 - ``legal_obligation``: the activity's legal bases include a legal obligation (e.g. supplier
   contacts under the Bookkeeping Act): its records are counted, not run;
 - ``legal_hold`` and ``restriction``: the lifecycle leaves held records out (holds are read
-  again before every batch commits);
-- ``processor``: records held as a processor for an employer (the catalogue's ``role``):
-  untouched, and the response refers the person to the employer (the controller).
+  again before every batch commits).
+
+Activities run as a processor for another controller (the catalogue's ``processor_for``, e.g.
+an employer) are never searched or touched: the response refers the person to that controller
+(`lookup.reach`), and names the systems the identifiers given cannot search.
 
 :func:`reapply` re-applies, to one restored system, every completed erasure recorded in the
 ledger (``dsr_received``/``dsr_status`` entries) and the suppression list (consent-scope
@@ -70,12 +73,6 @@ KEPT_REASONS: dict[str, tuple[str, str]] = {
         "Art. 18: behandlingen är begränsad; uppgifterna sparas tills begränsningen hävs",
         "Art. 18: processing is restricted; kept until the restriction is lifted",
     ),
-    "processor": (
-        "Vi behandlar uppgifterna som personuppgiftsbiträde åt din arbetsgivare: vänd dig till"
-        " arbetsgivaren, som är personuppgiftsansvarig",
-        "processed as a processor on behalf of the employer: the person is referred to the"
-        " employer, the controller",
-    ),
 }
 DONE_OUTCOMES = ("completed", "nothing_to_do")
 T = TypeVar("T")
@@ -85,13 +82,17 @@ Connections = Mapping[str, Any]  # activity id -> engine or client (tests); else
 # ------------------------------------------------------------------------------ bindings
 
 
-def subject_bindings(catalogue: Catalogue | Iterable[Activity], system: str | None = None
-                     ) -> list[Activity]:  # fmt: skip
-    """Activities whose binding names its data subject (of ``system``, when given)."""
+def subject_bindings(
+    catalogue: Catalogue | Iterable[Activity], system: str | None = None,
+    kinds: Iterable[str] | None = None,
+) -> list[Activity]:  # fmt: skip
+    """The activities a request can act on: run as controller, with a lookup column (of one of
+    ``kinds``, when given), of ``system`` (when given). Processor activities never."""
+    given = None if kinds is None else set(kinds)
     return [
         a for a in catalogue
-        if any(getattr(a.source, name, None)
-               for name in ("subject_column", "subject_key", "subject_field"))
+        if a.processor_for is None and a.source.lookup
+        and (given is None or not given.isdisjoint(a.source.lookup))
         and (system is None or a.source.system == system)
     ]  # fmt: skip
 
@@ -115,15 +116,8 @@ def for_each_binding(
     return results
 
 
-def is_processor(activity: Activity) -> bool:
-    """Records the company holds as a processor for an employer (the catalogue's ``role``)."""
-    return getattr(activity, "role", "controller") == "processor"
-
-
 def kept_reason(activity: Activity) -> str | None:
     """Why none of the activity's records of a person may be erased, or None."""
-    if is_processor(activity):
-        return "processor"
     if LegalBasis.legal_obligation in activity.legal_bases:
         return "legal_obligation"
     return None
@@ -146,7 +140,7 @@ def holding(
     def found(activity: Activity, adapter: SourceAdapter) -> bool:
         action = _erasing(activity).action
         assert not isinstance(action, ReportOnlyAction)
-        return any(adapter.count(OfSubject(ref), action, ActiveHolds()).selected for ref in refs)
+        return bool(adapter.count(OfSubject(frozenset(refs)), action, ActiveHolds()).selected)
 
     chosen = list(activities)
     return [a for a, hit in zip(chosen, for_each_binding(chosen, key, found, connections),
@@ -212,18 +206,16 @@ def erase_in(
     outcome = BindingOutcome(activity.id, adapter.system, adapter.dataset, action.kind)
     reason = kept_reason(activity)
     adapter.resolve(None if reason else action)
-    for ref in refs:
-        selection = OfSubject(ref)
-        holds = control.holds.active(adapter.system, adapter.dataset)
-        found = adapter.count(selection, action, holds).selected
-        if not found:
-            continue  # not here (a run would only record that it found nothing)
-        if reason is not None:
-            outcome.found += found
-            outcome.kept[reason] += found
-            continue
-        report = lifecycle.run(acting, selection, adapter, control, how.options())
-        _add_run(outcome, report)
+    if not refs:
+        return outcome
+    selection = OfSubject(frozenset(refs))
+    holds = control.holds.active(adapter.system, adapter.dataset)
+    found = adapter.count(selection, action, holds).selected
+    if found and reason is not None:
+        outcome.found += found
+        outcome.kept[reason] += found
+    elif found:  # (not found: a run would only record that it found nothing)
+        _add_run(outcome, lifecycle.run(acting, selection, adapter, control, how.options()))
     outcome.kept = +outcome.kept  # only the reasons that kept something
     if outcome.erased:
         outcome.recipients = [{"sv": r.sv, "en": r.en} for r in activity.recipients]
@@ -258,7 +250,7 @@ def erase(
 
 def response(outcomes: Sequence[BindingOutcome]) -> dict[str, Any]:
     """What the register keeps and the person is told: counts per binding, what was kept and
-    why, the recipients to tell (Art. 19) and the referrals to employers. No personal data."""
+    why and the recipients to tell (Art. 19). No personal data."""
     kept = Counter[str]()
     for outcome in outcomes:
         kept.update(outcome.kept)
@@ -271,7 +263,6 @@ def response(outcomes: Sequence[BindingOutcome]) -> dict[str, Any]:
         "bindings_searched": len(outcomes),
         "bindings": [o.as_dict() for o in outcomes if o.found],
         "kept": [_kept(code, n, outcomes) for code, n in sorted(kept.items())],
-        "refer_to_employer": sorted(o.activity for o in outcomes if o.kept.get("processor")),
         "recipients_to_notify": [recipients[name] for name in sorted(recipients)],
     }
 
