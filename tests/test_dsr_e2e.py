@@ -125,8 +125,7 @@ def _requests(airflow: Stack) -> None:
 
 
 def _subject_field(activity_id: str) -> str:
-    source = load_catalogue()[activity_id].source
-    return str(getattr(source, "subject_column", None) or source.subject_field)
+    return load_catalogue()[activity_id].source.lookup["email"]
 
 
 def _copy_for(airflow: Stack, activity_id: str) -> ManifestEntry:

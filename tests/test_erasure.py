@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from include.retention import dsr
+from include.retention import dsr, erasure
 from include.retention.catalogue import Activity, Catalogue, LegalBasis
 from include.retention.errors import RetentionError
 from include.retention.pseudonym import RecordRefHasher, subject_ref
 from include.retention.run_record import read_run
+from include.retention.sources.base import OfSubject, adapter_for
 from include.retention.texts import Localised
 from tests.dbs import activity, create_db, ids, key_fixture, old, person, recent, seed  # noqa: F401
 
@@ -95,6 +96,7 @@ def test_erasure_removes_the_person_keeps_the_legal_obligation_and_says_why(
     [run_id] = binding["ledger_runs"]
     run = read_run(control.ledger, run_id)
     assert run.action == "erasure" and run.applied == 1
+    assert run.verification is not None and run.verification["success"] is True
     assert run.header["origin"]["request"] == received["request"]
     assert run.header["approved_by"] == "dpo.anna"
     applied = control.ledger.applied_refs(run_id, "ats", "people")
@@ -228,3 +230,19 @@ def test_a_restriction_lists_the_recipients_of_the_activities_holding_the_person
     assert dsr.restrict(other, nobody, user="dpo", runtime=world["runtime"],
                         catalogue=world["catalogue"], connections=world["conns"]
                         )["recipients_to_notify"] == []  # fmt: skip
+
+
+def test_verification_fails_when_an_erased_record_is_back(
+    world: dict[str, Any], key: bytes
+) -> None:
+    result = _erase(world, _request(world))
+    [run_id] = next(b for b in result["bindings"] if b["erased"])["ledger_runs"]
+    _restore(world["ats"], [3])  # e.g. a sync wrote it back behind the erasure's back
+    recruitment = world["catalogue"]["recruitment"]
+    control = world["runtime"].control
+    adapter = adapter_for(recruitment.source, key, world["ats"])
+    selection = OfSubject(frozenset([subject_ref(key, TARGET)]))
+    with pytest.raises(RetentionError, match=r"1 record\(s\) the evidence claims are not erased"):
+        erasure.verify(recruitment, adapter, selection, control, run_id)
+    verified = read_run(control.ledger, run_id).verification
+    assert verified is not None and verified["success"] is False

@@ -215,11 +215,42 @@ def erase_in(
         outcome.found += found
         outcome.kept[reason] += found
     elif found:  # (not found: a run would only record that it found nothing)
-        _add_run(outcome, lifecycle.run(acting, selection, adapter, control, how.options()))
+        report = lifecycle.run(acting, selection, adapter, control, how.options())
+        _add_run(outcome, report)
+        verify(acting, adapter, selection, control, str(report.run_id))
     outcome.kept = +outcome.kept  # only the reasons that kept something
     if outcome.erased:
         outcome.recipients = [{"sv": r.sv, "en": r.en} for r in activity.recipients]
     return outcome
+
+
+def verify(
+    activity: Activity, adapter: SourceAdapter, selection: OfSubject, control: Control,
+    run_id: str,
+) -> dict[str, Any]:  # fmt: skip
+    """Check an erasure run against the source and record it (``run_verified``): every record
+    its evidence claims is really erased, and nothing of the person is left but held or
+    restricted records. A failed check fails the erasure after it is recorded."""
+    action = activity.action
+    assert not isinstance(action, ReportOnlyAction)
+    claimed = set(control.ledger.applied_refs(run_id, adapter.system, adapter.dataset))
+    present = adapter.present(claimed, action) if claimed else set()
+    # an anonymised record is present (and marked); a deleted one is gone
+    not_done = claimed - present if action.kind == "anonymise" else present
+    counts = adapter.count(selection, action, control.holds.active(adapter.system, adapter.dataset))
+    left = counts.selected - counts.held - counts.restricted
+    result = {
+        "kind": PURPOSE, "success": not not_done and left == 0, "claimed": len(claimed),
+        "claimed_not_erased": len(not_done), "left_unheld": left,
+    }  # fmt: skip
+    control.ledger.record_verification(run_id, activity.id, result)
+    if not result["success"]:
+        raise RetentionError(
+            f"erasure in {activity.id} ({adapter.system}/{adapter.dataset}), ledger run"
+            f" {run_id}: verification failed: {len(not_done)} record(s) the evidence claims are"
+            f" not erased, {left} record(s) of the person left unheld"
+        )
+    return result
 
 
 def _add_run(outcome: BindingOutcome, report: lifecycle.RunReport) -> None:
