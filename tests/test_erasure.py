@@ -246,3 +246,23 @@ def test_verification_fails_when_an_erased_record_is_back(
         erasure.verify(recruitment, adapter, selection, control, run_id)
     verified = read_run(control.ledger, run_id).verification
     assert verified is not None and verified["success"] is False
+
+
+def test_the_audit_report_counts_an_erasure_as_a_verified_run_not_as_the_state(
+    world: dict[str, Any],
+) -> None:
+    from include.retention.audit_report import build_report
+    from include.retention.lifecycle import enforce
+    from tests.dbs import AS_OF
+
+    control = world["runtime"].control
+    recruitment = world["catalogue"]["recruitment"]
+    enforce(recruitment, AS_OF, control=control, catalogue_version="test", source=world["ats"])
+    _erase(world, _request(world, "person2@example.com"))  # not due: erased on request
+    today = dt.datetime.now(dt.UTC).date()
+    report = build_report(control.ledger, today - dt.timedelta(days=1), today, "en",
+                          catalogue=world["catalogue"])  # fmt: skip
+    line = next(x for x in report.lines if x.activity_id == "recruitment")
+    assert [r.action for r in line.runs] == ["delete", "erasure"]
+    assert line.last is not None and line.last.action == "delete"
+    assert line.exceptions()["not_verified"] == 1  # the retention run here was not verified
