@@ -37,6 +37,7 @@ from include.retention.dag_factory import dag_id_for
 from include.retention.errors import RetentionError
 from include.retention.identifiers import normalise
 from include.retention.pseudonym import subject_ref
+from include.retention.run_record import read_run
 from include.retention.runs import Control
 from include.retention.subject_requests import RequestRegister, local_date
 from include.retention.suppression import SuppressionList
@@ -409,6 +410,9 @@ def test_erasure_removes_the_person_everywhere_except_recorded_exceptions(airflo
     first = [e for e in evidence if e.origin.get("request") == request.ref]
     assert sorted({e.activity_id for e in first}) == erased
     assert all(runs[e.run_id].header["action"] == "erasure" for e in evidence)
+    for run_id in {e.run_id for e in evidence}:  # each checked against its source
+        verified = read_run(airflow.demo.control.ledger, run_id).verification
+        assert verified is not None and verified["success"] is True
     assert airflow.demo.control.ledger.verify().ok
 
 
