@@ -21,6 +21,7 @@ import yaml
 from deploy import new_env
 from include.demo.airflow_stack import CELERY_CONFIG, COMPONENTS
 from include.retention.catalogue import load_catalogue
+from include.retention.identifiers import KINDS
 from include.retention.pseudonym import check_key
 from tests.dbs import PG_ADMIN_URL
 
@@ -149,6 +150,7 @@ def test_services_and_executor_match_the_local_topology() -> None:
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://:@redis:6379/"), name
         assert env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] == CELERY_CONFIG, name
+        assert set(env["AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES"].split(",")) == set(KINDS), name
         assert "@postgres/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], name
         assert "@control-db:5432/" in env["AIRFLOW_CONN_RETENTION_CONTROL_DB"], name
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == (

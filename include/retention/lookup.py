@@ -16,22 +16,36 @@ for another controller (the person is referred there; data-subject requests neve
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from include.retention.catalogue import Catalogue, LookupColumn
-from include.retention.identifiers import LABELS, InvalidIdentifier, normalise
+from include.retention.identifiers import (
+    LABELS,
+    InvalidIdentifier,
+    normalise_customer_id,
+    normalise_email,
+    normalise_personnummer,
+    normalise_phone,
+)
 from include.retention.pseudonym import SubjectRefHasher
+
+_NORMALISERS: dict[str, Callable[[str, dt.date | None], str]] = {
+    "email": lambda value, _: normalise_email(value),
+    "phone": lambda value, _: normalise_phone(value),
+    "personnummer": lambda value, today: normalise_personnummer(value, today=today).value,
+    "customer_id": lambda value, _: normalise_customer_id(value),
+}
 
 
 def normal_value(kind: str, value: Any, today: dt.date | None = None) -> str | None:
-    """The normal form of one source value of ``kind``, or None when it is no such identifier
-    (it then matches nobody)."""
+    """The normal form of one source value of ``kind`` (exactly `identifiers.normalise`), or
+    None when it is no such identifier (it then matches nobody)."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         return None
     try:
-        return normalise(kind, str(value), today=today).value
+        return _NORMALISERS[kind](str(value), today)
     except InvalidIdentifier:
         return None
 
@@ -55,13 +69,17 @@ class SubjectMatcher:
         self._hasher = SubjectRefHasher(key)
         self._today = today
 
-    def refs(self, kind: str, values: Iterable[Any]) -> dict[Any, bytes]:
+    def refs(self, kind: str, values: Iterable[Hashable]) -> dict[Any, bytes]:
         """Value -> reference, for each distinct value that normalises (each hashed once)."""
+        normaliser, today = _NORMALISERS[kind], self._today
         normal: dict[Any, str] = {}
-        for value in set(v for v in values if v is not None and not isinstance(v, list | dict)):
-            found = normal_value(kind, value, self._today)
-            if found is not None:
-                normal[value] = found
+        for value in dict.fromkeys(values):
+            if type(value) is not str and (isinstance(value, bool) or not isinstance(value, int)):
+                continue  # NULL, dates, ...: no identifier
+            try:
+                normal[value] = normaliser(str(value), today)
+            except InvalidIdentifier:
+                continue
         return dict(zip(normal, self._hasher.refs(normal.values()), strict=True))
 
     def row_refs(self, rows: Sequence[Sequence[Any]], first: int) -> list[frozenset[bytes]]:
@@ -79,11 +97,8 @@ class SubjectMatcher:
 
     def record_refs(self, fields: Mapping[str, Any]) -> frozenset[bytes]:
         """The references of one record's lookup fields (by column name)."""
-        found = (
-            self.refs(c.kind, [fields.get(c.column)]).get(fields.get(c.column))
-            for c in self.columns
-        )
-        return frozenset(ref for ref in found if ref is not None)
+        normal = (normal_value(c.kind, fields.get(c.column), self._today) for c in self.columns)
+        return frozenset(self._hasher.refs(value for value in normal if value is not None))
 
 
 # ------------------------------------------------------------------------------ reach
