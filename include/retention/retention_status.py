@@ -121,8 +121,10 @@ def activity_status(
     facts: DagFacts | None = None,
 ) -> ActivityStatus:
     """The row of one activity from its ledger runs (in chain order)."""
+    # The last run shown is the last retention run: an erasure's or a suppression run's
+    # counts are some people's records.
+    state = [run for run in runs if by_retention_rules(run.header)]
     per_day = dict.fromkeys(days, 0)
-    state = [run for run in runs if by_retention_rules(run.header)]  # (not suppression runs)
     for run in runs:
         day = _parse_time(run.started_at).astimezone(dt.UTC).date()
         if day in per_day:

@@ -51,8 +51,9 @@ class Batch:
 
 def by_retention_rules(header: dict[str, Any]) -> bool:
     """Whether a run selected its records by the retention rules (its counts are the dataset's
-    state), not for another reason such as the suppression list (origin ``reason``)."""
-    return not (header.get("origin") or {}).get("reason")
+    state): not an erasure (action ``erasure``) nor a run for another reason such as the
+    suppression list (origin ``reason``)."""
+    return header.get("action") != "erasure" and not (header.get("origin") or {}).get("reason")
 
 
 @dataclass
