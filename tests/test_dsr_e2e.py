@@ -138,8 +138,8 @@ def _requests(airflow: Stack) -> None:
         "scope": "direct_marketing",
     })  # fmt: skip
     airflow.wait("retention", "withdrawal", "malformed", "access")
+    _erasure_and_restore(airflow)  # first: it copies seeded rows the newsletter run deletes
     _portability_and_rectification(airflow)
-    _erasure_and_restore(airflow)
 
 
 def _portability_and_rectification(airflow: Stack) -> None:
