@@ -155,8 +155,13 @@ def enforce(
     hooks: Hooks | None = None,
     clients: ClientFactory | None = None,
     lease_wait: float | None = None,
+    partition: KeyRange | None = None,
 ) -> RunReport:
     """Run the activity's retention at ``as_of`` (see the module doc).
+
+    ``partition``: run only this key range of the due records (one mapped task of a
+    partitioned run; its ``within`` is ignored): its own lease, recovery scope and ledger run,
+    gated by the plan of the whole dataset.
 
     ``source``: the source's connection (SQLAlchemy engine, boto3 client, ...) when no
     ``adapter`` is given; None: from the binding's Airflow connection. A second run of the
@@ -166,12 +171,18 @@ def enforce(
     naming the database.
     """
     check_not_early(as_of, dry_run)
+    adapter = adapter or adapter_for(activity.source, control.key, source)
+    due = DueAt(as_of, tuple(activity.retention))
+    selection: Selection = due
+    whole = None
+    if partition is not None:
+        selection = KeyRange(due, partition.lower, partition.upper, partition.index)
+        whole = plan(activity, as_of, control=control, adapter=adapter)
     options = RunOptions(
         catalogue_version, dry_run, approved_by, origin, batch_size, hooks or Hooks(), lease_wait,
-        clients,
+        clients, whole,
     )  # fmt: skip
-    adapter = adapter or adapter_for(activity.source, control.key, source)
-    return run(activity, DueAt(as_of, tuple(activity.retention)), adapter, control, options)
+    return run(activity, selection, adapter, control, options)
 
 
 def plan(
