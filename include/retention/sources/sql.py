@@ -523,15 +523,20 @@ class SqlAdapter:
         return present
 
     def read(self, selection: Selection) -> Iterator[Record]:
+        """The selected records in key order, each with its rows of the binding's child tables
+        under the child table's name (a list, in key order; grandchildren nested alike)."""
         ds = self.table_of()
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn, self.engine.connect() as children:
             limit(conn, self.timeouts)
+            limit(children, self.timeouts)  # a second connection: the records are streamed
             cond = self._selected(conn, ds, selection, None)
             result = conn.execution_options(yield_per=FETCH_CHUNK).execute(
                 sa.select(ds.table).where(cond).order_by(ds.pk)
             )
-            for row in result:
-                yield dict(row._mapping)
+            for chunk in result.partitions():
+                records = [dict(row._mapping) for row in chunk]
+                _with_children(children, ds.children, records, ds.pk.name)
+                yield from records
 
     def close(self) -> None:
         """The engine belongs to whoever made it (the connection registry or the caller)."""
@@ -865,6 +870,30 @@ def _discard(opened: _Open) -> None:
         except Exception:  # the run is failing already; this batch changes nothing
             log.debug("discarded batch %s failed", opened.no)
     opened.conn.close()
+
+
+def _with_children(
+    conn: Connection, children: Sequence[ReflectedChild], records: list[dict[str, Any]], key: str
+) -> None:
+    """Add to each of ``records`` (rows whose key column is ``key``) its child rows."""
+    keys = [record[key] for record in records]
+    for child in children:
+        name = child.table.name
+        rows: list[dict[str, Any]] = []
+        if keys:
+            query = sa.select(child.table).where(child.fk.in_(keys)).order_by(child.pk)
+            rows = [dict(row._mapping) for row in conn.execute(query)]
+        _with_children(conn, child.children, rows, child.pk.name)
+        by_parent: dict[Any, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_parent.setdefault(row[child.fk.name], []).append(row)
+        for record in records:
+            if name in record:
+                raise RetentionError(
+                    f"child table {name!r} has the name of a column of its parent row: rename"
+                    " one of them to read the records with their child rows"
+                )
+            record[name] = by_parent.get(record[key], [])
 
 
 def _json_key(value: Any) -> Key:
