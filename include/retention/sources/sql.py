@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import Any, ClassVar
 
 import pendulum
@@ -40,7 +41,6 @@ from include.retention.pseudonym import (
     PackedRefs,
     RecordRefHasher,
     SubjectRefHasher,
-    pack_refs,
 )
 from include.retention.runs import name_database
 from include.retention.sources.base import (
@@ -734,14 +734,13 @@ class SqlAdapter:
         first_key = 1 + (subject_at is not None)
         srefs: dict[Any, bytes] = {}  # each distinct subject value is hashed once
         for chunk in chunks:
-            refs = self.hasher.refs(row[0] for row in chunk)
+            blob = self.hasher.packed(map(itemgetter(0), chunk))
             digest.count += len(chunk)
-            digest.blob += pack_refs(refs)
+            digest.blob += blob
             if subject_at is not None:
-                values = {row[subject_at] for row in chunk} - srefs.keys()
-                values.discard(None)
-                srefs.update((v, self._subjects.ref(v)) for v in values)
-            digest.held.update(self._kinds(holds, chunk, refs, subject_at, srefs))
+                self._subjects.add_refs(srefs, map(itemgetter(subject_at), chunk))
+            if not holds.empty:
+                digest.held.update(self._kinds(holds, chunk, PackedRefs(blob), subject_at, srefs))
             for i, column in enumerate(ds.objects, start=first_key):
                 digest.keys[column.name].extend(str(row[i]) for row in chunk if row[i] is not None)
         if digest.subjects is not None:
