@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +76,12 @@ def encode_pk(pk: Any) -> bytes:
 
 def normalise_subject(identifier: Any) -> bytes:
     """Subject identifiers compare case- and surrounding-whitespace-insensitively (e-mails)."""
-    return str(identifier).strip().casefold().encode("utf-8")
+    return next(normalise_subjects((identifier,)))
+
+
+def normalise_subjects(identifiers: Iterable[Any]) -> Iterator[bytes]:
+    """`normalise_subject` of each identifier, lazily (C-level maps: no Python call each)."""
+    return map(str.encode, map(str.casefold, map(str.strip, map(str, identifiers))))
 
 
 class RecordRefHasher:
@@ -119,7 +124,7 @@ class SubjectRefHasher:
 
     def packed(self, identifiers: Iterable[Any]) -> bytes:
         """The references of ``identifiers`` packed (`pack_refs`)."""
-        return self.packed_normalised(map(normalise_subject, identifiers))
+        return self.packed_normalised(normalise_subjects(identifiers))
 
     def packed_normalised(self, normalised: Iterable[bytes]) -> bytes:
         """The references of identifiers already normalised (bytes), packed: for callers that
@@ -130,9 +135,11 @@ class SubjectRefHasher:
         """Add to ``known`` (identifier -> reference) the identifiers it lacks, each distinct
         one hashed once (``None`` skipped): a batch's cache, however many of its records (or
         columns) name the same person."""
-        new = [v for v in set(identifiers) if v is not None and v not in known]
-        if new:
-            known.update(zip(new, self.refs(new), strict=True))
+        distinct = set(identifiers)
+        distinct -= known.keys()
+        distinct.discard(None)
+        new = list(distinct)
+        known.update(zip(new, self.refs(new), strict=True))
 
 
 class _PreKeyed:
