@@ -341,11 +341,12 @@ def _chunks(
 ) -> Iterator[Sequence[Any]]:
     """The rows of a RETURNING result, a chunk at a time (memory stays flat per batch).
 
-    On PostgreSQL, when no column needs a result processor, straight from the DBAPI cursor:
-    building SQLAlchemy Row objects costs as much as the DELETE itself for large batches.
+    On PostgreSQL and MariaDB, when no column needs a result processor, straight from the
+    DBAPI cursor: building SQLAlchemy Row objects costs as much as the DELETE itself for large
+    batches.
     """
     dialect = result.context.dialect
-    cursor = result.cursor if dialect.name == "postgresql" else None
+    cursor = result.cursor if dialect.name in ("postgresql", "mysql") else None
     if cursor is None or any(
         c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
     ):
