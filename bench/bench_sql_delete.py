@@ -90,7 +90,7 @@ def bench_activity() -> Activity:
                 "system": "bench",
                 "conn_id": "bench",
                 "table": "bench_records",
-                "subject_column": "email",
+                "lookup": {"email": "email"},
             },
             "safety": {"max_rows": None, "max_fraction": None},
         }

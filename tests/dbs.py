@@ -121,6 +121,8 @@ def people_schema(with_children: bool = True) -> sa.MetaData:
         md,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("email", sa.String(200)),
+        sa.Column("mobile", sa.String(40)),
+        sa.Column("personnummer", sa.String(13)),
         sa.Column("status", sa.String(20)),
         sa.Column("decided_at", sa.DateTime),
         sa.Column("withdrawn_on", sa.Date),
@@ -201,10 +203,11 @@ def activity(
     children: bool = True,
     safety: dict[str, Any] | None = None,
     table: str = "people",
-    subject_column: str | None = "email",
+    lookup: dict[str, str] | None = None,
     activity_id: str = "recruitment",
 ) -> Activity:
-    """A recruitment-like activity: rejected candidates 2 years after the decision."""
+    """A recruitment-like activity: rejected candidates 2 years after the decision; the
+    person is looked up by ``lookup`` (default ``{"email": "email"}``)."""
     child_spec = [
         {
             "table": "applications",
@@ -247,7 +250,7 @@ def activity(
                 "conn_id": "ats_db",
                 "table": table,
                 "primary_key": "id",
-                "subject_column": subject_column,
+                "lookup": {"email": "email"} if lookup is None else lookup,
                 "children": child_spec if children else [],
             },
             "safety": safety or {"max_rows": None, "max_fraction": None},

@@ -194,10 +194,40 @@ BAD_CASES = {
         "action.anonymise",
         "'zip' is masked but not declared",
     ),
-    "subject column kept by anonymisation": (
+    "lookup column kept by anonymisation": (
         _set("action", _anonymise({"name": {"strategy": "null"}}, direct=["name"])),
         "(top level)",
-        "subject column 'email' must be a direct identifier",
+        "lookup column 'email' (email) must be a direct identifier",
+    ),
+    "lookup of an unknown identifier kind": (
+        _set("source.lookup", {"email": "email", "passport": "passport_no"}),
+        "source.sql.lookup.passport",
+        "'email', 'phone', 'personnummer' or 'customer_id'",
+    ),
+    "lookup column that is no identifier": (
+        _set("source.lookup", {"phone": "Mobile"}),
+        "source.sql.lookup.phone",
+        "not a safe SQL identifier",
+    ),
+    "one column for two kinds": (
+        _set("source.lookup", {"email": "email", "customer_id": "email"}),
+        "source.sql",
+        "['email'] are declared for more than one kind",
+    ),
+    "no lookup column": (
+        _set("source.lookup", {}),
+        "(top level)",
+        "source.lookup: name at least one column holding an identifier of the person",
+    ),
+    "the old subject_column": (
+        _set("source.subject_column", "email"),
+        "source.sql.subject_column",
+        "Extra inputs are not permitted",
+    ),
+    "processor without the controller's name in Swedish": (
+        _set("processor_for", {"en": "the employer"}),
+        "processor_for.sv",
+        "Field required",
     ),
     "schedule cannot meet a deadline": (
         _set("schedule", "0 2 1 * *"),
@@ -410,3 +440,18 @@ def test_register_lists_exactly_the_policy_gaps():
     register = build_register(load_catalogue(), "en")
     listed = {gap.split(" ")[0] for gap in register.gaps}
     assert listed == {i for i, row in POLICY.items() if "unspecified" in row["rule"]}
+
+
+def test_lookup_columns_and_the_processor_role_are_read_from_the_catalogue():
+    catalogue = load_catalogue()
+    recruitment = catalogue["recruitment"].source
+    assert recruitment.lookup_columns() == (
+        ("email", "email"), ("phone", "phone"), ("personnummer", "personnummer"),
+    )  # fmt: skip
+    assert [k.lookup for k in recruitment.hold_keys()][1] == ()  # the CV files: by record
+    assert catalogue["answering_service"].source.lookup == {"phone": "caller_phone"}
+    processors = {a.id: a.processor_for.en for a in catalogue if a.processor_for}
+    assert processors == {"booking_system": "the recruiting employer (Assessio's customer in"
+                                            " the recruitment)"}  # fmt: skip
+    assert catalogue["booking_system"].role == "processor"
+    assert catalogue["crm"].role == "controller"

@@ -17,6 +17,7 @@ from include.demo.schema import SYSTEMS
 from include.demo.seed import MANIFEST_FILE, place_holds, seed_demo, seed_sql, sql_activities
 from include.retention.catalogue import Activity, SqlChild, load_catalogue
 from include.retention.holds import HoldRegister
+from include.retention.identifiers import normalise
 from include.retention.rules import TIMEZONE
 from tests.s3 import (  # noqa: F401  (the *_fixture names register fixtures)
     AS_OF,
@@ -76,7 +77,7 @@ def test_every_catalogue_binding_exists(demo: Any, activity: Activity) -> None:
     src = activity.source
     engine = _engine(demo, activity)
     table = _table(engine, src.table)
-    names = {src.primary_key, src.subject_column} - {None}
+    names = {src.primary_key, *src.lookup.values()}
     names |= {c.anchor_column for c in activity.retention if c.anchor_column}
     names |= {c.when.column for c in activity.retention if c.when}
     names |= {link.column for link in src.objects}
@@ -150,7 +151,8 @@ def test_expectations_agree_with_the_rule_calculus(demo: Any, activity: Activity
         designed = entry.due or entry.expectation == E.held
         assert by_anchor == designed, (activity.id, entry.pk, entry.expectation)
         if entry.hold == "subject":
-            assert entry.subject == row[activity.source.subject_column]
+            kind, column = activity.source.lookup_columns()[0]
+            assert entry.subject == normalise(kind, row[column]).value
 
 
 @pytest.mark.parametrize("activity", sql_activities(CATALOGUE), ids=lambda a: a.id)

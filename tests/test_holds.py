@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -34,7 +35,7 @@ def any_control_fixture(request, tmp_path, key):
         cleanup()
 
 
-def _newsletter(tmp_path: Path, **source: str | None) -> Path:
+def _newsletter(tmp_path: Path, **source: Any) -> Path:
     """A one-file catalogue: the real newsletter activity with ``source`` fields changed."""
     raw = yaml.safe_load((POLICY_DIR / "newsletter.yaml").read_text(encoding="utf-8"))
     raw["source"].update(source)
@@ -179,7 +180,7 @@ def test_holds_record_the_binding_they_were_placed_on(tmp_path, key):
     with control.holds.engine.connect() as conn:
         rows = {r.id: r for r in conn.execute(sa.select(T))}
     assert rows[record].key_columns == "id"  # newsletter.yaml: primary_key: id
-    assert json.loads(rows[subject].subject_columns) == {"newsletter/recipients": ["email"]}
+    assert json.loads(rows[subject].subject_columns) == {"newsletter/recipients": ["email:email"]}
     placed = [e.document["body"] for e in control.ledger.entries() if e.kind == "hold_placed"]
     assert [b.get("key_columns") for b in placed] == ["id", "id", None]  # chained as evidence
     check_catalogue(control.holds.engine, load_catalogue(_newsletter(tmp_path)))
@@ -219,32 +220,48 @@ def test_composite_primary_key_is_refused(tmp_path, key):
 
 
 @pytest.mark.parametrize(
-    ("subject_column", "now"), [(None, "none"), ("email_address", "email_address")]
+    ("lookup", "now"),
+    [({"phone": "phone"}, "phone:phone"), ({"email": "email_address"}, "email:email_address")],
 )
-def test_removed_or_renamed_subject_column_is_refused_naming_the_subject_holds(
-    tmp_path, key, subject_column, now
+def test_removed_or_renamed_lookup_column_is_refused_naming_the_subject_holds(
+    tmp_path, key, lookup, now
 ):
     control = _bound_control(tmp_path, key)
     _hold_two_recipients(control)  # the key is unchanged: not named
     subject = _hold_subject(control)
-    edited = load_catalogue(_newsletter(tmp_path, subject_column=subject_column))
+    edited = load_catalogue(_newsletter(tmp_path, lookup=lookup))
     with pytest.raises(RetentionError) as error:
         check_catalogue(control.holds.engine, edited)
     message = str(error.value)
     assert message.startswith("1 active holds no longer match the catalogue")
     assert f"hold {subject} (restriction (subject), placed by dpo.anna at" in message
-    assert f"subject column(s) newsletter/recipients by email (now: {now})" in message
+    assert f"lookup column(s) newsletter/recipients by email:email (now: {now})" in message
     control.holds.release(subject, released_by="dpo.anna")
     check_catalogue(control.holds.engine, edited)  # released: the edit may go ahead
+
+
+def test_an_added_lookup_column_keeps_the_subject_holds(tmp_path, key):
+    control = _bound_control(tmp_path, key)
+    _hold_subject(control)
+    more = {"email": "email", "phone": "phone"}
+    check_catalogue(control.holds.engine, load_catalogue(_newsletter(tmp_path, lookup=more)))
+    # a hold placed before lookup kinds were recorded names the column only
+    with control.holds.engine.begin() as conn:
+        conn.execute(sa.update(T).values(subject_columns='{"newsletter/recipients": ["email"]}'))
+    check_catalogue(control.holds.engine, load_catalogue(_newsletter(tmp_path, lookup=more)))
+    with pytest.raises(RetentionError, match=r"by email \(now: phone:phone\)"):
+        check_catalogue(
+            control.holds.engine, load_catalogue(_newsletter(tmp_path, lookup={"phone": "phone"}))
+        )
 
 
 def test_a_changed_binding_is_refused_at_run_time_and_changes_nothing(tmp_path, key):
     control = _bound_control(tmp_path, key)
     subject = _hold_subject(control)
     head = control.ledger.head()
-    runtime = _runtime(load_catalogue(_newsletter(tmp_path, subject_column=None)), control)
+    runtime = _runtime(load_catalogue(_newsletter(tmp_path, lookup={"phone": "phone"})), control)
     run_after = dt.datetime(2026, 11, 24, 1, tzinfo=dt.UTC)
-    with pytest.raises(RetentionError, match=f"hold {subject} .*subject column"):
+    with pytest.raises(RetentionError, match=f"hold {subject} .*lookup column"):
         plan("newsletter", {}, run_after, runtime)
     planned = {"as_of": run_after.isoformat(), "dry_run": False}
     with pytest.raises(RetentionError, match=f"hold {subject} "):

@@ -110,9 +110,14 @@ CATALOGUE_CORPUS: dict[str, tuple[str | bytes, str]] = {
     ),
     "homoglyph table": (_swap("table: recipients", "table: recіpients"), "source.sql.table"),
     "primary key with a space": (_swap("primary_key: id", 'primary_key: "id "'), "primary_key"),
-    "subject column with a newline": (
-        _swap("subject_column: email", 'subject_column: "email\\n"'), "subject_column"
+    "lookup column with a newline": (
+        _swap("    email: email", '    email: "email\\n"'), "source.sql.lookup.email"
     ),
+    "lookup of an unknown kind": (
+        _swap("    email: email", "    email: email\n    passport: pass_no"),
+        "source.sql.lookup.passport",
+    ),
+    "no lookup column": (_swap("  lookup:\n    email: email\n", ""), "source.lookup"),
     "anchor column with a quote": (
         _swap("anchor_column: last_sent_at", "anchor_column: last_sent_at\""), "anchor_column"
     ),

@@ -244,7 +244,9 @@ DESIGN: dict[str, tuple[dict[str, object], str]] = {
             "out_of_scope"),
 }  # fmt: skip
 DUE = sorted(k for k, (_, fate) in DESIGN.items() if fate == "due")
-BINDING = HttpSource(system="lead_crm", conn_id=CONN_ID, collection="leads", subject_field="email")
+BINDING = HttpSource(
+    system="lead_crm", conn_id=CONN_ID, collection="leads", lookup={"email": "email"}
+)
 
 
 def _holds() -> ActiveHolds:
@@ -336,7 +338,7 @@ def test_partitions_cover_every_record_once(adapter: HttpAdapter) -> None:
 
 
 def test_a_subjects_records_are_read_and_deleted(adapter: HttpAdapter, server: SaasServer) -> None:
-    mine = OfSubject(subject_ref(KEY, " A03@x.SE "))
+    mine = OfSubject({subject_ref(KEY, "a03@x.se")})
     assert [r["id"] for r in adapter.read(mine)] == ["a03"]
     assert next(adapter.read(mine))["received_at"] == RECENT
     for batch in adapter.batches(mine, DeleteAction(), ActiveHolds, size=10):
@@ -348,8 +350,8 @@ def test_resolve_refuses_what_the_api_cannot_do(adapter: HttpAdapter, server: Sa
     adapter.resolve(DeleteAction())
     with pytest.raises(RetentionError, match="can only delete records"):
         adapter.resolve(_anonymise())
-    wrong = BINDING.model_copy(update={"subject_field": "e_mail"})
-    with pytest.raises(RetentionError, match=r"subject field 'e_mail'.*subject_field"):
+    wrong = BINDING.model_copy(update={"lookup": {"email": "e_mail"}})
+    with pytest.raises(RetentionError, match=r"lookup field 'e_mail' \(email\).*'lookup'"):
         adapter_for(wrong, KEY, adapter.client).resolve()
 
 

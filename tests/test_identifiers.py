@@ -309,3 +309,36 @@ def test_spellings_share_one_subject_reference() -> None:
     }
     assert len(refs) == 1
     assert identifiers.KINDS == ("email", "phone", "personnummer", "customer_id")
+
+
+def _full_check(raw: str) -> str | None:
+    try:
+        return identifiers._normalise_email(raw, "email")
+    except InvalidIdentifier:
+        return None
+
+
+def _either(raw: str) -> str | None:
+    try:
+        return identifiers.normalise_email(raw)
+    except InvalidIdentifier:
+        return None
+
+
+_EMAILISH = st.text(alphabet="aZ09_.-+@ !é\n" + "x" * 5, max_size=80)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(_EMAILISH, st.builds(lambda a, b: f"{a}@{b}", _EMAILISH, _EMAILISH)))
+def test_the_ascii_fast_path_accepts_exactly_what_the_full_check_accepts(raw: str) -> None:
+    assert _either(raw) == _full_check(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["a@b.se", " A.B@Example.SE ", "a@1.2", "a@b.123", "a@-b.se", "a@b_.se", "a@b_c.se",
+     "a..b@c.se", ".a@c.se", "a" * 64 + "@b.se", "a" * 65 + "@b.se", "a@" + "b" * 63 + ".se",
+     "a@" + "b" * 64 + ".se", "a@" + ("b" * 60 + ".") * 4 + "se", "a@b.se\n", "a b@c.se"],
+)  # fmt: skip
+def test_the_fast_path_agrees_on_the_edges(raw: str) -> None:
+    assert _either(raw) == _full_check(raw)

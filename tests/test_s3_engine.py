@@ -50,7 +50,7 @@ def run(activity: Activity, client: Any, control: Control, **kwargs: Any) -> Any
     )
 
 
-def spont(day: dt.date | str, subject: str = "person-1") -> dict[str, str]:
+def spont(day: dt.date | str, subject: str = "person-1@example.se") -> dict[str, str]:
     return {"category": "spontaneous", "capture_date": str(day), "subject": subject}
 
 
@@ -80,15 +80,15 @@ def test_every_version_and_delete_marker_of_an_expired_object_is_removed(
 
 def test_holds_record_and_subject_scoped(s3: Any, control: Control) -> None:
     bucket = new_bucket(s3, "holds")
-    put(s3, bucket, "media/record-held.jpg", **spont(OLD, "person-1"))
-    put(s3, bucket, "media/subject-held.jpg", **spont(OLD, "person-2"))
-    put(s3, bucket, "media/free.jpg", **spont(OLD, "person-3"))
+    put(s3, bucket, "media/record-held.jpg", **spont(OLD, "person-1@example.se"))
+    put(s3, bucket, "media/subject-held.jpg", **spont(OLD, "person-2@example.se"))
+    put(s3, bucket, "media/free.jpg", **spont(OLD, "person-3@example.se"))
     put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(9)], **spont(NEW))
     record_hold = control.holds.place_record_hold(
         "image_bank", bucket, "media/record-held.jpg", kind="legal_hold", reason="case 1",
         placed_by="legal",
     )  # fmt: skip
-    control.holds.place_subject_hold("person-2", kind="restriction", reason="Art. 18",
+    control.holds.place_subject_hold("person-2@example.se", kind="restriction", reason="Art. 18",
                                      placed_by="dpo")  # fmt: skip
     activity = image_bank(bucket)
     planned = plan(activity, AS_OF, source=s3, control=control)
@@ -97,9 +97,9 @@ def test_holds_record_and_subject_scoped(s3: Any, control: Control) -> None:
     run(activity, s3, control)
     assert {"media/record-held.jpg", "media/subject-held.jpg"} <= keys(s3, bucket)
     assert "media/free.jpg" not in keys(s3, bucket)
-    [by_person] = control.ledger.subject_batches(control.holds.subject_ref("person-3"))
+    [by_person] = control.ledger.subject_batches(control.holds.subject_ref("person-3@example.se"))
     assert by_person.activity_id == "image_bank"
-    assert control.ledger.subject_batches(control.holds.subject_ref("person-2")) == []
+    assert control.ledger.subject_batches(control.holds.subject_ref("person-2@example.se")) == []
     control.holds.release(record_hold, released_by="legal")
     run(activity, s3, control)
     assert "media/record-held.jpg" not in keys(s3, bucket)
@@ -108,12 +108,12 @@ def test_holds_record_and_subject_scoped(s3: Any, control: Control) -> None:
 
 def test_hold_placed_after_planning_is_respected(s3: Any, control: Control) -> None:
     bucket = new_bucket(s3, "late-hold")
-    put(s3, bucket, "media/a.jpg", **spont(OLD, "person-9"))
+    put(s3, bucket, "media/a.jpg", **spont(OLD, "person-9@example.se"))
     put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(5)], **spont(NEW))
     activity = image_bank(bucket)
     planned = plan(activity, AS_OF, source=s3, control=control)
     assert planned.to_apply == 1
-    control.holds.place_subject_hold("person-9", kind="legal_hold", reason="late",
+    control.holds.place_subject_hold("person-9@example.se", kind="legal_hold", reason="late",
                                      placed_by="legal")  # fmt: skip
     result = run(activity, s3, control)
     assert result.outcome == "nothing_to_do"

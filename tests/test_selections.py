@@ -49,7 +49,7 @@ def test_every_record_of_one_subject_is_counted_read_and_erased(
     seed(source_db.engine, _people(), children=False)
     act = activity(children=False, safety={"max_rows": None, "max_fraction": None})
     adapter = SqlAdapter(act.source, control.key, source_db.engine)
-    anna = OfSubject(control.holds.subject_ref(ANNA))
+    anna = OfSubject({control.holds.subject_ref(ANNA)})
     counts = adapter.count(anna, DeleteAction(), control.holds.active("ats", "people"))
     assert (counts.total, counts.selected, counts.to_apply) == (5, 3, 3)
     assert sorted(r["id"] for r in adapter.read(anna)) == [1, 2, 4]
@@ -64,13 +64,13 @@ def test_every_record_of_one_subject_is_counted_read_and_erased(
         assert evidence.run_id == report.run_id
 
 
-def test_a_subject_selection_needs_a_subject_column(source_db: Db, control: Control) -> None:
+def test_a_subject_selection_needs_a_lookup_column(source_db: Db, control: Control) -> None:
     seed(source_db.engine, _people(), children=False)
     act = activity(children=False)
-    binding = act.source.model_copy(update={"subject_column": None})
+    binding = act.source.model_copy(update={"lookup": {}})
     adapter = SqlAdapter(binding, control.key, source_db.engine)
-    with pytest.raises(RetentionError, match="no subject column"):
-        adapter.count(OfSubject(b"x" * 16), DeleteAction(), control.holds.active("ats", "people"))
+    with pytest.raises(RetentionError, match="no lookup column"):
+        adapter.count(OfSubject({b"x" * 16}), DeleteAction(), control.holds.active("ats", "people"))
 
 
 def test_a_masking_strategy_is_checked_against_the_column_type(
@@ -90,12 +90,13 @@ def test_a_masking_strategy_is_checked_against_the_column_type(
 def test_s3_objects_of_one_subject_and_a_key_range(s3: Any, control: Control) -> None:
     bucket = new_bucket(s3, "subject")
     meta = {"category": "spontaneous", "capture_date": AS_OF.date().isoformat()}
-    for key, subject in (("a.jpg", "person-1"), ("b.jpg", "person-2"), ("c.jpg", "Person-1 ")):
+    people = (("a.jpg", "person-1@x.se"), ("b.jpg", "person-2@x.se"), ("c.jpg", "Person-1@X.se "))
+    for key, subject in people:
         put(s3, bucket, key, **meta, subject=subject)
     base = load_catalogue()["image_bank"]
     adapter = S3Adapter(base.source.model_copy(update={"bucket": bucket, "prefix": ""}),
                         control.key, s3)  # fmt: skip
-    one = OfSubject(control.holds.subject_ref("person-1"))
+    one = OfSubject({control.holds.subject_ref("person-1@x.se")})
     counts = adapter.count(one, DeleteAction(), control.holds.active("image_bank", bucket))
     assert (counts.total, counts.selected) == (3, 2)
     assert sorted(r["key"] for r in adapter.read(one)) == ["a.jpg", "c.jpg"]

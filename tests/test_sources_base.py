@@ -19,7 +19,11 @@ def test_selections_refuse_what_they_cannot_mean() -> None:
     with pytest.raises(RetentionError, match="at least one rule"):
         DueAt(dt.datetime(2026, 1, 1, tzinfo=dt.UTC), ())
     with pytest.raises(RetentionError, match="keyed reference"):
-        OfSubject(b"")
+        OfSubject(b"")  # type: ignore[arg-type]
+    with pytest.raises(RetentionError, match="non-empty bytes"):
+        OfSubject(frozenset({b""}))
+    assert OfSubject({b"a", b"b"}).matches({b"b", b"c"})  # type: ignore[arg-type]
+    assert not OfSubject(frozenset({b"a"})).matches({b"c"})
     due = DueAt(dt.datetime(2026, 1, 1, tzinfo=dt.UTC), rules)
     with pytest.raises(RetentionError, match="not another key range"):
         KeyRange(KeyRange(due, 1, 2), 1, 2)  # type: ignore[arg-type]

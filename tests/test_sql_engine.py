@@ -298,10 +298,10 @@ def test_missing_table_or_column_is_a_clear_error(source_db: Db, control: Contro
             control=control,
         )
     with pytest.raises(
-        RetentionError, match="subject column 'mail' does not exist in table 'people'"
+        RetentionError, match=r"lookup \(email\) column 'mail' does not exist in table 'people'"
     ):
         plan(
-            activity(subject_column="mail", children=False),
+            activity(lookup={"email": "mail"}, children=False),
             AS_OF,
             source=source_db.engine,
             control=control,

@@ -15,6 +15,8 @@ from typing import Any
 
 from faker import Faker
 
+from include.retention.identifiers import luhn_check_digit
+
 Row = dict[str, Any]
 Children = list[tuple[str, Row]]
 
@@ -32,10 +34,20 @@ class Person:
     phone: str
     company: str
     city: str
+    personnummer: str = ""
 
     @property
     def full(self) -> str:
         return f"{self.first} {self.last}"
+
+
+def personnummer(uid: int) -> str:
+    """A fake but valid personnummer (YYYYMMDD-NNNN, check digit right), one per ``uid``:
+    born 1950-1999, made from the uid alone (the Faker sequence stays as it was)."""
+    born = dt.date(1950, 1, 1) + dt.timedelta(days=(uid * 7919) % 18_262)
+    serial = f"{(uid * 37) % 1000:03d}"
+    nine = born.strftime("%y%m%d") + serial
+    return f"{born:%Y%m%d}-{serial}{luhn_check_digit(nine)}"
 
 
 @dataclass
@@ -95,6 +107,7 @@ def make_person(fake: Faker, uid: int) -> Person:
         phone=fake.phone_number(),
         company=company,
         city=fake.city(),
+        personnummer=personnummer(uid),
     )
 
 
@@ -111,6 +124,7 @@ def candidates(c: RowContext) -> tuple[Row, Children]:
         "email": p.email,
         "phone": p.phone,
         "city": p.city,
+        "personnummer": p.personnummer,
         "linkedin_url": f"https://www.linkedin.com/in/{_ascii(p.first)}-{c.uid}",
         "position_applied": c.fake.job(),
         "cv_object_key": cv,
@@ -278,6 +292,7 @@ def badge_holders(c: RowContext) -> tuple[Row, Children]:
         "full_name": p.full,
         "email": p.email,
         "phone": p.phone,
+        "personnummer": p.personnummer,
         "company": p.company,
         "badge_number": f"B{c.uid:06d}",
         "issued_at": issued,
@@ -321,6 +336,7 @@ def certifications(c: RowContext) -> tuple[Row, Children]:
     return {
         "holder_name": p.full,
         "holder_email": p.email,
+        "holder_personnummer": p.personnummer,
         "certificate": c.rng.choice(["MBTI Steg I", "MBTI Steg II", "Leadership Feedback"]),
         "certified_on": c.ago(400, 3000).date(),
         "customer_name": p.company,

@@ -1,9 +1,9 @@
 """Seed the demo buckets: ``image-bank`` (photos and videos) and ``cv-files`` (candidates' CVs).
 
 Both buckets are versioned. Image-bank objects carry the metadata the catalogue's rules read
-(``category``, ``capture_date``, ``subject``: a name-less person reference). The designs are
-the same as for SQL datasets (expired, kept, boundary, held, unknown anchor, out of scope),
-plus version histories: an expired object with old versions, an expired object whose current
+(``category``, ``capture_date``, ``subject``: a name-less e-mail address of the person). The
+designs are the same as for SQL datasets (expired, kept, boundary, held, unknown anchor, out of
+scope), plus version histories: an expired object with old versions, an expired object whose current
 version is a delete marker (soft-deleted: still retained), and a kept object with old versions.
 """
 
@@ -94,8 +94,8 @@ def seed_image_bank(
     histories = {"expired_versions": False, "expired_marker": False, "kept_versions": False}
     for index, design in enumerate(_image_designs(activity, as_of, rng), start=1):
         key = _image_key(index, design, rng)
-        subject = f"person-{2000 + index:05d}"
-        meta = _metadata(design, src.subject_key or "subject", subject)
+        subject = f"person-{2000 + index:05d}@example.se"
+        meta = _metadata(design, src.lookup["email"], subject)
         header = _MP4 if key.endswith(".mp4") else _JPEG
         note = _history(client, src.bucket, key, design, histories, rng, header, meta)
         if not note:
@@ -153,7 +153,7 @@ def _outside_prefix(
     """An old photo outside the activity's prefix: never the activity's to delete."""
     key = f"exports/{rng.getrandbits(32):08x}.jpg"
     old = (as_of - dt.timedelta(days=3000)).date().isoformat()
-    meta = {"category": "spontaneous", "capture_date": old, "subject": "person-09999"}
+    meta = {"category": "spontaneous", "capture_date": old, "subject": "person-09999@example.se"}
     _put(client, src.bucket, key, _body(rng, _JPEG), meta)
     return ManifestEntry(
         activity=activity.id,
@@ -162,7 +162,7 @@ def _outside_prefix(
         pk=key,
         expectation=Expectation.out_of_scope,
         kind="object",
-        subject="person-09999",
+        subject="person-09999@example.se",
         note=f"outside the prefix {src.prefix!r}",
     )
 

@@ -25,6 +25,7 @@ from include.demo.manifest import ManifestEntry
 from include.demo.saas_server import Store
 from include.retention.catalogue import Activity, Catalogue, HttpSource
 from include.retention.errors import RetentionError
+from include.retention.lookup import first_identifier
 
 # Realistic fields of a collection's records, by collection (the SQL fillers' shape).
 FILLERS: dict[str, Callable[[RowContext], tuple[Row, Children]]] = {"leads": demo_leads}
@@ -64,7 +65,7 @@ def design_collection(
         fields = {name: _text(value) for name, value in {**extra, **design.values}.items()}
         record_id = f"{src.collection.removesuffix('s')}-{pk:04d}"
         records.append((record_id, fields))
-        subject = fields.get(src.subject_field or "")
+        subject = first_identifier(src.lookup_columns(), fields)
         entry = ManifestEntry(
             activity=activity.id, system=src.system, dataset=src.collection, pk=record_id,
             expectation=design.expectation, kind="record", hold=design.hold, note=design.note,

@@ -30,6 +30,7 @@ from include.demo.manifest import HoldRequest, Manifest, ManifestEntry
 from include.demo.schema import SYSTEMS, system_metadata
 from include.retention.catalogue import Activity, Catalogue, SqlSource, load_catalogue
 from include.retention.errors import RetentionError
+from include.retention.lookup import first_identifier
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def _resolve(design: Design, activity: Activity, designer: Designer) -> Row:
 def _entry(activity: Activity, row: Row, design: Design, kids: Children) -> ManifestEntry:
     src = activity.source
     assert isinstance(src, SqlSource)
-    subject = row.get(src.subject_column) if src.subject_column else None
+    subject = first_identifier(src.lookup_columns(), row)
     objects = tuple(row[link.column] for link in src.objects if row.get(link.column))
     return ManifestEntry(
         activity=activity.id,

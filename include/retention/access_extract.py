@@ -21,12 +21,20 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from include.retention.catalogue import Activity, Catalogue
+from include.retention.catalogue import Activity
+from include.retention.errors import RetentionError
+from include.retention.lookup import Reach
 from include.retention.register import BASIS_LABELS
 from include.retention.sources.base import OfSubject, adapter_for
 
 OUTPUT_DIR_ENV = "RETENTION_DSR_OUTPUT_DIR"
 FILES = ("registerutdrag.json", "registerutdrag.html", "registerutdrag.pdf")
+LABELS_SV = {
+    "email": "e-postadress",
+    "phone": "telefonnummer",
+    "personnummer": "personnummer eller samordningsnummer",
+    "customer_id": "kundnummer",
+}
 
 
 @dataclass(frozen=True)
@@ -44,31 +52,37 @@ def output_dir() -> Path:
     return Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser() / "dsr_responses"
 
 
-def searchable(catalogue: Catalogue) -> list[Activity]:
-    """Activities whose dataset names its data subject (a subject column or metadata key)."""
+def searchable(catalogue: Iterable[Activity], kinds: Iterable[str]) -> list[Activity]:
+    """The activities a request giving identifiers of ``kinds`` can search: those the company
+    runs as controller whose dataset has a lookup column of one of those kinds. Activities run
+    as a processor are never searched (`lookup.reach` lists them: the person is referred)."""
+    given = set(kinds)
     return [
-        a for a in catalogue
-        if getattr(a.source, "subject_column", None) or getattr(a.source, "subject_key", None)
-    ]  # fmt: skip
+        a for a in catalogue if a.processor_for is None and not given.isdisjoint(a.source.lookup)
+    ]
 
 
 def collect(
     activities: Iterable[Activity], refs: Sequence[bytes], key: bytes, connections: Any = None
 ) -> list[Found]:
-    """Every record of the person (any of ``refs``) in each activity's dataset.
-    ``connections``: activity id -> engine or client (tests); else the Airflow connections."""
+    """Every record of the person (any of ``refs``, through any lookup column) in each
+    activity's dataset. ``connections``: activity id -> engine or client (tests); else the
+    Airflow connections."""
     found = []
+    selection = OfSubject(frozenset(refs))
     for activity in activities:
+        if activity.processor_for is not None:
+            raise RetentionError(
+                f"activity {activity.id!r} is processed for another controller: data-subject"
+                " requests do not read its records (refer the person to that controller)"
+            )
         connection = (connections or {}).get(activity.id)
         adapter = adapter_for(activity.source, key, connection)
         try:
-            records: dict[str, dict[str, Any]] = {}
-            for ref in refs:
-                for record in adapter.read(OfSubject(ref)):
-                    records[json.dumps(record, default=str, sort_keys=True)] = dict(record)
+            records = [dict(record) for record in adapter.read(selection)]
         finally:
             adapter.close()
-        found.append(Found(activity, list(records.values())))
+        found.append(Found(activity, records))
     return found
 
 
@@ -82,11 +96,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def document(request_ref: str, found: list[Found], created: dt.datetime) -> dict[str, Any]:
-    """The extract as data (the JSON file), in Swedish."""
+def document(
+    request_ref: str, found: list[Found], created: dt.datetime, reach: Reach | None = None
+) -> dict[str, Any]:
+    """The extract as data (the JSON file), in Swedish: the records per activity; where we
+    process as a processor, whom to ask instead; systems the given identifiers cannot search."""
+    reach = reach or Reach()
     return {
         "ärende": request_ref,
         "skapat": created.isoformat(),
+        "personuppgiftsbiträde": [
+            f"{r['system']}: vi behandlar uppgifterna som personuppgiftsbiträde åt"
+            f" {r['controller_sv']}; kontakta {r['controller_sv']} för att utöva dina rättigheter"
+            for r in reach.refer
+        ],
+        "ej genomsökta system": [
+            f"{system}: kan inte sökas med de uppgifter du lämnat; ange "
+            + " eller ".join(LABELS_SV[k] for k in kinds)
+            for system, kinds in sorted(reach.needed().items())
+        ],
         "behandlingar": [
             {
                 "behandling": f.activity.name.sv,
@@ -115,6 +143,8 @@ def _html(doc: dict[str, Any]) -> str:
     ]
     if not doc["behandlingar"]:
         parts.append("<p>Vi har inga personuppgifter om dig i våra system.</p>")
+    for key in ("personuppgiftsbiträde", "ej genomsökta system"):
+        parts += [f"<p>{esc(line)}</p>" for line in doc[key]]
     for item in doc["behandlingar"]:
         facts = "".join(
             f"<tr><th>{esc(k)}</th><td>{esc(_text(item[k]))}</td></tr>"
@@ -153,6 +183,9 @@ def _pdf(doc: dict[str, Any]) -> bytes:
     pdf.set_font("Helvetica", size=9)
     if not doc["behandlingar"]:
         pdf.multi_cell(0, 5, latin1("Vi har inga personuppgifter om dig i våra system."))
+    for key in ("personuppgiftsbiträde", "ej genomsökta system"):
+        for line in doc[key]:
+            pdf.multi_cell(0, 5, latin1(line), new_x="LMARGIN")
     for item in doc["behandlingar"]:
         pdf.set_font("Helvetica", "B", 11)
         pdf.multi_cell(0, 7, latin1(item["behandling"]), new_x="LMARGIN")
@@ -172,12 +205,15 @@ def _write_private(path: Path, data: bytes) -> None:
     path.chmod(0o600)
 
 
-def write(request_ref: str, found: list[Found], folder: Path, created: dt.datetime) -> Path:
+def write(
+    request_ref: str, found: list[Found], folder: Path, created: dt.datetime,
+    reach: Reach | None = None,
+) -> Path:  # fmt: skip
     """Write the extract's three files to ``folder``/``request_ref`` (owner-only)."""
     target = folder / request_ref
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
     target.chmod(0o700)
-    doc = document(request_ref, found, created)
+    doc = document(request_ref, found, created, reach)
     text = json.dumps(doc, ensure_ascii=False, indent=2, default=str)
     _write_private(target / FILES[0], text.encode("utf-8"))
     _write_private(target / FILES[1], _html(doc).encode("utf-8"))

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from include.retention.errors import RetentionError
+from include.retention.identifiers import KINDS as IDENTIFIER_KINDS
 from include.retention.masking import MaskStrategy, parse_mask
 from include.retention.rules import DEADLINE_KINDS, DEFAULT_SCHEDULE, Rule, check_schedule
 from include.retention.texts import Language, Localised
@@ -281,16 +282,54 @@ OBJECT_KEY = "<object key>"  # what identifies an object in a bucket
 RECORD_ID = "<record id>"  # what identifies a record in a SaaS API's collection
 
 
+IdentifierKind = Literal["email", "phone", "personnummer", "customer_id"]
+
+
+class LookupColumn(NamedTuple):
+    """A column (an object metadata key, an API field) holding identifiers of one kind."""
+
+    kind: str  # one of `identifiers.KINDS`
+    column: str
+
+
 class HoldKey(NamedTuple):
     """How holds name the records of one dataset a binding changes: the dataset, the key
-    column(s) identifying a record, and the column naming its subject (None: none)."""
+    column(s) identifying a record, and the lookup columns naming its subject (none: ())."""
 
     dataset: str
     key_columns: tuple[str, ...]
-    subject_column: str | None
+    lookup: tuple[LookupColumn, ...]
 
 
-class SqlSource(_Model):
+class _Bound(_Model):
+    """A dataset binding: which of its columns hold which kind of identifier of the person
+    (``lookup: {email: email, phone: mobile}``). Data-subject requests and subject holds find
+    a person's records through these columns only, each value normalised by its kind
+    (`identifiers.normalise`)."""
+
+    lookup: dict[IdentifierKind, Identifier] = Field(
+        default_factory=dict,
+        description="Identifier kind -> the column holding it (email, phone, personnummer,"
+        " customer_id); an activity's source needs at least one (it holds personal data)",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind_per_column(self) -> _Bound:
+        columns = list(self.lookup.values())
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        if twice:
+            raise ValueError(f"lookup column(s) {twice} are declared for more than one kind")
+        return self
+
+    def lookup_columns(self) -> tuple[LookupColumn, ...]:
+        """The lookup columns, in the order of `identifiers.KINDS` (e-mail first)."""
+        return tuple(
+            LookupColumn(kind, column) for kind in IDENTIFIER_KINDS
+            if (column := self.lookup.get(kind)) is not None  # type: ignore[call-overload]
+        )  # fmt: skip
+
+
+class SqlSource(_Bound):
     """A table in a SQL database reached through an Airflow connection."""
 
     kind: Literal["sql"] = "sql"
@@ -298,9 +337,6 @@ class SqlSource(_Model):
     conn_id: ConnId
     table: Identifier
     primary_key: Identifier = "id"
-    subject_column: Identifier | None = Field(
-        default=None, description="Identifies the data subject (e.g. email) for requests and holds"
-    )
     anchor_timezone: TimeZoneName = Field(default="UTC", description="Zone of naive timestamps")
     children: list[SqlChild] = Field(default_factory=list)
     objects: list[ObjectLink] = Field(default_factory=list)
@@ -320,24 +356,24 @@ class SqlSource(_Model):
     def hold_keys(self) -> list[HoldKey]:
         pk = self.primary_key  # a tuple where a composite key was built in code
         columns = (pk,) if isinstance(pk, str) else tuple(pk)
-        keys = [HoldKey(self.table, columns, self.subject_column)]
+        keys = [HoldKey(self.table, columns, self.lookup_columns())]
         # linked files go with their record (its subject holds)
-        return keys + [HoldKey(link.bucket, (OBJECT_KEY,), None) for link in self.objects]
+        return keys + [HoldKey(link.bucket, (OBJECT_KEY,), ()) for link in self.objects]
 
     def location(self) -> str:
         """Where the records are, in one short line (the Art. 30 register)."""
         return f"{self.system}.{self.table}"
 
 
-class S3Source(_Model):
-    """Objects in a bucket; anchors and classes come from object metadata or tags."""
+class S3Source(_Bound):
+    """Objects in a bucket; anchors, classes and lookup identifiers come from object metadata
+    or tags (``lookup`` names metadata keys)."""
 
     kind: Literal["s3"] = "s3"
     system: Slug
     conn_id: ConnId
     bucket: Bucket
     prefix: str = ""
-    subject_key: str | None = Field(default=None, description="Metadata key naming the subject")
 
     @property
     def dataset(self) -> str:
@@ -355,10 +391,10 @@ class S3Source(_Model):
         return f"s3://{self.bucket}/{self.prefix}"
 
     def hold_keys(self) -> list[HoldKey]:
-        return [HoldKey(self.bucket, (OBJECT_KEY,), self.subject_key)]
+        return [HoldKey(self.bucket, (OBJECT_KEY,), self.lookup_columns())]
 
 
-class HttpSource(_Model):
+class HttpSource(_Bound):
     """A collection of records in a SaaS tool's HTTP API (a newsletter or CRM tool), reached
     through an Airflow connection of type ``http`` whose password is the API token. Rules
     read the records' fields (``anchor_column`` names a field holding an ISO-8601 date or
@@ -368,9 +404,6 @@ class HttpSource(_Model):
     system: Slug
     conn_id: ConnId
     collection: Identifier = Field(description="The API's collection, e.g. contacts or leads")
-    subject_field: Identifier | None = Field(
-        default=None, description="The field identifying the data subject (e.g. email)"
-    )
     anchor_timezone: TimeZoneName = Field(default="UTC", description="Zone of naive date-times")
 
     @property
@@ -389,7 +422,7 @@ class HttpSource(_Model):
         return f"{self.system}/{self.collection}"
 
     def hold_keys(self) -> list[HoldKey]:
-        return [HoldKey(self.collection, (RECORD_ID,), self.subject_field)]
+        return [HoldKey(self.collection, (RECORD_ID,), self.lookup_columns())]
 
 
 Source = Annotated[SqlSource | S3Source | HttpSource, Field(discriminator="kind")]
@@ -445,6 +478,16 @@ class Activity(_Model):
     assumptions: list[Assumption] = Field(
         default_factory=list, description="Readings the policy does not state, to confirm"
     )
+    processor_for: Localised | None = Field(
+        default=None,
+        description="Set where the company processes these records as a processor (Art. 28)"
+        " for another controller, e.g. an employer: who that is. Data-subject requests never"
+        " touch such records; the person is referred to this controller",
+    )
+
+    @property
+    def role(self) -> Literal["controller", "processor"]:
+        return "controller" if self.processor_for is None else "processor"
 
     @model_validator(mode="before")
     @classmethod
@@ -479,17 +522,24 @@ class Activity(_Model):
             raise ValueError("an enforceable retention rule needs a delete or anonymise action")
         if not self.enforceable and self.action.kind != "report_only":
             raise ValueError("no retention case is enforceable: the action must be report_only")
+        if not self.source.lookup:
+            raise ValueError(
+                "source.lookup: name at least one column holding an identifier of the person"
+                f" ({', '.join(IDENTIFIER_KINDS)}), e.g. 'lookup: {{email: email}}': an"
+                " activity's records are personal data, and requests and holds find them there"
+            )
         self._check_anonymisation()
         self._check_assumptions()
         return self
 
     def _check_anonymisation(self) -> None:
-        subject = getattr(self.source, "subject_column", None)
-        if self.action.kind == "anonymise" and subject not in (
-            None,
-            *self.action.direct_identifiers,
-        ):
-            raise ValueError(f"the subject column {subject!r} must be a direct identifier")
+        if self.action.kind != "anonymise":
+            return
+        for kind, column in self.source.lookup.items():
+            if column not in self.action.direct_identifiers:
+                raise ValueError(
+                    f"the lookup column {column!r} ({kind}) must be a direct identifier"
+                )
 
     def _check_assumptions(self) -> None:
         for assumption in self.assumptions:

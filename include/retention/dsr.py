@@ -23,6 +23,7 @@ from include.retention import connections
 from include.retention.errors import RetentionError
 from include.retention.holds import HoldRegister, holds_table
 from include.retention.identifiers import KINDS, SubjectId, identify
+from include.retention.lookup import Reach, reach
 from include.retention.subject_requests import (
     REQUEST_KINDS,
     TIMEZONE,
@@ -175,6 +176,7 @@ def receive(
         **request.summary(),
         "request_id": request.id,
         "subject_refs": [ref.hex() for ref in request.subject_refs],
+        "identifier_kinds": sorted(request.identifier_kinds),
         "options": options,
     }
 
@@ -192,15 +194,38 @@ def _active_restrictions(runtime: DsrRuntime, refs: set[bytes]) -> dict[bytes, l
     return found
 
 
+def _reach(received: Mapping[str, Any], catalogue: Any) -> Reach:
+    """Which systems the request's identifier kinds can reach (the catalogue's valid
+    activities by default); logged by name, never by identifier."""
+    from include.retention.catalogue import load_valid
+
+    catalogue = catalogue if catalogue is not None else load_valid()[0]
+    found = reach(catalogue, received["identifier_kinds"])
+    for system, kinds in sorted(found.needed().items()):
+        log.warning("%s: system %s cannot be searched by the identifiers given; needs %s",
+                    received["request"], system, " or ".join(kinds))  # fmt: skip
+    for item in found.refer:
+        log.info("%s: %s is processed for another controller (%s): refer the person",
+                 received["request"], item["activity"], item["controller_en"])  # fmt: skip
+    return found
+
+
 def restrict(
     received: Mapping[str, Any],
     params: Mapping[str, Any],
     *,
     user: str,
     runtime: DsrRuntime | None = None,
+    catalogue: Any = None,
 ) -> dict[str, Any]:
     """Art. 18: place a restriction hold on the person (every retention run keeps their
-    records), or lift it (its own logged action: the release is chained into the ledger)."""
+    records), or lift it (its own logged action: the release is chained into the ledger).
+
+    The hold protects the records whose lookup columns hold one of the person's identifiers;
+    the result names the systems that can be matched that way (``systems_searched``), those
+    that cannot with the identifiers given and what they need (``systems_not_covered``: ask
+    the person for it and file again), and the activities run as a processor for another
+    controller (``refer_to_controller``: not claimed as protected; refer the person)."""
     runtime = runtime or DsrRuntime()
     options = received["options"]
     refs = {bytes.fromhex(r) for r in received["subject_refs"]}
@@ -211,6 +236,7 @@ def restrict(
             runtime.holds.release(hold_id, released_by=user)
         log.info("%s: lifted restriction holds %s", received["request"], lifted)
         return {"action": "lift", "holds_released": lifted, "holds_placed": []}
+    coverage = _reach(received, catalogue).summary()
     placed = []
     reason = f"{received['request']}: {RESTRICTION_GROUNDS[options['ground']]}"
     for subject in subjects_of(params):
@@ -222,7 +248,7 @@ def restrict(
             )
         )
     log.info("%s: placed restriction holds %s", received["request"], placed)
-    return {"action": "place", "holds_placed": placed, "holds_released": []}
+    return {"action": "place", "holds_placed": placed, "holds_released": [], **coverage}
 
 
 def suppress(
@@ -264,16 +290,19 @@ def access(
     runtime = runtime or DsrRuntime()
     catalogue = catalogue if catalogue is not None else load_valid()[0]
     refs = [bytes.fromhex(r) for r in received["subject_refs"]]
-    activities = access_extract.searchable(catalogue)
+    found_reach = _reach(received, catalogue)
+    activities = access_extract.searchable(catalogue, received["identifier_kinds"])
     found = access_extract.collect(activities, refs, runtime.key, connections)
     folder = access_extract.write(
-        received["request"], found, access_extract.output_dir(), now or dt.datetime.now(dt.UTC)
-    )
+        received["request"], found, access_extract.output_dir(), now or dt.datetime.now(dt.UTC),
+        found_reach,
+    )  # fmt: skip
     result: dict[str, Any] = {
         "records": sum(len(f.records) for f in found),
         "activities_with_records": [f.activity.id for f in found if f.records],
         "activities_searched": len(activities),
         "extract": str(folder),
+        **found_reach.summary(),
     }
     log.info("%s: %s records in %s activities; extract written to %s", received["request"],
              result["records"], len(result["activities_with_records"]), folder)  # fmt: skip

@@ -13,9 +13,9 @@ in the same transaction: :meth:`HoldRegister.verify` replays that evidence again
 so a hold deleted, edited or released behind the register's back is reported.
 
 A hold also records the catalogue binding it was placed on: a record hold its dataset's key
-column(s), a subject hold the subject column of every dataset that had one. A catalogue edit
+column(s), a subject hold the lookup columns of every dataset. A catalogue edit
 that would make an active hold match nothing (a renamed system, table or bucket, a changed
-primary key, a removed or renamed subject column) is refused by :func:`check_catalogue`, at
+primary key, a removed or renamed lookup column) is refused by :func:`check_catalogue`, at
 validation and at the start of every task, with a message naming the holds.
 """
 
@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from include.retention.catalogue import (
     Catalogue,
+    LookupColumn,
     check_dataset_name,
     check_system_name,
     load_valid,
@@ -88,10 +89,11 @@ class ActiveHolds:
     def empty(self) -> bool:
         return not self.subjects and not self.records
 
-    def kind_for(self, record_ref: bytes, subject_ref: bytes | None) -> str | None:
-        """'legal_hold' if any legal hold covers the record, else 'restriction' or None."""
+    def kind_for(self, record_ref: bytes, subject_refs: Iterable[bytes] = ()) -> str | None:
+        """'legal_hold' if any legal hold covers the record, else 'restriction' or None.
+        ``subject_refs``: the references of the record's lookup values (any may be held)."""
         kinds = set(self.records.get(record_ref, ()))
-        if subject_ref is not None:
+        for subject_ref in subject_refs:
             kinds |= self.subjects.get(subject_ref, frozenset())
         if "legal_hold" in kinds:
             return "legal_hold"
@@ -156,7 +158,11 @@ class Binding:
     """How the catalogue identifies the records of one dataset and their data subject."""
 
     key_columns: tuple[str, ...]
-    subject_column: str | None  # None: the binding names no subject
+    lookup: tuple[LookupColumn, ...]  # (): the binding names no subject
+
+    def lookup_text(self) -> list[str]:
+        """The lookup columns as a subject hold records them: ``kind:column``."""
+        return [f"{c.kind}:{c.column}" for c in self.lookup]
 
 
 def bindings_of(catalogue: Catalogue) -> dict[tuple[str, str], set[Binding]]:
@@ -166,7 +172,7 @@ def bindings_of(catalogue: Catalogue) -> dict[tuple[str, str], set[Binding]]:
         src = activity.source
         for hold_key in src.hold_keys():
             found.setdefault((src.system, hold_key.dataset), set()).add(
-                Binding(hold_key.key_columns, hold_key.subject_column)
+                Binding(hold_key.key_columns, hold_key.lookup)
             )
     return found
 
@@ -176,12 +182,19 @@ def _dataset_name(system: str, dataset: str) -> str:
 
 
 def subject_columns_of(catalogue: Catalogue) -> dict[str, list[str]]:
-    """What a subject hold records: per dataset that names subjects, its subject column(s)."""
+    """What a subject hold records: per dataset that names subjects, its lookup columns
+    (``kind:column``)."""
     columns = {
-        _dataset_name(*dataset): sorted({b.subject_column or "" for b in bindings})
+        _dataset_name(*dataset): sorted({c for b in bindings for c in b.lookup_text()})
         for dataset, bindings in bindings_of(catalogue).items()
     }
-    return {name: cols for name, cols in sorted(columns.items()) if cols != [""]}
+    return {name: cols for name, cols in sorted(columns.items()) if cols}
+
+
+def _still_bound(placed: str, now: list[str]) -> bool:
+    """Whether a lookup column a hold was placed on is still one (holds placed before lookup
+    kinds were recorded name the column only)."""
+    return placed in now if ":" in placed else placed in {c.split(":", 1)[1] for c in now}
 
 
 def _key_text(columns: Iterable[str]) -> str:
@@ -224,18 +237,18 @@ def _subject_problem(
     current = {_dataset_name(*dataset): b for dataset, b in bindings.items()}
     changed = []
     for dataset, columns in placed_on.items():
-        now = sorted({b.subject_column or "" for b in current.get(dataset, ())})
-        if dataset in current and now != columns:
-            shown = ", ".join(c or "none" for c in now)
+        now = sorted({c for b in current.get(dataset, ()) for c in b.lookup_text()})
+        if dataset in current and not all(_still_bound(c, now) for c in columns if c):
+            shown = ", ".join(now) or "none"
             changed.append(f"{dataset} by {', '.join(columns)} (now: {shown})")
     if not changed:
         return None
-    return "was placed on subject column(s) " + "; ".join(changed)
+    return "was placed on lookup column(s) " + "; ".join(changed)
 
 
 def orphan_holds(engine: Engine, catalogue: Catalogue) -> list[dict[str, Any]]:
     """Active holds the catalogue no longer matches: a record hold whose system and dataset
-    no activity has, or whose key columns changed; a subject hold whose subject column of a
+    no activity has, or whose key columns changed; a subject hold whose lookup column of a
     dataset was removed or renamed. Each comes with its ``problem``."""
     bindings = bindings_of(catalogue)
     orphans = []
@@ -259,7 +272,7 @@ def _describe_hold(hold: dict[str, Any]) -> str:
 
 def check_catalogue(engine: Engine, catalogue: Catalogue, invalid: Iterable[str] = ()) -> None:
     """Refuse a catalogue that no longer matches the active holds (see :func:`orphan_holds`):
-    after a rename, a changed key or a removed subject column they would match nothing and the
+    after a rename, a changed key or a removed lookup column they would match nothing and the
     held records would be deleted."""
     orphans = orphan_holds(engine, catalogue)
     if not orphans:
@@ -271,7 +284,7 @@ def check_catalogue(engine: Engine, catalogue: Catalogue, invalid: Iterable[str]
     raise RetentionError(
         f"{len(orphans)} active holds no longer match the catalogue: {named}{more}. A catalogue"
         " edit renamed a system, table or bucket, changed a primary key, removed or renamed a"
-        " subject column, or removed the activity: restore the binding, or release these holds"
+        " lookup column, or removed the activity: restore the binding, or release these holds"
         " and place them again on the new binding. Nothing was changed."
     )
 
@@ -312,7 +325,7 @@ class HoldRegister:
         placed_by: str,
         placed_at: datetime | None = None,
     ) -> int:
-        """Hold every record of one data subject (matched through the source's subject column)."""
+        """Hold every record of one data subject (matched through the lookup columns)."""
         _check_value("subject identifier", identifier)
         return self._insert(
             scope="subject",

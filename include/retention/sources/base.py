@@ -70,14 +70,26 @@ class DueAt:
 
 @dataclass(frozen=True)
 class OfSubject:
-    """Every record of one data subject, by the keyed subject reference
-    (`pseudonym.SubjectRefHasher` of the identifier the binding's subject column holds)."""
+    """Every record of one data subject: those whose lookup columns (any of them, each value
+    normalised by its kind, `include.retention.lookup`) hold one of ``subject_refs``, the
+    keyed references of the person's normalised identifiers (`SubjectRefHasher`)."""
 
-    subject_ref: bytes
+    subject_refs: frozenset[bytes]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.subject_ref, bytes) or not self.subject_ref:
-            raise RetentionError("a subject selection needs the subject's keyed reference")
+        refs = self.subject_refs
+        if isinstance(refs, bytes | str) or not refs:
+            raise RetentionError(
+                "a subject selection needs the subject's keyed references (a collection)"
+            )
+        refs = frozenset(refs)
+        if not all(isinstance(r, bytes) and r for r in refs):
+            raise RetentionError("a subject's keyed references are non-empty bytes")
+        object.__setattr__(self, "subject_refs", refs)
+
+    def matches(self, refs: AbstractSet[bytes]) -> bool:
+        """Whether a record with these lookup references is the subject's."""
+        return not self.subject_refs.isdisjoint(refs)
 
 
 @dataclass(frozen=True)
@@ -150,8 +162,9 @@ class Batch:
     """One staged batch: what the lifecycle writes as evidence before :meth:`apply`.
 
     ``refs``: the records the batch changes (held and restricted ones already left out);
-    ``subjects``: the distinct keyed subject references of those records, or None when the
-    adapter did not read them (then any new subject hold makes the lifecycle redo the batch);
+    ``subjects``: the distinct keyed subject references of those records (of all their lookup
+    columns), or None when the adapter did not read them (then any new subject hold makes the
+    lifecycle redo the batch);
     ``holds``: the active holds the batch was checked against; ``skipped``: hold kind ->
     records left out; ``counts``: further evidence counts (``children.<table>``, ``versions``);
     ``linked``: per linked dataset (e.g. a bucket of files the records point to), the keys of

@@ -48,7 +48,8 @@ from include.retention.catalogue import DeleteAction, HttpSource
 from include.retention.connections import _get_connection
 from include.retention.errors import RetentionError, Unavailable
 from include.retention.holds import ActiveHolds
-from include.retention.pseudonym import RecordRefHasher, SubjectRefHasher
+from include.retention.lookup import SubjectMatcher
+from include.retention.pseudonym import RecordRefHasher
 from include.retention.sources.base import (
     Action,
     Applied,
@@ -316,7 +317,7 @@ def _matches(value: Any, wanted: Sequence[Any]) -> bool:
 class _Item:
     id: str
     ref: bytes
-    subject: bytes | None
+    subjects: frozenset[bytes]
 
 
 @register("http")
@@ -333,7 +334,7 @@ class HttpAdapter:
         self.system, self.dataset = binding.system, binding.collection
         self.client = connection or ApiClient.for_connection(binding.conn_id)
         self._records = RecordRefHasher(key, binding.system, binding.collection)
-        self._subjects = SubjectRefHasher(key)
+        self._matcher = SubjectMatcher(key, binding.lookup_columns())
         self._zone = ZoneInfo(binding.anchor_timezone)
         self._where = f"collection {binding.collection!r} of system {binding.system!r}"
         self._listed: tuple[Selection, list[ApiRecord]] | None = None
@@ -344,13 +345,13 @@ class HttpAdapter:
                 f"{self._where}: an http source can only delete records ({action.kind!r} is"
                 " not supported through the API); use action 'delete'"
             )
-        field_name = self.binding.subject_field
         sample = list(itertools.islice(self.client.records(self.dataset), 100))
-        if field_name and sample and all(field_name not in r.fields for r in sample):
-            raise RetentionError(
-                f"{self._where}: no record has the subject field {field_name!r}; check the"
-                " catalogue's 'subject_field' against the API's field names"
-            )
+        for kind, field_name in self.binding.lookup.items():
+            if sample and all(field_name not in r.fields for r in sample):
+                raise RetentionError(
+                    f"{self._where}: no record has the lookup field {field_name!r} ({kind});"
+                    " check the catalogue's 'lookup' against the API's field names"
+                )
 
     def count(self, selection: Selection, action: Action, holds: ActiveHolds) -> Counts:
         tally: Counter[str] = Counter()
@@ -434,13 +435,13 @@ class HttpAdapter:
         """Each record in the selection's key range with its status (``due``: selected)."""
         base = base_selection(selection)
         lower, upper = key_bounds(selection)
-        if isinstance(base, OfSubject) and not self.binding.subject_field:
-            raise RetentionError(f"{self._where}: no 'subject_field' to find a subject's records")
+        if isinstance(base, OfSubject) and not self._matcher.columns:
+            raise RetentionError(f"{self._where}: no 'lookup' field to find a subject's records")
         for record in self.client.records(self.dataset):
             if not _in_range(record.id, lower, upper):
                 continue
             if isinstance(base, OfSubject):
-                yield record, "due" if self._refs(record)[1] == base.subject_ref else "other"
+                yield record, "due" if base.matches(self._refs(record)[1]) else "other"
             else:
                 yield record, self._classify(base, record.fields)
 
@@ -478,10 +479,9 @@ class HttpAdapter:
             return None
         return moment if moment.tzinfo else moment.replace(tzinfo=self._zone)
 
-    def _refs(self, record: ApiRecord) -> tuple[bytes, bytes | None]:
-        subject = record.fields.get(self.binding.subject_field or "")
-        sref = self._subjects.ref(subject) if subject not in (None, "") else None
-        return self._records.ref(record.id), sref
+    def _refs(self, record: ApiRecord) -> tuple[bytes, frozenset[bytes]]:
+        """The record's reference and those of its lookup fields."""
+        return self._records.ref(record.id), self._matcher.record_refs(record.fields)
 
     def _stage(self, no: int, records: list[ApiRecord], holds: HoldReader) -> Batch:
         active = holds()
@@ -489,12 +489,12 @@ class HttpAdapter:
         skipped: Counter[str] = Counter()
         for record in records:
             item = _Item(record.id, *self._refs(record))
-            kind = active.kind_for(item.ref, item.subject) if not active.empty else None
+            kind = active.kind_for(item.ref, item.subjects) if not active.empty else None
             if kind:
                 skipped[kind] += 1
             else:
                 items.append(item)
-        subjects = frozenset(i.subject for i in items if i.subject is not None)
+        subjects = frozenset(ref for i in items for ref in i.subjects)
         return Batch(
             no, [i.ref for i in items], active, subjects=subjects,
             skipped=dict(skipped), state=(records, items),

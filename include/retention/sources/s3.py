@@ -26,8 +26,9 @@ from typing import Any, ClassVar, Literal
 from include.retention.catalogue import RuleCase, S3Source
 from include.retention.errors import RetentionError
 from include.retention.holds import ActiveHolds
+from include.retention.lookup import SubjectMatcher
 from include.retention.object_store import iter_versions, s3_client
-from include.retention.pseudonym import RecordRefHasher, SubjectRefHasher
+from include.retention.pseudonym import RecordRefHasher
 from include.retention.sources.base import (
     Action,
     Applied,
@@ -244,7 +245,7 @@ class S3Adapter:
         self.client = connection if connection is not None else s3_client(binding.conn_id)
         self.system, self.dataset = binding.system, binding.bucket
         self.hasher = RecordRefHasher(key, self.system, self.dataset)
-        self._subjects = SubjectRefHasher(key)
+        self._matcher = SubjectMatcher(key, binding.lookup_columns())
         # The last count's selection, its objects and their metadata (read at count time).
         self._selected: tuple[Selection, list[S3Object], dict[str, dict[str, str]]] | None = None
 
@@ -279,7 +280,7 @@ class S3Adapter:
         for obj, meta in zip(objects, metas, strict=True):
             status = self._status(base, meta)
             if status == "due":
-                hold = holds.kind_for(self.hasher.ref(obj.key), self._subject_ref(meta))
+                hold = holds.kind_for(self.hasher.ref(obj.key), self._subject_refs(meta))
                 status = {"legal_hold": "held", "restriction": "restricted"}.get(hold or "", "due")
                 chosen.append(obj)
                 chosen_metas[obj.key] = meta
@@ -377,23 +378,21 @@ class S3Adapter:
         ]  # fmt: skip
 
     def _wanted(self, rules: Sequence[RuleCase]) -> set[str]:
-        subject = {self.binding.subject_key.lower()} if self.binding.subject_key else set()
-        return _wanted_keys(rules) | subject
+        return _wanted_keys(rules) | {c.column.lower() for c in self._matcher.columns}
 
-    def _subject_ref(self, meta: Mapping[str, str]) -> bytes | None:
-        name = self.binding.subject_key
-        subject = meta.get(name.lower()) if name else None
-        return self._subjects.ref(subject) if subject else None
+    def _subject_refs(self, meta: Mapping[str, str]) -> frozenset[bytes]:
+        """The references of the object's lookup metadata (keys are lower case)."""
+        return self._matcher.record_refs({k.lower(): v for k, v in meta.items()})
 
     def _status(self, base: DueAt | OfSubject, meta: Mapping[str, str]) -> str:
         if isinstance(base, DueAt):
             return classify(base.rules, meta, base.as_of)[0]
-        if not self.binding.subject_key:
+        if not self._matcher.columns:
             raise RetentionError(
-                f"bucket {self.dataset!r} has no subject_key: its objects cannot be selected by"
-                " data subject (set source.subject_key)"
+                f"bucket {self.dataset!r} has no lookup metadata key: its objects cannot be"
+                " selected by data subject (set source.lookup)"
             )
-        return "due" if self._subject_ref(meta) == base.subject_ref else "out_of_scope"
+        return "due" if base.matches(self._subject_refs(meta)) else "out_of_scope"
 
     def _stage(self, no: int, staged: _Staged, holds: HoldReader) -> Batch:
         """Drop the objects held now. The subjects come from the metadata read when counting
@@ -401,7 +400,7 @@ class S3Adapter:
         subject may come from an object tag, which can change."""
         active = holds()
         objects = staged.objects
-        if not active.empty and self.binding.subject_key and objects:
+        if not active.empty and self._matcher.columns and objects:
             fresh = _all_metadata(self.client, self.dataset, objects, self._wanted(()))
             staged.metas = {o.key: m for o, m in zip(objects, fresh, strict=True)}
         kinds = (
@@ -409,7 +408,7 @@ class S3Adapter:
             if active.empty
             else {
                 o.key: active.kind_for(
-                    self.hasher.ref(o.key), self._subject_ref(staged.metas.get(o.key, {}))
+                    self.hasher.ref(o.key), self._subject_refs(staged.metas.get(o.key, {}))
                 )
                 for o in objects
             }
@@ -417,7 +416,7 @@ class S3Adapter:
         keep = [o for o in objects if not kinds.get(o.key)]
         skipped = [k for k in kinds.values() if k]
         subjects = frozenset(
-            ref for o in keep if (ref := self._subject_ref(staged.metas.get(o.key, {})))
+            ref for o in keep for ref in self._subject_refs(staged.metas.get(o.key, {}))
         )
         return Batch(
             no=no, refs=[self.hasher.ref(o.key) for o in keep], holds=active, subjects=subjects,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -37,12 +37,9 @@ from sqlalchemy.sql.elements import ColumnElement
 from include.retention.catalogue import AnonymiseAction, RuleCase, SqlChild, SqlSource
 from include.retention.errors import RetentionError
 from include.retention.holds import ActiveHolds
+from include.retention.lookup import SubjectMatcher
 from include.retention.masking import MaskStrategy, mask_key
-from include.retention.pseudonym import (
-    PackedRefs,
-    RecordRefHasher,
-    SubjectRefHasher,
-)
+from include.retention.pseudonym import PackedRefs, RecordRefHasher
 from include.retention.runs import name_database
 from include.retention.sources.base import (
     Action,
@@ -149,7 +146,7 @@ class SqlDataset:
     dataset: str
     table: sa.Table
     pk: sa.Column[Any]
-    subject: sa.Column[Any] | None
+    lookups: tuple[sa.Column[Any], ...]  # in the order of the binding's lookup_columns()
     children: tuple[ReflectedChild, ...]
     marker: sa.Column[Any] | None  # anonymisation only
     masks: tuple[tuple[sa.Column[Any], MaskStrategy], ...]
@@ -218,7 +215,9 @@ def resolve_dataset(src: SqlSource, engine: Engine, action: Action | None = None
         dataset=src.table,
         table=table,
         pk=_column(src, table, src.primary_key, "primary key"),
-        subject=_column(src, table, src.subject_column, "subject") if src.subject_column else None,
+        lookups=tuple(
+            _column(src, table, c.column, f"lookup ({c.kind})") for c in src.lookup_columns()
+        ),
         children=tuple(_resolve_child(engine, src, c) for c in src.children),
         marker=marker,
         masks=masks,
@@ -400,7 +399,7 @@ class SqlAdapter:
         self.timeouts = timeouts or SourceTimeouts.from_env()
         self.after_lock = after_lock
         self.hasher = RecordRefHasher(key, self.system, self.dataset)
-        self._subjects = SubjectRefHasher(key)
+        self._matcher = SubjectMatcher(key, binding.lookup_columns())
         self._resolved: dict[str, SqlDataset] = {}
         self._counted: tuple[Selection, Counts] | None = None  # the last count, for its window
         name_database(connection, f"the source database of system {binding.system!r}"
@@ -574,19 +573,21 @@ class SqlAdapter:
     def _subject_keys(
         self, conn: Connection, ds: SqlDataset, of: OfSubject, bounds: ColumnElement[bool]
     ) -> list[Any]:
-        """Keys of the subject's records: the subject column is hashed here (the reference is
-        keyed, the database cannot compute it)."""
-        if ds.subject is None:
+        """Keys of the subject's records: the lookup columns are normalised and hashed here
+        (the reference is keyed and the normal forms need parsing: the database cannot)."""
+        if not ds.lookups:
             raise RetentionError(
-                f"table {ds.dataset!r} of system {ds.system!r} has no subject column: its"
-                " records cannot be selected by data subject (set source.subject_column)"
+                f"table {ds.dataset!r} of system {ds.system!r} has no lookup column: its"
+                " records cannot be selected by data subject (set source.lookup)"
             )
+        present = sa.or_(*(column.is_not(None) for column in ds.lookups))
         result = conn.execution_options(yield_per=SCAN_CHUNK).execute(
-            sa.select(ds.pk, ds.subject).where(bounds, ds.subject.is_not(None))
+            sa.select(ds.pk, *ds.lookups).where(bounds, present)
         )
         keys = []
         for chunk in result.partitions():
-            keys += [row[0] for row in chunk if self._subjects.ref(row[1]) == of.subject_ref]
+            refs = self._matcher.row_refs(chunk, 1)
+            keys += [row[0] for row, mine in zip(chunk, refs, strict=True) if of.matches(mine)]
         return keys
 
     def _selected(
@@ -604,22 +605,20 @@ class SqlAdapter:
 
     # -------------------------------------------------------------------- holds
 
-    def _kinds(self, holds: ActiveHolds, rows: Sequence[Any], refs: Sequence[bytes],
-               subject_at: int | None, srefs: Mapping[Any, bytes] | None = None,
-    ) -> dict[Any, str]:  # fmt: skip
-        """pk -> 'legal_hold' | 'restriction' for the held rows (pk first in each row).
-        ``srefs``: subject value -> reference, already computed."""
+    def _subjects(self, ds: SqlDataset, rows: Sequence[Any]) -> list[frozenset[bytes]]:
+        """Per row (pk, then the lookup columns), the references of its lookup values."""
+        return self._matcher.row_refs(rows, 1) if ds.lookups else [frozenset()] * len(rows)
+
+    @staticmethod
+    def _kinds(holds: ActiveHolds, rows: Sequence[Any], refs: Sequence[bytes],
+               subjects: Sequence[frozenset[bytes]]) -> dict[Any, str]:  # fmt: skip
+        """pk -> 'legal_hold' | 'restriction' for the held rows (pk first in each row);
+        ``subjects``: per row, the references of its lookup values."""
         if holds.empty:
             return {}
-        with_subject = subject_at is not None and bool(holds.subjects)
-        known = srefs or {}
         held: dict[Any, str] = {}
-        for row, ref in zip(rows, refs, strict=True):
-            subject = row[subject_at] if with_subject and subject_at is not None else None
-            sref = None
-            if subject is not None:
-                sref = known.get(subject) or self._subjects.ref(subject)
-            kind = holds.kind_for(ref, sref)
+        for row, ref, mine in zip(rows, refs, subjects, strict=True):
+            kind = holds.kind_for(ref, mine)
             if kind:
                 held[row[0]] = kind
         return held
@@ -630,12 +629,14 @@ class SqlAdapter:
         """pk -> hold kind for the rows matching ``cond`` that are held or restricted."""
         if holds.empty:
             return {}
-        cols = [ds.pk] + ([ds.subject] if ds.subject is not None else [])
         kinds: dict[Any, str] = {}
-        result = conn.execution_options(yield_per=SCAN_CHUNK).execute(sa.select(*cols).where(cond))
+        result = conn.execution_options(yield_per=SCAN_CHUNK).execute(
+            sa.select(ds.pk, *ds.lookups).where(cond)
+        )
         for chunk in result.partitions():
             refs = self.hasher.refs(row[0] for row in chunk)
-            kinds.update(self._kinds(holds, chunk, refs, 1 if len(cols) > 1 else None))
+            subjects = self._subjects(ds, chunk) if holds.subjects else [frozenset()] * len(chunk)
+            kinds.update(self._kinds(holds, chunk, refs, subjects))
         return kinds
 
     def due_and_unheld(
@@ -683,17 +684,14 @@ class SqlAdapter:
         return self._stage_delete(walk, opened)
 
     def _delete_rows(self, walk: _Walk, conn: Connection, cond: ColumnElement[bool]) -> _Deleted:
-        """Children first, then the records; returns the unread RETURNING (pk[, subject][,
-        object keys]) result, its columns and the child row counts."""
+        """Children first, then the records; returns the unread RETURNING (pk, lookup columns,
+        object keys) result, its columns and the child row counts."""
         children: dict[str, int] = {}
         ds = walk.ds
         parent_keys = sa.select(ds.pk).where(cond)
         for child in ds.children:
             _delete_children(conn, child, parent_keys, children)
-        returned = [ds.pk]
-        if ds.subject is not None:
-            returned.append(ds.subject)
-        returned.extend(ds.objects)
+        returned = [ds.pk, *ds.lookups, *ds.objects]
         stmt = sa.delete(ds.table).where(cond).returning(*returned)
         return conn.execute(stmt), returned, children
 
@@ -711,8 +709,7 @@ class SqlAdapter:
             if self.after_lock and attempt == 0:
                 self.after_lock(opened.no)
             holds = walk.holds()
-            subject_at = 1 if ds.subject is not None else None
-            digest = self._digest(ds, holds, _chunks(result, returned), subject_at)
+            digest = self._digest(ds, holds, _chunks(result, returned))
             if not digest.held:
                 return self._batch(opened, walk, digest, holds, children)
             skipped.update(digest.held)
@@ -726,27 +723,25 @@ class SqlAdapter:
         )
 
     def _digest(
-        self, ds: SqlDataset, holds: ActiveHolds, chunks: Iterable[Sequence[Any]],
-        subject_at: int | None,
-    ) -> _Digest:  # fmt: skip
-        """Count the rows, pack their references, find the held ones, collect the subjects and
-        the object keys of the linked files (the columns after pk and subject)."""
+        self, ds: SqlDataset, holds: ActiveHolds, chunks: Iterable[Sequence[Any]]
+    ) -> _Digest:
+        """Count the rows (pk, lookup columns, object keys), pack their references, find the
+        held ones, collect the subjects (of every lookup column) and the object keys of the
+        linked files."""
         digest = _Digest(keys={c.name: [] for c in ds.objects})
-        digest.subjects = set() if subject_at is not None else None
-        first_key = 1 + (subject_at is not None)
-        srefs: dict[Any, bytes] = {}  # each distinct subject value is hashed once
+        digest.subjects = set() if ds.lookups else None
+        first_key = 1 + len(ds.lookups)
         for chunk in chunks:
             blob = self.hasher.packed(map(itemgetter(0), chunk))
             digest.count += len(chunk)
             digest.blob += blob
-            if subject_at is not None:
-                self._subjects.add_refs(srefs, map(itemgetter(subject_at), chunk))
             if not holds.empty:
-                digest.held.update(self._kinds(holds, chunk, PackedRefs(blob), subject_at, srefs))
+                subjects = self._subjects(ds, chunk)
+                digest.held.update(self._kinds(holds, chunk, PackedRefs(blob), subjects))
+            if digest.subjects is not None:  # the batch's distinct subjects, not per row
+                digest.subjects.update(self._matcher.distinct_refs(chunk, 1))
             for i, column in enumerate(ds.objects, start=first_key):
                 digest.keys[column.name].extend(str(row[i]) for row in chunk if row[i] is not None)
-        if digest.subjects is not None:
-            digest.subjects.update(srefs.values())
         return digest
 
     def _batch(
@@ -766,14 +761,14 @@ class SqlAdapter:
     def _stage_anonymise(self, walk: _Walk, opened: _Open) -> Batch:
         """Lock the batch's rows, drop the held ones, then one set-based UPDATE for the rest."""
         conn, ds = opened.conn, walk.ds
-        cols = [ds.pk] + ([ds.subject] if ds.subject is not None else [])
-        subject_at = 1 if ds.subject is not None else None
+        cols = [ds.pk, *ds.lookups]
         for attempt in range(MAX_HOLD_RETRIES):
             locked = conn.execute(sa.select(*cols).where(opened.where).with_for_update()).all()
             if self.after_lock and attempt == 0:
                 self.after_lock(opened.no)
             holds = walk.holds()
-            held = self._kinds(holds, locked, self.hasher.refs(r[0] for r in locked), subject_at)
+            refs = self.hasher.refs(r[0] for r in locked)
+            held = self._kinds(holds, locked, refs, self._subjects(ds, locked))
             opened.skipped = held
             rows = [row for row in locked if row[0] not in held]
             stmt = (
@@ -783,7 +778,7 @@ class SqlAdapter:
             )
             updated = conn.execute(stmt).rowcount if rows else 0
             if updated == len(rows):
-                digest = self._digest(ds, ActiveHolds(), [rows], subject_at)
+                digest = self._digest(ds, ActiveHolds(), [rows])
                 return self._batch(opened, walk, digest, holds, {})
             conn.rollback()  # rows changed between lock and update (SQLite has no row locks)
             conn.begin()

@@ -1,0 +1,171 @@
+"""Finding a data subject's records through the bindings' lookup columns.
+
+A request names the person by identifiers of some kinds (`identifiers.KINDS`); a dataset
+binding declares which of its columns hold which kind (``lookup: {email: email, phone:
+mobile}``, `catalogue._Bound`). A record belongs to the person when any of its lookup values,
+normalised by its column's kind exactly as a request's identifier is (`identifiers.normalise`),
+has one of the person's keyed references. A value that does not normalise (``n/a``, a
+malformed number) matches nobody.
+
+:class:`SubjectMatcher` computes those references for source values (adapters, per batch);
+:func:`reach` tells which systems a request's identifier kinds can search at all, which
+cannot (and what identifier they need), and which activities the company runs as a processor
+for another controller (the person is referred there; data-subject requests never touch them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any
+
+from include.retention.catalogue import Catalogue, LookupColumn
+from include.retention.identifiers import (
+    LABELS,
+    InvalidIdentifier,
+    normalise_customer_id,
+    normalise_email,
+    normalise_personnummer,
+    normalise_phone,
+)
+from include.retention.pseudonym import SubjectRefHasher
+
+_NORMALISERS: dict[str, Callable[[str, dt.date | None], str]] = {
+    "email": lambda value, _: normalise_email(value),
+    "phone": lambda value, _: normalise_phone(value),
+    "personnummer": lambda value, today: normalise_personnummer(value, today=today).value,
+    "customer_id": lambda value, _: normalise_customer_id(value),
+}
+
+
+def normal_value(kind: str, value: Any, today: dt.date | None = None) -> str | None:
+    """The normal form of one source value of ``kind`` (exactly `identifiers.normalise`), or
+    None when it is no such identifier (it then matches nobody)."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    try:
+        return _NORMALISERS[kind](str(value), today)
+    except InvalidIdentifier:
+        return None
+
+
+def first_identifier(columns: Iterable[LookupColumn], fields: Mapping[str, Any]) -> str | None:
+    """The normal form of a record's first lookup value that normalises (by column order)."""
+    for column in columns:
+        found = normal_value(column.kind, fields.get(column.column))
+        if found is not None:
+            return found
+    return None
+
+
+class SubjectMatcher:
+    """Keyed subject references of source values, each normalised by its column's kind."""
+
+    def __init__(
+        self, key: bytes, columns: Sequence[LookupColumn], today: dt.date | None = None
+    ) -> None:
+        self.columns = tuple(columns)
+        self._hasher = SubjectRefHasher(key)
+        self._today = today
+
+    def refs(self, kind: str, values: Iterable[Hashable]) -> dict[Any, bytes]:
+        """Value -> reference, for each distinct value that normalises (each hashed once)."""
+        normaliser, today = _NORMALISERS[kind], self._today
+        normal: dict[Any, str] = {}
+        for value in dict.fromkeys(values):
+            if type(value) is not str and (isinstance(value, bool) or not isinstance(value, int)):
+                continue  # NULL, dates, ...: no identifier
+            try:
+                normal[value] = normaliser(str(value), today)
+            except InvalidIdentifier:
+                continue
+        return dict(zip(normal, self._hasher.refs(normal.values()), strict=True))
+
+    def row_refs(self, rows: Sequence[Sequence[Any]], first: int) -> list[frozenset[bytes]]:
+        """Per row, the references of its lookup values (the row's items ``first`` onwards,
+        in the order of :attr:`columns`)."""
+        per_column = [
+            self.refs(column.kind, (row[first + i] for row in rows))
+            for i, column in enumerate(self.columns)
+        ]
+        out = []
+        for row in rows:
+            refs = (known.get(row[first + i]) for i, known in enumerate(per_column))
+            out.append(frozenset(r for r in refs if r is not None))
+        return out
+
+    def distinct_refs(self, rows: Sequence[Sequence[Any]], first: int) -> set[bytes]:
+        """The references of every lookup value of ``rows`` (laid out as for `row_refs`),
+        without telling whose: what a batch's evidence records."""
+        found: set[bytes] = set()
+        for i, column in enumerate(self.columns):
+            found.update(self.refs(column.kind, map(itemgetter(first + i), rows)).values())
+        return found
+
+    def record_refs(self, fields: Mapping[str, Any]) -> frozenset[bytes]:
+        """The references of one record's lookup fields (by column name)."""
+        normal = (normal_value(c.kind, fields.get(c.column), self._today) for c in self.columns)
+        return frozenset(self._hasher.refs(value for value in normal if value is not None))
+
+
+# ------------------------------------------------------------------------------ reach
+
+
+@dataclass
+class Reach:
+    """Where a request's identifier kinds can find the person (no personal data: names of
+    systems, datasets and identifier kinds only)."""
+
+    searched: dict[str, list[str]] = field(default_factory=dict)  # system -> datasets
+    not_searchable: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # ^ system -> dataset -> the identifier kinds it can be searched by
+    refer: list[dict[str, str]] = field(default_factory=list)  # processor activities
+
+    def needed(self) -> dict[str, list[str]]:
+        """Per system with a dataset the request cannot search: the kinds that would."""
+        return {
+            system: sorted({k for kinds in datasets.values() for k in kinds})
+            for system, datasets in self.not_searchable.items()
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """For the task's result (an XCom) and the request register's outcome."""
+        return {
+            "systems_searched": {s: sorted(d) for s, d in sorted(self.searched.items())},
+            "systems_not_covered": {
+                system: {
+                    "datasets": sorted(self.not_searchable[system]),
+                    "give_one_of": kinds,
+                    "note": "not searchable by the identifiers given; ask the person for "
+                    + " or ".join(LABELS[k] for k in kinds),
+                }
+                for system, kinds in sorted(self.needed().items())
+            },
+            "refer_to_controller": self.refer,
+        }
+
+
+def reach(catalogue: Catalogue, kinds: Iterable[str]) -> Reach:
+    """Which datasets the identifier ``kinds`` can search, which not, and the activities run
+    as a processor (never searched: the person is referred to their controller)."""
+    given = set(kinds)
+    found = Reach()
+    lookups: dict[tuple[str, str], set[str]] = {}
+    for activity in catalogue:
+        src = activity.source
+        if activity.processor_for is not None:
+            found.refer.append({
+                "activity": activity.id, "system": src.system, "dataset": src.dataset,
+                "controller_sv": activity.processor_for.sv,
+                "controller_en": activity.processor_for.en,
+            })  # fmt: skip
+            continue
+        lookups.setdefault((src.system, src.dataset), set()).update(src.lookup)
+    for (system, dataset), declared in sorted(lookups.items()):
+        if declared & given:
+            found.searched.setdefault(system, []).append(dataset)
+        else:
+            found.not_searchable.setdefault(system, {})[dataset] = sorted(declared)
+    return found
