@@ -476,6 +476,10 @@ class Activity(_Model):
     data_categories: list[Localised] = Field(min_length=1)
     recipients: list[Localised] = Field(default_factory=list)
     transfers: list[Transfer] = Field(default_factory=list)
+    direct_marketing: bool = Field(
+        default=False,
+        description="The purpose is direct marketing: an Art. 21(2) objection stops it",
+    )
     policy_text_sv: str = Field(min_length=3, description="The policy sentence implemented")
     retention: list[RuleCase] = Field(min_length=1)
     action: Action

@@ -135,6 +135,9 @@ class RunOptions:
     # For one partition of a mapped run: the plan of the whole selection, which the safety
     # gate judges (a partition may hold every due record of the dataset).
     whole: PlanResult | None = None
+    # What the run is, when not the activity's retention (e.g. "erasure" for an Art. 17
+    # request): the run header's action. The batches still name what they did to the records.
+    purpose: str | None = None
 
 
 # ------------------------------------------------------------------------------ entry points
@@ -431,7 +434,8 @@ class _Run:
             origin["partition"] = str(selection.index)
         return RunHeader(
             activity_id=self.activity.id, system=self.adapter.system,
-            dataset=self.adapter.dataset, action=self.activity.action.kind, rules=planned.rules,
+            dataset=self.adapter.dataset, action=options.purpose or self.activity.action.kind,
+            rules=planned.rules,
             as_of=planned.as_of, cutoffs=planned.cutoffs, dry_run=options.dry_run,
             catalogue_version=options.catalogue_version, code_version=code_version(),
             approved_by=options.approved_by, origin=origin,
