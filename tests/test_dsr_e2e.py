@@ -27,6 +27,7 @@ from include.demo.airflow_stack import AirflowApi, AirflowStack, StackConfig, fr
 from include.demo.embedded_s3 import EmbeddedS3
 from include.demo.manifest import ManifestEntry
 from include.demo.run import DEPLOYMENT_SETUP, ROOT, DemoPaths, environment
+from include.demo.saas_server import SaasServer
 from include.demo.seed import place_holds, seed_demo
 from include.retention.dag_factory import dag_id_for
 from include.retention.errors import RetentionError
@@ -124,13 +125,14 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     smtp.start()
     with (
         EmbeddedS3() as s3,
+        SaasServer(root / "saas.db", secrets.token_urlsafe(24)) as saas,  # access searches it
         fresh_pg_database("rt_ctl") as control_url,
         fresh_pg_database("rt_af") as metadata_url,
     ):
-        seeded = seed_demo(AS_OF, root / "demo", s3_client=s3.client())
+        seeded = seed_demo(AS_OF, root / "demo", s3_client=s3.client(), saas_store=saas.store_path)
         control = Control.open(control_url, key.encode())
         place_holds(control.holds, seeded.hold_requests())
-        env = environment(DemoPaths(root), key, s3.endpoint_url)
+        env = environment(DemoPaths(root), key, s3.endpoint_url, saas.connection())
         env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW_") or "_CONN_" in k}
         env |= {
             "RETENTION_CONTROL_DB_URL": control_url,
@@ -220,6 +222,11 @@ def test_the_access_extract_lists_the_persons_records_everywhere(airflow: Stack)
     }  # fmt: skip
     assert expected and expected <= rows
     assert all(item["rättslig grund"] for item in doc["behandlingar"])
+    # An e-mail cannot search the answering service (phone only): said, not silently skipped;
+    # the booking system is run for the employer: referred there, never read.
+    assert [line.split(":")[0] for line in doc["ej genomsökta system"]] == ["support_desk"]
+    assert [line.split(":")[0] for line in doc["personuppgiftsbiträde"]] == ["booking"]
+    assert "booking" not in {item["källsystem"] for item in doc["behandlingar"]}
     assert (folder / "registerutdrag.pdf").read_bytes().startswith(b"%PDF")
     assert oct((folder / "registerutdrag.json").stat().st_mode & 0o777) == "0o600"
 

@@ -194,13 +194,21 @@ def _active_restrictions(runtime: DsrRuntime, refs: set[bytes]) -> dict[bytes, l
     return found
 
 
-def _reach(received: Mapping[str, Any], catalogue: Any) -> Reach:
+def identifier_kinds(received: Mapping[str, Any], runtime: DsrRuntime) -> list[str]:
+    """The kinds of identifier the request gave (from ``receive``; a request received before
+    the kinds were passed on: from the register)."""
+    if "identifier_kinds" in received:
+        return list(received["identifier_kinds"])
+    return sorted(runtime.requests.get(int(received["request_id"])).identifier_kinds)
+
+
+def _reach(received: Mapping[str, Any], runtime: DsrRuntime, catalogue: Any) -> Reach:
     """Which systems the request's identifier kinds can reach (the catalogue's valid
     activities by default); logged by name, never by identifier."""
     from include.retention.catalogue import load_valid
 
     catalogue = catalogue if catalogue is not None else load_valid()[0]
-    found = reach(catalogue, received["identifier_kinds"])
+    found = reach(catalogue, identifier_kinds(received, runtime))
     for system, kinds in sorted(found.needed().items()):
         log.warning("%s: system %s cannot be searched by the identifiers given; needs %s",
                     received["request"], system, " or ".join(kinds))  # fmt: skip
@@ -236,7 +244,7 @@ def restrict(
             runtime.holds.release(hold_id, released_by=user)
         log.info("%s: lifted restriction holds %s", received["request"], lifted)
         return {"action": "lift", "holds_released": lifted, "holds_placed": []}
-    coverage = _reach(received, catalogue).summary()
+    coverage = _reach(received, runtime, catalogue).summary()
     placed = []
     reason = f"{received['request']}: {RESTRICTION_GROUNDS[options['ground']]}"
     for subject in subjects_of(params):
@@ -290,8 +298,8 @@ def access(
     runtime = runtime or DsrRuntime()
     catalogue = catalogue if catalogue is not None else load_valid()[0]
     refs = [bytes.fromhex(r) for r in received["subject_refs"]]
-    found_reach = _reach(received, catalogue)
-    activities = access_extract.searchable(catalogue, received["identifier_kinds"])
+    found_reach = _reach(received, runtime, catalogue)
+    activities = access_extract.searchable(catalogue, identifier_kinds(received, runtime))
     found = access_extract.collect(activities, refs, runtime.key, connections)
     folder = access_extract.write(
         received["request"], found, access_extract.output_dir(), now or dt.datetime.now(dt.UTC),
