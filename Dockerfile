@@ -17,5 +17,8 @@ COPY --chown=airflow:0 include/ /opt/airflow/include/
 ENV PYTHONPATH=/opt/airflow \
     AIRFLOW__CORE__LOAD_EXAMPLES=False
 
+# The demo profile's SaaS API keeps its records here (a named volume takes this owner).
+RUN mkdir -p /opt/airflow/saas
+
 # Fail the build, not the first run, if the catalogue or the DAG file is broken.
 RUN python -m include.retention validate

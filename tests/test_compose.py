@@ -19,8 +19,9 @@ import sqlalchemy as sa
 import yaml
 
 from deploy import new_env
-from include.demo.airflow_stack import COMPONENTS
+from include.demo.airflow_stack import CELERY_CONFIG, COMPONENTS
 from include.retention.catalogue import load_catalogue
+from include.retention.identifiers import KINDS
 from include.retention.pseudonym import check_key
 from tests.dbs import PG_ADMIN_URL
 
@@ -39,7 +40,13 @@ def load(name: str) -> dict[str, Any]:
 
 COMPOSE = load("docker-compose.yaml")
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-AIRFLOW = {name: s for name, s in SERVICES.items() if s.get("image", "").startswith("${RETENTION")}
+# The Airflow services: the product image, outside the demo profile (the demo's SaaS API
+# stand-in runs from the same image).
+AIRFLOW = {
+    name: s
+    for name, s in SERVICES.items()
+    if s.get("image", "").startswith("${RETENTION") and "demo" not in s.get("profiles", [])
+}
 
 
 def env_example() -> dict[str, str]:
@@ -111,7 +118,7 @@ def test_every_service_has_a_pinned_image_and_a_health_check() -> None:
     for name, service in SERVICES.items():
         assert "healthcheck" in service and service["healthcheck"]["test"], name
         image = service["image"]
-        if name in AIRFLOW:
+        if image.startswith("${RETENTION"):  # the product image, built from this checkout
             assert service["build"] == "."
             continue
         assert re.match(r"^[a-z0-9./-]+:[0-9][\w.-]*$", image), f"{name}: {image} is not pinned"
@@ -142,6 +149,8 @@ def test_services_and_executor_match_the_local_topology() -> None:
         env = SERVICES[name]["environment"]
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://:@redis:6379/"), name
+        assert env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] == CELERY_CONFIG, name
+        assert set(env["AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES"].split(",")) == set(KINDS), name
         assert "@postgres/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], name
         assert "@control-db:5432/" in env["AIRFLOW_CONN_RETENTION_CONTROL_DB"], name
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == (
@@ -150,6 +159,22 @@ def test_services_and_executor_match_the_local_topology() -> None:
         assert env["PYTHONPATH"] == "/opt/airflow"
     assert SERVICES["airflow-apiserver"]["ports"] == ["${AIRFLOW_API_BIND:-127.0.0.1}:8080:8080"]
     assert SERVICES["flower"]["profiles"] == ["flower"]
+
+
+def test_the_demo_saas_api_serves_the_lead_crm_connection(tmp_path: Path) -> None:
+    saas = SERVICES["saas"]
+    assert saas["profiles"] == ["demo"]
+    assert saas["entrypoint"][-1] == "include.demo.saas_server"
+    port = saas["command"][saas["command"].index("--port") + 1]
+    store = saas["command"][saas["command"].index("--store") + 1]
+    volume = next(v for v in saas["volumes"] if v.startswith("saas-volume:"))
+    assert store.startswith(volume.split(":")[1] + "/")
+    assert saas["environment"]["SAAS_API_TOKEN"] == "${LEAD_CRM_API_TOKEN:?run make env}"
+    new_env.main(["--dir", str(tmp_path)])
+    values = new_env.read_values(tmp_path / "connections.env")
+    lead_crm = json.loads(values["AIRFLOW_CONN_RETENTION_LEAD_CRM"])
+    token = new_env.read_values(tmp_path / ".env")["LEAD_CRM_API_TOKEN"]
+    assert (lead_crm["host"], str(lead_crm["port"]), lead_crm["password"]) == ("saas", port, token)
 
 
 def test_dependencies_point_at_services_with_health_checks() -> None:

@@ -293,7 +293,11 @@ def test_the_identifier_is_in_no_xcom_asset_event_log_or_ledger(airflow: Stack) 
     with engine.connect() as conn:
         xcoms = [str(v) for (v,) in conn.execute(sa.text("SELECT value FROM xcom"))]
         events = [str(v) for (v,) in conn.execute(sa.text("SELECT extra FROM asset_event"))]
+        audit_rows = conn.execute(sa.text("SELECT dag_id, extra FROM log")).all()
     engine.dispose()
+    audit = [str(extra) for (_, extra) in audit_rows]
+    triggers = [str(e) for (d, e) in audit_rows if d == "dsr_restriction" and "conf" in str(e)]
+    assert triggers and all("***" in a for a in triggers)  # trigger bodies, identifiers masked
     assert any("subject_refs" in x for x in xcoms)  # the DSR runs' XComs are there
     assert any("DSR-" in e for e in events)  # and their asset events
     logs = [p for p in airflow.stack.config.home.rglob("*.log") if p.is_file()]
@@ -301,6 +305,7 @@ def test_the_identifier_is_in_no_xcom_asset_event_log_or_ledger(airflow: Stack) 
     texts = {
         "xcom": " ".join(xcoms),
         "asset events": " ".join(events),
+        "audit log": " ".join(audit),
         "ledger": " ".join(str(e.document) for e in airflow.demo.control.ledger.entries()),
         **{str(p): p.read_text(errors="replace") for p in logs},
     }

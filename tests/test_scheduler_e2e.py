@@ -266,6 +266,10 @@ def test_tasks_ran_in_the_executor_as_separate_processes(airflow: Scheduled) -> 
     celery = airflow.stack.config.celery
     expected_queue = celery.queue if celery else "default"
     assert {ti["queue"] for ti in ran} == {expected_queue}
+    # The process that forks the task processes imported their heavy libraries first.
+    forking = "celery-worker" if celery else "scheduler"
+    log = (airflow.stack.logs / f"{forking}.log").read_text(encoding="utf-8", errors="replace")
+    assert "task libraries preloaded for the task processes" in log
 
 
 def _answer(airflow: Scheduled, activity_id: str, chosen: str) -> list[ManifestEntry]:

@@ -36,6 +36,7 @@ from urllib.parse import quote
 import httpx
 
 from include.retention.errors import RetentionError
+from include.retention.identifiers import KINDS
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,11 @@ ADMIN = "admin"
 START_TIMEOUT = 180.0
 STOP_TIMEOUT = 15.0  # then whatever is left of a component is killed
 LOCAL_EXECUTOR = "include.retention.executors.LocalExecutor"
+# A data-subject request's identifiers (the dsr_* trigger forms' fields), masked like passwords
+# wherever Airflow masks secrets: the audit log keeps every trigger request's body.
+SENSITIVE_NAMES = ",".join(KINDS)
+# The Celery worker's configuration: Airflow's, with the task libraries preloaded.
+CELERY_CONFIG = "include.retention.celery_config.CELERY_CONFIG"
 _HEALTHY_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 # A metadata DB on SQLite: every component writes to one file. Writers wait for each other
 # (instead of failing with "database is locked" after 5 s) and readers don't block them (WAL).
@@ -274,6 +280,7 @@ class AirflowStack:
                 "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
                 "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": str(cfg.schedule_runs),
+                "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES": SENSITIVE_NAMES,
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                 # A stack runs for minutes on a fixed DAG folder: parse it once, not every 30 s.
                 "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
@@ -286,6 +293,7 @@ class AirflowStack:
             env["AIRFLOW__CELERY__BROKER_URL"] = cfg.celery.broker_url
             env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"] = cfg.celery.queue
             env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = str(cfg.celery.concurrency)
+            env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] = CELERY_CONFIG
         return env
 
     def _password_file(self) -> Path:

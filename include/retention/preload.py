@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from types import ModuleType
+
+log = logging.getLogger(__name__)
 
 
 def great_expectations() -> ModuleType:
@@ -29,5 +32,11 @@ def great_expectations() -> ModuleType:
 
 def task_libraries() -> None:
     """Everything heavy a retention task imports: GX (with pandas and SQLAlchemy) and boto3."""
+    started = time.monotonic()
     great_expectations()
     import boto3  # noqa: F401
+
+    log.info(
+        "task libraries preloaded for the task processes (Great Expectations, boto3) in %.1f s",
+        time.monotonic() - started,
+    )
