@@ -34,6 +34,7 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -155,16 +156,13 @@ def bare_delete(engine: sa.Engine, returning: bool = False) -> tuple[int, float]
     return deleted, time.perf_counter() - start
 
 
-def engine_delete(engine: sa.Engine, ledger_url: str, batch_size: int) -> tuple[int, float]:
-    control = Control.open(ledger_url, secrets.token_bytes(32))
+def engine_delete(engine: sa.Engine, control: Control, batch_size: int) -> tuple[int, float]:
     start = time.perf_counter()
     result = enforce(
         bench_activity(), AS_OF, source=engine, control=control, catalogue_version="bench",
         batch_size=batch_size, approved_by="bench",
     )  # fmt: skip
-    elapsed = time.perf_counter() - start
-    assert control.ledger.verify().ok
-    return result.applied, elapsed
+    return result.applied, time.perf_counter() - start
 
 
 def child_memory(rows: int, ledger_url: str, batch_size: int) -> None:
@@ -226,26 +224,87 @@ def main() -> None:
 
 
 def _compare(engine: sa.Engine, args: argparse.Namespace, tmp: Path) -> None:
-    bare, returning, ours = [], [], []
+    walls: dict[str, list[float]] = {"bare": [], "returning": [], "engine": []}
+    cpus: dict[str, list[float]] = {"bare": [], "returning": [], "engine": []}
     for i in range(args.repeats):
         expected = seed(engine, args.rows)
-        n_bare, t_bare = bare_delete(engine)
-        seed(engine, args.rows)
-        n_ret, t_ret = bare_delete(engine, returning=True)
-        seed(engine, args.rows)
         ledger_url = args.ledger_url or f"sqlite:///{tmp / f'ledger{i}.db'}"
-        n_ours, t_ours = engine_delete(engine, ledger_url, args.batch_size)
-        assert n_bare == n_ret == n_ours == expected, (n_bare, n_ret, n_ours, expected)
-        bare.append(t_bare)
-        returning.append(t_ret)
-        ours.append(t_ours)
-        print(f"rep {i + 1}: rows {n_bare:,}  bare DELETE {t_bare:.2f} s  DELETE RETURNING"
-              f" {t_ret:.2f} s  engine {t_ours:.2f} s  ratios {t_ours / t_bare:.2f}"
-              f" / {t_ours / t_ret:.2f}", flush=True)  # fmt: skip
-    mb, mr, mo = (statistics.median(t) for t in (bare, returning, ours))
+        control = Control.open(ledger_url, secrets.token_bytes(32))
+        runs = {
+            "bare": lambda e: bare_delete(e),
+            "returning": lambda e: bare_delete(e, returning=True),
+            "engine": lambda e, c=control: engine_delete(e, c, args.batch_size),
+        }
+        line = []
+        for n, (name, run) in enumerate(runs.items()):
+            if n:
+                seed(engine, args.rows)
+            with CpuMeter(engine) as meter:
+                deleted, wall = run(meter.engine)
+            assert deleted == expected, (name, deleted, expected)
+            assert name != "engine" or control.ledger.verify().ok
+            walls[name].append(wall)
+            cpus[name].append(meter.total)
+            line.append(f"{name} {wall:.2f} s ({meter})")
+        print(f"rep {i + 1}: rows {expected:,}  " + "  ".join(line)
+              + f"  load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    mb, mr, mo = (statistics.median(walls[k]) for k in ("bare", "returning", "engine"))
     print(f"median ({args.db}): table {args.rows:,} rows, deleted {expected:,}; bare DELETE"
           f" {mb:.2f} s, DELETE RETURNING keys {mr:.2f} s, engine {mo:.2f} s; ratio engine/bare"
           f" {mo / mb:.2f} (target <= 3), engine/RETURNING {mo / mr:.2f}")  # fmt: skip
+    if all(cpus["bare"]):
+        cb, cr, co = (statistics.median(cpus[k]) for k in ("bare", "returning", "engine"))
+        print(f"median CPU seconds (client + database server): bare DELETE {cb:.2f},"
+              f" DELETE RETURNING {cr:.2f}, engine {co:.2f}; CPU ratio engine/bare {co / cb:.2f},"
+              f" engine/RETURNING {co / cr:.2f}")  # fmt: skip
+
+
+class CpuMeter:
+    """CPU seconds a measurement costs on this machine, which a loaded machine distorts far
+    less than wall time: this process's (every thread) plus, on PostgreSQL, that of the
+    server backends of ``engine``'s connections (read from /proc: the server is local).
+    ``engine`` inside the block: a fresh engine on the same URL, so every connection is seen.
+    """
+
+    def __init__(self, template: sa.Engine) -> None:
+        self.engine = sa.create_engine(template.url)
+        self.pids: set[int] = set()
+        self.client = self.server = 0.0
+        if self.engine.dialect.name == "postgresql":
+            sa.event.listen(self.engine, "connect", self._record_pid)
+
+    def _record_pid(self, dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            self.pids.add(int(cursor.fetchone()[0]))
+
+    def _server_cpu(self) -> float:
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+        return total
+
+    def __enter__(self) -> CpuMeter:
+        self.engine.connect().close()  # the first backend exists before the clock starts
+        self.server = -self._server_cpu()
+        self.client = -time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client += time.process_time()
+        self.server += self._server_cpu()
+        self.engine.dispose()
+
+    @property
+    def total(self) -> float:
+        return self.client + self.server if self.pids else 0.0
+
+    def __str__(self) -> str:
+        if not self.pids:
+            return f"CPU client {self.client:.2f} s"
+        return f"CPU {self.total:.2f} s = client {self.client:.2f} + server {self.server:.2f}"
 
 
 def _memory(tmp: Path, batch_size: int) -> None:

@@ -79,6 +79,7 @@ def test_dag_shape_and_ui_metadata(dagbag):
             "plan",
             "safety_gate",
             "approve",
+            "partition",
             "enforce",
             "verify",
             "report",
@@ -100,6 +101,10 @@ def test_dag_shape_and_ui_metadata(dagbag):
         assert dag.get_task("report").trigger_rule == "all_done"
         assert len(dag.get_task("report").outlets) == 1
         assert dag.get_task("enforce").pool == "retention"
+        # one enforce per partition; any failed one fails verify (all_success) and the run
+        assert dag.get_task("enforce").is_mapped
+        assert dag.get_task("verify").trigger_rule == "all_success"
+        assert dag.get_task("partition").downstream_task_ids == {"enforce"}
         assert {t.pool for t in dag.tasks if t.task_id != "enforce"} == {"default_pool"}
         assert dag.is_paused_upon_creation is False
         assert "python -m include.retention check" in dag.doc_md

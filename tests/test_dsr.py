@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 
 from include.retention import dsr
+from include.retention.catalogue import Catalogue
 from include.retention.errors import RetentionError
 from include.retention.evidence import EvidenceReader
 from include.retention.pseudonym import subject_ref
@@ -15,6 +16,7 @@ from include.retention.suppression import SuppressionList
 from tests.dbs import DIALECTS, create_db, key_fixture  # noqa: F401 - fixtures
 
 NOW = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
+NONE = Catalogue(activities={}, version="none")  # no systems to search
 FORM = {"email": " Anna.Berg@Example.SE", "phone": "070-123 45 67", "personnummer": None}
 IDENTIFIERS = ("anna.berg@example.se", "+46701234567")
 RAW = ("anna.berg", "Anna.Berg", "070-123", "701234567", "123 45 67")
@@ -82,16 +84,16 @@ def test_a_malformed_request_changes_nothing_and_says_what_to_fix(
 def test_restriction_is_placed_once_and_lifted_as_its_own_action(runtime, key) -> None:
     form = {"action": "place", "ground": "accuracy_contested"}
     received = receive(runtime, "restriction", **form)
-    placed = dsr.restrict(received, FORM | form, user="dpo.anna", runtime=runtime)
+    placed = dsr.restrict(received, FORM | form, user="dpo.anna", runtime=runtime, catalogue=NONE)
     assert len(placed["holds_placed"]) == 2
-    again = dsr.restrict(received, FORM | form, user="dpo.anna", runtime=runtime)
+    again = dsr.restrict(received, FORM | form, user="dpo.anna", runtime=runtime, catalogue=NONE)
     assert again["holds_placed"] == []  # a retried task places nothing twice
     active = runtime.holds.active("crm", "contacts").subjects
     assert active == {subject_ref(key, i): frozenset({"restriction"}) for i in IDENTIFIERS}
 
     lift = {"action": "lift"}
     lifting = receive(runtime, "restriction", run_id="manual__2", **lift)
-    lifted = dsr.restrict(lifting, FORM | lift, user="dpo.anna", runtime=runtime)
+    lifted = dsr.restrict(lifting, FORM | lift, user="dpo.anna", runtime=runtime, catalogue=NONE)
     assert sorted(lifted["holds_released"]) == sorted(placed["holds_placed"])
     assert runtime.holds.active("crm", "contacts").subjects == {}
     kinds = [e.kind for e in EvidenceReader(runtime.engine, key).hold_events()]

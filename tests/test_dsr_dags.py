@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from airflow.sdk.definitions.param import ParamsDict
 
-from include.retention.dsr_dags import DEADLINE_DAG_ID, WORK, build_all, dag_id_for
+from include.retention.dsr_dags import DEADLINE_DAG_ID, REAPPLY_DAG_ID, WORK, build_all, dag_id_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +22,8 @@ def dags():
 
 
 def test_one_dag_per_request_kind_and_the_deadline_dag(dags) -> None:
-    assert sorted(dags) == sorted([*(dag_id_for(k) for k in WORK), DEADLINE_DAG_ID])
+    assert sorted(dags) == sorted([*(dag_id_for(k) for k in WORK), DEADLINE_DAG_ID, REAPPLY_DAG_ID])
+    assert build_all(only=REAPPLY_DAG_ID).keys() == {REAPPLY_DAG_ID}
     assert build_all(only="dsr_restriction").keys() == {"dsr_restriction"}
     assert build_all(only="retention_crm").keys() == set(dags)  # not ours: all of them
 
@@ -70,3 +71,20 @@ def test_the_form_refuses_shapes_it_can_check(dags) -> None:
     ):
         with pytest.raises(Exception, match=r"Invalid input|validat"):
             _form(dag, **bad)
+
+
+def test_the_erasure_dag_erases_between_receive_and_respond(dags) -> None:
+    dag = dags["dsr_erasure"]
+    assert dag.get_task("erase").upstream_task_ids == {"receive"}
+    assert dag.get_task("respond").upstream_task_ids == {"erase"}
+    assert _form(dag, email="anna@example.se")["email"] == "anna@example.se"
+
+
+def test_the_reapply_form_offers_the_catalogues_systems_only(dags) -> None:
+    dag = dags[REAPPLY_DAG_ID]
+    assert type(dag.timetable).__name__ == "NullTimetable" and dag.max_active_runs == 1
+    assert dag.on_failure_callback and list(dag.task_dict) == ["reapply"]
+    assert _form(dag, system="crm")["system"] == "crm"
+    assert "accounting" in dag.params.get_param("system").schema["enum"]
+    with pytest.raises(Exception, match=r"Invalid input|validat"):
+        _form(dag, system="nowhere")  # (an empty form is refused by the task: test_erasure)

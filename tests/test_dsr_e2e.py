@@ -1,12 +1,15 @@
 """Data-subject requests end to end through Airflow's real scheduler (LocalExecutor), triggered
-through the REST API as the UI's form does, on the seeded demo systems.
+through the REST API as the UI's form does, on the seeded demo systems (SQL, S3, the SaaS API).
 
 A person with a due recruitment record asks for restriction: the next retention run keeps
 their records and deletes the others that are due. A consent withdrawal puts them on the
 suppression list and a re-import of them is refused. Malformed requests are refused (by the
 form's schema at trigger time, or by ``receive``'s checks at once, without retries) and change
-nothing. The person's identifier is then searched for in every XCom, asset event, task log
-file and the ledger: it is in none of them.
+nothing. A person put in many systems asks for erasure: they are erased everywhere except
+where the bookkeeping obligation or a legal hold keeps them (recorded with the reason); then a
+backup of one system is restored (their rows come back) and ``dsr_reapply`` erases them again.
+The identifiers are then searched for in every XCom, asset event, task log file and the
+ledger: they are in none of them.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from include.demo.manifest import ManifestEntry
 from include.demo.run import DEPLOYMENT_SETUP, ROOT, DemoPaths, environment
 from include.demo.saas_server import SaasServer
 from include.demo.seed import place_holds, seed_demo
+from include.retention.catalogue import load_catalogue
 from include.retention.dag_factory import dag_id_for
 from include.retention.errors import RetentionError
 from include.retention.identifiers import normalise
 from include.retention.pseudonym import subject_ref
+from include.retention.run_record import read_run
 from include.retention.runs import Control
 from include.retention.subject_requests import RequestRegister, local_date
 from include.retention.suppression import SuppressionList
@@ -52,7 +57,19 @@ DAG_IDS = {  # the runs the tests look at, by name
     "malformed": "dsr_objection",
     "access": "dsr_access",
     "deadlines": "dsr_deadlines",
+    "erasure": "dsr_erasure",
+    "reapply": "dsr_reapply",
 }
+ERASED = "erik.manga-system@example.se"  # the erasure's person, put in many systems
+# activity -> what the erasure should do with the person's record there
+PLACES = {
+    "crm": "erased", "marketing": "erased", "newsletter": "erased",
+    "customer_support": "erased",  # report only by retention: still erased on request
+    "sales_leads": "erased",  # the SaaS API
+    "supplier_register": "legal_obligation",  # bookkeeping: kept, with the reason
+    "event_registration": "legal_hold",  # a record hold on it: kept
+}  # fmt: skip
+RESTORED = "crm"  # the system restored from a backup: its rows of the person come back
 ARRIVED_DAYS_AGO = 28  # due within the deadline mail's 7 days
 
 
@@ -74,6 +91,8 @@ class Stack:
     metadata_url: str
     mailbox: Mailbox
     person: ManifestEntry
+    saas: Any = None  # the SaaS API's Store
+    copies: dict[str, ManifestEntry] = field(default_factory=dict)  # the erased person's rows
     runs: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (run id, state)
 
     def trigger(self, name: str, conf: dict[str, Any]) -> None:
@@ -103,6 +122,57 @@ def _requests(airflow: Stack) -> None:
         "scope": "direct_marketing",
     })  # fmt: skip
     airflow.wait("retention", "withdrawal", "malformed", "access")
+    _erasure_and_restore(airflow)
+
+
+def _subject_field(activity_id: str) -> str:
+    return load_catalogue()[activity_id].source.lookup["email"]
+
+
+def _copy_for(airflow: Stack, activity_id: str) -> ManifestEntry:
+    """A copy of a seeded record of ``activity_id`` that belongs to ``ERASED`` (new key)."""
+    seeded = next(e for e in airflow.demo.manifest.for_activity(activity_id) if e.hold is None)
+    column = _subject_field(activity_id)
+    if seeded.kind == "record":
+        fields = json.loads(airflow.saas.get(seeded.dataset, str(seeded.pk)) or "{}")
+        copy_id = f"{seeded.pk}-erasure"
+        airflow.saas.upsert(seeded.dataset, [(copy_id, json.dumps(fields | {column: ERASED}))])
+        return ManifestEntry(activity_id, seeded.system, seeded.dataset, copy_id,
+                             seeded.expectation, kind="record", subject=ERASED)  # fmt: skip
+    copy = ManifestEntry(activity_id, seeded.system, seeded.dataset, int(seeded.pk) + 100_000,
+                         seeded.expectation, subject=ERASED)  # fmt: skip
+    _insert(airflow, copy, airflow.demo.row(seeded) | {column: ERASED})
+    return copy
+
+
+def _insert(airflow: Stack, entry: ManifestEntry, row: dict[str, Any]) -> None:
+    engine = sa.create_engine(airflow.demo.urls[entry.system])
+    table = sa.Table(entry.dataset, sa.MetaData(), autoload_with=engine)
+    pk = next(iter(table.primary_key.columns)).name
+    with engine.begin() as conn:
+        conn.execute(table.insert().values(row | {pk: entry.pk}))
+    engine.dispose()
+
+
+def _erasure_and_restore(airflow: Stack) -> None:
+    """The person in many systems asks for erasure; then a backup of one system is restored
+    (their rows there come back) and the erasures are re-applied to it."""
+    rows = {}
+    for activity_id in PLACES:
+        copy = _copy_for(airflow, activity_id)
+        airflow.copies[activity_id] = copy
+        if copy.kind == "row" and copy.system == RESTORED:
+            rows[activity_id] = airflow.demo.row(copy)
+    held = airflow.copies["event_registration"]
+    airflow.demo.control.holds.place_record_hold(
+        held.system, held.dataset, held.pk, kind="legal_hold", reason="dispute", placed_by="legal"
+    )
+    airflow.trigger("erasure", {"email": _spelled_differently(ERASED)})
+    airflow.wait("erasure")
+    for activity_id, row in rows.items():  # the restore brings their rows back
+        _insert(airflow, airflow.copies[activity_id], row)
+    airflow.trigger("reapply", {"system": RESTORED})
+    airflow.wait("reapply")
 
 
 def _person(entries: list[ManifestEntry]) -> ManifestEntry:
@@ -123,9 +193,10 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     mailbox, smtp_port = Mailbox(), free_port()
     smtp = Controller(mailbox, hostname="127.0.0.1", port=smtp_port)
     smtp.start()
+    saas = SaasServer(root / "saas.db", secrets.token_urlsafe(24))
     with (
         EmbeddedS3() as s3,
-        SaasServer(root / "saas.db", secrets.token_urlsafe(24)) as saas,  # access searches it
+        saas,
         fresh_pg_database("rt_ctl") as control_url,
         fresh_pg_database("rt_af") as metadata_url,
     ):
@@ -159,9 +230,10 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             api.wait_for_dags(DAG_IDS.values())
             for dag_id in DAG_IDS.values():
                 api.unpause(dag_id)
-            demo = Demo(root, seeded.manifest, seeded.urls, control, s3.client())
+            demo = Demo(root, seeded.manifest, seeded.urls, control, s3.client(), saas.store)
             person = _person(seeded.manifest.for_activity(ACTIVITY))
-            running = Stack(stack, api, demo, key.encode(), metadata_url, mailbox, person)
+            running = Stack(stack, api, demo, key.encode(), metadata_url, mailbox, person,
+                            saas.store)  # fmt: skip
             _requests(running)
             yield running
             api.close()
@@ -288,7 +360,7 @@ def _task_log(airflow: Stack, dag_id: str, run_id: str, task_id: str) -> str:
 
 def test_the_identifier_is_in_no_xcom_asset_event_log_or_ledger(airflow: Stack) -> None:
     person = airflow.person.subject
-    spellings = {person, person.upper(), normalise("email", person).value}
+    spellings = {person, person.upper(), normalise("email", person).value, ERASED, ERASED.upper()}
     engine = sa.create_engine(airflow.metadata_url)
     with engine.connect() as conn:
         xcoms = [str(v) for (v,) in conn.execute(sa.text("SELECT value FROM xcom"))]
@@ -302,6 +374,8 @@ def test_the_identifier_is_in_no_xcom_asset_event_log_or_ledger(airflow: Stack) 
     assert any("DSR-" in e for e in events)  # and their asset events
     logs = [p for p in airflow.stack.config.home.rglob("*.log") if p.is_file()]
     assert any("dag_id=dsr_restriction" in str(p) for p in logs)  # the task logs are there
+    assert any("dag_id=dsr_erasure" in str(p) for p in logs)
+    assert any("dag_id=dsr_reapply" in str(p) for p in logs)
     texts = {
         "xcom": " ".join(xcoms),
         "asset events": " ".join(events),
@@ -311,3 +385,56 @@ def test_the_identifier_is_in_no_xcom_asset_event_log_or_ledger(airflow: Stack) 
     }
     leaks = {where for where, text in texts.items() if any(s in text for s in spellings)}
     assert leaks == set()
+
+
+def _request_of(airflow: Stack, name: str) -> Any:
+    register = RequestRegister(airflow.demo.control.ledger.engine, airflow.key)
+    return next(r for r in register.requests() if r.run_id == airflow.runs[name][0])
+
+
+def test_erasure_removes_the_person_everywhere_except_recorded_exceptions(airflow: Stack) -> None:
+    assert airflow.runs["erasure"][1] == "success"
+    request = _request_of(airflow, "erasure")
+    assert (request.kind, request.status) == ("erasure", "completed")
+    result = request.outcome["steps"]["erase"]
+    for activity_id, fate in PLACES.items():
+        # (the restored system's rows came back and were erased again: gone now as well)
+        assert airflow.demo.exists(airflow.copies[activity_id]) == (fate != "erased"), activity_id
+    kept = {k["reason"]: (k["records"], k["activities"]) for k in result["kept"]}
+    assert kept == {
+        "legal_obligation": (1, ["supplier_register"]),
+        "legal_hold": (1, ["event_registration"]),
+    }
+    erased = sorted(a for a, fate in PLACES.items() if fate == "erased")
+    assert result["erased"] == len(erased)
+    assert sorted(b["activity"] for b in result["bindings"] if b["erased"]) == erased
+    # Art. 19: the recipients of the activities the person was erased from
+    catalogue = load_catalogue()
+    expected = {r.en for a in erased for r in catalogue[a].recipients}
+    assert {r["en"] for r in result["recipients_to_notify"]} == expected
+
+    # Evidence like retention: erasure runs naming the request, the person's keyed reference
+    ref = subject_ref(airflow.key, normalise("email", ERASED).value)
+    evidence = airflow.demo.control.ledger.subject_batches(ref)
+    runs = {r.run_id: r for r in airflow.demo.control.ledger.runs()}
+    first = [e for e in evidence if e.origin.get("request") == request.ref]
+    assert sorted({e.activity_id for e in first}) == erased
+    assert all(runs[e.run_id].header["action"] == "erasure" for e in evidence)
+    for run_id in {e.run_id for e in evidence}:  # each checked against its source
+        verified = read_run(airflow.demo.control.ledger, run_id).verification
+        assert verified is not None and verified["success"] is True
+    assert airflow.demo.control.ledger.verify().ok
+
+
+def test_reapply_after_a_restore_erases_them_again(airflow: Stack) -> None:
+    run_id, state = airflow.runs["reapply"]
+    assert state == "success"
+    restored = [e for a, e in airflow.copies.items() if e.system == RESTORED]
+    assert len(restored) == 2 and not any(airflow.demo.exists(e) for e in restored)
+    ledger = airflow.demo.control.ledger
+    again = [r for r in ledger.runs() if r.header["origin"].get("reapply") == RESTORED]
+    assert {r.activity_id for r in again} == {"crm", "marketing"}
+    assert all(r.header["origin"]["run_id"] == run_id for r in again)
+    assert sum(r.finished["counts"]["applied"] for r in again if r.finished) == 2
+    tis = airflow.api.task_instances("dsr_reapply", run_id)
+    assert tis["reapply"]["state"] == "success" and tis["reapply"]["try_number"] == 1

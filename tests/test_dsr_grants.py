@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 
 from include.retention import dsr
+from include.retention.catalogue import Catalogue
 from include.retention.grants import dsr_script, init_control
 from tests.dbs import key_fixture  # noqa: F401 - fixtures
 from tests.test_grants import DENIED, Setup, _refused, _set_password, setup_fixture  # noqa: F401
 
+NONE = Catalogue(activities={}, version="none")  # no systems to search
 FORM = {"email": "anna.berg@example.se", "action": "place", "ground": "legal_claims"}
 
 
@@ -20,13 +22,15 @@ def test_the_dsr_role_does_a_requests_work_and_nothing_else(setup: Setup, key: b
     runtime = dsr.DsrRuntime.of(setup.as_role(setup.control), key)
 
     received = dsr.receive("restriction", FORM, user="u", dag_id="d", run_id="r", runtime=runtime)
-    placed = dsr.restrict(received, FORM, user="u", runtime=runtime)
+    placed = dsr.restrict(received, FORM, user="u", runtime=runtime, catalogue=NONE)
     assert len(placed["holds_placed"]) == 1
     lifting = dsr.receive(
         "restriction", {**FORM, "action": "lift"}, user="u", dag_id="d", run_id="r2",
         runtime=runtime,
     )  # fmt: skip
-    lift = dsr.restrict(lifting, {**FORM, "action": "lift"}, user="u", runtime=runtime)
+    lift = dsr.restrict(
+        lifting, {**FORM, "action": "lift"}, user="u", runtime=runtime, catalogue=NONE
+    )
     assert lift["holds_released"] == placed["holds_placed"]
     withdrawal = dsr.receive("consent_withdrawal", FORM, user="u", dag_id="w", run_id="r",
                              runtime=runtime)  # fmt: skip

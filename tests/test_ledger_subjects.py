@@ -146,6 +146,31 @@ def test_subject_refs_are_hmac_sha256_of_the_normalised_identifier(key_size: int
     assert [subject_ref(key, p) for p in people] == expected
 
 
+def test_packed_and_cached_subject_refs_match_the_hmac_of_each_identifier() -> None:
+    key = secrets.token_bytes(32)
+    people = ["anna@example.com", " Anna@Example.COM", "bo@example.com", None, "bo@example.com"]
+
+    def expected(p: str) -> bytes:
+        message = b"subject\x1f" + p.strip().casefold().encode()
+        return hmac.new(key, message, hashlib.sha256).digest()[:16]
+
+    hasher = SubjectRefHasher(key)
+    named = [p for p in people if p is not None]
+    assert hasher.packed(named) == b"".join(expected(p) for p in named)
+    assert hasher.packed_normalised([b"anna@example.com"]) == expected("anna@example.com")
+    known: dict[object, bytes] = {"bo@example.com": b"x" * 16}  # already known: not hashed again
+    hasher.add_refs(known, people)
+    assert known == {
+        "anna@example.com": expected("anna@example.com"),
+        " Anna@Example.COM": expected("anna@example.com"),
+        "bo@example.com": b"x" * 16,
+    }
+    records = RecordRefHasher(key, "crm", "contacts")
+    keys: list[object] = [1, "k-2", (3, "x")]
+    assert records.packed(keys) == b"".join(records.ref(k) for k in keys)
+    assert records.ref(1) == hmac.new(key, b"crm\x1fcontacts\x1f1", hashlib.sha256).digest()[:16]
+
+
 def test_verify_is_not_fooled_by_a_run_appending_meanwhile(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -68,12 +68,16 @@ def test_source_values_are_normalised_by_their_column_kind(key) -> None:
     assert matcher.record_refs({"p": "070-123 45 67", "e": 17}) == {phone}
 
 
-def _restrict(control: Control, act, **form: str) -> dict:
+def _restrict(control: Control, act, source: Db | None = None, **form: str) -> dict:
+    """File a restriction against ``act``; ``source``: the database its binding reads (the
+    restriction searches it for the recipients to tell), else no source is searched."""
     runtime = dsr.DsrRuntime.of(control.holds.engine, control.key)
     params = {"action": "place", "ground": "legal_claims", **form}
     received = dsr.receive("restriction", params, user="dpo", dag_id="dsr_restriction",
                            run_id=f"manual__{len(form)}{sorted(form)}", runtime=runtime, now=NOW)
-    return dsr.restrict(received, params, user="dpo", runtime=runtime, catalogue=[act])
+    connections = {act.id: source.engine} if source else None
+    return dsr.restrict(received, params, user="dpo", runtime=runtime, catalogue=[act],
+                        connections=connections)  # fmt: skip
 
 
 def test_a_restriction_filed_by_phone_or_personnummer_keeps_the_records_in_a_retention_run(
@@ -81,8 +85,8 @@ def test_a_restriction_filed_by_phone_or_personnummer_keeps_the_records_in_a_ret
 ) -> None:
     seed(source_db.engine, _people(), children=False)
     act = activity(children=False, lookup=ALL_KINDS)
-    by_phone = _restrict(control, act, phone="070-123 45 67")
-    by_pnr = _restrict(control, act, personnummer="19811218-9876")
+    by_phone = _restrict(control, act, source_db, phone="070-123 45 67")
+    by_pnr = _restrict(control, act, source_db, personnummer="19811218-9876")
     for placed in (by_phone, by_pnr):
         assert placed["systems_searched"] == {"ats": ["people"]}
         assert placed["systems_not_covered"] == {} and len(placed["holds_placed"]) == 1

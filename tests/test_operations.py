@@ -132,7 +132,7 @@ def test_approval_needs_an_explicit_approve():
 
 def test_gate_branch():
     assert next_step({"needs_approval": True}) == "approve"
-    assert next_step({"needs_approval": False}) == "enforce"
+    assert next_step({"needs_approval": False}) == "partition"
 
 
 @pytest.mark.parametrize(

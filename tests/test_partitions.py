@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from include.retention import lifecycle
-from include.retention.catalogue import Activity
+from include.retention import lifecycle, operations
+from include.retention.catalogue import Activity, Catalogue, Partitioning
 from include.retention.lifecycle import Hooks, RunOptions
+from include.retention.pseudonym import RecordRefHasher
 from include.retention.runs import Control
 from include.retention.sources.base import DueAt, KeyRange
 from include.retention.sources.sql import SqlAdapter
@@ -166,3 +167,110 @@ def test_a_killed_partition_recovers_only_its_own_batch(db: Db, tmp_path: Path) 
     for pid in range(1, PEOPLE + 1):
         gone = pid not in _expected_survivors()
         assert len(control.ledger.lookup("ats", "people", pid)) == gone, pid
+
+
+# ------------------------------------------------------------------ the DAG's steps (operations)
+
+
+class _Runtime(operations.Runtime):
+    """The DAG tasks' runtime on a test source (the adapter's engine instead of a connection)."""
+
+    def __init__(self, act: Activity, control: Control, engine: sa.Engine) -> None:
+        super().__init__(Catalogue(activities={act.id: act}, version="partitions-test"))
+        self.control = control  # type: ignore[misc]  # the cached property, set directly
+        self.engine = engine
+
+    def adapter(self, activity: Activity) -> SqlAdapter:
+        return SqlAdapter(activity.source, self.control.key, self.engine)
+
+
+def _dag_steps(rt: _Runtime, act: Activity) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """plan → partition → enforce (one thread per partition, as mapped tasks run) → verify →
+    report, as the DAG wires them; (the partitions, the report)."""
+    params = {"as_of": AS_OF.isoformat(), "dry_run": False}
+    planned = operations.plan(act.id, params, AS_OF, rt, now=AS_OF)
+    parts = operations.partition(act.id, planned, None, rt)
+    results: dict[int, dict[str, Any]] = {}
+    threads = [
+        threading.Thread(target=lambda p=p: results.__setitem__(
+            p["index"], operations.enforce(act.id, planned, None, rt, part=p)))
+        for p in parts
+    ]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    enforced = [results[p["index"]] for p in parts]
+    verified = operations.verify(act.id, planned, enforced, rt)
+    assert verified["checked"] and verified["success"], verified
+    report = operations.report(
+        act.id, {"plan": planned, "enforce": enforced, "verify": verified}, rt
+    )
+    return parts, report
+
+
+def _deleted_refs(control: Control) -> set[bytes]:
+    ledger = control.ledger
+    return {ref for r in ledger.runs() for ref in ledger.applied_refs(r.run_id, "ats", "people")}
+
+
+def test_the_mapped_dag_steps_delete_exactly_what_the_single_task_run_does(tmp_path: Path) -> None:
+    single = activity(children=True)
+    mapped = single.model_copy(update={"partitioning": Partitioning(records_per_partition=SIZE)})
+    expected_gone = set(range(1, PEOPLE + 1)) - _expected_survivors()
+    dbs = {name: create_db("postgresql", tmp_path / name) for name in ("single", "mapped")}
+    try:
+        reports, controls = {}, {}
+        for name, act in (("single", single), ("mapped", mapped)):
+            db = dbs[name][0]
+            seed(db.engine, _people(), children=True)
+            _, controls[name] = _control(tmp_path, f"{name}.db")
+            parts, reports[name] = _dag_steps(_Runtime(act, controls[name], db.engine), act)
+            assert len(parts) == (1 if name == "single" else 3)
+            assert ids(db.engine) == _expected_survivors()
+            assert {pk // 10 for pk in ids(db.engine, "applications")} == _expected_survivors()
+            assert {pk // 10 for pk in ids(db.engine, "attachments")} == _expected_survivors()
+            assert reports[name]["outcome"] == "completed" and reports[name]["verified"]
+            assert len(reports[name]["ledger_run_ids"]) == len(parts)
+        hasher = RecordRefHasher(controls["single"].key, "ats", "people")
+        assert (
+            _deleted_refs(controls["single"])
+            == _deleted_refs(controls["mapped"])
+            == {hasher.ref(pk) for pk in expected_gone}
+        )
+        counts = {name: reports[name]["counts"] for name in reports}
+        assert counts["single"]["applied"] == counts["mapped"]["applied"] == len(expected_gone)
+        assert counts["mapped"]["children"] == counts["single"]["children"] == {
+            "applications": 2 * len(expected_gone), "attachments": 2 * len(expected_gone),
+        }  # fmt: skip
+        for control in controls.values():
+            assert control.ledger.verify().ok and control.ledger.pending_batches() == []
+        partitions = sorted(
+            r.header["origin"].get("partition") for r in controls["mapped"].ledger.runs()
+        )
+        assert partitions == ["0", "1", "2"]
+        assert all("partition" not in r.header["origin"] for r in controls["single"].ledger.runs())
+    finally:
+        for _, drop in dbs.values():
+            drop()
+
+
+def test_small_datasets_and_dry_runs_are_one_partition_and_the_cap_holds(
+    db: Db, tmp_path: Path
+) -> None:
+    act = _activity().model_copy(update={"partitioning": Partitioning(records_per_partition=SIZE)})
+    _, control = _control(tmp_path, "control.db")
+    rt = _Runtime(act, control, db.engine)
+    planned = operations.plan(act.id, {"as_of": AS_OF.isoformat()}, AS_OF, rt, now=AS_OF)
+    assert len(operations.partition(act.id, planned, None, rt)) == 3
+    dry = planned | {"dry_run": True}
+    assert operations.partition(act.id, dry, None, rt) == [operations.WHOLE]
+    big = act.model_copy(update={"partitioning": Partitioning(records_per_partition=PEOPLE)})
+    rt_big = _Runtime(big, control, db.engine)
+    assert operations.partition(big.id, planned, None, rt_big) == [operations.WHOLE]
+    capped = act.model_copy(
+        update={"partitioning": Partitioning(records_per_partition=1, max_partitions=2)}
+    )
+    parts = operations.partition(act.id, planned, None, _Runtime(capped, control, db.engine))
+    assert [(p["lower"], p["upper"], p["of"]) for p in parts] == [(None, 60, 2), (60, None, 2)]
+    assert control.ledger.runs() == []  # partitioning changes nothing and records nothing

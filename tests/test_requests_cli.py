@@ -9,6 +9,7 @@ import json
 import secrets
 
 import pytest
+import sqlalchemy as sa
 
 from include.retention.__main__ import main
 from include.retention.identifiers import normalise
@@ -78,3 +79,51 @@ def test_list_extend_close_and_notify(cli) -> None:
 def test_bad_arguments_are_refused(cli, args) -> None:
     code, _, err = cli(*args)
     assert code == 2 and "error" in err
+
+
+def test_recipients_lists_who_must_be_told_and_who_was(cli) -> None:
+    now = dt.datetime.now(dt.UTC)
+    request = cli.register.receive(
+        "erasure", [normalise("email", "anna@example.se")], filed_by="dpo.anna", received_at=now
+    )
+    agency = {"sv": "rekryteringsbyrå", "en": "recruitment agency"}
+    outcome = {"steps": {"erase": {"recipients_to_notify": [agency]}}, "failed_steps": []}
+    cli.register.set_status(request.id, "completed", by="airflow", outcome=outcome)
+    code, out, _ = cli("recipients", "DSR-1")
+    assert code == 0 and "recruitment agency (rekryteringsbyrå): NOT TOLD YET" in out
+    assert cli("notified", "DSR-1", "--recipient", "recruitment agency", "--by", "dpo.anna")[0] == 0
+    code, out, _ = cli("recipients", "1")
+    assert code == 0 and "NOT TOLD" not in out and "by dpo.anna" in out
+    assert [e.kind for e in cli.register.events(request.id)][-1] == "dsr_recipient_notified"
+
+
+def test_reapply_refuses_a_system_the_catalogue_does_not_have(cli) -> None:
+    code, _, err = cli("reapply", "--system", "nowhere", "--by", "ops.olle")
+    assert code == 2 and "choose one of" in err and "crm" in err and "Nothing was changed" in err
+    assert cli.register.requests() == []
+
+
+def test_reapply_erases_a_restored_persons_record_again(cli, tmp_path, monkeypatch) -> None:
+    from include.demo.databases import airflow_connection
+    from include.demo.seed import seed_sql
+
+    url = f"sqlite:///{tmp_path / 'newsletter.sqlite'}"
+    manifest = seed_sql(dt.datetime(2026, 11, 24, tzinfo=dt.UTC), {"newsletter": url})
+    monkeypatch.setenv("AIRFLOW_CONN_RETENTION_NEWSLETTER", airflow_connection(url))
+    entry = next(e for e in manifest.for_activity("newsletter") if e.hold is None and not e.due)
+    request = cli.register.receive(
+        "erasure", [normalise("email", entry.subject)], filed_by="dpo", received_at=None
+    )
+    cli.register.set_status(request.id, "completed", by="airflow")  # (its row: "restored")
+
+    code, out, err = cli("reapply", "--system", "newsletter", "--by", "ops.olle")
+    assert code == 0, err
+    assert "newsletter: 1 recorded erasure(s)" in out and "1 record(s) erased" in out
+    assert entry.subject not in out
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        pks = set(conn.execute(sa.text("SELECT id FROM recipients")).scalars())
+    engine.dispose()
+    assert entry.pk not in pks and len(pks) == len(manifest.for_activity("newsletter")) - 1
+    code, out, _ = cli("reapply", "--system", "newsletter", "--by", "ops.olle")
+    assert code == 0 and "0 record(s) erased" in out  # idempotent

@@ -44,6 +44,18 @@ def test_a_row_counts_the_runs_per_day_and_ignores_dry_runs() -> None:
     assert row.policy_gap is False and row.dag_id == "retention_recruitment"
 
 
+def test_the_last_run_shown_is_a_retention_run_and_erasures_count_as_applied() -> None:
+    activity = load_catalogue()["recruitment"]
+    runs = [
+        _run("r", "2026-11-24T01:30:00+00:00", 5, action="delete"),
+        _run("e", "2026-11-24T13:00:00+00:00", 2, action="erasure"),
+    ]
+    days = retention_status.chart_days(TODAY)
+    row = retention_status.activity_status(activity, runs, {}, days)
+    assert row.last_run is not None and row.last_run.ledger_run_id == "r"
+    assert row.total_applied == 7 and row.daily_applied[-2] == 7
+
+
 def test_an_unfinished_run_is_shown_as_running() -> None:
     activity = load_catalogue()["recruitment"]
     days = retention_status.chart_days(TODAY)

@@ -44,7 +44,7 @@ from include.demo.seed import place_holds, seed_demo
 from include.retention.audit_dag import DAG_ID as AUDIT_DAG_ID
 from include.retention.dag_factory import dag_id_for
 from include.retention.manifest import BUCKET_ENV as MANIFEST_BUCKET_ENV
-from include.retention.runs import Control
+from include.retention.runs import KILL_ENV, KILL_ONCE_ENV, Control
 from tests.dbs import fresh_pg_database
 from tests.demo_checks import Demo, edited_catalogue, readable_mail, strict_safety, survivors
 
@@ -55,7 +55,8 @@ CONF = {"as_of": AS_OF.isoformat(), "dry_run": False}
 SQL, S3, BROKEN = "recruitment", "image_bank", "chatbot"
 APPROVED, REJECTED = "demo_process", "event_registration"  # gated: a person answers
 API = "sales_leads"  # an http source: the demo's SaaS lead CRM
-ACTIVITIES = (SQL, S3, BROKEN, APPROVED, REJECTED, API)
+MAPPED, PART_SIZE = "contract_management", 4  # 25 rows, due ones first: 7 key ranges
+ACTIVITIES = (SQL, S3, BROKEN, APPROVED, REJECTED, API, MAPPED)
 ALERT_TO = "retention-alerts@example.com"
 APPROVER = "dpo.anna"
 RUN_TIMEOUT = 240.0
@@ -102,6 +103,7 @@ class Scheduled:
     demo: Demo
     mailbox: Mailbox
     runs: dict[str, str]  # activity id -> run id
+    killed: int = -1  # the partition of MAPPED whose task process is killed mid-batch
 
     def finished(self, activity_id: str) -> str:
         key = (dag_id_for(activity_id), self.runs[activity_id])
@@ -125,7 +127,7 @@ def _environment(
     root = paths.var
     env = environment(paths, key, s3.endpoint_url, saas.connection())
     env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW_") or "_CONN_" in k}
-    edits = {APPROVED: strict_safety, REJECTED: strict_safety}
+    edits = {APPROVED: strict_safety, REJECTED: strict_safety, MAPPED: _partitioned}
     catalogue = edited_catalogue(root / "policies", edits)
     smtp = {
         "conn_type": "smtp",
@@ -140,6 +142,28 @@ def _environment(
         "AIRFLOW_VAR_RETENTION_ALERT_EMAIL": ALERT_TO,
         "AIRFLOW_VAR_RETENTION_AUDIT_REPORT_LOCATION": str(root / "audit-reports"),
         MANIFEST_BUCKET_ENV: _manifest_bucket(root),
+    }
+
+
+def _partitioned(raw: dict[str, Any]) -> None:
+    raw["partitioning"] = {"records_per_partition": PART_SIZE}
+
+
+def _mapped_rows(manifest: Any) -> list[ManifestEntry]:
+    """The mapped activity's rows in key order: partition i is rows [i*PART_SIZE, ...)."""
+    return sorted(manifest.for_activity(MAPPED, kind="row"), key=lambda e: e.pk)
+
+
+def _crash_one_partition(manifest: Any, root: Path) -> tuple[int, dict[str, str]]:
+    """The partition to kill (the second one with a record to delete) and the settings that
+    make its task process SIGKILL itself once, after its first batch's evidence is written."""
+    rows = _mapped_rows(manifest)
+    due = sorted({i // PART_SIZE for i, e in enumerate(rows) if e.due})
+    assert len(due) > 1, "the mapped activity needs due records in two partitions"
+    killed = due[1]
+    return killed, {
+        KILL_ENV: f"after_prepare:1@{MAPPED}#{killed}",
+        KILL_ONCE_ENV: str(root / "partition-killed"),
     }
 
 
@@ -195,12 +219,13 @@ def airflow(
         _drop_source_tables(seeded.urls[BROKEN])
         control = Control.open(control_url, key.encode())
         place_holds(control.holds, seeded.hold_requests())
+        killed, crash = _crash_one_partition(seeded.manifest, root)
         config = StackConfig(
             home=root / "airflow",
             metadata_url=metadata_url,
             dags_folder=ROOT / "dags",
             project_root=ROOT,
-            env=_environment(paths, key, s3, saas, control_url, mailbox.port),
+            env=_environment(paths, key, s3, saas, control_url, mailbox.port) | crash,
             celery=CeleryConfig.on_local_redis() if executor == "celery" else None,
             users={"admin": "admin", APPROVER: "user"},
             parallelism=6,
@@ -213,7 +238,7 @@ def airflow(
                 api.unpause(dag_id_for(activity_id))
             runs = {a: api.trigger(dag_id_for(a), CONF) for a in ACTIVITIES}
             demo = Demo(root, seeded.manifest, seeded.urls, control, s3.client(), saas.store)
-            yield Scheduled(executor, stack, api, demo, mailbox, runs)
+            yield Scheduled(executor, stack, api, demo, mailbox, runs, killed)
             api.close()
 
 
@@ -259,8 +284,10 @@ def test_tasks_ran_in_the_executor_as_separate_processes(airflow: Scheduled) -> 
     states = {task_id: ti["state"] for task_id, ti in tis.items()}
     assert states == {
         "plan": "success", "safety_gate": "success", "approve": "skipped",
-        "enforce": "success", "verify": "success", "report": "success",
+        "partition": "success", "enforce": "success", "verify": "success", "report": "success",
     }  # fmt: skip
+    assert tis["enforce"]["map_index"] == 0  # a small dataset: one partition, the whole of it
+    assert tis["enforce"]["rendered_map_index"] == "whole dataset"
     ran = [ti for ti in tis.values() if ti["state"] == "success"]
     assert len({ti["pid"] for ti in ran}) == len(ran)  # one task process each
     celery = airflow.stack.config.celery
@@ -360,3 +387,62 @@ def test_the_daily_manifest_is_published_under_object_lock(airflow: Scheduled) -
         DemoPaths(airflow.demo.root).signing_key_file.read_text()
     )
     assert manifest.check(airflow.demo.control.ledger, [published], [signing.public()]) == []
+
+
+def test_mapped_partitions_delete_exactly_the_due_rows_and_a_killed_one_recovers(airflow):
+    """MAPPED is split into key ranges, one mapped enforce task each. One partition's task
+    process is SIGKILLed after its first batch's evidence is written (its transaction never
+    commits); its next try (cleared, as an operator would) settles that batch and only that
+    one, and the run ends with exactly the due rows gone, each with one piece of evidence."""
+    dag_id, run_id = dag_id_for(MAPPED), airflow.runs[MAPPED]
+    rows = _mapped_rows(airflow.demo.manifest)
+    count = -(-len(rows) // PART_SIZE)
+    killed = _wait_for_mapped(airflow, count)
+    assert airflow.demo.control.ledger.pending_batches(MAPPED) != []  # the dead one's batch
+    airflow.api.clear_task(dag_id, run_id, "enforce", killed)
+    assert airflow.finished(MAPPED) == "success"
+
+    tis = airflow.api.mapped_instances(dag_id, run_id, "enforce")
+    assert sorted(tis) == list(range(count))
+    assert {i: ti["state"] for i, ti in tis.items()} == dict.fromkeys(range(count), "success")
+    assert {i: ti["try_number"] for i, ti in tis.items() if i != killed} == dict.fromkeys(
+        (i for i in range(count) if i != killed), 1
+    )
+    assert tis[killed]["try_number"] == 2
+    assert tis[1]["rendered_map_index"] == f"partition 2 of {count}"
+    entries, alive = survivors(airflow.demo, MAPPED)
+    assert {e.pk for e in alive} == {e.pk for e in entries if not e.due}  # from the seed
+    for entry in rows:
+        evidence = airflow.demo.control.ledger.lookup("contracts", "contracts", entry.pk)
+        assert len(evidence) == entry.due, entry.pk
+
+    ledger = airflow.demo.control.ledger
+    runs = ledger.runs(MAPPED)
+    by_partition: dict[int, list[Any]] = {}
+    for run in runs:
+        assert run.header["origin"]["run_id"] == run_id
+        by_partition.setdefault(int(run.header["origin"]["partition"]), []).append(run)
+    assert sorted(by_partition) == list(range(count))
+    dead, retried = by_partition[killed]
+    assert (dead.finished["outcome"], retried.finished["outcome"]) == ("interrupted", "completed")
+    assert {len(r) for p, r in by_partition.items() if p != killed} == {1}
+    batches = ledger.batch_rows(activity_id=MAPPED)
+    recovered = [b for b in batches if b["recovered"]]
+    assert [(b["run_id"], b["outcome"]) for b in recovered] == [(dead.run_id, "rolled_back")]
+    assert all(b["outcome"] == "committed" for b in batches if not b["recovered"])
+    assert ledger.pending_batches() == [] and ledger.verify().ok
+
+
+def _wait_for_mapped(airflow: Scheduled, count: int, timeout: float = RUN_TIMEOUT) -> int:
+    """Wait until the killed partition's task has failed (awaiting its retry) while the
+    others succeed; returns its map index."""
+    dag_id, run_id = dag_id_for(MAPPED), airflow.runs[MAPPED]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tis = airflow.api.mapped_instances(dag_id, run_id, "enforce")
+        states = {i: ti["state"] for i, ti in tis.items()}
+        if states.get(airflow.killed) in ("up_for_retry", "failed"):
+            assert len(states) == count, states
+            return airflow.killed
+        time.sleep(1)
+    raise AssertionError(f"partition {airflow.killed} of {MAPPED} was not killed: {states}")

@@ -64,6 +64,32 @@ def test_every_record_of_one_subject_is_counted_read_and_erased(
         assert evidence.run_id == report.run_id
 
 
+def _applications(pid: int) -> list[dict[str, Any]]:
+    """Person ``pid``'s child rows as tests/dbs.py seeds them: 2 applications, 1 attachment each."""
+    return [
+        {"id": app, "person_id": pid, "title": "job",
+         "attachments": [{"id": app, "application_id": app, "filename": "cv.pdf"}]}
+        for app in (pid * 10, pid * 10 + 1)
+    ]  # fmt: skip
+
+
+def test_a_subjects_records_are_read_with_their_child_rows(source_db: Db, control: Control) -> None:
+    """Access and portability: each record with its child tables' rows, nested as bound."""
+    seed(source_db.engine, _people(), children=True)
+    with source_db.engine.begin() as conn:  # record 4 has no child rows left
+        conn.exec_driver_sql("DELETE FROM attachments WHERE application_id IN (40, 41)")
+        conn.exec_driver_sql("DELETE FROM applications WHERE person_id = 4")
+    act = activity(children=True)
+    adapter = SqlAdapter(act.source, control.key, source_db.engine)
+    anna = OfSubject({control.holds.subject_ref(ANNA)})
+    records = list(adapter.read(anna))
+    assert [r["id"] for r in records] == [1, 2, 4]
+    assert [r["applications"] for r in records] == [_applications(1), _applications(2), []]
+    assert records[0]["email"] == ANNA and records[0]["status"] == "rejected"
+    [three] = adapter.read(KeyRange(DueAt(AS_OF, tuple(act.retention)), lower=2, upper=3))
+    assert (three["id"], three["applications"]) == (3, _applications(3))
+
+
 def test_a_subject_selection_needs_a_lookup_column(source_db: Db, control: Control) -> None:
     seed(source_db.engine, _people(), children=False)
     act = activity(children=False)

@@ -1,7 +1,8 @@
 """A separate process that runs SQL enforcements on command (the concurrency tests).
 
-``python -m tests.workers`` reads one JSON command per line on stdin, runs `enforce` on the
-``people`` activity of tests/dbs.py and answers one JSON line: ``{"ok": true, "outcome":
+``python -m tests.workers`` reads one JSON command per line on stdin, runs `enforce` (or, with
+``erase``: a list of e-mails, an Art. 17 erasure of those people) on the ``people`` activity of
+tests/dbs.py and answers one JSON line: ``{"ok": true, "outcome":
 ..., "applied": ...}`` or ``{"ok": false, "error": "..."}``. A command may carry
 ``start_at`` (epoch seconds) so that two workers start at the same moment.
 """
@@ -36,6 +37,8 @@ def _run(cmd: dict[str, Any]) -> dict[str, Any]:
         act = activity(
             children=cmd.get("children", True), activity_id=cmd.get("activity_id", "recruitment")
         )
+        if cmd.get("erase"):
+            return _erase(cmd, act, source, control)
         result = enforce(
             act, AS_OF, source=source,
             control=control, catalogue_version="test", batch_size=cmd["batch_size"],
@@ -47,6 +50,20 @@ def _run(cmd: dict[str, Any]) -> dict[str, Any]:
     finally:
         source.dispose()
         control_engine.dispose()
+
+
+def _erase(cmd: dict[str, Any], act: Any, source: Any, control: Any) -> dict[str, Any]:
+    """An Art. 17 erasure of the people whose e-mails ``cmd["erase"]`` lists."""
+    from include.retention import erasure
+    from include.retention.pseudonym import subject_ref
+
+    refs = [subject_ref(control.key, email) for email in cmd["erase"]]
+    how = erasure.Erasure(
+        by="dpo", origin={"request": "DSR-1"}, catalogue_version="test",
+        batch_size=cmd["batch_size"], lease_wait=cmd.get("lease_wait"),
+    )  # fmt: skip
+    [done] = erasure.erase([act], refs, control, how, connections={act.id: source})
+    return {"ok": True, "outcome": "erasure", "applied": done.erased, "kept": dict(done.kept)}
 
 
 def main() -> None:

@@ -566,6 +566,26 @@ class AirflowApi:
         found = self.request("GET", f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id)}/taskInstances")
         return {ti["task_id"]: ti for ti in found["task_instances"]}
 
+    def mapped_instances(self, dag_id: str, run_id: str, task_id: str) -> dict[int, dict[str, Any]]:
+        """The task instances of a mapped task, by map index."""
+        found = self.request(
+            "GET", f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id)}/taskInstances",
+            params={"task_id": task_id, "limit": 1000},
+        )  # fmt: skip
+        return {
+            ti["map_index"]: ti for ti in found["task_instances"] if ti["task_id"] == task_id
+        }  # fmt: skip
+
+    def clear_task(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> None:
+        """Clear one task instance (one map index of a mapped task), as the UI's Clear button:
+        it runs again now, as its next try."""
+        target: Any = task_id if map_index < 0 else [task_id, map_index]
+        self.request(
+            "POST", f"/dags/{quote(dag_id)}/clearTaskInstances",
+            json={"dag_run_id": run_id, "task_ids": [target], "dry_run": False,
+                  "only_failed": False, "reset_dag_runs": False},
+        )  # fmt: skip
+
     def wait_for_task_state(
         self, dag_id: str, run_id: str, task_id: str, state: str, timeout: float = 120
     ) -> None:

@@ -184,8 +184,9 @@ class ActivityLine:
 
     @property
     def last(self) -> RunRecord | None:
-        """The last finished run of the period (the state it found)."""
-        finished = [r for r in self.runs if r.finished is not None]
+        """The last finished retention run of the period (the state it found; an erasure's
+        counts are one person's records, not the dataset's state)."""
+        finished = [r for r in self.runs if r.finished is not None and r.action != "erasure"]
         return finished[-1] if finished else None
 
     def state(self, name: str) -> int | None:

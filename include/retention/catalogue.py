@@ -435,6 +435,15 @@ class Safety(_Model):
     max_fraction: float | None = Field(default=0.25, gt=0, le=1)
 
 
+class Partitioning(_Model):
+    """How a large dataset is enforced in parallel: a run over more than
+    ``records_per_partition`` records is split into key ranges, each enforced by its own
+    mapped ``enforce`` task (at most ``max_partitions``: beyond that the ranges grow)."""
+
+    records_per_partition: int = Field(default=1_000_000, ge=1, strict=True)
+    max_partitions: int = Field(default=8, ge=1, le=64, strict=True)
+
+
 class SourceChecks(_Model):
     """Expectations on the source checked before anything is deleted (Great Expectations, see
     :mod:`include.retention.verification`). Shares are of the records a rule case applies to;
@@ -467,6 +476,10 @@ class Activity(_Model):
     data_categories: list[Localised] = Field(min_length=1)
     recipients: list[Localised] = Field(default_factory=list)
     transfers: list[Transfer] = Field(default_factory=list)
+    direct_marketing: bool = Field(
+        default=False,
+        description="The purpose is direct marketing: an Art. 21(2) objection stops it",
+    )
     policy_text_sv: str = Field(min_length=3, description="The policy sentence implemented")
     retention: list[RuleCase] = Field(min_length=1)
     action: Action
@@ -474,6 +487,7 @@ class Activity(_Model):
     schedule: Cron = Field(default=DEFAULT_SCHEDULE, description="Cron, Europe/Stockholm")
     safety: Safety = Field(default_factory=Safety)
     source_checks: SourceChecks = Field(default_factory=SourceChecks)
+    partitioning: Partitioning = Field(default_factory=Partitioning)
     owner: str = "data-engineering"
     assumptions: list[Assumption] = Field(
         default_factory=list, description="Readings the policy does not state, to confirm"

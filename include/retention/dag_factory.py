@@ -1,13 +1,21 @@
 """Builds one Airflow DAG per catalogue activity. Wiring only: the work is in ``operations``.
 
 plan → safety_gate ─┬─ approve (only when the volume limit trips) ─┐
-                    └─ enforce ◄──────────────────────────────────┘ → verify → report
+                    └─ partition ◄────────────────────────────────┘
+partition → enforce [mapped: one per partition] → verify → report
 
-``enforce`` writes the ledger run (also for dry runs and report-only activities, which change
-nothing) and takes a slot of the ``retention`` pool. ``approve`` defaults to Reject on
-timeout, so silence deletes nothing. ``report`` always runs (``all_done``): it records the
-rejection in the ledger and logs the summary; when a step failed it then fails itself, so the
-DAG run is failed and the failure notification goes out, else it emits an asset event.
+Every retention DAG has this one shape. ``partition`` (once) splits a SQL dataset of more than
+the activity's ``partitioning.records_per_partition`` records into primary-key ranges;
+``enforce`` is mapped over them, one task instance per range running in parallel (each its own
+ledger run, lease and recovery scope, named "partition i of n" in the UI); a smaller dataset is
+one instance named "whole dataset". ``verify`` (once) checks the whole dataset and every
+partition's evidence. ``enforce`` writes the ledger run (also for dry runs and report-only
+activities, which change nothing) and each instance takes a slot of the ``retention`` pool.
+``approve`` defaults to Reject on timeout, so silence deletes nothing. ``report`` always runs
+(``all_done``): it records the rejection in the ledger and logs the summary; when a step
+failed it then fails itself, so the DAG run is failed and the failure notification goes out,
+else it emits an asset event. A failed partition fails ``verify`` (upstream failed) and so
+``report`` and the run.
 
 Bad input (parameters, catalogue, connections: :class:`RetentionError`) fails a task at once;
 a database or object store that cannot be reached (:class:`Unavailable`) is retried.
@@ -35,7 +43,7 @@ from include.retention.register import ACTIONS, BASIS_LABELS
 TIMEZONE = "Europe/Stockholm"
 APPROVAL_TIMEOUT = dt.timedelta(hours=24)
 START_DATE = pendulum.datetime(2026, 1, 1, tz=TIMEZONE)
-STEPS = ("plan", "safety_gate", "approve", "enforce", "verify")
+STEPS = ("plan", "safety_gate", "approve", "partition", "enforce", "verify")
 FAILED_STATES = ("failed", "upstream_failed")
 T = TypeVar("T")
 
@@ -231,19 +239,24 @@ def _wire(activity: Activity) -> None:
 
         return operations.next_step(planned)
 
-    @task(
-        task_id="enforce",
-        trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
-        pool=ENFORCEMENT_POOL,
-    )
-    def enforce(planned: dict[str, Any], ti: Any = None) -> dict[str, Any]:
+    @task(task_id="partition", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    def partition(planned: dict[str, Any], ti: Any = None) -> list[dict[str, Any]]:
         from include.retention import operations
 
-        approval = ti.xcom_pull(task_ids="approve") if planned["needs_approval"] else None
-        return run_step(operations.enforce, activity_id, planned, approval)
+        return run_step(operations.partition, activity_id, planned, _approval(ti, planned))
+
+    @task(task_id="enforce", pool=ENFORCEMENT_POOL, map_index_template="{{ partition_label }}")
+    def enforce(planned: dict[str, Any], part: dict[str, Any], ti: Any = None) -> dict[str, Any]:
+        from airflow.sdk import get_current_context
+
+        from include.retention import operations
+
+        get_current_context()["partition_label"] = operations.partition_label(part)  # type: ignore[typeddict-unknown-key]
+        approval = _approval(ti, planned)
+        return run_step(operations.enforce, activity_id, planned, approval, part=part)
 
     @task(task_id="verify")
-    def verify(planned: dict[str, Any], enforced: dict[str, Any]) -> dict[str, Any]:
+    def verify(planned: dict[str, Any], enforced: Any) -> dict[str, Any]:
         from include.retention import operations
 
         return run_step(operations.verify, activity_id, planned, enforced)
@@ -272,10 +285,16 @@ def _wire(activity: Activity) -> None:
 
     # TaskFlow passes XComArgs where the functions declare the values they resolve to.
     planned: Any = plan()
-    enforced: Any = enforce(planned)
-    safety_gate(planned) >> [approve, enforced]
-    approve >> enforced
+    parts: Any = partition(planned)
+    enforced: Any = enforce.partial(planned=planned).expand(part=parts)
+    safety_gate(planned) >> [approve, parts]
+    approve >> parts
     verify(planned, enforced) >> report()
+
+
+def _approval(ti: Any, planned: dict[str, Any]) -> dict[str, Any] | None:
+    """The approval task's answer, when the run needed one."""
+    return ti.xcom_pull(task_ids="approve", map_indexes=-1) if planned["needs_approval"] else None
 
 
 def build_all(catalogue: Catalogue, only: str | None = None) -> dict[str, DAG]:

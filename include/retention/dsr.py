@@ -24,6 +24,7 @@ from include.retention.errors import RetentionError
 from include.retention.holds import HoldRegister, holds_table
 from include.retention.identifiers import KINDS, SubjectId, identify
 from include.retention.lookup import Reach, reach
+from include.retention.runs import Control
 from include.retention.subject_requests import (
     REQUEST_KINDS,
     TIMEZONE,
@@ -58,7 +59,7 @@ class DsrRuntime:
     def of(cls, engine: sa.Engine, key: bytes) -> DsrRuntime:
         """A runtime on a given control database and key (tests, the CLI)."""
         runtime = cls()
-        runtime.__dict__.update(engine=engine, key=key)
+        runtime.__dict__.update(engine=engine, key=key, control_engine=engine)
         return runtime
 
     @cached_property
@@ -80,6 +81,16 @@ class DsrRuntime:
         register = HoldRegister(self.engine, self.key)
         register.create_tables()
         return register
+
+    @cached_property
+    def control(self) -> Control:
+        """The control database as the retention workers use it (ledger, holds, leases):
+        erasure runs through the run lifecycle."""
+        return Control.open(self.control_engine, self.key)
+
+    @cached_property
+    def control_engine(self) -> sa.Engine:
+        return connections.control_engine()
 
     @cached_property
     def suppressions(self) -> SuppressionList:
@@ -225,6 +236,7 @@ def restrict(
     user: str,
     runtime: DsrRuntime | None = None,
     catalogue: Any = None,
+    connections: Any = None,
 ) -> dict[str, Any]:
     """Art. 18: place a restriction hold on the person (every retention run keeps their
     records), or lift it (its own logged action: the release is chained into the ledger).
@@ -233,8 +245,29 @@ def restrict(
     the result names the systems that can be matched that way (``systems_searched``), those
     that cannot with the identifiers given and what they need (``systems_not_covered``: ask
     the person for it and file again), and the activities run as a processor for another
-    controller (``refer_to_controller``: not claimed as protected; refer the person)."""
+    controller (``refer_to_controller``: not claimed as protected; refer the person). Either
+    way it lists the recipients of the activities holding the person's records, who must be
+    told (Art. 19)."""
     runtime = runtime or DsrRuntime()
+    catalogue = _catalogue(runtime, catalogue)
+    result = _restrict(received, params, user=user, runtime=runtime, catalogue=catalogue)
+    return result | {"recipients_to_notify": _recipients(runtime, received, catalogue, connections)}
+
+
+def _recipients(
+    runtime: DsrRuntime, received: Mapping[str, Any], catalogue: Any, connections: Any
+) -> list[dict[str, str]]:
+    from include.retention import erasure
+
+    refs = [bytes.fromhex(r) for r in received["subject_refs"]]
+    activities = erasure.subject_bindings(catalogue, kinds=received["identifier_kinds"])
+    return erasure.recipients_of(erasure.holding(activities, refs, runtime.key, connections))
+
+
+def _restrict(
+    received: Mapping[str, Any], params: Mapping[str, Any], *, user: str, runtime: DsrRuntime,
+    catalogue: Any,
+) -> dict[str, Any]:  # fmt: skip
     options = received["options"]
     refs = {bytes.fromhex(r) for r in received["subject_refs"]}
     active = _active_restrictions(runtime, refs)
@@ -315,6 +348,79 @@ def access(
     log.info("%s: %s records in %s activities; extract written to %s", received["request"],
              result["records"], len(result["activities_with_records"]), folder)  # fmt: skip
     return result
+
+
+def _catalogue(runtime: DsrRuntime, catalogue: Any) -> Any:
+    """The valid catalogue, once it is known to match the active holds."""
+    from include.retention.catalogue import load_valid
+    from include.retention.holds import check_catalogue
+
+    if catalogue is not None:
+        return catalogue
+    valid, invalid = load_valid()
+    check_catalogue(runtime.control.ledger.engine, valid, invalid)
+    return valid
+
+
+def erase(
+    received: Mapping[str, Any],
+    *,
+    user: str,
+    runtime: DsrRuntime | None = None,
+    catalogue: Any = None,
+    connections: Any = None,
+) -> dict[str, Any]:
+    """Art. 17: erase the person from every system through the run lifecycle (evidence in the
+    ledger, action ``erasure``, the request in the run's origin), except what Art. 17(3), a
+    restriction or the processor role keeps; returns what was erased and kept, why, and the
+    recipients to tell (Art. 19). Idempotent: a retried task finds what is gone gone."""
+    from include.retention import erasure
+
+    runtime = runtime or DsrRuntime()
+    catalogue = _catalogue(runtime, catalogue)
+    request = runtime.requests.get(int(received["request_id"]))
+    how = erasure.Erasure(
+        by=user, catalogue_version=catalogue.version,
+        origin={"dag_id": request.dag_id, "run_id": request.run_id, "request": request.ref,
+                "triggered_by": user},
+    )  # fmt: skip
+    refs = [bytes.fromhex(r) for r in received["subject_refs"]]
+    kinds = identifier_kinds(received, runtime)
+    outcomes = erasure.erase(
+        erasure.subject_bindings(catalogue, kinds=kinds), refs, runtime.control, how, connections
+    )
+    result = erasure.response(outcomes) | _reach(received, runtime, catalogue).summary()
+    log.info(
+        "%s: erased %s record(s) in %s of %s datasets; kept %s; recipients to tell: %s",
+        request.ref, result["erased"], sum(1 for o in outcomes if o.erased), len(outcomes),
+        {k["reason"]: k["records"] for k in result["kept"]} or "none",
+        len(result["recipients_to_notify"]),
+    )  # fmt: skip
+    return result
+
+
+def reapply(
+    system: str,
+    *,
+    user: str,
+    origin: Mapping[str, str | None],
+    runtime: DsrRuntime | None = None,
+    catalogue: Any = None,
+    connections: Any = None,
+) -> dict[str, Any]:
+    """After a backup restore of ``system``: erase again every person whose erasure the ledger
+    records and apply the suppression list, with the same exceptions and evidence."""
+    from include.retention import erasure
+
+    runtime = runtime or DsrRuntime()
+    catalogue = _catalogue(runtime, catalogue)
+    how = erasure.Erasure(
+        by=user, catalogue_version=catalogue.version,
+        origin={**origin, "reapply": system, "triggered_by": user},
+    )  # fmt: skip
+    return erasure.reapply(
+        catalogue, system, runtime.control, how, runtime.suppressions.active(), connections
+    )
 
 
 def respond(

@@ -26,6 +26,7 @@ from include.retention.subject_requests import REQUEST_KINDS
 TIMEZONE = "Europe/Stockholm"
 START_DATE = pendulum.datetime(2026, 1, 1, tz=TIMEZONE)
 DEADLINE_DAG_ID = "dsr_deadlines"
+REAPPLY_DAG_ID = "dsr_reapply"
 DEADLINE_SCHEDULE = "0 7 * * *"  # every morning, Stockholm time
 WARNING_DAYS = "{{ var.value.get('dsr_deadline_warning_days', '7') }}"
 # A personnummer as people write it; the check digit and the date are checked by `receive`.
@@ -137,8 +138,15 @@ def _access(kind: str, received: dict[str, Any], params: dict[str, Any], user: s
     return dsr.access(received)
 
 
+def _erase(kind: str, received: dict[str, Any], params: dict[str, Any], user: str) -> Any:
+    from include.retention import dsr
+
+    return dsr.erase(received, user=user)
+
+
 WORK: dict[str, tuple[str, Work]] = {
     "access": ("extract", _access),
+    "erasure": ("erase", _erase),
     "restriction": ("restrict", _restrict),
     "objection": ("suppress", _suppress),
     "consent_withdrawal": ("suppress", _suppress),
@@ -233,11 +241,75 @@ def build_deadlines() -> DAG:
     return dag
 
 
+def reapply_params() -> dict[str, Param]:
+    from include.retention.catalogue import load_valid
+    from include.retention.erasure import systems
+
+    return {
+        "system": Param(None, type="string", enum=systems(load_valid()[0]),
+                        title="Restored system / återställt system",
+                        description="The system restored from a backup: every recorded erasure"
+                        " and the suppression list are applied to it again"),
+    }  # fmt: skip
+
+
+def build_reapply() -> DAG:
+    """``dsr_reapply``: after a backup restore, erase again from the restored system everyone
+    the ledger records as erased, and apply the suppression list (triggered with the system)."""
+    with DAG(
+        dag_id=REAPPLY_DAG_ID,
+        dag_display_name="DSR: re-apply erasures after a restore",
+        description="Re-applies recorded erasures and the suppression list to a restored system",
+        doc_md=(
+            "# Re-apply erasures after a backup restore\n\nTrigger with the restored system."
+            " Every erasure the ledger records as completed (by keyed subject reference) and"
+            " the suppression list (consent-scope entries to consent-based activities,"
+            " direct-marketing objections to those and to direct-marketing activities) are"
+            " applied again to each dataset of that system, through the run lifecycle: evidence"
+            " in the ledger (action `erasure`, origin `reapply`), holds honoured, the Art."
+            " 17(3) exceptions kept. Idempotent: run it again and it finds nothing."
+        ),
+        schedule=None,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        is_paused_upon_creation=False,
+        tags=["gdpr", "dsr"],
+        params=reapply_params(),
+        default_args={"owner": "dataskydd", "retries": 2,
+                      "retry_delay": dt.timedelta(minutes=2)},
+        on_failure_callback=SmtpNotifier(
+            to=ALERT_TO, smtp_conn_id=SMTP_CONN_ID, subject=f"[dsr] {REAPPLY_DAG_ID} failed"
+        ),
+    ) as dag:  # fmt: skip
+
+        @task(task_id="reapply", outlets=[Asset(name=REAPPLY_DAG_ID, group="gdpr-dsr")])
+        def reapply(
+            params: dict[str, Any] | None = None, dag_run: Any = None, outlet_events: Any = None
+        ) -> dict[str, Any]:
+            from include.retention import dsr
+
+            origin = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id,
+                      "run_type": str(getattr(dag_run, "run_type", "") or "") or None}  # fmt: skip
+            result = run_step(
+                dsr.reapply, (params or {}).get("system"), user=dsr.filed_by(dag_run),
+                origin=origin,
+            )  # fmt: skip
+            outlet_events[Asset(name=REAPPLY_DAG_ID, group="gdpr-dsr")].extra = {
+                k: result[k] for k in ("system", "erased", "found", "erasures_recorded")
+            }
+            return result
+
+        reapply()
+    return dag
+
+
 def build_all(only: str | None = None) -> dict[str, DAG]:
     """Every DSR DAG by id (with ``only``: just that one, when it is one of them)."""
     kinds = {dag_id_for(kind): kind for kind in WORK}
-    wanted = [only] if only in kinds or only == DEADLINE_DAG_ID else [*kinds, DEADLINE_DAG_ID]
+    builders = {DEADLINE_DAG_ID: build_deadlines, REAPPLY_DAG_ID: build_reapply}
+    wanted = [only] if only in kinds or only in builders else [*kinds, *builders]
     return {
-        dag_id: build_deadlines() if dag_id == DEADLINE_DAG_ID else build_dag(kinds[dag_id])
+        dag_id: builders[dag_id]() if dag_id in builders else build_dag(kinds[dag_id])
         for dag_id in wanted
     }

@@ -21,8 +21,8 @@ the write-ahead protocol against the ledger (a different database than the sourc
 After a crash anywhere, :func:`recover` (run first by every enforcing run) settles each
 prepared batch from which of its records are present now (`SourceAdapter.present`): no record
 is changed without evidence, no evidence claims a record that is still there, and nothing is
-recorded twice. ``RETENTION_TEST_KILL_AT=<checkpoint>:<batch>`` kills the process at one of
-:data:`CHECKPOINTS` (crash tests).
+recorded twice. ``RETENTION_TEST_KILL_AT=<checkpoint>:<batch>[@<activity>[#<partition>]]``
+kills the process at one of :data:`CHECKPOINTS` (crash tests; `runs.checkpoint`).
 """
 
 from __future__ import annotations
@@ -135,6 +135,9 @@ class RunOptions:
     # For one partition of a mapped run: the plan of the whole selection, which the safety
     # gate judges (a partition may hold every due record of the dataset).
     whole: PlanResult | None = None
+    # What the run is, when not the activity's retention (e.g. "erasure" for an Art. 17
+    # request): the run header's action. The batches still name what they did to the records.
+    purpose: str | None = None
 
 
 # ------------------------------------------------------------------------------ entry points
@@ -155,8 +158,13 @@ def enforce(
     hooks: Hooks | None = None,
     clients: ClientFactory | None = None,
     lease_wait: float | None = None,
+    partition: KeyRange | None = None,
 ) -> RunReport:
     """Run the activity's retention at ``as_of`` (see the module doc).
+
+    ``partition``: run only this key range of the due records (one mapped task of a
+    partitioned run; its ``within`` is ignored): its own lease, recovery scope and ledger run,
+    gated by the plan of the whole dataset.
 
     ``source``: the source's connection (SQLAlchemy engine, boto3 client, ...) when no
     ``adapter`` is given; None: from the binding's Airflow connection. A second run of the
@@ -166,12 +174,18 @@ def enforce(
     naming the database.
     """
     check_not_early(as_of, dry_run)
+    adapter = adapter or adapter_for(activity.source, control.key, source)
+    due = DueAt(as_of, tuple(activity.retention))
+    selection: Selection = due
+    whole = None
+    if partition is not None:
+        selection = KeyRange(due, partition.lower, partition.upper, partition.index)
+        whole = plan(activity, as_of, control=control, adapter=adapter)
     options = RunOptions(
         catalogue_version, dry_run, approved_by, origin, batch_size, hooks or Hooks(), lease_wait,
-        clients,
+        clients, whole,
     )  # fmt: skip
-    adapter = adapter or adapter_for(activity.source, control.key, source)
-    return run(activity, DueAt(as_of, tuple(activity.retention)), adapter, control, options)
+    return run(activity, selection, adapter, control, options)
 
 
 def plan(
@@ -367,6 +381,12 @@ class _Run:
     def action(self) -> Action:
         return _changing(self.activity) or DeleteAction()
 
+    @property
+    def where(self) -> str:
+        """The run, as crash tests name it: the activity, and its partition if it is one."""
+        part = self.selection.index if isinstance(self.selection, KeyRange) else None
+        return self.activity.id if part is None else f"{self.activity.id}#{part}"
+
     def holds_of(self, adapter: SourceAdapter) -> HoldReader:
         return lambda: self.control.holds.active(adapter.system, adapter.dataset)
 
@@ -388,7 +408,7 @@ class _Run:
             extra=dict.fromkeys(LINKED_COUNTS, 0) if self.linked.links else {},
         )  # fmt: skip
         self.lease.bind_run(report.run_id)  # type: ignore[arg-type]
-        checkpoint("run_started", 0)
+        checkpoint("run_started", 0, self.where)
         decided = decide(activity, options.whole or planned, options.dry_run, options.approved_by)
         if decided:
             report.outcome, report.message = decided
@@ -414,7 +434,8 @@ class _Run:
             origin["partition"] = str(selection.index)
         return RunHeader(
             activity_id=self.activity.id, system=self.adapter.system,
-            dataset=self.adapter.dataset, action=self.activity.action.kind, rules=planned.rules,
+            dataset=self.adapter.dataset, action=options.purpose or self.activity.action.kind,
+            rules=planned.rules,
             as_of=planned.as_of, cutoffs=planned.cutoffs, dry_run=options.dry_run,
             catalogue_version=options.catalogue_version, code_version=code_version(),
             approved_by=options.approved_by, origin=origin,
@@ -444,11 +465,11 @@ class _Run:
             return
         if self.linked.links and batch.linked:
             self._follow_on(batch, seq)
-            checkpoint(OBJECT_CHECKPOINT, batch.no)
+            checkpoint(OBJECT_CHECKPOINT, batch.no, self.where)
         applied = adapter.apply(batch)  # if this fails the batch stays pending for recovery
-        checkpoint("after_apply", batch.no)
+        checkpoint("after_apply", batch.no, self.where)
         self._resolve(seq, batch, applied)
-        checkpoint("after_resolve", batch.no)
+        checkpoint("after_resolve", batch.no, self.where)
         _add(report, batch, applied)
         log.info(
             "batch %s: %s %s record(s) of %s/%s, %s skipped (held/restricted)%s",
@@ -466,12 +487,12 @@ class _Run:
         hooks = self.options.hooks
         for _ in range(MAX_HOLD_RETRIES):
             if main:
-                checkpoint("batch_staged", batch.no)
+                checkpoint("batch_staged", batch.no, self.where)
             if not batch.refs:
                 return batch, None
             seq = self._prepare(adapter, batch)
             if main:
-                checkpoint("after_prepare", batch.no)
+                checkpoint("after_prepare", batch.no, self.where)
                 if hooks.after_prepare:
                     hooks.after_prepare(batch.no)
             if not _held_since(batch, self.holds_of(adapter)()):

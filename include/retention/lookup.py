@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from include.retention.catalogue import Catalogue, LookupColumn
@@ -94,6 +95,14 @@ class SubjectMatcher:
             refs = (known.get(row[first + i]) for i, known in enumerate(per_column))
             out.append(frozenset(r for r in refs if r is not None))
         return out
+
+    def distinct_refs(self, rows: Sequence[Sequence[Any]], first: int) -> set[bytes]:
+        """The references of every lookup value of ``rows`` (laid out as for `row_refs`),
+        without telling whose: what a batch's evidence records."""
+        found: set[bytes] = set()
+        for i, column in enumerate(self.columns):
+            found.update(self.refs(column.kind, map(itemgetter(first + i), rows)).values())
+        return found
 
     def record_refs(self, fields: Mapping[str, Any]) -> frozenset[bytes]:
         """The references of one record's lookup fields (by column name)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,10 +28,11 @@ from include.retention.runs import (
     Control,
     PlanResult,
     check_not_early,
+    decide,
     describe_offset,
     gate_reason,
 )
-from include.retention.sources.base import SourceAdapter, adapter_for
+from include.retention.sources.base import DueAt, KeyRange, SourceAdapter, adapter_for
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +229,8 @@ def describe_plan(planned: dict[str, Any]) -> str:
 
 
 def next_step(planned: dict[str, Any]) -> str:
-    """The branch after planning: ask a person, or go straight to enforcement."""
-    return "approve" if planned["needs_approval"] else "enforce"
+    """The branch after planning: ask a person, or go straight to partitioning and enforcement."""
+    return "approve" if planned["needs_approval"] else "partition"
 
 
 def approver(approval: dict[str, Any] | None) -> str | None:
@@ -239,13 +241,63 @@ def approver(approval: dict[str, Any] | None) -> str | None:
     return str(user.get("name") or user.get("id") or "unknown approver")
 
 
+WHOLE: dict[str, Any] = {
+    "index": 0,
+    "of": 1,
+    "lower": None,
+    "upper": None,
+}  # one partition: the whole dataset
+
+
+def partition(
+    activity_id: str,
+    planned: dict[str, Any],
+    approval: dict[str, Any] | None,
+    runtime: Runtime | None = None,
+) -> list[dict[str, Any]]:
+    """The partitions the mapped ``enforce`` tasks apply, one each (start once).
+
+    A SQL dataset of more than ``partitioning.records_per_partition`` records is split into
+    primary-key ranges (at most ``max_partitions``); anything else is one partition, the whole
+    dataset, enforced exactly as an unpartitioned run (also a dry run, a report-only activity,
+    and a run the gate stops: that run records why). Before splitting, the batches earlier runs
+    left prepared are settled: their key ranges need not be today's, and a partition's recovery
+    only looks in its own range. Only integer key bounds travel as XComs.
+    """
+    if planned["dry_run"] or planned["counts"]["to_apply"] == 0:
+        return [WHOLE]
+    runtime = runtime or Runtime.load()
+    activity = runtime.activity(activity_id)
+    setting = activity.partitioning
+    if activity.source.kind != "sql" or planned["counts"]["total"] <= setting.records_per_partition:
+        return [WHOLE]
+    as_of = resolve_as_of(planned["as_of"], None)
+    control, adapter = runtime.control, runtime.adapter(activity)
+    lifecycle.recover(activity, control=control, adapter=adapter)
+    whole = lifecycle.plan(activity, as_of, control=control, adapter=adapter)
+    if decide(activity, whole, False, approver(approval)) is not None:
+        return [WHOLE]
+    size = max(setting.records_per_partition, math.ceil(whole.total / setting.max_partitions))
+    ranges = lifecycle.partitions(activity, as_of, control=control, size=size, adapter=adapter)
+    bounds = [b for r in ranges for b in (r.lower, r.upper) if b is not None]
+    if len(ranges) < 2 or not all(isinstance(b, int) for b in bounds):
+        return [WHOLE]  # text keys may be personal data: never in an XCom
+    parts = [
+        {"index": r.index, "of": len(ranges), "lower": r.lower, "upper": r.upper} for r in ranges
+    ]
+    log.info("partition %s: %s records in %s key ranges", activity_id, whole.total, len(parts))
+    return parts
+
+
 def enforce(
     activity_id: str,
     planned: dict[str, Any],
     approval: dict[str, Any] | None,
     runtime: Runtime | None = None,
+    part: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Apply the rule (or record a dry run, report-only or gated run) and write the ledger run.
+    """Apply the rule (or record a dry run, report-only or gated run) and write the ledger run;
+    ``part``: only that partition (from :func:`partition`; one of several: its own ledger run).
 
     Without a recorded approval a gated run changes nothing: the engine records it as
     ``approval_required``.
@@ -254,6 +306,11 @@ def enforce(
     check_not_early(as_of, planned["dry_run"])  # again: the approval may have taken hours
     runtime = runtime or Runtime.load()
     activity = runtime.activity(activity_id)
+    part = part or WHOLE
+    key_range = None
+    if part["of"] > 1:
+        due = DueAt(as_of, tuple(activity.retention))
+        key_range = KeyRange(due, part["lower"], part["upper"], part["index"])
     result = lifecycle.enforce(
         activity,
         as_of,
@@ -263,6 +320,7 @@ def enforce(
         dry_run=planned["dry_run"],
         approved_by=approver(approval),
         origin=planned.get("origin"),
+        partition=key_range,
     )
     summary = {
         "run_id": result.run_id,
@@ -270,12 +328,60 @@ def enforce(
         "message": result.message,
         "approved_by": result.approved_by,
         "counts": result.counts(),
+        "partition": part["index"],
+        "partitions": part["of"],
     }
     log.info(
-        "enforce %s: %s — %s; ledger run %s",
-        activity_id, result.outcome, result.message, result.run_id,
+        "enforce %s (partition %s of %s): %s — %s; ledger run %s",
+        activity_id, part["index"] + 1, part["of"], result.outcome, result.message, result.run_id,
     )  # fmt: skip
     return summary
+
+
+def partition_label(part: dict[str, Any]) -> str:
+    """How the UI names a mapped enforce task: which partition, no keys."""
+    if part["of"] == 1:
+        return "whole dataset"
+    return f"partition {part['index'] + 1} of {part['of']}"
+
+
+def combine(enforced: Any) -> dict[str, Any] | None:
+    """One result of the mapped ``enforce`` tasks (finish once): what Airflow returns for them
+    (a result, a list of results, or None) summed up; the ledger runs of every partition."""
+    if isinstance(enforced, dict) and "run_ids" in enforced:
+        return enforced  # combined already
+    results = [enforced] if isinstance(enforced, dict) else [r for r in enforced or () if r]
+    if not results:
+        return None
+    if len(results) == 1:
+        return {**results[0], "run_ids": [results[0]["run_id"]]}
+    outcomes = {r["outcome"] for r in results}
+    outcome = next(
+        (o for o in ("failed", "partial", "approval_required") if o in outcomes),
+        "completed" if "completed" in outcomes else results[0]["outcome"],
+    )
+    return {
+        "run_id": results[0]["run_id"],
+        "run_ids": [r["run_id"] for r in results],
+        "outcome": outcome,
+        "message": "; ".join(f"partition {r['partition'] + 1}: {r['message']}" for r in results),
+        "approved_by": results[0]["approved_by"],
+        "counts": _summed([r["counts"] for r in results]),
+        "partition": None,
+        "partitions": results[0]["partitions"],
+    }
+
+
+def _summed(counts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts of disjoint partitions added up (nested counts, e.g. child rows, too)."""
+    total: dict[str, Any] = {}
+    for one in counts:
+        for name, value in one.items():
+            if isinstance(value, dict):
+                total[name] = _summed([total.get(name, {}), value])
+            elif isinstance(value, int | float):
+                total[name] = total.get(name, 0) + value
+    return total
 
 
 def verify(
@@ -284,9 +390,11 @@ def verify(
     enforced: dict[str, Any],
     runtime: Runtime | None = None,
 ) -> dict[str, Any]:
-    """Prove the run's result with Great Expectations; raise if it does not hold."""
-    if enforced["outcome"] not in VERIFIED_OUTCOMES:
-        return {"checked": False, "reason": f"outcome {enforced['outcome']}: nothing changed"}
+    """Prove the run's result with Great Expectations; raise if it does not hold.
+    ``enforced``: the mapped enforce tasks' results (see :func:`combine`)."""
+    enforced = combine(enforced) or {}
+    if enforced.get("outcome") not in VERIFIED_OUTCOMES:
+        return {"checked": False, "reason": f"outcome {enforced.get('outcome')}: nothing changed"}
     from include.retention import verification
 
     runtime = runtime or Runtime.load()
@@ -294,12 +402,13 @@ def verify(
     result = verification.verify(
         activity,
         resolve_as_of(planned["as_of"], None),
-        enforced["run_id"],
+        enforced["run_ids"],
         control=runtime.control,
         adapter=runtime.adapter(activity),
     )
     stored = result.as_dict() | {"source_checks": planned.get("source_checks")}
-    runtime.control.ledger.record_verification(enforced["run_id"], activity_id, stored)
+    for run_id in enforced["run_ids"]:
+        runtime.control.ledger.record_verification(run_id, activity_id, stored)
     if not result.success:
         raise RetentionError(f"verification of {activity_id} failed: {result.as_dict()}")
     return {"checked": True, **result.as_dict()}
@@ -333,15 +442,17 @@ def report(
     """The run's summary (the asset event's extra). A rejected or unanswered approval is
     recorded in the ledger as a run that changed nothing. Raises :class:`RunFailed` after
     logging the summary when a step failed, so the DAG run is failed and alerts someone."""
+    results = {**results, "enforce": combine(results.get("enforce"))}
     planned, enforced, verified = (results.get(k) for k in ("plan", "enforce", "verify"))
     problems = failures(results, failed_steps)
     if planned is not None and enforced is None and planned["needs_approval"] and not problems:
-        enforced = enforce(activity_id, planned, None, runtime)  # records approval_required
+        enforced = combine(enforce(activity_id, planned, None, runtime))  # approval_required
     summary = {
         "activity_id": activity_id,
         "as_of": planned and planned["as_of"],
         "outcome": "failed" if problems else enforced["outcome"] if enforced else "failed",
         "ledger_run_id": enforced and enforced["run_id"],
+        "ledger_run_ids": enforced and enforced["run_ids"],
         "counts": (enforced or planned or {}).get("counts", {}),
         "verified": bool(verified and verified.get("checked")),
     }

@@ -1,10 +1,12 @@
-"""``python -m include.retention requests list|extend|status|notified``: the data-subject
-request register (Art. 12(3)) for the people who answer requests.
+"""``python -m include.retention requests list|extend|status|notified|recipients|reapply``:
+the data-subject request register (Art. 12(3)) for the people who answer requests.
 
 Requests are registered by the ``dsr_*`` DAGs; here a person lists them with their deadlines,
 extends one (by up to two more months, with the reason the person is told, while the first
 month runs), closes one by hand (e.g. refused as manifestly unfounded) and records that a
-recipient was told of an erasure, rectification or restriction (Art. 19). Requests are named
+recipient was told of an erasure, rectification or restriction (Art. 19; ``recipients`` lists
+who must be told and who was), and after a backup restore re-applies every recorded erasure
+and the suppression list to the restored system (``reapply``). Requests are named
 ``DSR-N`` (or just N). Control database and key as for ``holds`` (see `holds_cli`).
 """
 
@@ -15,7 +17,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from include.retention import connections
+from include.retention import connections, request_runs
 from include.retention.holds_cli import command_group
 from include.retention.subject_requests import (
     REQUEST_KINDS,
@@ -93,6 +95,61 @@ def _notified(args: argparse.Namespace) -> int:
     return 0
 
 
+def _forget_runs(args: argparse.Namespace) -> int:
+    before = args.before or request_runs.cutoff(args.older_than_days)
+    count = request_runs.forget_runs(before, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(
+        f"{verb} {count} finished run(s) of the dsr_* DAGs started before {before.isoformat()}"
+        " from Airflow's metadata database (their conf held the identifiers); the request"
+        " register keeps every request"
+    )
+    return 0
+
+
+def _recipients(args: argparse.Namespace) -> int:
+    """The recipients an erasure or restriction must be told of (Art. 19), and who was told."""
+    register = register_for(args)
+    request = register.get(args.request)
+    steps = (request.outcome or {}).get("steps", {})
+    wanted = {r["en"]: r for step in steps.values() for r in step.get("recipients_to_notify", [])}
+    told = {n["recipient"]: n for n in register.notices(args.request)}
+    if not wanted and not told:
+        print(f"{request.ref}: no recipient to tell (nothing erased or restricted was shared)")
+    for name in sorted(wanted.keys() | told.keys()):
+        notice = told.get(name)
+        done = (f"told {notice['notified_at']:%Y-%m-%d %H:%M} by {notice['notified_by']}"
+                if notice else "NOT TOLD YET")  # fmt: skip
+        print(f"{request.ref}  {name} ({wanted.get(name, {}).get('sv', '-')}): {done}")
+    return 0
+
+
+def _reapply(args: argparse.Namespace) -> int:
+    from include.retention import dsr
+    from include.retention.catalogue import load_valid
+    from include.retention.holds import check_catalogue
+
+    engine = connections.control_engine(args.control_db)
+    runtime = dsr.DsrRuntime.of(engine, connections.pseudonym_key())
+    catalogue, invalid = load_valid(args.catalogue)
+    check_catalogue(engine, catalogue, invalid)
+    result = dsr.reapply(
+        args.system, user=args.by, runtime=runtime, catalogue=catalogue,
+        origin={"command": "requests reapply", "run_type": "manual"},
+    )  # fmt: skip
+    kept = ", ".join(f"{k['records']} {k['reason']}" for k in result["kept"]) or "nothing"
+    print(
+        f"{args.system}: {result['erasures_recorded']} recorded erasure(s) and the suppression"
+        f" list ({result['suppressed']}) re-applied to {result['bindings_searched']} dataset(s):"
+        f" {result['erased']} record(s) erased; kept {kept}"
+    )
+    for b in result["bindings"]:
+        runs = ", ".join(b["ledger_runs"]) or "none"
+        print(f"  {b['activity']} ({b['system']}/{b['dataset']}): {b['erased']} erased,"
+              f" ledger runs {runs}")  # fmt: skip
+    return 0
+
+
 def add_commands(commands: Any) -> None:
     """Register ``requests`` and its verbs on the main parser's subcommands."""
     verbs = command_group(commands, "requests", "data-subject requests: deadlines, extensions")
@@ -125,8 +182,47 @@ def add_commands(commands: Any) -> None:
     notified.add_argument("--by", required=True)
     notified.set_defaults(run=_notified)
 
+    forget = verbs.add_parser(
+        "forget-runs",
+        help="delete finished dsr_* runs (their conf holds identifiers) from Airflow's DB",
+    )
+    when = forget.add_mutually_exclusive_group()
+    when.add_argument(
+        "--older-than-days", type=int, default=request_runs.DEFAULT_DAYS,
+        help=f"runs started this many days ago or earlier (default {request_runs.DEFAULT_DAYS})",
+    )  # fmt: skip
+    when.add_argument("--before", type=aware_time, help="ISO time with zone; default: now - days")
+    forget.add_argument("--dry-run", action="store_true", help="say what, change nothing")
+    forget.set_defaults(run=_forget_runs)
+
+    recipients = verbs.add_parser(
+        "recipients", help="the recipients to tell of an erasure (Art. 19) and who was told"
+    )
+    recipients.add_argument("request", type=request_id)
+    recipients.set_defaults(run=_recipients)
+
+    reapply = verbs.add_parser(
+        "reapply",
+        help="after a backup restore: erase again from SYSTEM every recorded erasure and apply"
+        " the suppression list (evidence in the ledger; idempotent)",
+    )
+    reapply.add_argument("--system", required=True, help="the restored system, as the catalogue"
+                         " names it (e.g. crm)")  # fmt: skip
+    reapply.add_argument("--by", required=True, help="who re-applies (the run's approver)")
+    reapply.set_defaults(run=_reapply)
+
 
 def reason_code(value: str) -> str:
     if not value.replace("_", "").isascii() or not value.replace("_", "").isalnum():
         raise argparse.ArgumentTypeError("a reason code is letters, digits and '_' only")
     return value
+
+
+def aware_time(value: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO time") from None
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{value!r} has no time zone (add +00:00)")
+    return parsed

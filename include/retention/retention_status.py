@@ -120,6 +120,8 @@ def activity_status(
     facts: DagFacts | None = None,
 ) -> ActivityStatus:
     """The row of one activity from its ledger runs (in chain order)."""
+    # The last run shown is the last retention run: an erasure's counts are one person's.
+    retention = [run for run in runs if run.header.get("action") != "erasure"]
     per_day = dict.fromkeys(days, 0)
     for run in runs:
         day = _parse_time(run.started_at).astimezone(dt.UTC).date()
@@ -134,7 +136,7 @@ def activity_status(
         rules=activity.rule_descriptions("en"),
         policy_gap=activity.policy_gap,
         schedule=activity.schedule,
-        last_run=run_row(runs[-1], verified) if runs else None,
+        last_run=run_row(retention[-1], verified) if retention else None,
         total_applied=sum(_applied(run) for run in runs),
         runs=len(runs),
         daily_applied=[per_day[day] for day in days],

@@ -24,13 +24,27 @@ from include.retention.pseudonym import check_key, pack_refs, unpack_refs
 
 log = logging.getLogger(__name__)
 
-# Test hook: "<checkpoint>:<batch_no>" makes the process SIGKILL itself there (crash tests).
+# Test hook: "<checkpoint>:<batch_no>[@<where>]" makes the process SIGKILL itself there (crash
+# tests); ``where``: only in that run (an activity id, or "<activity id>#<partition>").
 KILL_ENV = "RETENTION_TEST_KILL_AT"
+# With it, a file: only the process that creates it dies (the retry then passes the point).
+KILL_ONCE_ENV = "RETENTION_TEST_KILL_ONCE"
 
 
-def checkpoint(name: str, batch_no: int) -> None:
-    if os.environ.get(KILL_ENV) == f"{name}:{batch_no}":
-        os.kill(os.getpid(), signal.SIGKILL)
+def checkpoint(name: str, batch_no: int, where: str = "") -> None:
+    wanted = os.environ.get(KILL_ENV)
+    if not wanted:
+        return
+    point, _, scope = wanted.partition("@")
+    if point != f"{name}:{batch_no}" or scope not in ("", where):
+        return
+    once = os.environ.get(KILL_ONCE_ENV)
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)

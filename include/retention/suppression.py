@@ -105,6 +105,17 @@ class SuppressionList:
         with self.engine.connect() as conn:
             return self._active(conn, set(refs), scope)
 
+    def active(self) -> dict[str, set[bytes]]:
+        """Every active suppression: scope -> keyed references."""
+        t = suppressions_table
+        found: dict[str, set[bytes]] = {scope: set() for scope in SCOPES}
+        with self.engine.connect() as conn:
+            for ref, scope in conn.execute(
+                sa.select(t.c.subject_ref, t.c.scope).where(t.c.lifted_at.is_(None))
+            ):
+                found[scope].add(bytes(ref))
+        return found
+
     def lift(self, ref: bytes, scope: str, *, by: str, reason: str) -> int:
         """Lift the active suppressions of ``ref`` in ``scope`` (e.g. a new, recorded consent);
         how many were lifted."""

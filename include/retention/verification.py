@@ -35,7 +35,7 @@ import functools
 import itertools
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -64,6 +64,7 @@ DATASOURCES = {"sqlite": "add_sqlite", "postgresql": "add_postgres"}
 # The anchor's type is judged by SQLAlchemy's type affinity: GX 1.x compares the reflected type
 # with its dialect module's classes, and SQLite reflects DATE as a type no such class matches.
 ANCHOR_TYPES = (sa.Date, sa.DateTime)  # DATE, DATETIME, TIMESTAMP [WITH TIME ZONE], …
+RunIds = str | Sequence[str] | None  # a ledger run, or the runs of a mapped run's partitions
 # What a stored expectation result keeps: counts and shares, never values.
 RESULT_KEYS = ("observed_value", "element_count", "unexpected_count", "unexpected_percent")
 _names = itertools.count(1)  # datasources are named uniquely within the process's context
@@ -349,9 +350,7 @@ def _sql_remaining_query(
     return adapter.due_and_unheld(_due(activity, as_of), _action(activity), holds)
 
 
-def _sql_claims(
-    activity: Activity, run_id: str | None, source: Engine, control: Control
-) -> list[bool]:
+def _sql_claims(activity: Activity, run_id: RunIds, source: Engine, control: Control) -> list[bool]:
     """Per record the run claims: is the claim true in the source now?"""
     return _claims(activity, run_id, SqlAdapter(activity.source, control.key, source), control)  # type: ignore[arg-type]
 
@@ -366,12 +365,12 @@ def _action(activity: Activity) -> Action:
 
 
 def _claims(
-    activity: Activity, run_id: str | None, adapter: SourceAdapter, control: Control
+    activity: Activity, run_id: RunIds, adapter: SourceAdapter, control: Control
 ) -> list[bool]:
-    """Per record the run claims: is the claim true in the source now?"""
-    claimed = set(
-        control.ledger.applied_refs(run_id, adapter.system, adapter.dataset) if run_id else []
-    )
+    """Per record the run (every partition's run) claims: is the claim true in the source now?"""
+    runs = [run_id] if isinstance(run_id, str) else list(run_id or ())
+    system, dataset = adapter.system, adapter.dataset
+    claimed = {ref for run in runs for ref in control.ledger.applied_refs(run, system, dataset)}
     action = _action(activity)
     present = adapter.present(claimed, action)
     # delete: a claimed record must be gone; anonymise: it must be there, marked anonymised.
@@ -380,11 +379,12 @@ def _claims(
 
 
 def verify(
-    activity: Activity, as_of: dt.datetime, run_id: str | None, *, adapter: SourceAdapter,
+    activity: Activity, as_of: dt.datetime, run_id: RunIds, *, adapter: SourceAdapter,
     control: Control,
 ) -> Verification:  # fmt: skip
     """Check a finished run of any source: in the database itself for SQL sources, else
-    through the source's adapter."""
+    through the source's adapter. ``run_id``: the ledger run, or the runs of a mapped run's
+    partitions (their claims are checked together)."""
     if isinstance(adapter, SqlAdapter):
         return verify_sql(activity, as_of, run_id, source=adapter.engine, control=control)
     return verify_adapter(activity, as_of, run_id, adapter=adapter, control=control)
@@ -393,7 +393,7 @@ def verify(
 def verify_sql(
     activity: Activity,
     as_of: dt.datetime,
-    run_id: str | None,
+    run_id: RunIds,
     *,
     source: Engine,
     control: Control,
@@ -447,7 +447,7 @@ def _claims_true(claims: list[bool]) -> Any:
 
 
 def verify_adapter(
-    activity: Activity, as_of: dt.datetime, run_id: str | None, *, adapter: SourceAdapter,
+    activity: Activity, as_of: dt.datetime, run_id: RunIds, *, adapter: SourceAdapter,
     control: Control,
 ) -> Verification:  # fmt: skip
     """Check a finished run through the source's adapter: counted afresh, no due, unheld record

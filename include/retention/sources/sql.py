@@ -10,9 +10,10 @@ record makes the batch redo itself without it. ``apply`` commits. ``present`` sc
 under a shared lock, which waits for a commit still in flight, so recovery settles a prepared
 batch from what the source really holds.
 
-Cost per record beyond the DELETE itself: one HMAC in Python (~0.7 us) and 16 bytes of blob.
-On PostgreSQL the next batch's DELETE runs on a worker thread while the current batch is
-hashed and logged. Every source statement has a lock and a statement timeout
+Cost per record beyond the DELETE itself: its RETURNING row, one HMAC in Python (~0.7 us;
+another for each distinct subject of the batch) and 16 bytes of blob (see the README's
+Figures). On PostgreSQL the next batch's DELETE runs on a worker thread while the current
+batch is hashed and logged. Every source statement has a lock and a statement timeout
 (`SourceTimeouts`).
 """
 
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import Any, ClassVar
 
 import pendulum
@@ -37,7 +39,7 @@ from include.retention.errors import RetentionError
 from include.retention.holds import ActiveHolds
 from include.retention.lookup import SubjectMatcher
 from include.retention.masking import MaskStrategy, mask_key
-from include.retention.pseudonym import PackedRefs, RecordRefHasher, pack_refs
+from include.retention.pseudonym import PackedRefs, RecordRefHasher
 from include.retention.runs import name_database
 from include.retention.sources.base import (
     Action,
@@ -339,11 +341,12 @@ def _chunks(
 ) -> Iterator[Sequence[Any]]:
     """The rows of a RETURNING result, a chunk at a time (memory stays flat per batch).
 
-    On PostgreSQL, when no column needs a result processor, straight from the DBAPI cursor:
-    building SQLAlchemy Row objects costs as much as the DELETE itself for large batches.
+    On PostgreSQL and MariaDB, when no column needs a result processor, straight from the
+    DBAPI cursor: building SQLAlchemy Row objects costs as much as the DELETE itself for large
+    batches.
     """
     dialect = result.context.dialect
-    cursor = result.cursor if dialect.name == "postgresql" else None
+    cursor = result.cursor if dialect.name in ("postgresql", "mysql") else None
     if cursor is None or any(
         c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
     ):
@@ -521,15 +524,20 @@ class SqlAdapter:
         return present
 
     def read(self, selection: Selection) -> Iterator[Record]:
+        """The selected records in key order, each with its rows of the binding's child tables
+        under the child table's name (a list, in key order; grandchildren nested alike)."""
         ds = self.table_of()
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn, self.engine.connect() as children:
             limit(conn, self.timeouts)
+            limit(children, self.timeouts)  # a second connection: the records are streamed
             cond = self._selected(conn, ds, selection, None)
             result = conn.execution_options(yield_per=FETCH_CHUNK).execute(
                 sa.select(ds.table).where(cond).order_by(ds.pk)
             )
-            for row in result:
-                yield dict(row._mapping)
+            for chunk in result.partitions():
+                records = [dict(row._mapping) for row in chunk]
+                _with_children(children, ds.children, records, ds.pk.name)
+                yield from records
 
     def close(self) -> None:
         """The engine belongs to whoever made it (the connection registry or the caller)."""
@@ -729,13 +737,14 @@ class SqlAdapter:
         digest.subjects = set() if ds.lookups else None
         first_key = 1 + len(ds.lookups)
         for chunk in chunks:
-            refs = self.hasher.refs(row[0] for row in chunk)
+            blob = self.hasher.packed(map(itemgetter(0), chunk))
             digest.count += len(chunk)
-            digest.blob += pack_refs(refs)
-            subjects = self._subjects(ds, chunk)
-            if digest.subjects is not None:
-                digest.subjects.update(*subjects)
-            digest.held.update(self._kinds(holds, chunk, refs, subjects))
+            digest.blob += blob
+            if not holds.empty:
+                subjects = self._subjects(ds, chunk)
+                digest.held.update(self._kinds(holds, chunk, PackedRefs(blob), subjects))
+            if digest.subjects is not None:  # the batch's distinct subjects, not per row
+                digest.subjects.update(self._matcher.distinct_refs(chunk, 1))
             for i, column in enumerate(ds.objects, start=first_key):
                 digest.keys[column.name].extend(str(row[i]) for row in chunk if row[i] is not None)
         return digest
@@ -857,6 +866,30 @@ def _discard(opened: _Open) -> None:
         except Exception:  # the run is failing already; this batch changes nothing
             log.debug("discarded batch %s failed", opened.no)
     opened.conn.close()
+
+
+def _with_children(
+    conn: Connection, children: Sequence[ReflectedChild], records: list[dict[str, Any]], key: str
+) -> None:
+    """Add to each of ``records`` (rows whose key column is ``key``) its child rows."""
+    keys = [record[key] for record in records]
+    for child in children:
+        name = child.table.name
+        rows: list[dict[str, Any]] = []
+        if keys:
+            query = sa.select(child.table).where(child.fk.in_(keys)).order_by(child.pk)
+            rows = [dict(row._mapping) for row in conn.execute(query)]
+        _with_children(conn, child.children, rows, child.pk.name)
+        by_parent: dict[Any, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_parent.setdefault(row[child.fk.name], []).append(row)
+        for record in records:
+            if name in record:
+                raise RetentionError(
+                    f"child table {name!r} has the name of a column of its parent row: rename"
+                    " one of them to read the records with their child rows"
+                )
+            record[name] = by_parent.get(record[key], [])
 
 
 def _json_key(value: Any) -> Key:
