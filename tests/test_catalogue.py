@@ -455,3 +455,12 @@ def test_lookup_columns_and_the_processor_role_are_read_from_the_catalogue():
                                             " the recruitment)"}  # fmt: skip
     assert catalogue["booking_system"].role == "processor"
     assert catalogue["crm"].role == "controller"
+
+
+def test_the_register_names_the_controller_a_processor_activity_is_run_for(tmp_path):
+    write_register(load_catalogue(), tmp_path)
+    text = (tmp_path / "art30_register.sv.md").read_text(encoding="utf-8")
+    booking = text.split("Inbokningssystem", 1)[1].split("\n## ", 1)[0]
+    assert "Personuppgiftsbiträde åt (art. 30.2" in booking
+    assert "den rekryterande arbetsgivaren (Assessios kund i rekryteringen)" in booking
+    assert text.count("Personuppgiftsbiträde åt (art. 30.2") == 1

@@ -346,6 +346,11 @@ def test_the_access_extract_lists_the_persons_records_everywhere(airflow: Stack)
     }  # fmt: skip
     assert expected and expected <= rows
     assert all(item["rättslig grund"] for item in doc["behandlingar"])
+    # An e-mail cannot search the answering service (phone only): said, not silently skipped;
+    # the booking system is run for the employer: referred there, never read.
+    assert [line.split(":")[0] for line in doc["ej genomsökta system"]] == ["support_desk"]
+    assert [line.split(":")[0] for line in doc["personuppgiftsbiträde"]] == ["booking"]
+    assert "booking" not in {item["källsystem"] for item in doc["behandlingar"]}
     assert (folder / "registerutdrag.pdf").read_bytes().startswith(b"%PDF")
     assert oct((folder / "registerutdrag.json").stat().st_mode & 0o777) == "0o600"
 

@@ -187,3 +187,18 @@ def test_a_subject_selection_takes_every_reference_of_the_person(
 def test_every_spelling_of_a_phone_number_has_one_reference(key, value) -> None:
     matcher = SubjectMatcher(key, [LookupColumn("phone", "p")])
     assert matcher.record_refs({"p": value}) == {subject_ref(key, "+46701234567")}
+
+
+def test_a_request_received_before_the_kinds_were_passed_on_reads_them_from_the_register(
+    tmp_path, key
+) -> None:
+    control, drop = create_db("sqlite", tmp_path)
+    try:
+        runtime = dsr.DsrRuntime.of(control.engine, key)
+        received = dsr.receive("access", {"phone": "070-123 45 67", "email": "a@b.se"},
+                               user="u", dag_id="dsr_access", run_id="r", runtime=runtime,
+                               now=NOW)  # fmt: skip
+        older = {k: v for k, v in received.items() if k != "identifier_kinds"}
+        assert dsr.identifier_kinds(older, runtime) == ["email", "phone"]
+    finally:
+        drop()

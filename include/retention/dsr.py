@@ -239,13 +239,21 @@ def _active_restrictions(runtime: DsrRuntime, refs: set[bytes]) -> dict[bytes, l
     return found
 
 
-def _reach(received: Mapping[str, Any], catalogue: Any) -> Reach:
+def identifier_kinds(received: Mapping[str, Any], runtime: DsrRuntime) -> list[str]:
+    """The kinds of identifier the request gave (from ``receive``; a request received before
+    the kinds were passed on: from the register)."""
+    if "identifier_kinds" in received:
+        return list(received["identifier_kinds"])
+    return sorted(runtime.requests.get(int(received["request_id"])).identifier_kinds)
+
+
+def _reach(received: Mapping[str, Any], runtime: DsrRuntime, catalogue: Any) -> Reach:
     """Which systems the request's identifier kinds can reach (the catalogue's valid
     activities by default); logged by name, never by identifier."""
     from include.retention.catalogue import load_valid
 
     catalogue = catalogue if catalogue is not None else load_valid()[0]
-    found = reach(catalogue, received["identifier_kinds"])
+    found = reach(catalogue, identifier_kinds(received, runtime))
     for system, kinds in sorted(found.needed().items()):
         log.warning("%s: system %s cannot be searched by the identifiers given; needs %s",
                     received["request"], system, " or ".join(kinds))  # fmt: skip
@@ -303,7 +311,7 @@ def _restrict(
             runtime.holds.release(hold_id, released_by=user)
         log.info("%s: lifted restriction holds %s", received["request"], lifted)
         return {"action": "lift", "holds_released": lifted, "holds_placed": []}
-    coverage = _reach(received, catalogue).summary()
+    coverage = _reach(received, runtime, catalogue).summary()
     placed = []
     reason = f"{received['request']}: {RESTRICTION_GROUNDS[options['ground']]}"
     for subject in subjects_of(params):
@@ -383,9 +391,9 @@ def _export(
 
     runtime = runtime or DsrRuntime()
     catalogue = _catalogue(runtime, catalogue)
-    found_reach = _reach(received, catalogue)
-    activities = select(catalogue, received["identifier_kinds"])
     refs = [bytes.fromhex(r) for r in received["subject_refs"]]
+    found_reach = _reach(received, runtime, catalogue)
+    activities = select(catalogue, identifier_kinds(received, runtime))
     found = access_extract.collect(activities, refs, runtime.key, connections)
     store = store or responses.store_for(received["request"])
     where = write(received["request"], found, store, now or dt.datetime.now(dt.UTC), found_reach)
@@ -418,12 +426,12 @@ def rectify(
     plan = rectification.Rectification(
         request_id=int(received["request_id"]), request_ref=received["request"],
         refs=frozenset(bytes.fromhex(r) for r in received["subject_refs"]),
-        kinds=list(received["identifier_kinds"]),
+        kinds=list(identifier_kinds(received, runtime)),
         values=rectified_fields(params), key=runtime.key, connections=connections or {},
     )  # fmt: skip
     catalogue = _catalogue(runtime, catalogue)
     result = plan.run(catalogue, runtime.holds, runtime.requests)
-    return result | _reach(received, catalogue).summary()
+    return result | _reach(received, runtime, catalogue).summary()
 
 
 def _catalogue(runtime: DsrRuntime, catalogue: Any) -> Any:
@@ -461,11 +469,11 @@ def erase(
                 "triggered_by": user},
     )  # fmt: skip
     refs = [bytes.fromhex(r) for r in received["subject_refs"]]
-    kinds = received["identifier_kinds"]
+    kinds = identifier_kinds(received, runtime)
     outcomes = erasure.erase(
         erasure.subject_bindings(catalogue, kinds=kinds), refs, runtime.control, how, connections
     )
-    result = erasure.response(outcomes) | _reach(received, catalogue).summary()
+    result = erasure.response(outcomes) | _reach(received, runtime, catalogue).summary()
     log.info(
         "%s: erased %s record(s) in %s of %s datasets; kept %s; recipients to tell: %s",
         request.ref, result["erased"], sum(1 for o in outcomes if o.erased), len(outcomes),

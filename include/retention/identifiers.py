@@ -274,7 +274,8 @@ def _text(raw: Any, field: str) -> str:
         raise InvalidIdentifier(field, "is empty")
     if len(text) > MAX_INPUT:
         raise InvalidIdentifier(field, f"is longer than {MAX_INPUT} characters")
-    if any(unicodedata.category(c) == "Cc" for c in text):
+    # isprintable() is False for every control character (C speed; the rare rest is checked)
+    if not text.isprintable() and any(unicodedata.category(c) == "Cc" for c in text):
         raise InvalidIdentifier(field, "contains control characters (line breaks, tabs)")
     return text
 

@@ -68,7 +68,7 @@ class SubjectMatcher:
     ) -> None:
         self.columns = tuple(columns)
         self._hasher = SubjectRefHasher(key)
-        self._today = today
+        self._today = today or dt.date.today()  # once: a personnummer asks for it per value
 
     def refs(self, kind: str, values: Iterable[Hashable]) -> dict[Any, bytes]:
         """Value -> reference, for each distinct value that normalises (each hashed once)."""

@@ -85,6 +85,7 @@ _WORDS: dict[str, dict[str, str]] = {
         "action": "Åtgärd",
         "source": "System och tabell",
         "assumption": "Antagande att bekräfta",
+        "processor": "Personuppgiftsbiträde åt (art. 30.2; den registrerade hänvisas dit)",
         "gap": "Lucka i policyn",
         "gap_text": "ingen lagringstid angiven – endast rapport, ingenting raderas",
         "gaps": "Luckor i policyn (ingen lagringstid angiven – endast rapport, ingen radering)",
@@ -117,6 +118,7 @@ _WORDS: dict[str, dict[str, str]] = {
         "action": "Action",
         "source": "System and table",
         "assumption": "Assumption to confirm",
+        "processor": "Processed as a processor for (Art. 30(2); the person is referred there)",
         "gap": "Policy gap",
         "gap_text": "no retention period stated – report only, nothing is erased",
         "gaps": "Policy gaps (no retention period stated: report only, never deleted)",
@@ -178,7 +180,7 @@ class Register:
 
 _ITEM_KEYS = (
     "purpose", "basis", "subjects", "categories", "recipients", "transfers", "policy", "rule",
-    "action", "source", "assumption", "gap",
+    "action", "source", "processor", "assumption", "gap",
 )  # fmt: skip
 
 
@@ -201,6 +203,8 @@ def _items(activity: Activity, lang: Language) -> list[Item]:
         Item(w["action"], ACTIONS[lang][activity.action.kind]),
         Item(w["source"], location, code=True),
     ]
+    if activity.processor_for is not None:
+        items.append(Item(w["processor"], activity.processor_for[lang]))
     if activity.assumptions:
         text = " ".join(_assumption(a, lang) for a in activity.assumptions)
         items.append(Item(w["assumption"], text))
