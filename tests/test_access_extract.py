@@ -59,3 +59,26 @@ def test_the_extract_lists_every_record_of_the_person(tmp_path, key, monkeypatch
     assert "PERSON1@example.com" in (folder / "registerutdrag.html").read_text(encoding="utf-8")
     assert (folder / "registerutdrag.pdf").read_bytes().startswith(b"%PDF")
     assert received["subject_refs"] == [subject_ref(key, "person1@example.com").hex()]
+
+
+def test_child_rows_reach_the_json_as_plain_values() -> None:
+    from decimal import Decimal
+
+    from include.retention.access_extract import plain
+
+    record = {
+        "id": 7,
+        "applied_on": dt.date(2026, 3, 1),
+        "interviews": [
+            {"at": dt.datetime(2026, 3, 9, 10, 30, tzinfo=dt.UTC), "score": Decimal("4.5"),
+             "notes": [{"added": dt.date(2026, 3, 10), "photo": b"\x01\xff"}]},
+        ],
+    }  # fmt: skip
+    assert plain(record) == {
+        "id": 7,
+        "applied_on": "2026-03-01",
+        "interviews": [
+            {"at": "2026-03-09T10:30:00+00:00", "score": "4.5",
+             "notes": [{"added": "2026-03-10", "photo": "01ff"}]},
+        ],
+    }  # fmt: skip

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -77,6 +77,11 @@ def collect(
 
 
 def plain(value: Any) -> Any:
+    """A record's value as JSON has it; child rows (lists of mappings) are converted too."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
     if isinstance(value, Decimal):
