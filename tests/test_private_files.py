@@ -57,9 +57,11 @@ def demo_var(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         assert result.returncode == 0, result.stderr[-2000:]
         yield var
     finally:
-        pid_file = var / "s3.pid"
-        if pid_file.exists():  # the embedded S3 this fixture's demo started
-            os.kill(int(pid_file.read_text(encoding="ascii")), signal.SIGTERM)
+        for server in ("s3", "saas"):  # the embedded S3 and SaaS API this fixture's demo started
+            pid_file = var / f"{server}.pid"
+            if pid_file.exists():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid_file.read_text(encoding="ascii")), signal.SIGTERM)
 
 
 def test_demo_state_is_owner_only(demo_var):
