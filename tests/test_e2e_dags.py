@@ -318,8 +318,8 @@ def _answer_approval(dag_id: str, chosen: str, user: str, stop: threading.Event)
     from airflow.models.hitl import HITLDetail
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.trigger import handle_event_submit
+    from airflow.sdk import timezone
     from airflow.triggers.base import TriggerEvent
-    from airflow.utils import timezone
     from airflow.utils.session import create_session
     from airflow.utils.state import TaskInstanceState
 
