@@ -188,36 +188,35 @@ def purge_bucket(client: Any, bucket: str, prefix: str = "") -> int:
 # ---------------------------------------------------------------------------- standalone
 
 
-def spawn(
-    port: int = DEFAULT_PORT, host: str = DEFAULT_HOST, *, stdout: Any = None, detach: bool = False
+def spawn_server(
+    name: str, argv: list[str], url: str, *, stdout: Any = None, detach: bool = False
 ) -> subprocess.Popen[bytes]:
-    """Start the embedded S3 as a separate long-running process; returns once it answers.
+    """Start ``python argv…`` (a demo server) as its own process; returns once ``url`` answers.
 
     ``detach`` puts it in its own session, so it outlives the command that started it.
     """
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "include.demo.embedded_s3",
-            "--host",
-            host,
-            "--port",
-            str(port),
-        ],
-        env={**os.environ},
-        stdout=stdout,
-        stderr=subprocess.STDOUT if stdout is not None else None,
-        start_new_session=detach,
-    )
+        [sys.executable, *argv], env={**os.environ}, stdout=stdout,
+        stderr=subprocess.STDOUT if stdout is not None else None, start_new_session=detach,
+    )  # fmt: skip
     try:
-        wait_until_up(f"http://{host}:{port}")
+        wait_until_up(url)
     except RetentionError:
         proc.terminate()
         raise
     if proc.poll() is not None:
-        raise RetentionError(f"embedded S3 process exited at once (code {proc.returncode})")
+        raise RetentionError(f"{name} process exited at once (code {proc.returncode})")
     return proc
+
+
+def spawn(
+    port: int = DEFAULT_PORT, host: str = DEFAULT_HOST, *, stdout: Any = None, detach: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start the embedded S3 as a separate long-running process; returns once it answers."""
+    argv = ["-m", "include.demo.embedded_s3", "--host", host, "--port", str(port)]
+    return spawn_server(
+        "embedded S3", argv, f"http://{host}:{port}", stdout=stdout, detach=detach
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from include.demo.embedded_s3 import ServedInThread, wait_until_up
+from include.demo.embedded_s3 import ServedInThread, spawn_server, wait_until_up
 from include.retention.errors import RetentionError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -362,20 +362,9 @@ def spawn(
     stdout: Any = None, detach: bool = False,
 ) -> subprocess.Popen[bytes]:  # fmt: skip
     """Start the API as a separate long-running process; returns once it answers."""
-    args = [sys.executable, "-m", "include.demo.saas_server", "--host", host, "--port", str(port),
+    argv = ["-m", "include.demo.saas_server", "--host", host, "--port", str(port),
             "--store", str(store), "--token-file", str(token_file)]  # fmt: skip
-    proc = subprocess.Popen(
-        args, stdout=stdout, stderr=subprocess.STDOUT if stdout is not None else None,
-        start_new_session=detach,
-    )  # fmt: skip
-    try:
-        wait_until_up(f"http://{host}:{port}")
-    except RetentionError:
-        proc.terminate()
-        raise
-    if proc.poll() is not None:
-        raise RetentionError(f"SaaS API process exited at once (code {proc.returncode})")
-    return proc
+    return spawn_server("SaaS API", argv, f"http://{host}:{port}", stdout=stdout, detach=detach)
 
 
 def main(argv: list[str] | None = None) -> int:
