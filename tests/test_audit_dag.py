@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pendulum
 import pytest
 import sqlalchemy as sa
 
@@ -32,8 +33,10 @@ from tests.audit_ledger import applied_from_rows, raw_rows
 from tests.dbs import AS_OF, activity, old, person, recent, seed
 from tests.s3 import new_bucket, s3_fixture, s3_server_fixture  # noqa: F401
 
-NOVEMBER = {"from": "2026-11-01", "to": "2026-11-30"}
-STEM = "retention-report-2026-11-01-2026-11-30"
+# The period holds the fixture's run, recorded now (a day's margin for a run across midnight).
+_TODAY = pendulum.now("Europe/Stockholm").date()
+PERIOD = {"from": str(_TODAY - dt.timedelta(days=30)), "to": str(_TODAY + dt.timedelta(days=1))}
+STEM = f"retention-report-{PERIOD['from']}-{PERIOD['to']}"
 FILES = sorted(f"{STEM}.{lang}.{fmt}" for lang in ("sv", "en") for fmt in ("html", "pdf", "csv"))
 
 
@@ -104,8 +107,9 @@ def test_bad_location_is_refused(raw):
 def test_publish_to_an_s3_prefix(ledger_url, s3):
     bucket = new_bucket(s3, "reports")
     location = Location.parse(f"s3://{bucket}/audit/weekly/")
+    first, last = (dt.date.fromisoformat(PERIOD[end]) for end in ("from", "to"))
     summary = publish(
-        dt.date(2026, 11, 1), dt.date(2026, 11, 30), location, ledger=open_ledger(ledger_url),
+        first, last, location, ledger=open_ledger(ledger_url),
         catalogue=load_valid()[0], client=lambda: s3,
     )  # fmt: skip
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="audit/weekly/")["Contents"]
@@ -130,7 +134,7 @@ def test_a_broken_ledger_fails_the_task_after_writing_the_report(ledger_url, tmp
     monkeypatch.setenv("RETENTION_CONTROL_DB_URL", ledger_url)
     folder = tmp_path / "reports"
     with pytest.raises(RetentionError, match="chain is broken"):
-        publish_task(NOVEMBER, dt.datetime(2026, 12, 1, tzinfo=dt.UTC), str(folder))
+        publish_task(PERIOD, dt.datetime(2026, 12, 1, tzinfo=dt.UTC), str(folder))
     assert sorted(p.name for p in folder.iterdir()) == FILES
     page = (folder / f"{STEM}.en.html").read_text(encoding="utf-8")
     assert "BROKEN at entry" in page
@@ -152,7 +156,7 @@ def test_dag_runs_through_airflow_and_writes_owner_only_files(
     dag = build_audit_dag()
     for task in dag.tasks:
         task.retries = 0
-    run = dag.test(run_conf=NOVEMBER)
+    run = dag.test(run_conf=PERIOD)
     assert run.state == "success"
     assert sorted(p.name for p in folder.iterdir()) == FILES
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700

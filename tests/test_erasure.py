@@ -8,6 +8,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import pendulum
 import pytest
 import sqlalchemy as sa
 
@@ -259,7 +260,7 @@ def test_the_audit_report_counts_an_erasure_as_a_verified_run_not_as_the_state(
     recruitment = world["catalogue"]["recruitment"]
     enforce(recruitment, AS_OF, control=control, catalogue_version="test", source=world["ats"])
     _erase(world, _request(world, "person2@example.com"))  # not due: erased on request
-    today = dt.datetime.now(dt.UTC).date()
+    today = pendulum.now("Europe/Stockholm").date()
     report = build_report(control.ledger, today - dt.timedelta(days=1), today, "en",
                           catalogue=world["catalogue"])  # fmt: skip
     line = next(x for x in report.lines if x.activity_id == "recruitment")

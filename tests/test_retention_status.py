@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pendulum
+
 from include.retention import retention_status
 from include.retention.catalogue import load_catalogue
 from include.retention.certificate import LedgerState
@@ -27,7 +29,7 @@ def _run(run_id: str, started: str, applied: int | None, **header: object) -> Ru
 def test_a_row_counts_the_runs_per_day_and_ignores_dry_runs() -> None:
     activity = load_catalogue()["recruitment"]
     runs = [
-        _run("a", "2026-10-26T23:59:00+00:00", 7),  # the day before the 30 days shown
+        _run("a", "2026-10-26T22:59:00+00:00", 7),  # 23:59 in Stockholm: the day before the chart
         _run("b", "2026-11-24T01:30:00+00:00", 5),
         _run("c", "2026-11-24T13:00:00+00:00", 9, dry_run=True),
         _run("d", "2026-11-25T01:30:00+00:00", 4, origin={"run_id": "scheduled__x"}),
@@ -81,7 +83,7 @@ def test_rows_come_from_the_ledger_only_for_the_dags_asked_for(control: Control)
     ledger.record_verification(run_id, "recruitment", {"success": False})
     catalogue = load_catalogue()
     rows = retention_status.activity_statuses(
-        catalogue, ledger, {}, dt.datetime.now(dt.UTC).date(),
+        catalogue, ledger, {}, pendulum.now("Europe/Stockholm").date(),
         only={"retention_recruitment", "retention_chatbot"},
     )  # fmt: skip
     assert [r.activity_id for r in rows] == ["chatbot", "recruitment"]
@@ -139,3 +141,12 @@ def test_every_page_renders_from_rows_and_escapes_what_it_shows() -> None:
         rows=[], chain=chain, invalid=[], lookup=None, **common
     )
     assert 'id="lookup-denied"' in denied and "No retention DAG" in denied
+
+
+
+def test_the_chart_counts_a_run_on_its_stockholm_day() -> None:
+    # 23:30 UTC on 1 December is 00:30 on 2 December in Stockholm (CET, UTC+1).
+    run = _run("r1", "2026-12-01T23:30:00+00:00", 4)
+    days = [dt.date(2026, 12, 1), dt.date(2026, 12, 2)]
+    row = retention_status.activity_status(load_catalogue()["recruitment"], [run], {}, days)
+    assert row.daily_applied == [0, 4]

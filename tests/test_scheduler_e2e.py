@@ -25,6 +25,7 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+import pendulum
 import pytest
 import sqlalchemy as sa
 
@@ -353,7 +354,7 @@ def test_weekly_audit_report_runs_in_the_executor_and_writes_owner_only_files(ai
     import stat
 
     assert airflow.finished(SQL) == "success"
-    today = dt.datetime.now(dt.UTC).date()
+    today = pendulum.now("Europe/Stockholm").date()
     period = {"from": (today - dt.timedelta(days=1)).isoformat(), "to": today.isoformat()}
     airflow.api.unpause(AUDIT_DAG_ID)
     run_id = airflow.api.trigger(AUDIT_DAG_ID, period)

@@ -56,6 +56,7 @@ from include.retention.errors import RetentionError
 from include.retention.evidence import Evidence, EvidenceReader
 from include.retention.identifiers import LABELS, identify
 from include.retention.retention_status import CHART_DAYS, ActivityStatus, DagFacts, LedgerChecker
+from include.retention.rules import local_date
 from include.retention.run_record import read_run
 
 log = logging.getLogger(__name__)
@@ -250,7 +251,7 @@ def overview(request: Request, user: GetUserDep) -> HTMLResponse:
         cat, invalid = catalogue()
         readable = readable_dag_ids(user) & {dag_id_for(a.id) for a in cat}
         ledger = open_evidence()
-        today = dt.datetime.now(dt.UTC).date()
+        today = local_date(dt.datetime.now(dt.UTC))
         rows = retention_status.activity_statuses(
             cat, ledger, dag_facts(readable), today, only=readable
         )
@@ -277,7 +278,7 @@ def dag_tab(request: Request, dag_id: str) -> HTMLResponse:
         ledger = open_evidence()
         runs = ledger.runs(activity.id)
         verified = retention_status.verification_results(ledger)
-        today = dt.datetime.now(dt.UTC).date()
+        today = local_date(dt.datetime.now(dt.UTC))
         days = retention_status.chart_days(today)
         row = retention_status.activity_status(
             activity, runs, verified, days, dag_facts([dag_id]).get(dag_id)
@@ -395,7 +396,7 @@ def report(
 ) -> Response:
     """The audit report for a period (read access to the runs of every retention DAG: it
     covers them all)."""
-    first, last = report_period(dt.datetime.now(dt.UTC).date())
+    first, last = report_period(local_date(dt.datetime.now(dt.UTC)))
     first, last = start or first, end or last
     try:
         cat = catalogue()[0]

@@ -20,6 +20,7 @@ from include.retention.certificate import LedgerState
 from include.retention.chain import ledger_table
 from include.retention.dag_factory import dag_id_for, display_name
 from include.retention.evidence import EvidenceReader, RunSummary
+from include.retention.rules import local_date
 from include.retention.run_record import by_retention_rules
 
 CHART_DAYS = 30  # the deletions chart covers the last 30 days, one bar per day
@@ -126,7 +127,7 @@ def activity_status(
     state = [run for run in runs if by_retention_rules(run.header)]
     per_day = dict.fromkeys(days, 0)
     for run in runs:
-        day = _parse_time(run.started_at).astimezone(dt.UTC).date()
+        day = local_date(_parse_time(run.started_at))
         if day in per_day:
             per_day[day] += _applied(run)
     return ActivityStatus(

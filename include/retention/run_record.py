@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from include.retention.chain import Entry, ledger_table
 from include.retention.errors import RetentionError
 from include.retention.evidence import EvidenceReader
+from include.retention.rules import start_of_day
 
 RUN_KINDS = ("run_started", "batch_prepared", "batch_resolved", "run_finished", "run_verified")
 TIMEZONE = "Europe/Stockholm"
@@ -171,12 +172,6 @@ def read_run(ledger: EvidenceReader, run_id: str) -> RunRecord:
     return runs[run_id]
 
 
-def day_start(day: dt.date) -> dt.datetime:
-    """Midnight of ``day`` in Stockholm, in UTC."""
-    start = pendulum.datetime(day.year, day.month, day.day, tz=TIMEZONE)
-    return dt.datetime.fromtimestamp(start.timestamp(), dt.UTC)
-
-
 def local_day(recorded_at: str) -> dt.date:
     """The Stockholm date of a ledger time stamp."""
     return pendulum.parse(recorded_at).in_timezone(TIMEZONE).date()  # type: ignore[union-attr]
@@ -187,8 +182,8 @@ def read_period(ledger: EvidenceReader, first: dt.date, last: dt.date) -> list[R
     if last < first:
         raise RetentionError(f"the period ends ({last}) before it starts ({first})")
     t = ledger_table
-    start = day_start(first).isoformat(timespec="microseconds")
-    end = day_start(last + dt.timedelta(days=1)).isoformat(timespec="microseconds")
+    start = _utc(start_of_day(first)).isoformat(timespec="microseconds")
+    end = _utc(start_of_day(last + dt.timedelta(days=1))).isoformat(timespec="microseconds")
     started = sa.and_(t.c.kind == "run_started", t.c.recorded_at >= start, t.c.recorded_at < end)
     run_ids = [e.run_id for e in ledger.entries(where=started, with_blob=False)]
     runs: dict[str, RunRecord] = {}
@@ -196,6 +191,10 @@ def read_period(ledger: EvidenceReader, first: dt.date, last: dt.date) -> list[R
         where = sa.and_(t.c.run_id.in_(chunk), t.c.kind.in_(RUN_KINDS))
         runs |= _fold(ledger.entries(where=where, with_blob=False))
     return sorted(runs.values(), key=lambda r: r.first_seq)
+
+
+def _utc(moment: dt.datetime) -> dt.datetime:
+    return dt.datetime.fromtimestamp(moment.timestamp(), dt.UTC)  # as the ledger writes it
 
 
 def _chunks(items: list[str]) -> Iterator[list[str]]:
