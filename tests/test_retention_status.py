@@ -143,7 +143,6 @@ def test_every_page_renders_from_rows_and_escapes_what_it_shows() -> None:
     assert 'id="lookup-denied"' in denied and "No retention DAG" in denied
 
 
-
 def test_the_chart_counts_a_run_on_its_stockholm_day() -> None:
     # 23:30 UTC on 1 December is 00:30 on 2 December in Stockholm (CET, UTC+1).
     run = _run("r1", "2026-12-01T23:30:00+00:00", 4)
