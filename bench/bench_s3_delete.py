@@ -63,7 +63,13 @@ def bench_activity() -> Activity:
                 }
             ],
             "action": {"kind": "delete"},
-            "source": {"kind": "s3", "system": "bench", "conn_id": "bench", "bucket": BUCKET},
+            "source": {
+                "kind": "s3",
+                "system": "bench",
+                "conn_id": "bench",
+                "bucket": BUCKET,
+                "lookup": {"email": "email"},
+            },
             "safety": {"max_rows": None, "max_fraction": None},
         }
     )
@@ -81,14 +87,13 @@ def seed(client: Any, objects: int, versions: int) -> int:
     purge_bucket(client, BUCKET)
     keys = [f"photos/{n:06d}.jpg" for n in range(objects)]
 
-    def put(key: str) -> None:
+    def put(n: int) -> None:
+        metadata = {"taken_on": "2020-01-01", "email": f"person{n}@example.com"}
         for _ in range(versions):
-            client.put_object(
-                Bucket=BUCKET, Key=key, Body=b"x" * 64, Metadata={"taken_on": "2020-01-01"}
-            )
+            client.put_object(Bucket=BUCKET, Key=keys[n], Body=b"x" * 64, Metadata=metadata)
 
     with ThreadPoolExecutor(max_workers=PUT_WORKERS) as pool:
-        list(pool.map(put, keys))
+        list(pool.map(put, range(objects)))
     return objects * versions
 
 
