@@ -17,6 +17,7 @@ from tests.s3 import (  # noqa: F401  (the *_fixture names register fixtures)
     AS_OF,
     CallCounter,
     control_fixture,
+    count_calls,
     keys,
     new_bucket,
     put,
@@ -320,6 +321,94 @@ def test_version_uploaded_during_the_run_is_not_claimed_deleted(s3: Any, control
     assert (result.outcome, result.applied, result.failed) == ("partial", 0, 1)
     assert control.ledger.lookup("image_bank", bucket, "media/old.jpg") == []
     assert len(versions(s3, bucket, "media/old.jpg")) == 1  # only the new upload is left
+
+
+class Dropping(CallCounter):
+    """Leaves ``key``'s versions out of every DeleteObjects call; with ``report`` it answers
+    with a per-key error for them, as S3 does (e.g. AccessDenied), else it stays silent."""
+
+    def __init__(self, client: Any, key: str, *, report: bool) -> None:
+        super().__init__(client)
+        self.key, self.report = key, report
+
+    def delete_objects(self, **kwargs: Any) -> Any:
+        entries = kwargs["Delete"]["Objects"]
+        dropped = [e for e in entries if e["Key"] == self.key]
+        kwargs["Delete"] = {**kwargs["Delete"], "Objects": [e for e in entries if e not in dropped]}
+        response = super().delete_objects(**kwargs)
+        if self.report:
+            errors = [{**e, "Code": "AccessDenied", "Message": "denied"} for e in dropped]
+            response = {**response, "Errors": errors}
+        return response
+
+
+@pytest.mark.parametrize("report", [True, False], ids=["error-reported", "silently-kept"])
+def test_an_object_delete_objects_did_not_remove_is_not_claimed(
+    s3: Any, control: Control, report: bool
+) -> None:
+    bucket = new_bucket(s3, "refused")
+    put_many(s3, bucket, ["media/old-1.jpg", "media/old-2.jpg", "media/old-3.jpg"], **spont(OLD))
+    result = run(image_bank(bucket), Dropping(s3, "media/old-2.jpg", report=report), control)
+    assert (result.outcome, result.applied, result.failed) == ("partial", 2, 1)
+    assert keys(s3, bucket) == {"media/old-2.jpg"}
+    assert control.ledger.lookup("image_bank", bucket, "media/old-2.jpg") == []
+    assert len(control.ledger.lookup("image_bank", bucket, "media/old-1.jpg")) == 1
+    assert control.ledger.verify().ok
+
+
+def test_a_version_uploaded_and_hidden_meanwhile_is_not_claimed(s3: Any, control: Control) -> None:
+    bucket = new_bucket(s3, "hidden")
+    put_many(s3, bucket, ["media/old-1.jpg", "media/old-2.jpg"], **spont(OLD))
+
+    class Racing(CallCounter):
+        def delete_objects(self, **kwargs: Any) -> Any:
+            response = super().delete_objects(**kwargs)
+            put(s3, bucket, "media/old-1.jpg", **spont(NEW))  # uploaded again,
+            s3.delete_object(Bucket=bucket, Key="media/old-1.jpg")  # then under a delete marker
+            return response
+
+    result = run(image_bank(bucket), Racing(s3), control)
+    assert (result.outcome, result.applied, result.failed) == ("partial", 1, 1)
+    assert control.ledger.lookup("image_bank", bucket, "media/old-1.jpg") == []
+    assert len(control.ledger.lookup("image_bank", bucket, "media/old-2.jpg")) == 1
+    assert sorted(marker for _, _, marker in versions(s3, bucket)) == [False, True]
+
+
+def test_a_run_reads_metadata_once_and_confirms_each_batch_with_one_listing(
+    s3: Any, control: Control
+) -> None:
+    bucket = new_bucket(s3, "calls")
+    for _ in range(2):
+        put_many(s3, bucket, [f"media/old-{i:02d}.jpg" for i in range(12)], **spont(OLD))
+    put_many(s3, bucket, [f"media/new-{i:02d}.jpg" for i in range(5)], **spont(NEW))
+    calls = count_calls(s3)
+    result = run(image_bank(bucket, max_fraction=1.0), s3, control, batch_size=8)
+    made = dict(calls)
+    assert (result.applied, result.batches, result.counts()["versions_deleted"]) == (12, 3, 24)
+    assert keys(s3, bucket) == {f"media/new-{i:02d}.jpg" for i in range(5)}
+    # batches of 8 versions; a HEAD per object for its metadata; per batch one DeleteObjects
+    # and one listing
+    assert made == {
+        "HeadBucket": 1, "ListObjectVersions": 1 + 3, "HeadObject": 17, "DeleteObjects": 3,
+    }  # fmt: skip
+
+
+def test_keys_the_confirming_listing_does_not_reach_are_listed_one_by_one(
+    s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from include.retention.sources import s3 as module
+
+    bucket = new_bucket(s3, "sparse")
+    put_many(s3, bucket, [f"k/a{i:04d}" for i in range(1001)])  # a page of keys before the batch
+    put_many(s3, bucket, ["k/b-left", "k/c-left"])
+    monkeypatch.setattr(module, "CONFIRM_PAGES", 1)
+    calls = count_calls(s3)
+    wanted = ["k/b-left", "k/b-gone", "k/c-gone", "k/c-left"]
+    assert module._still_present(s3, bucket, wanted) == {"k/b-left", "k/c-left"}
+    assert calls["ListObjectVersions"] == 1 + 4  # the page, then each key it did not reach
+    monkeypatch.setattr(module, "CONFIRM_PAGES", 2)
+    assert module._still_present(s3, bucket, wanted) == {"k/b-left", "k/c-left"}
+    assert calls["ListObjectVersions"] == 5 + 2  # two pages reach past the last key
 
 
 def test_seeded_image_bank_end_to_end(s3: Any, control: Control) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Self
 from urllib.parse import quote
 
 from include.retention.errors import RetentionError
-from include.retention.object_store import iter_versions
+from include.retention.object_store import POOL_CONNECTIONS, iter_versions
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,9 @@ def local_client(endpoint_url: str, region: str = DEFAULT_REGION) -> Any:
         region_name=region,
         aws_access_key_id=DUMMY_KEY,
         aws_secret_access_key=DUMMY_KEY,
-        config=Config(retries={"max_attempts": 3, "mode": "standard"}),
+        config=Config(
+            retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=POOL_CONNECTIONS
+        ),
     )
 
 

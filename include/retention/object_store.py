@@ -14,14 +14,19 @@ from typing import Any
 from include.retention.errors import RetentionError, Unavailable
 
 S3_CONN_ID = "retention_s3"
+POOL_CONNECTIONS = 16  # per client: the S3 adapter makes per-object calls this many at a time
 
 
 def s3_client(conn_id: str = S3_CONN_ID) -> Any:
-    """A boto3 S3 client for the Airflow connection ``conn_id`` (amazon provider)."""
+    """A boto3 S3 client for the Airflow connection ``conn_id`` (amazon provider), with
+    ``POOL_CONNECTIONS`` connections unless the connection's ``config_kwargs`` say otherwise."""
     from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook  # lazy: optional
+    from botocore.config import Config
 
     try:
-        return AwsBaseHook(aws_conn_id=conn_id, client_type="s3").get_client_type()
+        hook = AwsBaseHook(aws_conn_id=conn_id, client_type="s3")
+        pooled = Config(max_pool_connections=POOL_CONNECTIONS).merge(hook.config)
+        return hook.get_client_type(config=pooled)
     except Exception as exc:  # AirflowNotFoundException, botocore errors
         raise RetentionError(
             f"cannot build an S3 client for connection {conn_id!r}: {exc}"

@@ -8,15 +8,20 @@ its newest version that is not a delete marker, so soft-deleted objects are foun
 Deleting an object means removing EVERY version and delete marker of its key
 (``list_object_versions`` + ``DeleteObjects`` in calls of at most 1000 entries): in a versioned
 bucket anything less deletes nothing. Staging a batch changes nothing (it drops the held
-objects); ``apply`` deletes the versions, then confirms with a HEAD per key that no current
-version is left (a key uploaded again meanwhile is not claimed). ``present`` lists which keys
-still have any version. Logs carry counts and references only.
+objects); ``apply`` deletes the versions, then confirms with one listing of the batch's key
+range that no version or delete marker of its keys is left (a key uploaded again meanwhile, or
+one ``DeleteObjects`` reported an error for, is not claimed). ``present`` lists which keys
+still have any version. Metadata is read with a HEAD per object (S3 has no bulk read of it),
+``HEAD_WORKERS`` at a time, never more than the client's connection pool holds. Logs carry
+counts and references only.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +32,7 @@ from include.retention.catalogue import RuleCase, S3Source
 from include.retention.errors import RetentionError
 from include.retention.holds import ActiveHolds
 from include.retention.lookup import SubjectMatcher
-from include.retention.object_store import iter_versions, s3_client
+from include.retention.object_store import POOL_CONNECTIONS, iter_versions, s3_client
 from include.retention.pseudonym import RecordRefHasher
 from include.retention.sources.base import (
     Action,
@@ -51,7 +56,8 @@ from include.retention.sources.base import (
 log = logging.getLogger(__name__)
 
 MAX_KEYS_PER_CALL = 1000  # the DeleteObjects limit
-HEAD_WORKERS = 16
+HEAD_WORKERS = POOL_CONNECTIONS
+CONFIRM_PAGES = 4  # listing pages a batch's confirmation reads before it checks key by key
 
 Status = Literal["due", "unknown_anchor", "kept", "out_of_scope"]
 
@@ -112,8 +118,15 @@ def _metadata(client: Any, bucket: str, obj: S3Object, wanted: set[str]) -> dict
 def _all_metadata(
     client: Any, bucket: str, objects: Sequence[S3Object], wanted: set[str]
 ) -> list[dict[str, str]]:
-    with ThreadPoolExecutor(max_workers=HEAD_WORKERS) as pool:
+    with _pool(client) as pool:
         return list(pool.map(lambda o: _metadata(client, bucket, o, wanted), objects))
+
+
+def _pool(client: Any) -> ThreadPoolExecutor:
+    """Threads for per-object calls: no more than the client's pool has connections (more
+    would open and drop a connection per call)."""
+    connections = client.meta.config.max_pool_connections
+    return ThreadPoolExecutor(max_workers=max(1, min(HEAD_WORKERS, connections)))
 
 
 def batches(
@@ -149,23 +162,32 @@ def _delete_versions(
 
 
 def _still_present(client: Any, bucket: str, keys: Sequence[str]) -> set[str]:
-    """Confirm: the keys that have a current version again (e.g. uploaded meanwhile).
+    """Confirm: the keys that still have a version or delete marker (e.g. uploaded meanwhile).
 
-    One HEAD per key (cheap everywhere); a version uploaded meanwhile and then hidden under a
-    new delete marker is not seen here, and is found by the next run's listing.
+    One listing under the keys' common prefix, up to the last key: a batch's keys are
+    consecutive in key order and earlier batches deleted theirs, so what precedes them there
+    is mostly kept objects. Keys not yet passed after ``CONFIRM_PAGES`` pages (a batch spread
+    thinly under a short prefix) are listed one by one.
     """
-
-    def present(key: str) -> bool:
-        try:
-            client.head_object(Bucket=bucket, Key=key)
-        except client.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
-        return True
-
-    with ThreadPoolExecutor(max_workers=HEAD_WORKERS) as pool:
-        return {key for key, found in zip(keys, pool.map(present, keys), strict=True) if found}
+    wanted = set(keys)
+    if not wanted:
+        return set()
+    first, last = min(wanted), max(wanted)
+    pages = client.get_paginator("list_object_versions").paginate(
+        Bucket=bucket, Prefix=os.path.commonprefix([first, last])
+    )
+    found: set[str] = set()
+    reached = ""  # every key below it has been listed completely
+    for page in itertools.islice(pages, CONFIRM_PAGES):
+        listed = itertools.chain(page.get("Versions", ()), page.get("DeleteMarkers", ()))
+        found |= {entry["Key"] for entry in listed} & wanted
+        if not page.get("IsTruncated") or page["NextKeyMarker"] > last:
+            return found
+        reached = page["NextKeyMarker"]
+    rest = sorted(k for k in wanted - found if k >= reached)
+    with _pool(client) as pool:
+        left = pool.map(lambda k: _versions_of(client, bucket, k), rest)
+        return found | {obj.key for obj in left if obj.versions}
 
 
 # ------------------------------------------------------------------------------ rules
@@ -375,7 +397,7 @@ class S3Adapter:
         """Stage the objects of exactly these keys (files SQL records point to), every version;
         batch numbers are all ``no`` (the records' batch). Keys without any version are counted
         as ``missing`` in the first batch."""
-        with ThreadPoolExecutor(max_workers=HEAD_WORKERS) as pool:
+        with _pool(self.client) as pool:
             found = list(pool.map(lambda k: _versions_of(self.client, self.dataset, k), keys))
         present = [o for o in found if o.versions]
         missing = len(found) - len(present)
