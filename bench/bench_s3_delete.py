@@ -33,7 +33,7 @@ from typing import Any
 from include.demo.embedded_s3 import ensure_bucket, local_client, purge_bucket, spawn
 from include.retention.catalogue import Activity
 from include.retention.lifecycle import enforce
-from include.retention.object_store import iter_versions
+from include.retention.object_store import counted_calls, iter_versions
 from include.retention.runs import Control
 
 AS_OF = dt.datetime(2026, 6, 15, 3, 0, tzinfo=dt.UTC)
@@ -116,12 +116,14 @@ def bare_delete(client: Any) -> tuple[int, float, float]:
 
 def engine_delete(client: Any, ledger_url: str) -> tuple[int, float]:
     control = Control.open(ledger_url, secrets.token_bytes(32))
-    start = time.perf_counter()
-    result = enforce(
-        bench_activity(), AS_OF, control=control, catalogue_version="bench", source=client,
-        approved_by="bench",
-    )  # fmt: skip
-    elapsed = time.perf_counter() - start
+    with counted_calls(client) as calls:
+        start = time.perf_counter()
+        result = enforce(
+            bench_activity(), AS_OF, control=control, catalogue_version="bench", source=client,
+            approved_by="bench",
+        )  # fmt: skip
+        elapsed = time.perf_counter() - start
+    print(f"  engine's S3 calls: {dict(sorted(calls.items()))}", flush=True)
     assert control.ledger.verify().ok and result.failed == 0
     return int(result.extra.get("versions_deleted", 0)), elapsed
 

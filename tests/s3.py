@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import threading
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -76,19 +74,6 @@ def versions(client: Any, bucket: str, prefix: str = "") -> list[tuple[str, str,
 
 def keys(client: Any, bucket: str, prefix: str = "") -> set[str]:
     return {key for key, _, _ in versions(client, bucket, prefix)}
-
-
-def count_calls(client: Any) -> Counter[str]:
-    """The S3 calls ``client`` makes from now on, by operation (a live counter)."""
-    calls: Counter[str] = Counter()
-    lock = threading.Lock()
-
-    def count(model: Any, **_: Any) -> None:
-        with lock:
-            calls[model.name] += 1
-
-    client.meta.events.register("before-call.s3", count)
-    return calls
 
 
 class CallCounter:

@@ -10,14 +10,14 @@ import pytest
 from include.demo.embedded_s3 import EmbeddedS3, connection_uri
 from include.retention.catalogue import Activity, S3Source, Safety, load_catalogue
 from include.retention.errors import RetentionError
-from include.retention.lifecycle import enforce, plan, recover
+from include.retention.lifecycle import Hooks, enforce, plan, recover
+from include.retention.object_store import counted_calls
 from include.retention.runs import Control
 from include.retention.sources.s3 import S3Adapter, batches
 from tests.s3 import (  # noqa: F401  (the *_fixture names register fixtures)
     AS_OF,
     CallCounter,
     control_fixture,
-    count_calls,
     keys,
     new_bucket,
     put,
@@ -119,6 +119,31 @@ def test_hold_placed_after_planning_is_respected(s3: Any, control: Control) -> N
     result = run(activity, s3, control)
     assert result.outcome == "nothing_to_do"
     assert "media/a.jpg" in keys(s3, bucket)
+
+
+def test_staging_reads_again_only_the_subjects_that_come_from_tags(
+    s3: Any, control: Control
+) -> None:
+    bucket = new_bucket(s3, "tag-subject")
+    put(s3, bucket, "media/by-metadata.jpg", **spont(OLD, "person-1@example.se"))
+    s3.put_object(Bucket=bucket, Key="media/by-tag.jpg", Body=b"x",
+                  Metadata={"category": "spontaneous", "capture_date": OLD},
+                  Tagging="subject=person-2@example.se")  # fmt: skip
+    put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(10)], **spont(NEW))
+    control.holds.place_subject_hold("person-3@example.se", kind="legal_hold", reason="a case",
+                                     placed_by="legal")  # fmt: skip
+
+    def retag(_: Any) -> None:  # counted; then the tag names the held person
+        tags = {"TagSet": [{"Key": "subject", "Value": "person-3@example.se"}]}
+        s3.put_object_tagging(Bucket=bucket, Key="media/by-tag.jpg", Tagging=tags)
+
+    with counted_calls(s3) as calls:
+        result = run(image_bank(bucket), s3, control, hooks=Hooks(after_plan=retag))
+    assert (result.applied, result.held_skipped) == (1, 1)
+    assert "media/by-tag.jpg" in keys(s3, bucket)
+    assert "media/by-metadata.jpg" not in keys(s3, bucket)
+    # every object's metadata when counting; when staging, the tagged object's alone
+    assert (calls["HeadObject"], calls["GetObjectTagging"]) == (12 + 1, 1 + 1)
 
 
 def test_boundary_objects(s3: Any, control: Control) -> None:
@@ -381,14 +406,13 @@ def test_a_run_reads_metadata_once_and_confirms_each_batch_with_one_listing(
     for _ in range(2):
         put_many(s3, bucket, [f"media/old-{i:02d}.jpg" for i in range(12)], **spont(OLD))
     put_many(s3, bucket, [f"media/new-{i:02d}.jpg" for i in range(5)], **spont(NEW))
-    calls = count_calls(s3)
-    result = run(image_bank(bucket, max_fraction=1.0), s3, control, batch_size=8)
-    made = dict(calls)
+    with counted_calls(s3) as calls:
+        result = run(image_bank(bucket, max_fraction=1.0), s3, control, batch_size=8)
     assert (result.applied, result.batches, result.counts()["versions_deleted"]) == (12, 3, 24)
     assert keys(s3, bucket) == {f"media/new-{i:02d}.jpg" for i in range(5)}
     # batches of 8 versions; a HEAD per object for its metadata; per batch one DeleteObjects
     # and one listing
-    assert made == {
+    assert calls == {
         "HeadBucket": 1, "ListObjectVersions": 1 + 3, "HeadObject": 17, "DeleteObjects": 3,
     }  # fmt: skip
 
@@ -402,13 +426,14 @@ def test_keys_the_confirming_listing_does_not_reach_are_listed_one_by_one(
     put_many(s3, bucket, [f"k/a{i:04d}" for i in range(1001)])  # a page of keys before the batch
     put_many(s3, bucket, ["k/b-left", "k/c-left"])
     monkeypatch.setattr(module, "CONFIRM_PAGES", 1)
-    calls = count_calls(s3)
     wanted = ["k/b-left", "k/b-gone", "k/c-gone", "k/c-left"]
-    assert module._still_present(s3, bucket, wanted) == {"k/b-left", "k/c-left"}
-    assert calls["ListObjectVersions"] == 1 + 4  # the page, then each key it did not reach
+    with counted_calls(s3) as calls:
+        assert module._still_present(s3, bucket, wanted) == {"k/b-left", "k/c-left"}
+    assert calls == {"ListObjectVersions": 1 + 4}  # the page, then each key it did not reach
     monkeypatch.setattr(module, "CONFIRM_PAGES", 2)
-    assert module._still_present(s3, bucket, wanted) == {"k/b-left", "k/c-left"}
-    assert calls["ListObjectVersions"] == 5 + 2  # two pages reach past the last key
+    with counted_calls(s3) as calls:
+        assert module._still_present(s3, bucket, wanted) == {"k/b-left", "k/c-left"}
+    assert calls == {"ListObjectVersions": 2}  # the second page reaches past the last key
 
 
 def test_seeded_image_bank_end_to_end(s3: Any, control: Control) -> None:

@@ -216,9 +216,7 @@ def spawn(
 ) -> subprocess.Popen[bytes]:
     """Start the embedded S3 as a separate long-running process; returns once it answers."""
     argv = ["-m", "include.demo.embedded_s3", "--host", host, "--port", str(port)]
-    return spawn_server(
-        "embedded S3", argv, f"http://{host}:{port}", stdout=stdout, detach=detach
-    )
+    return spawn_server("embedded S3", argv, f"http://{host}:{port}", stdout=stdout, detach=detach)
 
 
 def main(argv: list[str] | None = None) -> int:

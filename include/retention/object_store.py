@@ -8,7 +8,10 @@ embedded server, `include.demo.embedded_s3`), so pointing at real S3 is a config
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from include.retention.errors import RetentionError, Unavailable
@@ -55,3 +58,20 @@ def iter_versions(client: Any, bucket: str, prefix: str = "") -> Iterator[dict[s
             yield {**version, "IsDeleteMarker": False}
         for marker in page.get("DeleteMarkers", []):
             yield {**marker, "IsDeleteMarker": True}
+
+
+@contextmanager
+def counted_calls(client: Any) -> Iterator[Counter[str]]:
+    """The calls ``client`` makes inside the ``with`` block, by operation (benches, tests)."""
+    calls: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def count(model: Any, **_: Any) -> None:
+        with lock:
+            calls[model.name] += 1
+
+    client.meta.events.register("before-call", count)
+    try:
+        yield calls
+    finally:
+        client.meta.events.unregister("before-call", count)

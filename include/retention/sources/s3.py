@@ -102,22 +102,36 @@ def _versions_of(client: Any, bucket: str, key: str) -> S3Object:
     return _object(key, items) if items else S3Object(key, (), 0, None)
 
 
-def _metadata(client: Any, bucket: str, obj: S3Object, wanted: set[str]) -> dict[str, str]:
-    """User metadata of the newest real version; object tags fill keys metadata lacks."""
+@dataclass(frozen=True)
+class _Meta:
+    """An object's metadata: its newest real version's (which never changes), and where it
+    lacks a wanted key, the object's tags (which can change)."""
+
+    values: dict[str, str]
+    from_tags: frozenset[str] = frozenset()
+
+    def fixed(self, keys: AbstractSet[str]) -> bool:
+        """Whether ``keys`` all come from the version's own metadata (cannot change)."""
+        return not keys - (self.values.keys() - self.from_tags)
+
+
+def _metadata(client: Any, bucket: str, obj: S3Object, wanted: set[str]) -> _Meta:
     if obj.latest is None:
-        return {}
+        return _Meta({})
     head = client.head_object(Bucket=bucket, Key=obj.key, VersionId=obj.latest)
     meta = {k.lower(): v for k, v in head.get("Metadata", {}).items()}
-    if wanted - meta.keys():
-        tags = client.get_object_tagging(Bucket=bucket, Key=obj.key, VersionId=obj.latest)
-        for tag in tags.get("TagSet", []):
-            meta.setdefault(tag["Key"].lower(), tag["Value"])
-    return meta
+    if not wanted - meta.keys():
+        return _Meta(meta)
+    tags = client.get_object_tagging(Bucket=bucket, Key=obj.key, VersionId=obj.latest)
+    tagged: dict[str, str] = {}
+    for tag in tags.get("TagSet", []):
+        tagged.setdefault(tag["Key"].lower(), tag["Value"])
+    return _Meta({**tagged, **meta}, frozenset(tagged.keys() - meta.keys()))
 
 
 def _all_metadata(
     client: Any, bucket: str, objects: Sequence[S3Object], wanted: set[str]
-) -> list[dict[str, str]]:
+) -> list[_Meta]:
     with _pool(client) as pool:
         return list(pool.map(lambda o: _metadata(client, bucket, o, wanted), objects))
 
@@ -174,7 +188,8 @@ def _still_present(client: Any, bucket: str, keys: Sequence[str]) -> set[str]:
         return set()
     first, last = min(wanted), max(wanted)
     pages = client.get_paginator("list_object_versions").paginate(
-        Bucket=bucket, Prefix=os.path.commonprefix([first, last])
+        Bucket=bucket,
+        Prefix=os.path.commonprefix([first, last]),  # noqa: RUF071 (S3 prefixes are per character)
     )
     found: set[str] = set()
     reached = ""  # every key below it has been listed completely
@@ -252,7 +267,7 @@ class _Staged:
     """A batch's objects (held ones dropped) and what is known of their metadata."""
 
     objects: list[S3Object]
-    metas: dict[str, dict[str, str]] = field(default_factory=dict)
+    metas: dict[str, _Meta] = field(default_factory=dict)
     bucket_counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -271,7 +286,7 @@ class S3Adapter:
         self.hasher = RecordRefHasher(key, self.system, self.dataset)
         self._matcher = SubjectMatcher(key, binding.lookup_columns())
         # The last count's selection, its objects and their metadata (read at count time).
-        self._selected: tuple[Selection, list[S3Object], dict[str, dict[str, str]]] | None = None
+        self._selected: tuple[Selection, list[S3Object], dict[str, _Meta]] | None = None
 
     # -------------------------------------------------------------------- the protocol
 
@@ -300,11 +315,11 @@ class S3Adapter:
             ("due", "held", "restricted", "unknown_anchor", "kept", "out_of_scope"), 0
         )
         chosen: list[S3Object] = []
-        chosen_metas: dict[str, dict[str, str]] = {}
+        chosen_metas: dict[str, _Meta] = {}
         for obj, meta in zip(objects, metas, strict=True):
-            status = self._status(base, meta)
+            status = self._status(base, meta.values)
             if status == "due":
-                hold = holds.kind_for(self.hasher.ref(obj.key), self._subject_refs(meta))
+                hold = holds.kind_for(self.hasher.ref(obj.key), self._subject_refs(meta.values))
                 status = {"legal_hold": "held", "restriction": "restricted"}.get(hold or "", "due")
                 chosen.append(obj)
                 chosen_metas[obj.key] = meta
@@ -371,15 +386,13 @@ class S3Adapter:
         objects = self._listed(selection)
         metas = _all_metadata(self.client, self.dataset, objects, self._wanted(rules))
         for obj, meta in zip(objects, metas, strict=True):
-            if self._status(base, meta) == "due":
-                yield {"key": obj.key, "versions": len(obj.versions), "metadata": dict(meta)}
+            if self._status(base, meta.values) == "due":
+                yield {"key": obj.key, "versions": len(obj.versions), "metadata": meta.values}
 
     def fields_to_update(self, values: Mapping[str, Any]) -> dict[str, Any]:
         raise self._not_updatable()
 
-    def update(
-        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader
-    ) -> Updated:
+    def update(self, selection: Selection, values: Mapping[str, Any], holds: HoldReader) -> Updated:
         raise self._not_updatable()
 
     def _not_updatable(self) -> NotUpdatable:
@@ -433,32 +446,37 @@ class S3Adapter:
         return "due" if base.matches(self._subject_refs(meta)) else "out_of_scope"
 
     def _stage(self, no: int, staged: _Staged, holds: HoldReader) -> Batch:
-        """Drop the objects held now. The subjects come from the metadata read when counting
-        (a version's metadata never changes); while holds exist it is read afresh, since a
-        subject may come from an object tag, which can change."""
+        """Drop the objects held now, by the subjects of the metadata read when counting (a
+        version's metadata never changes); while holds exist, subjects that came from object
+        tags (which can change) are read afresh."""
         active = holds()
         objects = staged.objects
-        if not active.empty and self._matcher.columns and objects:
-            fresh = _all_metadata(self.client, self.dataset, objects, self._wanted(()))
-            staged.metas = {o.key: m for o, m in zip(objects, fresh, strict=True)}
+        if not active.empty:
+            self._refresh_subjects(staged)
         kinds = (
             {}
             if active.empty
-            else {
-                o.key: active.kind_for(
-                    self.hasher.ref(o.key), self._subject_refs(staged.metas.get(o.key, {}))
-                )
-                for o in objects
-            }
-        )
+            else {o.key: active.kind_for(self.hasher.ref(o.key), self._subjects(staged, o))
+                  for o in objects}
+        )  # fmt: skip
         keep = [o for o in objects if not kinds.get(o.key)]
         skipped = [k for k in kinds.values() if k]
-        subjects = frozenset(
-            ref for o in keep for ref in self._subject_refs(staged.metas.get(o.key, {}))
-        )
+        subjects = frozenset(ref for o in keep for ref in self._subjects(staged, o))
         return Batch(
             no=no, refs=[self.hasher.ref(o.key) for o in keep], holds=active, subjects=subjects,
             skipped={k: skipped.count(k) for k in ("legal_hold", "restriction") if k in skipped},
             counts={"versions": sum(len(o.versions) for o in keep), **staged.bucket_counts},
             state=_Staged(keep, staged.metas, staged.bucket_counts),
         )  # fmt: skip
+
+    def _refresh_subjects(self, staged: _Staged) -> None:
+        """Read again the metadata of the objects whose subjects may come from tags."""
+        lookup = {c.column.lower() for c in self._matcher.columns}
+        stale = [o for o in staged.objects if not staged.metas.get(o.key, _Meta({})).fixed(lookup)]
+        if lookup and stale:
+            fresh = _all_metadata(self.client, self.dataset, stale, lookup)
+            staged.metas = {**staged.metas, **{o.key: m for o, m in zip(stale, fresh, strict=True)}}
+
+    def _subjects(self, staged: _Staged, obj: S3Object) -> frozenset[bytes]:
+        meta = staged.metas.get(obj.key)
+        return self._subject_refs(meta.values) if meta is not None else frozenset()
