@@ -178,10 +178,10 @@ def _delete_versions(
 def _still_present(client: Any, bucket: str, keys: Sequence[str]) -> set[str]:
     """Confirm: the keys that still have a version or delete marker (e.g. uploaded meanwhile).
 
-    One listing under the keys' common prefix, up to the last key: a batch's keys are
-    consecutive in key order and earlier batches deleted theirs, so what precedes them there
-    is mostly kept objects. Keys not yet passed after ``CONFIRM_PAGES`` pages (a batch spread
-    thinly under a short prefix) are listed one by one.
+    One listing under the keys' common prefix, up to the last key: a batch holds the next due
+    keys in key order and earlier batches deleted theirs, so what precedes them there is
+    mostly kept objects. Keys not yet passed after ``CONFIRM_PAGES`` pages (keys spread thinly
+    under a short prefix, e.g. linked files) are listed one by one.
     """
     wanted = set(keys)
     if not wanted:
@@ -387,7 +387,7 @@ class S3Adapter:
         metas = _all_metadata(self.client, self.dataset, objects, self._wanted(rules))
         for obj, meta in zip(objects, metas, strict=True):
             if self._status(base, meta.values) == "due":
-                yield {"key": obj.key, "versions": len(obj.versions), "metadata": meta.values}
+                yield {"key": obj.key, "versions": len(obj.versions), "metadata": dict(meta.values)}
 
     def fields_to_update(self, values: Mapping[str, Any]) -> dict[str, Any]:
         raise self._not_updatable()
