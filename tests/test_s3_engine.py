@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
@@ -326,6 +327,21 @@ def test_s3_client_through_the_airflow_connection(
     client = s3_client("retention_s3")
     bucket = new_bucket(client, "via-airflow")
     assert bucket in {b["Name"] for b in client.list_buckets()["Buckets"]}
+    assert client.meta.config.max_pool_connections == 16  # the adapter's 16 threads fit
+
+
+def test_a_connection_sets_its_own_pool_size(
+    s3_server: EmbeddedS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from include.retention.object_store import s3_client
+
+    extra = {"endpoint_url": s3_server.endpoint_url, "region_name": "eu-north-1",
+             "config_kwargs": {"max_pool_connections": 4}}  # fmt: skip
+    conn = {"conn_type": "aws", "login": "k", "password": "s", "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_POOLED", json.dumps(conn))
+    client = s3_client("pooled")
+    assert client.meta.config.max_pool_connections == 4
+    assert new_bucket(client, "pooled") in {b["Name"] for b in client.list_buckets()["Buckets"]}
 
 
 def test_source_type_is_s3source() -> None:
