@@ -264,11 +264,13 @@ def partition(
     """The partitions the mapped ``enforce`` tasks apply, one each (start once).
 
     A SQL dataset of more than ``partitioning.records_per_partition`` records is split into
-    primary-key ranges (at most ``max_partitions``); anything else is one partition, the whole
-    dataset, enforced exactly as an unpartitioned run (also a dry run, a report-only activity,
-    and a run the gate stops: that run records why). Before splitting, the batches earlier runs
-    left prepared are settled: their key ranges need not be today's, and a partition's recovery
-    only looks in its own range. Only integer key bounds travel as XComs.
+    primary-key ranges (at most ``max_partitions``) and the one ledger run they share is
+    started here (each partition carries its ``run_id``; :func:`finish` closes it). Anything
+    else is one partition, the whole dataset, enforced exactly as an unpartitioned run (also a
+    dry run, a report-only activity, and a run the gate stops: that run records why). Before
+    splitting, the batches earlier runs left prepared are settled: their key ranges need not
+    be today's, and a partition's recovery only looks in its own range. Only integer key
+    bounds travel as XComs.
     """
     if planned["dry_run"] or planned["counts"]["to_apply"] == 0:
         return [WHOLE]
@@ -288,10 +290,20 @@ def partition(
     bounds = [b for r in ranges for b in (r.lower, r.upper) if b is not None]
     if len(ranges) < 2 or not all(isinstance(b, int) for b in bounds):
         return [WHOLE]  # text keys may be personal data: never in an XCom
+    options = lifecycle.RunOptions(
+        runtime.catalogue.version, approved_by=approver(approval), origin=planned.get("origin")
+    )
+    run_id = lifecycle.start_partitioned(
+        activity, whole, len(ranges), control=control, adapter=adapter, options=options
+    )
     parts = [
-        {"index": r.index, "of": len(ranges), "lower": r.lower, "upper": r.upper} for r in ranges
+        {"index": r.index, "of": len(ranges), "lower": r.lower, "upper": r.upper, "run_id": run_id}
+        for r in ranges
     ]
-    log.info("partition %s: %s records in %s key ranges", activity_id, whole.total, len(parts))
+    log.info(
+        "partition %s: %s records in %s key ranges; ledger run %s",
+        activity_id, whole.total, len(parts), run_id,
+    )  # fmt: skip
     return parts
 
 
@@ -303,7 +315,8 @@ def enforce(
     part: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Apply the rule (or record a dry run, report-only or gated run) and write the ledger run;
-    ``part``: only that partition (from :func:`partition`; one of several: its own ledger run).
+    ``part``: only that partition (from :func:`partition`; one of several: its batches join the
+    partitioned run, which :func:`finish` closes).
 
     Without a recorded approval a gated run changes nothing: the engine records it as
     ``approval_required``.
@@ -313,10 +326,7 @@ def enforce(
     runtime = runtime or Runtime.load()
     activity = runtime.activity(activity_id)
     part = part or WHOLE
-    key_range = None
-    if part["of"] > 1:
-        due = DueAt(as_of, tuple(activity.retention))
-        key_range = KeyRange(due, part["lower"], part["upper"], part["index"])
+    key_range = _key_range(activity, as_of, part)
     result = lifecycle.enforce(
         activity,
         as_of,
@@ -327,6 +337,7 @@ def enforce(
         approved_by=approver(approval),
         origin=planned.get("origin"),
         partition=key_range,
+        run_id=part.get("run_id"),
     )
     summary = {
         "run_id": result.run_id,
@@ -422,7 +433,7 @@ def combine(enforced: Any) -> dict[str, Any] | None:
     (a result, a list of results, or None) summed up; the ledger runs of every partition."""
     if isinstance(enforced, dict) and "run_ids" in enforced:
         return enforced  # combined already
-    results = [enforced] if isinstance(enforced, dict) else [r for r in enforced or () if r]
+    results = _results(enforced)
     if not results:
         return None
     if len(results) == 1:
@@ -443,6 +454,61 @@ def combine(enforced: Any) -> dict[str, Any] | None:
         "partitions": results[0]["partitions"],
         **{k: r[k] for r in results for k in ("suppression",) if k in r},
     }
+
+
+def _key_range(activity: Activity, as_of: dt.datetime, part: dict[str, Any]) -> KeyRange | None:
+    """The key range of one partition of a partitioned run (None: the whole dataset)."""
+    if part["of"] == 1:
+        return None
+    due = DueAt(as_of, tuple(activity.retention))
+    return KeyRange(due, part["lower"], part["upper"], part["index"])
+
+
+def finish(
+    activity_id: str,
+    planned: dict[str, Any],
+    parts: list[dict[str, Any]] | None,
+    enforced: Any,
+    runtime: Runtime | None = None,
+) -> dict[str, Any] | None:
+    """After every mapped ``enforce`` task ended, however: one result of the run (finish
+    once). A partitioned run's ledger run is closed here: the partitions' counts added up,
+    the records applied as its settled batches show (a partition whose task died is settled
+    first), and outcome ``failed`` when a partition left no result."""
+    combined = combine(enforced)
+    if not parts or "run_id" not in parts[0]:
+        return combined  # one partition: the enforce task closed its own run
+    runtime = runtime or Runtime.load()
+    activity = runtime.catalogue[activity_id]
+    as_of = resolve_as_of(planned["as_of"], None)
+    result = combined or {"outcome": "failed", "message": "", "approved_by": None, "counts": {}}
+    reported = {r["partition"] for r in _results(enforced)}
+    missing = [p["index"] + 1 for p in parts if p["index"] not in reported]
+    outcome, message = result["outcome"], result["message"]
+    if missing:
+        outcome = "failed"
+        message = "; ".join(filter(None, [
+            f"partition(s) {', '.join(map(str, missing))} of {len(parts)} ended without a result"
+            " (the task failed); the run's settled batches are its evidence", message,
+        ]))  # fmt: skip
+    run_id = parts[0]["run_id"]
+    counts = lifecycle.finish_partitioned(
+        activity, run_id, [r for p in parts if (r := _key_range(activity, as_of, p))],
+        control=runtime.control, adapter=runtime.adapter(activity), outcome=outcome,
+        message=message, counts=result["counts"],
+    )  # fmt: skip
+    log.info("finish %s: %s in %s partitions; ledger run %s", activity_id, outcome, len(parts),
+             run_id)  # fmt: skip
+    return {
+        **result, "run_id": run_id, "run_ids": [run_id], "outcome": outcome, "message": message,
+        "counts": counts, "partition": None, "partitions": len(parts),
+    }  # fmt: skip
+
+
+def _results(enforced: Any) -> list[dict[str, Any]]:
+    if isinstance(enforced, dict):
+        return [enforced]
+    return [r for r in enforced or () if r]
 
 
 def _summed(counts: list[dict[str, Any]]) -> dict[str, Any]:
