@@ -66,14 +66,15 @@ def remove(
 ) -> tuple[list[Removal], list[dict[str, Any]]]:  # fmt: skip
     """Remove the person (``refs``, identifiers of ``kinds``) from each of ``activities`` that
     the kinds can search: what happened in each, and those not searched and what they need."""
-    searched, not_searched = [], []
+    searched: list[Activity] = []
+    not_searched: list[dict[str, Any]] = []
     for activity in activities:
         lookup = activity.source.lookup
         if set(kinds).isdisjoint(lookup):
             not_searched.append({"activity": activity.id, "give_one_of": sorted(lookup)})
         else:
             searched.append(activity)
-    not_searched.sort(key=lambda n: n["activity"])
+    not_searched.sort(key=lambda n: str(n["activity"]))
     return [_remove(activity, refs, runtime, origin) for activity in searched], not_searched
 
 
