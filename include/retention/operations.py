@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -78,11 +78,22 @@ class Runtime:
 
     catalogue: Catalogue
     invalid: dict[str, str] = field(default_factory=dict)  # file name -> its error
+    # activity id -> engine or client for its source (tests); else its Airflow connection
+    sources: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls) -> Runtime:
         """The valid activities: a broken catalogue file stops only its own activity."""
         return cls(*load_valid())
+
+    @classmethod
+    def of(
+        cls, catalogue: Catalogue, control: Control, sources: Mapping[str, Any] | None = None
+    ) -> Runtime:
+        """A runtime on a given control database (a data-subject request's task, tests)."""
+        runtime = cls(catalogue, sources=sources or {})
+        runtime.__dict__["control"] = control
+        return runtime
 
     @cached_property
     def control(self) -> Control:
@@ -99,7 +110,7 @@ class Runtime:
 
     def adapter(self, activity: Activity) -> SourceAdapter:
         """The adapter of the activity's source, connected through its Airflow connection."""
-        return adapter_for(activity.source, self.control.key)
+        return adapter_for(activity.source, self.control.key, self.sources.get(activity.id))
 
 
 def resolve_as_of(raw: Any, run_after: dt.datetime | None) -> pendulum.DateTime:
@@ -362,21 +373,24 @@ def enforce(
 
 
 def remove_suppressed(
-    activity: Activity, runtime: Runtime, *, dry_run: bool, origin: dict[str, Any] | None
-) -> dict[str, Any] | None:
+    activity: Activity, runtime: Runtime, *, dry_run: bool, origin: Mapping[str, Any] | None,
+    refs: Collection[bytes] | None = None,
+) -> dict[str, Any] | None:  # fmt: skip
     """Remove (by the activity's action) the records of people on the suppression list that
     an activity on consent, or for direct marketing, holds again (e.g. imported by another
     tool): its own ledger run whose rule names the suppression; held and restricted records
-    are kept, and the safety limits apply as to any run. None: the activity is out of scope."""
+    are kept, and the safety limits apply as to any run. ``refs``: only these people (those
+    of them on the list; a withdrawal's own removal). None: the activity is out of scope."""
     from include.retention import suppression
 
-    scopes = suppression.scopes_for(activity)
-    if not scopes or not activity.source.lookup or activity.processor_for is not None:
+    if not in_suppression_scope(activity):
         return None  # (records held for another controller are theirs to stop)
+    scopes = suppression.scopes_for(activity)
     control = runtime.control
     register = suppression.SuppressionList(control.ledger.engine, control.key)
     active = register.active() if register.exists() else {}
-    refs = frozenset().union(*(active.get(scope, ()) for scope in scopes))
+    listed = frozenset().union(*(active.get(scope, ()) for scope in scopes))
+    refs = listed if refs is None else listed & frozenset(refs)
     if not refs:
         return {"people": 0, "run_id": None, "outcome": "nothing_to_do", "counts": {}}
     options = lifecycle.RunOptions(
@@ -396,6 +410,16 @@ def remove_suppressed(
     if result.outcome == "completed" and result.applied and result.run_id:
         summary["verified"] = _recount(activity, selection, runtime, result.run_id)
     return summary
+
+
+def in_suppression_scope(activity: Activity) -> bool:
+    """Whether suppression runs remove records from the activity: it is on consent or for
+    direct marketing, can find a person's records (lookup columns) and is not run as a
+    processor for another controller."""
+    from include.retention.suppression import scopes_for
+
+    lookup, processor = activity.source.lookup, activity.processor_for
+    return bool(scopes_for(activity)) and bool(lookup) and processor is None
 
 
 def _recount(activity: Activity, selection: OfSubject, runtime: Runtime, run_id: str) -> bool:
