@@ -166,10 +166,10 @@ class Binding:
 
 
 def bindings_of(catalogue: Catalogue) -> dict[tuple[str, str], set[Binding]]:
-    """Every (system, dataset) the engines read holds for, with how each activity binds it."""
+    """Every (system, dataset) the catalogue binds, whether or not an activity refers to it
+    (a hold outlives a change of activities), with how each binding names its records."""
     found: dict[tuple[str, str], set[Binding]] = {}
-    for activity in catalogue:
-        src = activity.source
+    for src in catalogue.bindings.values():
         for hold_key in src.hold_keys():
             found.setdefault((src.system, hold_key.dataset), set()).add(
                 Binding(hold_key.key_columns, hold_key.lookup)
@@ -248,7 +248,7 @@ def _subject_problem(
 
 def orphan_holds(engine: Engine, catalogue: Catalogue) -> list[dict[str, Any]]:
     """Active holds the catalogue no longer matches: a record hold whose system and dataset
-    no activity has, or whose key columns changed; a subject hold whose lookup column of a
+    it no longer binds, or whose key columns changed; a subject hold whose lookup column of a
     dataset was removed or renamed. Each comes with its ``problem``."""
     bindings = bindings_of(catalogue)
     orphans = []
