@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from include.retention.catalogue import POLICY_DIR, load_catalogue
+from include.retention.catalogue import POLICY_DIR, SYSTEMS, load_catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 _PARSE_SCRIPT = """
@@ -172,6 +172,7 @@ def _catalogue_with_bad_cron(folder: Path) -> Path:
     folder.mkdir()
     for path in POLICY_DIR.glob("*.yaml"):
         shutil.copy(path, folder)
+    shutil.copytree(POLICY_DIR / SYSTEMS, folder / SYSTEMS)
     newsletter = folder / "newsletter.yaml"
     text = newsletter.read_text(encoding="utf-8")
     newsletter.write_text(text.replace("schedule: 0 2 * * *", "schedule: 0 2 * *"), "utf-8")
