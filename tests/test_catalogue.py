@@ -447,6 +447,7 @@ def test_a_dataset_no_activity_refers_to_is_bound(tmp_path):
         {"email": "address"},
     )
     assert list(catalogue.activities) == ["newsletter"]
+    assert catalogue.unreferenced() == [extra]
     # holds see it: a record hold may name it, a subject hold records its lookup column
     assert bindings_of(catalogue)[("newsletter", "unsubscribed")] == {
         Binding(("id",), (LookupColumn("email", "address"),))
@@ -521,6 +522,7 @@ def test_cli_validates_the_real_catalogue():
     result = _cli("validate")
     assert result.returncode == 0, result.stderr
     assert "27 activities valid" in result.stdout
+    assert "bound datasets: 27; no activity refers to: none" in result.stdout
 
 
 def test_cli_exits_non_zero_on_a_bad_catalogue(tmp_path):

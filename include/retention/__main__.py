@@ -39,6 +39,8 @@ def _validate(args: argparse.Namespace) -> int:
     gaps = [a.id for a in catalogue if a.policy_gap]
     print(f"catalogue {args.catalogue or POLICY_DIR}: {len(catalogue)} activities valid")
     print(f"catalogue version: {catalogue.version}")
+    unused = ", ".join(b.reference for b in catalogue.unreferenced()) or "none"
+    print(f"bound datasets: {len(catalogue.bindings)}; no activity refers to: {unused}")
     print(f"policy gaps (report only, never deleted by an invented period): {', '.join(gaps)}")
     assumptions = [f"{a.id}.{x.name}={x.value}" for a in catalogue for x in a.assumptions]
     print(f"assumptions to confirm (the policy does not state them): {', '.join(assumptions)}")

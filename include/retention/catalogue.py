@@ -655,6 +655,12 @@ class Catalogue(_Model):
                 )
         return self
 
+    def unreferenced(self) -> list[Source]:
+        """The bindings no activity refers to (nothing enforces retention there, and
+        data-subject requests do not act on them: no purpose or legal basis is declared)."""
+        used = {activity.source.reference for activity in self}
+        return [b for ref, b in sorted(self.bindings.items()) if ref not in used]
+
     def __getitem__(self, activity_id: str) -> Activity:
         try:
             return self.activities[activity_id]

@@ -160,7 +160,7 @@ def rectified_fields(params: Mapping[str, Any]) -> dict[str, Any]:
     raw = params.get(CORRECTIONS)
     if not isinstance(raw, Mapping) or not raw:
         raise RetentionError(
-            'corrections: give the fields to correct and their new values, e.g.'
+            "corrections: give the fields to correct and their new values, e.g."
             ' {"last_name": "Berg"}'
         )
     if len(raw) > MAX_RECTIFIED_FIELDS:
@@ -260,6 +260,9 @@ def _reach(received: Mapping[str, Any], runtime: DsrRuntime, catalogue: Any) -> 
     for item in found.refer:
         log.info("%s: %s is processed for another controller (%s): refer the person",
                  received["request"], item["activity"], item["controller_en"])  # fmt: skip
+    for system, datasets in sorted(found.undeclared.items()):
+        log.warning("%s: system %s has datasets no activity declares (%s): not searched",
+                    received["request"], system, ", ".join(sorted(datasets)))  # fmt: skip
     return found
 
 
