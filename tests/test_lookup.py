@@ -75,15 +75,9 @@ def _restrict(control: Control, act, source: Db | None = None, **form: str) -> d
     restriction searches it for the recipients to tell), else no source is searched."""
     runtime = dsr.DsrRuntime.of(control.holds.engine, control.key)
     params = {"action": "place", "ground": "legal_claims", **form}
-    received = dsr.receive(
-        "restriction",
-        params,
-        user="dpo",
-        dag_id="dsr_restriction",
-        run_id=f"manual__{len(form)}{sorted(form)}",
-        runtime=runtime,
-        now=NOW,
-    )
+    received = dsr.receive("restriction", params, user="dpo", dag_id="dsr_restriction",
+                           run_id=f"manual__{len(form)}{sorted(form)}", runtime=runtime,
+                           now=NOW)  # fmt: skip
     connections = {act.id: source.engine} if source else None
     return dsr.restrict(received, params, user="dpo", runtime=runtime, catalogue=[act],
                         connections=connections)  # fmt: skip
@@ -144,15 +138,9 @@ def test_access_by_personnummer_searches_the_systems_holding_it_and_names_the_ot
     monkeypatch.setenv("RETENTION_DSR_OUTPUT_DIR", str(tmp_path / "out"))
     try:
         runtime = dsr.DsrRuntime.of(control.engine, key)
-        received = dsr.receive(
-            "access",
-            {"personnummer": "198112189876"},
-            user="u",
-            dag_id="dsr_access",
-            run_id="r",
-            runtime=runtime,
-            now=NOW,
-        )
+        received = dsr.receive("access", {"personnummer": "198112189876"}, user="u",
+                               dag_id="dsr_access", run_id="r", runtime=runtime,
+                               now=NOW)  # fmt: skip
         # no connection for crm and booking: reading them would fail the test
         result = dsr.access(received, runtime=runtime, catalogue=[recruitment, contacts, booking],
                             connections={"recruitment": ats.engine}, now=NOW)  # fmt: skip

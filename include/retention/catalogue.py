@@ -633,16 +633,13 @@ class Activity(_Model):
 
 
 class Catalogue(_Model):
-    """Every activity, by id; every bound dataset, by reference (``system/dataset``); and a
-    version hash of the files they came from."""
+    """Every activity, by id; every bound dataset, by reference (``system/dataset``): each of
+    the system files, whether or not an activity refers to it, and an activity's source given
+    in code only (tests, tools); and a version hash of the files they came from."""
 
     activities: dict[str, Activity]
     version: str
-    bindings: dict[str, Source] = Field(
-        default_factory=dict,
-        description="Every dataset of the system files, whether or not an activity refers to"
-        " it; an activity's source given in code only (tests, tools) is added",
-    )
+    bindings: dict[str, Source] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _sources_are_bindings(self) -> Catalogue:
