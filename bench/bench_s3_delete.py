@@ -63,7 +63,13 @@ def bench_activity() -> Activity:
                 }
             ],
             "action": {"kind": "delete"},
-            "source": {"kind": "s3", "system": "bench", "conn_id": "bench", "bucket": BUCKET},
+            "source": {
+                "kind": "s3",
+                "system": "bench",
+                "conn_id": "bench",
+                "bucket": BUCKET,
+                "lookup": {"email": "subject"},  # not in the objects' metadata: no subjects
+            },
             "safety": {"max_rows": None, "max_fraction": None},
         }
     )
