@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,9 @@ from include.retention.catalogue import (
 )
 from include.retention.errors import RetentionError
 from include.retention.holds import Binding, bindings_of, subject_columns_of
+from include.retention.operations import Runtime
 from include.retention.register import build_register, write_register
+from include.retention.runs import Control
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS_DIR = POLICY_DIR / SYSTEMS
@@ -489,6 +492,21 @@ def test_a_system_in_two_files_is_refused(tmp_path):
         " 'newsletter' (defined twice)"
     }
     assert list(catalogue.activities) == ["newsletter"]  # the first file's binding
+
+
+def test_a_run_refuses_the_activity_of_an_invalid_system_file_only(tmp_path):
+    folder = _write_catalogue(tmp_path, lambda raw: None, _set("conn_id", "bad id"))
+    refused = r"newsletter\.yaml: source: 'newsletter/recipients': systems/newsletter\.yaml is"
+    with pytest.raises(RetentionError, match=f"invalid catalogue file {refused} invalid"):
+        Runtime(*load_valid(folder)).activity("newsletter")
+    # an invalid system file named like an activity bound elsewhere does not stop that one
+    _write_catalogue(tmp_path, lambda raw: None)
+    shutil.copy(folder / BINDING, folder / "systems" / "newsletter.yml")  # a duplicate system
+    runtime = Runtime(*load_valid(folder))
+    assert list(runtime.invalid) == ["systems/newsletter.yml"]
+    control = Control.open(f"sqlite:///{tmp_path / 'control.db'}", secrets.token_bytes(32))
+    runtime.control = control  # type: ignore[misc]
+    assert runtime.activity("newsletter") is runtime.catalogue["newsletter"]
 
 
 def test_activities_given_in_code_bind_their_sources_once(tmp_path):

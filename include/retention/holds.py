@@ -284,7 +284,7 @@ def check_catalogue(engine: Engine, catalogue: Catalogue, invalid: Iterable[str]
     raise RetentionError(
         f"{len(orphans)} active holds no longer match the catalogue: {named}{more}. A catalogue"
         " edit renamed a system, table or bucket, changed a primary key, removed or renamed a"
-        " lookup column, or removed the activity: restore the binding, or release these holds"
+        " lookup column, or removed the dataset: restore the binding, or release these holds"
         " and place them again on the new binding. Nothing was changed."
     )
 
@@ -370,14 +370,14 @@ class HoldRegister:
     def _key_columns_of(self, system: str, dataset: str) -> str | None:
         bindings = bindings_of(self.catalogue).get((system, dataset))
         if bindings is None:
-            # Refused by check_catalogue until an activity binds it (then by its key).
-            log.warning("hold on %s/%s: no activity of the catalogue binds it", system, dataset)
+            # Refused by check_catalogue until a system file binds it (then by its key).
+            log.warning("hold on %s/%s: the catalogue binds no such dataset", system, dataset)
             return None
         keys = sorted({_key_text(b.key_columns) for b in bindings})
         if len(keys) > 1:
             raise RetentionError(
                 f"{system}/{dataset} is bound by different primary keys ({' | '.join(keys)}) in"
-                " the catalogue: make the activities agree before placing a record hold"
+                " the catalogue: make the bindings agree before placing a record hold"
             )
         return keys[0]
 
