@@ -464,7 +464,7 @@ class System(_Model):
                 repeated = sorted(set(fields) & {*shared, model.dataset_field})
                 if repeated:
                     raise ValueError(
-                        f"datasets.{name}: {', '.join(repeated)} set on the dataset; the system"
+                        f"datasets.{name:.80}: {', '.join(repeated)} set on the dataset; the system"
                         f" gives {', '.join(_SET_ON_SYSTEM)} and the dataset's name is its"
                         f" {model.dataset_field}"
                     )
@@ -676,7 +676,7 @@ class Catalogue(_Model):
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        field = ".".join(str(part)[:80] for part in item["loc"]) or "(top level)"
         lines.append(f"{field}: {item['msg']}")
     return "; ".join(lines)
 
@@ -748,10 +748,10 @@ def _read_mapping(path: Path, name: str) -> dict[Any, Any]:
 
 class Bindings(NamedTuple):
     """The datasets of the valid system files by reference (``system/dataset``), and the
-    systems whose file is invalid."""
+    invalid system files by the system their name gives."""
 
     datasets: dict[str, Source]
-    invalid: set[str]
+    invalid: dict[str, str]
 
 
 def load_system(path: Path) -> System:
@@ -783,7 +783,7 @@ def _resolved(raw: dict[Any, Any], name: str, bindings: Bindings) -> dict[Any, A
     system = reference.split("/", 1)[0]
     if system in bindings.invalid:
         raise RetentionError(
-            f"{name}: source: {reference!r}: {SYSTEMS}/{system}.yaml is invalid (see its error)"
+            f"{name}: source: {reference!r}: {bindings.invalid[system]} is invalid (see its error)"
         )
     known = sorted(r for r in bindings.datasets if r.startswith(f"{system}/"))
     systems = sorted({b.system for b in bindings.datasets.values()})
@@ -845,7 +845,7 @@ def load_valid(directory: Path | None = None) -> tuple[Catalogue, dict[str, str]
 def _load_bindings(folder: Path, digest: Any) -> tuple[Bindings, dict[str, str]]:
     """The datasets of every valid system file in ``folder`` (hashed into ``digest``), and
     the error of each invalid one (by ``systems/<file name>``)."""
-    bindings = Bindings({}, set())
+    bindings = Bindings({}, {})
     errors: dict[str, str] = {}
     for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
         name = f"{SYSTEMS}/{path.name}"
@@ -854,7 +854,7 @@ def _load_bindings(folder: Path, digest: Any) -> tuple[Bindings, dict[str, str]]
             system = load_system(path)
         except RetentionError as exc:
             errors[name] = str(exc)
-            bindings.invalid.add(path.stem)
+            bindings.invalid[path.stem] = name
             continue
         if any(b.system == system.system for b in bindings.datasets.values()):
             errors[name] = f"{name}: system: duplicate system {system.system!r} (defined twice)"
