@@ -421,8 +421,11 @@ def _paths(node: object, prefix: tuple = ()) -> list[tuple]:
 _FIELD_PATHS = _paths(_RAW)
 
 
-def _mutated(path: tuple, value: object) -> dict:
-    raw = yaml.safe_load(NEWSLETTER)
+_BINDING_PATHS = _paths(yaml.safe_load(BINDING))
+
+
+def _mutated(path: tuple, value: object, text: str = NEWSLETTER) -> dict:
+    raw = yaml.safe_load(text)
     node = raw
     for part in path[:-1]:
         node = node[part]
@@ -448,6 +451,13 @@ def test_fuzzed_field_values(tmp_path, path, value):
     text = yaml.safe_dump(_mutated(path, value), allow_unicode=True)
     (tmp_path / "newsletter.yaml").write_text(text, encoding="utf-8")
     _loads_or_names_the_file(tmp_path)
+
+
+@_FUZZ
+@given(path=st.sampled_from(_BINDING_PATHS), value=_VALUES)
+def test_fuzzed_system_file_values(tmp_path, path, value):
+    text = yaml.safe_dump(_mutated(path, value, BINDING), allow_unicode=True)
+    _loads_or_names_the_file(_folder_with(tmp_path, NEWSLETTER, text))
 
 
 @_FUZZ
