@@ -634,22 +634,18 @@ class Activity(_Model):
 
 class Catalogue(_Model):
     """Every activity, by id; every bound dataset, by reference (``system/dataset``): each of
-    the system files, whether or not an activity refers to it, and an activity's source given
-    in code only (tests, tools); and a version hash of the files they came from."""
+    the system files, whether or not an activity refers to it (an activity read from a file
+    gets that very binding), and the source of an activity given in code (tests, tools) whose
+    reference no system file binds; and a version hash of the files they came from."""
 
     activities: dict[str, Activity]
     version: str
     bindings: dict[str, Source] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _sources_are_bindings(self) -> Catalogue:
+    def _sources_are_bound(self) -> Catalogue:
         for activity in self.activities.values():
-            bound = self.bindings.setdefault(activity.source.reference, activity.source)
-            if bound != activity.source:
-                raise ValueError(
-                    f"activity {activity.id!r}: its source is not the binding"
-                    f" {activity.source.reference!r} (a dataset is bound once)"
-                )
+            self.bindings.setdefault(activity.source.reference, activity.source)
         return self
 
     def unreferenced(self) -> list[Source]:

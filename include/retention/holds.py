@@ -166,10 +166,11 @@ class Binding:
 
 
 def bindings_of(catalogue: Catalogue) -> dict[tuple[str, str], set[Binding]]:
-    """Every (system, dataset) the catalogue binds, whether or not an activity refers to it
-    (a hold outlives a change of activities), with how each binding names its records."""
+    """Every (system, dataset) the catalogue binds, whether or not an activity refers to it,
+    with how each binding (and each activity's source, where one given in code differs) names
+    its records."""
     found: dict[tuple[str, str], set[Binding]] = {}
-    for src in catalogue.bindings.values():
+    for src in [*catalogue.bindings.values(), *(activity.source for activity in catalogue)]:
         for hold_key in src.hold_keys():
             found.setdefault((src.system, hold_key.dataset), set()).add(
                 Binding(hold_key.key_columns, hold_key.lookup)
