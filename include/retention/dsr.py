@@ -423,14 +423,15 @@ def rectify(
     from include.retention import rectification
 
     runtime = runtime or DsrRuntime()
+    catalogue = _catalogue(runtime, catalogue)
     plan = rectification.Rectification(
         request_id=int(received["request_id"]), request_ref=received["request"],
         refs=frozenset(bytes.fromhex(r) for r in received["subject_refs"]),
         kinds=list(identifier_kinds(received, runtime)),
         values=rectified_fields(params), key=runtime.key, connections=connections or {},
+        catalogue_version=getattr(catalogue, "version", ""),
     )  # fmt: skip
-    catalogue = _catalogue(runtime, catalogue)
-    result = plan.run(catalogue, runtime.holds, runtime.requests)
+    result = plan.run(catalogue, runtime.holds, runtime.requests, runtime.control)
     return result | _reach(received, runtime, catalogue).summary()
 
 

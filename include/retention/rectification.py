@@ -17,22 +17,48 @@ What is refused:
 - sources that cannot change fields (objects in a bucket): the answer names them, so the
   correction is made there by hand.
 
-The ledger gets one ``dsr_rectified`` entry per dataset changed: which fields, how many
-records and their keyed references, never the values. The answer lists the activities'
-recipients to tell (Art. 19).
+Evidence is written ahead, by the retention lifecycle's protocol (`lifecycle`): per dataset a
+ledger run of :data:`RUN_ACTIVITY` (action ``rectification``, the request in its origin)
+under the dataset's rectification lease, whose ``batch_prepared`` entry (action ``rectify``)
+names the records about to change and the fields set (names, never values) before any change
+is final (SQL: the UPDATE done, not committed; APIs: before the first PATCH); the holds are
+read again after it, and a hold placed meanwhile on those records undoes the update, which
+is staged again. Once applied, ``batch_resolved`` says which records were. After a crash
+anywhere, the request's next attempt (the task's retry, or clearing it) first settles the
+batches its dead runs left prepared from the source: a record whose fields equal the
+requested values was rectified, any other was not (`SourceAdapter.holding`). Retention runs
+never settle them (their activity is never :data:`RUN_ACTIVITY`).
+
+Then the request register chains one ``dsr_rectified`` entry per dataset changed: which
+fields, how many records and their keyed references, never the values, and its ledger run.
+The answer lists the activities' recipients to tell (Art. 19).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from include.retention import lifecycle
 from include.retention.catalogue import Activity
 from include.retention.errors import RetentionError
-from include.retention.holds import HoldRegister
+from include.retention.holds import ActiveHolds, HoldRegister
+from include.retention.leases import Lease, lease_name, leased
+from include.retention.ledger import RunHeader, code_version
+from include.retention.pseudonym import pack_refs, unpack_refs
+from include.retention.runs import (
+    Control,
+    checkpoint,
+    close_interrupted_runs,
+    database_errors,
+    settle_batch,
+)
 from include.retention.sources.base import (
+    Batch,
     NotUpdatable,
     OfSubject,
     SourceAdapter,
@@ -42,6 +68,11 @@ from include.retention.sources.base import (
 from include.retention.subject_requests import RequestRegister
 
 log = logging.getLogger(__name__)
+
+# The ledger runs' activity: no retention activity's, so retention recovery never settles a
+# rectification's batch as a deletion. Also the crash tests' checkpoint scope.
+RUN_ACTIVITY = "dsr_rectification"
+ACTION = "rectify"
 
 KEPT_REASONS = {
     "legal_hold": "under a legal hold: kept as it is",
@@ -78,18 +109,21 @@ class Rectification:
     values: dict[str, Any]
     key: bytes
     connections: Mapping[str, Any] = field(default_factory=dict)
+    catalogue_version: str = ""
 
     def run(
-        self, catalogue: Iterable[Activity], holds: HoldRegister, register: RequestRegister
-    ) -> dict[str, Any]:
+        self, catalogue: Iterable[Activity], holds: HoldRegister, register: RequestRegister,
+        control: Control,
+    ) -> dict[str, Any]:  # fmt: skip
         from include.retention.access_extract import searchable
 
         targets = self._targets(searchable(catalogue, self.kinds))
         try:
             checked, cannot = self._check(targets)
             outcomes = [
-                self._apply(target, fields, holds, register) for target, fields in checked if fields
-            ]
+                self._apply(target, fields, holds, register, control)
+                for target, fields in checked if fields
+            ]  # fmt: skip
         finally:
             for target in targets:
                 target.adapter.close()
@@ -162,12 +196,13 @@ class Rectification:
 
     def _apply(
         self, target: Target, fields: dict[str, Any], holds: HoldRegister,
-        register: RequestRegister,
+        register: RequestRegister, control: Control,
     ) -> tuple[dict[str, Any], dict[str, int]]:  # fmt: skip
         adapter = target.adapter
-        updated: Updated = adapter.update(
-            self._selection(), fields, lambda: holds.active(adapter.system, adapter.dataset)
-        )
+        name = lease_name(RUN_ACTIVITY, adapter.system, adapter.dataset)
+        with database_errors(), leased(control.ledger.engine, name) as lease:
+            self._recover(adapter, fields, control)
+            updated, run_id = _Write(self, target, fields, holds, control).go(lease)
         result = target.where | {
             "activities": [a.id for a in target.activities],
             "fields": sorted(fields),
@@ -176,13 +211,144 @@ class Rectification:
         if updated.refs or updated.skipped:
             register.record_rectified(self.request_id, result | {
                 "record_refs": sorted(ref.hex() for ref in updated.refs),
-                "held_skipped": updated.skipped.get("legal_hold", 0),
-                "restricted_skipped": updated.skipped.get("restriction", 0),
+                **_kept_counts(updated), "run_id": run_id,
             })  # fmt: skip
         log.info("%s: %s.%s: %s record(s) rectified (%s), %s kept (held/restricted)",
                  self.request_ref, adapter.system, adapter.dataset, len(updated.refs),
                  ", ".join(sorted(fields)), sum(updated.skipped.values()))  # fmt: skip
         return result, {kind: n for kind, n in updated.skipped.items() if n}
+
+    def _recover(self, adapter: SourceAdapter, fields: dict[str, Any], control: Control) -> None:
+        """Under the dataset's lease: settle the batches this request's dead runs left prepared
+        on it, from whether each record's fields equal the values now, and close those runs.
+        Another request's batch left prepared there refuses the rectification: only that
+        request knows its values, and changing the records first would falsify its check."""
+        live = control.leases.live_runs()
+        requests = {
+            run.run_id: (run.header.get("origin") or {}).get("request")
+            for run in control.ledger.runs(RUN_ACTIVITY) if run.run_id not in live
+        }  # fmt: skip
+        mine = {run_id for run_id, ref in requests.items() if ref == self.request_ref}
+        pending = [
+            b for b in control.ledger.pending_batches(RUN_ACTIVITY)
+            if b.run_id in requests and (b.system, b.dataset) == (adapter.system, adapter.dataset)
+        ]  # fmt: skip
+        others = sorted({str(requests[b.run_id]) for b in pending if b.run_id not in mine})
+        if others:
+            raise RetentionError(
+                f"nothing was changed in {adapter.system}.{adapter.dataset}: the rectification"
+                f" of {', '.join(others)} was interrupted there and is not settled yet. Clear"
+                " its failed rectify task in the Airflow UI first (its retry settles it), then"
+                " this one again"
+            )
+        if pending:
+            wanted = {ref for batch in pending for ref in unpack_refs(batch.refs)}
+            holding = adapter.holding(wanted, fields)
+            for batch in pending:
+                settle_batch(control, batch, holding, applied_if_present=True)
+        close_interrupted_runs(control, RUN_ACTIVITY, only=mine)
+
+    def header(self, adapter: SourceAdapter, fields: dict[str, Any]) -> RunHeader:
+        return RunHeader(
+            activity_id=RUN_ACTIVITY, system=adapter.system, dataset=adapter.dataset,
+            action="rectification",
+            rules=[f"Art. 16: rectification of {self.request_ref} ({', '.join(sorted(fields))})"],
+            as_of=dt.datetime.now(dt.UTC).isoformat(), cutoffs=[None], dry_run=False,
+            catalogue_version=self.catalogue_version, code_version=code_version(),
+            origin={"reason": "rectification", "request": self.request_ref},
+        )  # fmt: skip
+
+
+@dataclass
+class _Write:
+    """One dataset's write-ahead update: a ledger run with one ``rectify`` batch, staged again
+    (a new batch) when a hold was placed on its records between staging and evidence."""
+
+    plan: Rectification
+    target: Target
+    fields: dict[str, Any]
+    holds: HoldRegister
+    control: Control
+    seen: list[ActiveHolds] = field(default_factory=list)
+    prepared: tuple[int, int] | None = None  # the prepared batch's seq, and its records
+
+    @property
+    def adapter(self) -> SourceAdapter:
+        return self.target.adapter
+
+    def read_holds(self) -> ActiveHolds:
+        self.seen.append(self.holds.active(self.adapter.system, self.adapter.dataset))
+        return self.seen[-1]
+
+    def go(self, lease: Lease) -> tuple[Updated, str]:
+        ledger = self.control.ledger
+        run_id = ledger.start_run(self.plan.header(self.adapter, self.fields))
+        lease.bind_run(run_id)
+        try:
+            updated, seq = self._update(run_id)
+        except Exception as exc:
+            ledger.finish_run(run_id, RUN_ACTIVITY, outcome="failed", counts={},
+                              message=f"failed: {type(exc).__name__}")  # fmt: skip
+            raise
+        counts = {"applied": len(updated.refs), **_kept_counts(updated)}
+        ledger.finish_run(
+            run_id, RUN_ACTIVITY, outcome="completed" if seq else "nothing_to_do", counts=counts,
+            message=f"rectify: {len(updated.refs)} records ({', '.join(sorted(self.fields))})",
+        )  # fmt: skip
+        return updated, run_id
+
+    def _update(self, run_id: str) -> tuple[Updated, int | None]:
+        selection = OfSubject(self.plan.refs)
+        for no in range(1, lifecycle.MAX_HOLD_RETRIES + 1):
+            self.prepared = None
+            try:
+                updated = self.adapter.update(
+                    selection, self.fields, self.read_holds,
+                    functools.partial(self._prepare, run_id, no),
+                )  # fmt: skip
+            except _HeldMeanwhile:
+                log.info("%s: a hold was placed on the records meanwhile; staging again",
+                         self.plan.request_ref)  # fmt: skip
+                continue
+            if self.prepared is None:
+                return updated, None
+            seq, staged = self.prepared
+            checkpoint("after_apply", no, RUN_ACTIVITY)
+            lifecycle.resolve(self.control, seq, staged, updated.refs)
+            checkpoint("after_resolve", no, RUN_ACTIVITY)
+            return updated, seq
+        raise RetentionError(
+            f"{self.plan.request_ref}: holds kept changing; gave up after"
+            f" {lifecycle.MAX_HOLD_RETRIES} tries (nothing of the last try was changed)"
+        )
+
+    def _prepare(self, run_id: str, no: int, staged: Updated) -> None:
+        """Evidence first; then a hold placed since the holds were read undoes the update."""
+        if not staged.refs:
+            return
+        adapter, ledger = self.adapter, self.control.ledger
+        seq = ledger.prepare_batch(
+            run_id, RUN_ACTIVITY, adapter.system, adapter.dataset, batch_no=no, action=ACTION,
+            refs_blob=pack_refs(staged.refs), fields=sorted(self.fields),
+            counts={"records": len(staged.refs), **_kept_counts(staged)},
+        )  # fmt: skip
+        checkpoint("after_prepare", no, RUN_ACTIVITY)
+        read = self.seen[-1]
+        if lifecycle.held_since(Batch(no, staged.refs, read), self.read_holds()):
+            ledger.resolve_batch(seq, outcome="rolled_back", applied=0)
+            raise _HeldMeanwhile
+        self.prepared = (seq, len(staged.refs))
+
+
+def _kept_counts(updated: Updated) -> dict[str, int]:
+    return {
+        "held_skipped": updated.skipped.get("legal_hold", 0),
+        "restricted_skipped": updated.skipped.get("restriction", 0),
+    }
+
+
+class _HeldMeanwhile(Exception):
+    """A hold was placed on a staged rectification's records before it was applied."""
 
 
 def _recipients(targets: list[Target], changed: list[dict[str, Any]]) -> list[str]:

@@ -199,6 +199,10 @@ class Updated:
     skipped: Mapping[str, int] = field(default_factory=dict)
 
 
+# Called by `SourceAdapter.update` with what is about to change, before it is final.
+Prepare = Callable[[Updated], None]
+
+
 class NotUpdatable(RetentionError):
     """The source cannot change a record's fields through its adapter (e.g. objects in a
     bucket): a rectification must be made there by hand."""
@@ -272,11 +276,20 @@ class SourceAdapter(Protocol):
         nothing."""
 
     def update(
-        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader
-    ) -> Updated:
+        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader,
+        prepare: Prepare,
+    ) -> Updated:  # fmt: skip
         """Set ``values`` (as :meth:`fields_to_update` returned them) on the selected records
         at once, leaving out held and restricted ones (``holds()`` read while the records are
-        locked, where the source can lock). Data-subject rectification (Art. 16)."""
+        locked, where the source can lock). Data-subject rectification (Art. 16).
+
+        Write-ahead: ``prepare`` is called with the records about to change (and those left
+        out) before any change is final (SQL: the UPDATE done, not committed; APIs: before
+        the first request); when it raises, nothing changes. Returns the records changed."""
+
+    def holding(self, refs: AbstractSet[bytes], values: Mapping[str, Any]) -> set[bytes]:
+        """Which of ``refs`` are records whose fields equal ``values`` exactly now (recovery
+        of a rectification a crash interrupted). Waits for a change still being committed."""
 
     def close(self) -> None:
         """Release connections the adapter made itself."""

@@ -62,6 +62,7 @@ from include.retention.sources.base import (
     Key,
     KeyRange,
     OfSubject,
+    Prepare,
     Record,
     Selection,
     Updated,
@@ -467,22 +468,35 @@ class HttpAdapter:
         return checked
 
     def update(
-        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader
-    ) -> Updated:
+        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader,
+        prepare: Prepare,
+    ) -> Updated:  # fmt: skip
         """PATCH each selected record that is not held (the API cannot lock: the holds are read
-        once the records are listed)."""
+        once the records are listed), after ``prepare``."""
         records = [record for record, status in self._statuses(selection) if status == "due"]
         active = holds()
-        updated: list[bytes] = []
+        chosen: list[tuple[str, bytes]] = []
         skipped: Counter[str] = Counter()
         for record in records:
             ref, subjects = self._refs(record)
             kind = active.kind_for(ref, subjects) if not active.empty else None
             if kind:
                 skipped[kind] += 1
-            elif values and self.client.patch(self.dataset, record.id, values):
-                updated.append(ref)
+            else:
+                chosen.append((record.id, ref))
+        prepare(Updated(refs=[ref for _, ref in chosen], skipped=dict(skipped)))
+        updated = [
+            ref for record_id, ref in chosen
+            if values and self.client.patch(self.dataset, record_id, values)
+        ]  # fmt: skip
         return Updated(refs=updated, skipped=dict(skipped))
+
+    def holding(self, refs: AbstractSet[bytes], values: Mapping[str, Any]) -> set[bytes]:
+        return {
+            ref for record in self.client.records(self.dataset)
+            if (ref := self._records.ref(record.id)) in refs
+            and all(record.fields.get(name) == value for name, value in values.items())
+        }  # fmt: skip
 
     def close(self) -> None:
         self.client.close()

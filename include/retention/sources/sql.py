@@ -52,6 +52,7 @@ from include.retention.sources.base import (
     Key,
     KeyRange,
     OfSubject,
+    Prepare,
     Record,
     Selection,
     Updated,
@@ -563,9 +564,11 @@ class SqlAdapter:
         return checked
 
     def update(
-        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader
-    ) -> Updated:
-        """One transaction: lock the selected rows, read the holds, update the others."""
+        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader,
+        prepare: Prepare,
+    ) -> Updated:  # fmt: skip
+        """One transaction: lock the selected rows, read the holds, update the others, call
+        ``prepare``, commit."""
         ds = self.table_of()
         with self.engine.connect() as conn:  # (a scan by subject streams its connection)
             cond = self._selected(conn, ds, selection, None)
@@ -577,11 +580,33 @@ class SqlAdapter:
             keys = [row[0] for row in locked if row[0] not in held]
             if keys and values:
                 conn.execute(sa.update(ds.table).where(ds.pk.in_(keys)).values(**values))
-        kinds = list(held.values())
-        return Updated(
-            refs=[ref for row, ref in zip(locked, refs, strict=True) if row[0] not in held],
-            skipped={kind: kinds.count(kind) for kind in set(kinds)},
-        )
+            kinds = list(held.values())
+            updated = Updated(
+                refs=[ref for row, ref in zip(locked, refs, strict=True) if row[0] not in held],
+                skipped={kind: kinds.count(kind) for kind in set(kinds)},
+            )
+            prepare(updated)  # raising rolls the update back
+        return updated
+
+    def holding(self, refs: AbstractSet[bytes], values: Mapping[str, Any]) -> set[bytes]:
+        """The database narrows by the values (its collation may ignore case or trailing
+        spaces), Python compares them exactly."""
+        ds = self.table_of()
+        columns = [ds.table.c[name] for name in sorted(values)]
+        query = sa.select(ds.pk, *columns).where(*(c == values[c.name] for c in columns))
+        found: set[bytes] = set()
+        with self.engine.connect() as conn:
+            limit(conn, self.timeouts)
+            result = conn.execution_options(yield_per=SCAN_CHUNK).execute(
+                query.with_for_update(read=True)
+            )
+            for chunk in result.partitions():
+                same = [row for row in chunk if all(
+                    row[i] == values[c.name] for i, c in enumerate(columns, 1)
+                )]  # fmt: skip
+                found.update(r for r in self.hasher.refs(row[0] for row in same) if r in refs)
+            conn.rollback()
+        return found
 
     def close(self) -> None:
         """The engine belongs to whoever made it (the connection registry or the caller)."""
