@@ -39,7 +39,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,11 +93,38 @@ class Target:
         return {"system": self.adapter.system, "dataset": self.adapter.dataset}
 
     def rule_fields(self) -> set[str]:
-        """Fields a retention rule reads (anchors, conditions): not rectified here."""
-        return {
-            name for a in self.activities for case in a.retention
-            for name in (case.anchor_column, case.when.column if case.when else None) if name
-        }  # fmt: skip
+        return rule_fields(self.activities)
+
+
+def rule_fields(activities: Iterable[Activity]) -> set[str]:
+    """Fields a retention rule reads (anchors, conditions) or that mark a record anonymised:
+    they decide what retention does with the record, so they are not rectified here."""
+    fields = {
+        name for a in activities for case in a.retention
+        for name in (case.anchor_column, case.when.column if case.when else None) if name
+    }  # fmt: skip
+    return fields | {m for a in activities if (m := getattr(a.action, "marker_column", None))}
+
+
+def finds_people(activities: Iterable[Activity]) -> bool:
+    """Whether a data-subject request searches (and so may rectify) the dataset these
+    activities bind: one of them is run as controller and has a lookup column."""
+    return any(a.processor_for is None and a.source.lookup for a in activities)
+
+
+def rectifiable_columns(activities: Sequence[Activity], columns: Iterable[str]) -> set[str]:
+    """Of a SQL table's ``columns``, those a rectification may set (least-privilege grants):
+    none when no activity binding the table can find a person (no lookup column, or run as
+    a processor); never the key, the lookup and file-link columns, nor :func:`rule_fields`."""
+    if not finds_people(activities):
+        return set()
+    fixed = rule_fields(activities)
+    for a in activities:
+        source = a.source
+        key = getattr(source, "primary_key", ())
+        fixed |= {*([key] if isinstance(key, str) else key), *source.lookup.values()}
+        fixed |= {link.column for link in getattr(source, "objects", ())}
+    return set(columns) - fixed
 
 
 @dataclass
@@ -180,8 +207,8 @@ class Rectification:
             if ruled:
                 problems.append(
                     f"{target.adapter.system}.{target.adapter.dataset}: field(s)"
-                    f" {', '.join(ruled)} decide when its records are deleted; correct them in"
-                    " the system itself"
+                    f" {', '.join(ruled)} decide when its records are deleted or mark them"
+                    " anonymised; correct them in the system itself"
                 )
             checked.append((target, fields))
         unknown = sorted(set(self.values) - known)
