@@ -7,9 +7,12 @@ a field of some dataset exactly and every value fits everywhere (the error names
 never a value). Then each dataset updates the person's records in one go.
 
 What is refused:
-- the fields that key a record or name its person (primary key, subject column, file links),
-  and fields a retention rule of the dataset reads (anchors and conditions): correcting them
-  would move a deadline; the controller does that in the system itself;
+- the fields that key a record or name its person (primary key, lookup columns, file links),
+  and fields a retention rule of the dataset reads (anchors, conditions, the anonymisation
+  marker): correcting them would move a deadline; the controller does that in the system
+  itself. A lookup column (e.g. a wrong e-mail address) is how holds, restrictions and the
+  suppression list find the person: the refusal says to file those again under the new value
+  first, so nothing protected becomes deletable;
 - records under a legal hold (kept as evidence as they are) or a restriction (Art. 18: while
   restricted, data is only stored; a contested accuracy is settled by lifting the restriction,
   telling the person (Art. 18(3)), then filing the rectification again). They are left as

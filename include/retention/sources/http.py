@@ -48,7 +48,7 @@ import urllib3
 from include.retention.catalogue import DeleteAction, HttpSource
 from include.retention.connections import _get_connection
 from include.retention.errors import RetentionError, Unavailable
-from include.retention.field_values import like
+from include.retention.field_values import like, lookup_refused
 from include.retention.holds import ActiveHolds
 from include.retention.lookup import SubjectMatcher
 from include.retention.pseudonym import RecordRefHasher
@@ -452,12 +452,12 @@ class HttpAdapter:
             for name, value in record.fields.items():
                 if examples.get(name) is None:
                     examples[name] = value
-        fixed = {column for _, column in self.binding.lookup_columns()}
+        lookups = {column: kind for kind, column in self.binding.lookup_columns()}
         checked: dict[str, Any] = {}
         problems = []
         for name in sorted(set(values) & examples.keys()):
-            if name in fixed:
-                problems.append(f"field {name!r} names the person: it cannot be rectified here")
+            if name in lookups:
+                problems.append(lookup_refused(name, lookups[name]))
                 continue
             try:
                 checked[name] = like(name, values[name], examples[name])

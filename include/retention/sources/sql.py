@@ -36,7 +36,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from include.retention.catalogue import AnonymiseAction, RuleCase, SqlChild, SqlSource
 from include.retention.errors import RetentionError
-from include.retention.field_values import for_column
+from include.retention.field_values import for_column, lookup_refused
 from include.retention.holds import ActiveHolds
 from include.retention.lookup import SubjectMatcher
 from include.retention.masking import MaskStrategy, mask_key
@@ -544,10 +544,14 @@ class SqlAdapter:
 
     def fields_to_update(self, values: Mapping[str, Any]) -> dict[str, Any]:
         ds = self.table_of()
-        fixed = {ds.pk.name, *(c.name for c in ds.objects), *(c.name for c in ds.lookups)}
+        lookups = {column: kind for kind, column in self.binding.lookup_columns()}
+        fixed = {ds.pk.name, *(c.name for c in ds.objects)}
         checked: dict[str, Any] = {}
         problems = []
         for name in sorted(set(values) & set(ds.table.c.keys())):
+            if name in lookups:
+                problems.append(lookup_refused(name, lookups[name]))
+                continue
             if name in fixed:
                 problems.append(
                     f"field {name!r} keys the record or names its person: it cannot be"
