@@ -122,3 +122,14 @@ def test_a_table_only_a_processor_activity_binds_gets_no_rectification_grant() -
     (searched,) = [g for g in source_grants([activity()], False, {"people": ["id", "city"]})
                    if g.table == "people"]  # fmt: skip
     assert searched.update_columns == {"city"}
+
+
+def test_the_anonymisation_marker_is_never_rectifiable() -> None:
+    from include.retention.rectification import rectifiable_columns
+    from tests.dbs import crash_activity
+
+    columns = ["id", "email", "city", "anonymised_at", "decided_at", "status", "age"]
+    assert rectifiable_columns([crash_activity("anonymise")], columns) == {"city", "age"}
+    assert rectifiable_columns([crash_activity("delete")], columns) == {
+        "city", "age", "anonymised_at",
+    }  # fmt: skip
