@@ -254,15 +254,16 @@ class Rectification:
         Another request's batch left prepared there refuses the rectification: only that
         request knows its values, and changing the records first would falsify its check."""
         live = control.leases.live_runs()
-        requests = {
-            run.run_id: (run.header.get("origin") or {}).get("request")
+        origins = {
+            run.run_id: run.header.get("origin") or {}
             for run in control.ledger.runs(RUN_ACTIVITY) if run.run_id not in live
         }  # fmt: skip
+        requests = {
+            run_id: origin.get("request") for run_id, origin in origins.items()
+            if origin.get("dataset") == _where(adapter)
+        }  # fmt: skip
         mine = {run_id for run_id, ref in requests.items() if ref == self.request_ref}
-        pending = [
-            b for b in control.ledger.pending_batches(RUN_ACTIVITY)
-            if b.run_id in requests and (b.system, b.dataset) == (adapter.system, adapter.dataset)
-        ]  # fmt: skip
+        pending = [b for b in control.ledger.pending_batches(RUN_ACTIVITY) if b.run_id in requests]
         others = sorted({str(requests[b.run_id]) for b in pending if b.run_id not in mine})
         if others:
             raise RetentionError(
@@ -285,7 +286,8 @@ class Rectification:
             rules=[f"Art. 16: rectification of {self.request_ref} ({', '.join(sorted(fields))})"],
             as_of=dt.datetime.now(dt.UTC).isoformat(), cutoffs=[None], dry_run=False,
             catalogue_version=self.catalogue_version, code_version=code_version(),
-            origin={"reason": "rectification", "request": self.request_ref},
+            origin={"reason": "rectification", "request": self.request_ref,
+                    "dataset": _where(adapter)},
         )  # fmt: skip
 
 
@@ -368,6 +370,10 @@ class _Write:
             ledger.resolve_batch(seq, outcome="rolled_back", applied=0)
             raise _HeldMeanwhile
         self.prepared = (seq, len(staged.refs))
+
+
+def _where(adapter: SourceAdapter) -> str:
+    return f"{adapter.system}/{adapter.dataset}"
 
 
 def _kept_counts(updated: Updated) -> dict[str, int]:
