@@ -8,10 +8,12 @@ claimed that did not happen, and the rectification completes."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -53,18 +55,25 @@ def _cities(engine: sa.Engine) -> dict[int, str]:
         return dict(conn.execute(sa.select(table.c.id, table.c.city)).all())  # type: ignore[arg-type]
 
 
-def _setup(dialect: str, tmp_path: Path, key: bytes) -> tuple[Any, Any, str, dict]:
+@contextlib.contextmanager
+def _case(dialect: str, tmp_path: Path) -> Iterator[tuple[Any, str, dict, bytes]]:
+    """A fresh source with Anna's two records and Umeå's one, a control database and Anna's
+    registered request: (source, control URL, the request as received, key)."""
+    key = secrets.token_bytes(32)
     db, cleanup = create_db(dialect, tmp_path)
-    seed(db.engine, [
-        person(1, old(), city="Malmö"), person(2, recent(), city="Umeå"),
-        person(3, recent(), email="Person1@Example.com ", city="Malmö"),
-    ], children=False)  # fmt: skip
-    control_url = f"sqlite:///{tmp_path / 'control.db'}"
-    received = dsr.receive(
-        "rectification", {"email": ANNA, "corrections": {"city": NEW_CITY}}, user="u",
-        dag_id="dsr_rectification", run_id="r", runtime=_runtime(control_url, key),
-    )  # fmt: skip
-    return db, cleanup, control_url, received
+    try:
+        seed(db.engine, [
+            person(1, old(), city="Malmö"), person(2, recent(), city="Umeå"),
+            person(3, recent(), email="Person1@Example.com ", city="Malmö"),
+        ], children=False)  # fmt: skip
+        control_url = f"sqlite:///{tmp_path / 'control.db'}"
+        received = dsr.receive(
+            "rectification", {"email": ANNA, "corrections": {"city": NEW_CITY}}, user="u",
+            dag_id="dsr_rectification", run_id="r", runtime=_runtime(control_url, key),
+        )  # fmt: skip
+        yield db, control_url, received, key
+    finally:
+        cleanup()
 
 
 def _claims(runtime: dsr.DsrRuntime) -> tuple[Counter[bytes], list[dict[str, Any]]]:
@@ -87,9 +96,7 @@ def _check_settled(runtime: dsr.DsrRuntime) -> None:
 def test_a_rectification_killed_anywhere_loses_nothing_and_claims_nothing_false(
     dialect: str, kill_at: str, tmp_path: Path
 ) -> None:
-    key = secrets.token_bytes(32)
-    db, cleanup, control_url, received = _setup(dialect, tmp_path, key)
-    try:
+    with _case(dialect, tmp_path) as (db, control_url, received, key):
         db.engine.dispose()  # the forked child opens its own connections
         child = partial(_rectify, received, control_url, db.url, key)
         assert fork_run(child, kill_at=kill_at) == "killed"
@@ -124,16 +131,12 @@ def test_a_rectification_killed_anywhere_loses_nothing_and_claims_nothing_false(
         outcomes = [r.finished["outcome"] for r in ledger.runs(rectification.RUN_ACTIVITY)
                     if r.finished]  # fmt: skip
         assert outcomes == ["interrupted", "completed"]
-    finally:
-        cleanup()
 
 
 def test_a_failure_between_commit_and_resolution_is_settled_by_the_retry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    key = secrets.token_bytes(32)
-    db, cleanup, control_url, received = _setup("sqlite", tmp_path, key)
-    try:
+    with _case("sqlite", tmp_path) as (db, control_url, received, key):
         with monkeypatch.context() as patched:
 
             def control_db_lost(*args: Any) -> None:
@@ -157,8 +160,6 @@ def test_a_failure_between_commit_and_resolution_is_settled_by_the_retry(
         outcomes = [r.finished["outcome"] for r in runtime.control.ledger.runs(
             rectification.RUN_ACTIVITY)]  # fmt: skip
         assert outcomes == ["failed", "completed"]
-    finally:
-        cleanup()
 
 
 def test_a_pending_rectification_of_another_request_refuses_until_settled(
@@ -166,9 +167,7 @@ def test_a_pending_rectification_of_another_request_refuses_until_settled(
 ) -> None:
     """Only the interrupted request knows the values its batch must be checked against: a
     second request changing the records first would make that check wrong."""
-    key = secrets.token_bytes(32)
-    db, cleanup, control_url, received = _setup("sqlite", tmp_path, key)
-    try:
+    with _case("sqlite", tmp_path) as (db, control_url, received, key):
         db.engine.dispose()
         child = partial(_rectify, received, control_url, db.url, key)
         assert fork_run(child, kill_at="after_apply:1") == "killed"
@@ -192,16 +191,12 @@ def test_a_pending_rectification_of_another_request_refuses_until_settled(
         (settled,) = [e.document["body"] for e in runtime.control.ledger.entries()
                       if e.kind == "batch_resolved" and e.ref_seq == pending.seq]  # fmt: skip
         assert (settled["outcome"], settled["recovered"]) == ("committed", True)
-    finally:
-        cleanup()
 
 
 def test_a_hold_placed_after_the_evidence_undoes_the_update(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    key = secrets.token_bytes(32)
-    db, cleanup, control_url, received = _setup("postgresql", tmp_path, key)
-    try:
+    with _case("postgresql", tmp_path) as (db, control_url, received, key):
         runtime = _runtime(control_url, key)
         placing = threading.Thread(
             target=runtime.holds.place_record_hold, args=("ats", "people", 3),
@@ -229,5 +224,3 @@ def test_a_hold_placed_after_the_evidence_undoes_the_update(
         claimed, resolved = _claims(runtime)
         assert [b["outcome"] for b in resolved] == ["rolled_back", "committed"]
         assert claimed == Counter({record_ref(key, "ats", "people", 1): 1})
-    finally:
-        cleanup()

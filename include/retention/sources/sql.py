@@ -515,16 +515,7 @@ class SqlAdapter:
             query = query.where(_bounds(ds, within))
         if ds.marker is not None:
             query = query.where(ds.marker.is_not(None))
-        present: set[bytes] = set()
-        with self.engine.connect() as conn:
-            limit(conn, self.timeouts)
-            result = conn.execution_options(yield_per=SCAN_CHUNK).execute(
-                query.with_for_update(read=True)
-            )
-            for chunk in result.partitions():
-                present.update(r for r in self.hasher.refs(row[0] for row in chunk) if r in refs)
-            conn.rollback()
-        return present
+        return self._locked_refs(query, refs)
 
     def read(self, selection: Selection) -> Iterator[Record]:
         """The selected records in key order, each with its rows of the binding's child tables
@@ -598,6 +589,16 @@ class SqlAdapter:
         ds = self.table_of()
         columns = [ds.table.c[name] for name in sorted(values)]
         query = sa.select(ds.pk, *columns).where(*(c == values[c.name] for c in columns))
+        return self._locked_refs(
+            query, refs, lambda row: all(row[i] == values[c.name] for i, c in enumerate(columns, 1))
+        )
+
+    def _locked_refs(
+        self, query: sa.Select[Any], refs: AbstractSet[bytes],
+        keep: Callable[[Any], bool] = lambda row: True,
+    ) -> set[bytes]:  # fmt: skip
+        """Of ``refs``, those of the rows ``query`` (key first) returns that ``keep`` accepts,
+        read under share locks: a change still being committed is waited for."""
         found: set[bytes] = set()
         with self.engine.connect() as conn:
             limit(conn, self.timeouts)
@@ -605,10 +606,8 @@ class SqlAdapter:
                 query.with_for_update(read=True)
             )
             for chunk in result.partitions():
-                same = [row for row in chunk if all(
-                    row[i] == values[c.name] for i, c in enumerate(columns, 1)
-                )]  # fmt: skip
-                found.update(r for r in self.hasher.refs(row[0] for row in same) if r in refs)
+                kept = [row for row in chunk if keep(row)]
+                found.update(r for r in self.hasher.refs(row[0] for row in kept) if r in refs)
             conn.rollback()
         return found
 
