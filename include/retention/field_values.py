@@ -111,16 +111,16 @@ def _fail(error: RetentionError) -> Any:
     raise error
 
 
-def lookup_refused(name: str, kind: str) -> str:
-    """Why a lookup column is not rectified through the form, and what to do instead."""
-    option = "--" + kind.replace("_", "-")
-    return (
-        f"field {name!r} holds the person's {kind}, by which requests, holds, restrictions and"
-        " the suppression list find them: those filed under the old value would no longer"
-        " match. First file the person's restriction or legal hold again under the new value"
-        f" (dsr_restriction, or `holds place {option} -`) and any consent withdrawal or"
-        " objection (dsr_consent_withdrawal, dsr_objection), then correct it in the system itself"
-    )
+def for_lookup(name: str, kind: str, value: Any) -> None:
+    """A lookup column's new value must be a valid identifier of its kind: a record whose value
+    is none could no longer be found by requests, holds and the suppression list."""
+    from include.retention.lookup import normal_value
+
+    if normal_value(kind, value) is None:
+        raise RetentionError(
+            f"field {name!r} holds the person's {kind}, by which requests, holds and the"
+            f" suppression list find them: the new value must be a valid {kind}"
+        )
 
 
 def for_column(name: str, value: Any, column: sa.Column[Any]) -> Any:

@@ -12,7 +12,7 @@ Per bound table the worker gets SELECT, plus DELETE where the activity deletes (
 included) or UPDATE on exactly the masked columns and the marker where it anonymises. Given
 the tables' columns (read from the source: ``grants --source-url-env``), it also gets UPDATE
 on exactly the columns a data-subject rectification (Art. 16) may set
-(`rectification.rectifiable_columns`: not the key, lookup, file-link or rule columns); without
+(`rectification.rectifiable_columns`: not the key, file-link or rule columns); without
 them the script names the tables whose rectification it does not grant. In the
 control database it may read and append to the ledger, move the head row forward and read
 the hold register, and take, renew and release run leases (``retention_leases``): no UPDATE

@@ -7,12 +7,10 @@ a field of some dataset exactly and every value fits everywhere (the error names
 never a value). Then each dataset updates the person's records in one go.
 
 What is refused:
-- the fields that key a record or name its person (primary key, lookup columns, file links),
-  and fields a retention rule of the dataset reads (anchors, conditions, the anonymisation
-  marker): correcting them would move a deadline; the controller does that in the system
-  itself. A lookup column (e.g. a wrong e-mail address) is how holds, restrictions and the
-  suppression list find the person: the refusal says to file those again under the new value
-  first, so nothing protected becomes deletable;
+- the fields that key a record (primary key, file links), and fields a retention rule of the
+  dataset reads (anchors, conditions, the anonymisation marker): correcting them would move a
+  deadline; the controller does that in the system itself; a lookup column's new value that
+  is no valid identifier of its kind (the record could no longer be found);
 - records under a legal hold (kept as evidence as they are) or a restriction (Art. 18: while
   restricted, data is only stored; a contested accuracy is settled by lifting the restriction,
   telling the person (Art. 18(3)), then filing the rectification again). They are left as
@@ -35,6 +33,11 @@ never settle them (their activity is never :data:`RUN_ACTIVITY`).
 Then the request register chains one ``dsr_rectified`` entry per dataset changed: which
 fields, how many records and their keyed references, never the values, and its ledger run.
 The answer lists the activities' recipients to tell (Art. 19).
+
+A lookup column (e.g. a wrong e-mail address) is how requests, holds, restrictions and the
+suppression list find the person: when one is corrected, the person's active subject holds
+and suppressions on the old values are placed on the new value too (:class:`_Carry`), so
+nothing restricted or held becomes deletable and nobody suppressed comes back.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import datetime as dt
 import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +56,8 @@ from include.retention.errors import RetentionError
 from include.retention.holds import ActiveHolds, HoldRegister
 from include.retention.leases import Lease, lease_name, leased
 from include.retention.ledger import RunHeader, code_version
-from include.retention.pseudonym import pack_refs, unpack_refs
+from include.retention.lookup import normal_value
+from include.retention.pseudonym import pack_refs, subject_ref, unpack_refs
 from include.retention.runs import (
     Control,
     checkpoint,
@@ -69,6 +74,7 @@ from include.retention.sources.base import (
     adapter_for,
 )
 from include.retention.subject_requests import RequestRegister
+from include.retention.suppression import SuppressionList
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +124,14 @@ def finds_people(activities: Iterable[Activity]) -> bool:
 def rectifiable_columns(activities: Sequence[Activity], columns: Iterable[str]) -> set[str]:
     """Of a SQL table's ``columns``, those a rectification may set (least-privilege grants):
     none when no activity binding the table can find a person (no lookup column, or run as
-    a processor); never the key, the lookup and file-link columns, nor :func:`rule_fields`."""
+    a processor); never the key and file-link columns, nor :func:`rule_fields`."""
     if not finds_people(activities):
         return set()
     fixed = rule_fields(activities)
     for a in activities:
         source = a.source
         key = getattr(source, "primary_key", ())
-        fixed |= {*([key] if isinstance(key, str) else key), *source.lookup.values()}
+        fixed |= {*([key] if isinstance(key, str) else key)}
         fixed |= {link.column for link in getattr(source, "objects", ())}
     return set(columns) - fixed
 
@@ -140,18 +146,16 @@ class Rectification:
     key: bytes
     connections: Mapping[str, Any] = field(default_factory=dict)
     catalogue_version: str = ""
+    by: str = "airflow"  # who filed it: places the holds carried to a new identifier
 
-    def run(
-        self, catalogue: Iterable[Activity], holds: HoldRegister, register: RequestRegister,
-        control: Control,
-    ) -> dict[str, Any]:  # fmt: skip
+    def run(self, catalogue: Iterable[Activity], registers: Registers) -> dict[str, Any]:
         from include.retention.access_extract import searchable
 
         targets = self._targets(searchable(catalogue, self.kinds))
         try:
             checked, cannot = self._check(targets)
             outcomes = [
-                self._apply(target, fields, holds, register, control)
+                self._apply(target, fields, registers)
                 for target, fields in checked if fields
             ]  # fmt: skip
         finally:
@@ -225,21 +229,23 @@ class Rectification:
         return checked, cannot
 
     def _apply(
-        self, target: Target, fields: dict[str, Any], holds: HoldRegister,
-        register: RequestRegister, control: Control,
-    ) -> tuple[dict[str, Any], dict[str, int]]:  # fmt: skip
-        adapter = target.adapter
+        self, target: Target, fields: dict[str, Any], registers: Registers
+    ) -> tuple[dict[str, Any], dict[str, int]]:
+        adapter, control = target.adapter, registers.control
         name = lease_name(RUN_ACTIVITY, adapter.system, adapter.dataset)
+        carry = _Carry(self, registers, self.new_refs(target, fields))
         with database_errors(), leased(control.ledger.engine, name) as lease:
             self._recover(adapter, fields, control)
-            updated, run_id = _Write(self, target, fields, holds, control).go(lease)
+            updated, run_id = _Write(self, target, fields, registers, carry).go(lease)
+            carry.holds(updated.subjects)  # and those placed while the change was in flight
+            carry.suppressions(updated.subjects)
         result = target.where | {
             "activities": [a.id for a in target.activities],
             "fields": sorted(fields),
             "records": len(updated.refs),
-        }
+        } | ({"carried": carry.done} if carry.to else {})  # fmt: skip
         if updated.refs or updated.skipped:
-            register.record_rectified(self.request_id, result | {
+            registers.requests.record_rectified(self.request_id, result | {
                 "record_refs": sorted(ref.hex() for ref in updated.refs),
                 **_kept_counts(updated), "run_id": run_id,
             })  # fmt: skip
@@ -279,6 +285,13 @@ class Rectification:
                 settle_batch(control, batch, holding, applied_if_present=True)
         close_interrupted_runs(control, RUN_ACTIVITY, only=mine)
 
+    def new_refs(self, target: Target, fields: Mapping[str, Any]) -> frozenset[bytes]:
+        """The keyed references of the new values of the lookup columns among ``fields``."""
+        lookups = target.activities[0].source.lookup_columns()
+        normal = [normal_value(kind, fields[column]) for kind, column in lookups
+                  if column in fields]  # fmt: skip
+        return frozenset(subject_ref(self.key, value) for value in normal if value is not None)
+
     def header(self, adapter: SourceAdapter, fields: dict[str, Any]) -> RunHeader:
         return RunHeader(
             activity_id=RUN_ACTIVITY, system=adapter.system, dataset=adapter.dataset,
@@ -299,8 +312,8 @@ class _Write:
     plan: Rectification
     target: Target
     fields: dict[str, Any]
-    holds: HoldRegister
-    control: Control
+    registers: Registers
+    carry: _Carry
     seen: list[ActiveHolds] = field(default_factory=list)
     prepared: tuple[int, int] | None = None  # the prepared batch's seq, and its records
 
@@ -309,11 +322,12 @@ class _Write:
         return self.target.adapter
 
     def read_holds(self) -> ActiveHolds:
-        self.seen.append(self.holds.active(self.adapter.system, self.adapter.dataset))
+        holds = self.registers.holds
+        self.seen.append(holds.active(self.adapter.system, self.adapter.dataset))
         return self.seen[-1]
 
     def go(self, lease: Lease) -> tuple[Updated, str]:
-        ledger = self.control.ledger
+        ledger = self.registers.control.ledger
         run_id = ledger.start_run(self.plan.header(self.adapter, self.fields))
         lease.bind_run(run_id)
         try:
@@ -346,7 +360,7 @@ class _Write:
                 return updated, None
             seq, staged = self.prepared
             checkpoint("after_apply", no, RUN_ACTIVITY)
-            lifecycle.resolve(self.control, seq, staged, updated.refs)
+            lifecycle.resolve(self.registers.control, seq, staged, updated.refs)
             checkpoint("after_resolve", no, RUN_ACTIVITY)
             return updated, seq
         raise RetentionError(
@@ -355,10 +369,12 @@ class _Write:
         )
 
     def _prepare(self, run_id: str, no: int, staged: Updated) -> None:
-        """Evidence first; then a hold placed since the holds were read undoes the update."""
+        """Suppressions carried to a new identifier, evidence; then a hold placed since the
+        holds were read undoes the update."""
         if not staged.refs:
             return
-        adapter, ledger = self.adapter, self.control.ledger
+        self.carry.suppressions(staged.subjects)
+        adapter, ledger = self.adapter, self.registers.control.ledger
         seq = ledger.prepare_batch(
             run_id, RUN_ACTIVITY, adapter.system, adapter.dataset, batch_no=no, action=ACTION,
             refs_blob=pack_refs(staged.refs), fields=sorted(self.fields),
@@ -370,6 +386,64 @@ class _Write:
             ledger.resolve_batch(seq, outcome="rolled_back", applied=0)
             raise _HeldMeanwhile
         self.prepared = (seq, len(staged.refs))
+
+
+@dataclass(frozen=True)
+class Registers:
+    """Where a rectification reads holds and writes: the hold register, the request register
+    and the suppression list (the request DAGs' role), and the control database (ledger runs,
+    leases)."""
+
+    holds: HoldRegister
+    requests: RequestRegister
+    suppressions: SuppressionList
+    control: Control
+
+
+@dataclass
+class _Carry:
+    """A rectified identifier keeps what protects or suppresses the person: every active
+    subject hold and suppression on the records' old identifiers (and those the request gave)
+    is placed on the new ones too, chained like any placement, reason naming the request.
+
+    Suppressions are carried before the evidence (they do not keep a record from changing);
+    holds after the change: a record an active hold covers is never changed, so only a hold
+    placed while the change was in flight (its placement waited for it) can cover an old
+    value the records no longer have."""
+
+    plan: Rectification
+    registers: Registers
+    to: frozenset[bytes]
+    done: dict[str, Any] = field(default_factory=lambda: {"holds": [], "suppressions": 0})
+
+    def _old(self, subjects: AbstractSet[bytes]) -> set[bytes]:
+        return (set(subjects) | self.plan.refs) - self.to
+
+    def holds(self, subjects: AbstractSet[bytes]) -> None:
+        if not self.to:
+            return
+        register = self.registers.holds
+        have = {(kind, ref) for _, kind, ref in register.active_subject_holds(self.to)}
+        for hold_id, kind, _ in register.active_subject_holds(self._old(subjects)):
+            for ref in sorted(self.to):
+                if (kind, ref) in have:
+                    continue
+                self.done["holds"].append(register.place_subject_ref_hold(
+                    ref, kind=kind, placed_by=self.plan.by,  # type: ignore[arg-type]
+                    reason=f"rectification of {self.plan.request_ref}: carried from hold {hold_id}",
+                ))  # fmt: skip
+                have.add((kind, ref))
+
+    def suppressions(self, subjects: AbstractSet[bytes]) -> None:
+        if not self.to:
+            return
+        register, old = self.registers.suppressions, self._old(subjects)
+        for scope, refs in register.active().items():
+            if refs & old:
+                self.done["suppressions"] += register.add(
+                    self.to, scope, added_by=f"rectification of {self.plan.request_ref}",
+                    request_id=self.plan.request_id,
+                )  # fmt: skip
 
 
 def _where(adapter: SourceAdapter) -> str:

@@ -192,11 +192,14 @@ class Batch:
 
 @dataclass(frozen=True)
 class Updated:
-    """What :meth:`SourceAdapter.update` changed: the references of the records updated, and
-    the held or restricted records left as they were (hold kind -> records)."""
+    """What :meth:`SourceAdapter.update` changed: the references of the records updated, the
+    held or restricted records left as they were (hold kind -> records), and the keyed
+    references of the updated records' lookup values as they were before (a rectified
+    identifier's holds and suppressions are carried over from them)."""
 
     refs: Sequence[bytes]
     skipped: Mapping[str, int] = field(default_factory=dict)
+    subjects: frozenset[bytes] = frozenset()
 
 
 # Called by `SourceAdapter.update` with what is about to change, before it is final.

@@ -48,7 +48,7 @@ import urllib3
 from include.retention.catalogue import DeleteAction, HttpSource
 from include.retention.connections import _get_connection
 from include.retention.errors import RetentionError, Unavailable
-from include.retention.field_values import like, lookup_refused
+from include.retention.field_values import for_lookup, like
 from include.retention.holds import ActiveHolds
 from include.retention.lookup import SubjectMatcher
 from include.retention.pseudonym import RecordRefHasher
@@ -240,9 +240,7 @@ class ApiClient:
             headers = {**headers, "Content-Type": "application/json"}
         for attempt in range(self.settings.max_retries + 1):
             try:
-                response = self._pool.request(
-                    method, url, fields=query, body=body, headers=headers
-                )
+                response = self._pool.request(method, url, fields=query, body=body, headers=headers)
             except urllib3.exceptions.HTTPError as exc:
                 problem, wait = type(exc).__name__, self._backoff(attempt)
             else:
@@ -446,7 +444,7 @@ class HttpAdapter:
 
     def fields_to_update(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Fields are those the collection's records have (the first 100 looked at); a value
-        takes the JSON type the field holds now. Lookup fields name the person: refused."""
+        takes the JSON type the field holds now; a lookup field's must be a valid identifier."""
         examples: dict[str, Any] = {}
         for record in itertools.islice(self.client.records(self.dataset), 100):
             for name, value in record.fields.items():
@@ -456,10 +454,9 @@ class HttpAdapter:
         checked: dict[str, Any] = {}
         problems = []
         for name in sorted(set(values) & examples.keys()):
-            if name in lookups:
-                problems.append(lookup_refused(name, lookups[name]))
-                continue
             try:
+                if name in lookups:
+                    for_lookup(name, lookups[name], values[name])
                 checked[name] = like(name, values[name], examples[name])
             except RetentionError as exc:
                 problems.append(str(exc))
@@ -477,6 +474,7 @@ class HttpAdapter:
         active = holds()
         chosen: list[tuple[str, bytes]] = []
         skipped: Counter[str] = Counter()
+        old: set[bytes] = set()
         for record in records:
             ref, subjects = self._refs(record)
             kind = active.kind_for(ref, subjects) if not active.empty else None
@@ -484,12 +482,14 @@ class HttpAdapter:
                 skipped[kind] += 1
             else:
                 chosen.append((record.id, ref))
-        prepare(Updated(refs=[ref for _, ref in chosen], skipped=dict(skipped)))
+                old |= subjects
+        refs = [ref for _, ref in chosen]
+        prepare(Updated(refs=refs, skipped=dict(skipped), subjects=frozenset(old)))
         updated = [
             ref for record_id, ref in chosen
             if values and self.client.patch(self.dataset, record_id, values)
         ]  # fmt: skip
-        return Updated(refs=updated, skipped=dict(skipped))
+        return Updated(refs=updated, skipped=dict(skipped), subjects=frozenset(old))
 
     def holding(self, refs: AbstractSet[bytes], values: Mapping[str, Any]) -> set[bytes]:
         return {

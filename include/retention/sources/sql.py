@@ -36,7 +36,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from include.retention.catalogue import AnonymiseAction, RuleCase, SqlChild, SqlSource
 from include.retention.errors import RetentionError
-from include.retention.field_values import for_column, lookup_refused
+from include.retention.field_values import for_column, for_lookup
 from include.retention.holds import ActiveHolds
 from include.retention.lookup import SubjectMatcher
 from include.retention.masking import MaskStrategy, mask_key
@@ -540,9 +540,6 @@ class SqlAdapter:
         checked: dict[str, Any] = {}
         problems = []
         for name in sorted(set(values) & set(ds.table.c.keys())):
-            if name in lookups:
-                problems.append(lookup_refused(name, lookups[name]))
-                continue
             if name in fixed:
                 problems.append(
                     f"field {name!r} keys the record or names its person: it cannot be"
@@ -550,6 +547,8 @@ class SqlAdapter:
                 )
                 continue
             try:
+                if name in lookups:
+                    for_lookup(name, lookups[name], values[name])
                 checked[name] = for_column(name, values[name], ds.table.c[name])
             except RetentionError as exc:
                 problems.append(str(exc))
@@ -576,10 +575,15 @@ class SqlAdapter:
             if keys and values:
                 conn.execute(sa.update(ds.table).where(ds.pk.in_(keys)).values(**values))
             kinds = list(held.values())
+            changing = [row[0] not in held for row in locked]
             updated = Updated(
-                refs=[ref for row, ref in zip(locked, refs, strict=True) if row[0] not in held],
+                refs=[ref for ref, change in zip(refs, changing, strict=True) if change],
                 skipped={kind: kinds.count(kind) for kind in set(kinds)},
-            )
+                subjects=frozenset().union(*(
+                    sub for sub, change in zip(self._subjects(ds, locked), changing, strict=True)
+                    if change
+                )),
+            )  # fmt: skip
             prepare(updated)  # raising rolls the update back
         return updated
 
