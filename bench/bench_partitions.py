@@ -1,12 +1,13 @@
 """Benchmark: one enforcement split into 1, 2 and 4 key-range partitions run in parallel
 processes (as mapped Airflow tasks would run them), on local PostgreSQL.
 
-For each partition count, seeds the table of `bench_sql_delete` (``--rows`` rows, half
-expired), splits it with `lifecycle.partitions` and runs `lifecycle.run` on every key range at
-once, one forked process each, all writing to one PostgreSQL ledger database (created for the
-run and dropped at the end). A bare ``DELETE`` of the same rows, timed in the same run, is the
-baseline. Prints seconds, throughput (deleted rows per second), the ratio to the bare DELETE and
-the speed-up over one partition. On a 2-core machine more than two partitions cannot gain::
+For each partition count, seeds the table of `bench_sql_delete` (``--rows`` rows, half expired),
+splits it with `lifecycle.partitions`, starts the one ledger run they share and runs
+`lifecycle.run` on every key range at once, one forked process each, then finishes the run, all
+in one PostgreSQL ledger database (created for the run and dropped at the end). A bare
+``DELETE`` of the same rows, timed in the same run, is the baseline. Prints seconds, throughput
+(deleted rows per second), the ratio to the bare DELETE and the speed-up over one partition. On
+a 2-core machine more than two partitions cannot gain::
 
     PYTHONPATH=. .venv/bin/python bench/bench_partitions.py [--rows N] [--counts 1 2 4]
 """
@@ -23,7 +24,14 @@ import time
 import sqlalchemy as sa
 from bench_sql_delete import AS_OF, SERVERS, bare_delete, bench_activity, drop, seed, source_engine
 
-from include.retention.lifecycle import RunOptions, partitions, run
+from include.retention.lifecycle import (
+    RunOptions,
+    finish_partitioned,
+    partitions,
+    plan,
+    run,
+    start_partitioned,
+)
 from include.retention.runs import Control
 from include.retention.sources.base import DueAt, KeyRange, adapter_for
 
@@ -44,14 +52,16 @@ def _ledger_database(create: bool) -> None:
     admin.dispose()
 
 
-def _partition(part: tuple[int, int | str | None, int | str | None], batch_size: int) -> int:
-    """In a forked process: enforce one key range; the rows it deleted."""
+def _partition(
+    part: tuple[int, int | str | None, int | str | None], batch_size: int, run_id: str
+) -> int:
+    """In a forked process: enforce one key range of run ``run_id``; the rows it deleted."""
     index, lower, upper = part
     activity = bench_activity()
     engine = source_engine()
     selection = KeyRange(DueAt(AS_OF, tuple(activity.retention)), lower, upper, index)
     adapter = adapter_for(activity.source, KEY, engine)
-    options = RunOptions("bench", approved_by="bench", batch_size=batch_size)
+    options = RunOptions("bench", approved_by="bench", batch_size=batch_size, run_id=run_id)
     report = run(activity, selection, adapter, Control.open(ledger_url(), KEY), options)
     engine.dispose()
     return report.applied
@@ -65,9 +75,19 @@ def enforce_partitioned(rows: int, count: int, batch_size: int) -> tuple[int, fl
     ranges = partitions(
         activity, AS_OF, control=control, size=math.ceil(rows / count), source=engine
     )
+    adapter = adapter_for(activity.source, KEY, engine)
+    whole = plan(activity, AS_OF, control=control, adapter=adapter)
+    options = RunOptions("bench", approved_by="bench")
+    run_id = start_partitioned(
+        activity, whole, len(ranges), control=control, adapter=adapter, options=options
+    )
     parts = [(r.index, r.lower, r.upper) for r in ranges]
     with multiprocessing.get_context("fork").Pool(len(parts)) as pool:
-        applied = pool.starmap(_partition, [(part, batch_size) for part in parts])
+        applied = pool.starmap(_partition, [(part, batch_size, run_id) for part in parts])
+    finish_partitioned(
+        activity, run_id, ranges, control=control, adapter=adapter, outcome="completed",
+        message="", counts={},
+    )  # fmt: skip
     elapsed = time.perf_counter() - start
     assert control.ledger.verify().ok
     return sum(applied), elapsed

@@ -81,6 +81,7 @@ def test_dag_shape_and_ui_metadata(dagbag):
             "approve",
             "partition",
             "enforce",
+            "finish",
             "verify",
             "report",
         }
@@ -101,10 +102,13 @@ def test_dag_shape_and_ui_metadata(dagbag):
         assert dag.get_task("report").trigger_rule == "all_done"
         assert len(dag.get_task("report").outlets) == 1
         assert dag.get_task("enforce").pool == "retention"
-        # one enforce per partition; any failed one fails verify (all_success) and the run
+        # one enforce per partition; finish closes the run after all of them, however they
+        # ended, and a failed one is recorded there and fails the run (report)
         assert dag.get_task("enforce").is_mapped
-        assert dag.get_task("verify").trigger_rule == "all_success"
-        assert dag.get_task("partition").downstream_task_ids == {"enforce"}
+        assert dag.get_task("finish").trigger_rule == "all_done"
+        assert dag.get_task("enforce").downstream_task_ids == {"finish"}
+        assert dag.get_task("verify").upstream_task_ids == {"plan", "finish"}
+        assert dag.get_task("partition").downstream_task_ids == {"enforce", "finish"}
         assert {t.pool for t in dag.tasks if t.task_id != "enforce"} == {"default_pool"}
         assert dag.is_paused_upon_creation is False
         assert "python -m include.retention check" in dag.doc_md

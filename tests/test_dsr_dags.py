@@ -107,3 +107,28 @@ def test_the_reapply_form_offers_the_catalogues_systems_only(dags) -> None:
     assert "accounting" in dag.params.get_param("system").schema["enum"]
     with pytest.raises(Exception, match=r"Invalid input|validat"):
         _form(dag, system="nowhere")  # (an empty form is refused by the task: test_erasure)
+
+
+class _TaskInstance:
+    def __init__(self) -> None:
+        self.pushed: dict[str, object] = {}
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.pushed[key] = value
+
+
+def test_a_partly_done_step_keeps_what_it_did_as_its_result_and_fails() -> None:
+    from include.retention.dsr_dags import keeping_partial
+    from include.retention.errors import PartlyDone
+
+    def work(kind, received, params, user):
+        if received.get("fail"):
+            raise PartlyDone("one system failed", {"removed_from": ["newsletter"]})
+        return {"removed_from": []}
+
+    ti = _TaskInstance()
+    assert keeping_partial(work, ti)("objection", {}, {}, "u") == {"removed_from": []}
+    assert ti.pushed == {}
+    with pytest.raises(PartlyDone, match="one system failed"):
+        keeping_partial(work, ti)("objection", {"fail": True}, {}, "u")
+    assert ti.pushed == {"return_value": {"removed_from": ["newsletter"]}}

@@ -3,7 +3,8 @@ through the REST API as the UI's form does, on the seeded demo systems (SQL, S3,
 
 A person with a due recruitment record asks for restriction: the next retention run keeps
 their records and deletes the others that are due. A consent withdrawal puts them on the
-suppression list and a re-import of them is refused. Malformed requests are refused (by the
+suppression list (and searches the consent-based activities at once: they are in none) and a
+re-import of them is refused. Malformed requests are refused (by the
 form's schema at trigger time, or by ``receive``'s checks at once, without retries) and change
 nothing. A person put in many systems asks for erasure: they are erased everywhere except
 where the bookkeeping obligation or a legal hold keeps them (recorded with the reason); then a
@@ -11,7 +12,8 @@ backup of one system is restored (their rows come back) and ``dsr_reapply`` eras
 A newsletter subscriber asks for a portability export (their consent-based records only; the
 recruitment person's export is empty: legitimate interest) and a rectification of their last
 name (a value of the wrong type first: refused, nothing changed), then withdraws their
-consent: the newsletter's next retention run removes them. The identifiers and the corrected
+consent: the withdrawal itself removes them from the newsletter at once, and the newsletter's
+next retention run finds nothing more of them. The identifiers and the corrected
 value are then searched for in every XCom, asset event, task log file, the audit log and the
 ledger: they are in none of them.
 """
@@ -143,8 +145,8 @@ def _requests(airflow: Stack) -> None:
 
 
 def _portability_and_rectification(airflow: Stack) -> None:
-    """The subscriber's export and corrections, then their consent withdrawal and the
-    newsletter's retention run (their row is looked at before it goes)."""
+    """The subscriber's export and corrections, then their consent withdrawal (which removes
+    their row) and the newsletter's retention run (their row is looked at before it goes)."""
     subscriber = airflow.subscriber
     airflow.trigger("export", {"email": _spelled_differently(subscriber.subject)})
     airflow.trigger("export_li", {"email": airflow.person.subject})
@@ -169,8 +171,6 @@ def _subscriber(entries: list[ManifestEntry], held: set[str | None]) -> Manifest
         if e.expectation == Expectation.kept and e.kind == "row" and e.subject
         and e.hold is None and e.subject not in held
     )  # fmt: skip
-
-
 
 
 def _subject_field(activity_id: str) -> str:
@@ -323,6 +323,19 @@ def test_consent_withdrawal_suppresses_a_reimport(airflow: Stack) -> None:
     suppressions = SuppressionList(airflow.demo.control.ledger.engine, airflow.key)
     rows = [{"email": _spelled_differently(airflow.person.subject)}, {"email": "ny@example.se"}]
     assert suppressions.admit(rows, "email", "email") == [{"email": "ny@example.se"}]
+    # At once, every activity on consent was searched (all by e-mail): the person (a candidate)
+    # is in none of them; each search is a ledger run naming the request.
+    request = _request_of(airflow, "withdrawal")
+    done = request.outcome["steps"]["suppress"]
+    on_consent = sorted(a.id for a in load_catalogue() if "consent" in a.legal_bases)
+    assert len(on_consent) == 6 and done["nothing_found_in"] == on_consent
+    assert (done["removed"], done["kept"], done["failed_in"], done["not_searched"]) == (
+        0, [], [], [],
+    )  # fmt: skip
+    runs = [r for r in airflow.demo.control.ledger.runs()
+            if r.header["origin"].get("request") == request.ref]  # fmt: skip
+    assert sorted(r.activity_id for r in runs) == on_consent
+    assert [r.finished and r.finished["outcome"] for r in runs] == ["nothing_to_do"] * 6
 
 
 def test_the_access_extract_lists_the_persons_records_everywhere(airflow: Stack) -> None:
@@ -515,7 +528,9 @@ def test_the_rectification_changes_the_field_and_the_ledger_names_it(airflow: St
     assert request.outcome["steps"]["rectify"]["recipients_to_notify"]  # Art. 19
 
 
-def test_the_newsletter_run_removes_the_withdrawn_subscriber(airflow: Stack) -> None:
+def test_the_withdrawal_removes_the_subscriber_at_once_and_the_newsletter_run_finds_no_more(
+    airflow: Stack,
+) -> None:
     assert airflow.runs["withdrawal_subscriber"][1] == "success"
     assert airflow.runs["newsletter"][1] == "success"
     subscriber = airflow.subscriber
@@ -523,20 +538,34 @@ def test_the_newsletter_run_removes_the_withdrawn_subscriber(airflow: Stack) -> 
     kept = [e for e in airflow.demo.manifest.for_activity("newsletter")
             if not e.due and e.subject != subscriber.subject]  # fmt: skip
     assert kept and all(airflow.demo.exists(e) for e in kept)
-    runs = airflow.demo.control.ledger.runs("newsletter")
-    (suppression,) = [
-        r for r in runs if r.header["origin"].get("reason") == "suppression"
-        and r.header["origin"]["run_id"] == airflow.runs["newsletter"][0]
-    ]  # fmt: skip
-    assert suppression.header["rules"] == [
+    ledger = airflow.demo.control.ledger
+    runs = [
+        r for r in ledger.runs("newsletter") if r.header["origin"].get("reason") == "suppression"
+    ]
+    # The withdrawal's own run removed them: its origin is the dsr_consent_withdrawal DAG run.
+    request = _request_of(airflow, "withdrawal_subscriber")
+    (withdrawn,) = [r for r in runs if r.header["origin"]["run_id"] == request.run_id]
+    assert withdrawn.header["origin"]["dag_id"] == "dsr_consent_withdrawal"
+    assert withdrawn.header["origin"]["request"] == request.ref
+    assert withdrawn.header["rules"] == [
         "suppression list: consent withdrawn (Art. 7(3)) or objection to direct marketing"
         " (Art. 21(3))"
     ]
-    assert suppression.header["origin"]["dag_id"] == "retention_newsletter"
-    applied = airflow.demo.control.ledger.applied_refs(
-        suppression.run_id, "newsletter", "recipients"
-    )
-    assert applied == [record_ref(airflow.key, "newsletter", "recipients", subscriber.pk)]
+    record = record_ref(airflow.key, "newsletter", "recipients", subscriber.pk)
+    assert ledger.applied_refs(withdrawn.run_id, "newsletter", "recipients") == [record]
+    # The response says where: removed from the newsletter, found nowhere else.
+    done = request.outcome["steps"]["suppress"]
+    assert (request.status, done["removed"], done["removed_from"]) == (
+        "completed", 1, ["newsletter"],
+    )  # fmt: skip
+    (newsletter,) = [a for a in done["activities"] if a["activity"] == "newsletter"]
+    assert newsletter["ledger_run_id"] == withdrawn.run_id and newsletter["removed"] == 1
+    assert done["failed_in"] == [] and "newsletter" not in done["nothing_found_in"]
+    # The newsletter's next retention run still runs the suppression list: nothing more left.
+    (nightly,) = [r for r in runs if r.header["origin"]["run_id"] == airflow.runs["newsletter"][0]]
+    assert nightly.header["origin"]["dag_id"] == "retention_newsletter"
+    assert ledger.applied_refs(nightly.run_id, "newsletter", "recipients") == []
+    assert nightly.finished is not None and nightly.finished["counts"]["applied"] == 0
 
 
 def test_erasure_removes_the_person_everywhere_except_recorded_exceptions(airflow: Stack) -> None:

@@ -34,7 +34,9 @@ def test_the_dsr_role_does_a_requests_work_and_nothing_else(setup: Setup, key: b
     assert lift["holds_released"] == placed["holds_placed"]
     withdrawal = dsr.receive("consent_withdrawal", FORM, user="u", dag_id="w", run_id="r",
                              runtime=runtime)  # fmt: skip
-    assert dsr.suppress("consent_withdrawal", withdrawal, user="u", runtime=runtime)["suppressed"]
+    suppressed = dsr.suppress("consent_withdrawal", withdrawal, user="u", runtime=runtime,
+                              catalogue=NONE)  # fmt: skip
+    assert suppressed["suppressed"]
     assert dsr.respond(received, {}, [], user="u", runtime=runtime)["status"] == "completed"
     runtime.requests.extend(int(withdrawal["request_id"]), months=1, reason="r", by="u")
     runtime.requests.record_notified(int(received["request_id"]), "Mailchimp", by="u")

@@ -1,6 +1,7 @@
-"""Mapped partitions: a table split into key ranges enforced in parallel (one lifecycle run per
-range) deletes exactly what one run does, and a partition killed mid-batch recovers its own
-batch without touching the batches of a partition still in flight. Real PostgreSQL."""
+"""Mapped partitions: a table split into key ranges enforced in parallel within one ledger run
+(started once, finished once) deletes exactly what one run does; a partition killed mid-batch
+recovers its own batch without touching the batches of a partition still in flight, and the
+finish settles what a partition that never came back left prepared. Real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import sqlalchemy as sa
 
 from include.retention import lifecycle, operations
 from include.retention.catalogue import Activity, Catalogue, Partitioning
+from include.retention.certificate import build_certificate, render
+from include.retention.errors import RetentionError
 from include.retention.lifecycle import Hooks, RunOptions
 from include.retention.pseudonym import RecordRefHasher
 from include.retention.runs import Control
@@ -68,13 +71,34 @@ def _activity() -> Activity:
     return activity(children=False, safety={"max_rows": None, "max_fraction": None})
 
 
-def _partition_run(
-    act: Activity, part: KeyRange, engine: sa.Engine, control: Control, **options: Any
-) -> lifecycle.RunReport:
+def _start(act: Activity, engine: sa.Engine, control: Control, partitions: int) -> str:
+    """Start the partitioned ledger run (what the DAG's partition step does)."""
     whole = lifecycle.plan(act, AS_OF, control=control, source=engine)
     adapter = SqlAdapter(act.source, control.key, engine)
-    opts = RunOptions("test", batch_size=BATCH, whole=whole, **options)
+    return lifecycle.start_partitioned(
+        act, whole, partitions, control=control, adapter=adapter, options=RunOptions("test")
+    )
+
+
+def _partition_run(
+    act: Activity, part: KeyRange, engine: sa.Engine, control: Control, run_id: str,
+    **options: Any,
+) -> lifecycle.RunReport:  # fmt: skip
+    whole = lifecycle.plan(act, AS_OF, control=control, source=engine)
+    adapter = SqlAdapter(act.source, control.key, engine)
+    opts = RunOptions("test", batch_size=BATCH, whole=whole, run_id=run_id, **options)
     return lifecycle.run(act, part, adapter, control, opts)
+
+
+def _finish(
+    act: Activity, run_id: str, parts: list[KeyRange], engine: sa.Engine, control: Control,
+    outcome: str = "completed",
+) -> dict[str, Any]:  # fmt: skip
+    adapter = SqlAdapter(act.source, control.key, engine)
+    return lifecycle.finish_partitioned(
+        act, run_id, parts, control=control, adapter=adapter, outcome=outcome, message="",
+        counts={},
+    )  # fmt: skip
 
 
 def test_partitions_cover_every_key_once(db: Db, tmp_path: Path) -> None:
@@ -102,10 +126,11 @@ def test_mapped_partitions_delete_exactly_what_one_run_deletes(tmp_path: Path) -
         parts = lifecycle.partitions(act, AS_OF, control=control, size=SIZE,
                                      source=mapped_db.engine)  # fmt: skip
         assert len(parts) == 3
+        run_id = _start(act, mapped_db.engine, control, len(parts))
         reports: list[lifecycle.RunReport] = []
         threads = [
             threading.Thread(target=lambda p=p: reports.append(
-                _partition_run(act, p, mapped_db.engine, control)))
+                _partition_run(act, p, mapped_db.engine, control, run_id)))
             for p in parts
         ]  # fmt: skip
         for thread in threads:
@@ -113,12 +138,17 @@ def test_mapped_partitions_delete_exactly_what_one_run_deletes(tmp_path: Path) -
         for thread in threads:
             thread.join(120)
         assert sorted(r.outcome for r in reports) == ["completed"] * 3
+        assert {r.run_id for r in reports} == {run_id}
+        assert control.ledger.unfinished_runs(act.id).keys() == {run_id}  # until the finish
+        counts = _finish(act, run_id, parts, mapped_db.engine, control)
         assert ids(single_db.engine) == ids(mapped_db.engine) == _expected_survivors()
         assert sum(r.applied for r in reports) == one.applied == PEOPLE - len(_expected_survivors())
+        assert counts["applied"] == one.applied
         assert sum(r.held_skipped + r.restricted_skipped for r in reports) == 2
         assert control.ledger.verify().ok and control.ledger.pending_batches() == []
-        origins = sorted(r.header["origin"]["partition"] for r in control.ledger.runs())
-        assert origins == ["0", "1", "2"]
+        [run] = control.ledger.runs()  # started once, finished once
+        assert run.header["origin"]["partitions"] == "3"
+        assert run.finished is not None and run.finished["outcome"] == "completed"
     finally:
         drop_single()
         drop_mapped()
@@ -129,11 +159,12 @@ def test_a_killed_partition_recovers_only_its_own_batch(db: Db, tmp_path: Path) 
     control_url, control = _control(tmp_path, "control.db")
     parts = lifecycle.partitions(act, AS_OF, control=control, size=SIZE, source=db.engine)
     first, second = parts[0], parts[1]
+    run_id = _start(act, db.engine, control, len(parts))
 
     def killed_partition() -> None:
         engine = sa.create_engine(db.url)
         own = Control.open(control_url, control.key, create=False)
-        _partition_run(act, first, engine, own)
+        _partition_run(act, first, engine, own, run_id)
 
     assert fork_run(killed_partition, kill_at="after_prepare:2") == "killed"
     [dead] = control.ledger.pending_batches(act.id)
@@ -146,22 +177,25 @@ def test_a_killed_partition_recovers_only_its_own_batch(db: Db, tmp_path: Path) 
             assert recovered.wait(60), "the killed partition was not retried"
 
     reports: list[lifecycle.RunReport] = []
+    hooks = Hooks(after_prepare=hold_open)
     live = threading.Thread(target=lambda: reports.append(_partition_run(
-        act, second, db.engine, control, hooks=Hooks(after_prepare=hold_open))))  # fmt: skip
+        act, second, db.engine, control, run_id, hooks=hooks)))  # fmt: skip
     live.start()
     try:
         assert in_flight.wait(60)
         [live_batch] = [b for b in control.ledger.pending_batches(act.id) if b.seq != dead.seq]
-        retry = _partition_run(act, first, db.engine, control)  # the task's retry
+        assert (dead.partition, live_batch.partition) == (0, 1)
+        retry = _partition_run(act, first, db.engine, control, run_id)  # the task's retry
         assert retry.recovery is not None
         assert (retry.recovery.rolled_back, retry.recovery.committed) == (1, 0)
-        assert retry.recovery.runs_closed == 1
+        assert retry.recovery.runs_closed == 0  # the shared run stays open for the others
         assert [b.seq for b in control.ledger.pending_batches(act.id)] == [live_batch.seq]
     finally:
         recovered.set()
         live.join(120)
     assert [r.outcome for r in reports] == ["completed"]
-    _partition_run(act, parts[2], db.engine, control)
+    _partition_run(act, parts[2], db.engine, control, run_id)
+    _finish(act, run_id, parts, db.engine, control)
     assert ids(db.engine) == _expected_survivors()
     assert control.ledger.verify().ok and control.ledger.pending_batches() == []
     for pid in range(1, PEOPLE + 1):
@@ -185,8 +219,8 @@ class _Runtime(operations.Runtime):
 
 
 def _dag_steps(rt: _Runtime, act: Activity) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """plan → partition → enforce (one thread per partition, as mapped tasks run) → verify →
-    report, as the DAG wires them; (the partitions, the report)."""
+    """plan → partition → enforce (one thread per partition, as mapped tasks run) → finish →
+    verify → report, as the DAG wires them; (the partitions, the report)."""
     params = {"as_of": AS_OF.isoformat(), "dry_run": False}
     planned = operations.plan(act.id, params, AS_OF, rt, now=AS_OF)
     parts = operations.partition(act.id, planned, None, rt)
@@ -200,11 +234,11 @@ def _dag_steps(rt: _Runtime, act: Activity) -> tuple[list[dict[str, Any]], dict[
         thread.start()
     for thread in threads:
         thread.join(120)
-    enforced = [results[p["index"]] for p in parts]
-    verified = operations.verify(act.id, planned, enforced, rt)
+    finished = operations.finish(act.id, planned, parts, [results[p["index"]] for p in parts], rt)
+    verified = operations.verify(act.id, planned, finished, rt)
     assert verified["checked"] and verified["success"], verified
     report = operations.report(
-        act.id, {"plan": planned, "enforce": enforced, "verify": verified}, rt
+        act.id, {"plan": planned, "enforce": finished, "verify": verified}, rt
     )
     return parts, report
 
@@ -231,7 +265,7 @@ def test_the_mapped_dag_steps_delete_exactly_what_the_single_task_run_does(tmp_p
             assert {pk // 10 for pk in ids(db.engine, "applications")} == _expected_survivors()
             assert {pk // 10 for pk in ids(db.engine, "attachments")} == _expected_survivors()
             assert reports[name]["outcome"] == "completed" and reports[name]["verified"]
-            assert len(reports[name]["ledger_run_ids"]) == len(parts)
+            assert len(reports[name]["ledger_run_ids"]) == 1
         hasher = RecordRefHasher(controls["single"].key, "ats", "people")
         assert (
             _deleted_refs(controls["single"])
@@ -245,11 +279,17 @@ def test_the_mapped_dag_steps_delete_exactly_what_the_single_task_run_does(tmp_p
         }  # fmt: skip
         for control in controls.values():
             assert control.ledger.verify().ok and control.ledger.pending_batches() == []
-        partitions = sorted(
-            r.header["origin"].get("partition") for r in controls["mapped"].ledger.runs()
-        )
-        assert partitions == ["0", "1", "2"]
-        assert all("partition" not in r.header["origin"] for r in controls["single"].ledger.runs())
+        [mapped_run] = controls["mapped"].ledger.runs()
+        assert mapped_run.header["origin"]["partitions"] == "3"
+        assert mapped_run.finished is not None
+        assert mapped_run.finished["counts"]["applied"] == len(expected_gone)
+        [single_run] = controls["single"].ledger.runs()
+        assert "partitions" not in single_run.header["origin"]
+        for name, run, count in (("mapped", mapped_run, "3"), ("single", single_run, "1")):
+            catalogue = Catalogue(activities={"recruitment": mapped}, version="v")
+            page = render(build_certificate(controls[name].ledger, run.run_id, "en",
+                                            catalogue=catalogue), "html").decode()  # fmt: skip
+            assert f"Parallel partitions (key ranges)</th><td>{count}</td>" in page
     finally:
         for _, drop in dbs.values():
             drop()
@@ -273,4 +313,43 @@ def test_small_datasets_and_dry_runs_are_one_partition_and_the_cap_holds(
     )
     parts = operations.partition(act.id, planned, None, _Runtime(capped, control, db.engine))
     assert [(p["lower"], p["upper"], p["of"]) for p in parts] == [(None, 60, 2), (60, None, 2)]
-    assert control.ledger.runs() == []  # partitioning changes nothing and records nothing
+    assert ids(db.engine) == set(range(1, PEOPLE + 1))  # partitioning changes no record
+    # Each split started its run; the second split's recovery closed the first (never enforced).
+    first, second = control.ledger.runs()
+    assert [r.header["origin"]["partitions"] for r in (first, second)] == ["3", "2"]
+    assert first.finished is not None and first.finished["outcome"] == "interrupted"
+    assert second.finished is None and first.batches == second.batches == []
+    assert {p["run_id"] for p in parts} == {second.run_id}
+
+
+def test_the_finish_settles_a_partition_that_never_came_back(db: Db, tmp_path: Path) -> None:
+    """Partition 1 dies after its first batch's source commit (no resolve, no retry): the
+    finish settles that batch from the source and the run's applied count is what is gone."""
+    act = _activity()
+    control_url, control = _control(tmp_path, "control.db")
+    parts = lifecycle.partitions(act, AS_OF, control=control, size=SIZE, source=db.engine)
+    run_id = _start(act, db.engine, control, len(parts))
+
+    def dies_after_commit() -> None:
+        engine = sa.create_engine(db.url)
+        own = Control.open(control_url, control.key, create=False)
+        _partition_run(act, parts[0], engine, own, run_id)
+
+    assert fork_run(dies_after_commit, kill_at="after_apply:1") == "killed"
+    for part in parts[1:]:
+        assert _partition_run(act, part, db.engine, control, run_id).outcome == "completed"
+    [dead] = control.ledger.pending_batches(act.id)
+    counts = _finish(act, run_id, parts, db.engine, control, outcome="failed")
+    assert control.ledger.pending_batches() == [] and control.ledger.verify().ok
+    [run] = control.ledger.runs()
+    assert run.finished is not None and run.finished["outcome"] == "failed"
+    gone = PEOPLE - len(ids(db.engine))
+    assert counts["applied"] == run.finished["counts"]["applied"] == gone
+    assert _expected_survivors() <= ids(db.engine)  # nothing not due, held or restricted went
+    assert ids(db.engine) - _expected_survivors()  # partition 1's other due rows are still there
+    assert len(control.ledger.applied_refs(run_id, "ats", "people")) == gone
+    assert dead.partition == 0
+    # Its task cleared after the finish: refused, nothing changes (a new DAG run does the rest).
+    with pytest.raises(RetentionError, match="finished already"):
+        _partition_run(act, parts[0], db.engine, control, run_id)
+    assert PEOPLE - len(ids(db.engine)) == gone

@@ -285,7 +285,8 @@ def test_tasks_ran_in_the_executor_as_separate_processes(airflow: Scheduled) -> 
     states = {task_id: ti["state"] for task_id, ti in tis.items()}
     assert states == {
         "plan": "success", "safety_gate": "success", "approve": "skipped",
-        "partition": "success", "enforce": "success", "verify": "success", "report": "success",
+        "partition": "success", "enforce": "success", "finish": "success", "verify": "success",
+        "report": "success",
     }  # fmt: skip
     assert tis["enforce"]["map_index"] == 0  # a small dataset: one partition, the whole of it
     assert tis["enforce"]["rendered_map_index"] == "whole dataset"
@@ -391,10 +392,11 @@ def test_the_daily_manifest_is_published_under_object_lock(airflow: Scheduled) -
 
 
 def test_mapped_partitions_delete_exactly_the_due_rows_and_a_killed_one_recovers(airflow):
-    """MAPPED is split into key ranges, one mapped enforce task each. One partition's task
-    process is SIGKILLed after its first batch's evidence is written (its transaction never
-    commits); its next try (cleared, as an operator would) settles that batch and only that
-    one, and the run ends with exactly the due rows gone, each with one piece of evidence."""
+    """MAPPED is split into key ranges, one mapped enforce task each, within one ledger run.
+    One partition's task process is SIGKILLed after its first batch's evidence is written (its
+    transaction never commits); its next try (cleared, as an operator would) settles that batch
+    and only that one, and the run ends with exactly the due rows gone, each with one piece of
+    evidence, the ledger run finished once."""
     dag_id, run_id = dag_id_for(MAPPED), airflow.runs[MAPPED]
     rows = _mapped_rows(airflow.demo.manifest)
     count = -(-len(rows) // PART_SIZE)
@@ -418,18 +420,15 @@ def test_mapped_partitions_delete_exactly_the_due_rows_and_a_killed_one_recovers
         assert len(evidence) == entry.due, entry.pk
 
     ledger = airflow.demo.control.ledger
-    runs = ledger.runs(MAPPED)
-    by_partition: dict[int, list[Any]] = {}
-    for run in runs:
-        assert run.header["origin"]["run_id"] == run_id
-        by_partition.setdefault(int(run.header["origin"]["partition"]), []).append(run)
-    assert sorted(by_partition) == list(range(count))
-    dead, retried = by_partition[killed]
-    assert (dead.finished["outcome"], retried.finished["outcome"]) == ("interrupted", "completed")
-    assert {len(r) for p, r in by_partition.items() if p != killed} == {1}
+    [run] = ledger.runs(MAPPED)  # started once (partition), finished once (finish)
+    assert run.header["origin"]["run_id"] == run_id
+    assert run.header["origin"]["partitions"] == str(count)
+    assert run.finished is not None and run.finished["outcome"] == "completed"
+    assert run.finished["counts"]["applied"] == sum(e.due for e in rows)
     batches = ledger.batch_rows(activity_id=MAPPED)
+    assert {b["run_id"] for b in batches} == {run.run_id}
     recovered = [b for b in batches if b["recovered"]]
-    assert [(b["run_id"], b["outcome"]) for b in recovered] == [(dead.run_id, "rolled_back")]
+    assert [b["outcome"] for b in recovered] == ["rolled_back"]
     assert all(b["outcome"] == "committed" for b in batches if not b["recovered"])
     assert ledger.pending_batches() == [] and ledger.verify().ok
 

@@ -2,20 +2,22 @@
 
 plan → safety_gate ─┬─ approve (only when the volume limit trips) ─┐
                     └─ partition ◄────────────────────────────────┘
-partition → enforce [mapped: one per partition] → verify → report
+partition → enforce [mapped: one per partition] → finish → verify → report
 
 Every retention DAG has this one shape. ``partition`` (once) splits a SQL dataset of more than
-the activity's ``partitioning.records_per_partition`` records into primary-key ranges;
-``enforce`` is mapped over them, one task instance per range running in parallel (each its own
-ledger run, lease and recovery scope, named "partition i of n" in the UI); a smaller dataset is
-one instance named "whole dataset". ``verify`` (once) checks the whole dataset and every
-partition's evidence. ``enforce`` writes the ledger run (also for dry runs and report-only
-activities, which change nothing) and each instance takes a slot of the ``retention`` pool.
-``approve`` defaults to Reject on timeout, so silence deletes nothing. ``report`` always runs
+the activity's ``partitioning.records_per_partition`` records into primary-key ranges and
+starts the one ledger run they share; ``enforce`` is mapped over them, one task instance per
+range running in parallel (each with its own lease and recovery scope, named "partition i of
+n" in the UI); a smaller dataset is one instance named "whole dataset", which writes its own
+ledger run (also for dry runs and report-only activities, which change nothing). ``finish``
+(``all_done``, once) closes a partitioned run after every partition ended, settling first
+what a dead partition left prepared. ``verify`` (once) checks the whole dataset and the run's
+evidence. Each ``enforce`` instance takes a slot of the ``retention`` pool. ``approve``
+defaults to Reject on timeout, so silence deletes nothing. ``report`` always runs
 (``all_done``): it records the rejection in the ledger and logs the summary; when a step
 failed it then fails itself, so the DAG run is failed and the failure notification goes out,
-else it emits an asset event. A failed partition fails ``verify`` (upstream failed) and so
-``report`` and the run.
+else it emits an asset event. A failed partition makes ``finish`` record the run as failed,
+and ``report`` fails the DAG run.
 
 Bad input (parameters, catalogue, connections: :class:`RetentionError`) fails a task at once;
 a database or object store that cannot be reached (:class:`Unavailable`) is retried.
@@ -43,7 +45,7 @@ from include.retention.register import ACTIONS, BASIS_LABELS
 TIMEZONE = "Europe/Stockholm"
 APPROVAL_TIMEOUT = dt.timedelta(hours=24)
 START_DATE = pendulum.datetime(2026, 1, 1, tz=TIMEZONE)
-STEPS = ("plan", "safety_gate", "approve", "partition", "enforce", "verify")
+STEPS = ("plan", "safety_gate", "approve", "partition", "enforce", "finish", "verify")
 FAILED_STATES = ("failed", "upstream_failed")
 T = TypeVar("T")
 
@@ -255,17 +257,26 @@ def _wire(activity: Activity) -> None:
         approval = _approval(ti, planned)
         return run_step(operations.enforce, activity_id, planned, approval, part=part)
 
-    @task(task_id="verify")
-    def verify(planned: dict[str, Any], enforced: Any) -> dict[str, Any]:
+    @task(task_id="finish", trigger_rule=TriggerRule.ALL_DONE)
+    def finish(planned: dict[str, Any], parts: Any, enforced: Any) -> dict[str, Any] | None:
         from include.retention import operations
 
-        return run_step(operations.verify, activity_id, planned, enforced)
+        return run_step(operations.finish, activity_id, planned, parts, enforced)
+
+    @task(task_id="verify")
+    def verify(planned: dict[str, Any], finished: Any) -> dict[str, Any]:
+        from include.retention import operations
+
+        return run_step(operations.verify, activity_id, planned, finished)
 
     @task(task_id="report", trigger_rule=TriggerRule.ALL_DONE, outlets=[asset_for(activity)])
     def report(ti: Any = None, dag_run: Any = None, outlet_events: Any = None) -> dict[str, Any]:
         from include.retention import operations
 
-        results = {step: ti.xcom_pull(task_ids=step) for step in ("plan", "enforce", "verify")}
+        results = {
+            "plan": ti.xcom_pull(task_ids="plan"), "enforce": ti.xcom_pull(task_ids="finish"),
+            "verify": ti.xcom_pull(task_ids="verify"),
+        }  # fmt: skip
         states = ti.get_task_states(
             dag_id=dag_run.dag_id, task_ids=list(STEPS), run_ids=[dag_run.run_id]
         ).get(dag_run.run_id, {})
@@ -289,7 +300,7 @@ def _wire(activity: Activity) -> None:
     enforced: Any = enforce.partial(planned=planned).expand(part=parts)
     safety_gate(planned) >> [approve, parts]
     approve >> parts
-    verify(planned, enforced) >> report()
+    verify(planned, finish(planned, parts, enforced)) >> report()
 
 
 def _approval(ti: Any, planned: dict[str, Any]) -> dict[str, Any] | None:

@@ -327,21 +327,44 @@ def suppress(
     *,
     user: str,
     runtime: DsrRuntime | None = None,
+    catalogue: Any = None,
+    connections: Any = None,
 ) -> dict[str, Any]:
     """Art. 7(3) and 21: put the person on the suppression list, so imports and retention runs
-    do not bring them back into consent-based processing (or direct marketing)."""
+    do not bring them back into consent-based processing (or direct marketing); then remove
+    their records at once from every activity that reaches (`withdrawal`): counts, activities
+    and ledger run ids per activity. Raises :class:`PartlyDone`, carrying that result, when
+    the removal failed in an activity (the entry is recorded, the others are done)."""
+    from include.retention import operations, withdrawal
+
     runtime = runtime or DsrRuntime()
     direct = kind == "objection" and received["options"]["scope"] == "direct_marketing"
     scope = "direct_marketing" if direct else "consent"
     refs = [bytes.fromhex(r) for r in received["subject_refs"]]
-    added = runtime.suppressions.add(
-        refs, scope, added_by=user, request_id=int(received["request_id"])
-    )
-    return {
-        "suppression_scope": scope,
-        "suppressed": added,
-        "already_suppressed": len(refs) - added,
-    }
+    request = runtime.requests.get(int(received["request_id"]))
+    added = runtime.suppressions.add(refs, scope, added_by=user, request_id=request.id)
+    catalogue = _catalogue(runtime, catalogue)
+    removals, not_searched = withdrawal.remove(
+        withdrawal.reached(catalogue, scope), refs, identifier_kinds(received, runtime),
+        operations.Runtime.of(catalogue, runtime.control, connections), _origin(request, user),
+    )  # fmt: skip
+    result: dict[str, Any] = {
+        "suppression_scope": scope, "suppressed": added, "already_suppressed": len(refs) - added,
+    } | withdrawal.response(removals, not_searched)  # fmt: skip
+    log.info(
+        "%s: suppressed (%s); removed %s record(s) from %s, kept %s, nothing found in %s"
+        " activities, failed in %s",
+        request.ref, scope, result["removed"], result["removed_from"] or "none",
+        {k["reason"]: k["records"] for k in result["kept"]} or "none",
+        len(result["nothing_found_in"]), result["failed_in"] or "none",
+    )  # fmt: skip
+    return withdrawal.check(request.ref, removals, result)
+
+
+def _origin(request: Request, user: str) -> dict[str, str | None]:
+    """The ledger runs' origin of a request's work: its DAG run and the request."""
+    return {"dag_id": request.dag_id, "run_id": request.run_id, "request": request.ref,
+            "triggered_by": user}  # fmt: skip
 
 
 def access(received: Mapping[str, Any], **context: Any) -> dict[str, Any]:
@@ -464,11 +487,8 @@ def erase(
     runtime = runtime or DsrRuntime()
     catalogue = _catalogue(runtime, catalogue)
     request = runtime.requests.get(int(received["request_id"]))
-    how = erasure.Erasure(
-        by=user, catalogue_version=catalogue.version,
-        origin={"dag_id": request.dag_id, "run_id": request.run_id, "request": request.ref,
-                "triggered_by": user},
-    )  # fmt: skip
+    how = erasure.Erasure(by=user, catalogue_version=catalogue.version,
+                          origin=_origin(request, user))  # fmt: skip
     refs = [bytes.fromhex(r) for r in received["subject_refs"]]
     kinds = identifier_kinds(received, runtime)
     outcomes = erasure.erase(

@@ -17,7 +17,7 @@ from typing import Any
 
 import pendulum
 from airflow.providers.smtp.notifications.smtp import SmtpNotifier
-from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param, TriggerRule, task
+from airflow.sdk import DAG, Asset, BaseXCom, CronTriggerTimetable, Param, TriggerRule, task
 
 from include.retention.dag_factory import FAILED_STATES, run_step
 from include.retention.escalation import ALERT_TO, SMTP_CONN_ID
@@ -175,6 +175,22 @@ def _erase(kind: str, received: dict[str, Any], params: dict[str, Any], user: st
     return dsr.erase(received, user=user)
 
 
+def keeping_partial(work: Work, ti: Any) -> Work:
+    """``work``; when it did part of its work and failed (:class:`PartlyDone`), what it did is
+    kept as the task's result before it fails, so ``respond`` records and tells it."""
+
+    def step(kind: str, received: dict[str, Any], params: dict[str, Any], user: str) -> Any:
+        from include.retention.errors import PartlyDone
+
+        try:
+            return work(kind, received, params, user)
+        except PartlyDone as exc:
+            ti.xcom_push(BaseXCom.XCOM_RETURN_KEY, exc.result)
+            raise
+
+    return step
+
+
 WORK: dict[str, tuple[str, Work]] = {
     "access": ("extract", _access),
     "portability": ("export", _portability),
@@ -207,11 +223,13 @@ def _wire(kind: str) -> None:
 
     @task(task_id=step_id)
     def act(
-        received: dict[str, Any], params: dict[str, Any] | None = None, dag_run: Any = None
-    ) -> dict[str, Any]:
+        received: dict[str, Any], params: dict[str, Any] | None = None, dag_run: Any = None,
+        ti: Any = None,
+    ) -> dict[str, Any]:  # fmt: skip
         from include.retention import dsr
 
-        return run_step(work, kind, received, params or {}, dsr.filed_by(dag_run))
+        return run_step(keeping_partial(work, ti), kind, received, params or {},
+                        dsr.filed_by(dag_run))  # fmt: skip
 
     @task(task_id="respond", trigger_rule=TriggerRule.ALL_DONE, outlets=[asset_for(kind)])
     def respond(ti: Any = None, dag_run: Any = None, outlet_events: Any = None) -> dict[str, Any]:

@@ -259,13 +259,20 @@ def _add_run(outcome: BindingOutcome, report: lifecycle.RunReport) -> None:
             f"erasure in {outcome.activity} ({outcome.system}/{outcome.dataset}) ended"
             f" {report.outcome}: {report.message} (ledger run {report.run_id})"
         )
-    plan = report.plan
     outcome.runs.append(str(report.run_id))
-    outcome.found += plan.expired
+    outcome.found += report.plan.expired
     outcome.erased += report.applied
-    ran = bool(report.batches or report.held_skipped or report.restricted_skipped)
-    outcome.kept["legal_hold"] += report.held_skipped if ran else plan.held
-    outcome.kept["restriction"] += report.restricted_skipped if ran else plan.restricted
+    outcome.kept.update(kept_by_run(report.counts()))
+
+
+def kept_by_run(counts: Mapping[str, int]) -> Counter[str]:
+    """The records of the person a run (its ``counts()``) kept, by reason: those its batches
+    skipped when it ran, else those its plan found held or restricted."""
+    ran = bool(counts["batches"] or counts["held_skipped"] or counts["restricted_skipped"])
+    return +Counter({
+        "legal_hold": counts["held_skipped" if ran else "held"],
+        "restriction": counts["restricted_skipped" if ran else "restricted"],
+    })  # fmt: skip
 
 
 def erase(
@@ -282,9 +289,6 @@ def erase(
 def response(outcomes: Sequence[BindingOutcome]) -> dict[str, Any]:
     """What the register keeps and the person is told: counts per binding, what was kept and
     why and the recipients to tell (Art. 19). No personal data."""
-    kept = Counter[str]()
-    for outcome in outcomes:
-        kept.update(outcome.kept)
     recipients: dict[str, dict[str, str]] = {}
     for outcome in outcomes:
         recipients |= {r["en"]: r for r in outcome.recipients}
@@ -293,15 +297,23 @@ def response(outcomes: Sequence[BindingOutcome]) -> dict[str, Any]:
         "found": sum(o.found for o in outcomes),
         "bindings_searched": len(outcomes),
         "bindings": [o.as_dict() for o in outcomes if o.found],
-        "kept": [_kept(code, n, outcomes) for code, n in sorted(kept.items())],
+        "kept": kept_reasons({o.activity: o.kept for o in outcomes}),
         "recipients_to_notify": [recipients[name] for name in sorted(recipients)],
     }
 
 
-def _kept(code: str, records: int, outcomes: Sequence[BindingOutcome]) -> dict[str, Any]:
-    sv, en = KEPT_REASONS[code]
-    activities = sorted(o.activity for o in outcomes if o.kept.get(code))
-    return {"reason": code, "records": records, "sv": sv, "en": en, "activities": activities}
+def kept_reasons(kept: Mapping[str, Counter[str]]) -> list[dict[str, Any]]:
+    """What was kept and why, as the response says it: activity -> records kept by reason in,
+    per reason the records, the reason in Swedish and English, and the activities."""
+    total = Counter[str]()
+    for counts in kept.values():
+        total.update(counts)
+    return [
+        {"reason": code, "records": records, "sv": KEPT_REASONS[code][0],
+         "en": KEPT_REASONS[code][1],
+         "activities": sorted(a for a, counts in kept.items() if counts.get(code))}
+        for code, records in sorted(total.items())
+    ]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ re-apply

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RetentionError(Exception):
     """A problem a user can fix: bad catalogue, bad request parameters, bad connection.
@@ -16,3 +18,20 @@ class Unavailable(RetentionError):
 
     Unlike other retention errors the task is retried; the message names the connection.
     """
+
+
+class PartlyDone(RetentionError):
+    """A step did part of its work and failed at the rest (e.g. one system of several).
+
+    ``result`` says what was done, without personal data: kept as the step's result so the
+    response still tells it. The step fails at once (someone must look);
+    :class:`PartlyUnavailable` when a fault was transient (the step is retried).
+    """
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class PartlyUnavailable(PartlyDone, Unavailable):
+    """A step did part of its work; the rest met a transient fault: it is retried."""

@@ -58,6 +58,7 @@ class PendingBatch:
     dataset: str
     action: str
     refs: bytes
+    partition: int | None = None  # the key range of a partitioned run that prepared it
 
 
 @dataclass(frozen=True)
@@ -160,13 +161,14 @@ class EvidenceReader:
             where = sa.and_(where, t.c.activity_id == activity_id)
         return [_pending(e) for e in self.entries(where=where)]
 
-    def unfinished_runs(self, activity_id: str) -> list[str]:
+    def unfinished_runs(self, activity_id: str) -> dict[str, dict[str, Any]]:
+        """The activity's runs without a ``run_finished`` entry: run id -> run header."""
         t = ledger_table
         finished = sa.select(t.c.run_id).where(t.c.kind == "run_finished")
         where = sa.and_(
             t.c.kind == "run_started", t.c.activity_id == activity_id, t.c.run_id.not_in(finished)
         )
-        return [e.run_id for e in self.entries(where=where, with_blob=False)]
+        return {e.run_id: e.document["body"] for e in self.entries(where=where, with_blob=False)}
 
     def runs(self, activity_id: str | None = None) -> list[RunSummary]:
         t = ledger_table
@@ -583,4 +585,5 @@ def _pending(entry: Entry) -> PendingBatch:
         dataset=entry.dataset or "",
         action=entry.document["body"]["action"],
         refs=entry.blob or b"",
+        partition=entry.document["body"].get("partition"),
     )

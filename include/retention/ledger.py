@@ -235,17 +235,21 @@ class Ledger(EvidenceReader):
         counts: Mapping[str, int],
         subject_refs_blob: bytes | None = None,
         fields: Sequence[str] | None = None,
+        partition: int | None = None,
     ) -> int:
         """Write-ahead evidence of a batch whose source transaction is not yet committed.
 
         ``subject_refs_blob``: the packed keyed references (`pseudonym.pack_refs`) of the data
         subjects the batch's records belong to, so a person can be looked up after their records
         are gone. The caller passes each subject once per batch; the chain covers them through
-        the entry's body. ``fields``: the names (never the values) of the fields a
+        the entry's body. ``partition``: the key range (of a partitioned run) that prepared it,
+        whose retry recovers it. ``fields``: the names (never the values) of the fields a
         rectification sets."""
         body: dict[str, Any] = {
             "batch_no": batch_no, "action": action, "counts": dict(counts), "key_id": self.key_id,
         }  # fmt: skip
+        if partition is not None:
+            body["partition"] = partition
         if fields is not None:
             body["fields"] = sorted(fields)
         buckets = None

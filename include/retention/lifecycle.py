@@ -32,7 +32,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from include.retention.catalogue import Activity, DeleteAction, ObjectLink, ReportOnlyAction
@@ -40,6 +40,7 @@ from include.retention.errors import RetentionError
 from include.retention.leases import Lease, lease_name, leased
 from include.retention.ledger import RunHeader, code_version
 from include.retention.pseudonym import PackedRefs, pack_refs, unpack_refs
+from include.retention.run_record import read_run
 from include.retention.runs import (
     Control,
     PlanResult,
@@ -135,6 +136,10 @@ class RunOptions:
     # For one partition of a mapped run: the plan of the whole selection, which the safety
     # gate judges (a partition may hold every due record of the dataset).
     whole: PlanResult | None = None
+    # For one partition of a mapped run: the ledger run the partitions share (started by
+    # `start_partitioned`, finished by `finish_partitioned`); None: the run starts and
+    # finishes its own.
+    run_id: str | None = None
     # What the run is, when not the activity's retention (e.g. "erasure" for an Art. 17
     # request): the run header's action. The batches still name what they did to the records.
     purpose: str | None = None
@@ -162,12 +167,13 @@ def enforce(
     clients: ClientFactory | None = None,
     lease_wait: float | None = None,
     partition: KeyRange | None = None,
+    run_id: str | None = None,
 ) -> RunReport:
     """Run the activity's retention at ``as_of`` (see the module doc).
 
-    ``partition``: run only this key range of the due records (one mapped task of a
-    partitioned run; its ``within`` is ignored): its own lease, recovery scope and ledger run,
-    gated by the plan of the whole dataset.
+    ``partition``: run only this key range of the due records (one mapped task of the
+    partitioned ledger run ``run_id``; its ``within`` is ignored): its own lease and recovery
+    scope, its batches in the shared run, gated by the plan of the whole dataset.
 
     ``source``: the source's connection (SQLAlchemy engine, boto3 client, ...) when no
     ``adapter`` is given; None: from the binding's Airflow connection. A second run of the
@@ -182,11 +188,13 @@ def enforce(
     selection: Selection = due
     whole = None
     if partition is not None:
+        if run_id is None:
+            raise RetentionError("a partition runs within a partitioned run: give its run_id")
         selection = KeyRange(due, partition.lower, partition.upper, partition.index)
         whole = plan(activity, as_of, control=control, adapter=adapter)
     options = RunOptions(
         catalogue_version, dry_run, approved_by, origin, batch_size, hooks or Hooks(), lease_wait,
-        clients, whole,
+        clients, whole, run_id if partition is not None else None,
     )  # fmt: skip
     return run(activity, selection, adapter, control, options)
 
@@ -230,12 +238,27 @@ def run(
     """Apply the activity's action to ``selection`` of ``adapter``'s dataset."""
     if options.batch_size < 1:
         raise RetentionError("batch_size must be at least 1")
+    if isinstance(selection, KeyRange) and options.run_id is None:
+        raise RetentionError("a key range runs within a partitioned run: give options.run_id")
     with database_errors():
         adapter.resolve(_changing(activity))
         with leased(control.ledger.engine, _lease(activity, adapter, selection),
                     wait=options.lease_wait) as lease:  # fmt: skip
             linked = _LinkedFiles(activity, control, options.clients)
             return _Run(activity, selection, adapter, control, options, lease, linked).go()
+
+
+def run_header(
+    activity: Activity, adapter: SourceAdapter, planned: PlanResult, options: RunOptions
+) -> RunHeader:
+    """The ``run_started`` entry of a run: what it is about, who asked; no personal data."""
+    return RunHeader(
+        activity_id=activity.id, system=adapter.system, dataset=adapter.dataset,
+        action=options.purpose or activity.action.kind, rules=planned.rules,
+        as_of=planned.as_of, cutoffs=planned.cutoffs, dry_run=options.dry_run,
+        catalogue_version=options.catalogue_version, code_version=code_version(),
+        approved_by=options.approved_by, origin=dict(options.origin or {}),
+    )  # fmt: skip
 
 
 def plan_result(
@@ -283,6 +306,48 @@ def partitions(
         return adapter.partitions(DueAt(as_of, tuple(activity.retention)), size)
 
 
+def start_partitioned(
+    activity: Activity, whole: PlanResult, partitions: int, *, control: Control,
+    adapter: SourceAdapter, options: RunOptions,
+) -> str:  # fmt: skip
+    """Start the one ledger run whose key ranges mapped tasks enforce (`enforce` with
+    ``partition`` and ``run_id``); its header records how many partitions it has."""
+    origin = {**(options.origin or {}), "partitions": str(partitions)}
+    header = run_header(activity, adapter, whole, replace(options, origin=origin))
+    run_id = control.ledger.start_run(header)
+    log.info("run %s for %s: started, %s partitions", run_id, activity.id, partitions)
+    return run_id
+
+
+def finish_partitioned(
+    activity: Activity, run_id: str, ranges: list[KeyRange], *, control: Control,
+    adapter: SourceAdapter, outcome: str, message: str, counts: Mapping[str, Any],
+    clients: ClientFactory | None = None, lease_wait: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Finish the partitioned run ``run_id`` once, after its mapped tasks ended: each
+    partition's batches a dead task left prepared are settled first (under that partition's
+    lease, so a task still alive is waited for); then ``run_finished`` records ``outcome``,
+    ``message`` and ``counts`` with the records applied and batches as its settled batches
+    show (unless a retry of this step recorded it already). Returns the counts recorded."""
+    with database_errors():
+        adapter.resolve(_changing(activity))
+        linked = _LinkedFiles(activity, control, clients)
+        for part in ranges:
+            with leased(control.ledger.engine, _lease(activity, adapter, part), wait=lease_wait):
+                _recover(activity, adapter, control, linked, part, run_id)
+        settled = read_run(control.ledger, run_id)
+        written = {
+            **counts, "applied": settled.applied, "batches": settled.applying_batches,
+            "recovered_batches": settled.recovered,
+        }  # fmt: skip
+        if run_id in control.ledger.unfinished_runs(activity.id):
+            control.ledger.finish_run(
+                run_id, activity.id, outcome=outcome, counts=written, message=message
+            )
+            log.info("run %s for %s: %s (%s)", run_id, activity.id, outcome, written)
+    return written
+
+
 # ------------------------------------------------------------------------------ linked files
 
 
@@ -319,17 +384,22 @@ class _LinkedFiles:
 
 def _recover(
     activity: Activity, adapter: SourceAdapter, control: Control, linked: _LinkedFiles,
-    selection: Selection | None = None,
+    selection: Selection | None = None, shared_run: str | None = None,
 ) -> RecoveryResult:  # fmt: skip
     """Call under the lease: every other unfinished run of it is dead. Linked files first
-    (they are deleted before their records' batch applies). A partition settles only the
-    batches and runs of its own key range (the other partitions may be live)."""
+    (they are deleted before their records' batch applies). A partition of the run
+    ``shared_run`` settles only the batches of its own key range (the other partitions may be
+    live) and closes no run (its run is finished once, by `finish_partitioned`)."""
     result = RecoveryResult()
-    live = control.leases.live_runs()
-    pending = [b for b in control.ledger.pending_batches(activity.id) if b.run_id not in live]
-    scope = _partition_runs(activity, control, selection)
-    if scope is not None:
-        pending = [b for b in pending if b.run_id in scope]
+    if shared_run is not None:
+        index = selection.index if isinstance(selection, KeyRange) else None
+        pending = [
+            b for b in control.ledger.pending_batches(activity.id)
+            if b.run_id == shared_run and b.partition == index
+        ]  # fmt: skip
+    else:
+        live = control.leases.live_runs()
+        pending = [b for b in control.ledger.pending_batches(activity.id) if b.run_id not in live]
     action = _changing(activity) or DeleteAction()
     targets: list[tuple[str, str, Callable[[], SourceAdapter], Action]] = [
         (linked.system, link.bucket, functools.partial(linked.adapter, link), DeleteAction())
@@ -353,21 +423,10 @@ def _recover(
                 control, batch, present, applied_if_present=target_action.kind == "anonymise"
             )
             setattr(result, outcome, getattr(result, outcome) + 1)
-    result.runs_closed = close_interrupted_runs(control, activity.id, only=scope)
+    if shared_run is None:  # the retention DAG's own runs also close its partitioned runs
+        partitioned = selection is None or isinstance(selection, DueAt)
+        result.runs_closed = close_interrupted_runs(control, activity.id, partitioned=partitioned)
     return result
-
-
-def _partition_runs(
-    activity: Activity, control: Control, selection: Selection | None
-) -> set[str] | None:
-    """Run ids of the ledger runs of this partition (None: not a partition, all runs)."""
-    if not isinstance(selection, KeyRange):
-        return None
-    mine = str(selection.index)
-    return {
-        r.run_id for r in control.ledger.runs(activity.id)
-        if (r.header.get("origin") or {}).get("partition") == mine
-    }  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ the run
@@ -395,21 +454,39 @@ class _Run:
         part = self.selection.index if isinstance(self.selection, KeyRange) else None
         return self.activity.id if part is None else f"{self.activity.id}#{part}"
 
+    @property
+    def partition(self) -> int | None:
+        """The key range's index when the run is one partition of a shared run."""
+        if self.options.run_id is None or not isinstance(self.selection, KeyRange):
+            return None
+        return self.selection.index
+
     def holds_of(self, adapter: SourceAdapter) -> HoldReader:
         return lambda: self.control.holds.active(adapter.system, adapter.dataset)
 
     def go(self) -> RunReport:
         options, control, activity = self.options, self.control, self.activity
+        if options.run_id is not None and options.run_id not in control.ledger.unfinished_runs(
+            activity.id
+        ):
+            raise RetentionError(
+                f"the partitioned ledger run {options.run_id} of {activity.id} is finished"
+                " already (its finish step ran): trigger a new DAG run for what is left"
+            )
         recovery = None
         if not options.dry_run:
-            recovery = _recover(activity, self.adapter, control, self.linked, self.selection)
+            recovery = _recover(
+                activity, self.adapter, control, self.linked, self.selection, options.run_id
+            )
         holds = self.holds_of(self.adapter)()
         counts = self.adapter.count(self.selection, self.action, holds)
         planned = plan_result(activity, self.selection, counts, options.reason)
         log.info("plan %s: %s", activity.id, planned.counts())
         if options.hooks.after_plan:
             options.hooks.after_plan(planned)
-        run_id = control.ledger.start_run(self._header(planned))
+        run_id = options.run_id or control.ledger.start_run(
+            run_header(activity, self.adapter, planned, options)
+        )
         report = self.report = RunReport(
             activity.id, "completed", "", planned, run_id=run_id,
             approved_by=options.approved_by, recovery=recovery,
@@ -420,11 +497,12 @@ class _Run:
         decided = decide(activity, options.whole or planned, options.dry_run, options.approved_by)
         if decided:
             report.outcome, report.message = decided
-            return finish_run(control, report)
+            return self._finish(report)
         try:
             self._batches(planned.to_apply)
         except Exception as exc:
-            finish_failed(control, report, exc, "records")
+            if options.run_id is None:
+                finish_failed(control, report, exc, "records")
             raise
         report.message = (
             f"{activity.action.kind}: {report.applied} records in {report.batches} batches;"
@@ -433,21 +511,14 @@ class _Run:
         )
         if report.failed:
             report.outcome = "partial"
-        return finish_run(control, report)
+        return self._finish(report)
 
-    def _header(self, planned: PlanResult) -> RunHeader:
-        options, selection = self.options, self.selection
-        origin = dict(options.origin or {})
-        if isinstance(selection, KeyRange):
-            origin["partition"] = str(selection.index)
-        return RunHeader(
-            activity_id=self.activity.id, system=self.adapter.system,
-            dataset=self.adapter.dataset, action=options.purpose or self.activity.action.kind,
-            rules=planned.rules,
-            as_of=planned.as_of, cutoffs=planned.cutoffs, dry_run=options.dry_run,
-            catalogue_version=options.catalogue_version, code_version=code_version(),
-            approved_by=options.approved_by, origin=origin,
-        )  # fmt: skip
+    def _finish(self, report: RunReport) -> RunReport:
+        """Close the run's ledger entry; a partition leaves its shared run open."""
+        if self.options.run_id is None:
+            return finish_run(self.control, report)
+        log.info("partition %s: %s (%s)", self.where, report.outcome, report.counts())
+        return report
 
     def _batches(self, expected: int) -> None:
         staged = self.adapter.batches(
@@ -528,6 +599,7 @@ class _Run:
             batch_no=batch.no, action=self.action.kind if adapter is self.adapter else "delete",
             refs_blob=blob, counts=counts,
             subject_refs_blob=pack_refs(batch.subjects) if batch.subjects else None,
+            partition=self.partition,
         )  # fmt: skip
 
     def _resolve(self, seq: int, batch: Batch, applied: Applied) -> None:

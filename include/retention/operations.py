@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -78,11 +78,22 @@ class Runtime:
 
     catalogue: Catalogue
     invalid: dict[str, str] = field(default_factory=dict)  # file name -> its error
+    # activity id -> engine or client for its source (tests); else its Airflow connection
+    sources: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls) -> Runtime:
         """The valid activities: a broken catalogue file stops only its own activity."""
         return cls(*load_valid())
+
+    @classmethod
+    def of(
+        cls, catalogue: Catalogue, control: Control, sources: Mapping[str, Any] | None = None
+    ) -> Runtime:
+        """A runtime on a given control database (a data-subject request's task, tests)."""
+        runtime = cls(catalogue, sources=sources or {})
+        runtime.__dict__["control"] = control
+        return runtime
 
     @cached_property
     def control(self) -> Control:
@@ -99,7 +110,7 @@ class Runtime:
 
     def adapter(self, activity: Activity) -> SourceAdapter:
         """The adapter of the activity's source, connected through its Airflow connection."""
-        return adapter_for(activity.source, self.control.key)
+        return adapter_for(activity.source, self.control.key, self.sources.get(activity.id))
 
 
 def resolve_as_of(raw: Any, run_after: dt.datetime | None) -> pendulum.DateTime:
@@ -264,11 +275,13 @@ def partition(
     """The partitions the mapped ``enforce`` tasks apply, one each (start once).
 
     A SQL dataset of more than ``partitioning.records_per_partition`` records is split into
-    primary-key ranges (at most ``max_partitions``); anything else is one partition, the whole
-    dataset, enforced exactly as an unpartitioned run (also a dry run, a report-only activity,
-    and a run the gate stops: that run records why). Before splitting, the batches earlier runs
-    left prepared are settled: their key ranges need not be today's, and a partition's recovery
-    only looks in its own range. Only integer key bounds travel as XComs.
+    primary-key ranges (at most ``max_partitions``) and the one ledger run they share is
+    started here (each partition carries its ``run_id``; :func:`finish` closes it). Anything
+    else is one partition, the whole dataset, enforced exactly as an unpartitioned run (also a
+    dry run, a report-only activity, and a run the gate stops: that run records why). Before
+    splitting, the batches earlier runs left prepared are settled: their key ranges need not
+    be today's, and a partition's recovery only looks in its own range. Only integer key
+    bounds travel as XComs.
     """
     if planned["dry_run"] or planned["counts"]["to_apply"] == 0:
         return [WHOLE]
@@ -288,10 +301,20 @@ def partition(
     bounds = [b for r in ranges for b in (r.lower, r.upper) if b is not None]
     if len(ranges) < 2 or not all(isinstance(b, int) for b in bounds):
         return [WHOLE]  # text keys may be personal data: never in an XCom
+    options = lifecycle.RunOptions(
+        runtime.catalogue.version, approved_by=approver(approval), origin=planned.get("origin")
+    )
+    run_id = lifecycle.start_partitioned(
+        activity, whole, len(ranges), control=control, adapter=adapter, options=options
+    )
     parts = [
-        {"index": r.index, "of": len(ranges), "lower": r.lower, "upper": r.upper} for r in ranges
+        {"index": r.index, "of": len(ranges), "lower": r.lower, "upper": r.upper, "run_id": run_id}
+        for r in ranges
     ]
-    log.info("partition %s: %s records in %s key ranges", activity_id, whole.total, len(parts))
+    log.info(
+        "partition %s: %s records in %s key ranges; ledger run %s",
+        activity_id, whole.total, len(parts), run_id,
+    )  # fmt: skip
     return parts
 
 
@@ -303,7 +326,8 @@ def enforce(
     part: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Apply the rule (or record a dry run, report-only or gated run) and write the ledger run;
-    ``part``: only that partition (from :func:`partition`; one of several: its own ledger run).
+    ``part``: only that partition (from :func:`partition`; one of several: its batches join the
+    partitioned run, which :func:`finish` closes).
 
     Without a recorded approval a gated run changes nothing: the engine records it as
     ``approval_required``.
@@ -313,10 +337,7 @@ def enforce(
     runtime = runtime or Runtime.load()
     activity = runtime.activity(activity_id)
     part = part or WHOLE
-    key_range = None
-    if part["of"] > 1:
-        due = DueAt(as_of, tuple(activity.retention))
-        key_range = KeyRange(due, part["lower"], part["upper"], part["index"])
+    key_range = _key_range(activity, as_of, part)
     result = lifecycle.enforce(
         activity,
         as_of,
@@ -327,6 +348,7 @@ def enforce(
         approved_by=approver(approval),
         origin=planned.get("origin"),
         partition=key_range,
+        run_id=part.get("run_id"),
     )
     summary = {
         "run_id": result.run_id,
@@ -351,21 +373,24 @@ def enforce(
 
 
 def remove_suppressed(
-    activity: Activity, runtime: Runtime, *, dry_run: bool, origin: dict[str, Any] | None
-) -> dict[str, Any] | None:
+    activity: Activity, runtime: Runtime, *, dry_run: bool, origin: Mapping[str, Any] | None,
+    refs: Collection[bytes] | None = None,
+) -> dict[str, Any] | None:  # fmt: skip
     """Remove (by the activity's action) the records of people on the suppression list that
     an activity on consent, or for direct marketing, holds again (e.g. imported by another
     tool): its own ledger run whose rule names the suppression; held and restricted records
-    are kept, and the safety limits apply as to any run. None: the activity is out of scope."""
+    are kept, and the safety limits apply as to any run. ``refs``: only these people (those
+    of them on the list; a withdrawal's own removal). None: the activity is out of scope."""
     from include.retention import suppression
 
-    scopes = suppression.scopes_for(activity)
-    if not scopes or not activity.source.lookup or activity.processor_for is not None:
+    if not in_suppression_scope(activity):
         return None  # (records held for another controller are theirs to stop)
+    scopes = suppression.scopes_for(activity)
     control = runtime.control
     register = suppression.SuppressionList(control.ledger.engine, control.key)
     active = register.active() if register.exists() else {}
-    refs = frozenset().union(*(active.get(scope, ()) for scope in scopes))
+    listed = frozenset().union(*(active.get(scope, ()) for scope in scopes))
+    refs = listed if refs is None else listed & frozenset(refs)
     if not refs:
         return {"people": 0, "run_id": None, "outcome": "nothing_to_do", "counts": {}}
     options = lifecycle.RunOptions(
@@ -385,6 +410,16 @@ def remove_suppressed(
     if result.outcome == "completed" and result.applied and result.run_id:
         summary["verified"] = _recount(activity, selection, runtime, result.run_id)
     return summary
+
+
+def in_suppression_scope(activity: Activity) -> bool:
+    """Whether suppression runs remove records from the activity: it is on consent or for
+    direct marketing, can find a person's records (lookup columns) and is not run as a
+    processor for another controller."""
+    from include.retention.suppression import scopes_for
+
+    lookup, processor = activity.source.lookup, activity.processor_for
+    return bool(scopes_for(activity)) and bool(lookup) and processor is None
 
 
 def _recount(activity: Activity, selection: OfSubject, runtime: Runtime, run_id: str) -> bool:
@@ -422,7 +457,7 @@ def combine(enforced: Any) -> dict[str, Any] | None:
     (a result, a list of results, or None) summed up; the ledger runs of every partition."""
     if isinstance(enforced, dict) and "run_ids" in enforced:
         return enforced  # combined already
-    results = [enforced] if isinstance(enforced, dict) else [r for r in enforced or () if r]
+    results = _results(enforced)
     if not results:
         return None
     if len(results) == 1:
@@ -443,6 +478,61 @@ def combine(enforced: Any) -> dict[str, Any] | None:
         "partitions": results[0]["partitions"],
         **{k: r[k] for r in results for k in ("suppression",) if k in r},
     }
+
+
+def _key_range(activity: Activity, as_of: dt.datetime, part: dict[str, Any]) -> KeyRange | None:
+    """The key range of one partition of a partitioned run (None: the whole dataset)."""
+    if part["of"] == 1:
+        return None
+    due = DueAt(as_of, tuple(activity.retention))
+    return KeyRange(due, part["lower"], part["upper"], part["index"])
+
+
+def finish(
+    activity_id: str,
+    planned: dict[str, Any],
+    parts: list[dict[str, Any]] | None,
+    enforced: Any,
+    runtime: Runtime | None = None,
+) -> dict[str, Any] | None:
+    """After every mapped ``enforce`` task ended, however: one result of the run (finish
+    once). A partitioned run's ledger run is closed here: the partitions' counts added up,
+    the records applied as its settled batches show (a partition whose task died is settled
+    first), and outcome ``failed`` when a partition left no result."""
+    combined = combine(enforced)
+    if not parts or "run_id" not in parts[0]:
+        return combined  # one partition: the enforce task closed its own run
+    runtime = runtime or Runtime.load()
+    activity = runtime.catalogue[activity_id]
+    as_of = resolve_as_of(planned["as_of"], None)
+    result = combined or {"outcome": "failed", "message": "", "approved_by": None, "counts": {}}
+    reported = {r["partition"] for r in _results(enforced)}
+    missing = [p["index"] + 1 for p in parts if p["index"] not in reported]
+    outcome, message = result["outcome"], result["message"]
+    if missing:
+        outcome = "failed"
+        message = "; ".join(filter(None, [
+            f"partition(s) {', '.join(map(str, missing))} of {len(parts)} ended without a result"
+            " (the task failed); the run's settled batches are its evidence", message,
+        ]))  # fmt: skip
+    run_id = parts[0]["run_id"]
+    counts = lifecycle.finish_partitioned(
+        activity, run_id, [r for p in parts if (r := _key_range(activity, as_of, p))],
+        control=runtime.control, adapter=runtime.adapter(activity), outcome=outcome,
+        message=message, counts=result["counts"],
+    )  # fmt: skip
+    log.info("finish %s: %s in %s partitions; ledger run %s", activity_id, outcome, len(parts),
+             run_id)  # fmt: skip
+    return {
+        **result, "run_id": run_id, "run_ids": [run_id], "outcome": outcome, "message": message,
+        "counts": counts, "partition": None, "partitions": len(parts),
+    }  # fmt: skip
+
+
+def _results(enforced: Any) -> list[dict[str, Any]]:
+    if isinstance(enforced, dict):
+        return [enforced]
+    return [r for r in enforced or () if r]
 
 
 def _summed(counts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -98,6 +98,11 @@ class RunRecord:
         return sum(b.applied for b in self.batches if self._own(b))
 
     @property
+    def applying_batches(self) -> int:
+        """Batches of the run's own dataset that applied records."""
+        return sum(1 for b in self.batches if self._own(b) and b.applied)
+
+    @property
     def linked(self) -> dict[str, int]:
         """Records applied in other datasets the run reached (e.g. a record's files), by
         ``system.dataset``."""

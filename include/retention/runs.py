@@ -7,7 +7,7 @@ import datetime as dt
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -257,13 +257,18 @@ def settle_batch(
     return outcome
 
 
-def close_interrupted_runs(control: Control, activity_id: str, only: set[str] | None = None) -> int:
+def close_interrupted_runs(
+    control: Control, activity_id: str, only: set[str] | None = None, *, partitioned: bool = False
+) -> int:
     """Close the runs a crash left open (after their batches were settled); how many.
-    Runs that still hold a lease are live and left alone; ``only``: close just these."""
+    Runs that still hold a lease are live and left alone; ``only``: close just these. A
+    partitioned run (`is_partitioned`) has no lease between its tasks: it is closed only with
+    ``partitioned`` (by its own DAG's next run or its finish step, never by another DAG)."""
     live = control.leases.live_runs()
     run_ids = [
-        r for r in control.ledger.unfinished_runs(activity_id)
-        if r not in live and (only is None or r in only)
+        run_id for run_id, header in control.ledger.unfinished_runs(activity_id).items()
+        if run_id not in live and (only is None or run_id in only)
+        and (partitioned or not is_partitioned(header))
     ]  # fmt: skip
     for run_id in run_ids:
         control.ledger.finish_run(
@@ -271,6 +276,11 @@ def close_interrupted_runs(control: Control, activity_id: str, only: set[str] | 
             message="run was interrupted; its prepared batches were settled by recovery",
         )  # fmt: skip
     return len(run_ids)
+
+
+def is_partitioned(header: Mapping[str, Any]) -> bool:
+    """Whether a run header is of a run whose key ranges are enforced by parallel tasks."""
+    return bool((header.get("origin") or {}).get("partitions"))
 
 
 def finish_failed(control: Control, result: RunResult, exc: BaseException, unit: str) -> None:

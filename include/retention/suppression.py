@@ -6,7 +6,9 @@ objection under Art. 21(2)-(3), absolute). Imports ask :meth:`SuppressionList.ad
 loading people into a consent-based activity, so a re-import does not bring them back; and
 every retention run of such an activity removes the records of suppressed people it finds
 (brought back by another tool), as its own ledger run whose rule names the suppression
-(`operations.remove_suppressed`). Which scopes reach which activity: :func:`scopes_for`.
+(`operations.remove_suppressed`). The request that adds an entry removes that person's
+records at once, by the same run (`withdrawal`). Which scopes reach which activity:
+:func:`scopes_for`.
 Entries are never removed by the product: a person who consents again is a new consent,
 recorded by the system that collects it, which then releases the entry
 (:meth:`SuppressionList.lift`, logged with who and why).
