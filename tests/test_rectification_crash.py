@@ -88,7 +88,7 @@ def _claims(runtime: dsr.DsrRuntime) -> tuple[Counter[bytes], list[dict[str, Any
 def _check_settled(runtime: dsr.DsrRuntime) -> None:
     ledger = runtime.control.ledger
     assert ledger.pending_batches() == [] and ledger.verify().ok
-    assert ledger.unfinished_runs(rectification.RUN_ACTIVITY) == []
+    assert not ledger.unfinished_runs(rectification.RUN_ACTIVITY)
 
 
 @pytest.mark.parametrize("kill_at", ["after_prepare:1", "after_apply:1", "after_resolve:1"])
