@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -328,15 +329,36 @@ class HoldRegister:
     ) -> int:
         """Hold every record of one data subject (matched through the lookup columns)."""
         _check_value("subject identifier", identifier)
+        return self.place_subject_ref_hold(
+            self.subject_ref(identifier), kind=kind, reason=reason, placed_by=placed_by,
+            placed_at=placed_at,
+        )  # fmt: skip
+
+    def place_subject_ref_hold(
+        self, ref: bytes, *, kind: HoldKind, reason: str, placed_by: str,
+        placed_at: datetime | None = None,
+    ) -> int:  # fmt: skip
+        """Hold every record of the subject with this keyed reference (a rectified identifier
+        keeps the person's holds: `rectification`)."""
         return self._insert(
             scope="subject",
             kind=kind,
-            subject_ref=self.subject_ref(identifier),
+            subject_ref=ref,
             subject_columns=json.dumps(subject_columns_of(self.catalogue), sort_keys=True),
             reason=reason,
             placed_by=placed_by,
             placed_at=placed_at,
         )
+
+    def active_subject_holds(self, refs: AbstractSet[bytes]) -> list[tuple[int, str, bytes]]:
+        """(id, kind, subject reference) of the active subject holds on ``refs``."""
+        t = holds_table
+        query = sa.select(t.c.id, t.c.kind, t.c.subject_ref).where(
+            t.c.released_at.is_(None), t.c.scope == "subject"
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(t.c.id)).all()
+        return [(int(i), str(k), bytes(r)) for i, k, r in rows if bytes(r) in refs]
 
     def place_record_hold(
         self,

@@ -39,6 +39,7 @@ from include.retention.sources.base import (
     KeyRange,
     NotUpdatable,
     OfSubject,
+    Prepare,
     Record,
     Selection,
     Updated,
@@ -356,8 +357,12 @@ class S3Adapter:
         raise self._not_updatable()
 
     def update(
-        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader
-    ) -> Updated:
+        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader,
+        prepare: Prepare,
+    ) -> Updated:  # fmt: skip
+        raise self._not_updatable()
+
+    def holding(self, refs: AbstractSet[bytes], values: Mapping[str, Any]) -> set[bytes]:
         raise self._not_updatable()
 
     def _not_updatable(self) -> NotUpdatable:
