@@ -71,7 +71,7 @@ def bench_activity() -> Activity:
                 "system": "bench",
                 "conn_id": "bench",
                 "bucket": BUCKET,
-                "lookup": {"email": "email"},
+                "lookup": {"email": "email"},  # each object names its person (seed)
             },
             "safety": {"max_rows": None, "max_fraction": None},
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -12,11 +13,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from include.retention.catalogue import POLICY_DIR, load_catalogue
+from include.retention.catalogue import (
+    POLICY_DIR,
+    SYSTEMS,
+    Catalogue,
+    LookupColumn,
+    load_catalogue,
+    load_valid,
+)
 from include.retention.errors import RetentionError
+from include.retention.holds import Binding, bindings_of, subject_columns_of
+from include.retention.operations import Runtime
 from include.retention.register import build_register, write_register
+from include.retention.runs import Control
 
 ROOT = Path(__file__).resolve().parent.parent
+SYSTEMS_DIR = POLICY_DIR / SYSTEMS
 ACTIVITIES_MD = POLICY_DIR / "text" / "activities.md"  # the repository's copy of the policy reading
 BASES = ("consent", "contract", "legal_obligation", "legitimate_interest")
 NUMBERS = {"one": 1, "two": 2, "three": 3, "six": 6, "seven": 7, "twelve": 12}
@@ -95,14 +107,22 @@ def test_policy_gaps_are_report_only_or_partial():
 # --- malformed catalogues: each gets an error naming the file, the field and the problem ---
 
 
-def _write_catalogue(tmp_path: Path, mutate) -> Path:
+def _write_catalogue(tmp_path: Path, mutate, mutate_system=lambda raw: None) -> Path:
+    """The newsletter activity (changed by ``mutate``), its system file (by ``mutate_system``)
+    and the policy text."""
     raw = yaml.safe_load((POLICY_DIR / "newsletter.yaml").read_text(encoding="utf-8"))
     mutate(raw)
-    (tmp_path / f"{raw.get('id', 'newsletter')}.yaml").write_text(
-        yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8"
-    )
+    _dump(raw, tmp_path / f"{raw.get('id', 'newsletter')}.yaml")
+    system = yaml.safe_load((SYSTEMS_DIR / "newsletter.yaml").read_text(encoding="utf-8"))
+    mutate_system(system)
+    _dump(system, tmp_path / "systems" / "newsletter.yaml")
     shutil.copytree(POLICY_DIR / "text", tmp_path / "text", dirs_exist_ok=True)
     return tmp_path
+
+
+def _dump(raw, path: Path) -> None:
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
 
 
 def test_policy_text_is_part_of_the_catalogue_version(tmp_path):
@@ -162,11 +182,6 @@ BAD_CASES = {
         "retension_days",
         "Extra inputs are not permitted",
     ),
-    "unsafe identifier": (
-        _set("source.table", "recipients; drop table x"),
-        "source.sql.table",
-        "safe SQL identifier",
-    ),
     "unknown masking strategy": (
         _set(
             "action",
@@ -199,30 +214,25 @@ BAD_CASES = {
         "(top level)",
         "lookup column 'email' (email) must be a direct identifier",
     ),
-    "lookup of an unknown identifier kind": (
-        _set("source.lookup", {"email": "email", "passport": "passport_no"}),
-        "source.sql.lookup.passport",
-        "'email', 'phone', 'personnummer' or 'customer_id'",
+    "a binding written in the activity": (
+        _set("source", {"kind": "sql", "system": "newsletter", "table": "recipients"}),
+        "source",
+        "dict is not a reference 'system/dataset' to a dataset of systems/<system>.yaml",
     ),
-    "lookup column that is no identifier": (
-        _set("source.lookup", {"phone": "Mobile"}),
-        "source.sql.lookup.phone",
-        "not a safe SQL identifier",
+    "a reference without a dataset": (
+        _set("source", "newsletter"),
+        "source",
+        "'newsletter' is not a reference 'system/dataset'",
     ),
-    "one column for two kinds": (
-        _set("source.lookup", {"email": "email", "customer_id": "email"}),
-        "source.sql",
-        "['email'] are declared for more than one kind",
+    "a reference to an unknown dataset": (
+        _set("source", "newsletter/subscribers"),
+        "source",
+        "'newsletter/subscribers' is not a bound dataset (it binds ['newsletter/recipients'])",
     ),
-    "no lookup column": (
-        _set("source.lookup", {}),
-        "(top level)",
-        "source.lookup: name at least one column holding an identifier of the person",
-    ),
-    "the old subject_column": (
-        _set("source.subject_column", "email"),
-        "source.sql.subject_column",
-        "Extra inputs are not permitted",
+    "a reference to an unknown system": (
+        _set("source", "mailchimp/recipients"),
+        "source",
+        "'mailchimp/recipients' is not a bound dataset (no such system; known: ['newsletter'])",
     ),
     "processor without the controller's name in Swedish": (
         _set("processor_for", {"en": "the employer"}),
@@ -265,6 +275,116 @@ def test_bad_catalogue_gets_a_clear_error(tmp_path, case):
     assert problem in message
 
 
+def _dataset(field: str, value):
+    """Set ``field`` of the dataset ``recipients`` in systems/newsletter.yaml."""
+
+    def mutate(raw):
+        raw["datasets"]["recipients"][field] = value
+
+    return mutate
+
+
+def _rename_dataset(raw):
+    raw["datasets"]["recipients; drop table x"] = raw["datasets"].pop("recipients")
+
+
+BINDING = "systems/newsletter.yaml"
+# name -> (change of the system file, the file refused, the field, the problem)
+BAD_BINDINGS = {
+    "unsafe table name": (
+        _rename_dataset,
+        BINDING,
+        "datasets.recipients; drop table x.sql.table",
+        "not a safe SQL identifier",
+    ),
+    "lookup of an unknown identifier kind": (
+        _dataset("lookup", {"email": "email", "passport": "passport_no"}),
+        BINDING,
+        "datasets.recipients.sql.lookup.passport",
+        "'email', 'phone', 'personnummer' or 'customer_id'",
+    ),
+    "lookup column that is no identifier": (
+        _dataset("lookup", {"phone": "Mobile"}),
+        BINDING,
+        "datasets.recipients.sql.lookup.phone",
+        "not a safe SQL identifier",
+    ),
+    "one column for two kinds": (
+        _dataset("lookup", {"email": "email", "customer_id": "email"}),
+        BINDING,
+        "datasets.recipients.sql",
+        "['email'] are declared for more than one kind",
+    ),
+    "the old subject_column": (
+        _dataset("subject_column", "email"),
+        BINDING,
+        "datasets.recipients.sql.subject_column",
+        "Extra inputs are not permitted",
+    ),
+    "no lookup column (refused for the activity)": (
+        _dataset("lookup", {}),
+        "newsletter.yaml",
+        "(top level)",
+        "source.lookup: name at least one column holding an identifier of the person",
+    ),
+    "connection repeated on a dataset": (
+        _dataset("conn_id", "retention_other"),
+        BINDING,
+        "(top level)",
+        "datasets.recipients: conn_id set on the dataset; the system gives kind, system,"
+        " conn_id and the dataset's name is its table",
+    ),
+    "table repeated on a dataset": (
+        _dataset("table", "recipients"),
+        BINDING,
+        "(top level)",
+        "datasets.recipients: table set on the dataset",
+    ),
+    "unknown source kind": (
+        _set("kind", "ftp"),
+        BINDING,
+        "(top level)",
+        "kind: 'ftp' is not a source kind (one of ['http', 's3', 'sql'])",
+    ),
+    "system name differs from the file name": (
+        _set("system", "mailer"),
+        BINDING,
+        "system",
+        "'mailer' must match the file name",
+    ),
+    "system that is no id": (_set("system", "News letter"), BINDING, "system", "is not an id"),
+    "connection id with a space": (
+        _set("conn_id", "retention newsletter"),
+        BINDING,
+        "conn_id",
+        "not a connection id",
+    ),
+    "no datasets": (_set("datasets", {}), BINDING, "datasets", "at least 1 item"),
+    "a list of datasets": (
+        _set("datasets", ["recipients"]),
+        BINDING,
+        "datasets",
+        "valid dictionary",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BINDINGS))
+def test_bad_binding_gets_a_clear_error_and_costs_its_activity(tmp_path, case):
+    mutate, refused, field, problem = BAD_BINDINGS[case]
+    folder = _write_catalogue(tmp_path, lambda raw: None, mutate)
+    catalogue, errors = load_valid(folder)
+    assert catalogue.activities == {}  # the newsletter activity is not built
+    assert errors[refused].startswith(f"{refused}: {field}"), errors[refused]
+    assert problem in errors[refused]
+    if refused == BINDING:
+        assert errors["newsletter.yaml"] == (
+            "newsletter.yaml: source: 'newsletter/recipients': systems/newsletter.yaml is"
+            " invalid (see its error)"
+        )
+    assert set(errors) <= {BINDING, "newsletter.yaml"}
+
+
 def test_duplicate_id_is_rejected(tmp_path):
     folder = _write_catalogue(tmp_path, lambda raw: None)
     (folder / "newsletter_copy.yaml").write_text(
@@ -283,6 +403,125 @@ def test_id_must_match_file_name(tmp_path):
         RetentionError, match=r"mailing.yaml: id: 'newsletter' must match the file name"
     ):
         load_catalogue(folder)
+
+
+def test_an_activity_gets_the_binding_it_refers_to(tmp_path):
+    folder = _write_catalogue(tmp_path, lambda raw: None)
+    catalogue = load_catalogue(folder)
+    source = catalogue["newsletter"].source
+    assert source is catalogue.bindings["newsletter/recipients"]
+    # the system's facts and the dataset's name, as systems/newsletter.yaml states them
+    assert (source.kind, source.system, source.conn_id) == (
+        "sql",
+        "newsletter",
+        "retention_newsletter",
+    )
+    assert (source.table, source.primary_key, source.lookup) == (
+        "recipients",
+        "id",
+        {"email": "email"},
+    )
+    assert source.reference == "newsletter/recipients"
+
+
+def test_every_product_activity_refers_to_a_binding_of_a_system_file():
+    catalogue = load_catalogue()
+    files = {p.stem for p in SYSTEMS_DIR.glob("*.yaml")}
+    assert {a.source.system for a in catalogue} == files  # no system file without activity
+    for activity in catalogue:
+        raw = yaml.safe_load((POLICY_DIR / f"{activity.id}.yaml").read_text(encoding="utf-8"))
+        assert raw["source"] == activity.source.reference
+        assert catalogue.bindings[raw["source"]] is activity.source
+
+
+def _add_dataset(raw):
+    raw["datasets"]["unsubscribed"] = {"lookup": {"email": "address"}}
+
+
+def test_a_dataset_no_activity_refers_to_is_bound(tmp_path):
+    folder = _write_catalogue(tmp_path, lambda raw: None, _add_dataset)
+    catalogue = load_catalogue(folder)
+    assert sorted(catalogue.bindings) == ["newsletter/recipients", "newsletter/unsubscribed"]
+    extra = catalogue.bindings["newsletter/unsubscribed"]
+    assert (extra.table, extra.conn_id, extra.lookup) == (
+        "unsubscribed",
+        "retention_newsletter",
+        {"email": "address"},
+    )
+    assert list(catalogue.activities) == ["newsletter"]
+    assert catalogue.unreferenced() == [extra]
+    # holds see it: a record hold may name it, a subject hold records its lookup column
+    assert bindings_of(catalogue)[("newsletter", "unsubscribed")] == {
+        Binding(("id",), (LookupColumn("email", "address"),))
+    }
+    assert subject_columns_of(catalogue)["newsletter/unsubscribed"] == ["email:address"]
+
+
+def test_a_changed_or_added_binding_is_a_new_catalogue_version(tmp_path):
+    folder = _write_catalogue(tmp_path, lambda raw: None)
+    before = load_catalogue(folder).version
+    assert load_catalogue(folder).version == before
+    _write_catalogue(tmp_path, lambda raw: None, _dataset("primary_key", "recipient_id"))
+    changed = load_catalogue(folder).version
+    _write_catalogue(tmp_path, lambda raw: None, _add_dataset)
+    added = load_catalogue(folder).version
+    assert len({before, changed, added}) == 3
+
+
+def test_a_dataset_bound_twice_in_one_file_is_refused(tmp_path):
+    folder = _write_catalogue(tmp_path, lambda raw: None)
+    text = (SYSTEMS_DIR / "newsletter.yaml").read_text(encoding="utf-8")  # datasets: last
+    assert text.endswith("datasets:\n  recipients:\n    primary_key: id\n    lookup:\n"
+                         "      email: email\n    anchor_timezone: UTC\n")  # fmt: skip
+    (folder / BINDING).write_text(
+        text + "  recipients:\n    lookup:\n      email: email\n", encoding="utf-8"
+    )
+    catalogue, errors = load_valid(folder)
+    assert "duplicate key 'recipients'" in errors[BINDING]
+    assert errors[BINDING].startswith(f"{BINDING}: not valid YAML")
+    assert "newsletter.yaml" in errors and not catalogue.activities
+
+
+def test_a_system_in_two_files_is_refused(tmp_path):
+    folder = _write_catalogue(tmp_path, lambda raw: None)
+    shutil.copy(folder / "systems" / "newsletter.yaml", folder / "systems" / "newsletter.yml")
+    catalogue, errors = load_valid(folder)
+    assert errors == {
+        "systems/newsletter.yml": "systems/newsletter.yml: system: duplicate system"
+        " 'newsletter' (defined twice)"
+    }
+    assert list(catalogue.activities) == ["newsletter"]  # the first file's binding
+
+
+def test_a_run_refuses_the_activity_of_an_invalid_system_file_only(tmp_path):
+    folder = _write_catalogue(tmp_path, lambda raw: None, _set("conn_id", "bad id"))
+    refused = r"newsletter\.yaml: source: 'newsletter/recipients': systems/newsletter\.yaml is"
+    with pytest.raises(RetentionError, match=f"invalid catalogue file {refused} invalid"):
+        Runtime(*load_valid(folder)).activity("newsletter")
+    # an invalid system file named like an activity bound elsewhere does not stop that one
+    _write_catalogue(tmp_path, lambda raw: None)
+    shutil.copy(folder / BINDING, folder / "systems" / "newsletter.yml")  # a duplicate system
+    runtime = Runtime(*load_valid(folder))
+    assert list(runtime.invalid) == ["systems/newsletter.yml"]
+    control = Control.open(f"sqlite:///{tmp_path / 'control.db'}", secrets.token_bytes(32))
+    runtime.control = control  # type: ignore[misc]
+    assert runtime.activity("newsletter") is runtime.catalogue["newsletter"]
+
+
+def test_activities_given_in_code_bind_their_sources(tmp_path):
+    newsletter = load_catalogue(_write_catalogue(tmp_path, lambda raw: None))["newsletter"]
+    catalogue = Catalogue(activities={"newsletter": newsletter}, version="code")
+    assert catalogue.bindings == {"newsletter/recipients": newsletter.source}
+    other = newsletter.model_copy(
+        update={"id": "other", "source": newsletter.source.model_copy(update={"primary_key": "no"})}
+    )
+    both = Catalogue(activities={"newsletter": newsletter, "other": other}, version="code")
+    assert both.bindings == {"newsletter/recipients": newsletter.source}  # the first
+    # holds see both: a record hold on the dataset is refused until they agree
+    assert {b.key_columns for b in bindings_of(both)[("newsletter", "recipients")]} == {
+        ("id",),
+        ("no",),
+    }
 
 
 def test_invalid_yaml_is_named(tmp_path):
@@ -305,6 +544,7 @@ def test_cli_validates_the_real_catalogue():
     result = _cli("validate")
     assert result.returncode == 0, result.stderr
     assert "27 activities valid" in result.stdout
+    assert "bound datasets: 27; no activity refers to: none" in result.stdout
 
 
 def test_cli_exits_non_zero_on_a_bad_catalogue(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from include.retention.catalogue import POLICY_DIR, load_catalogue
+from include.retention.catalogue import POLICY_DIR, SYSTEMS, load_catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 _PARSE_SCRIPT = """
@@ -176,6 +176,7 @@ def _catalogue_with_bad_cron(folder: Path) -> Path:
     folder.mkdir()
     for path in POLICY_DIR.glob("*.yaml"):
         shutil.copy(path, folder)
+    shutil.copytree(POLICY_DIR / SYSTEMS, folder / SYSTEMS)
     newsletter = folder / "newsletter.yaml"
     text = newsletter.read_text(encoding="utf-8")
     newsletter.write_text(text.replace("schedule: 0 2 * * *", "schedule: 0 2 * *"), "utf-8")
@@ -191,6 +192,24 @@ def test_one_bad_catalogue_file_costs_one_dag(tmp_path):
     assert list(result["errors"]) == ["dags/retention_catalogue_check.py"]
     error = result["errors"]["dags/retention_catalogue_check.py"]
     assert "newsletter.yaml: schedule" in error and "'0 2 * *' is not a cron expression" in error
+
+
+def test_a_bad_system_file_costs_the_dags_of_its_datasets(tmp_path):
+    folder = _catalogue_with_bad_cron(tmp_path / "catalogue")
+    (folder / "newsletter.yaml").write_text(
+        (POLICY_DIR / "newsletter.yaml").read_text(encoding="utf-8"), encoding="utf-8"
+    )  # the activity file is fine again
+    cms = folder / SYSTEMS / "cms.yaml"
+    cms.write_text(cms.read_text(encoding="utf-8").replace("primary_key: id", "primary_key: I D"))
+    result = _parse({"RETENTION_CATALOGUE_DIR": str(folder)})
+    bound_to_cms = {a.id for a in load_catalogue() if a.source.system == "cms"}
+    assert bound_to_cms == {"event_registration", "social_media", "website"}
+    expected = sorted(f"retention_{a.id}" for a in load_catalogue() if a.id not in bound_to_cms)
+    assert _activity_dags(result["dags"]) == expected
+    error = result["errors"]["dags/retention_catalogue_check.py"]
+    assert "systems/cms.yaml: datasets.event_registrations.sql.primary_key" in error
+    for activity_id in bound_to_cms:
+        assert f"{activity_id}.yaml: source: 'cms/" in error
 
 
 def test_airflow_lists_the_bad_file_as_an_import_error(tmp_path):

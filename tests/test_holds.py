@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from include.retention.catalogue import POLICY_DIR, Catalogue, load_catalogue
+from include.retention.catalogue import POLICY_DIR, SYSTEMS, Catalogue, load_catalogue, load_valid
 from include.retention.errors import RetentionError
 from include.retention.holds import check_catalogue, holds_table
 from include.retention.ledger import ledger_table
@@ -23,6 +23,7 @@ from include.retention.runs import Control
 from tests.dbs import DIALECTS, create_db, key_fixture  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
+SYSTEMS_DIR = POLICY_DIR / SYSTEMS
 PLACED_AT = dt.datetime(2026, 5, 4, 10, 30, 15, 250_000, tzinfo=dt.UTC)
 
 
@@ -35,13 +36,21 @@ def any_control_fixture(request, tmp_path, key):
         cleanup()
 
 
-def _newsletter(tmp_path: Path, **source: Any) -> Path:
-    """A one-file catalogue: the real newsletter activity with ``source`` fields changed."""
+def _newsletter(tmp_path: Path, system: str = "newsletter", table: str = "recipients",
+                **binding: Any) -> Path:  # fmt: skip
+    """A one-activity catalogue: the real newsletter activity and its system file, the system
+    or the table renamed (and the activity's reference with them) and ``binding`` fields of
+    the dataset changed."""
     raw = yaml.safe_load((POLICY_DIR / "newsletter.yaml").read_text(encoding="utf-8"))
-    raw["source"].update(source)
+    raw["source"] = f"{system}/{table}"
+    bound = yaml.safe_load((SYSTEMS_DIR / "newsletter.yaml").read_text(encoding="utf-8"))
+    dataset = bound["datasets"].pop("recipients") | binding
+    bound.update(system=system, datasets={table: dataset})
     folder = tmp_path / f"catalogue-{len(list(tmp_path.glob('catalogue-*')))}"
-    folder.mkdir()
+    (folder / SYSTEMS).mkdir(parents=True)
     (folder / "newsletter.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    system_file = folder / SYSTEMS / f"{system.strip()}.yaml"  # "newsletter\n": newsletter.yaml
+    system_file.write_text(yaml.safe_dump(bound), encoding="utf-8")
     shutil.copytree(POLICY_DIR / "text", folder / "text", dirs_exist_ok=True)
     return folder
 
@@ -111,10 +120,11 @@ def test_released_holds_do_not_block_a_rename(tmp_path, key):
 )
 def test_inexact_identifiers_are_refused_at_load(tmp_path, field, value, problem):
     folder = _newsletter(tmp_path, **{field: value})
-    with pytest.raises(RetentionError) as error:
-        load_catalogue(folder)
-    assert f"newsletter.yaml: source.sql.{field}" in str(error.value)
-    assert problem in str(error.value)
+    catalogue, errors = load_valid(folder)
+    where = "system" if field == "system" else f"datasets.{value}.sql.table"
+    assert errors["systems/newsletter.yaml"].startswith(f"systems/newsletter.yaml: {where}: ")
+    assert problem in errors["systems/newsletter.yaml"]
+    assert "newsletter.yaml" in errors and not catalogue.activities  # its activity is not built
 
 
 def test_validate_with_the_control_db_refuses_a_rename(tmp_path, key):
@@ -211,8 +221,9 @@ def test_composite_primary_key_is_refused(tmp_path, key):
     # The key made composite (id plus the list it belongs to): a record known by "id" alone
     # no longer names one row, so the hold is refused, not silently reinterpreted.
     source = newsletter.source.model_copy(update={"primary_key": ("id", "list_id")})
-    composite = catalogue.model_copy(
-        update={"activities": {"newsletter": newsletter.model_copy(update={"source": source})}}
+    composite = Catalogue(
+        activities={"newsletter": newsletter.model_copy(update={"source": source})},
+        version=catalogue.version,
     )
     with pytest.raises(RetentionError, match=f"hold {first} .*the catalogue now binds key"
                        r" \(id,list_id\)"):  # fmt: skip

@@ -19,7 +19,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from include.retention.catalogue import POLICY_DIR, Catalogue, load_catalogue, load_valid
+from include.retention.catalogue import (
+    POLICY_DIR,
+    SYSTEMS,
+    Catalogue,
+    load_catalogue,
+    load_valid,
+)
 from include.retention.errors import RetentionError
 from include.retention.holds import holds_table
 from include.retention.operations import AS_OF_YEARS, Runtime, enforce, plan, resolve_as_of
@@ -48,7 +54,8 @@ BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
 # name -> (file content, a fragment the error must contain). Each names newsletter.yaml.
 CATALOGUE_CORPUS: dict[str, tuple[str | bytes, str]] = {
     "duplicate key silently winning": (
-        _swap(PERIOD, PERIOD + "    period: P0D\n"), "duplicate key 'period'"
+        _swap(PERIOD, PERIOD + "    period: P0D\n"),
+        "duplicate key 'period'",
     ),
     "duplicate top-level key": (NEWSLETTER + "schedule: 0 3 * * *\n", "duplicate key 'schedule'"),
     "P0D on a period rule": (_swap("P180D", "P0D"), "use rule kind 'event'"),
@@ -86,7 +93,8 @@ CATALOGUE_CORPUS: dict[str, tuple[str | bytes, str]] = {
     "100k-deep mapping nesting": ("id: " + "{" * 100_000, "nesting depth"),
     "60k-deep mapping nesting": ("id: " + "{a: " * 60_000, "nesting depth"),
     "deep block nesting": (
-        "".join(f"{' ' * i}k{i}:\n" for i in range(200)) + " " * 200 + "v", "nesting depth"
+        "".join(f"{' ' * i}k{i}:\n" for i in range(200)) + " " * 200 + "v",
+        "nesting depth",
     ),
     "billion laughs": (BILLION_LAUGHS, "aliases"),
     "merge key alias": (
@@ -94,38 +102,29 @@ CATALOGUE_CORPUS: dict[str, tuple[str | bytes, str]] = {
         "aliases",
     ),
     "python object tag": (
-        '!!python/object/apply:os.system ["touch /tmp/retention-pwned"]\n', "not valid YAML"
+        '!!python/object/apply:os.system ["touch /tmp/retention-pwned"]\n',
+        "not valid YAML",
     ),
     "impossible date": (NEWSLETTER + "created: 2026-02-30\n", "not valid YAML"),
     "huge file": (NEWSLETTER + "#" * 300_000 + "\n", "more than"),
     "empty file": ("", "expected a mapping"),
     "top-level list": ("- id: newsletter\n", "expected a mapping"),
     "tab-indented YAML": (NEWSLETTER.replace("  sv: Nyhetsbrev", "\tsv: Nyhetsbrev"), "YAML"),
-    "system with a trailing newline": (
-        _swap("system: newsletter", 'system: "newsletter\\n"'), "source.sql.system"
+    "a binding written in the activity": (
+        _swap("source: newsletter/recipients", "source:\n  kind: sql\n  table: recipients"),
+        "source: dict is not a reference 'system/dataset'",
     ),
-    "upper-case table": (_swap("table: recipients", "table: RECIPIENTS"), "source.sql.table"),
-    "table with SQL": (
-        _swap("table: recipients", 'table: "recipients; DROP TABLE x"'), "source.sql.table"
+    "reference with SQL": (
+        _swap("source: newsletter/recipients", 'source: "newsletter/x; DROP TABLE y"'),
+        "is not a reference 'system/dataset'",
     ),
-    "homoglyph table": (_swap("table: recipients", "table: recіpients"), "source.sql.table"),
-    "primary key with a space": (_swap("primary_key: id", 'primary_key: "id "'), "primary_key"),
-    "lookup column with a newline": (
-        _swap("    email: email", '    email: "email\\n"'), "source.sql.lookup.email"
+    "reference to an unbound dataset": (
+        _swap("source: newsletter/recipients", "source: newsletter/subscribers"),
+        "'newsletter/subscribers' is not a bound dataset",
     ),
-    "lookup of an unknown kind": (
-        _swap("    email: email", "    email: email\n    passport: pass_no"),
-        "source.sql.lookup.passport",
-    ),
-    "no lookup column": (_swap("  lookup:\n    email: email\n", ""), "source.lookup"),
     "anchor column with a quote": (
-        _swap("anchor_column: last_sent_at", "anchor_column: last_sent_at\""), "anchor_column"
-    ),
-    "connection id with a space": (
-        _swap("conn_id: retention_newsletter", "conn_id: retention newsletter"), "conn_id"
-    ),
-    "unknown time zone": (
-        _swap("anchor_timezone: UTC", "anchor_timezone: Mars/Olympus"), "anchor_timezone"
+        _swap("anchor_column: last_sent_at", 'anchor_column: last_sent_at"'),
+        "anchor_column",
     ),
     "id differs from the file name": (_swap("id: newsletter", "id: mailing"), "file name"),
     "upper-case id": (_swap("id: newsletter", "id: Newsletter"), "is not an id"),
@@ -138,27 +137,100 @@ CATALOGUE_CORPUS: dict[str, tuple[str | bytes, str]] = {
 }
 
 
+BINDING = (POLICY_DIR / SYSTEMS / "newsletter.yaml").read_text(encoding="utf-8")
+
+
+def _swap_binding(old: str, new: str) -> str:
+    assert old in BINDING, old
+    return BINDING.replace(old, new, 1)
+
+
+# name -> (content of systems/newsletter.yaml, a fragment the error must contain)
+BINDING_CORPUS: dict[str, tuple[str | bytes, str]] = {
+    "system with a trailing newline": (
+        _swap_binding("system: newsletter", 'system: "newsletter\n"'),
+        "systems/newsletter.yaml: system",
+    ),
+    "system named unlike its file": (
+        _swap_binding("system: newsletter", "system: mailing"),
+        "systems/newsletter.yaml: system: 'mailing' must match the file name",
+    ),
+    "upper-case table": (
+        _swap_binding("  recipients:", "  RECIPIENTS:"),
+        "datasets.RECIPIENTS.sql.table",
+    ),
+    "table with SQL": (
+        _swap_binding("  recipients:", '  "recipients; DROP TABLE x":'),
+        ".sql.table",
+    ),
+    "homoglyph table": (_swap_binding("  recipients:", "  recіpients:"), ".sql.table"),
+    "dataset bound twice": (BINDING + "  recipients: {}\n", "duplicate key 'recipients'"),
+    "primary key with a space": (
+        _swap_binding("primary_key: id", 'primary_key: "id "'),
+        "datasets.recipients.sql.primary_key",
+    ),
+    "lookup column with a newline": (
+        _swap_binding("      email: email", '      email: "email\n"'),
+        "datasets.recipients.sql.lookup.email",
+    ),
+    "lookup of an unknown kind": (
+        _swap_binding("      email: email", "      email: email\n      passport: pass_no"),
+        "datasets.recipients.sql.lookup.passport",
+    ),
+    "no lookup column (refused for the activity)": (
+        _swap_binding("    lookup:\n      email: email\n", ""),
+        "newsletter.yaml: (top level): Value error, source.lookup",
+    ),
+    "connection id with a space": (
+        _swap_binding("conn_id: retention_newsletter", "conn_id: retention newsletter"),
+        "systems/newsletter.yaml: conn_id",
+    ),
+    "connection set again on a dataset": (
+        _swap_binding("    primary_key: id", "    primary_key: id\n    conn_id: other"),
+        "datasets.recipients: conn_id set on the dataset",
+    ),
+    "unknown time zone": (
+        _swap_binding("anchor_timezone: UTC", "anchor_timezone: Mars/Olympus"),
+        "datasets.recipients.sql.anchor_timezone",
+    ),
+    "unknown source kind": (
+        _swap_binding("kind: sql", "kind: [sql]"),
+        "kind: ['sql'] is not a source kind",
+    ),
+    "billion laughs": (BILLION_LAUGHS, "systems/newsletter.yaml: not valid YAML: aliases"),
+    "100k-deep nesting": ("system: " + "[" * 100_000, "nesting depth"),
+    "binary file": (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "systems/newsletter.yaml: not UTF-8"),
+    "huge file": (BINDING + "#" * 300_000 + "\n", "systems/newsletter.yaml: 3"),
+    "top-level list": ("- system: newsletter\n", "expected a mapping"),
+}
+
+
 @pytest.fixture(autouse=True)
 def _policy_text(tmp_path: Path) -> None:
-    """Every test's catalogue folder (tmp_path) carries the policy text it implements."""
+    """Every test's catalogue folder (tmp_path) carries the policy text it implements and the
+    product's system files."""
     shutil.copytree(POLICY_DIR / "text", tmp_path / "text", dirs_exist_ok=True)
+    shutil.copytree(POLICY_DIR / SYSTEMS, tmp_path / SYSTEMS, dirs_exist_ok=True)
 
 
-def _folder_with(tmp_path: Path, content: str | bytes) -> Path:
-    """The newsletter file replaced by ``content``, next to a valid copy of the crm file."""
+def _folder_with(tmp_path: Path, content: str | bytes, binding: str | bytes = BINDING) -> Path:
+    """The newsletter file replaced by ``content`` and its system file by ``binding``, next to
+    a valid copy of the crm file."""
     (tmp_path / "crm.yaml").write_text(
         (POLICY_DIR / "crm.yaml").read_text(encoding="utf-8"), encoding="utf-8"
     )
-    bad = tmp_path / "newsletter.yaml"
-    if isinstance(content, bytes):
-        bad.write_bytes(content)
-    else:
-        bad.write_text(content, encoding="utf-8")
+    for path, text in ((tmp_path / "newsletter.yaml", content),
+                       (tmp_path / SYSTEMS / "newsletter.yaml", binding)):  # fmt: skip
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text, encoding="utf-8")
     return tmp_path
 
 
 def test_the_corpus_is_large_enough():
-    assert len(CATALOGUE_CORPUS) + len(PARAM_CORPUS) + len(HOLD_CORPUS) >= 40
+    corpora = (CATALOGUE_CORPUS, BINDING_CORPUS, PARAM_CORPUS, HOLD_CORPUS)
+    assert sum(map(len, corpora)) >= 40
 
 
 def test_the_unmutated_file_loads(tmp_path):
@@ -179,6 +251,21 @@ def test_hostile_catalogue_file(tmp_path, case):
     assert list(catalogue.activities) == ["crm"]
     assert list(errors) == ["newsletter.yaml"]
     assert not Path("/tmp/retention-pwned").exists()
+
+
+@pytest.mark.parametrize("case", sorted(BINDING_CORPUS))
+def test_hostile_system_file(tmp_path, case):
+    content, problem = BINDING_CORPUS[case]
+    folder = _folder_with(tmp_path, NEWSLETTER, content)
+    with pytest.raises(RetentionError) as error:
+        load_catalogue(folder)
+    message = str(error.value)
+    assert problem in message, message[:2000]
+    assert len(message) < 5000
+    catalogue, errors = load_valid(folder)  # costs the activity bound to it, nothing else
+    assert list(catalogue.activities) == ["crm"]
+    assert "newsletter.yaml" in errors
+    assert set(errors) <= {"newsletter.yaml", "systems/newsletter.yaml"}
 
 
 # ----------------------------------------------------------------------- DAG run parameters
@@ -312,8 +399,9 @@ def test_hostile_release(tmp_path, key, released_by, problem):
 
 _VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 _RAW = yaml.safe_load(NEWSLETTER)
@@ -333,8 +421,11 @@ def _paths(node: object, prefix: tuple = ()) -> list[tuple]:
 _FIELD_PATHS = _paths(_RAW)
 
 
-def _mutated(path: tuple, value: object) -> dict:
-    raw = yaml.safe_load(NEWSLETTER)
+_BINDING_PATHS = _paths(yaml.safe_load(BINDING))
+
+
+def _mutated(path: tuple, value: object, text: str = NEWSLETTER) -> dict:
+    raw = yaml.safe_load(text)
     node = raw
     for part in path[:-1]:
         node = node[part]
@@ -363,6 +454,13 @@ def test_fuzzed_field_values(tmp_path, path, value):
 
 
 @_FUZZ
+@given(path=st.sampled_from(_BINDING_PATHS), value=_VALUES)
+def test_fuzzed_system_file_values(tmp_path, path, value):
+    text = yaml.safe_dump(_mutated(path, value, BINDING), allow_unicode=True)
+    _loads_or_names_the_file(_folder_with(tmp_path, NEWSLETTER, text))
+
+
+@_FUZZ
 @given(data=st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
 def test_fuzzed_file_bytes(tmp_path, data):
     (tmp_path / "newsletter.yaml").write_bytes(data)
@@ -376,6 +474,13 @@ def test_fuzzed_edits_of_the_real_file(tmp_path, cut, junk):
     (tmp_path / "newsletter.yaml").write_text(
         NEWSLETTER[:cut] + junk + NEWSLETTER[cut:], encoding="utf-8"
     )
+    _loads_or_names_the_file(tmp_path)
+
+
+@_FUZZ
+@given(cut=st.integers(0, len(BINDING)), junk=st.text(max_size=12))
+def test_fuzzed_edits_of_the_real_system_file(tmp_path, cut, junk):
+    _folder_with(tmp_path, NEWSLETTER, BINDING[:cut] + junk + BINDING[cut:])
     _loads_or_names_the_file(tmp_path)
 
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 
 import pytest
 
 from include.retention import dsr
 from include.retention.catalogue import LookupColumn
+from include.retention.erasure import subject_bindings
 from include.retention.lifecycle import enforce
 from include.retention.lookup import SubjectMatcher, reach
 from include.retention.pseudonym import subject_ref
@@ -74,7 +76,8 @@ def _restrict(control: Control, act, source: Db | None = None, **form: str) -> d
     runtime = dsr.DsrRuntime.of(control.holds.engine, control.key)
     params = {"action": "place", "ground": "legal_claims", **form}
     received = dsr.receive("restriction", params, user="dpo", dag_id="dsr_restriction",
-                           run_id=f"manual__{len(form)}{sorted(form)}", runtime=runtime, now=NOW)
+                           run_id=f"manual__{len(form)}{sorted(form)}", runtime=runtime,
+                           now=NOW)  # fmt: skip
     connections = {act.id: source.engine} if source else None
     return dsr.restrict(received, params, user="dpo", runtime=runtime, catalogue=[act],
                         connections=connections)  # fmt: skip
@@ -136,7 +139,8 @@ def test_access_by_personnummer_searches_the_systems_holding_it_and_names_the_ot
     try:
         runtime = dsr.DsrRuntime.of(control.engine, key)
         received = dsr.receive("access", {"personnummer": "198112189876"}, user="u",
-                               dag_id="dsr_access", run_id="r", runtime=runtime, now=NOW)
+                               dag_id="dsr_access", run_id="r", runtime=runtime,
+                               now=NOW)  # fmt: skip
         # no connection for crm and booking: reading them would fail the test
         result = dsr.access(received, runtime=runtime, catalogue=[recruitment, contacts, booking],
                             connections={"recruitment": ats.engine}, now=NOW)  # fmt: skip
@@ -168,6 +172,37 @@ def test_reach_of_the_real_catalogue_refers_the_processor_activity() -> None:
     assert found.needed()["support_desk"] == ["email", "phone"]
     assert [r["activity"] for r in found.refer] == ["booking_system"]
     assert "booking" not in found.searched and "booking" not in found.not_searchable
+
+
+def test_a_dataset_no_activity_declares_is_named_as_not_searched(tmp_path) -> None:
+    from include.retention.access_extract import document
+    from include.retention.catalogue import POLICY_DIR, load_catalogue
+
+    folder = shutil.copytree(POLICY_DIR, tmp_path / "policies")
+    crm = folder / "systems" / "crm.yaml"
+    crm.write_text(
+        crm.read_text("utf-8") + "  archive:\n    lookup:\n      email: email\n", "utf-8"
+    )
+    catalogue = load_catalogue(folder)
+    assert "crm/archive" in catalogue.bindings  # bound, though no activity refers to it
+    found = reach(catalogue, ["email"])
+    assert found.undeclared == {"crm": ["archive"]}
+    assert sorted(found.searched["crm"]) == ["contacts", "customer_admins", "prospects",
+                                             "web_inquiries"]  # fmt: skip
+    assert found.summary()["systems_without_activity"] == {
+        "crm": {
+            "datasets": ["archive"],
+            "note": "bound in the catalogue, but no activity declares the purpose and legal"
+            " basis of these records: not searched; declare their activity",
+        }
+    }
+    extract = document("DSR-1", [], NOW, found)
+    assert extract["ej genomsökta system"][-1] == (
+        "crm: har inte genomsökts; uppgifterna ingår ännu inte i någon registrerad behandling"
+    )
+    # erasure acts on the activities: never on a dataset without a purpose and legal basis
+    assert "archive" not in {a.source.dataset for a in subject_bindings(catalogue)}
+    assert reach(load_catalogue(), ["email"]).undeclared == {}  # the product's: none
 
 
 def test_a_subject_selection_takes_every_reference_of_the_person(

@@ -108,6 +108,17 @@ def test_the_persons_records_get_the_corrected_fields(source_db, tmp_path, key) 
         record_ref(key, "ats", "people", pk).hex() for pk in (1, 3)
     )
     assert (body["held_skipped"], body["restricted_skipped"]) == (0, 0)
+    ledger = runtime.control.ledger  # the write-ahead evidence of the change: a ledger run
+    (run,) = ledger.runs("dsr_rectification")
+    assert body["run_id"] == run.run_id and run.finished["outcome"] == "completed"
+    assert run.header["origin"]["request"] == received["request"]
+    (prepared,) = [e for e in ledger.entries() if e.kind == "batch_prepared"]
+    assert prepared.document["body"]["action"] == "rectify"
+    assert prepared.document["body"]["fields"] == ["age", "city"]
+    assert sorted(ledger.applied_refs(run.run_id, "ats", "people")) == sorted(
+        record_ref(key, "ats", "people", pk) for pk in (1, 3)
+    )
+    assert ledger.pending_batches() == [] and ledger.verify().ok
     everything = json.dumps([received, result]) + _ledger_text(runtime)
     assert NEW_CITY not in everything and ANNA not in everything.lower()
 
@@ -144,7 +155,12 @@ def test_restricted_and_held_records_are_left_as_they_are(source_db, tmp_path, k
         ({"nickname": "x"}, "'nickname' is not a field of any system"),
         ({"age": "forty"}, "field 'age' takes a whole number"),
         ({"city": "x" * 101}, "field 'city' takes text of at most 100 characters"),
-        ({"email": "new@example.com"}, "field 'email' keys the record or names its person"),
+        (
+            {"email": "not-an-address"},
+            "field 'email' holds the person's email, by which requests,"
+            " holds and the suppression list find them: the new value must be a valid email",
+        ),
+        ({"email": None}, "the new value must be a valid email"),
         ({"id": 9}, "field 'id' keys the record or names its person"),
         ({"decided_at": "2020-01-01T10:00:00"}, "decided_at decide when its records are deleted"),
         ({"status": "hired"}, "status decide when its records are deleted"),
@@ -195,19 +211,31 @@ def test_an_api_source_is_rectified_through_patch(tmp_path, key) -> None:
         adapter = adapter_for(binding, key, client)
         with pytest.raises(RetentionError, match="field 'score' takes a number"):
             adapter.fields_to_update({"score": "high"})
-        with pytest.raises(RetentionError, match="'email' names the person"):
-            adapter.fields_to_update({"email": "new@x.se"})
+        with pytest.raises(RetentionError, match="'email' holds the person's email, by which"):
+            adapter.fields_to_update({"email": "new at x.se"})
+        assert adapter.fields_to_update({"email": " New@X.se"}) == {"email": " New@X.se"}
         assert adapter.fields_to_update({"name": "Anna", "nope": 1}) == {"name": "Anna"}
         anna = subject_ref(key, "anna@x.se")
         restricted = ActiveHolds(records={record_ref(key, "crm_saas", "leads", "l3"):
                                           frozenset({"restriction"})})  # fmt: skip
+        seen_when_prepared: list[tuple[list[bytes], dict[str, str]]] = []
+
+        def prepare(staged) -> None:  # the evidence is written before the first PATCH
+            names = {r.id: r.fields["name"] for r in client.records("leads")}
+            seen_when_prepared.append((list(staged.refs), names))
+
         updated = adapter.update(
-            OfSubject(frozenset({anna})), {"name": "Anna"}, lambda: restricted
+            OfSubject(frozenset({anna})), {"name": "Anna"}, lambda: restricted, prepare
         )
         names = {r.id: r.fields["name"] for r in client.records("leads")}
+        refs = {pk: record_ref(key, "crm_saas", "leads", pk) for pk in ("l1", "l2", "l3")}
+        holding = adapter.holding(set(refs.values()), {"name": "Anna"})
+        holding_old = adapter.holding(set(refs.values()), {"name": "Ana"})
     assert names == {"l1": "Anna", "l2": "Bo", "l3": "Ana"}
-    assert list(updated.refs) == [record_ref(key, "crm_saas", "leads", "l1")]
+    assert list(updated.refs) == [refs["l1"]]
     assert updated.skipped == {"restriction": 1}
+    assert seen_when_prepared == [([refs["l1"]], {"l1": "Ana", "l2": "Bo", "l3": "Ana"})]
+    assert (holding, holding_old) == ({refs["l1"]}, {refs["l3"]})
 
 
 def test_a_bucket_cannot_be_rectified_and_the_answer_says_so(tmp_path, key, s3) -> None:

@@ -29,7 +29,7 @@ from include.retention.grants import (
     holds_admin_script,
     init_control,
     render,
-    source_script,
+    source_text,
 )
 from include.retention.register import write_register
 
@@ -39,6 +39,8 @@ def _validate(args: argparse.Namespace) -> int:
     gaps = [a.id for a in catalogue if a.policy_gap]
     print(f"catalogue {args.catalogue or POLICY_DIR}: {len(catalogue)} activities valid")
     print(f"catalogue version: {catalogue.version}")
+    unused = ", ".join(b.reference for b in catalogue.unreferenced()) or "none"
+    print(f"bound datasets: {len(catalogue.bindings)}; no activity refers to: {unused}")
     print(f"policy gaps (report only, never deleted by an invented period): {', '.join(gaps)}")
     assumptions = [f"{a.id}.{x.name}={x.value}" for a in catalogue for x in a.assumptions]
     print(f"assumptions to confirm (the policy does not state them): {', '.join(assumptions)}")
@@ -127,9 +129,21 @@ def _grants(args: argparse.Namespace) -> int:
     ]
     if not activities:
         raise RetentionError(f"no SQL activity in the catalogue uses connection(s) {args.conn_id}")
-    title = "sources: " + ", ".join(sorted({a.source.conn_id for a in activities}))
-    print(render(target, source_script(target, activities), title))
+    print(source_text(target, activities, _source_engine(args.source_url_env)))
     return 0
+
+
+def _source_engine(env: str | None) -> Any:
+    """The source database named by the URL in environment variable ``env`` (never on the
+    command line: it may hold a password), or None."""
+    if env is None:
+        return None
+    url = os.environ.get(env)
+    if not url:
+        raise RetentionError(f"--source-url-env {env}: the environment variable is not set")
+    import sqlalchemy as sa
+
+    return sa.create_engine(url)
 
 
 def _add_grants(commands: Any) -> None:
@@ -157,6 +171,11 @@ def _add_grants(commands: Any) -> None:
         help="the role placing and releasing holds (control database) instead",
     )
     grants.add_argument("--host", default="%", help="MySQL/MariaDB account host (default %%)")
+    grants.add_argument(
+        "--source-url-env", metavar="VAR",
+        help="environment variable holding the source database's URL (an account that can"
+        " read its tables' columns): grants UPDATE on the columns a rectification may set",
+    )  # fmt: skip
     grants.set_defaults(run=_grants)
 
 

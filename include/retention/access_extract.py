@@ -109,6 +109,11 @@ def document(
             f"{system}: kan inte sökas med de uppgifter du lämnat; ange "
             + " eller ".join(LABELS_SV[k] for k in kinds)
             for system, kinds in sorted(reach.needed().items())
+        ]
+        + [
+            f"{system}: har inte genomsökts; uppgifterna ingår ännu inte i någon registrerad"
+            " behandling"
+            for system in sorted(reach.undeclared)
         ],
         "behandlingar": [
             {

@@ -1,8 +1,13 @@
-"""The policy catalogue: one YAML file per processing activity, validated by these models.
+"""The policy catalogue: one YAML file per processing activity and one per source system,
+validated by these models.
 
-The catalogue is data: ``include/policies/<activity id>.yaml``. :func:`load_catalogue` reads
-and validates every file and raises :class:`RetentionError` naming the file, the field and the
-problem for anything wrong.
+The catalogue is data: ``include/policies/<activity id>.yaml`` (the Art. 30 facts, retention,
+action and a reference ``system/dataset`` to its source) and
+``include/policies/systems/<system>.yaml`` (the system's kind and connection, and the datasets
+bound in it: tables, buckets or collections with their keys, lookup columns, child tables and
+linked files). :func:`load_catalogue` reads and validates every file, resolves each activity's
+reference to its binding (``Activity.source``) and raises :class:`RetentionError` naming the
+file, the field and the problem for anything wrong.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import os
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, get_args
 
 import pendulum
 import yaml
@@ -35,6 +40,7 @@ from include.retention.texts import Language, Localised
 POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
 CATALOGUE_ENV = "RETENTION_CATALOGUE_DIR"  # another catalogue folder (tests, staging)
 POLICY_TEXT = Path("text") / "integritetspolicy.sv.md"  # the policy, relative to the catalogue
+SYSTEMS = "systems"  # the system files (dataset bindings), in the catalogue folder
 # Patterns are matched whole (fullmatch): "$" would let a trailing newline through. SQL
 # identifiers are lower-case only, so a case-insensitive database (SQLite, MariaDB) and the
 # hold register, which compares exactly, can never disagree about which table is meant.
@@ -42,6 +48,7 @@ _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SLUG = re.compile(r"[a-z][a-z0-9_]{1,62}")
 _CONN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_REFERENCE = re.compile(r"[a-z][a-z0-9_]{1,62}/[a-z0-9_][a-z0-9_.-]{0,62}")  # system/dataset
 MAX_FILE_BYTES = 256 * 1024  # a catalogue file is a page of YAML
 MAX_DEPTH = 20  # nesting levels of a catalogue file (the deepest real one has 6)
 MAX_ROWS_LIMIT = 1_000_000_000
@@ -302,11 +309,14 @@ class HoldKey(NamedTuple):
 
 
 class _Bound(_Model):
-    """A dataset binding: which of its columns hold which kind of identifier of the person
-    (``lookup: {email: email, phone: mobile}``). Data-subject requests and subject holds find
-    a person's records through these columns only, each value normalised by its kind
-    (`identifiers.normalise`)."""
+    """A dataset binding: the system and connection it is reached through, and which of its
+    columns hold which kind of identifier of the person (``lookup: {email: email, phone:
+    mobile}``). Data-subject requests and subject holds find a person's records through these
+    columns only, each value normalised by its kind (`identifiers.normalise`)."""
 
+    dataset_field: ClassVar[str]  # the field naming the dataset: its name in a system file
+    system: Slug = Field(description="The source system, e.g. ats, crm")
+    conn_id: ConnId
     lookup: dict[IdentifierKind, Identifier] = Field(
         default_factory=dict,
         description="Identifier kind -> the column holding it (email, phone, personnummer,"
@@ -321,6 +331,16 @@ class _Bound(_Model):
             raise ValueError(f"lookup column(s) {twice} are declared for more than one kind")
         return self
 
+    @property
+    def dataset(self) -> str:
+        """The name holds and evidence key its records by (a table, a bucket, a collection)."""
+        return str(getattr(self, self.dataset_field))
+
+    @property
+    def reference(self) -> str:
+        """How an activity names the binding: ``system/dataset``."""
+        return f"{self.system}/{self.dataset}"
+
     def lookup_columns(self) -> tuple[LookupColumn, ...]:
         """The lookup columns, in the order of `identifiers.KINDS` (e-mail first)."""
         return tuple(
@@ -332,19 +352,13 @@ class _Bound(_Model):
 class SqlSource(_Bound):
     """A table in a SQL database reached through an Airflow connection."""
 
+    dataset_field: ClassVar[str] = "table"
     kind: Literal["sql"] = "sql"
-    system: Slug = Field(description="The source system, e.g. ats, crm")
-    conn_id: ConnId
     table: Identifier
     primary_key: Identifier = "id"
     anchor_timezone: TimeZoneName = Field(default="UTC", description="Zone of naive timestamps")
     children: list[SqlChild] = Field(default_factory=list)
     objects: list[ObjectLink] = Field(default_factory=list)
-
-    @property
-    def dataset(self) -> str:
-        """The name holds and evidence key its records by."""
-        return self.table
 
     def datasets(self) -> list[str]:
         """Every dataset the binding changes: the table and its linked buckets."""
@@ -369,16 +383,10 @@ class S3Source(_Bound):
     """Objects in a bucket; anchors, classes and lookup identifiers come from object metadata
     or tags (``lookup`` names metadata keys)."""
 
+    dataset_field: ClassVar[str] = "bucket"
     kind: Literal["s3"] = "s3"
-    system: Slug
-    conn_id: ConnId
     bucket: Bucket
     prefix: str = ""
-
-    @property
-    def dataset(self) -> str:
-        """The name holds and evidence key its records by."""
-        return self.bucket
 
     def datasets(self) -> list[str]:
         return [self.bucket]
@@ -400,16 +408,10 @@ class HttpSource(_Bound):
     read the records' fields (``anchor_column`` names a field holding an ISO-8601 date or
     date-time); records are deleted by id (see `include.retention.sources.http`)."""
 
+    dataset_field: ClassVar[str] = "collection"
     kind: Literal["http"] = "http"
-    system: Slug
-    conn_id: ConnId
     collection: Identifier = Field(description="The API's collection, e.g. contacts or leads")
     anchor_timezone: TimeZoneName = Field(default="UTC", description="Zone of naive date-times")
-
-    @property
-    def dataset(self) -> str:
-        """The name holds and evidence key its records by."""
-        return self.collection
 
     def datasets(self) -> list[str]:
         return [self.collection]
@@ -426,6 +428,49 @@ class HttpSource(_Bound):
 
 
 Source = Annotated[SqlSource | S3Source | HttpSource, Field(discriminator="kind")]
+SOURCE_KINDS: dict[str, type[_Bound]] = {
+    model.model_fields["kind"].default: model for model in get_args(get_args(Source)[0])
+}
+_SET_ON_SYSTEM = ("kind", "system", "conn_id")
+
+
+class System(_Model):
+    """One system's file, ``systems/<system>.yaml``: its source kind and connection, and the
+    datasets bound in it, each by its name (a table, bucket or collection). An activity refers
+    to one as ``system/dataset``; a dataset no activity refers to is bound all the same (holds
+    and the catalogue's `bindings` see it)."""
+
+    system: Slug
+    kind: str
+    conn_id: ConnId
+    datasets: dict[str, Source] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _complete_datasets(cls, raw: Any) -> Any:
+        """Each dataset gets the system's kind, name and connection, and its own name as its
+        table (bucket, collection): each is said once."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("datasets"), dict):
+            return raw
+        kind = raw.get("kind")
+        model = SOURCE_KINDS.get(kind) if isinstance(kind, str) else None
+        if model is None:
+            raise ValueError(f"kind: {kind!r} is not a source kind (one of {sorted(SOURCE_KINDS)})")
+        shared = {field: raw.get(field) for field in _SET_ON_SYSTEM}
+        datasets = {}
+        for name, fields in raw["datasets"].items():
+            fields = {} if fields is None else fields
+            if isinstance(fields, dict):
+                repeated = sorted(set(fields) & {*shared, model.dataset_field})
+                if repeated:
+                    raise ValueError(
+                        f"datasets.{name:.80}: {', '.join(repeated)} set on the dataset; the system"
+                        f" gives {', '.join(_SET_ON_SYSTEM)} and the dataset's name is its"
+                        f" {model.dataset_field}"
+                    )
+                fields = {**fields, **shared, model.dataset_field: name}
+            datasets[name] = fields
+        return {**raw, "datasets": datasets}
 
 
 class Safety(_Model):
@@ -588,10 +633,26 @@ class Activity(_Model):
 
 
 class Catalogue(_Model):
-    """Every activity, by id, and a version hash of the files they came from."""
+    """Every activity, by id; every bound dataset, by reference (``system/dataset``): each of
+    the system files, whether or not an activity refers to it (an activity read from a file
+    gets that very binding), and the source of an activity given in code (tests, tools) whose
+    reference no system file binds; and a version hash of the files they came from."""
 
     activities: dict[str, Activity]
     version: str
+    bindings: dict[str, Source] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sources_are_bound(self) -> Catalogue:
+        for activity in self.activities.values():
+            self.bindings.setdefault(activity.source.reference, activity.source)
+        return self
+
+    def unreferenced(self) -> list[Source]:
+        """The bindings no activity refers to (nothing enforces retention there, and
+        data-subject requests do not act on them: no purpose or legal basis is declared)."""
+        used = {activity.source.reference for activity in self}
+        return [b for ref, b in sorted(self.bindings.items()) if ref not in used]
 
     def __getitem__(self, activity_id: str) -> Activity:
         try:
@@ -611,7 +672,7 @@ class Catalogue(_Model):
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        field = ".".join(str(part)[:80] for part in item["loc"]) or "(top level)"
         lines.append(f"{field}: {item['msg']}")
     return "; ".join(lines)
 
@@ -654,32 +715,81 @@ def _refused(problem: str, event: yaml.Event) -> yaml.YAMLError:
     return yaml.YAMLError(problem + (f" (line {mark.line + 1})" if mark else ""))
 
 
-def _read_yaml(path: Path) -> Any:
-    """The parsed content of one catalogue file; every failure names the file."""
+def _read_yaml(path: Path, name: str) -> Any:
+    """The parsed content of one catalogue file; every failure names the file (``name``)."""
     data = path.read_bytes()
     if len(data) > MAX_FILE_BYTES:
         raise RetentionError(
-            f"{path.name}: {len(data)} bytes, more than a catalogue file may have"
-            f" ({MAX_FILE_BYTES})"
+            f"{name}: {len(data)} bytes, more than a catalogue file may have ({MAX_FILE_BYTES})"
         )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RetentionError(
-            f"{path.name}: not UTF-8 text (invalid byte at offset {exc.start}): save it as UTF-8"
+            f"{name}: not UTF-8 text (invalid byte at offset {exc.start}): save it as UTF-8"
         ) from None
     try:
         _check_shape(text)
         return yaml.load(text, Loader=_StrictLoader)  # a safe loader
     except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:
-        raise RetentionError(f"{path.name}: not valid YAML: {exc}") from None
+        raise RetentionError(f"{name}: not valid YAML: {exc}") from None
 
 
-def load_activity(path: Path) -> Activity:
-    """Read and validate one catalogue file."""
-    raw = _read_yaml(path)
+def _read_mapping(path: Path, name: str) -> dict[Any, Any]:
+    raw = _read_yaml(path, name)
     if not isinstance(raw, dict):
-        raise RetentionError(f"{path.name}: expected a mapping of fields at the top level")
+        raise RetentionError(f"{name}: expected a mapping of fields at the top level")
+    return raw
+
+
+class Bindings(NamedTuple):
+    """The datasets of the valid system files by reference (``system/dataset``), and the
+    invalid system files by the system their name gives."""
+
+    datasets: dict[str, Source]
+    invalid: dict[str, str]
+
+
+def load_system(path: Path) -> System:
+    """Read and validate one system file, ``systems/<system>.yaml``."""
+    name = f"{SYSTEMS}/{path.name}"
+    try:
+        system = System.model_validate(_read_mapping(path, name))
+    except ValidationError as exc:
+        raise RetentionError(f"{name}: {_describe(exc)}") from None
+    if system.system != path.stem:
+        raise RetentionError(f"{name}: system: {system.system!r} must match the file name")
+    return system
+
+
+def _resolved(raw: dict[Any, Any], name: str, bindings: Bindings) -> dict[Any, Any]:
+    """The activity's fields with its ``source`` reference replaced by the binding."""
+    if "source" not in raw:
+        return raw  # reported by the model: a missing field
+    reference = raw["source"]
+    if not isinstance(reference, str) or not _REFERENCE.fullmatch(reference):
+        shown = repr(reference)[:80] if isinstance(reference, str) else type(reference).__name__
+        raise RetentionError(
+            f"{name}: source: {shown} is not a reference 'system/dataset' to a dataset of"
+            f" {SYSTEMS}/<system>.yaml (datasets are bound there, not in an activity)"
+        )
+    binding = bindings.datasets.get(reference)
+    if binding is not None:
+        return {**raw, "source": binding}
+    system = reference.split("/", 1)[0]
+    if system in bindings.invalid:
+        raise RetentionError(
+            f"{name}: source: {reference!r}: {bindings.invalid[system]} is invalid (see its error)"
+        )
+    known = sorted(r for r in bindings.datasets if r.startswith(f"{system}/"))
+    systems = sorted({b.system for b in bindings.datasets.values()})
+    where = f"it binds {known}" if known else f"no such system; known: {systems}"
+    raise RetentionError(f"{name}: source: {reference!r} is not a bound dataset ({where})")
+
+
+def load_activity(path: Path, bindings: Bindings) -> Activity:
+    """Read and validate one activity file, its ``source`` resolved in ``bindings``."""
+    raw = _resolved(_read_mapping(path, path.name), path.name, bindings)
     try:
         activity = Activity.model_validate(raw)
     except ValidationError as exc:
@@ -701,16 +811,17 @@ def load_valid(directory: Path | None = None) -> tuple[Catalogue, dict[str, str]
     """The activities of every valid catalogue file, and the error of each invalid one (by
     file name). One bad file costs its own activity only; see :func:`load_catalogue`.
 
-    The version hashes the files and the policy text they implement (``text/`` beside them),
-    so an edit of either is a new catalogue version in the ledger."""
+    An invalid system file costs the activities bound to its datasets. The version hashes the
+    activity and system files and the policy text they implement (``text/`` beside them), so
+    an edit of any is a new catalogue version in the ledger."""
     digest = hashlib.sha256()
     activities: dict[str, Activity] = {}
-    errors: dict[str, str] = {}
     paths = catalogue_paths(directory)
+    bindings, errors = _load_bindings(paths[0].parent / SYSTEMS, digest)
     for path in paths:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
         try:
-            activity = load_activity(path)
+            activity = load_activity(path, bindings)
         except RetentionError as exc:
             errors[path.name] = str(exc)
             continue
@@ -723,7 +834,29 @@ def load_valid(directory: Path | None = None) -> tuple[Catalogue, dict[str, str]
         activities[activity.id] = activity
     policy_text = paths[0].parent / POLICY_TEXT  # a scratch catalogue may have none
     digest.update(b"policy-text\0" + (policy_text.read_bytes() if policy_text.is_file() else b""))
-    return Catalogue(activities=activities, version=digest.hexdigest()[:16]), errors
+    version = digest.hexdigest()[:16]
+    return Catalogue(activities=activities, version=version, bindings=bindings.datasets), errors
+
+
+def _load_bindings(folder: Path, digest: Any) -> tuple[Bindings, dict[str, str]]:
+    """The datasets of every valid system file in ``folder`` (hashed into ``digest``), and
+    the error of each invalid one (by ``systems/<file name>``)."""
+    bindings = Bindings({}, {})
+    errors: dict[str, str] = {}
+    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        name = f"{SYSTEMS}/{path.name}"
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+        try:
+            system = load_system(path)
+        except RetentionError as exc:
+            errors[name] = str(exc)
+            bindings.invalid[path.stem] = name
+            continue
+        if any(b.system == system.system for b in bindings.datasets.values()):
+            errors[name] = f"{name}: system: duplicate system {system.system!r} (defined twice)"
+            continue
+        bindings.datasets.update({b.reference: b for b in system.datasets.values()})
+    return bindings, errors
 
 
 def load_catalogue(directory: Path | None = None) -> Catalogue:

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from include.retention import connections
 from include.retention.errors import RetentionError
-from include.retention.holds import HoldRegister, holds_table
+from include.retention.holds import HoldRegister
 from include.retention.identifiers import KINDS, SubjectId, identify
 from include.retention.lookup import Reach, reach
 from include.retention.runs import Control
@@ -227,15 +227,10 @@ def receive(
 
 
 def _active_restrictions(runtime: DsrRuntime, refs: set[bytes]) -> dict[bytes, list[int]]:
-    t = holds_table
-    query = sa.select(t.c.id, t.c.subject_ref).where(
-        t.c.released_at.is_(None), t.c.scope == "subject", t.c.kind == "restriction"
-    )
     found: dict[bytes, list[int]] = {}
-    with runtime.holds.engine.connect() as conn:  # (the register creates its table)
-        for hold_id, ref in conn.execute(query):
-            if bytes(ref) in refs:
-                found.setdefault(bytes(ref), []).append(int(hold_id))
+    for hold_id, kind, ref in runtime.holds.active_subject_holds(refs):
+        if kind == "restriction":
+            found.setdefault(ref, []).append(hold_id)
     return found
 
 
@@ -260,6 +255,9 @@ def _reach(received: Mapping[str, Any], runtime: DsrRuntime, catalogue: Any) -> 
     for item in found.refer:
         log.info("%s: %s is processed for another controller (%s): refer the person",
                  received["request"], item["activity"], item["controller_en"])  # fmt: skip
+    for system, datasets in sorted(found.undeclared.items()):
+        log.warning("%s: system %s has datasets no activity declares (%s): not searched",
+                    received["request"], system, ", ".join(sorted(datasets)))  # fmt: skip
     return found
 
 
@@ -436,24 +434,30 @@ def rectify(
     received: Mapping[str, Any],
     params: Mapping[str, Any],
     *,
+    user: str = SYSTEM_USER,
     runtime: DsrRuntime | None = None,
     catalogue: Any = None,
     connections: Any = None,
 ) -> dict[str, Any]:
     """Art. 16: set the corrected fields on the person's records in every system that holds
     them (held or restricted records are left as they are); the ledger records which fields
-    changed where and how many records, never the values."""
+    changed where and how many records, never the values. A corrected identifier keeps the
+    person's holds and suppressions (placed on it too, by ``user``)."""
     from include.retention import rectification
 
     runtime = runtime or DsrRuntime()
+    catalogue = _catalogue(runtime, catalogue)
     plan = rectification.Rectification(
         request_id=int(received["request_id"]), request_ref=received["request"],
         refs=frozenset(bytes.fromhex(r) for r in received["subject_refs"]),
         kinds=list(identifier_kinds(received, runtime)),
         values=rectified_fields(params), key=runtime.key, connections=connections or {},
+        catalogue_version=getattr(catalogue, "version", ""), by=user,
     )  # fmt: skip
-    catalogue = _catalogue(runtime, catalogue)
-    result = plan.run(catalogue, runtime.holds, runtime.requests)
+    registers = rectification.Registers(
+        runtime.holds, runtime.requests, runtime.suppressions, runtime.control
+    )
+    result = plan.run(catalogue, registers)
     return result | _reach(received, runtime, catalogue).summary()
 
 

@@ -166,7 +166,7 @@ def _portability(kind: str, received: dict[str, Any], params: dict[str, Any], us
 def _rectify(kind: str, received: dict[str, Any], params: dict[str, Any], user: str) -> Any:
     from include.retention import dsr
 
-    return dsr.rectify(received, params)
+    return dsr.rectify(received, params, user=user)
 
 
 def _erase(kind: str, received: dict[str, Any], params: dict[str, Any], user: str) -> Any:

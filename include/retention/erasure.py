@@ -87,7 +87,9 @@ def subject_bindings(
     kinds: Iterable[str] | None = None,
 ) -> list[Activity]:  # fmt: skip
     """The activities a request can act on: run as controller, with a lookup column (of one of
-    ``kinds``, when given), of ``system`` (when given). Processor activities never."""
+    ``kinds``, when given), of ``system`` (when given). Processor activities never, nor a
+    dataset bound without an activity (no purpose, legal basis or Art. 17(3) exception is
+    declared for it: `lookup.reach` names it as not searched)."""
     given = None if kinds is None else set(kinds)
     return [
         a for a in catalogue

@@ -111,6 +111,18 @@ def _fail(error: RetentionError) -> Any:
     raise error
 
 
+def for_lookup(name: str, kind: str, value: Any) -> None:
+    """A lookup column's new value must be a valid identifier of its kind: a record whose value
+    is none could no longer be found by requests, holds and the suppression list."""
+    from include.retention.lookup import normal_value
+
+    if normal_value(kind, value) is None:
+        raise RetentionError(
+            f"field {name!r} holds the person's {kind}, by which requests, holds and the"
+            f" suppression list find them: the new value must be a valid {kind}"
+        )
+
+
 def for_column(name: str, value: Any, column: sa.Column[Any]) -> Any:
     """``value`` as the column's Python value, or a :class:`RetentionError` naming the field."""
     convert = _converter(name, column.type)

@@ -9,7 +9,11 @@ waits for in-flight batches). It may not delete or edit a hold; the worker only 
 a compromised worker cannot release the hold that stops it.
 
 Per bound table the worker gets SELECT, plus DELETE where the activity deletes (child tables
-included) or UPDATE on exactly the masked columns and the marker where it anonymises. In the
+included) or UPDATE on exactly the masked columns and the marker where it anonymises. Given
+the tables' columns (read from the source: ``grants --source-url-env``), it also gets UPDATE
+on exactly the columns a data-subject rectification (Art. 16) may set
+(`rectification.rectifiable_columns`: not the key, file-link or rule columns); without
+them the script names the tables whose rectification it does not grant. In the
 control database it may read and append to the ledger, move the head row forward and read
 the hold register, and take, renew and release run leases (``retention_leases``): no UPDATE
 or DELETE on ``retention_ledger``, and triggers refuse them for
@@ -26,9 +30,10 @@ interpolated. The role's password is never in the script: set it separately.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Engine
 
@@ -111,8 +116,46 @@ def _children(grants: dict[str, TableGrant], children: Iterable[SqlChild], delet
         _children(grants, child.children, delete)
 
 
-def source_grants(activities: Iterable[Activity], pg_lock_column: bool) -> list[TableGrant]:
-    """The grants on the SQL sources of ``activities`` (merged per table, sorted)."""
+def source_grants(
+    activities: Iterable[Activity], pg_lock_column: bool,
+    columns: Mapping[str, Sequence[str]] | None = None,
+) -> list[TableGrant]:  # fmt: skip
+    """The grants on the SQL sources of ``activities`` (merged per table, sorted); with the
+    tables' ``columns`` (table -> column names), UPDATE on those rectification may set."""
+    from include.retention.rectification import rectifiable_columns
+
+    activities = list(activities)
+    grants = _retention_grants(activities, pg_lock_column)
+    for table, bound in _by_table(activities).items():
+        if columns is not None and table in columns:
+            named = [c for c in columns[table] if _NAME.match(c)]  # (the form's field names)
+            grants[table].update_columns |= rectifiable_columns(bound, named)
+    return [grants[name] for name in sorted(grants)]
+
+
+def _by_table(activities: Iterable[Activity]) -> dict[str, list[Activity]]:
+    tables: dict[str, list[Activity]] = {}
+    for activity in activities:
+        if isinstance(activity.source, SqlSource):
+            tables.setdefault(activity.source.table, []).append(activity)
+    return tables
+
+
+def unreflected(activities: Iterable[Activity], columns: Mapping[str, Sequence[str]] | None
+                ) -> list[str]:  # fmt: skip
+    """The tables a rectification can reach whose columns were not given (no UPDATE granted
+    for it)."""
+    from include.retention.rectification import finds_people
+
+    return [
+        table for table, bound in sorted(_by_table(activities).items())
+        if (columns is None or table not in columns) and finds_people(bound)
+    ]  # fmt: skip
+
+
+def _retention_grants(
+    activities: Iterable[Activity], pg_lock_column: bool
+) -> dict[str, TableGrant]:
     grants: dict[str, TableGrant] = {}
     for activity in activities:
         source = activity.source
@@ -127,7 +170,7 @@ def source_grants(activities: Iterable[Activity], pg_lock_column: bool) -> list[
         _children(grants, source.children, delete=action.kind == "delete")
         if pg_lock_column and not main.update_columns:
             main.update_columns.add(source.primary_key)
-    return [grants[name] for name in sorted(grants)]
+    return grants
 
 
 def holds_admin_grants() -> list[TableGrant]:
@@ -277,9 +320,24 @@ def append_only_triggers(t: Target) -> list[str]:
     ]
 
 
-def source_script(t: Target, activities: Iterable[Activity]) -> list[str]:
-    """Create the role and grant it what ``activities`` need on their SQL sources."""
-    return create_role(t) + grant_statements(t, source_grants(activities, t.pg))
+def source_script(
+    t: Target, activities: Iterable[Activity], columns: Mapping[str, Sequence[str]] | None = None
+) -> list[str]:
+    """Create the role and grant it what ``activities`` need on their SQL sources (with the
+    tables' ``columns``: rectification too)."""
+    return create_role(t) + grant_statements(t, source_grants(activities, t.pg, columns))
+
+
+def table_columns(engine: Engine, schema: str, tables: Iterable[str]) -> dict[str, list[str]]:
+    """The columns of ``tables`` in ``schema`` as the database has them (a table it lacks is
+    an error naming it: the grants would not match the catalogue)."""
+    inspector = sa.inspect(engine)
+    found: dict[str, list[str]] = {}
+    for table in sorted(set(tables)):
+        if not inspector.has_table(table, schema=schema):
+            raise RetentionError(f"table {table!r} is not in schema {schema!r} of the source")
+        found[table] = [str(c["name"]) for c in inspector.get_columns(table, schema=schema)]
+    return found
 
 
 def control_script(t: Target) -> list[str]:
@@ -299,7 +357,21 @@ def holds_admin_script(t: Target) -> list[str]:
     return create_role(t) + grant_statements(t, holds_admin_grants()) + _holds_id_sequence(t)
 
 
-def render(t: Target, statements: list[str], title: str) -> str:
+def source_text(t: Target, activities: Sequence[Activity], source: Engine | None) -> str:
+    """The sources' script; with ``source`` (a connection able to read the tables' columns)
+    UPDATE on the columns a rectification may set, else a note naming the tables without."""
+    tables = _by_table(activities)
+    columns = table_columns(source, t.schema, tables) if source is not None else None
+    notes = [
+        f"rectification (Art. 16): no UPDATE granted on {table}: its columns were not read"
+        " (give the source's URL: --source-url-env)"
+        for table in unreflected(activities, columns)
+    ]
+    title = "sources: " + ", ".join(sorted({a.source.conn_id for a in activities}))
+    return render(t, source_script(t, activities, columns), title, notes)
+
+
+def render(t: Target, statements: list[str], title: str, notes: Sequence[str] = ()) -> str:
     """A script for psql (``-v ON_ERROR_STOP=1 -f``) or the mysql/mariadb client."""
     how = (
         f"\\password {t.role}"
@@ -307,6 +379,7 @@ def render(t: Target, statements: list[str], title: str) -> str:
         else f"ALTER USER {t.grantee} IDENTIFIED BY '…' ACCOUNT UNLOCK"
     )
     lines = [f"-- {title}", f"-- role {t.role}: then set its password ({how}), never in a file."]
+    lines += [f"-- {note}" for note in notes]
     if t.pg:
         lines += [f"{s};" for s in statements]
     else:  # compound trigger bodies contain ';'

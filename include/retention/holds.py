@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -166,10 +167,11 @@ class Binding:
 
 
 def bindings_of(catalogue: Catalogue) -> dict[tuple[str, str], set[Binding]]:
-    """Every (system, dataset) the engines read holds for, with how each activity binds it."""
+    """Every (system, dataset) the catalogue binds, whether or not an activity refers to it,
+    with how each binding (and each activity's source, where one given in code differs) names
+    its records."""
     found: dict[tuple[str, str], set[Binding]] = {}
-    for activity in catalogue:
-        src = activity.source
+    for src in [*catalogue.bindings.values(), *(activity.source for activity in catalogue)]:
         for hold_key in src.hold_keys():
             found.setdefault((src.system, hold_key.dataset), set()).add(
                 Binding(hold_key.key_columns, hold_key.lookup)
@@ -248,7 +250,7 @@ def _subject_problem(
 
 def orphan_holds(engine: Engine, catalogue: Catalogue) -> list[dict[str, Any]]:
     """Active holds the catalogue no longer matches: a record hold whose system and dataset
-    no activity has, or whose key columns changed; a subject hold whose lookup column of a
+    it no longer binds, or whose key columns changed; a subject hold whose lookup column of a
     dataset was removed or renamed. Each comes with its ``problem``."""
     bindings = bindings_of(catalogue)
     orphans = []
@@ -284,7 +286,7 @@ def check_catalogue(engine: Engine, catalogue: Catalogue, invalid: Iterable[str]
     raise RetentionError(
         f"{len(orphans)} active holds no longer match the catalogue: {named}{more}. A catalogue"
         " edit renamed a system, table or bucket, changed a primary key, removed or renamed a"
-        " lookup column, or removed the activity: restore the binding, or release these holds"
+        " lookup column, or removed the dataset: restore the binding, or release these holds"
         " and place them again on the new binding. Nothing was changed."
     )
 
@@ -327,15 +329,36 @@ class HoldRegister:
     ) -> int:
         """Hold every record of one data subject (matched through the lookup columns)."""
         _check_value("subject identifier", identifier)
+        return self.place_subject_ref_hold(
+            self.subject_ref(identifier), kind=kind, reason=reason, placed_by=placed_by,
+            placed_at=placed_at,
+        )  # fmt: skip
+
+    def place_subject_ref_hold(
+        self, ref: bytes, *, kind: HoldKind, reason: str, placed_by: str,
+        placed_at: datetime | None = None,
+    ) -> int:  # fmt: skip
+        """Hold every record of the subject with this keyed reference (a rectified identifier
+        keeps the person's holds: `rectification`)."""
         return self._insert(
             scope="subject",
             kind=kind,
-            subject_ref=self.subject_ref(identifier),
+            subject_ref=ref,
             subject_columns=json.dumps(subject_columns_of(self.catalogue), sort_keys=True),
             reason=reason,
             placed_by=placed_by,
             placed_at=placed_at,
         )
+
+    def active_subject_holds(self, refs: AbstractSet[bytes]) -> list[tuple[int, str, bytes]]:
+        """(id, kind, subject reference) of the active subject holds on ``refs``."""
+        t = holds_table
+        query = sa.select(t.c.id, t.c.kind, t.c.subject_ref).where(
+            t.c.released_at.is_(None), t.c.scope == "subject"
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(t.c.id)).all()
+        return [(int(i), str(k), bytes(r)) for i, k, r in rows if bytes(r) in refs]
 
     def place_record_hold(
         self,
@@ -370,14 +393,14 @@ class HoldRegister:
     def _key_columns_of(self, system: str, dataset: str) -> str | None:
         bindings = bindings_of(self.catalogue).get((system, dataset))
         if bindings is None:
-            # Refused by check_catalogue until an activity binds it (then by its key).
-            log.warning("hold on %s/%s: no activity of the catalogue binds it", system, dataset)
+            # Refused by check_catalogue until a system file binds it (then by its key).
+            log.warning("hold on %s/%s: the catalogue binds no such dataset", system, dataset)
             return None
         keys = sorted({_key_text(b.key_columns) for b in bindings})
         if len(keys) > 1:
             raise RetentionError(
                 f"{system}/{dataset} is bound by different primary keys ({' | '.join(keys)}) in"
-                " the catalogue: make the activities agree before placing a record hold"
+                " the catalogue: make the bindings agree before placing a record hold"
             )
         return keys[0]
 

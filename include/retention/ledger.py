@@ -12,7 +12,8 @@ extends, and the tables and hash format are ``chain.py``.
 Entry kinds:
 - ``run_started``: activity, rules, as_of, cutoffs, dry-run flag, catalogue and code version,
   approved_by, origin (Airflow dag_id, run_id, run_type, triggering user), start time.
-- ``batch_prepared``: written BEFORE the source transaction commits (write-ahead): action,
+- ``batch_prepared``: written BEFORE the source transaction commits (write-ahead): action
+  (``delete``, ``anonymise``, or ``rectify`` with the names of the fields it sets),
   counts, time, the id of the pseudonym key (``key_id``), one blob of the batch's 16-byte
   record references, and, given, the count and digest of its subject references, which go to
   the subject index (``retention_ledger_subject``) in the same transaction.
@@ -27,7 +28,8 @@ Entry kinds:
   change of the data-subject request register (``subject_requests.py``), in the same
   transaction as the change; people appear only as keyed subject references.
 - ``dsr_rectified``: a rectification (Art. 16) changed records of one dataset: which fields,
-  how many records and their keyed references, never the values (``rectification.py``).
+  how many records and their keyed references, never the values, and the ledger run whose
+  ``rectify`` batch is its write-ahead evidence (``rectification.py``).
 
 No raw identifier ever enters the ledger: records are known by
 HMAC-SHA256(key, system \\x1f dataset \\x1f pk), people by HMAC-SHA256(key, "subject" \\x1f
@@ -40,7 +42,7 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -232,6 +234,7 @@ class Ledger(EvidenceReader):
         refs_blob: bytes,
         counts: Mapping[str, int],
         subject_refs_blob: bytes | None = None,
+        fields: Sequence[str] | None = None,
         partition: int | None = None,
     ) -> int:
         """Write-ahead evidence of a batch whose source transaction is not yet committed.
@@ -240,12 +243,15 @@ class Ledger(EvidenceReader):
         subjects the batch's records belong to, so a person can be looked up after their records
         are gone. The caller passes each subject once per batch; the chain covers them through
         the entry's body. ``partition``: the key range (of a partitioned run) that prepared it,
-        whose retry recovers it."""
+        whose retry recovers it. ``fields``: the names (never the values) of the fields a
+        rectification sets."""
         body: dict[str, Any] = {
             "batch_no": batch_no, "action": action, "counts": dict(counts), "key_id": self.key_id,
         }  # fmt: skip
         if partition is not None:
             body["partition"] = partition
+        if fields is not None:
+            body["fields"] = sorted(fields)
         buckets = None
         if subject_refs_blob is not None:
             buckets = subject_buckets(PackedRefs(subject_refs_blob).blob)

@@ -31,7 +31,7 @@ import datetime as dt
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -574,7 +574,7 @@ class _Run:
                 checkpoint("after_prepare", batch.no, self.where)
                 if hooks.after_prepare:
                     hooks.after_prepare(batch.no)
-            if not _held_since(batch, self.holds_of(adapter)()):
+            if not held_since(batch, self.holds_of(adapter)()):
                 if main and hooks.before_commit:
                     hooks.before_commit(batch.no)
                 return batch, seq
@@ -603,12 +603,7 @@ class _Run:
         )  # fmt: skip
 
     def _resolve(self, seq: int, batch: Batch, applied: Applied) -> None:
-        done, total = len(applied.refs), len(batch.refs)
-        outcome = "committed" if done == total else "partial" if done else "rolled_back"
-        self.control.ledger.resolve_batch(
-            seq, outcome=outcome, applied=done,
-            applied_blob=None if outcome == "committed" else pack_refs(applied.refs),
-        )  # fmt: skip
+        resolve(self.control, seq, len(batch.refs), applied.refs)
 
     def _follow_on(self, batch: Batch, seq: int) -> None:
         """Delete the files the batch's records point to before the batch applies; on any
@@ -662,7 +657,17 @@ class _Run:
         )  # fmt: skip
 
 
-def _held_since(batch: Batch, now: Any) -> bool:
+def resolve(control: Control, seq: int, staged: int, applied: Sequence[bytes]) -> None:
+    """Resolve the prepared batch ``seq`` of ``staged`` records of which ``applied`` were."""
+    done = len(applied)
+    outcome = "committed" if done == staged else "partial" if done else "rolled_back"
+    control.ledger.resolve_batch(
+        seq, outcome=outcome, applied=done,
+        applied_blob=None if outcome == "committed" else pack_refs(applied),
+    )  # fmt: skip
+
+
+def held_since(batch: Batch, now: Any) -> bool:
     """Does a hold placed since the batch was staged cover one of its records?
 
     New record holds are matched against the batch's references, new subject holds against its

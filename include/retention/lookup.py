@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from include.retention.catalogue import Catalogue, LookupColumn
+from include.retention.catalogue import Activity, Catalogue, LookupColumn
 from include.retention.identifiers import (
     LABELS,
     InvalidIdentifier,
@@ -122,6 +122,8 @@ class Reach:
     not_searchable: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     # ^ system -> dataset -> the identifier kinds it can be searched by
     refer: list[dict[str, str]] = field(default_factory=list)  # processor activities
+    undeclared: dict[str, list[str]] = field(default_factory=dict)
+    # ^ system -> datasets bound without an activity: no purpose or legal basis to act under
 
     def needed(self) -> dict[str, list[str]]:
         """Per system with a dataset the request cannot search: the kinds that would."""
@@ -144,15 +146,27 @@ class Reach:
                 for system, kinds in sorted(self.needed().items())
             },
             "refer_to_controller": self.refer,
+            "systems_without_activity": {
+                system: {
+                    "datasets": sorted(datasets),
+                    "note": "bound in the catalogue, but no activity declares the purpose and"
+                    " legal basis of these records: not searched; declare their activity",
+                }
+                for system, datasets in sorted(self.undeclared.items())
+            },
         }
 
 
-def reach(catalogue: Catalogue, kinds: Iterable[str]) -> Reach:
-    """Which datasets the identifier ``kinds`` can search, which not, and the activities run
-    as a processor (never searched: the person is referred to their controller)."""
+def reach(catalogue: Catalogue | Iterable[Activity], kinds: Iterable[str]) -> Reach:
+    """Which datasets the identifier ``kinds`` can search, which not, the activities run as a
+    processor (never searched: the person is referred to their controller) and the datasets
+    bound without an activity (never searched: nothing says why they are kept or whether an
+    Art. 17(3) exception applies)."""
     given = set(kinds)
     found = Reach()
     lookups: dict[tuple[str, str], set[str]] = {}
+    for binding in catalogue.unreferenced() if isinstance(catalogue, Catalogue) else ():
+        found.undeclared.setdefault(binding.system, []).append(binding.dataset)
     for activity in catalogue:
         src = activity.source
         if activity.processor_for is not None:

@@ -102,7 +102,7 @@ class Runtime:
     def activity(self, activity_id: str) -> Activity:
         """The activity, once the catalogue is known to match the active holds."""
         for name, error in self.invalid.items():
-            if Path(name).stem == activity_id:
+            if Path(name).parent == Path() and Path(name).stem == activity_id:  # not systems/
                 raise RetentionError(f"invalid catalogue file {error}")
         activity = self.catalogue[activity_id]
         holds.check_catalogue(self.control.holds.engine, self.catalogue, self.invalid)

@@ -192,11 +192,18 @@ class Batch:
 
 @dataclass(frozen=True)
 class Updated:
-    """What :meth:`SourceAdapter.update` changed: the references of the records updated, and
-    the held or restricted records left as they were (hold kind -> records)."""
+    """What :meth:`SourceAdapter.update` changed: the references of the records updated, the
+    held or restricted records left as they were (hold kind -> records), and the keyed
+    references of the updated records' lookup values as they were before (a rectified
+    identifier's holds and suppressions are carried over from them)."""
 
     refs: Sequence[bytes]
     skipped: Mapping[str, int] = field(default_factory=dict)
+    subjects: frozenset[bytes] = frozenset()
+
+
+# Called by `SourceAdapter.update` with what is about to change, before it is final.
+Prepare = Callable[[Updated], None]
 
 
 class NotUpdatable(RetentionError):
@@ -272,11 +279,20 @@ class SourceAdapter(Protocol):
         nothing."""
 
     def update(
-        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader
-    ) -> Updated:
+        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader,
+        prepare: Prepare,
+    ) -> Updated:  # fmt: skip
         """Set ``values`` (as :meth:`fields_to_update` returned them) on the selected records
         at once, leaving out held and restricted ones (``holds()`` read while the records are
-        locked, where the source can lock). Data-subject rectification (Art. 16)."""
+        locked, where the source can lock). Data-subject rectification (Art. 16).
+
+        Write-ahead: ``prepare`` is called with the records about to change (and those left
+        out) before any change is final (SQL: the UPDATE done, not committed; APIs: before
+        the first request); when it raises, nothing changes. Returns the records changed."""
+
+    def holding(self, refs: AbstractSet[bytes], values: Mapping[str, Any]) -> set[bytes]:
+        """Which of ``refs`` are records whose fields equal ``values`` exactly now (recovery
+        of a rectification a crash interrupted). Waits for a change still being committed."""
 
     def close(self) -> None:
         """Release connections the adapter made itself."""

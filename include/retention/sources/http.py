@@ -48,7 +48,7 @@ import urllib3
 from include.retention.catalogue import DeleteAction, HttpSource
 from include.retention.connections import _get_connection
 from include.retention.errors import RetentionError, Unavailable
-from include.retention.field_values import like
+from include.retention.field_values import for_lookup, like
 from include.retention.holds import ActiveHolds
 from include.retention.lookup import SubjectMatcher
 from include.retention.pseudonym import RecordRefHasher
@@ -62,6 +62,7 @@ from include.retention.sources.base import (
     Key,
     KeyRange,
     OfSubject,
+    Prepare,
     Record,
     Selection,
     Updated,
@@ -239,9 +240,7 @@ class ApiClient:
             headers = {**headers, "Content-Type": "application/json"}
         for attempt in range(self.settings.max_retries + 1):
             try:
-                response = self._pool.request(
-                    method, url, fields=query, body=body, headers=headers
-                )
+                response = self._pool.request(method, url, fields=query, body=body, headers=headers)
             except urllib3.exceptions.HTTPError as exc:
                 problem, wait = type(exc).__name__, self._backoff(attempt)
             else:
@@ -445,20 +444,19 @@ class HttpAdapter:
 
     def fields_to_update(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Fields are those the collection's records have (the first 100 looked at); a value
-        takes the JSON type the field holds now. Lookup fields name the person: refused."""
+        takes the JSON type the field holds now; a lookup field's must be a valid identifier."""
         examples: dict[str, Any] = {}
         for record in itertools.islice(self.client.records(self.dataset), 100):
             for name, value in record.fields.items():
                 if examples.get(name) is None:
                     examples[name] = value
-        fixed = {column for _, column in self.binding.lookup_columns()}
+        lookups = {column: kind for kind, column in self.binding.lookup_columns()}
         checked: dict[str, Any] = {}
         problems = []
         for name in sorted(set(values) & examples.keys()):
-            if name in fixed:
-                problems.append(f"field {name!r} names the person: it cannot be rectified here")
-                continue
             try:
+                if name in lookups:
+                    for_lookup(name, lookups[name], values[name])
                 checked[name] = like(name, values[name], examples[name])
             except RetentionError as exc:
                 problems.append(str(exc))
@@ -467,22 +465,38 @@ class HttpAdapter:
         return checked
 
     def update(
-        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader
-    ) -> Updated:
+        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader,
+        prepare: Prepare,
+    ) -> Updated:  # fmt: skip
         """PATCH each selected record that is not held (the API cannot lock: the holds are read
-        once the records are listed)."""
+        once the records are listed), after ``prepare``."""
         records = [record for record, status in self._statuses(selection) if status == "due"]
         active = holds()
-        updated: list[bytes] = []
+        chosen: list[tuple[str, bytes]] = []
         skipped: Counter[str] = Counter()
+        old: set[bytes] = set()
         for record in records:
             ref, subjects = self._refs(record)
             kind = active.kind_for(ref, subjects) if not active.empty else None
             if kind:
                 skipped[kind] += 1
-            elif values and self.client.patch(self.dataset, record.id, values):
-                updated.append(ref)
-        return Updated(refs=updated, skipped=dict(skipped))
+            else:
+                chosen.append((record.id, ref))
+                old |= subjects
+        refs = [ref for _, ref in chosen]
+        prepare(Updated(refs=refs, skipped=dict(skipped), subjects=frozenset(old)))
+        updated = [
+            ref for record_id, ref in chosen
+            if values and self.client.patch(self.dataset, record_id, values)
+        ]  # fmt: skip
+        return Updated(refs=updated, skipped=dict(skipped), subjects=frozenset(old))
+
+    def holding(self, refs: AbstractSet[bytes], values: Mapping[str, Any]) -> set[bytes]:
+        return {
+            ref for record in self.client.records(self.dataset)
+            if (ref := self._records.ref(record.id)) in refs
+            and all(record.fields.get(name) == value for name, value in values.items())
+        }  # fmt: skip
 
     def close(self) -> None:
         self.client.close()

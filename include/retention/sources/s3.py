@@ -44,6 +44,7 @@ from include.retention.sources.base import (
     KeyRange,
     NotUpdatable,
     OfSubject,
+    Prepare,
     Record,
     Selection,
     Updated,
@@ -392,7 +393,13 @@ class S3Adapter:
     def fields_to_update(self, values: Mapping[str, Any]) -> dict[str, Any]:
         raise self._not_updatable()
 
-    def update(self, selection: Selection, values: Mapping[str, Any], holds: HoldReader) -> Updated:
+    def update(
+        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader,
+        prepare: Prepare,
+    ) -> Updated:  # fmt: skip
+        raise self._not_updatable()
+
+    def holding(self, refs: AbstractSet[bytes], values: Mapping[str, Any]) -> set[bytes]:
         raise self._not_updatable()
 
     def _not_updatable(self) -> NotUpdatable:

@@ -36,7 +36,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from include.retention.catalogue import AnonymiseAction, RuleCase, SqlChild, SqlSource
 from include.retention.errors import RetentionError
-from include.retention.field_values import for_column
+from include.retention.field_values import for_column, for_lookup
 from include.retention.holds import ActiveHolds
 from include.retention.lookup import SubjectMatcher
 from include.retention.masking import MaskStrategy, mask_key
@@ -52,6 +52,7 @@ from include.retention.sources.base import (
     Key,
     KeyRange,
     OfSubject,
+    Prepare,
     Record,
     Selection,
     Updated,
@@ -514,16 +515,7 @@ class SqlAdapter:
             query = query.where(_bounds(ds, within))
         if ds.marker is not None:
             query = query.where(ds.marker.is_not(None))
-        present: set[bytes] = set()
-        with self.engine.connect() as conn:
-            limit(conn, self.timeouts)
-            result = conn.execution_options(yield_per=SCAN_CHUNK).execute(
-                query.with_for_update(read=True)
-            )
-            for chunk in result.partitions():
-                present.update(r for r in self.hasher.refs(row[0] for row in chunk) if r in refs)
-            conn.rollback()
-        return present
+        return self._locked_refs(query, refs)
 
     def read(self, selection: Selection) -> Iterator[Record]:
         """The selected records in key order, each with its rows of the binding's child tables
@@ -543,7 +535,8 @@ class SqlAdapter:
 
     def fields_to_update(self, values: Mapping[str, Any]) -> dict[str, Any]:
         ds = self.table_of()
-        fixed = {ds.pk.name, *(c.name for c in ds.objects), *(c.name for c in ds.lookups)}
+        lookups = {column: kind for kind, column in self.binding.lookup_columns()}
+        fixed = {ds.pk.name, *(c.name for c in ds.objects)}
         checked: dict[str, Any] = {}
         problems = []
         for name in sorted(set(values) & set(ds.table.c.keys())):
@@ -554,6 +547,8 @@ class SqlAdapter:
                 )
                 continue
             try:
+                if name in lookups:
+                    for_lookup(name, lookups[name], values[name])
                 checked[name] = for_column(name, values[name], ds.table.c[name])
             except RetentionError as exc:
                 problems.append(str(exc))
@@ -563,9 +558,11 @@ class SqlAdapter:
         return checked
 
     def update(
-        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader
-    ) -> Updated:
-        """One transaction: lock the selected rows, read the holds, update the others."""
+        self, selection: Selection, values: Mapping[str, Any], holds: HoldReader,
+        prepare: Prepare,
+    ) -> Updated:  # fmt: skip
+        """One transaction: lock the selected rows, read the holds, update the others, call
+        ``prepare``, commit."""
         ds = self.table_of()
         with self.engine.connect() as conn:  # (a scan by subject streams its connection)
             cond = self._selected(conn, ds, selection, None)
@@ -577,11 +574,46 @@ class SqlAdapter:
             keys = [row[0] for row in locked if row[0] not in held]
             if keys and values:
                 conn.execute(sa.update(ds.table).where(ds.pk.in_(keys)).values(**values))
-        kinds = list(held.values())
-        return Updated(
-            refs=[ref for row, ref in zip(locked, refs, strict=True) if row[0] not in held],
-            skipped={kind: kinds.count(kind) for kind in set(kinds)},
+            kinds = list(held.values())
+            changing = [row[0] not in held for row in locked]
+            updated = Updated(
+                refs=[ref for ref, change in zip(refs, changing, strict=True) if change],
+                skipped={kind: kinds.count(kind) for kind in set(kinds)},
+                subjects=frozenset().union(*(
+                    sub for sub, change in zip(self._subjects(ds, locked), changing, strict=True)
+                    if change
+                )),
+            )  # fmt: skip
+            prepare(updated)  # raising rolls the update back
+        return updated
+
+    def holding(self, refs: AbstractSet[bytes], values: Mapping[str, Any]) -> set[bytes]:
+        """The database narrows by the values (its collation may ignore case or trailing
+        spaces), Python compares them exactly."""
+        ds = self.table_of()
+        columns = [ds.table.c[name] for name in sorted(values)]
+        query = sa.select(ds.pk, *columns).where(*(c == values[c.name] for c in columns))
+        return self._locked_refs(
+            query, refs, lambda row: all(row[i] == values[c.name] for i, c in enumerate(columns, 1))
         )
+
+    def _locked_refs(
+        self, query: sa.Select[Any], refs: AbstractSet[bytes],
+        keep: Callable[[Any], bool] = lambda row: True,
+    ) -> set[bytes]:  # fmt: skip
+        """Of ``refs``, those of the rows ``query`` (key first) returns that ``keep`` accepts,
+        read under share locks: a change still being committed is waited for."""
+        found: set[bytes] = set()
+        with self.engine.connect() as conn:
+            limit(conn, self.timeouts)
+            result = conn.execution_options(yield_per=SCAN_CHUNK).execute(
+                query.with_for_update(read=True)
+            )
+            for chunk in result.partitions():
+                kept = [row for row in chunk if keep(row)]
+                found.update(r for r in self.hasher.refs(row[0] for row in kept) if r in refs)
+            conn.rollback()
+        return found
 
     def close(self) -> None:
         """The engine belongs to whoever made it (the connection registry or the caller)."""
