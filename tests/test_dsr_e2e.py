@@ -520,10 +520,16 @@ def test_the_rectification_changes_the_field_and_the_ledger_names_it(airflow: St
     events = RequestRegister(airflow.demo.control.ledger.engine, airflow.key).events(request.id)
     (rectified,) = [e.document["body"] for e in events if e.kind == "dsr_rectified"]
     subscriber = airflow.subscriber
+    # The write-ahead ledger run of the change: the request in its origin.
+    [run] = [r for r in airflow.demo.control.ledger.runs("dsr_rectification")
+             if r.header["origin"] == {"reason": "rectification", "request": f"DSR-{request.id}",
+                                       "dataset": "newsletter/recipients"}]  # fmt: skip
+    assert run.finished is not None and run.finished["outcome"] == "completed"
     assert rectified == {
         "system": "newsletter", "dataset": "recipients", "activities": ["newsletter"],
         "fields": ["last_name"], "records": 1, "held_skipped": 0, "restricted_skipped": 0,
         "record_refs": [record_ref(airflow.key, "newsletter", "recipients", subscriber.pk).hex()],
+        "run_id": run.run_id,
     }  # fmt: skip
     assert request.outcome["steps"]["rectify"]["recipients_to_notify"]  # Art. 19
 
