@@ -80,32 +80,45 @@ def _applied(control: Control, run_id: str) -> set[bytes]:
     return set(control.ledger.applied_refs(run_id, "ats", "people"))
 
 
-def test_a_consent_activity_removes_everyone_suppressed(source_db, control, key) -> None:
-    consent = _on("newsletter", ["consent"])
+def test_a_consent_activity_removes_the_withdrawn_consents(source_db, control, key) -> None:
+    consent = _on("newsletter", ["consent"])  # on consent, not direct marketing: BO stays
     _holds_catalogue(control, consent)
     _seed(source_db.engine)
     _suppress(control, key)
 
     result: Any = _remove(consent, control, source_db.engine)
 
-    assert ids(source_db.engine) == set(range(1, 21)) - {1, 3, 5}  # CARL, DORA: held
-    assert result["people"] == 4 and result["outcome"] == "completed"
-    assert result["counts"]["applied"] == 3
+    assert ids(source_db.engine) == set(range(1, 21)) - {1, 3}  # CARL, DORA: held
+    assert result["people"] == 3 and result["outcome"] == "completed"
+    assert result["counts"]["applied"] == 2
     assert (result["counts"]["restricted"], result["counts"]["held"]) == (1, 1)
     (run,) = control.ledger.runs("newsletter")
-    assert run.header["rules"] == [f"suppression list: {WITHDRAWN} or {OBJECTED}"]
+    assert run.header["rules"] == [f"suppression list: {WITHDRAWN}"]
     assert run.header["origin"] == {"dag_id": "retention_x", "reason": "suppression"}
     assert _applied(control, result["run_id"]) == {
-        record_ref(key, "ats", "people", pk) for pk in (1, 3, 5)
+        record_ref(key, "ats", "people", pk) for pk in (1, 3)
     }
     (verified,) = [e for e in control.ledger.entries() if e.kind == "run_verified"]
     assert verified.run_id == result["run_id"] and result["verified"] is True
     assert verified.document["body"]["success"] is True
     assert (verified.document["body"]["remaining"], verified.document["body"]["held"]) == (0, 1)
     again: Any = _remove(consent, control, source_db.engine)
-    assert again["outcome"] == "nothing_to_do" and ids(source_db.engine) == set(range(1, 21)) - {
-        1, 3, 5,
-    }  # fmt: skip
+    assert again["outcome"] == "nothing_to_do"
+    assert ids(source_db.engine) == set(range(1, 21)) - {1, 3}
+
+
+def test_a_direct_marketing_activity_on_consent_removes_both(source_db, control, key) -> None:
+    newsletter = _on("newsletter", ["consent"], direct_marketing=True)
+    _holds_catalogue(control, newsletter)
+    _seed(source_db.engine)
+    _suppress(control, key)
+
+    result: Any = _remove(newsletter, control, source_db.engine)
+
+    assert ids(source_db.engine) == set(range(1, 21)) - {1, 3, 5}  # CARL, DORA: held
+    assert result["people"] == 4 and result["counts"]["applied"] == 3
+    (run,) = control.ledger.runs("newsletter")
+    assert run.header["rules"] == [f"suppression list: {WITHDRAWN} or {OBJECTED}"]
 
 
 def test_a_direct_marketing_activity_removes_the_objections_only(source_db, control, key):
@@ -134,7 +147,7 @@ def test_other_activities_and_dry_runs_remove_nobody(source_db, control, key) ->
     dry: Any = _remove(consent, control, source_db.engine, dry_run=True)
 
     assert ids(source_db.engine) == set(range(1, 21))
-    assert dry["outcome"] == "dry_run" and dry["counts"]["expired"] == 5
+    assert dry["outcome"] == "dry_run" and dry["counts"]["expired"] == 4  # ANNA twice, CARL, DORA
     assert control.ledger.runs("recruitment") == []
 
 
@@ -178,9 +191,9 @@ def test_the_retention_page_shows_the_retention_run_not_the_suppression_run(tmp_
         adapter=adapter_for(consent.source, key, engine),
     )  # fmt: skip
     suppression: Any = _remove(consent, control, engine)
-    assert suppression["counts"]["applied"] == 3  # a later run that changed records
+    assert suppression["counts"]["applied"] == 2  # a later run that changed records
     catalogue = Catalogue(activities={"newsletter": consent}, version="t")
     (status,) = activity_statuses(catalogue, control.ledger, {}, AS_OF.date())
-    assert status.runs == 2 and status.total_applied == 3
+    assert status.runs == 2 and status.total_applied == 2
     assert status.last_run is not None
     assert status.last_run.ledger_run_id == retention.run_id != suppression["run_id"]

@@ -30,6 +30,7 @@ SUPPRESSED_RULE = (
     "suppression list: consent withdrawn (Art. 7(3)) or objection to direct marketing (Art. 21(3))"
 )
 OBJECTION_RULE = "suppression list: objection to direct marketing (Art. 21(3))"
+WITHDRAWN_RULE = "suppression list: consent withdrawn (Art. 7(3))"
 EMPLOYER = {"sv": "arbetsgivaren", "en": "the employer"}
 # activity id -> (system, legal bases, direct marketing, other changes)
 ACTIVITIES: dict[str, tuple[str, list[str], bool, dict[str, Any]]] = {
@@ -138,6 +139,8 @@ def test_a_withdrawal_removes_the_person_from_consent_based_activities_at_once(
     assert sorted(per_activity) == ["newsletter", "webinars"]
     runs = world.runs()
     assert sorted(runs) == ["newsletter", "webinars"]  # nothing recorded anywhere else
+    # The newsletter (consent, direct marketing) removes both; webinars (consent) withdrawals.
+    rules = {"newsletter": SUPPRESSED_RULE, "webinars": WITHDRAWN_RULE}
     for activity_id, system in (("newsletter", "news"), ("webinars", "learning")):
         done = per_activity[activity_id]
         assert (done["outcome"], done["found"], done["removed"], done["kept"]) == (
@@ -145,7 +148,7 @@ def test_a_withdrawal_removes_the_person_from_consent_based_activities_at_once(
         )  # fmt: skip
         (run,) = runs[activity_id]
         assert run.run_id == done["ledger_run_id"]
-        assert run.header["rules"] == [SUPPRESSED_RULE]
+        assert run.header["rules"] == [rules[activity_id]]
         assert run.header["origin"] == {
             "dag_id": "dsr_consent_withdrawal", "run_id": "manual__1", "request": "DSR-1",
             "triggered_by": "dpo.anna", "reason": "suppression",
@@ -215,22 +218,22 @@ def test_held_and_restricted_records_are_kept_with_the_reason(world: World) -> N
     }  # fmt: skip
 
 
-def test_a_direct_marketing_objection_reaches_direct_marketing_and_consent_activities(
+def test_a_direct_marketing_objection_reaches_direct_marketing_activities_only(
     world: World, key: bytes
 ) -> None:
-    # As the nightly runs (`suppression.scopes_for`): direct-marketing activities, and those
-    # on consent, which every suppressed person is kept out of; nothing else.
+    # As the nightly runs (`suppression.scopes_for`): the activities marked direct marketing,
+    # whatever their basis; not webinars (on consent, not marketing: no consent withdrawn).
     received = world.request("objection", BO, scope="direct_marketing")
     result = world.suppress("objection", received)
 
-    reached = ("newsletter", "prospecting", "webinars")
+    reached = ("newsletter", "prospecting")
     assert world.left() == {a: {5} if a in reached else set() for a in ACTIVITIES}
     assert result["suppression_scope"] == "direct_marketing"
-    assert result["removed_from"] == list(reached) and result["removed"] == 3
+    assert result["removed_from"] == list(reached) and result["removed"] == 2
     runs = world.runs()
     assert sorted(runs) == list(reached)
     assert runs["prospecting"][0].header["rules"] == [OBJECTION_RULE]
-    assert runs["webinars"][0].header["rules"] == [SUPPRESSED_RULE]
+    assert runs["newsletter"][0].header["rules"] == [SUPPRESSED_RULE]
     origin = runs["prospecting"][0].header["origin"]
     assert (origin["dag_id"], origin["request"], origin["reason"]) == (
         "dsr_objection", received["request"], "suppression",

@@ -65,14 +65,13 @@ def blocking(scope: str) -> tuple[str, ...]:
 
 
 def scopes_for(activity: Any) -> tuple[str, ...]:
-    """The scopes whose people an activity's retention runs remove: an activity on consent as
-    a consent import (:func:`blocking`), a direct-marketing one the direct-marketing
-    objections; none for the others."""
-    if "consent" in activity.legal_bases:
-        return blocking("consent")
-    if activity.direct_marketing:
-        return blocking("direct_marketing")
-    return ()
+    """The scopes whose people an activity's runs remove: consent withdrawals from an activity
+    on consent, direct-marketing objections from one marked ``direct_marketing`` (both for a
+    newsletter on consent); none for the others. Removing is stricter than importing
+    (:func:`blocking`): an objection to direct marketing is no reason to delete what the
+    person consented to for another purpose."""
+    scopes = ("consent",) if "consent" in activity.legal_bases else ()
+    return scopes + (("direct_marketing",) if activity.direct_marketing else ())
 
 
 def reason(scopes: Iterable[str]) -> str:
