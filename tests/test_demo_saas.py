@@ -28,7 +28,9 @@ def _lead_crm() -> Activity:
     """The catalogue's lead activity with an http source (whatever the catalogue binds now)."""
     activity = load_catalogue()["sales_leads"]
     source = HttpSource(
-        system="lead_crm", conn_id="retention_lead_crm", collection="leads",
+        system="lead_crm",
+        conn_id="retention_lead_crm",
+        collection="leads",
         lookup={"email": "email"},
     )
     return activity.model_copy(update={"source": source})

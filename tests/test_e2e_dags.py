@@ -102,9 +102,7 @@ def demo(
                 patch.setenv(name, value)
             control = Control.open(env["RETENTION_CONTROL_DB_URL"], key.encode())
             place_holds(control.holds, result.hold_requests())
-            yield Demo(
-                root, result.manifest, result.urls, control, s3_server.client(), saas.store
-            )
+            yield Demo(root, result.manifest, result.urls, control, s3_server.client(), saas.store)
     finally:
         if servers:
             databases.drop_databases(servers.values())

@@ -30,7 +30,9 @@ def lead_crm() -> Activity:
     """The catalogue's lead activity bound to the SaaS API (whatever the catalogue binds)."""
     activity = load_catalogue()["sales_leads"]
     source = HttpSource(
-        system=SYSTEM, conn_id="retention_lead_crm", collection=COLLECTION,
+        system=SYSTEM,
+        conn_id="retention_lead_crm",
+        collection=COLLECTION,
         lookup={"email": "email"},
     )
     return activity.model_copy(update={"source": source})

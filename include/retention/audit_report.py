@@ -186,9 +186,7 @@ class ActivityLine:
     def last(self) -> RunRecord | None:
         """The last finished retention run of the period (the state it found; an erasure's or
         a suppression run's counts are some people's records, not the dataset's state)."""
-        finished = [
-            r for r in self.runs if r.finished is not None and by_retention_rules(r.header)
-        ]
+        finished = [r for r in self.runs if r.finished is not None and by_retention_rules(r.header)]
         return finished[-1] if finished else None
 
     def state(self, name: str) -> int | None:
