@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from include.retention import runs
 from include.retention.lifecycle import CHECKPOINTS, enforce, recover
 from include.retention.runs import Control
 from tests.crash import fork_run
@@ -144,3 +145,22 @@ def test_kill_during_anonymisation_then_recover(
         assert _check_anonymised(db.engine, control) == EXPIRED
     finally:
         cleanup()
+
+
+def test_several_kill_points_each_kill_where_they_match_once_each(monkeypatch, tmp_path) -> None:
+    """``KILL_ENV`` with two points: each kills in its own run; with ``KILL_ONCE_ENV`` each
+    kills once (its own marker file), so the first point's kill does not spend the second's."""
+    calls: list[tuple[str, int, str]] = [
+        ("after_prepare", 1, "a#1"), ("after_prepare", 1, "a#2"), ("after_apply", 3, "a#2"),
+        ("after_apply", 3, "b"), ("after_prepare", 1, "a#2"), ("after_apply", 3, "b"),
+    ]  # fmt: skip
+    killed: list[int] = []
+    monkeypatch.setattr(runs.os, "kill", lambda pid, sig: killed.append(len(done)))
+    monkeypatch.setenv(runs.KILL_ENV, "after_prepare:1@a#2,after_apply:3@b")
+    monkeypatch.setenv(runs.KILL_ONCE_ENV, str(tmp_path / "once"))
+    done: list[tuple[str, int, str]] = []
+    for name, no, where in calls:
+        runs.checkpoint(name, no, where)
+        done.append((name, no, where))
+    assert killed == [1, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["once", "once.1"]

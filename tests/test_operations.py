@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Sequence
 
 import pendulum
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from include.retention.errors import RetentionError
 from include.retention.operations import (
     approver,
+    combine,
     failures,
     next_step,
     origin_of,
@@ -158,3 +160,34 @@ def test_the_approval_text_names_the_deadlines_at_stake():
     text = deadline_text(stakes)
     assert text.startswith(" Policy deadlines at stake: 3 records under 'immediately when")
     assert "must be deleted before X" in text
+
+
+class _LazyResults(Sequence[dict]):
+    """Like Airflow's lazy XCom sequence of a mapped task's results: each access is a request,
+    and one past the end is logged as an error ("XCom not found") by the task supervisor."""
+
+    def __init__(self, items: list[dict]) -> None:
+        self.items, self.asked = items, []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key):  # type: ignore[override]
+        self.asked.append(key)
+        if not isinstance(key, slice) and key >= len(self.items):
+            raise IndexError(key)
+        return self.items[key]
+
+
+def test_mapped_results_are_read_in_one_request_and_never_past_their_end():
+    def result(partition: int, applied: int) -> dict:
+        return {
+            "run_id": "r", "outcome": "completed", "message": "ok", "approved_by": None,
+            "counts": {"applied": applied}, "partition": partition, "partitions": 2,
+        }  # fmt: skip
+
+    results = _LazyResults([result(0, 2), result(1, 3)])
+    combined = combine(results)
+    assert results.asked == [slice(None)]
+    assert combined is not None and combined["counts"] == {"applied": 5}
+    assert combined["message"] == "partition 1: ok; partition 2: ok"

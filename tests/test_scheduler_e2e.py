@@ -57,7 +57,8 @@ SQL, S3, BROKEN = "recruitment", "image_bank", "chatbot"
 APPROVED, REJECTED = "demo_process", "event_registration"  # gated: a person answers
 API = "sales_leads"  # an http source: the demo's SaaS lead CRM
 MAPPED, PART_SIZE = "contract_management", 4  # 25 rows, due ones first: 7 key ranges
-ACTIVITIES = (SQL, S3, BROKEN, APPROVED, REJECTED, API, MAPPED)
+GIVEN_UP = "certification"  # mapped too; one partition dies and an operator marks it failed
+ACTIVITIES = (SQL, S3, BROKEN, APPROVED, REJECTED, API, MAPPED, GIVEN_UP)
 ALERT_TO = "retention-alerts@example.com"
 APPROVER = "dpo.anna"
 RUN_TIMEOUT = 240.0
@@ -84,11 +85,13 @@ class Mailbox:
         self.messages.append(email.message_from_bytes(envelope.content))
         return "250 OK"
 
-    def wait_for(self, subject_part: str, timeout: float = 90) -> Message:
+    def wait_for(self, subject_part: str, run_id: str = "", timeout: float = 90) -> Message:
+        """The first mail with ``subject_part`` in its subject (and ``run_id`` in its text:
+        the stacks of this module share the mailbox)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for message in self.messages:
-                if subject_part in str(message["Subject"]):
+                if subject_part in str(message["Subject"]) and run_id in readable_mail(message):
                     return message
             time.sleep(0.5)
         raise AssertionError(f"no mail with {subject_part!r} in its subject within {timeout}s")
@@ -104,7 +107,7 @@ class Scheduled:
     demo: Demo
     mailbox: Mailbox
     runs: dict[str, str]  # activity id -> run id
-    killed: int = -1  # the partition of MAPPED whose task process is killed mid-batch
+    killed: dict[str, int]  # mapped activity -> its partition whose task process is killed
 
     def finished(self, activity_id: str) -> str:
         key = (dag_id_for(activity_id), self.runs[activity_id])
@@ -128,7 +131,8 @@ def _environment(
     root = paths.var
     env = environment(paths, key, s3.endpoint_url, saas.connection())
     env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW_") or "_CONN_" in k}
-    edits = {APPROVED: strict_safety, REJECTED: strict_safety, MAPPED: _partitioned}
+    edits = {APPROVED: strict_safety, REJECTED: strict_safety}
+    edits |= dict.fromkeys((MAPPED, GIVEN_UP), _partitioned)
     catalogue = edited_catalogue(root / "policies", edits)
     smtp = {
         "conn_type": "smtp",
@@ -150,22 +154,23 @@ def _partitioned(raw: dict[str, Any]) -> None:
     raw["partitioning"] = {"records_per_partition": PART_SIZE}
 
 
-def _mapped_rows(manifest: Any) -> list[ManifestEntry]:
-    """The mapped activity's rows in key order: partition i is rows [i*PART_SIZE, ...)."""
-    return sorted(manifest.for_activity(MAPPED, kind="row"), key=lambda e: e.pk)
+def _mapped_rows(manifest: Any, activity: str = MAPPED) -> list[ManifestEntry]:
+    """A mapped activity's rows in key order: partition i is rows [i*PART_SIZE, ...)."""
+    return sorted(manifest.for_activity(activity, kind="row"), key=lambda e: e.pk)
 
 
-def _crash_one_partition(manifest: Any, root: Path) -> tuple[int, dict[str, str]]:
-    """The partition to kill (the second one with a record to delete) and the settings that
-    make its task process SIGKILL itself once, after its first batch's evidence is written."""
-    rows = _mapped_rows(manifest)
-    due = sorted({i // PART_SIZE for i, e in enumerate(rows) if e.due})
-    assert len(due) > 1, "the mapped activity needs due records in two partitions"
-    killed = due[1]
-    return killed, {
-        KILL_ENV: f"after_prepare:1@{MAPPED}#{killed}",
-        KILL_ONCE_ENV: str(root / "partition-killed"),
-    }
+def _crash_one_partition(manifest: Any, root: Path) -> tuple[dict[str, int], dict[str, str]]:
+    """Per mapped activity, the partition to kill (the second one with a record to delete),
+    and the settings that make its task process SIGKILL itself once, after its first batch's
+    evidence is written."""
+    killed = {}
+    for activity in (MAPPED, GIVEN_UP):
+        rows = _mapped_rows(manifest, activity)
+        due = sorted({i // PART_SIZE for i, e in enumerate(rows) if e.due})
+        assert len(due) > 1, f"{activity} needs due records in two partitions"
+        killed[activity] = due[1]
+    points = ",".join(f"after_prepare:1@{a}#{p}" for a, p in killed.items())
+    return killed, {KILL_ENV: points, KILL_ONCE_ENV: str(root / "partition-killed")}
 
 
 def _manifest_bucket(root: Path) -> str:
@@ -342,7 +347,7 @@ def test_failed_run_is_failed_and_alerts_without_personal_data(airflow: Schedule
     assert tis["enforce"]["state"] in ("upstream_failed", None)
     assert tis["plan"]["try_number"] == 1  # bad input is not retried
 
-    mail = airflow.mailbox.wait_for(dag_id_for(BROKEN))
+    mail = airflow.mailbox.wait_for(dag_id_for(BROKEN), airflow.runs[BROKEN])
     assert mail["To"] == ALERT_TO
     text = readable_mail(mail)  # bodies travel base64-encoded: scan what a person reads
     personal = [e.subject for e in airflow.demo.manifest.for_activity(BROKEN) if e.subject]
@@ -400,7 +405,7 @@ def test_mapped_partitions_delete_exactly_the_due_rows_and_a_killed_one_recovers
     dag_id, run_id = dag_id_for(MAPPED), airflow.runs[MAPPED]
     rows = _mapped_rows(airflow.demo.manifest)
     count = -(-len(rows) // PART_SIZE)
-    killed = _wait_for_mapped(airflow, count)
+    killed = _wait_for_mapped(airflow, MAPPED, count)
     assert airflow.demo.control.ledger.pending_batches(MAPPED) != []  # the dead one's batch
     airflow.api.clear_task(dag_id, run_id, "enforce", killed)
     assert airflow.finished(MAPPED) == "success"
@@ -430,19 +435,67 @@ def test_mapped_partitions_delete_exactly_the_due_rows_and_a_killed_one_recovers
     recovered = [b for b in batches if b["recovered"]]
     assert [b["outcome"] for b in recovered] == ["rolled_back"]
     assert all(b["outcome"] == "committed" for b in batches if not b["recovered"])
-    assert ledger.pending_batches() == [] and ledger.verify().ok
+    assert ledger.pending_batches(MAPPED) == [] and ledger.verify().ok
+    logs = "".join(p.read_text(errors="replace") for p in airflow.stack.logs.glob("*.log"))
+    noise = [line for line in logs.splitlines() if "XCom not found" in line and dag_id in line]
+    assert noise == []  # finish reads the partitions' results without asking past their end
 
 
-def _wait_for_mapped(airflow: Scheduled, count: int, timeout: float = RUN_TIMEOUT) -> int:
+def _wait_for_mapped(
+    airflow: Scheduled, activity: str, count: int, timeout: float = RUN_TIMEOUT
+) -> int:
     """Wait until the killed partition's task has failed (awaiting its retry) while the
     others succeed; returns its map index."""
-    dag_id, run_id = dag_id_for(MAPPED), airflow.runs[MAPPED]
+    dag_id, run_id, killed = dag_id_for(activity), airflow.runs[activity], airflow.killed[activity]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         tis = airflow.api.mapped_instances(dag_id, run_id, "enforce")
         states = {i: ti["state"] for i, ti in tis.items()}
-        if states.get(airflow.killed) in ("up_for_retry", "failed"):
+        if states.get(killed) in ("up_for_retry", "failed"):
             assert len(states) == count, states
-            return airflow.killed
+            return killed
         time.sleep(1)
-    raise AssertionError(f"partition {airflow.killed} of {MAPPED} was not killed: {states}")
+    raise AssertionError(f"partition {killed} of {activity} was not killed: {states}")
+
+
+def test_a_partition_given_up_fails_the_run_alerts_and_keeps_its_records(airflow) -> None:
+    """GIVEN_UP is mapped like MAPPED and one partition's task dies the same way, but an
+    operator gives up on it (marks it failed instead of letting it retry). ``finish`` still
+    runs (all_done): it settles the dead partition's batch from the source (rolled back: its
+    records are all there) and closes the one ledger run as failed; the DAG run is failed, not
+    green, and the alert names no person. The other partitions' due rows are gone, evidenced."""
+    dag_id, run_id = dag_id_for(GIVEN_UP), airflow.runs[GIVEN_UP]
+    rows = _mapped_rows(airflow.demo.manifest, GIVEN_UP)
+    count = -(-len(rows) // PART_SIZE)
+    killed = _wait_for_mapped(airflow, GIVEN_UP, count)
+    airflow.api.mark_task(dag_id, run_id, "enforce", "failed", killed)
+    assert airflow.finished(GIVEN_UP) == "failed"
+
+    tis = airflow.api.mapped_instances(dag_id, run_id, "enforce")
+    assert {i: ti["state"] for i, ti in tis.items()} == {
+        i: "failed" if i == killed else "success" for i in range(count)
+    }
+    steps = airflow.api.task_instances(dag_id, run_id)
+    assert steps["finish"]["state"] == "success" and steps["report"]["state"] == "failed"
+
+    in_killed = {e.pk for i, e in enumerate(rows) if i // PART_SIZE == killed}
+    gone = {e.pk for e in rows if e.due and e.pk not in in_killed}
+    entries, alive = survivors(airflow.demo, GIVEN_UP)
+    assert {e.pk for e in alive} == {e.pk for e in entries} - gone  # the killed range: all kept
+    assert in_killed & {e.pk for e in rows if e.due}, "the killed partition had due records"
+    ledger = airflow.demo.control.ledger
+    [run] = ledger.runs(GIVEN_UP)
+    assert run.finished is not None and run.finished["outcome"] == "failed"
+    assert f"partition(s) {killed + 1} of {count}" in run.finished["message"]
+    assert run.finished["counts"]["applied"] == len(gone)
+    for entry in rows:
+        system, dataset = entry.system, entry.dataset
+        assert len(ledger.lookup(system, dataset, entry.pk)) == (entry.pk in gone), entry.pk
+    batches = ledger.batch_rows(activity_id=GIVEN_UP)
+    assert [b["outcome"] for b in batches if b["recovered"]] == ["rolled_back"]
+    assert ledger.pending_batches(GIVEN_UP) == [] and ledger.verify().ok
+
+    mail = airflow.mailbox.wait_for(dag_id, run_id)
+    text = readable_mail(mail)
+    assert mail["To"] == ALERT_TO and "failed" in str(mail["Subject"])
+    assert not [e.subject for e in rows if e.subject and e.subject in text]

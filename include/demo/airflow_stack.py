@@ -586,6 +586,15 @@ class AirflowApi:
                   "only_failed": False, "reset_dag_runs": False},
         )  # fmt: skip
 
+    def mark_task(
+        self, dag_id: str, run_id: str, task_id: str, state: str, map_index: int = -1
+    ) -> None:
+        """Set one task instance's state, as the UI's "Mark as" menu (e.g. an operator giving
+        up on a task awaiting its retry: ``failed``)."""
+        path = f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id)}/taskInstances/{quote(task_id)}"
+        self.request("PATCH", f"{path}/{map_index}" if map_index >= 0 else path,
+                     json={"new_state": state})  # fmt: skip
+
     def wait_for_task_state(
         self, dag_id: str, run_id: str, task_id: str, state: str, timeout: float = 120
     ) -> None:

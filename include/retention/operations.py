@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 import math
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -532,6 +532,10 @@ def finish(
 def _results(enforced: Any) -> list[dict[str, Any]]:
     if isinstance(enforced, dict):
         return [enforced]
+    if isinstance(enforced, Sequence):
+        # Airflow's lazy XCom sequence: one slice request. Iterating it asks for the item past
+        # the end, which the task log shows as an error ("XCom not found") in every run.
+        enforced = enforced[:]
     return [r for r in enforced or () if r]
 
 

@@ -25,9 +25,11 @@ from include.retention.pseudonym import check_key, pack_refs, unpack_refs
 log = logging.getLogger(__name__)
 
 # Test hook: "<checkpoint>:<batch_no>[@<where>]" makes the process SIGKILL itself there (crash
-# tests); ``where``: only in that run (an activity id, or "<activity id>#<partition>").
+# tests); ``where``: only in that run (an activity id, or "<activity id>#<partition>"). Several
+# such points, comma-separated, each kill where they match.
 KILL_ENV = "RETENTION_TEST_KILL_AT"
-# With it, a file: only the process that creates it dies (the retry then passes the point).
+# With it, a file: only the process that creates it dies (the retry then passes the point);
+# the n-th point of several (from 0) has its own file, with ".<n>" appended from the second on.
 KILL_ONCE_ENV = "RETENTION_TEST_KILL_ONCE"
 
 
@@ -35,13 +37,18 @@ def checkpoint(name: str, batch_no: int, where: str = "") -> None:
     wanted = os.environ.get(KILL_ENV)
     if not wanted:
         return
-    point, _, scope = wanted.partition("@")
-    if point != f"{name}:{batch_no}" or scope not in ("", where):
-        return
+    for n, spec in enumerate(wanted.split(",")):
+        point, _, scope = spec.partition("@")
+        if point == f"{name}:{batch_no}" and scope in ("", where):
+            _die(n)
+
+
+def _die(n: int) -> None:
     once = os.environ.get(KILL_ONCE_ENV)
     if once:
         try:
-            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            marker = once if n == 0 else f"{once}.{n}"
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         except FileExistsError:
             return
     os.kill(os.getpid(), signal.SIGKILL)
