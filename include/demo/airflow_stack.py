@@ -278,7 +278,8 @@ class AirflowStack:
                 "AIRFLOW__API__PORT": str(self.port),
                 "AIRFLOW__API__BASE_URL": self.url,
                 "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
-                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+                # HS512 wants a key of 64 bytes or more (PyJWT warns on every token below).
+                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": str(cfg.schedule_runs),
                 "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES": SENSITIVE_NAMES,
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
