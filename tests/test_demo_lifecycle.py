@@ -102,3 +102,49 @@ def test_the_demo_s3_never_uses_a_port_something_else_listens_on(tmp_path: Path)
             assert not again.fresh and again.endpoint == s3.endpoint
         finally:
             s3.stop()
+
+
+LOST_INTERRUPT = """
+import os, signal, sys, time, weakref
+from pathlib import Path
+from include.demo.airflow_stack import AirflowStack, StackConfig
+from include.demo.run import stop_on_signals
+
+stop_on_signals()
+here = Path(sys.argv[1])
+stack = AirflowStack(StackConfig(home=here, metadata_url="", dags_folder=here, project_root=here))
+
+
+class Doomed:
+    pass
+
+
+def collected(ref):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(2)  # the handler runs here: its KeyboardInterrupt is printed and dropped
+
+
+doomed = Doomed()
+watch = weakref.ref(doomed, collected)
+del doomed
+print("went on", flush=True)
+try:
+    stack.check_running()  # what every wait of the main job calls
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(130)
+"""
+
+
+def test_a_sigterm_whose_interrupt_python_drops_still_stops_the_main_job(tmp_path: Path) -> None:
+    """A signal landing while a garbage-collection callback runs (SQLAlchemy has such
+    callbacks): Python prints the handler's KeyboardInterrupt and drops it, and the main job
+    went on, deaf to the SIGTERM it took (seen in CI). The next wait now raises it again."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", LOST_INTERRUPT, str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "Exception ignored" in done.stderr and "KeyboardInterrupt" in done.stderr
+    assert done.stdout.split() == ["went", "on", "interrupted"]
+    assert done.returncode == 130

@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,25 @@ TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 RUNS_PAGE = 100  # the API's default page size
 ADMIN = "admin"
 START_TIMEOUT = 180.0
+
+
+# A stop asked for by a signal handler (`request_stop`), honoured by the next wait.
+_stop_requested = threading.Event()
+
+
+def request_stop() -> None:
+    """Make the next wait of this process's stacks (each calls `AirflowStack.check_running`)
+    end in KeyboardInterrupt, once. For a signal handler that raises KeyboardInterrupt: its
+    exception is lost when the signal lands while a garbage-collection callback runs (Python
+    only prints it), and the process would go on, deaf to the signal it took."""
+    _stop_requested.set()
+
+
+def stop_honoured() -> None:
+    """The KeyboardInterrupt arrived: nothing is left to ask for."""
+    _stop_requested.clear()
+
+
 STOP_TIMEOUT = 15.0  # then whatever is left of a component is killed
 LOCAL_EXECUTOR = "include.retention.executors.LocalExecutor"
 # A data-subject request's identifiers (the dsr_* trigger forms' fields), masked like passwords
@@ -238,7 +258,11 @@ class AirflowStack:
             _kill_session(component.process)
 
     def check_running(self) -> None:
-        """Raise, with the log tail, if a component has exited."""
+        """Raise, with the log tail, if a component has exited; KeyboardInterrupt if a stop
+        was asked for (`request_stop`)."""
+        if _stop_requested.is_set():
+            stop_honoured()
+            raise KeyboardInterrupt
         for component in self._components:
             code = component.process.poll()
             if code is not None:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from include.demo import databases, saas_server
-from include.demo.airflow_stack import check_port_free, free_port
+from include.demo.airflow_stack import check_port_free, free_port, request_stop, stop_honoured
 from include.demo.embedded_s3 import local_client, spawn, wait_until_up
 from include.retention.errors import RetentionError
 
@@ -459,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         saas, saas_conn = ensure_saas(paths, args.saas_port)
         return _main_job(args, paths, key, s3, saas_conn, started)
     except KeyboardInterrupt:
+        stop_honoured()
         s3.stop()  # an S3 this run started holds nothing worth keeping
         if saas is not None:
             saas.stop()
@@ -468,11 +469,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def stop_on_signals() -> None:
     """SIGTERM unwinds like Ctrl-C (KeyboardInterrupt), so every ``with`` block stops what it
-    started; a second signal cannot cut that clean-up short."""
+    started; a second signal cannot cut that clean-up short. Should the exception be lost
+    (raised inside a garbage-collection callback), the stack's next wait raises it again."""
 
     def interrupted(signum: int, frame: Any) -> None:
         for number in (signal.SIGINT, signal.SIGTERM):
             signal.signal(number, signal.SIG_IGN)
+        request_stop()
         raise KeyboardInterrupt
 
     for number in (signal.SIGINT, signal.SIGTERM):
