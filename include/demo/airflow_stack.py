@@ -46,6 +46,18 @@ TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 RUNS_PAGE = 100  # the API's default page size
 ADMIN = "admin"
 START_TIMEOUT = 180.0
+STOP_TIMEOUT = 15.0  # then whatever is left of a component is killed
+LOCAL_EXECUTOR = "include.retention.executors.LocalExecutor"
+# A data-subject request's identifiers (the dsr_* trigger forms' fields), masked like passwords
+# wherever Airflow masks secrets: the audit log keeps every trigger request's body.
+SENSITIVE_NAMES = ",".join(SENSITIVE_FORM_FIELDS)
+# The Celery worker's configuration: Airflow's, with the task libraries preloaded.
+CELERY_CONFIG = "include.retention.celery_config.CELERY_CONFIG"
+_HEALTHY_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+# A metadata DB on SQLite: every component writes to one file. Writers wait for each other
+# (instead of failing with "database is locked" after 5 s) and readers don't block them (WAL).
+SQLITE_CONNECT_ARGS = {"timeout": 60.0}
+_SQLITE_CONNECT_ARGS_PATH = f"{__name__}.SQLITE_CONNECT_ARGS"
 
 
 # A stop asked for by a signal handler (`request_stop`), honoured by the next wait.
@@ -63,20 +75,6 @@ def request_stop() -> None:
 def stop_honoured() -> None:
     """The KeyboardInterrupt arrived: nothing is left to ask for."""
     _stop_requested.clear()
-
-
-STOP_TIMEOUT = 15.0  # then whatever is left of a component is killed
-LOCAL_EXECUTOR = "include.retention.executors.LocalExecutor"
-# A data-subject request's identifiers (the dsr_* trigger forms' fields), masked like passwords
-# wherever Airflow masks secrets: the audit log keeps every trigger request's body.
-SENSITIVE_NAMES = ",".join(SENSITIVE_FORM_FIELDS)
-# The Celery worker's configuration: Airflow's, with the task libraries preloaded.
-CELERY_CONFIG = "include.retention.celery_config.CELERY_CONFIG"
-_HEALTHY_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
-# A metadata DB on SQLite: every component writes to one file. Writers wait for each other
-# (instead of failing with "database is locked" after 5 s) and readers don't block them (WAL).
-SQLITE_CONNECT_ARGS = {"timeout": 60.0}
-_SQLITE_CONNECT_ARGS_PATH = f"{__name__}.SQLITE_CONNECT_ARGS"
 
 
 def free_port(host: str = HOST) -> int:
