@@ -570,7 +570,8 @@ class SqlAdapter:
             limit(conn, self.timeouts)
             locked = conn.execute(sa.select(ds.pk, *ds.lookups).where(cond).with_for_update()).all()
             refs = self.hasher.refs(row[0] for row in locked)
-            held = self._kinds(holds(), locked, refs, self._subjects(ds, locked))
+            subjects = self._subjects(ds, locked)
+            held = self._kinds(holds(), locked, refs, subjects)
             keys = [row[0] for row in locked if row[0] not in held]
             if keys and values:
                 conn.execute(sa.update(ds.table).where(ds.pk.in_(keys)).values(**values))
@@ -580,8 +581,7 @@ class SqlAdapter:
                 refs=[ref for ref, change in zip(refs, changing, strict=True) if change],
                 skipped={kind: kinds.count(kind) for kind in set(kinds)},
                 subjects=frozenset().union(*(
-                    sub for sub, change in zip(self._subjects(ds, locked), changing, strict=True)
-                    if change
+                    sub for sub, change in zip(subjects, changing, strict=True) if change
                 )),
             )  # fmt: skip
             prepare(updated)  # raising rolls the update back
