@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from include.retention import dsr
+from include.retention import dsr, operations
 from include.retention.catalogue import Activity, Catalogue
 from include.retention.errors import PartlyDone, PartlyUnavailable
 from include.retention.holds import HoldRegister
@@ -256,9 +256,7 @@ def test_a_failure_in_one_activity_fails_the_step_after_the_others_are_done(
     world: World, key: bytes
 ) -> None:
     world.catalogue.activities["newsletter"] = _activity("newsletter", table="missing")
-    world.catalogue.activities["webinars"] = _activity(
-        "webinars", safety={"max_rows": None, "max_fraction": 0.01}
-    )
+    world.catalogue.activities["webinars"] = _activity("webinars", table="gone")
     world.catalogue.activities["social"] = _activity("newsletter", id="social", system="cms")
     world.engines["social"] = world.engines.pop("recruitment")  # (a source of its own)
 
@@ -270,17 +268,40 @@ def test_a_failure_in_one_activity_fails_the_step_after_the_others_are_done(
     message = str(caught.value)
     assert "DSR-1: on the suppression list" in message and "failed in 2 of 3" in message
     assert "newsletter: failed" in message and "'missing'" in message
-    assert "webinars: approval_required" in message and "anna" not in message.lower()
+    assert "webinars: failed" in message and "'gone'" in message
+    assert "anna" not in message.lower()
     result = caught.value.result
     assert result["failed_in"] == ["newsletter", "webinars"]
     assert result["removed_from"] == ["social"] and EVERYONE - ids(world.engines["social"]) == {
         1, 2,
     }  # fmt: skip
-    assert world.left()["webinars"] == set()  # over its safety limit: nothing changed
-    assert _by_activity(result)["webinars"]["error"].startswith("approval needed")
+    assert world.left()["webinars"] == set()  # its binding is wrong: nothing changed
     refs = {subject_ref(key, ANNA)}
     assert world.runtime.suppressions.suppressed(refs, "consent") == refs
     assert "anna" not in json.dumps(result).lower()
+
+
+def test_the_request_is_the_approval_a_safety_limit_keeps_nothing_of_a_person_who_withdrew(
+    world: World, key: bytes
+) -> None:
+    # ANNA's 2 records are 10 % of the 20: over the limit, a retention run would wait for an
+    # approval that a withdrawal has no step for.
+    limited = _activity("webinars", safety={"max_rows": 1, "max_fraction": 0.01})
+    world.catalogue.activities["webinars"] = limited
+
+    _, result = world.withdraw(ANNA)
+
+    assert world.left()["webinars"] == {1, 2} and result["failed_in"] == []
+    (run,) = world.runs()["webinars"]
+    assert run.header["approved_by"] == "dpo.anna"  # who filed the request
+    # The nightly suppression run, reaching everyone on the list, keeps the limit.
+    world.runtime.suppressions.add(
+        [subject_ref(key, BO), subject_ref(key, CARL)], "consent", added_by="crm"
+    )
+    runtime = operations.Runtime.of(world.catalogue, world.runtime.control, world.engines)
+    nightly = operations.remove_suppressed(limited, runtime, dry_run=False, origin={})
+    assert nightly is not None and nightly["outcome"] == "approval_required"
+    assert world.left()["webinars"] == {1, 2}  # BO (5) and CARL (7) are still there
 
 
 def test_an_unreachable_source_fails_the_step_so_that_it_is_retried(

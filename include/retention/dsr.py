@@ -350,6 +350,7 @@ def suppress(
     removals, not_searched = withdrawal.remove(
         withdrawal.reached(catalogue, scope), refs, identifier_kinds(received, runtime),
         operations.Runtime.of(catalogue, runtime.control, connections), _origin(request, user),
+        by=user,
     )  # fmt: skip
     result: dict[str, Any] = {
         "suppression_scope": scope, "suppressed": added, "already_suppressed": len(refs) - added,

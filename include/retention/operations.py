@@ -374,13 +374,14 @@ def enforce(
 
 def remove_suppressed(
     activity: Activity, runtime: Runtime, *, dry_run: bool, origin: Mapping[str, Any] | None,
-    refs: Collection[bytes] | None = None,
+    refs: Collection[bytes] | None = None, approved_by: str | None = None,
 ) -> dict[str, Any] | None:  # fmt: skip
     """Remove (by the activity's action) the records of people on the suppression list that
     an activity on consent, or for direct marketing, holds again (e.g. imported by another
     tool): its own ledger run whose rule names the suppression; held and restricted records
-    are kept, and the safety limits apply as to any run. ``refs``: only these people (those
-    of them on the list; a withdrawal's own removal). None: the activity is out of scope."""
+    are kept, and the safety limits apply as to any run unless ``approved_by`` names who
+    approved it. ``refs``: only these people (those of them on the list; a withdrawal's own
+    removal). Returns None when the activity is out of scope."""
     from include.retention import suppression
 
     if not in_suppression_scope(activity):
@@ -395,7 +396,7 @@ def remove_suppressed(
         return {"people": 0, "run_id": None, "outcome": "nothing_to_do", "counts": {}}
     options = lifecycle.RunOptions(
         runtime.catalogue.version, dry_run=dry_run, reason=suppression.reason(scopes),
-        origin={**(origin or {}), "reason": "suppression"},
+        approved_by=approved_by, origin={**(origin or {}), "reason": "suppression"},
     )  # fmt: skip
     selection = OfSubject(refs)
     result = lifecycle.run(activity, selection, runtime.adapter(activity), control, options)

@@ -4,8 +4,11 @@ The request's ``suppress`` step first puts the person on the suppression list (i
 the nightly retention runs keep them out from then on), then removes their records at once
 from every activity the entry's scope reaches (`suppression.scopes_for`): the suppression run
 the nightly retention runs make (`operations.remove_suppressed`), for this person's keyed
-references only. So holds and restrictions are honoured, the safety limits apply, and the
-ledger records the run with the suppression as its rule and the request in its origin.
+references only. So holds and restrictions are honoured, and the ledger records the run with
+the suppression as its rule, the request in its origin and its filer as the approval: as for
+an erasure, the volume gate does not stop one person's withdrawal (a small table would else
+keep a person's records after they withdrew, with no one able to approve). The nightly
+suppression runs, which reach everyone on the list, keep the gate.
 
 An activity the identifiers given cannot search is not claimed as searched: the response
 names it and the identifier it needs. One activity failing does not stop the others: each
@@ -62,10 +65,11 @@ def reached(catalogue: Iterable[Activity], scope: str) -> list[Activity]:
 
 def remove(
     activities: Iterable[Activity], refs: Collection[bytes], kinds: Collection[str],
-    runtime: operations.Runtime, origin: Mapping[str, Any],
+    runtime: operations.Runtime, origin: Mapping[str, Any], *, by: str,
 ) -> tuple[list[Removal], list[dict[str, Any]]]:  # fmt: skip
     """Remove the person (``refs``, identifiers of ``kinds``) from each of ``activities`` that
-    the kinds can search: what happened in each, and those not searched and what they need."""
+    the kinds can search, approved by ``by`` (who filed the request): what happened in each,
+    and those not searched and what they need."""
     searched: list[Activity] = []
     not_searched: list[dict[str, Any]] = []
     for activity in activities:
@@ -75,18 +79,19 @@ def remove(
         else:
             searched.append(activity)
     not_searched.sort(key=lambda n: str(n["activity"]))
-    return [_remove(activity, refs, runtime, origin) for activity in searched], not_searched
+    removals = [_remove(activity, refs, runtime, origin, by) for activity in searched]
+    return removals, not_searched
 
 
 def _remove(
     activity: Activity, refs: Collection[bytes], runtime: operations.Runtime,
-    origin: Mapping[str, Any],
+    origin: Mapping[str, Any], by: str,
 ) -> Removal:  # fmt: skip
     removal = Removal(activity.id)
     try:
         done = operations.named_faults(
             operations.remove_suppressed, activity, runtime, dry_run=False, origin=origin,
-            refs=refs,
+            refs=refs, approved_by=by,
         )  # fmt: skip
     except RetentionError as exc:  # names what is wrong, never a person
         log.error("%s: removing the suppressed person failed: %s", activity.id, exc)
