@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 from include.retention.errors import RetentionError
 from include.retention.lifecycle import Hooks, enforce, plan
 from include.retention.runs import Control
-from include.retention.sources.sql import SqlAdapter
+from include.retention.sources.sql import SourceTimeouts, SqlAdapter
 from tests.dbs import (  # noqa: F401 - fixtures
     AS_OF,
     Db,
@@ -172,6 +173,44 @@ def test_subject_hold_while_the_next_batch_is_already_deleting(
     result = _run(source_db, control, batch_size=4, after_lock=after_lock)
     assert (result.applied, result.held_skipped) == (9, 1)
     assert ids(source_db.engine) == {6}
+
+
+def _locked_by_another(engine: sa.Engine, pk: int) -> bool:
+    people = sa.table("people", sa.column("id"))
+    query = sa.select(people.c.id).where(people.c.id == pk).with_for_update(skip_locked=True)
+    with engine.begin() as conn:
+        return conn.execute(query).first() is None
+
+
+def test_a_batch_redone_for_a_hold_never_waits_for_the_batch_ahead(
+    source_db: Db, control: Control
+) -> None:
+    """Pipelined (PostgreSQL, MariaDB): batch 2 is deleted while batch 1 is finished. A hold
+    found in batch 1 after its delete makes it delete again; the batch ahead is rolled back
+    first (on MariaDB the redo would wait for the row past its range, which batch 2 holds
+    until after batch 1 commits: the run failed on the lock timeout)."""
+    seed(source_db.engine, [person(i, old()) for i in range(1, 11)])
+
+    def after_lock(batch_no: int) -> None:
+        if batch_no != 1:
+            return
+        deadline = time.monotonic() + 10
+        while source_db.kind != "sqlite" and not _locked_by_another(source_db.engine, 5):
+            assert time.monotonic() < deadline, "batch 2 never started deleting"
+            time.sleep(0.02)
+        control.holds.place_subject_hold(
+            "person2@example.com", kind="legal_hold", reason="claim", placed_by="legal"
+        )
+
+    act = activity()
+    adapter = SqlAdapter(act.source, control.key, source_db.engine, after_lock=after_lock,
+                         timeouts=SourceTimeouts(lock=2))  # fmt: skip
+    result = enforce(act, AS_OF, adapter=adapter, control=control, catalogue_version="v1",
+                     batch_size=4)  # fmt: skip
+    assert (result.outcome, result.applied, result.held_skipped) == ("completed", 9, 1)
+    assert ids(source_db.engine) == {2}
+    assert ids(source_db.engine, "applications") == {20, 21}
+    assert control.ledger.verify().ok
 
 
 def test_released_hold_lets_the_next_run_delete(source_db: Db, control: Control) -> None:

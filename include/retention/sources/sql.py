@@ -12,9 +12,9 @@ batch from what the source really holds.
 
 Cost per record beyond the DELETE itself: its RETURNING row, one HMAC in Python (~0.7 us;
 another for each distinct subject of the batch) and 16 bytes of blob (see the README's
-Figures). On PostgreSQL the next batch's DELETE runs on a worker thread while the current
-batch is hashed and logged. Every source statement has a lock and a statement timeout
-(`SourceTimeouts`).
+Figures). On PostgreSQL, MariaDB and MySQL the next batch's DELETE runs on a worker thread
+while the current batch is hashed and logged (`SqlAdapter._pipelined`). Every source statement
+has a lock and a statement timeout (`SourceTimeouts`).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ MAX_HOLD_RETRIES = 20
 MAX_WINDOW_FACTOR = 4
 SCAN_CHUNK = 50_000
 FETCH_CHUNK = 5_000
+PIPELINED_DIALECTS = frozenset({"postgresql", "mysql"})  # see `SqlAdapter._pipelined`
 LOCK_TIMEOUT_ENV = "RETENTION_SOURCE_LOCK_TIMEOUT_S"
 STATEMENT_TIMEOUT_ENV = "RETENTION_SOURCE_STATEMENT_TIMEOUT_S"
 
@@ -474,18 +475,17 @@ class SqlAdapter:
         pool = ThreadPoolExecutor(max_workers=1) if self._pipelined(action) else None
         state = _Walk(ds, action, cond, window, holds, pool, stop=key_bounds(selection)[1])
         current: _Open | None = self._open(state, 1, key_bounds(selection)[0])
-        upcoming: _Open | None = None
         try:
             while current is not None:
                 if pool is not None and current.upper is not None:
-                    upcoming = self._open(state, current.no + 1, current.upper)
+                    state.ahead = self._open(state, current.no + 1, current.upper)
                 yield self._stage(state, current)
                 current.conn.close()
-                if upcoming is None and current.upper is not None:
-                    upcoming = self._open(state, current.no + 1, current.upper)
-                current, upcoming = upcoming, None
+                if state.ahead is None and current.upper is not None:
+                    state.ahead = self._open(state, current.no + 1, current.upper)
+                current, state.ahead = state.ahead, None
         finally:
-            for batch in (current, upcoming):
+            for batch in (current, state.ahead):
                 if batch is not None and not batch.conn.closed:
                     _discard(batch)
             if pool is not None:
@@ -493,6 +493,7 @@ class SqlAdapter:
 
     def redo(self, batch: Batch, holds: HoldReader) -> Batch:
         walk, opened = batch.state
+        walk.hold_back()
         opened.conn.begin()
         limit(opened.conn, self.timeouts)
         walk.holds = holds
@@ -739,14 +740,19 @@ class SqlAdapter:
     def _pipelined(self, action: Action) -> bool:
         """Delete batch n+1 on a worker thread while batch n is hashed, logged and committed.
 
-        The ranges are disjoint, so on PostgreSQL (row locks only) the two open transactions
-        never wait for each other. Not on SQLite (one writer) nor MariaDB (next-key locks at
-        the range boundary), and not for anonymisation (which locks before it changes anything).
+        The ranges are disjoint, so with row locks only (PostgreSQL; MariaDB and MySQL in READ
+        COMMITTED, which takes no gap locks) the two open transactions never wait for each other;
+        a batch that deletes again first rolls back the one ahead (`_Walk.hold_back`). Not on
+        SQLite (one writer), and not for anonymisation (which locks before it changes anything).
         """
-        return action.kind == "delete" and self.engine.dialect.name == "postgresql"
+        return action.kind == "delete" and self.engine.dialect.name in PIPELINED_DIALECTS
 
     def _open(self, walk: _Walk, no: int, last: Any) -> _Open:
         conn = self.engine.connect()
+        if walk.pool is not None and self.engine.dialect.name == "mysql":
+            # REPEATABLE READ (the default) locks the gap past a range's end, up to the next
+            # batch's first row: that batch's DELETE would wait until this one commits.
+            conn = conn.execution_options(isolation_level="READ COMMITTED")
         try:
             conn.begin()
             limit(conn, self.timeouts)
@@ -796,6 +802,7 @@ class SqlAdapter:
             skipped.update(digest.held)
             result.close()
             conn.rollback()
+            walk.hold_back()
             conn.begin()
             limit(conn, self.timeouts)
             log.info("batch %s: held records found after locking; redoing without them", opened.no)
@@ -880,7 +887,16 @@ class _Walk:
     holds: HoldReader
     pool: ThreadPoolExecutor | None
     stop: Any = None  # the selection's upper key bound
+    ahead: _Open | None = None  # the next batch, its delete already running (pipelined)
     _values: dict[str, Any] | None = None
+
+    def hold_back(self) -> None:
+        """Roll back the batch opened ahead (it is opened again when its turn comes), before
+        a batch deletes again: MariaDB locks the row past a range's end, so the redo would wait
+        for the batch ahead, which commits only after this one."""
+        if self.ahead is not None:
+            _discard(self.ahead)
+            self.ahead = None
 
     def values(self, dialect: str, key: bytes) -> dict[str, Any]:
         """The anonymising UPDATE's SET clause (the same for every batch of the walk)."""
@@ -935,7 +951,8 @@ def _range(walk: _Walk, last: Any, upper: Any) -> ColumnElement[bool]:
 
 
 def _discard(opened: _Open) -> None:
-    """Roll back a batch that will not be finished (the run stopped before it)."""
+    """Roll back a batch that will not be finished (the run stopped before it, or a redo
+    holds it back)."""
     if opened.started is not None:
         try:
             opened.started.result()
