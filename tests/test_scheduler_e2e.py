@@ -55,10 +55,11 @@ AS_OF = dt.datetime(2026, 11, 24, 1, 30, tzinfo=dt.UTC)  # the 02:30 nightly run
 CONF = {"as_of": AS_OF.isoformat(), "dry_run": False}
 SQL, S3, BROKEN = "recruitment", "image_bank", "chatbot"
 APPROVED, REJECTED = "demo_process", "event_registration"  # gated: a person answers
+OUTGROWN = "training_registration"  # gated; a hold is released while the approval is awaited
 API = "sales_leads"  # an http source: the demo's SaaS lead CRM
 MAPPED, PART_SIZE = "contract_management", 4  # 25 rows, due ones first: 7 key ranges
 GIVEN_UP = "certification"  # mapped too; one partition dies and an operator marks it failed
-ACTIVITIES = (SQL, S3, BROKEN, APPROVED, REJECTED, API, MAPPED, GIVEN_UP)
+ACTIVITIES = (SQL, S3, BROKEN, APPROVED, REJECTED, OUTGROWN, API, MAPPED, GIVEN_UP)
 ALERT_TO = "retention-alerts@example.com"
 APPROVER = "dpo.anna"
 RUN_TIMEOUT = 240.0
@@ -108,6 +109,7 @@ class Scheduled:
     mailbox: Mailbox
     runs: dict[str, str]  # activity id -> run id
     killed: dict[str, int]  # mapped activity -> its partition whose task process is killed
+    holds: dict[tuple[str, str, Any], int]  # (activity, scope, pk) -> the demo hold's id
 
     def finished(self, activity_id: str) -> str:
         key = (dag_id_for(activity_id), self.runs[activity_id])
@@ -131,7 +133,7 @@ def _environment(
     root = paths.var
     env = environment(paths, key, s3.endpoint_url, saas.connection())
     env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW_") or "_CONN_" in k}
-    edits = {APPROVED: strict_safety, REJECTED: strict_safety}
+    edits = {APPROVED: strict_safety, REJECTED: strict_safety, OUTGROWN: strict_safety}
     edits |= dict.fromkeys((MAPPED, GIVEN_UP), _partitioned)
     catalogue = edited_catalogue(root / "policies", edits)
     smtp = {
@@ -224,7 +226,9 @@ def airflow(
         )
         _drop_source_tables(seeded.urls[BROKEN])
         control = Control.open(control_url, key.encode())
-        place_holds(control.holds, seeded.hold_requests())
+        requests = list(seeded.hold_requests())
+        placed = place_holds(control.holds, requests)
+        holds = {(r.activity, r.scope, r.pk): h for r, h in zip(requests, placed, strict=True)}
         killed, crash = _crash_one_partition(seeded.manifest, root)
         config = StackConfig(
             home=root / "airflow",
@@ -244,7 +248,7 @@ def airflow(
                 api.unpause(dag_id_for(activity_id))
             runs = {a: api.trigger(dag_id_for(a), CONF) for a in ACTIVITIES}
             demo = Demo(root, seeded.manifest, seeded.urls, control, s3.client(), saas.store)
-            yield Scheduled(executor, stack, api, demo, mailbox, runs, killed)
+            yield Scheduled(executor, stack, api, demo, mailbox, runs, killed, holds)
             api.close()
 
 
@@ -338,6 +342,29 @@ def test_rejected_run_changes_nothing(airflow: Scheduled) -> None:
     assert airflow.finished(REJECTED) == "success"
     assert airflow.demo.last_run(REJECTED)["outcome"] == "approval_required"
     assert survivors(airflow.demo, REJECTED)[1] == entries
+
+
+def test_an_approval_covers_no_record_released_while_it_was_awaited(airflow: Scheduled) -> None:
+    dag_id, run_id = dag_id_for(OUTGROWN), airflow.runs[OUTGROWN]
+    airflow.api.wait_for_approval(dag_id, run_id, "approve")
+    # The demo holds an expired record: released, it is due, one more than the approver saw.
+    [held] = [e for e in airflow.demo.manifest.for_activity(OUTGROWN) if e.hold == "record"]
+    airflow.demo.control.holds.release(
+        airflow.holds[(OUTGROWN, "record", held.pk)], released_by="legal"
+    )
+
+    waiting = _answer(airflow, OUTGROWN, "Approve")
+
+    assert airflow.finished(OUTGROWN) == "failed"
+    tis = airflow.api.task_instances(dag_id, run_id)
+    assert (tis["enforce"]["state"], tis["enforce"]["try_number"]) == ("failed", 1)
+    assert tis["report"]["state"] == "failed"
+    assert survivors(airflow.demo, OUTGROWN)[1] == waiting  # the released record too
+    assert airflow.demo.control.ledger.runs(OUTGROWN) == []  # refused before it started
+    mail = airflow.mailbox.wait_for(dag_id, run_id)
+    assert mail["To"] == ALERT_TO
+    log = airflow.api.task_log(dag_id, run_id, "enforce", map_index=0)
+    assert "the approval covered" in log and "Trigger the run again" in log
 
 
 def test_failed_run_is_failed_and_alerts_without_personal_data(airflow: Scheduled) -> None:

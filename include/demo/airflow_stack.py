@@ -412,6 +412,14 @@ def _all_healthy(health: Any) -> bool:
     )
 
 
+def _log_line(line: Any) -> str:
+    """A structured task log line (Airflow 3) as text: its event, then its exceptions."""
+    if not isinstance(line, dict):
+        return str(line)
+    errors = [f"{e.get('exc_type')}: {e.get('exc_value')}" for e in line.get("error_detail") or []]
+    return "\n".join([str(line.get("event", "")), *errors])
+
+
 def _sqlite_wal(url: str) -> None:
     """Switch a SQLite metadata DB to write-ahead logging (a property of the file)."""
     import sqlalchemy as sa
@@ -598,6 +606,18 @@ class AirflowApi:
         return {
             ti["map_index"]: ti for ti in found["task_instances"] if ti["task_id"] == task_id
         }  # fmt: skip
+
+    def task_log(
+        self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1
+    ) -> str:
+        """One try's log of a task instance as the UI's Logs tab shows it: each line's message,
+        and for a failure the exception's type and message."""
+        path = (
+            f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id)}"
+            f"/taskInstances/{quote(task_id)}/logs/{try_number}"
+        )
+        found = self.request("GET", path, params={"map_index": map_index, "full_content": True})
+        return "\n".join(_log_line(line) for line in found.get("content") or [])
 
     def clear_task(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> None:
         """Clear one task instance (one map index of a mapped task), as the UI's Clear button:

@@ -13,6 +13,7 @@ file, the field and the problem for anything wrong.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from enum import StrEnum
@@ -630,6 +631,14 @@ class Activity(_Model):
 
     def describe_rule(self, language: Language = "en") -> str:
         return "; ".join(self.rule_descriptions(language))
+
+    def enforcement_digest(self) -> str:
+        """What decides which records a run changes, and how: the retention cases, the action
+        and the dataset binding, hashed (16 hex digits). An approval binds to it: a run
+        approved under one digest refuses to run under another."""
+        decisive = self.model_dump(mode="json", include={"retention", "action", "source"})
+        text = json.dumps(decisive, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 class Catalogue(_Model):

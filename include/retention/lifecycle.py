@@ -45,6 +45,7 @@ from include.retention.runs import (
     Control,
     PlanResult,
     RunResult,
+    check_approval_covers,
     check_as_of,
     check_not_early,
     checkpoint,
@@ -146,6 +147,9 @@ class RunOptions:
     # Why the records are selected when it is not the retention rules (e.g. the suppression
     # list): the run's recorded rule.
     reason: str | None = None
+    # How many records the approval (``approved_by``) was given for: a run that finds more
+    # due refuses before it changes anything (`runs.check_approval_covers`).
+    approved_up_to: int | None = None
 
 
 # ------------------------------------------------------------------------------ entry points
@@ -168,6 +172,7 @@ def enforce(
     lease_wait: float | None = None,
     partition: KeyRange | None = None,
     run_id: str | None = None,
+    approved_up_to: int | None = None,
 ) -> RunReport:
     """Run the activity's retention at ``as_of`` (see the module doc).
 
@@ -195,6 +200,7 @@ def enforce(
     options = RunOptions(
         catalogue_version, dry_run, approved_by, origin, batch_size, hooks or Hooks(), lease_wait,
         clients, whole, run_id if partition is not None else None,
+        approved_up_to=approved_up_to,
     )  # fmt: skip
     return run(activity, selection, adapter, control, options)
 
@@ -484,6 +490,9 @@ class _Run:
         log.info("plan %s: %s", activity.id, planned.counts())
         if options.hooks.after_plan:
             options.hooks.after_plan(planned)
+        check_approval_covers(
+            activity, options.whole or planned, options.approved_by, options.approved_up_to
+        )
         run_id = options.run_id or control.ledger.start_run(
             run_header(activity, self.adapter, planned, options)
         )

@@ -33,6 +33,7 @@ from include.retention.object_store import storage_fault
 from include.retention.runs import (
     Control,
     PlanResult,
+    check_approval_covers,
     check_not_early,
     decide,
     describe_offset,
@@ -210,6 +211,7 @@ def plan(
         ),
         "origin": origin or {},
         "source_checks": checks,
+        "policy": activity.enforcement_digest(),  # what an approval of this plan binds to
     }
     stakes = _deadlines_at_stake(activity, as_of, runtime) if reason else []
     planned["deadlines_at_stake"] = stakes
@@ -258,6 +260,24 @@ def approver(approval: dict[str, Any] | None) -> str | None:
     return str(user.get("name") or user.get("id") or "unknown approver")
 
 
+def _approved(
+    activity: Activity, planned: dict[str, Any], approval: dict[str, Any] | None
+) -> tuple[str | None, int | None]:
+    """Who approved the planned run and for how many records; raises (nothing has changed)
+    when the policy is not the one the plan counted under: an approval is given for what its
+    plan showed, under that rule."""
+    by = approver(approval)
+    if by is None:
+        return None, None
+    if planned.get("policy") != activity.enforcement_digest():
+        raise RetentionError(
+            f"{activity.id}: its rule, action or dataset changed in the catalogue since the"
+            " run was planned and approved: nothing was changed. Trigger the run again: it"
+            " plans under the catalogue in force and asks for approval again"
+        )
+    return by, int(planned["counts"]["to_apply"])
+
+
 WHOLE: dict[str, Any] = {
     "index": 0,
     "of": 1,
@@ -296,6 +316,7 @@ def partition(
     whole = lifecycle.plan(activity, as_of, control=control, adapter=adapter)
     if decide(activity, whole, False, approver(approval)) is not None:
         return [WHOLE]
+    check_approval_covers(activity, whole, *_approved(activity, planned, approval))
     size = max(setting.records_per_partition, math.ceil(whole.total / setting.max_partitions))
     ranges = lifecycle.partitions(activity, as_of, control=control, size=size, adapter=adapter)
     bounds = [b for r in ranges for b in (r.lower, r.upper) if b is not None]
@@ -336,6 +357,7 @@ def enforce(
     check_not_early(as_of, planned["dry_run"])  # again: the approval may have taken hours
     runtime = runtime or Runtime.load()
     activity = runtime.activity(activity_id)
+    approved_by, approved_up_to = _approved(activity, planned, approval)
     part = part or WHOLE
     key_range = _key_range(activity, as_of, part)
     result = lifecycle.enforce(
@@ -345,10 +367,11 @@ def enforce(
         catalogue_version=runtime.catalogue.version,
         adapter=runtime.adapter(activity),
         dry_run=planned["dry_run"],
-        approved_by=approver(approval),
+        approved_by=approved_by,
         origin=planned.get("origin"),
         partition=key_range,
         run_id=part.get("run_id"),
+        approved_up_to=approved_up_to,
     )
     summary = {
         "run_id": result.run_id,

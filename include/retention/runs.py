@@ -242,6 +242,24 @@ def decide(
     return None
 
 
+def check_approval_covers(
+    activity: Activity, plan_result: PlanResult, approved_by: str | None,
+    approved_up_to: int | None,
+) -> None:  # fmt: skip
+    """An approval covers the records its plan counted, no more: raise (nothing has changed)
+    when more are due now, e.g. records added, or a hold released, while the approval was
+    awaited. ``approved_up_to`` None: no count was approved (an erasure's request is its own
+    approval, and the run only takes the person's records)."""
+    if approved_by is None or approved_up_to is None or plan_result.to_apply <= approved_up_to:
+        return
+    raise RetentionError(
+        f"{activity.id}: the approval covered {approved_up_to} records to"
+        f" {activity.action.kind}, but {plan_result.to_apply} are due now (records were added"
+        " or released while it was awaited): nothing was changed. Trigger the run again: it"
+        " counts afresh and asks for approval again"
+    )
+
+
 def settle_batch(
     control: Control, batch: PendingBatch, present: set[bytes], *, applied_if_present: bool
 ) -> str:

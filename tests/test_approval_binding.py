@@ -1,0 +1,134 @@
+"""An approval covers what its plan showed: the records it counted, under the rule it counted
+them by. A gated run waits for a person, maybe for hours; if more records are due when the
+approved run starts (records added, a hold released) or the activity's rule, action or dataset
+changed in the catalogue meanwhile, the run refuses before it changes anything and says what
+to do. The DAG's steps (`operations`) on real PostgreSQL, the control database in SQLite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from include.retention import operations
+from include.retention.catalogue import Activity, Catalogue, Partitioning
+from include.retention.errors import RetentionError
+from include.retention.runs import Control
+from tests.dbs import AS_OF, activity, create_db, ids, old, person, recent, seed
+
+EVERYONE = set(range(1, 11))
+DUE = {1, 2, 3, 4, 5, 6}  # decided long ago; 7-10 recently
+APPROVAL = {"chosen_options": [operations.APPROVE], "responded_by_user": {"name": "dpo.anna"}}
+GATE = {"max_rows": 2, "max_fraction": None}  # 6 due: a person must approve
+
+
+def _gated(period: str = "P2Y") -> Activity:
+    rule = {"kind": "period", "period": period, "anchor": {"sv": "beslut", "en": "decision"}}
+    return activity(
+        children=False, safety=GATE,
+        retention=[{"when": {"column": "status", "equals": "rejected"}, "rule": rule,
+                    "anchor_column": "decided_at"}],
+    )  # fmt: skip
+
+
+class World:
+    def __init__(self, engine: sa.Engine, control: Control) -> None:
+        self.engine, self.control = engine, control
+
+    def runtime(self, act: Activity) -> operations.Runtime:
+        catalogue = Catalogue(activities={act.id: act}, version="approval-test")
+        return operations.Runtime.of(catalogue, self.control, {act.id: self.engine})
+
+    def plan(self, act: Activity) -> dict[str, Any]:
+        params = {"as_of": AS_OF.isoformat(), "dry_run": False}
+        planned = operations.plan(act.id, params, AS_OF, self.runtime(act), now=AS_OF)
+        assert planned["needs_approval"], planned
+        return planned
+
+
+@pytest.fixture(name="world")
+def world_fixture(tmp_path: Path) -> Iterator[World]:
+    source, drop = create_db("postgresql", tmp_path)
+    try:
+        people = [person(i, old() if i in DUE else recent()) for i in sorted(EVERYONE)]
+        seed(source.engine, people, children=False)
+        control = Control.open(f"sqlite:///{tmp_path / 'control.db'}", b"approval-key-0123456789")
+        yield World(source.engine, control)
+    finally:
+        drop()
+
+
+def test_an_approved_run_deletes_what_its_plan_counted_or_less(world: World) -> None:
+    act = _gated()
+    planned = world.plan(act)
+    assert planned["counts"]["to_apply"] == len(DUE)
+    with world.engine.begin() as conn:  # someone else deleted one meanwhile: fewer is fine
+        conn.execute(sa.text("DELETE FROM people WHERE id = 1"))
+
+    done = operations.enforce(act.id, planned, APPROVAL, world.runtime(act))
+
+    assert (done["outcome"], done["counts"]["applied"]) == ("completed", len(DUE) - 1)
+    assert ids(world.engine) == EVERYONE - DUE
+    (run,) = world.control.ledger.runs(act.id)
+    assert run.header["approved_by"] == "dpo.anna"
+
+
+@pytest.mark.parametrize("grows_by", ["a hold released", "a record added"])
+def test_more_due_than_approved_is_refused_and_nothing_changes(world: World, grows_by: str) -> None:
+    act = _gated()
+    hold = world.control.holds.place_record_hold(
+        "ats", "people", 3, kind="legal_hold", reason="claim", placed_by="legal"
+    )
+    planned = world.plan(act)
+    assert planned["counts"]["to_apply"] == len(DUE) - 1  # the held one is not counted
+    if grows_by == "a hold released":
+        world.control.holds.release(hold, released_by="legal")
+    else:
+        seed(world.engine, [person(11, old())], children=False)
+
+    with pytest.raises(RetentionError) as refused:
+        operations.enforce(act.id, planned, APPROVAL, world.runtime(act))
+
+    message = str(refused.value)
+    assert "the approval covered 5 records to delete, but 6 are due now" in message
+    assert "nothing was changed" in message and "Trigger the run again" in message
+    assert ids(world.engine) >= EVERYONE  # all there, the added one too
+    assert world.control.ledger.runs(act.id) == []  # no run started
+
+
+def test_a_rule_changed_since_the_approved_plan_is_refused_even_for_fewer_records(
+    world: World,
+) -> None:
+    planned = world.plan(_gated("P2Y"))
+    longer = _gated("P10Y")  # nothing of these is due under it: the edit deletes less
+
+    with pytest.raises(RetentionError, match="changed in the catalogue since the run was planned"):
+        operations.enforce(longer.id, planned, APPROVAL, world.runtime(longer))
+
+    assert ids(world.engine) == EVERYONE
+    assert world.control.ledger.runs(longer.id) == []
+
+
+def test_an_edit_that_decides_nothing_leaves_the_approval_standing(world: World) -> None:
+    act = _gated()
+    planned = world.plan(act)
+    renamed = act.model_copy(update={"owner": "another-team", "schedule": "0 4 * * *"})
+
+    done = operations.enforce(act.id, planned, APPROVAL, world.runtime(renamed))
+
+    assert done["outcome"] == "completed" and ids(world.engine) == EVERYONE - DUE
+
+
+def test_a_partitioned_run_refuses_before_it_starts(world: World) -> None:
+    act = _gated().model_copy(update={"partitioning": Partitioning(records_per_partition=3)})
+    planned = world.plan(act)
+    seed(world.engine, [person(11, old())], children=False)
+
+    with pytest.raises(RetentionError, match="the approval covered 6 records"):
+        operations.partition(act.id, planned, APPROVAL, world.runtime(act))
+
+    assert world.control.ledger.runs(act.id) == []
+    assert len(operations.partition(act.id, world.plan(act), APPROVAL, world.runtime(act))) > 1
