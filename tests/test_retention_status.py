@@ -149,3 +149,28 @@ def test_the_chart_counts_a_run_on_its_stockholm_day() -> None:
     days = [dt.date(2026, 12, 1), dt.date(2026, 12, 2)]
     row = retention_status.activity_status(load_catalogue()["recruitment"], [run], {}, days)
     assert row.daily_applied == [0, 4]
+
+
+NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+
+
+def test_a_next_run_more_than_an_hour_in_the_past_is_overdue_unless_paused() -> None:
+    hours = [dt.timedelta(hours=h) for h in (-2, -0.5, 3)]
+    assert [DagFacts.of(False, NOW + h, 0, NOW).overdue for h in hours] == [True, False, False]
+    assert not DagFacts.of(True, NOW - dt.timedelta(days=3), 0, NOW).overdue  # paused says so
+    assert not DagFacts.of(False, None, 0, NOW).overdue  # no run scheduled
+
+
+def test_the_page_flags_an_overdue_next_run() -> None:
+    from include.retention import retention_app
+
+    activity = load_catalogue()["recruitment"]
+    days = retention_status.chart_days(TODAY)
+    late = DagFacts.of(False, NOW - dt.timedelta(hours=5), 0, NOW)
+    on_time = DagFacts.of(False, NOW + dt.timedelta(hours=5), 0, NOW)
+    macros = retention_app._templates().get_template("_macros.html").module
+    for facts, shown in ((late, True), (on_time, False)):
+        row = retention_status.activity_status(activity, [], {}, days, facts)
+        cell = str(macros.next_run(row))  # type: ignore[attr-defined]
+        assert ("overdue" in cell) is shown, cell
+        assert "2026-11-25" in cell

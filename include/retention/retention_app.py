@@ -135,11 +135,10 @@ def dag_facts(dag_ids: Iterable[str]) -> dict[str, DagFacts]:
                 .group_by(TaskInstance.dag_id)
             ).all()
         )
+    now = dt.datetime.now(dt.UTC)
     return {
-        row.dag_id: DagFacts(
-            paused=row.is_paused,
-            next_run=row.next_dagrun_create_after,
-            pending_approvals=int(waiting.get(row.dag_id, 0)),
+        row.dag_id: DagFacts.of(
+            row.is_paused, row.next_dagrun_create_after, int(waiting.get(row.dag_id, 0)), now
         )
         for row in dags
     }

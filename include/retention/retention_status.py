@@ -25,15 +25,27 @@ from include.retention.run_record import by_retention_rules
 
 CHART_DAYS = 30  # the deletions chart covers the last 30 days, one bar per day
 LEDGER_CHECK_TTL = 60.0  # seconds a chain verification is reused before it is run again
+OVERDUE_AFTER = dt.timedelta(hours=1)  # a next run this far in the past is flagged
 
 
 @dataclass(frozen=True)
 class DagFacts:
-    """What Airflow's metadata DB says about one retention DAG."""
+    """What Airflow's metadata DB says about one retention DAG. ``overdue``: not paused, and
+    the scheduler should have started its next run more than `OVERDUE_AFTER` ago (it is not
+    running, or the previous run still waits, e.g. for an approval: one run at a time)."""
 
     paused: bool | None = None
     next_run: dt.datetime | None = None
     pending_approvals: int = 0
+    overdue: bool = False
+
+    @classmethod
+    def of(
+        cls, paused: bool | None, next_run: dt.datetime | None, pending_approvals: int,
+        now: dt.datetime,
+    ) -> DagFacts:  # fmt: skip
+        late = not paused and next_run is not None and next_run < now - OVERDUE_AFTER
+        return cls(paused, next_run, pending_approvals, late)
 
 
 @dataclass(frozen=True)
