@@ -159,6 +159,7 @@ def test_a_next_run_more_than_an_hour_in_the_past_is_overdue_unless_paused() -> 
     assert [DagFacts.of(False, NOW + h, 0, NOW).overdue for h in hours] == [True, False, False]
     assert not DagFacts.of(True, NOW - dt.timedelta(days=3), 0, NOW).overdue  # paused says so
     assert not DagFacts.of(False, None, 0, NOW).overdue  # no run scheduled
+    assert not DagFacts.of(False, NOW - dt.timedelta(days=3), 0, None).overdue  # schedule off
 
 
 def test_the_page_flags_an_overdue_next_run() -> None:

@@ -114,6 +114,7 @@ def catalogue() -> tuple[Catalogue, dict[str, str]]:
 
 def dag_facts(dag_ids: Iterable[str]) -> dict[str, DagFacts]:
     """Paused, next run and approvals waiting, from Airflow's metadata DB."""
+    from airflow.configuration import conf
     from airflow.models.dag import DagModel
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
@@ -135,7 +136,8 @@ def dag_facts(dag_ids: Iterable[str]) -> dict[str, DagFacts]:
                 .group_by(TaskInstance.dag_id)
             ).all()
         )
-    now = dt.datetime.now(dt.UTC)
+    scheduling = conf.getboolean("scheduler", "use_job_schedule", fallback=True)
+    now = dt.datetime.now(dt.UTC) if scheduling else None
     return {
         row.dag_id: DagFacts.of(
             row.is_paused, row.next_dagrun_create_after, int(waiting.get(row.dag_id, 0)), now
