@@ -314,16 +314,17 @@ def partition(
     control, adapter = runtime.control, runtime.adapter(activity)
     lifecycle.recover(activity, control=control, adapter=adapter)
     whole = lifecycle.plan(activity, as_of, control=control, adapter=adapter)
-    if decide(activity, whole, False, approver(approval)) is not None:
+    approved_by, approved_up_to = _approved(activity, planned, approval)
+    if decide(activity, whole, False, approved_by) is not None:
         return [WHOLE]
-    check_approval_covers(activity, whole, *_approved(activity, planned, approval))
+    check_approval_covers(activity, whole, approved_by, approved_up_to)
     size = max(setting.records_per_partition, math.ceil(whole.total / setting.max_partitions))
     ranges = lifecycle.partitions(activity, as_of, control=control, size=size, adapter=adapter)
     bounds = [b for r in ranges for b in (r.lower, r.upper) if b is not None]
     if len(ranges) < 2 or not all(isinstance(b, int) for b in bounds):
         return [WHOLE]  # text keys may be personal data: never in an XCom
     options = lifecycle.RunOptions(
-        runtime.catalogue.version, approved_by=approver(approval), origin=planned.get("origin")
+        runtime.catalogue.version, approved_by=approved_by, origin=planned.get("origin")
     )
     run_id = lifecycle.start_partitioned(
         activity, whole, len(ranges), control=control, adapter=adapter, options=options
