@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple, get_args
@@ -381,16 +382,47 @@ class SqlSource(_Bound):
 
 
 class S3Source(_Bound):
-    """Objects in a bucket; anchors, classes and lookup identifiers come from object metadata
-    or tags (``lookup`` names metadata keys)."""
+    """Objects in a bucket, under a prefix; anchors, classes and lookup identifiers come from
+    object metadata or tags (``lookup`` names metadata keys).
 
-    dataset_field: ClassVar[str] = "bucket"
+    The dataset is named by its bucket, unless ``name`` says otherwise: several prefixes of
+    one bucket are several datasets, each named apart (in a system file: the dataset's name,
+    with ``bucket`` given). Holds and evidence key the objects by the dataset's name."""
+
+    dataset_field: ClassVar[str] = "name"
     kind: Literal["s3"] = "s3"
     bucket: Bucket
     prefix: str = ""
+    name: Bucket | None = Field(
+        default=None,
+        description="The dataset's name, where it is not the bucket's (a prefix of a bucket"
+        " that holds other datasets)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_by_bucket(cls, raw: Any) -> Any:
+        """A name alone is the bucket's; a name equal to the bucket says nothing more."""
+        if not isinstance(raw, dict) or raw.get("name") is None:
+            return raw
+        if raw.get("bucket") in (None, raw["name"]):
+            return {**{k: v for k, v in raw.items() if k != "name"}, "bucket": raw["name"]}
+        return raw
+
+    @property
+    def dataset(self) -> str:
+        return self.name or self.bucket
+
+    def covers(self, other: S3Source) -> bool:
+        """Whether some object could belong to both (the same bucket of the same connection,
+        one prefix within the other): holds on one would not be seen by the other."""
+        return (
+            (self.conn_id, self.bucket) == (other.conn_id, other.bucket)
+            and (self.prefix.startswith(other.prefix) or other.prefix.startswith(self.prefix))
+        )  # fmt: skip
 
     def datasets(self) -> list[str]:
-        return [self.bucket]
+        return [self.dataset]
 
     def describe(self) -> str:
         where = f"bucket `{self.bucket}/{self.prefix}`"
@@ -400,7 +432,7 @@ class S3Source(_Bound):
         return f"s3://{self.bucket}/{self.prefix}"
 
     def hold_keys(self) -> list[HoldKey]:
-        return [HoldKey(self.bucket, (OBJECT_KEY,), self.lookup_columns())]
+        return [HoldKey(self.dataset, (OBJECT_KEY,), self.lookup_columns())]
 
 
 class HttpSource(_Bound):
@@ -472,6 +504,28 @@ class System(_Model):
                 fields = {**fields, **shared, model.dataset_field: name}
             datasets[name] = fields
         return {**raw, "datasets": datasets}
+
+    @model_validator(mode="after")
+    def _objects_in_one_dataset(self) -> System:
+        pairs = shared_objects(list(self.datasets.values()))
+        if pairs:
+            raise ValueError(shared_objects_problem(*pairs[0]))
+        return self
+
+
+def shared_objects(bindings: Sequence[Source]) -> list[tuple[S3Source, S3Source]]:
+    """The pairs of buckets bound so that an object could belong to two datasets."""
+    s3 = [b for b in bindings if isinstance(b, S3Source)]
+    return [(a, b) for i, a in enumerate(s3) for b in s3[i + 1 :] if a.covers(b)]
+
+
+def shared_objects_problem(a: S3Source, b: S3Source) -> str:
+    return (
+        f"datasets {a.reference} and {b.reference} both bind s3://{a.bucket}/ (prefixes"
+        f" {a.prefix!r} and {b.prefix!r}, connection {a.conn_id!r}): an object could belong to"
+        " both, and a hold on it in one would not keep it in the other; give each dataset a"
+        " prefix that neither begins nor is begun by the other's"
+    )
 
 
 class Safety(_Model):
@@ -852,6 +906,7 @@ def _load_bindings(folder: Path, digest: Any) -> tuple[Bindings, dict[str, str]]
     the error of each invalid one (by ``systems/<file name>``)."""
     bindings = Bindings({}, {})
     errors: dict[str, str] = {}
+    loaded: dict[str, tuple[str, System]] = {}  # file name -> (its stem, its system)
     for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
         name = f"{SYSTEMS}/{path.name}"
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
@@ -861,11 +916,28 @@ def _load_bindings(folder: Path, digest: Any) -> tuple[Bindings, dict[str, str]]
             errors[name] = str(exc)
             bindings.invalid[path.stem] = name
             continue
-        if any(b.system == system.system for b in bindings.datasets.values()):
+        if any(other.system == system.system for _, other in loaded.values()):
             errors[name] = f"{name}: system: duplicate system {system.system!r} (defined twice)"
             continue
+        loaded[name] = (path.stem, system)
+    for name, problem in _shared_between(loaded).items():
+        errors[name] = problem
+        bindings.invalid[loaded.pop(name)[0]] = name
+    for _, system in loaded.values():
         bindings.datasets.update({b.reference: b for b in system.datasets.values()})
     return bindings, errors
+
+
+def _shared_between(files: Mapping[str, tuple[str, System]]) -> dict[str, str]:
+    """Per system file with a dataset that shares objects with another file's, the problem
+    (both files are refused: neither binding can be taken for the right one)."""
+    owner = {id(d): name for name, (_, s) in files.items() for d in s.datasets.values()}
+    problems: dict[str, str] = {}
+    everything = [d for _, system in files.values() for d in system.datasets.values()]
+    for a, b in shared_objects(everything):
+        for name in (owner[id(a)], owner[id(b)]):
+            problems.setdefault(name, f"{name}: datasets: {shared_objects_problem(a, b)}")
+    return problems
 
 
 def load_catalogue(directory: Path | None = None) -> Catalogue:

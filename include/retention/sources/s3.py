@@ -283,7 +283,7 @@ class S3Adapter:
             raise RetentionError(f"the S3 adapter needs an 's3' source, not {binding.kind!r}")
         self.binding, self.key = binding, key
         self.client = connection if connection is not None else s3_client(binding.conn_id)
-        self.system, self.dataset = binding.system, binding.bucket
+        self.system, self.dataset, self.bucket = binding.system, binding.dataset, binding.bucket
         self.hasher = RecordRefHasher(key, self.system, self.dataset)
         self._matcher = SubjectMatcher(key, binding.lookup_columns())
         # The last count's selection, its objects and their metadata (read at count time).
@@ -294,15 +294,15 @@ class S3Adapter:
     def resolve(self, action: Action | None = None) -> None:
         if action is not None and action.kind != "delete":
             raise RetentionError(
-                f"bucket {self.dataset!r}: objects can only be deleted, not {action.kind}d"
+                f"bucket {self.bucket!r}: objects can only be deleted, not {action.kind}d"
             )
         try:
-            self.client.head_bucket(Bucket=self.dataset)
+            self.client.head_bucket(Bucket=self.bucket)
         except self.client.exceptions.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code")
             if code in ("404", "NoSuchBucket", "NotFound"):
                 raise RetentionError(
-                    f"bucket {self.dataset!r} does not exist (system {self.system!r},"
+                    f"bucket {self.bucket!r} does not exist (system {self.system!r},"
                     f" connection {self.binding.conn_id!r})"
                 ) from None
             raise
@@ -311,7 +311,7 @@ class S3Adapter:
         objects = self._listed(selection)
         base = base_selection(selection)
         rules = base.rules if isinstance(base, DueAt) else ()
-        metas = _all_metadata(self.client, self.dataset, objects, self._wanted(rules))
+        metas = _all_metadata(self.client, self.bucket, objects, self._wanted(rules))
         tally = dict.fromkeys(
             ("due", "held", "restricted", "unknown_anchor", "kept", "out_of_scope"), 0
         )
@@ -364,8 +364,8 @@ class S3Adapter:
     def apply(self, batch: Batch) -> Applied:
         staged: _Staged = batch.state
         objects = staged.objects
-        failed, deleted, calls = _delete_versions(self.client, self.dataset, objects)
-        failed |= _still_present(self.client, self.dataset, [o.key for o in objects])
+        failed, deleted, calls = _delete_versions(self.client, self.bucket, objects)
+        failed |= _still_present(self.client, self.bucket, [o.key for o in objects])
         applied = [self.hasher.ref(o.key) for o in objects if o.key not in failed]
         return Applied(
             refs=applied, failed=len(failed),
@@ -378,14 +378,14 @@ class S3Adapter:
     def present(
         self, refs: AbstractSet[bytes], action: Action, within: Selection | None = None
     ) -> set[bytes]:
-        keys = {v["Key"] for v in iter_versions(self.client, self.dataset, self.binding.prefix)}
+        keys = {v["Key"] for v in iter_versions(self.client, self.bucket, self.binding.prefix)}
         return {ref for ref in self.hasher.refs(sorted(keys)) if ref in refs}
 
     def read(self, selection: Selection) -> Iterator[Record]:
         base = base_selection(selection)
         rules = base.rules if isinstance(base, DueAt) else ()
         objects = self._listed(selection)
-        metas = _all_metadata(self.client, self.dataset, objects, self._wanted(rules))
+        metas = _all_metadata(self.client, self.bucket, objects, self._wanted(rules))
         for obj, meta in zip(objects, metas, strict=True):
             if self._status(base, meta.values) == "due":
                 yield {"key": obj.key, "versions": len(obj.versions), "metadata": dict(meta.values)}
@@ -404,7 +404,7 @@ class S3Adapter:
 
     def _not_updatable(self) -> NotUpdatable:
         return NotUpdatable(
-            f"bucket {self.dataset!r} of system {self.system!r}: an object's metadata cannot be"
+            f"bucket {self.bucket!r} of system {self.system!r}: an object's metadata cannot be"
             " changed without rewriting the object; rectify it in the system itself"
         )
 
@@ -418,7 +418,7 @@ class S3Adapter:
         batch numbers are all ``no`` (the records' batch). Keys without any version are counted
         as ``missing`` in the first batch."""
         with _pool(self.client) as pool:
-            found = list(pool.map(lambda k: _versions_of(self.client, self.dataset, k), keys))
+            found = list(pool.map(lambda k: _versions_of(self.client, self.bucket, k), keys))
         present = [o for o in found if o.versions]
         missing = len(found) - len(present)
         for i, group in enumerate(batches(present) if present else [[]]):
@@ -429,7 +429,7 @@ class S3Adapter:
 
     def _listed(self, selection: Selection) -> list[S3Object]:
         lower, upper = key_bounds(selection)
-        objects = list_objects(self.client, self.dataset, self.binding.prefix)
+        objects = list_objects(self.client, self.bucket, self.binding.prefix)
         return [
             o for o in objects if o.latest is not None
             and (lower is None or o.key > str(lower)) and (upper is None or o.key <= str(upper))
@@ -447,8 +447,8 @@ class S3Adapter:
             return classify(base.rules, meta, base.as_of)[0]
         if not self._matcher.columns:
             raise RetentionError(
-                f"bucket {self.dataset!r} has no lookup metadata key: its objects cannot be"
-                " selected by data subject (set source.lookup)"
+                f"dataset {self.dataset!r} (bucket {self.bucket!r}) has no lookup metadata key:"
+                " its objects cannot be selected by data subject (set source.lookup)"
             )
         return "due" if base.matches(self._subject_refs(meta)) else "out_of_scope"
 
@@ -481,7 +481,7 @@ class S3Adapter:
         lookup = {c.column.lower() for c in self._matcher.columns}
         stale = [o for o in staged.objects if not staged.metas.get(o.key, _Meta({})).fixed(lookup)]
         if lookup and stale:
-            fresh = _all_metadata(self.client, self.dataset, stale, lookup)
+            fresh = _all_metadata(self.client, self.bucket, stale, lookup)
             staged.metas = {**staged.metas, **{o.key: m for o, m in zip(stale, fresh, strict=True)}}
 
     def _subjects(self, staged: _Staged, obj: S3Object) -> frozenset[bytes]:
