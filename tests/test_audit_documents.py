@@ -80,7 +80,8 @@ def test_certificate_states_what_the_ledger_rows_say(built, rows):
 
     assert facts["Ledger run id"] == run_id
     assert facts["System"] == started["system"] == "ats"
-    assert facts["Table or bucket"] == started["dataset"] == "people"
+    assert facts["Dataset"] == started["dataset"] == "people"
+    assert facts["Location"] == "ats.people"  # the binding, as the run's catalogue version had it
     assert facts["Evaluated as of (as_of)"] == started["doc"]["as_of"]
     assert facts["Cut-offs (records whose start date is before these were expired)"] == ", ".join(
         c for c in started["doc"]["cutoffs"] if c
@@ -106,6 +107,19 @@ def test_certificate_states_what_the_ledger_rows_say(built, rows):
         str(part) for part in head_row(built.control_url)
     )
     assert facts["Chain check when this certificate was issued"] == f"intact ({len(rows)} entries)"
+
+
+def test_certificate_under_a_changed_catalogue_names_no_location_it_cannot_vouch_for(built):
+    since = built.catalogue.model_copy(update={"version": "edited-since"})
+    document = build_certificate(
+        built.control.ledger, built.runs["approved"], "en", catalogue=since
+    )
+    facts = _facts(render(document, "html").decode("utf-8"))
+    assert facts["Dataset"] == "people"
+    assert "Location" not in facts
+    assert (
+        "the catalogue has changed since; now edited-since" in facts["Catalogue version at the run"]
+    )
 
 
 def test_certificate_of_a_run_stopped_for_approval_says_nothing_changed(built, rows):

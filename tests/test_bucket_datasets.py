@@ -15,10 +15,12 @@ from include.retention.catalogue import (
     POLICY_DIR,
     SYSTEMS,
     Activity,
+    Catalogue,
     S3Source,
     load_catalogue,
     load_valid,
 )
+from include.retention.certificate import build_certificate, render
 from include.retention.holds import Binding, bindings_of
 from include.retention.lifecycle import enforce
 from include.retention.runs import Control
@@ -175,6 +177,14 @@ def test_each_dataset_deletes_within_its_prefix_under_its_own_name(
     [evidence] = control.ledger.lookup("image_bank", "image-archive", "archive/a.jpg")
     assert (evidence.dataset, evidence.run_id) == ("image-archive", second.run_id)
     assert control.ledger.lookup("image_bank", bucket, "archive/a.jpg") == []
+
+    certificate = build_certificate(
+        control.ledger, second.run_id, "en",
+        catalogue=Catalogue(activities={archive.id: archive}, version="test"),
+    )  # fmt: skip
+    page = render(certificate, "html").decode("utf-8")
+    assert "<td><code>image-archive</code></td>" in page
+    assert f"<td><code>s3://{bucket}/archive/</code></td>" in page
 
     control.holds.release(hold, released_by="legal")
     third = _run(archive, s3, control)

@@ -73,7 +73,8 @@ _W: dict[str, dict[str, str]] = {
         "catalogue_changed": "{run} (katalogen har ändrats sedan dess; nu {now})",
         "scope_h": "Omfattning",
         "system": "System",
-        "dataset": "Tabell eller S3-behållare",
+        "dataset": "Datamängd",
+        "location": "Plats",
         "linked": "Tillhörande uppgifter som också togs bort",
         "method": "Metod",
         "dry": "Provkörning",
@@ -169,7 +170,8 @@ _W: dict[str, dict[str, str]] = {
         "catalogue_changed": "{run} (the catalogue has changed since; now {now})",
         "scope_h": "Scope",
         "system": "System",
-        "dataset": "Table or bucket",
+        "dataset": "Dataset",
+        "location": "Location",
         "linked": "Data belonging to the records, also removed",
         "method": "Method",
         "dry": "Dry run",
@@ -314,7 +316,7 @@ def _activity_facts(run: RunRecord, activity: Activity | None, catalogue: Catalo
     return [Facts(w["activity_h"], items), Facts(w["policy_h"], policy)]
 
 
-def _scope(run: RunRecord, lang: Language) -> Facts:
+def _scope(run: RunRecord, catalogue: Catalogue, lang: Language) -> Facts:
     w = _W[lang]
     items = [
         Item(w["system"], run.system, code=True),
@@ -322,6 +324,9 @@ def _scope(run: RunRecord, lang: Language) -> Facts:
         Item(w["method"], ACTIONS[lang].get(run.action, run.action)),
         Item(w["dry"], w["yes"] if run.header.get("dry_run") else w["no"]),
     ]
+    binding = catalogue.bindings.get(f"{run.system}/{run.dataset}")
+    if binding is not None and run.header.get("catalogue_version") == catalogue.version:
+        items.insert(2, Item(w["location"], binding.location(), code=True))  # as bound then
     if run.linked:
         linked = ", ".join(f"{name}: {n}" for name, n in sorted(run.linked.items()))
         items.insert(2, Item(w["linked"], linked, code=True))
@@ -485,7 +490,7 @@ def build_certificate(
     ]
     blocks: list[Block] = [
         *_activity_facts(run, activity, catalogue, lang),
-        _scope(run, lang),
+        _scope(run, catalogue, lang),
         _times(run, lang),
         _counts(run, lang),
         _reasons(run, lang),
