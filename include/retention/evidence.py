@@ -141,8 +141,13 @@ class EvidenceReader:
         query = sa.select(*cols).order_by(t.c.seq)
         if where is not None:
             query = query.where(where)
-        with self.engine.connect() as conn:
-            for row in conn.execution_options(yield_per=BLOB_ROWS).execute(query):
+        # The result is closed before its connection, also when the caller stops early: a
+        # MySQL streaming result left open warns and is drained by the connection's next use.
+        with (
+            self.engine.connect() as conn,
+            conn.execution_options(yield_per=BLOB_ROWS).execute(query) as rows,
+        ):
+            for row in rows:
                 yield decode_entry(row, with_blob)
 
     def _pending_by_seq(self, seq: int) -> PendingBatch:
@@ -356,8 +361,11 @@ class EvidenceReader:
         query = sa.select(
             *[t.c[n] for n in COLUMNS], t.c.document, t.c.blob, t.c.prev_hash, t.c.entry_hash
         ).where(t.c.seq <= head_seq)
-        with self.engine.connect() as conn, _SubjectRows(self.engine, head_seq) as subjects:
-            rows = conn.execution_options(yield_per=BLOB_ROWS).execute(query.order_by(t.c.seq))
+        with (
+            self.engine.connect() as conn,
+            _SubjectRows(self.engine, head_seq) as subjects,
+            conn.execution_options(yield_per=BLOB_ROWS).execute(query.order_by(t.c.seq)) as rows,
+        ):
             for row in rows:
                 problem = _check_row(row, expected_seq, prev_hash) or subjects.check(row)
                 if problem:
