@@ -181,13 +181,6 @@ def _manifest_bucket(root: Path) -> str:
     return f"ledger-manifests-{root.name}"
 
 
-@pytest.fixture(scope="session")
-def metadata_url() -> Iterator[str]:
-    """Airflow's metadata DB for the test session (migrated once, shared by the stacks)."""
-    with fresh_pg_database("rt_af") as url:
-        yield url
-
-
 @contextlib.contextmanager
 def _sources(paths: DemoPaths) -> Iterator[dict[str, str] | None]:
     """The layout's server databases, fresh and dropped afterwards (None: SQLite files)."""
@@ -208,7 +201,6 @@ def airflow(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     mailbox: Mailbox,
-    metadata_url: str,
 ) -> Iterator[Scheduled]:
     executor, layout = request.param
     root = tmp_path_factory.mktemp(f"scheduler-{executor}")
@@ -218,6 +210,7 @@ def airflow(
     with (
         EmbeddedS3() as s3,
         saas,
+        fresh_pg_database("rt_af") as metadata_url,  # each stack its own: no run leaks across
         fresh_pg_database("rt_ctl") as control_url,
         _sources(paths) as urls,
     ):
