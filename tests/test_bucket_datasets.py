@@ -129,6 +129,30 @@ def test_two_systems_on_the_same_objects_are_both_refused_another_connection_is_
     assert list(catalogue.activities) == ["image_bank"]
 
 
+def test_a_dataset_over_files_that_records_link_to_is_refused(tmp_path: Path) -> None:
+    ats = yaml.safe_load((POLICY_DIR / SYSTEMS / "ats.yaml").read_text(encoding="utf-8"))
+    [link] = ats["datasets"]["candidates"]["objects"]
+    assert (link["bucket"], link["conn_id"]) == ("cv-files", "retention_s3")
+    sweep = {"cv-sweep": _archive("archive/", bucket="cv-files")}
+    catalogue, errors = load_valid(
+        _catalogue(tmp_path, {"image-bank": MEDIA, **sweep}, ("ats", ats))
+    )
+    for name in (f"{SYSTEMS}/ats.yaml", SYSTEM_FILE):
+        assert errors[name] == (
+            f"{name}: datasets: dataset image_bank/cv-sweep binds s3://cv-files/archive/, where"
+            " ats/candidates links files (cv_object_key, connection 'retention_s3'): a file of a"
+            " held record could be deleted as an object of image_bank/cv-sweep; keep the linked"
+            " files in a bucket no dataset binds"
+        )
+    assert catalogue.bindings == {}
+
+    shutil.rmtree(tmp_path)
+    tmp_path.mkdir()
+    catalogue, errors = load_valid(_catalogue(tmp_path, {"image-bank": MEDIA}, ("ats", ats)))
+    assert errors == {}  # the same link beside a dataset of another bucket
+    assert sorted(catalogue.bindings) == ["ats/candidates", "image_bank/image-bank"]
+
+
 def test_the_name_is_the_key_not_a_field(tmp_path: Path) -> None:
     folder = _catalogue(tmp_path, {"image-bank": {**MEDIA, "name": "other"}})
     _, errors = load_valid(folder)

@@ -509,22 +509,42 @@ class System(_Model):
     def _objects_in_one_dataset(self) -> System:
         pairs = shared_objects(list(self.datasets.values()))
         if pairs:
-            raise ValueError(shared_objects_problem(*pairs[0]))
+            raise ValueError(pairs[0][2])
         return self
 
 
-def shared_objects(bindings: Sequence[Source]) -> list[tuple[S3Source, S3Source]]:
-    """The pairs of buckets bound so that an object could belong to two datasets."""
+def shared_objects(bindings: Sequence[Source]) -> list[tuple[Source, Source, str]]:
+    """The pairs of bindings that could both delete one object, each with the problem: two
+    bucket datasets whose prefixes overlap, or a bucket dataset over files that SQL records
+    link to (a link covers its whole bucket). Either way a hold that keeps the object through
+    one would not keep it from the other."""
     s3 = [b for b in bindings if isinstance(b, S3Source)]
-    return [(a, b) for i, a in enumerate(s3) for b in s3[i + 1 :] if a.covers(b)]
+    pairs: list[tuple[Source, Source, str]] = [
+        (a, b, _datasets_problem(a, b)) for i, a in enumerate(s3) for b in s3[i + 1 :]
+        if a.covers(b)
+    ]  # fmt: skip
+    for sql in (b for b in bindings if isinstance(b, SqlSource)):
+        for link in sql.objects:
+            files = link.binding(sql.system)
+            pairs += [(d, sql, _linked_problem(d, sql, link)) for d in s3 if d.covers(files)]
+    return pairs
 
 
-def shared_objects_problem(a: S3Source, b: S3Source) -> str:
+def _datasets_problem(a: S3Source, b: S3Source) -> str:
     return (
         f"datasets {a.reference} and {b.reference} both bind s3://{a.bucket}/ (prefixes"
         f" {a.prefix!r} and {b.prefix!r}, connection {a.conn_id!r}): an object could belong to"
         " both, and a hold on it in one would not keep it in the other; give each dataset a"
         " prefix that neither begins nor is begun by the other's"
+    )
+
+
+def _linked_problem(dataset: S3Source, sql: SqlSource, link: ObjectLink) -> str:
+    return (
+        f"dataset {dataset.reference} binds s3://{dataset.bucket}/{dataset.prefix}, where"
+        f" {sql.reference} links files ({link.column}, connection {link.conn_id!r}): a file"
+        f" of a held record could be deleted as an object of {dataset.reference}; keep the"
+        " linked files in a bucket no dataset binds"
     )
 
 
@@ -934,9 +954,9 @@ def _shared_between(files: Mapping[str, tuple[str, System]]) -> dict[str, str]:
     owner = {id(d): name for name, (_, s) in files.items() for d in s.datasets.values()}
     problems: dict[str, str] = {}
     everything = [d for _, system in files.values() for d in system.datasets.values()]
-    for a, b in shared_objects(everything):
+    for a, b, problem in shared_objects(everything):
         for name in (owner[id(a)], owner[id(b)]):
-            problems.setdefault(name, f"{name}: datasets: {shared_objects_problem(a, b)}")
+            problems.setdefault(name, f"{name}: datasets: {problem}")
     return problems
 
 
