@@ -73,6 +73,14 @@ def test_two_prefixes_of_one_bucket_are_two_datasets(tmp_path: Path) -> None:
     )
     assert (media.bucket, media.name, media.dataset) == ("image-bank", None, "image-bank")
     assert catalogue["image_bank"].source is media
+    assert archive.describe() == (  # the DAG's documentation
+        "system `image_bank`, dataset `image-archive` (bucket `image-bank/archive/`),"
+        " connection `retention_s3`"
+    )
+    assert (
+        media.describe()
+        == "system `image_bank`, bucket `image-bank/media/`, connection `retention_s3`"
+    )
     holds_see = bindings_of(catalogue)
     assert ("image_bank", "image-archive") in holds_see
     assert holds_see[("image_bank", "image-bank")] == {

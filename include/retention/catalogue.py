@@ -426,6 +426,8 @@ class S3Source(_Bound):
 
     def describe(self) -> str:
         where = f"bucket `{self.bucket}/{self.prefix}`"
+        if self.name:
+            where = f"dataset `{self.name}` ({where})"
         return f"system `{self.system}`, {where}, connection `{self.conn_id}`"
 
     def location(self) -> str:
