@@ -137,6 +137,10 @@ def test_every_page_renders_from_rows_and_escapes_what_it_shows() -> None:
         row=row, runs=[row.last_run], activity=activity, **common
     )
     assert "in 1 run<" in tab and "&lt;b&gt;run&lt;/b&gt;" in tab
+    assert (  # where the DAG deletes: the recruitment binding in systems/ats.yaml
+        '<td data-col="source"><code>ats.candidates</code> <span class="muted">through the'
+        " connection <code>retention_ats</code></span></td>"
+    ) in tab
     denied = pages.get_template("overview.html").render(
         rows=[], chain=chain, invalid=[], lookup=None, **common
     )
