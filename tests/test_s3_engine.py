@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import re
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from include.retention.errors import RetentionError
 from include.retention.lifecycle import Hooks, enforce, plan, recover
 from include.retention.object_store import counted_calls
 from include.retention.runs import Control
+from include.retention.sources import s3 as s3_source
 from include.retention.sources.s3 import S3Adapter, batches
 from tests.s3 import (  # noqa: F401  (the *_fixture names register fixtures)
     AS_OF,
@@ -106,6 +109,24 @@ def test_holds_record_and_subject_scoped(s3: Any, control: Control) -> None:
     run(activity, s3, control)
     assert "media/record-held.jpg" not in keys(s3, bucket)
     assert "media/subject-held.jpg" in keys(s3, bucket)
+
+
+def test_a_long_metadata_read_logs_its_progress_without_personal_data(
+    s3: Any, control: Control, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = new_bucket(s3, "progress")
+    put_many(s3, bucket, [f"media/p-{i:02d}.jpg" for i in range(12)], **spont(OLD, "eva@x.se"))
+    monkeypatch.setattr(s3_source, "PROGRESS_EVERY", 0.0)  # a line after every object
+    with caplog.at_level(logging.INFO, logger=s3_source.__name__):
+        planned = plan(image_bank(bucket), AS_OF, source=s3, control=control)
+    assert planned.expired == 12
+    lines = [r.getMessage() for r in caplog.records if "read the metadata" in r.getMessage()]
+    shape = re.compile(
+        rf"bucket {bucket}: read the metadata of (\d+) of 12 objects \(\d+/s, about \d+ s left\)"
+    )
+    matches = [shape.fullmatch(line) for line in lines]
+    assert all(matches) and [int(m[1]) for m in matches if m] == list(range(1, 12))
+    assert not any("eva" in r.getMessage() for r in caplog.records)
 
 
 def test_hold_placed_after_planning_is_respected(s3: Any, control: Control) -> None:

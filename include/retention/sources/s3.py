@@ -22,6 +22,7 @@ import datetime as dt
 import itertools
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 MAX_KEYS_PER_CALL = 1000  # the DeleteObjects limit
 HEAD_WORKERS = POOL_CONNECTIONS
+PROGRESS_EVERY = 10.0  # seconds between progress lines while metadata is read
 CONFIRM_PAGES = 4  # listing pages a batch's confirmation reads before it checks key by key
 
 Status = Literal["due", "unknown_anchor", "kept", "out_of_scope"]
@@ -133,8 +135,22 @@ def _metadata(client: Any, bucket: str, obj: S3Object, wanted: set[str]) -> _Met
 def _all_metadata(
     client: Any, bucket: str, objects: Sequence[S3Object], wanted: set[str]
 ) -> list[_Meta]:
+    """The metadata of every object (a HEAD each), with a progress line every
+    `PROGRESS_EVERY` seconds: a large bucket takes minutes."""
+    metas: list[_Meta] = []
+    started = shown = time.monotonic()
     with _pool(client) as pool:
-        return list(pool.map(lambda o: _metadata(client, bucket, o, wanted), objects))
+        for meta in pool.map(lambda o: _metadata(client, bucket, o, wanted), objects):
+            metas.append(meta)
+            now = time.monotonic()
+            if now - shown >= PROGRESS_EVERY and len(metas) < len(objects):
+                shown = now
+                rate = len(metas) / (now - started)
+                log.info(
+                    "bucket %s: read the metadata of %s of %s objects (%.0f/s, about %.0f s left)",
+                    bucket, len(metas), len(objects), rate, (len(objects) - len(metas)) / rate,
+                )  # fmt: skip
+    return metas
 
 
 def _pool(client: Any) -> ThreadPoolExecutor:
