@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from include.retention.catalogue import AnonymiseAction, DeleteAction, HttpSourc
 from include.retention.errors import RetentionError, Unavailable
 from include.retention.holds import ActiveHolds
 from include.retention.pseudonym import record_ref, subject_ref
+from include.retention.sources import http as http_source
 from include.retention.sources.base import DueAt, KeyRange, OfSubject, adapter_for
 from include.retention.sources.http import ApiClient, ApiSettings, HttpAdapter, retry_after
 
@@ -64,6 +66,24 @@ def test_lists_every_record_across_pages_in_id_order(server: SaasServer) -> None
     assert [r.id for r in got] == [f"lead-{n:04d}" for n in range(23)]
     assert got[7].fields == {"email": "p7@example.org", "received_at": "2026-01-01"}
     assert list(client.records("empty")) == []
+
+
+def test_a_long_listing_logs_its_progress_without_personal_data(
+    server: SaasServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.store.upsert("leads", _records(23))
+    client, _ = _client(server, page_size=5)
+    monkeypatch.setattr(http_source, "PROGRESS_EVERY", 0.0)  # a line after every page
+    with caplog.at_level(logging.INFO, logger=http_source.__name__):
+        assert len(list(client.records("leads"))) == 23
+    lines = [r.getMessage() for r in caplog.records if "listed" in r.getMessage()]
+    shape = re.compile(r"collection leads: (\d+) records listed in (\d+) pages so far \(\d+/s\)")
+    matches = [shape.fullmatch(line) for line in lines]
+    assert all(matches)
+    assert [(int(m[1]), int(m[2])) for m in matches if m] == [
+        (5, 1), (10, 2), (15, 3), (20, 4), (23, 5)
+    ]  # fmt: skip
+    assert not any("example.org" in r.getMessage() for r in caplog.records)
 
 
 def test_a_page_exactly_full_ends_without_an_empty_extra_page(server: SaasServer) -> None:

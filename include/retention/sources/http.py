@@ -75,6 +75,7 @@ from include.retention.sources.base import (
 log = logging.getLogger(__name__)
 
 RETRIED = frozenset({429, 500, 502, 503, 504})
+PROGRESS_EVERY = 10.0  # seconds between progress lines while a collection is listed
 
 
 class Refused(RetentionError):
@@ -183,12 +184,21 @@ class ApiClient:
         """Every record of ``collection``, following the pages' cursors."""
         cursor: str | None = None
         seen: set[str] = set()
+        listed, started = 0, time.monotonic()
+        shown = started
         while True:
             query = {"limit": str(self.settings.page_size)} | ({"cursor": cursor} if cursor else {})
             page = self._json("GET", collection, "", query)
             if not isinstance(page, dict) or not isinstance(page.get("records"), list):
                 raise self._unexpected("GET", collection, "no 'records' list")
             yield from (self._record(collection, item) for item in page["records"])
+            listed += len(page["records"])
+            if time.monotonic() - shown >= PROGRESS_EVERY:  # the total is not known ahead
+                shown = time.monotonic()
+                log.info(
+                    "collection %s: %s records listed in %s pages so far (%.0f/s)",
+                    collection, listed, len(seen) + 1, listed / (shown - started),
+                )  # fmt: skip
             cursor = page.get("next_cursor")
             if not cursor:
                 return
