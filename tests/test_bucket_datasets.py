@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import yaml
 
 from include.retention.catalogue import (
@@ -21,11 +22,14 @@ from include.retention.catalogue import (
     load_valid,
 )
 from include.retention.certificate import build_certificate, render
-from include.retention.holds import Binding, bindings_of
+from include.retention.errors import RetentionError
+from include.retention.holds import Binding, HoldRegister, bindings_of
 from include.retention.lifecycle import enforce
+from include.retention.pseudonym import record_ref
 from include.retention.runs import Control
 from tests.s3 import (  # noqa: F401  (the *_fixture names register fixtures)
     AS_OF,
+    KEY,
     control_fixture,
     keys,
     new_bucket,
@@ -159,6 +163,28 @@ def test_a_dataset_over_files_that_records_link_to_is_refused(tmp_path: Path) ->
     catalogue, errors = load_valid(_catalogue(tmp_path, {"image-bank": MEDIA}, ("ats", ats)))
     assert errors == {}  # the same link beside a dataset of another bucket
     assert sorted(catalogue.bindings) == ["ats/candidates", "image_bank/image-bank"]
+
+
+def test_a_record_hold_outside_its_datasets_prefix_is_refused(tmp_path: Path) -> None:
+    folder = _catalogue(tmp_path, {"image-bank": MEDIA, "image-archive": _archive("archive/")})
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'control.db'}")
+    register = HoldRegister(engine, KEY, catalogue=load_catalogue(folder))
+    register.create_tables()
+    held = {"kind": "legal_hold", "reason": "case 9", "placed_by": "legal"}
+    with pytest.raises(RetentionError) as refused:
+        register.place_record_hold("image_bank", "image-bank", "archive/anna.jpg", **held)
+    assert str(refused.value) == (
+        "the object key given is not under the prefix 'media/' of image_bank/image-bank, so a"
+        " hold there would keep nothing; it is an object of image_bank/image-archive: hold it"
+        " there"
+    )
+    with pytest.raises(RetentionError, match=r"; no dataset has it$"):
+        register.place_record_hold("image_bank", "image-archive", "private/anna.jpg", **held)
+    assert register.active("image_bank", "image-bank").empty  # nothing was placed
+    assert register.active("image_bank", "image-archive").empty
+    register.place_record_hold("image_bank", "image-archive", "archive/anna.jpg", **held)
+    ref = record_ref(KEY, "image_bank", "image-archive", "archive/anna.jpg")
+    assert register.active("image_bank", "image-archive").kind_for(ref) == "legal_hold"
 
 
 def test_the_name_is_the_key_not_a_field(tmp_path: Path) -> None:

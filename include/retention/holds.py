@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 from include.retention.catalogue import (
     Catalogue,
     LookupColumn,
+    S3Source,
     check_dataset_name,
     check_system_name,
     load_valid,
@@ -377,6 +378,7 @@ class HoldRegister:
         check_system_name(system)
         check_dataset_name(dataset)
         _check_value("primary key", pk)
+        self._check_under_prefix(system, dataset, pk)
         ref = RecordRefHasher(self._key, system, dataset).ref(pk)
         return self._insert(
             scope="record",
@@ -388,6 +390,25 @@ class HoldRegister:
             reason=reason,
             placed_by=placed_by,
             placed_at=placed_at,
+        )
+
+    def _check_under_prefix(self, system: str, dataset: str, key: Any) -> None:
+        """A bucket dataset holds only the objects under its prefix: a hold on any other key
+        would keep nothing. The error names the dataset that holds the key, if any, and never
+        the key (it may name a person)."""
+        bound = self.catalogue.bindings.get(f"{system}/{dataset}")
+        if not isinstance(bound, S3Source) or str(key).startswith(bound.prefix):
+            return
+        owner = next(
+            (b.reference for b in self.catalogue.bindings.values()
+             if isinstance(b, S3Source) and (b.conn_id, b.bucket) == (bound.conn_id, bound.bucket)
+             and str(key).startswith(b.prefix)),
+            None,
+        )  # fmt: skip
+        where = f"it is an object of {owner}: hold it there" if owner else "no dataset has it"
+        raise RetentionError(
+            f"the object key given is not under the prefix {bound.prefix!r} of {system}/{dataset},"
+            f" so a hold there would keep nothing; {where}"
         )
 
     def _key_columns_of(self, system: str, dataset: str) -> str | None:
