@@ -197,7 +197,7 @@ class ApiClient:
                 shown = time.monotonic()
                 log.info(
                     "collection %s: %s records listed in %s pages so far (%.0f/s)",
-                    collection, listed, len(seen) + 1, listed / (shown - started),
+                    collection, listed, len(seen) + 1, listed / max(shown - started, 1e-6),
                 )  # fmt: skip
             cursor = page.get("next_cursor")
             if not cursor:

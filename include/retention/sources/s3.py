@@ -145,7 +145,7 @@ def _all_metadata(
             now = time.monotonic()
             if now - shown >= PROGRESS_EVERY and len(metas) < len(objects):
                 shown = now
-                rate = len(metas) / (now - started)
+                rate = len(metas) / max(now - started, 1e-6)
                 log.info(
                     "bucket %s: read the metadata of %s of %s objects (%.0f/s, about %.0f s left)",
                     bucket, len(metas), len(objects), rate, (len(objects) - len(metas)) / rate,
