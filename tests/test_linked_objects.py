@@ -173,6 +173,46 @@ def test_expired_records_files_go_with_every_version(db: Db, control: Control, s
     check_invariants(db, control, s3, bucket)
 
 
+SHARED = {  # pk -> (decided_at, the file its record links); several records link one file
+    20: (old(), "shared/held.pdf"), 21: (old(), "shared/held.pdf"),  # 21 under a record hold
+    22: (old(), "shared/not-due.pdf"), 23: (recent(), "shared/not-due.pdf"),
+    24: (old(), "shared/both-due.pdf"), 25: (old(), "shared/both-due.pdf"),
+    26: (old(), "shared/both-due.pdf"),
+}  # fmt: skip
+
+
+def test_a_file_goes_with_the_last_record_that_links_it(db: Db, control: Control, s3: Any) -> None:
+    people = sa.Table("people", sa.MetaData(), autoload_with=db.engine)
+    defaults = {c.name: None for c in people.c}
+    rows = [defaults | person(pk, day, cv_object_key=key) for pk, (day, key) in SHARED.items()]
+    with db.engine.begin() as conn:
+        conn.execute(people.insert(), rows)
+    bucket = new_bucket(s3, "cv-shared")
+    upload(s3, bucket)
+    for key in {key for _, key in SHARED.values()}:
+        put(s3, bucket, key, b"v1")
+    place_holds(control)
+    control.holds.place_record_hold("ats", "people", 21, kind="legal_hold", reason="dispute",
+                                    placed_by="legal")  # fmt: skip
+
+    result = run(linked_activity(bucket), db, control, s3)  # batches of 3: 24-26 span two
+    assert result.outcome == "completed", result.message
+    assert ids(db.engine) & set(SHARED) == {21, 23}
+    remaining = files(s3, bucket)
+    assert {"shared/held.pdf", "shared/not-due.pdf"} <= remaining.keys()  # still linked
+    assert "shared/both-due.pdf" not in remaining  # its last record went
+    assert len(control.ledger.lookup("ats", bucket, "shared/both-due.pdf")) == 1
+    for kept in ("shared/held.pdf", "shared/not-due.pdf"):
+        assert control.ledger.lookup("ats", bucket, kept) == []
+    # 20's and 22's batches kept their files; both-due.pdf is kept once more when 24-26
+    # fall in two batches (the first keeps it for the records of the second)
+    assert result.counts()["objects_still_linked"] in (2, 3)
+
+    again = run(linked_activity(bucket), db, control, s3)
+    assert (again.outcome, again.applied) == ("nothing_to_do", 0)
+    assert files(s3, bucket) == remaining
+
+
 def test_dry_run_and_unlinked_activity_touch_no_file(db: Db, control: Control, s3: Any) -> None:
     bucket = new_bucket(s3, "cv-dry")
     upload(s3, bucket)

@@ -68,6 +68,7 @@ MAX_HOLD_RETRIES = 20
 MAX_WINDOW_FACTOR = 4
 SCAN_CHUNK = 50_000
 FETCH_CHUNK = 5_000
+LINK_CHUNK = 1_000  # file keys per query asking which a record left in the table links
 PIPELINED_DIALECTS = frozenset({"postgresql", "mysql"})  # see `SqlAdapter._pipelined`
 LOCK_TIMEOUT_ENV = "RETENTION_SOURCE_LOCK_TIMEOUT_S"
 STATEMENT_TIMEOUT_ENV = "RETENTION_SOURCE_STATEMENT_TIMEOUT_S"
@@ -373,6 +374,7 @@ class _Digest:
     subjects: set[bytes] | None = None  # None: not read
     held: dict[Any, str] = field(default_factory=dict)
     keys: dict[str, list[str]] = field(default_factory=dict)
+    still_linked: int = 0  # file keys kept: a record left in the table links them too
 
 
 @register("sql")
@@ -502,7 +504,8 @@ class SqlAdapter:
     def apply(self, batch: Batch) -> Applied:
         # If this commit fails the prepared entry stays pending and recovery settles it.
         batch.state[1].conn.commit()
-        return Applied(refs=batch.refs)
+        kept = batch.counts.get("objects_still_linked", 0)
+        return Applied(refs=batch.refs, counts={"objects_still_linked": kept} if kept else {})
 
     def abandon(self, batch: Batch) -> None:
         batch.state[1].conn.rollback()
@@ -798,6 +801,7 @@ class SqlAdapter:
             holds = walk.holds()
             digest = self._digest(ds, holds, _chunks(result, returned))
             if not digest.held:
+                self._keep_shared_files(conn, ds, digest)
                 return self._batch(opened, walk, digest, holds, children)
             skipped.update(digest.held)
             result.close()
@@ -832,6 +836,34 @@ class SqlAdapter:
                 digest.keys[column.name].extend(str(row[i]) for row in chunk if row[i] is not None)
         return digest
 
+    def _keep_shared_files(self, conn: Connection, ds: SqlDataset, digest: _Digest) -> None:
+        """A file goes with the last record linking it: drop from the batch's file keys those
+        that a record left in the table still links to (held, not yet due, in a later batch;
+        the batch's own rows are deleted in this transaction), and each key's repeats.
+
+        Per bucket, over every link column to it. A linked column without an index makes
+        this a scan of the table per batch."""
+        by_bucket: dict[tuple[str, str], list[sa.Column[Any]]] = {}
+        for link, column in zip(self.binding.objects, ds.objects, strict=True):
+            by_bucket.setdefault((link.conn_id, link.bucket), []).append(column)
+        for columns in by_bucket.values():
+            keys = {k for c in columns for k in digest.keys.get(c.name, ())}
+            linked = self._still_linked(conn, columns, sorted(keys))
+            digest.still_linked += len(linked)
+            for c in columns:
+                digest.keys[c.name] = [
+                    k for k in dict.fromkeys(digest.keys[c.name]) if k not in linked
+                ]
+
+    @staticmethod
+    def _still_linked(conn: Connection, columns: list[sa.Column[Any]], keys: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(keys), LINK_CHUNK):
+            chunk = keys[start : start + LINK_CHUNK]
+            query = sa.select(*columns).where(sa.or_(*(c.in_(chunk) for c in columns)))
+            found.update(str(v) for row in conn.execute(query) for v in row if v is not None)
+        return found & set(keys)
+
     def _batch(
         self, opened: _Open, walk: _Walk, digest: _Digest, holds: ActiveHolds,
         children: dict[str, int],
@@ -841,7 +873,8 @@ class SqlAdapter:
             no=opened.no, refs=PackedRefs(bytes(digest.blob)), holds=holds,
             subjects=frozenset(digest.subjects or ()),  # no subject column: none
             skipped={k: kinds.count(k) for k in ("legal_hold", "restriction") if k in kinds},
-            counts={f"children.{name}": n for name, n in children.items()},
+            counts={f"children.{name}": n for name, n in children.items()}
+            | ({"objects_still_linked": digest.still_linked} if digest.still_linked else {}),
             linked={name: keys for name, keys in digest.keys.items() if keys},
             state=(walk, opened),
         )  # fmt: skip
