@@ -165,6 +165,7 @@ def test_expired_records_files_go_with_every_version(db: Db, control: Control, s
     assert counts["objects_deleted"] == len(with_files)
     assert counts["object_versions_deleted"] == len(with_files) + 2  # cv 1: 2, cv 5: 2
     assert (counts["objects_missing"], counts["applied"], counts["batches"]) == (1, len(gone), 4)
+    assert counts["objects_still_linked"] == 0  # no two records link one file here
     for pk in with_files:
         [evidence] = control.ledger.lookup("ats", bucket, cv(pk))
         assert evidence.run_id == result.run_id

@@ -80,6 +80,7 @@ OBJECT_CHECKPOINT = "after_objects_deleted"
 ClientFactory = Callable[[str], Any]
 LINKED_COUNTS = (
     "objects_deleted", "object_versions_deleted", "objects_held_skipped", "objects_missing",
+    "objects_still_linked",
 )  # fmt: skip
 
 
