@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 
 from include.demo.embedded_s3 import EmbeddedS3, local_client
 from include.retention.catalogue import Activity, ObjectLink
-from include.retention.lifecycle import OBJECT_CHECKPOINT, RunReport, enforce, recover
+from include.retention.lifecycle import OBJECT_CHECKPOINT, Hooks, RunReport, enforce, recover
 from include.retention.runs import KILL_ENV, Control
 from tests.dbs import AS_OF, Db, create_db, ids, old, people_schema, person, recent
 from tests.dbs import activity as base_activity
@@ -212,6 +212,61 @@ def test_a_file_goes_with_the_last_record_that_links_it(db: Db, control: Control
     again = run(linked_activity(bucket), db, control, s3)
     assert (again.outcome, again.applied) == ("nothing_to_do", 0)
     assert files(s3, bucket) == remaining
+
+
+@pytest.fixture(name="pg")
+def pg_fixture(tmp_path: Path) -> Iterator[Db]:
+    db, cleanup = create_db("postgresql", tmp_path)
+    try:
+        seed(db.engine)
+        yield db
+    finally:
+        cleanup()
+
+
+@pytest.mark.parametrize("other", ["commits", "rolls back"])
+def test_a_file_kept_for_a_record_deleted_meanwhile_goes_once_that_deletion_commits(
+    pg: Db, control: Control, s3: Any, other: str
+) -> None:
+    """Another transaction (an erasure, another partition) is deleting the other record that
+    links the file while the run's batch looks: the batch keeps the file; once every batch
+    has committed, the run deletes it if that deletion committed, and keeps it if not."""
+    people = sa.Table("people", sa.MetaData(), autoload_with=pg.engine)
+    shared = "shared/race.pdf"
+    rows = [person(30, old(), cv_object_key=shared), person(31, recent(), cv_object_key=shared)]
+    with pg.engine.begin() as conn:
+        conn.execute(people.insert(), [{c.name: None for c in people.c} | r for r in rows])
+    bucket = new_bucket(s3, "cv-race")
+    upload(s3, bucket)
+    put(s3, bucket, shared, b"v1")
+    erasure = pg.engine.connect()  # deletes 31 (not due), uncommitted while the run looks
+    erasure.execute(people.delete().where(people.c.id == 31))
+
+    def end_the_erasure(batch_no: int) -> None:  # after the batches looked at the table
+        if erasure.in_transaction():
+            (erasure.commit if other == "commits" else erasure.rollback)()
+
+    try:
+        result = enforce(
+            linked_activity(bucket), AS_OF, source=pg.engine, control=control,
+            catalogue_version="test", clients=lambda _: s3, batch_size=100,  # one batch
+            hooks=Hooks(before_commit=end_the_erasure),
+        )  # fmt: skip
+    finally:
+        erasure.close()
+    assert result.outcome == "completed", result.message
+    assert 30 not in ids(pg.engine)
+    evidence = control.ledger.lookup("ats", bucket, shared)
+    counts = result.counts()
+    if other == "commits":
+        assert shared not in files(s3, bucket)
+        assert [e.run_id for e in evidence] == [result.run_id]
+        assert counts["objects_still_linked"] == 0
+    else:
+        assert 31 in ids(pg.engine) and files(s3, bucket)[shared] == 1
+        assert evidence == []
+        assert counts["objects_still_linked"] == 1
+    assert control.ledger.pending_batches() == [] and control.ledger.verify().ok
 
 
 def test_dry_run_and_unlinked_activity_touch_no_file(db: Db, control: Control, s3: Any) -> None:

@@ -450,6 +450,7 @@ class _Run:
     linked: _LinkedFiles
     report: RunReport | None = None
     started: float = field(default_factory=time.monotonic)
+    last_batch: int = 0  # the highest batch number staged
 
     @property
     def action(self) -> Action:
@@ -510,6 +511,7 @@ class _Run:
             return self._finish(report)
         try:
             self._batches(planned.to_apply)
+            self._release_files()
         except Exception as exc:
             if options.run_id is None:
                 finish_failed(control, report, exc, "records")
@@ -544,9 +546,25 @@ class _Run:
             if close is not None:
                 close()
 
+    def _release_files(self) -> None:
+        """Delete the files the batches kept for a record left in the table, once no record
+        links them: that record's deletion by another transaction (a partition, an erasure)
+        was in flight when the batch looked, and has committed since. Each is evidenced as
+        a batch of its own (numbered after the last batch), like any linked file."""
+        if not self.linked.links:
+            return
+        released = self.adapter.unlinked_files()
+        extra = self.report.extra  # type: ignore[union-attr]
+        for link in self.linked.links:
+            if keys := released.get(link.column, []):
+                extra["objects_still_linked"] -= len(keys)
+                log.info("%s file(s) kept for a record deleted meanwhile: deleting them", len(keys))
+                self._delete_files(self.linked.adapter(link), keys, self.last_batch + 1)
+
     def _one(self, batch: Batch) -> None:
         adapter, report = self.adapter, self.report
         assert report is not None
+        self.last_batch = max(self.last_batch, batch.no)
         batch, seq = self._prepared(adapter, batch, main=True)
         if seq is None:
             adapter.apply(batch)  # nothing to change (all held): ends the staging

@@ -508,6 +508,9 @@ class HttpAdapter:
             and all(record.fields.get(name) == value for name, value in values.items())
         }  # fmt: skip
 
+    def unlinked_files(self) -> dict[str, list[str]]:
+        return {}  # API records link to no files
+
     def close(self) -> None:
         self.client.close()
 

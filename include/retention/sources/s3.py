@@ -424,6 +424,9 @@ class S3Adapter:
             " changed without rewriting the object; rectify it in the system itself"
         )
 
+    def unlinked_files(self) -> dict[str, list[str]]:
+        return {}  # objects link to no files
+
     def close(self) -> None:
         """The client belongs to whoever made it."""
 

@@ -408,6 +408,7 @@ class SqlAdapter:
         self._matcher = SubjectMatcher(key, binding.lookup_columns())
         self._resolved: dict[str, SqlDataset] = {}
         self._counted: tuple[Selection, Counts] | None = None  # the last count, for its window
+        self._kept: dict[str, set[str]] = {}  # link column -> file keys kept for a record left
         name_database(connection, f"the source database of system {binding.system!r}"
                                   f" ({binding.conn_id})")  # fmt: skip
 
@@ -618,6 +619,26 @@ class SqlAdapter:
                 found.update(r for r in self.hasher.refs(row[0] for row in kept) if r in refs)
             conn.rollback()
         return found
+
+    def unlinked_files(self) -> dict[str, list[str]]:
+        """Of the files this adapter's batches kept because a record left in the table still
+        linked them, those that no record links now (that record was being deleted by another
+        transaction at the time, and it committed since): link column -> keys. Read from
+        committed state once every batch has committed; forgets what it kept."""
+        kept, self._kept = self._kept, {}
+        if not kept:
+            return {}
+        ds = self.table_of()
+        gone: dict[str, list[str]] = {}
+        with self.engine.connect() as conn:
+            limit(conn, self.timeouts)
+            for columns in self._links_by_bucket(ds):
+                keys = sorted({k for c in columns for k in kept.get(c.name, ())})
+                linked = self._still_linked(conn, columns, keys)
+                for c in columns:
+                    if free := sorted(kept.get(c.name, set()) - linked):
+                        gone[c.name] = free
+        return gone
 
     def close(self) -> None:
         """The engine belongs to whoever made it (the connection registry or the caller)."""
@@ -839,21 +860,26 @@ class SqlAdapter:
     def _keep_shared_files(self, conn: Connection, ds: SqlDataset, digest: _Digest) -> None:
         """A file goes with the last record linking it: drop from the batch's file keys those
         that a record left in the table still links to (held, not yet due, in a later batch;
-        the batch's own rows are deleted in this transaction), and each key's repeats.
+        the batch's own rows are deleted in this transaction), and each key's repeats. The
+        dropped ones are remembered for `unlinked_files`.
 
         Per bucket, over every link column to it. A linked column without an index makes
         this a scan of the table per batch."""
-        by_bucket: dict[tuple[str, str], list[sa.Column[Any]]] = {}
-        for link, column in zip(self.binding.objects, ds.objects, strict=True):
-            by_bucket.setdefault((link.conn_id, link.bucket), []).append(column)
-        for columns in by_bucket.values():
+        for columns in self._links_by_bucket(ds):
             keys = {k for c in columns for k in digest.keys.get(c.name, ())}
             linked = self._still_linked(conn, columns, sorted(keys))
             digest.still_linked += len(linked)
             for c in columns:
-                digest.keys[c.name] = [
-                    k for k in dict.fromkeys(digest.keys[c.name]) if k not in linked
-                ]
+                mine = dict.fromkeys(digest.keys[c.name])
+                self._kept.setdefault(c.name, set()).update(k for k in mine if k in linked)
+                digest.keys[c.name] = [k for k in mine if k not in linked]
+
+    def _links_by_bucket(self, ds: SqlDataset) -> list[list[sa.Column[Any]]]:
+        """The table's link columns, grouped by the bucket (and connection) they point into."""
+        by_bucket: dict[tuple[str, str], list[sa.Column[Any]]] = {}
+        for link, column in zip(self.binding.objects, ds.objects, strict=True):
+            by_bucket.setdefault((link.conn_id, link.bucket), []).append(column)
+        return list(by_bucket.values())
 
     @staticmethod
     def _still_linked(conn: Connection, columns: list[sa.Column[Any]], keys: list[str]) -> set[str]:
