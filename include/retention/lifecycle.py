@@ -547,19 +547,21 @@ class _Run:
                 close()
 
     def _release_files(self) -> None:
-        """Delete the files the batches kept for a record left in the table, once no record
-        links them: that record's deletion by another transaction (a partition, an erasure)
-        was in flight when the batch looked, and has committed since. Each is evidenced as
-        a batch of its own (numbered after the last batch), like any linked file."""
+        """Delete the files the batches kept for a record left in the table that no record
+        links now: that record's deletion by another transaction (a partition, an erasure)
+        was in flight when the batch looked, and has committed since. Each is evidenced as a
+        batch of its own (numbered after the last batch), like any linked file. The run's
+        ``objects_still_linked`` counts the files that stay."""
         if not self.linked.links:
             return
-        released = self.adapter.unlinked_files()
+        kept = self.adapter.kept_files()
         extra = self.report.extra  # type: ignore[union-attr]
+        extra["objects_still_linked"] = sum(map(sum, (k.values() for k in kept.values())))
         for link in self.linked.links:
-            if keys := released.get(link.column, []):
-                extra["objects_still_linked"] -= len(keys)
-                log.info("%s file(s) kept for a record deleted meanwhile: deleting them", len(keys))
-                self._delete_files(self.linked.adapter(link), keys, self.last_batch + 1)
+            free = [key for key, linked in kept.get(link.column, {}).items() if not linked]
+            if free:
+                log.info("%s file(s) kept for a record deleted meanwhile: deleting them", len(free))
+                self._delete_files(self.linked.adapter(link), free, self.last_batch + 1)
 
     def _one(self, batch: Batch) -> None:
         adapter, report = self.adapter, self.report

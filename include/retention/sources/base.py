@@ -294,10 +294,11 @@ class SourceAdapter(Protocol):
         """Which of ``refs`` are records whose fields equal ``values`` exactly now (recovery
         of a rectification a crash interrupted). Waits for a change still being committed."""
 
-    def unlinked_files(self) -> dict[str, list[str]]:
-        """Files linked to records (``objects``) that the run's batches kept because a record
-        left in the dataset still linked them, and that no record links now: link column ->
-        object keys. Asked once every batch has committed; none for a source without links."""
+    def kept_files(self) -> dict[str, dict[str, bool]]:
+        """The files linked to records (``objects``) that the run's committed batches kept
+        because a record left in the dataset still linked them: link column -> {object key:
+        whether a record links it now}. Asked once every batch has committed; none for a
+        source without links."""
 
     def close(self) -> None:
         """Release connections the adapter made itself."""

@@ -508,7 +508,7 @@ class HttpAdapter:
             and all(record.fields.get(name) == value for name, value in values.items())
         }  # fmt: skip
 
-    def unlinked_files(self) -> dict[str, list[str]]:
+    def kept_files(self) -> dict[str, dict[str, bool]]:
         return {}  # API records link to no files
 
     def close(self) -> None:

@@ -424,7 +424,7 @@ class S3Adapter:
             " changed without rewriting the object; rectify it in the system itself"
         )
 
-    def unlinked_files(self) -> dict[str, list[str]]:
+    def kept_files(self) -> dict[str, dict[str, bool]]:
         return {}  # objects link to no files
 
     def close(self) -> None:

@@ -316,6 +316,7 @@ class _Open:
     conn: Connection
     started: Future[_Deleted] | None = None
     skipped: dict[Any, str] = field(default_factory=dict)
+    kept: dict[str, set[str]] = field(default_factory=dict)  # link column -> file keys kept
 
 
 _Deleted = tuple[sa.CursorResult[Any], list[sa.Column[Any]], dict[str, int]]
@@ -375,6 +376,7 @@ class _Digest:
     held: dict[Any, str] = field(default_factory=dict)
     keys: dict[str, list[str]] = field(default_factory=dict)
     still_linked: int = 0  # file keys kept: a record left in the table links them too
+    kept: dict[str, set[str]] = field(default_factory=dict)  # those keys, by link column
 
 
 @register("sql")
@@ -504,9 +506,13 @@ class SqlAdapter:
 
     def apply(self, batch: Batch) -> Applied:
         # If this commit fails the prepared entry stays pending and recovery settles it.
-        batch.state[1].conn.commit()
-        kept = batch.counts.get("objects_still_linked", 0)
-        return Applied(refs=batch.refs, counts={"objects_still_linked": kept} if kept else {})
+        opened: _Open = batch.state[1]
+        opened.conn.commit()
+        for column, gone in batch.linked.items():  # deleted with this batch's records
+            self._kept.get(column, set()).difference_update(gone)
+        for column, keys in opened.kept.items():  # for `kept_files`, once committed
+            self._kept.setdefault(column, set()).update(keys)
+        return Applied(refs=batch.refs)
 
     def abandon(self, batch: Batch) -> None:
         batch.state[1].conn.rollback()
@@ -620,25 +626,25 @@ class SqlAdapter:
             conn.rollback()
         return found
 
-    def unlinked_files(self) -> dict[str, list[str]]:
-        """Of the files this adapter's batches kept because a record left in the table still
-        linked them, those that no record links now (that record was being deleted by another
-        transaction at the time, and it committed since): link column -> keys. Read from
-        committed state once every batch has committed; forgets what it kept."""
+    def kept_files(self) -> dict[str, dict[str, bool]]:
+        """The files this adapter's committed batches kept because a record left in the table
+        still linked them: link column -> {object key: whether a record links it now}. A
+        record that another transaction was deleting at the time may be gone since. Read
+        from committed state; forgets what it kept."""
         kept, self._kept = self._kept, {}
         if not kept:
             return {}
         ds = self.table_of()
-        gone: dict[str, list[str]] = {}
+        found: dict[str, dict[str, bool]] = {}
         with self.engine.connect() as conn:
             limit(conn, self.timeouts)
             for columns in self._links_by_bucket(ds):
                 keys = sorted({k for c in columns for k in kept.get(c.name, ())})
                 linked = self._still_linked(conn, columns, keys)
                 for c in columns:
-                    if free := sorted(kept.get(c.name, set()) - linked):
-                        gone[c.name] = free
-        return gone
+                    if c.name in kept:
+                        found[c.name] = {k: k in linked for k in sorted(kept[c.name])}
+        return found
 
     def close(self) -> None:
         """The engine belongs to whoever made it (the connection registry or the caller)."""
@@ -861,7 +867,7 @@ class SqlAdapter:
         """A file goes with the last record linking it: drop from the batch's file keys those
         that a record left in the table still links to (held, not yet due, in a later batch;
         the batch's own rows are deleted in this transaction), and each key's repeats. The
-        dropped ones are remembered for `unlinked_files`.
+        dropped ones are remembered for `kept_files` when the batch commits.
 
         Per bucket, over every link column to it. A linked column without an index makes
         this a scan of the table per batch."""
@@ -871,7 +877,7 @@ class SqlAdapter:
             digest.still_linked += len(linked)
             for c in columns:
                 mine = dict.fromkeys(digest.keys[c.name])
-                self._kept.setdefault(c.name, set()).update(k for k in mine if k in linked)
+                digest.kept[c.name] = {k for k in mine if k in linked}
                 digest.keys[c.name] = [k for k in mine if k not in linked]
 
     def _links_by_bucket(self, ds: SqlDataset) -> list[list[sa.Column[Any]]]:
@@ -895,6 +901,7 @@ class SqlAdapter:
         children: dict[str, int],
     ) -> Batch:  # fmt: skip
         kinds = list(opened.skipped.values())
+        opened.kept = digest.kept
         return Batch(
             no=opened.no, refs=PackedRefs(bytes(digest.blob)), holds=holds,
             subjects=frozenset(digest.subjects or ()),  # no subject column: none
