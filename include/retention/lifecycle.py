@@ -556,7 +556,9 @@ class _Run:
             return
         kept = self.adapter.kept_files()
         extra = self.report.extra  # type: ignore[union-attr]
-        extra["objects_still_linked"] = sum(map(sum, (k.values() for k in kept.values())))
+        extra["objects_still_linked"] = sum(
+            linked for keys in kept.values() for linked in keys.values()
+        )
         for link in self.linked.links:
             free = [key for key, linked in kept.get(link.column, {}).items() if not linked]
             if free:
