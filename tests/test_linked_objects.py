@@ -25,7 +25,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from include.demo.embedded_s3 import EmbeddedS3, local_client
-from include.retention.catalogue import Activity, ObjectLink
+from include.retention.catalogue import Activity, ObjectLink, SqlSource, System
+from include.retention.errors import RetentionError
 from include.retention.lifecycle import OBJECT_CHECKPOINT, Hooks, RunReport, enforce, recover
 from include.retention.runs import KILL_ENV, Control
 from tests.dbs import AS_OF, Db, create_db, ids, old, people_schema, person, recent
@@ -213,6 +214,62 @@ def test_a_file_goes_with_the_last_record_that_links_it(db: Db, control: Control
     again = run(linked_activity(bucket), db, control, s3)
     assert (again.outcome, again.applied) == ("nothing_to_do", 0)
     assert files(s3, bucket) == remaining
+
+
+def _with_alumni(bucket: str) -> SqlSource:
+    """The people binding as a system file gives it when the system also binds an alumni
+    table whose records link files in the same bucket."""
+    people = linked_activity(bucket).source
+    assert isinstance(people, SqlSource)
+    own = people.model_dump(exclude={"kind", "system", "conn_id", "table"})
+    alumni = {"lookup": {"email": "email"}, "objects": own["objects"]}
+    system = System.model_validate(
+        {"system": "ats", "kind": "sql", "conn_id": people.conn_id,
+         "datasets": {"people": own, "alumni": alumni}}
+    )  # fmt: skip
+    binding = system.datasets["people"]
+    assert isinstance(binding, SqlSource)
+    return binding
+
+
+def test_a_file_another_table_still_links_is_kept(db: Db, control: Control, s3: Any) -> None:
+    alumni = sa.Table(
+        "alumni", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("email", sa.String(200)), sa.Column("cv_object_key", sa.String(200)),
+    )  # fmt: skip
+    people = sa.Table("people", sa.MetaData(), autoload_with=db.engine)
+    shared = "shared/alumni.pdf"
+    with db.engine.begin() as conn:
+        alumni.create(conn)
+        conn.execute(alumni.insert(), [{"id": 1, "email": "a@x.se", "cv_object_key": shared}])
+        row = person(40, old(), cv_object_key=shared)
+        conn.execute(people.insert(), [{c.name: None for c in people.c} | row])
+    bucket = new_bucket(s3, "cv-alumni")
+    upload(s3, bucket)
+    put(s3, bucket, shared, b"v1")
+    binding = _with_alumni(bucket)
+    assert binding.linked_elsewhere(binding.objects[0]) == (("alumni", "cv_object_key"),)
+    act = linked_activity(bucket).model_copy(update={"source": binding})
+
+    result = run(act, db, control, s3)
+    assert result.outcome == "completed", result.message
+    assert 40 not in ids(db.engine)
+    assert files(s3, bucket)[shared] == 1  # the alumni record still links it
+    assert control.ledger.lookup("ats", bucket, shared) == []
+    assert result.counts()["objects_still_linked"] == 1
+    assert cv(1) not in files(s3, bucket)  # unshared files went as before
+
+
+def test_another_linking_table_that_is_missing_stops_the_run_before_any_change(
+    db: Db, control: Control, s3: Any
+) -> None:
+    bucket = new_bucket(s3, "cv-no-alumni")
+    upload(s3, bucket)
+    before = files(s3, bucket)
+    act = linked_activity(bucket).model_copy(update={"source": _with_alumni(bucket)})
+    with pytest.raises(RetentionError, match="table 'alumni' does not exist in system 'ats'"):
+        run(act, db, control, s3)
+    assert ids(db.engine) == set(PEOPLE) and files(s3, bucket) == before
 
 
 @pytest.fixture(name="pg")

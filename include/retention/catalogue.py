@@ -29,6 +29,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
@@ -361,6 +362,16 @@ class SqlSource(_Bound):
     anchor_timezone: TimeZoneName = Field(default="UTC", description="Zone of naive timestamps")
     children: list[SqlChild] = Field(default_factory=list)
     objects: list[ObjectLink] = Field(default_factory=list)
+    # (conn_id, bucket) -> (table, column) of the system's other tables linking files there;
+    # set when the system file is read (not a field: the enforcement digest stays the same)
+    _linked_elsewhere: dict[tuple[str, str], tuple[tuple[str, str], ...]] = PrivateAttr(
+        default_factory=dict
+    )
+
+    def linked_elsewhere(self, link: ObjectLink) -> tuple[tuple[str, str], ...]:
+        """The other tables of the system, with their column, whose records link files in
+        ``link``'s bucket: such a file goes only once no record of any of them links it."""
+        return self._linked_elsewhere.get((link.conn_id, link.bucket), ())
 
     def datasets(self) -> list[str]:
         """Every dataset the binding changes: the table and its linked buckets."""
@@ -512,6 +523,21 @@ class System(_Model):
         pairs = shared_objects(list(self.datasets.values()))
         if pairs:
             raise ValueError(pairs[0][2])
+        return self
+
+    @model_validator(mode="after")
+    def _tables_linking_one_bucket(self) -> System:
+        """Each table learns which other tables of the system link files in its buckets."""
+        tables = [d for d in self.datasets.values() if isinstance(d, SqlSource)]
+        for table in tables:
+            table._linked_elsewhere = {
+                (link.conn_id, link.bucket): tuple(
+                    (other.table, theirs.column) for other in tables if other is not table
+                    for theirs in other.objects
+                    if (theirs.conn_id, theirs.bucket) == (link.conn_id, link.bucket)
+                )
+                for link in table.objects
+            }  # fmt: skip
         return self
 
 

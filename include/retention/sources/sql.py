@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from include.retention.catalogue import AnonymiseAction, RuleCase, SqlChild, SqlSource
+from include.retention.catalogue import AnonymiseAction, ObjectLink, RuleCase, SqlChild, SqlSource
 from include.retention.errors import RetentionError
 from include.retention.field_values import for_column, for_lookup
 from include.retention.holds import ActiveHolds
@@ -411,6 +411,7 @@ class SqlAdapter:
         self._resolved: dict[str, SqlDataset] = {}
         self._counted: tuple[Selection, Counts] | None = None  # the last count, for its window
         self._kept: dict[str, set[str]] = {}  # link column -> file keys kept for a record left
+        self._elsewhere: dict[str, sa.Table] = {}  # other tables linking into our buckets
         name_database(connection, f"the source database of system {binding.system!r}"
                                   f" ({binding.conn_id})")  # fmt: skip
 
@@ -418,6 +419,8 @@ class SqlAdapter:
 
     def resolve(self, action: Action | None = None) -> None:
         self.table_of(action)
+        for link in self.binding.objects:  # the other tables linking into its buckets
+            self._columns_elsewhere(link)
 
     def table_of(self, action: Action | None = None) -> SqlDataset:
         """The reflected table (with the action's columns checked), resolved once."""
@@ -638,9 +641,9 @@ class SqlAdapter:
         found: dict[str, dict[str, bool]] = {}
         with self.engine.connect() as conn:
             limit(conn, self.timeouts)
-            for columns in self._links_by_bucket(ds):
+            for columns, elsewhere in self._links_by_bucket(ds):
                 keys = sorted({k for c in columns for k in kept.get(c.name, ())})
-                linked = self._still_linked(conn, columns, keys)
+                linked = self._still_linked(conn, [*columns, *elsewhere], keys)
                 for c in columns:
                     if c.name in kept:
                         found[c.name] = {k: k in linked for k in sorted(kept[c.name])}
@@ -871,29 +874,49 @@ class SqlAdapter:
 
         Per bucket, over every link column to it. A linked column without an index makes
         this a scan of the table per batch."""
-        for columns in self._links_by_bucket(ds):
+        for columns, elsewhere in self._links_by_bucket(ds):
             keys = {k for c in columns for k in digest.keys.get(c.name, ())}
-            linked = self._still_linked(conn, columns, sorted(keys))
+            linked = self._still_linked(conn, [*columns, *elsewhere], sorted(keys))
             digest.still_linked += len(linked)
             for c in columns:
                 mine = dict.fromkeys(digest.keys[c.name])
                 digest.kept[c.name] = {k for k in mine if k in linked}
                 digest.keys[c.name] = [k for k in mine if k not in linked]
 
-    def _links_by_bucket(self, ds: SqlDataset) -> list[list[sa.Column[Any]]]:
-        """The table's link columns, grouped by the bucket (and connection) they point into."""
-        by_bucket: dict[tuple[str, str], list[sa.Column[Any]]] = {}
+    def _links_by_bucket(
+        self, ds: SqlDataset
+    ) -> list[tuple[list[sa.Column[Any]], list[sa.Column[Any]]]]:
+        """Per bucket (and connection) the table's link columns point into: those columns,
+        and the columns of the system's other tables that link files there too."""
+        groups: dict[tuple[str, str], tuple[list[sa.Column[Any]], list[sa.Column[Any]]]] = {}
         for link, column in zip(self.binding.objects, ds.objects, strict=True):
-            by_bucket.setdefault((link.conn_id, link.bucket), []).append(column)
-        return list(by_bucket.values())
+            bucket = (link.conn_id, link.bucket)
+            if bucket not in groups:
+                groups[bucket] = ([], self._columns_elsewhere(link))
+            groups[bucket][0].append(column)
+        return list(groups.values())
+
+    def _columns_elsewhere(self, link: ObjectLink) -> list[sa.Column[Any]]:
+        """The reflected link columns of the system's other tables into ``link``'s bucket."""
+        found = []
+        for table, column in self.binding.linked_elsewhere(link):
+            if table not in self._elsewhere:
+                self._elsewhere[table] = _reflect(self.engine, self.binding, table)
+            found.append(_column(self.binding, self._elsewhere[table], column, "linked file"))
+        return found
 
     @staticmethod
     def _still_linked(conn: Connection, columns: list[sa.Column[Any]], keys: list[str]) -> set[str]:
+        """Which of ``keys`` a row of the columns' tables links (one query per table)."""
+        by_table: dict[sa.Table, list[sa.Column[Any]]] = {}
+        for c in columns:
+            by_table.setdefault(c.table, []).append(c)
         found: set[str] = set()
         for start in range(0, len(keys), LINK_CHUNK):
             chunk = keys[start : start + LINK_CHUNK]
-            query = sa.select(*columns).where(sa.or_(*(c.in_(chunk) for c in columns)))
-            found.update(str(v) for row in conn.execute(query) for v in row if v is not None)
+            for cols in by_table.values():
+                query = sa.select(*cols).where(sa.or_(*(c.in_(chunk) for c in cols)))
+                found.update(str(v) for row in conn.execute(query) for v in row if v is not None)
         return found & set(keys)
 
     def _batch(
