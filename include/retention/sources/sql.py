@@ -375,8 +375,8 @@ class _Digest:
     subjects: set[bytes] | None = None  # None: not read
     held: dict[Any, str] = field(default_factory=dict)
     keys: dict[str, list[str]] = field(default_factory=dict)
-    still_linked: int = 0  # file keys kept: a record left in the table links them too
-    kept: dict[str, set[str]] = field(default_factory=dict)  # those keys, by link column
+    kept: dict[str, set[str]] = field(default_factory=dict)  # link column -> file keys a
+    # record left in the table still links: not deleted with this batch
 
 
 @register("sql")
@@ -877,7 +877,6 @@ class SqlAdapter:
         for columns, elsewhere in self._links_by_bucket(ds):
             keys = {k for c in columns for k in digest.keys.get(c.name, ())}
             linked = self._still_linked(conn, [*columns, *elsewhere], sorted(keys))
-            digest.still_linked += len(linked)
             for c in columns:
                 mine = dict.fromkeys(digest.keys[c.name])
                 digest.kept[c.name] = {k for k in mine if k in linked}
@@ -925,12 +924,13 @@ class SqlAdapter:
     ) -> Batch:  # fmt: skip
         kinds = list(opened.skipped.values())
         opened.kept = digest.kept
+        kept = sum(map(len, digest.kept.values()))
         return Batch(
             no=opened.no, refs=PackedRefs(bytes(digest.blob)), holds=holds,
             subjects=frozenset(digest.subjects or ()),  # no subject column: none
             skipped={k: kinds.count(k) for k in ("legal_hold", "restriction") if k in kinds},
             counts={f"children.{name}": n for name, n in children.items()}
-            | ({"objects_still_linked": digest.still_linked} if digest.still_linked else {}),
+            | ({"objects_still_linked": kept} if kept else {}),
             linked={name: keys for name, keys in digest.keys.items() if keys},
             state=(walk, opened),
         )  # fmt: skip
