@@ -175,6 +175,44 @@ def test_expired_records_files_go_with_every_version(db: Db, control: Control, s
     check_invariants(db, control, s3, bucket)
 
 
+def test_without_versions_a_file_goes_with_its_record_even_if_replaced_meanwhile(
+    db: Db, control: Control, s3: Any
+) -> None:
+    """A linked file is not judged by what it holds but by its record: replaced under its key
+    while the run runs (a bucket without versions keeps no old copy), it still goes with the
+    record; only objects judged by their metadata are left when changed (test_s3_engine)."""
+    bucket = new_bucket(s3, "cv-flat", versioned=False)
+    upload(s3, bucket)  # cv 5's "soft delete" removes it here: no versions, no marker
+
+    class Replacing(CallCounter):
+        """Uploads cv 1 again just before the first call that would delete it."""
+
+        def delete_objects(self, **kwargs: Any) -> Any:
+            self.replace({entry["Key"] for entry in kwargs["Delete"]["Objects"]})
+            return super().delete_objects(**kwargs)
+
+        def delete_object(self, **kwargs: Any) -> Any:
+            self.replace({kwargs["Key"]})
+            return self._client.delete_object(**kwargs)
+
+        def replace(self, keys: set[str]) -> None:
+            if cv(1) in keys and not getattr(self, "replaced", False):
+                self.replaced = True
+                put(s3, bucket, cv(1), b"a cv uploaded again")
+
+    result = run(linked_activity(bucket), db, control, Replacing(s3))
+    assert result.outcome == "completed", result.message
+    assert ids(db.engine) == set(PEOPLE) - EXPIRED
+    assert files(s3, bucket) == {cv(3): 1}
+    with_files = EXPIRED - {NO_CV, NO_FILE, 5}
+    counts = result.counts()
+    assert (counts["objects_deleted"], counts["objects_missing"]) == (len(with_files), 2)
+    assert "changed_meanwhile" not in counts
+    for pk in with_files:
+        assert len(control.ledger.lookup("ats", bucket, cv(pk))) == 1, pk
+    assert control.ledger.verify().ok
+
+
 SHARED = {  # pk -> (decided_at, the file its record links); several records link one file
     20: (old(), "shared/held.pdf"), 21: (old(), "shared/held.pdf"),  # 21 under a record hold
     22: (old(), "shared/not-due.pdf"), 23: (recent(), "shared/not-due.pdf"),

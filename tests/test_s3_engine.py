@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from include.demo.embedded_s3 import EmbeddedS3, connection_uri
 from include.retention.catalogue import Activity, S3Source, Safety, load_catalogue
@@ -490,3 +491,59 @@ def test_seeded_image_bank_end_to_end(s3: Any, control: Control) -> None:
     for entry in images:
         assert bool(control.ledger.lookup("image_bank", "image-bank", entry.pk)) == entry.due
     assert run(activity, s3, control).outcome == "nothing_to_do"
+
+
+@pytest.mark.parametrize("versioning", [None, "Suspended"], ids=["unversioned", "suspended"])
+def test_an_object_replaced_meanwhile_in_a_bucket_without_versions_is_kept(
+    s3: Any, control: Control, versioning: str | None
+) -> None:
+    """Without versions, a new upload replaces the object under the same version id ("null"):
+    deleting that id would delete the new object, judged by nobody. The delete is conditional
+    on the listed object's ETag, so the replaced object stays, unclaimed, and is judged by the
+    next run; the other objects go."""
+    bucket = new_bucket(s3, "replaced", versioned=versioning is not None)
+    if versioning:
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": versioning})
+    put_many(s3, bucket, ["media/old-1.jpg", "media/old-2.jpg"], **spont(OLD))
+    put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(8)], **spont(NEW))
+
+    class Racing(CallCounter):
+        replaced = False
+
+        def delete_object(self, **kwargs: Any) -> Any:
+            if not self.replaced:  # a new photo uploaded under the old key meanwhile
+                self.replaced = True
+                put(s3, bucket, "media/old-1.jpg", b"new photo", **spont(NEW))
+            return self._client.delete_object(**kwargs)
+
+    result = run(image_bank(bucket), Racing(s3), control)
+    assert (result.outcome, result.applied, result.failed) == ("completed", 1, 0), result.message
+    assert result.counts()["changed_meanwhile"] == 1
+    kept = s3.head_object(Bucket=bucket, Key="media/old-1.jpg")
+    assert kept["Metadata"]["capture_date"] == NEW
+    assert "media/old-2.jpg" not in keys(s3, bucket)
+    assert control.ledger.lookup("image_bank", bucket, "media/old-1.jpg") == []
+    assert len(control.ledger.lookup("image_bank", bucket, "media/old-2.jpg")) == 1
+    assert control.ledger.verify().ok
+    again = run(image_bank(bucket), s3, control)  # the new photo is not due
+    assert (again.applied, "media/old-1.jpg" in keys(s3, bucket)) == (0, True)
+
+
+def test_an_object_a_conditional_delete_is_refused_for_is_left_whole_and_not_claimed(
+    s3: Any, control: Control
+) -> None:
+    bucket = new_bucket(s3, "denied", versioned=False)
+    put_many(s3, bucket, ["media/old-1.jpg", "media/old-2.jpg"], **spont(OLD))
+
+    class Denying(CallCounter):
+        def delete_object(self, **kwargs: Any) -> Any:
+            if kwargs["Key"] == "media/old-1.jpg":
+                error = {"Error": {"Code": "AccessDenied", "Message": "denied"}}
+                raise ClientError(error, "DeleteObject")
+            return self._client.delete_object(**kwargs)
+
+    result = run(image_bank(bucket), Denying(s3), control)
+    assert (result.outcome, result.applied, result.failed) == ("partial", 1, 1)
+    assert keys(s3, bucket) == {"media/old-1.jpg"}
+    assert control.ledger.lookup("image_bank", bucket, "media/old-1.jpg") == []
+    assert len(control.ledger.lookup("image_bank", bucket, "media/old-2.jpg")) == 1

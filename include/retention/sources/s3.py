@@ -10,7 +10,11 @@ Deleting an object means removing EVERY version and delete marker of its key
 bucket anything less deletes nothing. Staging a batch changes nothing (it drops the held
 objects); ``apply`` deletes the versions, then confirms with one listing of the batch's key
 range that no version or delete marker of its keys is left (a key uploaded again meanwhile, or
-one ``DeleteObjects`` reported an error for, is not claimed). ``present`` lists which keys
+one ``DeleteObjects`` reported an error for, is not claimed). Where an upload replaces the object
+in place (its current version is the ``null`` one: an unversioned or suspended bucket), deleting
+by version id would delete whatever was uploaded last, judged by nobody: that version is deleted
+only if its ETag is still the listed one (a conditional delete), else the object is left whole
+and counted ``changed_meanwhile``; the next run judges it afresh. ``present`` lists which keys
 still have any version. Metadata is read with a HEAD per object (S3 has no bulk read of it),
 ``HEAD_WORKERS`` at a time, never more than the client's connection pool holds. Logs carry
 counts and references only.
@@ -26,7 +30,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 from include.retention.catalogue import RuleCase, S3Source
@@ -61,6 +65,12 @@ MAX_KEYS_PER_CALL = 1000  # the DeleteObjects limit
 HEAD_WORKERS = POOL_CONNECTIONS
 PROGRESS_EVERY = 10.0  # seconds between progress lines while metadata is read
 CONFIRM_PAGES = 4  # listing pages a batch's confirmation reads before it checks key by key
+NULL_VERSION = "null"  # the version id of an object stored without versioning
+# A conditional delete's answers when the object was replaced (412), is being written (409) or
+# is gone (404): the object is not this run's to delete or claim.
+CHANGED_CODES = frozenset(
+    {"PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"}
+)
 
 Status = Literal["due", "unknown_anchor", "kept", "out_of_scope"]
 
@@ -73,6 +83,13 @@ class S3Object:
     versions: tuple[str, ...]  # version ids of every version and delete marker
     delete_markers: int
     latest: str | None  # newest version that is not a delete marker (metadata source)
+    # The listed ETag when the current version is the "null" one, which an upload replaces.
+    null_etag: str | None = None
+
+    @property
+    def replaceable(self) -> bool:
+        """Whether an upload would replace the current version in place."""
+        return self.null_etag is not None
 
 
 # ------------------------------------------------------------------------------ listing
@@ -92,11 +109,14 @@ def list_objects(client: Any, bucket: str, prefix: str = "") -> list[S3Object]:
 def _object(key: str, items: list[dict[str, Any]]) -> S3Object:
     items = sorted(items, key=lambda v: (v["LastModified"], v.get("IsLatest", False)), reverse=True)
     latest = next((v["VersionId"] for v in items if not v["IsDeleteMarker"]), None)
+    current = items[0]
+    in_place = current["VersionId"] == NULL_VERSION and not current["IsDeleteMarker"]
     return S3Object(
         key=key,
         versions=tuple(v["VersionId"] for v in items),
         delete_markers=sum(1 for v in items if v["IsDeleteMarker"]),
         latest=latest,
+        null_etag=current["ETag"] if in_place else None,
     )
 
 
@@ -121,11 +141,14 @@ class _Meta:
 def _metadata(client: Any, bucket: str, obj: S3Object, wanted: set[str]) -> _Meta:
     if obj.latest is None:
         return _Meta({})
-    head = client.head_object(Bucket=bucket, Key=obj.key, VersionId=obj.latest)
+    # The current "null" version is read as the current object: some S3 servers refuse a
+    # version id in a bucket never versioned. A replacement read here fails the delete's ETag.
+    version = {} if obj.replaceable else {"VersionId": obj.latest}
+    head = client.head_object(Bucket=bucket, Key=obj.key, **version)
     meta = {k.lower(): v for k, v in head.get("Metadata", {}).items()}
     if not wanted - meta.keys():
         return _Meta(meta)
-    tags = client.get_object_tagging(Bucket=bucket, Key=obj.key, VersionId=obj.latest)
+    tags = client.get_object_tagging(Bucket=bucket, Key=obj.key, **version)
     tagged: dict[str, str] = {}
     for tag in tags.get("TagSet", []):
         tagged.setdefault(tag["Key"].lower(), tag["Value"])
@@ -176,20 +199,65 @@ def batches(
         yield batch
 
 
+@dataclass
+class _Deleted:
+    """What deleting a batch's objects did, by key."""
+
+    failed: set[str] = field(default_factory=set)  # an error was reported
+    changed: set[str] = field(default_factory=set)  # replaced since listed: left whole
+    versions: int = 0
+    calls: int = 0
+
+
 def _delete_versions(
-    client: Any, bucket: str, objects: Sequence[S3Object]
-) -> tuple[set[str], int, int]:
-    """DeleteObjects for every version of ``objects``; (keys with an error, deleted, calls)."""
-    entries = [{"Key": o.key, "VersionId": v} for o in objects for v in o.versions]
-    failed: set[str] = set()
-    calls = 0
+    client: Any, bucket: str, objects: Sequence[S3Object], *, if_unchanged: bool
+) -> _Deleted:
+    """Delete every version of ``objects``: DeleteObjects by version id, after (with
+    ``if_unchanged``) a conditional delete of each current version an upload would replace."""
+    replaceable = [o for o in objects if o.replaceable] if if_unchanged else []
+    done = _delete_if_unchanged(client, bucket, replaceable)
+    left = done.failed | done.changed  # left whole
+    entries = [
+        {"Key": o.key, "VersionId": v}
+        for o in objects if o.key not in left
+        for v in (o.versions[1:] if if_unchanged and o.replaceable else o.versions)
+    ]  # fmt: skip
     for start in range(0, len(entries), MAX_KEYS_PER_CALL):
         chunk = entries[start : start + MAX_KEYS_PER_CALL]
         response = client.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
-        calls += 1
-        failed |= {error["Key"] for error in response.get("Errors", [])}
-    deleted = sum(len(o.versions) for o in objects if o.key not in failed)
-    return failed, deleted, calls
+        done.calls += 1
+        done.failed |= {error["Key"] for error in response.get("Errors", [])}
+    done.versions = sum(len(o.versions) for o in objects if o.key not in done.failed | left)
+    return done
+
+
+def _delete_if_unchanged(client: Any, bucket: str, objects: Sequence[S3Object]) -> _Deleted:
+    """Delete each object's current ``null`` version if its ETag is still the listed one."""
+
+    def delete(obj: S3Object) -> str | None:
+        try:
+            client.delete_object(
+                Bucket=bucket, Key=obj.key, VersionId=NULL_VERSION, IfMatch=obj.null_etag
+            )
+        except client.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code"))
+            if code in CHANGED_CODES:
+                return "changed"
+            if code in ("AccessDenied", "403"):
+                return "failed"
+            raise
+        return None
+
+    done = _Deleted(calls=len(objects))
+    if not objects:
+        return done
+    with _pool(client) as pool:
+        for obj, outcome in zip(objects, pool.map(delete, objects), strict=True):
+            if outcome == "changed":
+                done.changed.add(obj.key)
+            elif outcome == "failed":
+                done.failed.add(obj.key)
+    return done
 
 
 def _still_present(client: Any, bucket: str, keys: Sequence[str]) -> set[str]:
@@ -286,6 +354,8 @@ class _Staged:
     objects: list[S3Object]
     metas: dict[str, _Meta] = field(default_factory=dict)
     bucket_counts: dict[str, int] = field(default_factory=dict)
+    # Objects judged by their metadata go only unchanged; linked files go with their record.
+    judged: bool = True
 
 
 @register("s3")
@@ -372,7 +442,9 @@ class S3Adapter:
 
     def redo(self, batch: Batch, holds: HoldReader) -> Batch:
         staged: _Staged = batch.state
-        again = self._stage(batch.no, _Staged(staged.objects, staged.metas), holds)
+        again = self._stage(
+            batch.no, _Staged(staged.objects, staged.metas, judged=staged.judged), holds
+        )
         for kind, n in batch.skipped.items():  # held at the first staging: still skipped
             again.skipped[kind] = again.skipped.get(kind, 0) + n
         return again
@@ -380,13 +452,16 @@ class S3Adapter:
     def apply(self, batch: Batch) -> Applied:
         staged: _Staged = batch.state
         objects = staged.objects
-        failed, deleted, calls = _delete_versions(self.client, self.bucket, objects)
-        failed |= _still_present(self.client, self.bucket, [o.key for o in objects])
-        applied = [self.hasher.ref(o.key) for o in objects if o.key not in failed]
-        return Applied(
-            refs=applied, failed=len(failed),
-            counts={"versions_deleted": deleted, "delete_calls": calls},
-        )  # fmt: skip
+        done = _delete_versions(self.client, self.bucket, objects, if_unchanged=staged.judged)
+        left = [o.key for o in objects if o.key not in done.changed]
+        failed = done.failed | _still_present(self.client, self.bucket, left)
+        applied = [self.hasher.ref(key) for key in left if key not in failed]
+        counts = {"versions_deleted": done.versions, "delete_calls": done.calls}
+        if done.changed:
+            log.info("%s object(s) changed since they were listed: left for the next run",
+                     len(done.changed))  # fmt: skip
+            counts["changed_meanwhile"] = len(done.changed)
+        return Applied(refs=applied, failed=len(failed), counts=counts)
 
     def abandon(self, batch: Batch) -> None:
         """Staging changed nothing."""
@@ -441,7 +516,8 @@ class S3Adapter:
         present = [o for o in found if o.versions]
         missing = len(found) - len(present)
         for i, group in enumerate(batches(present) if present else [[]]):
-            staged = _Staged(list(group), bucket_counts={"missing": missing} if i == 0 else {})
+            counts = {"missing": missing} if i == 0 else {}
+            staged = _Staged(list(group), bucket_counts=counts, judged=False)
             yield self._stage(no, staged, holds)
 
     # -------------------------------------------------------------------- helpers
@@ -492,7 +568,7 @@ class S3Adapter:
             no=no, refs=[self.hasher.ref(o.key) for o in keep], holds=active, subjects=subjects,
             skipped={k: skipped.count(k) for k in ("legal_hold", "restriction") if k in skipped},
             counts={"versions": sum(len(o.versions) for o in keep), **staged.bucket_counts},
-            state=_Staged(keep, staged.metas, staged.bucket_counts),
+            state=replace(staged, objects=keep),
         )  # fmt: skip
 
     def _refresh_subjects(self, staged: _Staged) -> None:
