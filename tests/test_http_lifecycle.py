@@ -97,7 +97,7 @@ def test_a_crash_in_a_batch_settles_on_the_next_run(saas: Saas, checkpoint: str)
 
 
 def test_an_api_outage_mid_run_fails_the_run_and_loses_nothing(saas: Saas) -> None:
-    saas.server.fail_next(200, status=503, after=4)  # mid-run: during the deletes
+    saas.server.fail_next(200, status=503, after=7)  # 3 listings, 2 reads and deletes, then out
     with pytest.raises(Exception, match=r"retention_lead_crm.*failed 2 times"):
         enforce(
             lead_crm(), AS_OF, control=saas.control(), catalogue_version="test",

@@ -13,6 +13,7 @@ import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,17 +156,31 @@ def test_a_wrong_token_names_the_connection_and_never_shows_a_token(
 def test_delete_is_idempotent(server: SaasServer) -> None:
     server.store.upsert("leads", _records(3))
     client, _ = _client(server)
-    assert client.delete("leads", "lead-0001") is True
-    assert client.delete("leads", "lead-0001") is False  # already gone: not an error
+    assert client.delete("leads", "lead-0001") == "deleted"
+    assert client.delete("leads", "lead-0001") == "gone"  # already gone: not an error
     assert [r.id for r in client.records("leads")] == ["lead-0000", "lead-0002"]
     assert client.get("leads", "lead-0001") is None
+
+
+def test_a_conditional_delete_names_the_version_it_deletes(server: SaasServer) -> None:
+    server.store.upsert("leads", [("a", json.dumps({"email": "a@x.se", "status": "lead"}))])
+    client, _ = _client(server)
+    listed = client.get("leads", "a")
+    assert listed is not None and listed.etag and listed.etag.startswith('"')
+    server.store.upsert("leads", [("a", json.dumps({"email": "a@x.se", "status": "customer"}))])
+    assert client.delete("leads", "a", if_match=listed.etag) == "changed"
+    current = client.get("leads", "a")
+    assert current is not None and current.fields["status"] == "customer"
+    assert current.etag != listed.etag
+    assert client.delete("leads", "a", if_match=current.etag) == "deleted"
+    assert client.delete("leads", "a", if_match=current.etag) == "gone"
 
 
 def test_a_delete_retried_after_an_outage_deletes_once(server: SaasServer) -> None:
     server.store.upsert("leads", _records(2))
     server.fail_next(2, status=500)
     client, sleeps = _client(server)
-    assert client.delete("leads", "lead-0000") is True
+    assert client.delete("leads", "lead-0000") == "deleted"
     assert len(sleeps) == 2
     assert [r.id for r in client.records("leads")] == ["lead-0001"]
 
@@ -175,7 +190,7 @@ def test_ids_with_reserved_characters_are_quoted(server: SaasServer) -> None:
     server.store.upsert("leads", [(odd, "{}"), ("a", "{}")])
     client, _ = _client(server)
     assert client.get("leads", "a/b") is None
-    assert client.delete("leads", odd) is True
+    assert client.delete("leads", odd) == "deleted"
     assert [r.id for r in client.records("leads")] == ["a"]
 
 
@@ -340,6 +355,42 @@ def test_a_record_gone_meanwhile_is_applied_and_counted(
     server.store.delete("leads", "a01")  # deleted by someone else between staging and applying
     result = adapter.apply(batch)
     assert len(result.refs) == len(DUE) and result.counts == {"already_gone": 1}
+
+
+def test_a_record_changed_after_it_was_listed_is_kept_and_not_claimed(
+    adapter: HttpAdapter, server: SaasServer
+) -> None:
+    """a01 renews (a new received_at: not due any more) between the listing and the delete."""
+    batch = next(adapter.batches(DueAt(AS_OF, RULES), DeleteAction(), _holds, size=10))
+    renewed = {**DESIGN["a01"][0], "received_at": RECENT}
+    server.store.upsert("leads", [("a01", json.dumps(renewed))])
+    result = adapter.apply(batch)
+    assert result.counts == {"changed_meanwhile": 1} and result.failed == 0
+    assert record_ref(KEY, "lead_crm", "leads", "a01") not in set(result.refs)
+    assert len(result.refs) == len(DUE) - 1
+    assert _ids(server) == sorted(set(DESIGN) - set(DUE) | {"a01"})
+
+
+def test_a_record_changed_between_its_read_and_its_delete_is_kept(
+    adapter: HttpAdapter, server: SaasServer
+) -> None:
+    """The change lands after apply's fresh read: the API refuses the delete (If-Match)."""
+    batch = next(adapter.batches(DueAt(AS_OF, RULES), DeleteAction(), _holds, size=10))
+    read = adapter.client.get
+
+    def read_then_renew(collection: str, record_id: str) -> Any:
+        record = read(collection, record_id)
+        if record_id == "a10":
+            renewed = {**DESIGN["a10"][0], "received_at": RECENT}
+            server.store.upsert("leads", [("a10", json.dumps(renewed))])
+        return record
+
+    adapter.client.get = read_then_renew  # type: ignore[method-assign]
+    result = adapter.apply(batch)
+    assert result.counts == {"changed_meanwhile": 1}
+    assert record_ref(KEY, "lead_crm", "leads", "a10") not in set(result.refs)
+    assert "a10" in _ids(server)
+    assert len(result.refs) == len(DUE) - 1
 
 
 def test_partitions_cover_every_record_once(adapter: HttpAdapter) -> None:

@@ -5,8 +5,9 @@ needs ``Authorization: Bearer <token>``; a client sending more than ``rate`` req
 second (a token bucket of ``burst``) gets ``429 Too Many Requests`` with ``Retry-After``.
 
     GET    /v1/<collection>?limit=N&cursor=C  {"records": [{"id", "fields"}], "next_cursor"}
-    GET    /v1/<collection>/<id>              one record, or 404
-    DELETE /v1/<collection>/<id>              204, or 404 when there is no such record
+    GET    /v1/<collection>/<id>              one record with its ETag, or 404
+    DELETE /v1/<collection>/<id>              204, 404 when there is no such record, 412 when
+                                              If-Match names another version (ETag) of it
     POST   /v1/<collection>                   {"records": [{"id", "fields"}]}: import (upsert)
     PATCH  /v1/<collection>/<id>              {"fields": {...}}: change those fields; 404 if none
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import hmac
 import json
 import math
@@ -117,12 +119,23 @@ class Store:
             ).fetchone()
         return None if row is None else str(row[0])
 
-    def delete(self, collection: str, record_id: str) -> bool:
+    def delete(self, collection: str, record_id: str, if_match: str | None = None) -> bool:
+        """Delete the record (if ``if_match``, only in that version); False if there is none;
+        :class:`_Refused` 412 if it is in another version."""
         with self._connect() as db:
-            cursor = db.execute(
+            db.execute("BEGIN IMMEDIATE")  # the check and the delete as one
+            row = db.execute(
+                "SELECT fields FROM records WHERE collection = ? AND id = ?",
+                (collection, record_id),
+            ).fetchone()
+            if row is None:
+                return False
+            if if_match not in (None, "*") and etag(str(row[0])) != if_match:
+                raise _Refused(HTTPStatus.PRECONDITION_FAILED, "the record has changed")
+            db.execute(
                 "DELETE FROM records WHERE collection = ? AND id = ?", (collection, record_id)
             )
-            return cursor.rowcount > 0
+            return True
 
     def upsert(self, collection: str, records: list[tuple[str, str]]) -> int:
         with self._connect() as db:
@@ -135,6 +148,11 @@ class Store:
     def clear(self, collection: str) -> None:
         with self._connect() as db:
             db.execute("DELETE FROM records WHERE collection = ?", (collection,))
+
+
+def etag(fields: str) -> str:
+    """A record version's ETag (RFC 9110 strong validator): a digest of its stored fields."""
+    return '"' + hashlib.sha256(fields.encode()).hexdigest()[:32] + '"'
 
 
 def _cursor(last_id: str) -> str:
@@ -172,11 +190,11 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._read_body()
             self.server.admit(self.headers.get("Authorization", ""))
             collection, record_id = self._route()
-            status, payload = handle(collection, record_id, body)
+            reply = handle(collection, record_id, body)
         except _Refused as refused:
             self._answer(refused.status, {"error": str(refused)}, refused.headers)
         else:
-            self._answer(status, payload)
+            self._answer(*reply)
 
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
@@ -191,13 +209,17 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refused(HTTPStatus.NOT_FOUND, "no such resource")
         return match["collection"], None if match["id"] is None else unquote(match["id"])
 
-    def _get(self, collection: str, record_id: str | None, _body: bytes) -> tuple[int, Any]:
+    def _get(self, collection: str, record_id: str | None, _body: bytes) -> tuple[Any, ...]:
         store = self.server.store
         if record_id is not None:
             fields = store.get(collection, record_id)
             if fields is None:
                 raise _Refused(HTTPStatus.NOT_FOUND, "no such record")
-            return HTTPStatus.OK, {"id": record_id, "fields": json.loads(fields)}
+            return (
+                HTTPStatus.OK,
+                {"id": record_id, "fields": json.loads(fields)},
+                {"ETag": etag(fields)},
+            )
         query = parse_qs(urlsplit(self.path).query)
         try:
             limit = int(query.get("limit", [str(MAX_PAGE)])[0])
@@ -216,7 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _delete(self, collection: str, record_id: str | None, _body: bytes) -> tuple[int, Any]:
         if record_id is None:
             raise _Refused(HTTPStatus.METHOD_NOT_ALLOWED, "DELETE needs a record id")
-        if not self.server.store.delete(collection, record_id):
+        if not self.server.store.delete(collection, record_id, self.headers.get("If-Match")):
             raise _Refused(HTTPStatus.NOT_FOUND, "no such record")
         return HTTPStatus.NO_CONTENT, None
 

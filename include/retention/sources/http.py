@@ -3,7 +3,12 @@
 The adapter (:class:`HttpAdapter`, source kind ``http``) lists a collection's records with their
 fields, selects them like any source (retention rules read the fields the catalogue names;
 anchors are ISO-8601 dates or date-times), deletes by id and finds out which records are still
-there. The API has no transactions: staging a batch changes nothing, ``apply`` deletes.
+there. The API has no transactions: staging a batch changes nothing, ``apply`` deletes. A record
+can change between the listing and its delete (a subscriber confirms consent again): ``apply``
+reads each record again first and deletes it only if its fields are still the ones judged, with
+``If-Match`` on the record's ETag where the API gives one, so a change in between is refused by
+the API (``412``); a changed record is kept, not claimed, counted ``changed_meanwhile`` and
+judged afresh by the next run.
 
 The client (:class:`ApiClient`) reaches the API through an Airflow connection of type
 ``http``: ``host`` (with or without a scheme), ``port``, ``schema`` (``https`` unless given),
@@ -21,8 +26,9 @@ token is never shown.
 The API's shape (the demo's SaaS server, ``include/demo/saas_server.py``, serves it)::
 
     GET    /v1/<collection>?limit=N&cursor=C  {"records": [{"id", "fields"}], "next_cursor"}
-    GET    /v1/<collection>/<id>              one record, or 404
-    DELETE /v1/<collection>/<id>              204, or 404 when there is no such record
+    GET    /v1/<collection>/<id>              one record (and its ETag, if any), or 404
+    DELETE /v1/<collection>/<id>              204, 404 when there is no such record, or 412
+                                              when If-Match names another ETag
     PATCH  /v1/<collection>/<id>              {"fields": {...}}: change those fields (rectification)
 """
 
@@ -38,8 +44,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
@@ -75,6 +81,7 @@ from include.retention.sources.base import (
 log = logging.getLogger(__name__)
 
 RETRIED = frozenset({429, 500, 502, 503, 504})
+Deleted = Literal["deleted", "gone", "changed"]
 PROGRESS_EVERY = 10.0  # seconds between progress lines while a collection is listed
 
 
@@ -96,6 +103,7 @@ class ApiRecord:
 
     id: str
     fields: Mapping[str, Any] = field(repr=False)
+    etag: str | None = None  # the version of the record an ``If-Match`` can name (GET by id)
 
 
 @dataclass(frozen=True)
@@ -211,15 +219,21 @@ class ApiClient:
         response = self._request("GET", collection, _item(record_id), expected=(200, 404))
         if response.status == 404:
             return None
-        return self._record(collection, self._decode("GET", collection, response))
+        record = self._record(collection, self._decode("GET", collection, response))
+        return replace(record, etag=response.headers.get("ETag"))
 
-    def delete(self, collection: str, record_id: str) -> bool:
-        """Delete one record: True if it was deleted now, False if it was already gone
-        (so a retried delete, e.g. after a timeout, is not an error)."""
+    def delete(self, collection: str, record_id: str, *, if_match: str | None = None) -> Deleted:
+        """Delete one record (if ``if_match``, only in that version): ``deleted``, ``gone``
+        when it was already gone (so a retried delete, e.g. after a timeout, is not an error),
+        or ``changed`` when the API refused because the record is in another version now."""
+        condition = {"If-Match": if_match} if if_match else {}
         response = self._request(
-            "DELETE", collection, _item(record_id), expected=(200, 202, 204, 404)
-        )
-        return response.status != 404
+            "DELETE", collection, _item(record_id), headers=condition,
+            expected=(200, 202, 204, 404, 412),
+        )  # fmt: skip
+        if response.status == 404:
+            return "gone"
+        return "changed" if response.status == 412 else "deleted"
 
     def patch(self, collection: str, record_id: str, fields: Mapping[str, Any]) -> bool:
         """Change some fields of one record: True if changed, False if there is no such record."""
@@ -241,13 +255,13 @@ class ApiClient:
     def _request(
         self, method: str, collection: str, item: str = "", *,
         query: dict[str, str] | None = None, body: bytes | None = None,
-        expected: tuple[int, ...],
+        headers: Mapping[str, str] | None = None, expected: tuple[int, ...],
     ) -> urllib3.BaseHTTPResponse:  # fmt: skip
         url = f"{self.settings.base_url}/v1/{quote(collection, safe='')}{item}"
         what = f"{method} {collection}"
-        headers = self._headers
+        headers = {**self._headers, **(headers or {})}
         if body is not None:
-            headers = {**headers, "Content-Type": "application/json"}
+            headers["Content-Type"] = "application/json"
         for attempt in range(self.settings.max_retries + 1):
             try:
                 response = self._pool.request(method, url, fields=query, body=body, headers=headers)
@@ -344,6 +358,7 @@ class _Item:
     id: str
     ref: bytes
     subjects: frozenset[bytes]
+    fields: Mapping[str, Any] = field(repr=False)  # as listed, when the record was judged
 
 
 @register("http")
@@ -424,18 +439,25 @@ class HttpAdapter:
 
     def apply(self, batch: Batch) -> Applied:
         applied: list[bytes] = []
-        failed = gone = 0
+        outcomes: Counter[str] = Counter()
         for item in batch.state[1]:
+            outcome: str
             try:
-                deleted = self.client.delete(self.dataset, item.id)
+                outcome = self._delete_if_unchanged(item)
             except Refused:
-                failed += 1
-                continue
-            gone += not deleted
-            applied.append(item.ref)
-        if failed:
-            log.warning("batch %s: the API refused to delete %s record(s)", batch.no, failed)
-        return Applied(applied, failed, {"already_gone": gone} if gone else {})
+                outcome = "failed"
+            outcomes[outcome] += 1
+            if outcome in ("deleted", "gone"):
+                applied.append(item.ref)
+        if outcomes["failed"]:
+            log.warning(
+                "batch %s: the API refused to delete %s record(s)", batch.no, outcomes["failed"]
+            )
+        if outcomes["changed"]:
+            log.info("batch %s: %s record(s) changed since they were listed: left for the next"
+                     " run", batch.no, outcomes["changed"])  # fmt: skip
+        counts = {"already_gone": outcomes["gone"], "changed_meanwhile": outcomes["changed"]}
+        return Applied(applied, outcomes["failed"], {k: n for k, n in counts.items() if n})
 
     def abandon(self, batch: Batch) -> None:
         """Staging changed nothing at the API: nothing to undo."""
@@ -514,6 +536,15 @@ class HttpAdapter:
     def close(self) -> None:
         self.client.close()
 
+    def _delete_if_unchanged(self, item: _Item) -> Deleted:
+        """Delete the record if it is still as it was judged (see the module doc)."""
+        now = self.client.get(self.dataset, item.id)
+        if now is None:
+            return "gone"
+        if now.fields != item.fields:
+            return "changed"
+        return self.client.delete(self.dataset, item.id, if_match=now.etag)
+
     # -------------------------------------------------------------------------- selecting
 
     def _statuses(self, selection: Selection) -> Iterator[tuple[ApiRecord, str]]:
@@ -573,7 +604,7 @@ class HttpAdapter:
         items: list[_Item] = []
         skipped: Counter[str] = Counter()
         for record in records:
-            item = _Item(record.id, *self._refs(record))
+            item = _Item(record.id, *self._refs(record), record.fields)
             kind = active.kind_for(item.ref, item.subjects) if not active.empty else None
             if kind:
                 skipped[kind] += 1
