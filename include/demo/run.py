@@ -447,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # One line per designed hold is noise here: the seed's summary counts them.
+    logging.getLogger("include.retention.holds").setLevel(logging.WARNING)
     started = time.monotonic()
     paths = DemoPaths(args.var.resolve(), args.db)
     os.umask(PRIVATE_UMASK)
