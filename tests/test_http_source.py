@@ -371,6 +371,23 @@ def test_a_record_changed_after_it_was_listed_is_kept_and_not_claimed(
     assert _ids(server) == sorted(set(DESIGN) - set(DUE) | {"a01"})
 
 
+def test_a_change_that_decides_nothing_does_not_keep_a_record_a_new_subject_does(
+    adapter: HttpAdapter, server: SaasServer
+) -> None:
+    """a01 gets a note (still due, same person): deleted. a10's e-mail becomes another
+    person's: its holds were checked for the old one, so it is kept for the next run."""
+    batch = next(adapter.batches(DueAt(AS_OF, RULES), DeleteAction(), _holds, size=10))
+    noted = {**DESIGN["a01"][0], "notes": "called back"}
+    moved = {**DESIGN["a10"][0], "email": "someone.else@x.se"}
+    server.store.upsert("leads", [("a01", json.dumps(noted)), ("a10", json.dumps(moved))])
+    result = adapter.apply(batch)
+    assert result.counts == {"changed_meanwhile": 1}
+    refs = set(result.refs)
+    assert record_ref(KEY, "lead_crm", "leads", "a01") in refs
+    assert record_ref(KEY, "lead_crm", "leads", "a10") not in refs
+    assert _ids(server) == sorted(set(DESIGN) - set(DUE) | {"a10"})
+
+
 def test_a_record_changed_between_its_read_and_its_delete_is_kept(
     adapter: HttpAdapter, server: SaasServer
 ) -> None:

@@ -5,10 +5,10 @@ fields, selects them like any source (retention rules read the fields the catalo
 anchors are ISO-8601 dates or date-times), deletes by id and finds out which records are still
 there. The API has no transactions: staging a batch changes nothing, ``apply`` deletes. A record
 can change between the listing and its delete (a subscriber confirms consent again): ``apply``
-reads each record again first and deletes it only if its fields are still the ones judged, with
-``If-Match`` on the record's ETag where the API gives one, so a change in between is refused by
-the API (``412``); a changed record is kept, not claimed, counted ``changed_meanwhile`` and
-judged afresh by the next run.
+reads each record again first and deletes it only if the selection still selects it and its
+subjects (which the holds were checked against) are the same, with ``If-Match`` on the record's
+ETag where the API gives one, so a change in between is refused by the API (``412``). A changed
+record is kept, not claimed, counted ``changed_meanwhile`` and judged afresh by the next run.
 
 The client (:class:`ApiClient`) reaches the API through an Airflow connection of type
 ``http``: ``host`` (with or without a scheme), ``port``, ``schema`` (``https`` unless given),
@@ -358,7 +358,15 @@ class _Item:
     id: str
     ref: bytes
     subjects: frozenset[bytes]
-    fields: Mapping[str, Any] = field(repr=False)  # as listed, when the record was judged
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """A batch's records as listed, those it deletes (held ones dropped) and its selection."""
+
+    records: list[ApiRecord]
+    selection: Selection
+    items: list[_Item] = field(default_factory=list)
 
 
 @register("http")
@@ -432,18 +440,21 @@ class HttpAdapter:
         else:
             due = [record for record, status in self._statuses(selection) if status == "due"]
         for start in range(0, len(due), size):
-            yield self._stage(start // size + 1, due[start : start + size], holds)
+            yield self._stage(
+                start // size + 1, _Staged(due[start : start + size], selection), holds
+            )
 
     def redo(self, batch: Batch, holds: HoldReader) -> Batch:
-        return self._stage(batch.no, batch.state[0], holds)
+        return self._stage(batch.no, batch.state, holds)
 
     def apply(self, batch: Batch) -> Applied:
         applied: list[bytes] = []
         outcomes: Counter[str] = Counter()
-        for item in batch.state[1]:
+        staged: _Staged = batch.state
+        for item in staged.items:
             outcome: str
             try:
-                outcome = self._delete_if_unchanged(item)
+                outcome = self._delete_if_still_selected(item, staged.selection)
             except Refused:
                 outcome = "failed"
             outcomes[outcome] += 1
@@ -536,12 +547,13 @@ class HttpAdapter:
     def close(self) -> None:
         self.client.close()
 
-    def _delete_if_unchanged(self, item: _Item) -> Deleted:
+    def _delete_if_still_selected(self, item: _Item, selection: Selection) -> Deleted:
         """Delete the record if it is still as it was judged (see the module doc)."""
         now = self.client.get(self.dataset, item.id)
         if now is None:
             return "gone"
-        if now.fields != item.fields:
+        base = base_selection(selection)
+        if self._refs(now)[1] != item.subjects or self._status(base, now) != "due":
             return "changed"
         return self.client.delete(self.dataset, item.id, if_match=now.etag)
 
@@ -554,12 +566,13 @@ class HttpAdapter:
         if isinstance(base, OfSubject) and not self._matcher.columns:
             raise RetentionError(f"{self._where}: no 'lookup' field to find a subject's records")
         for record in self.client.records(self.dataset):
-            if not _in_range(record.id, lower, upper):
-                continue
-            if isinstance(base, OfSubject):
-                yield record, "due" if base.matches(self._refs(record)[1]) else "other"
-            else:
-                yield record, self._classify(base, record.fields)
+            if _in_range(record.id, lower, upper):
+                yield record, self._status(base, record)
+
+    def _status(self, base: DueAt | OfSubject, record: ApiRecord) -> str:
+        if isinstance(base, OfSubject):
+            return "due" if base.matches(self._refs(record)[1]) else "other"
+        return self._classify(base, record.fields)
 
     def _classify(self, selection: DueAt, fields: Mapping[str, Any]) -> str:
         applicable = [
@@ -599,12 +612,12 @@ class HttpAdapter:
         """The record's reference and those of its lookup fields."""
         return self._records.ref(record.id), self._matcher.record_refs(record.fields)
 
-    def _stage(self, no: int, records: list[ApiRecord], holds: HoldReader) -> Batch:
+    def _stage(self, no: int, staged: _Staged, holds: HoldReader) -> Batch:
         active = holds()
         items: list[_Item] = []
         skipped: Counter[str] = Counter()
-        for record in records:
-            item = _Item(record.id, *self._refs(record), record.fields)
+        for record in staged.records:
+            item = _Item(record.id, *self._refs(record))
             kind = active.kind_for(item.ref, item.subjects) if not active.empty else None
             if kind:
                 skipped[kind] += 1
@@ -613,7 +626,7 @@ class HttpAdapter:
         subjects = frozenset(ref for i in items for ref in i.subjects)
         return Batch(
             no, [i.ref for i in items], active, subjects=subjects,
-            skipped=dict(skipped), state=(records, items),
+            skipped=dict(skipped), state=replace(staged, items=items),
         )  # fmt: skip
 
 
