@@ -10,6 +10,10 @@ each (default 3), every object due, then times, reseeding before each:
       subject), check holds, write-ahead ledger entries, DeleteObjects, confirm with one
       listing per batch that its keys are gone, resolve.
 
+With ``--unversioned`` the bucket keeps no versions (one per key): the engine then deletes
+each object with a conditional ``DeleteObject`` (``If-Match`` on its listed ETag, so an upload
+that replaced it meanwhile stays) instead of in ``DeleteObjects`` calls.
+
 Prints the engine's S3 calls by operation, the median seconds and the ratios (b)/(a) and
 (b)/(l). moto deep-copies the whole bucket for every listing call, so (l) and the engine's own
 listing grow with the square of the versions; (a) does not list at all. The default of 2,000 objects
@@ -17,6 +21,7 @@ runs in about three minutes here (moto stores about 150 versions a second); the 
 is ``--objects 10000`` (about 15 minutes). Not a test::
 
     PYTHONPATH=. .venv/bin/python bench/bench_s3_delete.py [--objects N] [--repeats N]
+        [--unversioned]
 """
 
 from __future__ import annotations
@@ -84,9 +89,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def seed(client: Any, objects: int, versions: int) -> int:
+def seed(client: Any, objects: int, versions: int, *, versioned: bool = True) -> int:
     """Empty the bucket and put ``versions`` versions of each key; returns the versions."""
-    ensure_bucket(client, BUCKET)
+    ensure_bucket(client, BUCKET, versioned=versioned)
     purge_bucket(client, BUCKET)
     keys = [f"photos/{n:06d}.jpg" for n in range(objects)]
 
@@ -138,7 +143,10 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=2_000)
     parser.add_argument("--versions", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--unversioned", action="store_true", help="a bucket without versions")
     args = parser.parse_args()
+    if args.unversioned:
+        args.versions = 1  # each put replaces the object
     port = free_port()
     server = spawn(port=port)
     client = local_client(f"http://127.0.0.1:{port}")
@@ -178,7 +186,7 @@ def _repeat(
 
 def _timed_seed(client: Any, args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    seeded = seed(client, args.objects, args.versions)
+    seeded = seed(client, args.objects, args.versions, versioned=not args.unversioned)
     print(f"  seeded {seeded:,} versions in {time.perf_counter() - start:.0f} s", flush=True)
     return seeded
 
