@@ -17,7 +17,8 @@ from include.demo.saas import design_collection
 from include.demo.saas_server import SaasServer, Store
 from include.demo.seed import place_holds
 from include.retention.catalogue import Activity, HttpSource, load_catalogue
-from include.retention.lifecycle import enforce
+from include.retention.certificate import build_certificate, render
+from include.retention.lifecycle import Hooks, enforce
 from include.retention.runs import Control
 from include.retention.sources.http import ApiClient, ApiSettings
 from tests.crash import check_evidence, fork_run
@@ -86,6 +87,39 @@ def test_a_run_deletes_the_due_records_and_records_each_once(saas: Saas) -> None
     assert report.batches == -(-len(due) // 4)  # type: ignore[attr-defined]
     again = saas.enforce()
     assert again.applied == 0 and again.outcome == "nothing_to_do"  # type: ignore[attr-defined]
+
+
+def test_a_record_changed_during_the_run_is_kept_and_the_certificate_says_why(saas: Saas) -> None:
+    """Just before batch 1 is applied, the e-mail of one of its leads is corrected: the
+    holds were checked for the old one, so the lead is kept, and nothing claims it."""
+    free = sorted(e.pk for e in saas.entries if e.due and e.hold is None)
+    corrected = free[0]
+
+    def correct(batch_no: int) -> None:
+        if batch_no == 1:
+            fields = json.loads(saas.server.store.get(COLLECTION, corrected) or "{}")
+            fields["email"] = "corrected.address@example.org"
+            saas.server.store.upsert(COLLECTION, [(corrected, json.dumps(fields))])
+
+    control = saas.control()
+    report = enforce(
+        lead_crm(), AS_OF, control=control, catalogue_version="test", source=saas.client(),
+        batch_size=4, approved_by="test", hooks=Hooks(before_commit=correct),
+    )  # fmt: skip
+    assert report.outcome == "completed" and report.counts()["changed_meanwhile"] == 1
+    assert report.applied == len(free) - 1
+    assert saas.present() & set(free) == {corrected}
+    assert control.ledger.lookup(SYSTEM, COLLECTION, corrected) == []
+    catalogue = load_catalogue()
+    for language, words in (
+        ("en", "1 records changed in the source system after they were"),
+        ("sv", "1 uppgifter ändrades i källsystemet efter att de bedömts"),
+    ):
+        page = render(
+            build_certificate(control.ledger, str(report.run_id), language, catalogue=catalogue),
+            "html",
+        ).decode()
+        assert words in page
 
 
 @pytest.mark.parametrize("checkpoint", ["after_prepare:1", "after_apply:2", "after_resolve:1"])

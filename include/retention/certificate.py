@@ -103,6 +103,9 @@ _W: dict[str, dict[str, str]] = {
         " registrerades begäran; de raderas inte medan begränsningen gäller.",
         "reason_unknown": "{n} uppgifter saknar det startdatum som lagringstiden räknas från;"
         " de raderas aldrig på en gissning utan rapporteras för rättning.",
+        "reason_changed": "{n} uppgifter ändrades i källsystemet efter att de bedömts, till"
+        " exempel ett nytt samtycke eller en ny uppladdning; de behölls och bedöms på nytt vid"
+        " nästa körning.",
         "residual_h": "Kvarvarande kopior",
         "residual": "Säkerhetskopior av {system} som togs före {ended} kan innehålla uppgifterna"
         " till och med {expiry} ({days} dagar).",
@@ -200,6 +203,9 @@ _W: dict[str, dict[str, str]] = {
         " request; they are not deleted while the restriction applies.",
         "reason_unknown": "{n} records lack the start date their retention is counted from;"
         " they are never deleted on a guess but reported for correction.",
+        "reason_changed": "{n} records changed in the source system after they were judged,"
+        " for example a renewed consent or a new upload; they were kept and are judged again"
+        " by the next run.",
         "residual_h": "Residual copies",
         "residual": "Backups of {system} taken before {ended} may hold the records until"
         " {expiry} ({days} days).",
@@ -379,6 +385,7 @@ def _reasons(run: RunRecord, lang: Language) -> Notes:
             ("reason_held", run.count("held")),
             ("reason_restricted", run.count("restricted")),
             ("reason_unknown", run.count("anchor_unknown")),
+            ("reason_changed", run.count("changed_meanwhile")),
         )
         if n
     ]
