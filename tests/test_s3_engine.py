@@ -211,6 +211,34 @@ def test_capture_date_from_tags_when_metadata_lacks_it(s3: Any, control: Control
     assert "media/tagged.jpg" not in keys(s3, bucket)
 
 
+def test_an_object_whose_tags_change_before_its_delete_is_judged_again(
+    s3: Any, control: Control
+) -> None:
+    """Tags change without a new version or ETag: the object judged by its tagged capture
+    date is read again just before its batch goes, and kept when the date moved."""
+    bucket = new_bucket(s3, "retagged")
+    tagging = f"category=spontaneous&capture_date={OLD}&subject=p@x.se"
+    for name in ("media/retagged.jpg", "media/tagged.jpg"):
+        s3.put_object(Bucket=bucket, Key=name, Body=b"x", Tagging=tagging)
+    put(s3, bucket, "media/by-metadata.jpg", **spont(OLD))
+    put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(6)], **spont(NEW))
+
+    def retag(_: int) -> None:
+        tags = [{"Key": "category", "Value": "spontaneous"}, {"Key": "capture_date", "Value": NEW},
+                {"Key": "subject", "Value": "p@x.se"}]  # fmt: skip
+        s3.put_object_tagging(Bucket=bucket, Key="media/retagged.jpg", Tagging={"TagSet": tags})
+
+    with counted_calls(s3) as calls:
+        result = run(image_bank(bucket), s3, control, hooks=Hooks(before_commit=retag))
+    assert (result.outcome, result.applied) == ("completed", 2), result.message
+    assert result.counts()["changed_meanwhile"] == 1
+    left = keys(s3, bucket)
+    assert "media/retagged.jpg" in left and not {"media/tagged.jpg", "media/by-metadata.jpg"} & left
+    assert control.ledger.lookup("image_bank", bucket, "media/retagged.jpg") == []
+    # the two tagged objects are read again before the delete; the one by metadata is not
+    assert calls["GetObjectTagging"] == 2 + 2
+
+
 def test_dry_run_changes_nothing(s3: Any, control: Control) -> None:
     bucket = new_bucket(s3, "dry")
     for _ in range(2):

@@ -14,7 +14,10 @@ one ``DeleteObjects`` reported an error for, is not claimed). Where an upload re
 in place (its current version is the ``null`` one: an unversioned or suspended bucket), deleting
 by version id would delete whatever was uploaded last, judged by nobody: that version is deleted
 only if its ETag is still the listed one (a conditional delete), else the object is left whole
-and counted ``changed_meanwhile``; the next run judges it afresh. ``present`` lists which keys
+and counted ``changed_meanwhile``; the next run judges it afresh. Tags change without a new
+version or ETag: an object judged by values from its tags is read again just before its batch
+is deleted, and kept the same way if the selection no longer selects it or it names other
+people. ``present`` lists which keys
 still have any version. Metadata is read with a HEAD per object (S3 has no bulk read of it),
 ``HEAD_WORKERS`` at a time, never more than the client's connection pool holds. Logs carry
 counts and references only.
@@ -354,8 +357,9 @@ class _Staged:
     objects: list[S3Object]
     metas: dict[str, _Meta] = field(default_factory=dict)
     bucket_counts: dict[str, int] = field(default_factory=dict)
-    # Objects judged by their metadata go only unchanged; linked files go with their record.
-    judged: bool = True
+    # The selection that judged the objects by their metadata: they go only unchanged. None
+    # for linked files, which are judged by their record and go with it.
+    base: DueAt | OfSubject | None = None
 
 
 @register("s3")
@@ -437,13 +441,14 @@ class S3Adapter:
         _, chosen, metas = self._selected or (selection, [], {})
         limit = max(1, min(size, MAX_KEYS_PER_CALL))
         for no, group in enumerate(batches(chosen, limit), start=1):
-            staged = _Staged(list(group), {o.key: metas[o.key] for o in group})
+            group_metas = {o.key: metas[o.key] for o in group}
+            staged = _Staged(list(group), group_metas, base=base_selection(selection))
             yield self._stage(no, staged, holds)
 
     def redo(self, batch: Batch, holds: HoldReader) -> Batch:
         staged: _Staged = batch.state
         again = self._stage(
-            batch.no, _Staged(staged.objects, staged.metas, judged=staged.judged), holds
+            batch.no, _Staged(staged.objects, staged.metas, base=staged.base), holds
         )
         for kind, n in batch.skipped.items():  # held at the first staging: still skipped
             again.skipped[kind] = again.skipped.get(kind, 0) + n
@@ -451,16 +456,19 @@ class S3Adapter:
 
     def apply(self, batch: Batch) -> Applied:
         staged: _Staged = batch.state
-        objects = staged.objects
-        done = _delete_versions(self.client, self.bucket, objects, if_unchanged=staged.judged)
-        left = [o.key for o in objects if o.key not in done.changed]
+        retagged = self._retagged(staged)
+        objects = [o for o in staged.objects if o.key not in retagged]
+        judged = staged.base is not None
+        done = _delete_versions(self.client, self.bucket, objects, if_unchanged=judged)
+        changed = retagged | done.changed
+        left = [o.key for o in objects if o.key not in changed]
         failed = done.failed | _still_present(self.client, self.bucket, left)
         applied = [self.hasher.ref(key) for key in left if key not in failed]
         counts = {"versions_deleted": done.versions, "delete_calls": done.calls}
-        if done.changed:
-            log.info("%s object(s) changed since they were listed: left for the next run",
-                     len(done.changed))  # fmt: skip
-            counts["changed_meanwhile"] = len(done.changed)
+        if changed:
+            log.info("%s object(s) changed since they were judged: left for the next run",
+                     len(changed))  # fmt: skip
+            counts["changed_meanwhile"] = len(changed)
         return Applied(refs=applied, failed=len(failed), counts=counts)
 
     def abandon(self, batch: Batch) -> None:
@@ -517,7 +525,7 @@ class S3Adapter:
         missing = len(found) - len(present)
         for i, group in enumerate(batches(present) if present else [[]]):
             counts = {"missing": missing} if i == 0 else {}
-            staged = _Staged(list(group), bucket_counts=counts, judged=False)
+            staged = _Staged(list(group), bucket_counts=counts)
             yield self._stage(no, staged, holds)
 
     # -------------------------------------------------------------------- helpers
@@ -570,6 +578,24 @@ class S3Adapter:
             counts={"versions": sum(len(o.versions) for o in keep), **staged.bucket_counts},
             state=replace(staged, objects=keep),
         )  # fmt: skip
+
+    def _retagged(self, staged: _Staged) -> set[str]:
+        """The objects whose judgement rested on tags (which change without a new version)
+        and which, read again now, the selection no longer selects or name other people."""
+        base = staged.base
+        if base is None:
+            return set()
+        wanted = self._wanted(base.rules if isinstance(base, DueAt) else ())
+        judged = {o.key: staged.metas.get(o.key, _Meta({})) for o in staged.objects}
+        stale = [o for o in staged.objects if not judged[o.key].fixed(wanted)]
+        if not stale:
+            return set()
+        fresh = _all_metadata(self.client, self.bucket, stale, wanted)
+        return {
+            o.key for o, now in zip(stale, fresh, strict=True)
+            if self._status(base, now.values) != "due"
+            or self._subject_refs(now.values) != self._subject_refs(judged[o.key].values)
+        }  # fmt: skip
 
     def _refresh_subjects(self, staged: _Staged) -> None:
         """Read again the metadata of the objects whose subjects may come from tags."""
