@@ -239,6 +239,26 @@ def test_an_object_whose_tags_change_before_its_delete_is_judged_again(
     assert calls["GetObjectTagging"] == 2 + 2
 
 
+def test_a_tag_judged_object_deleted_by_someone_else_meanwhile_is_not_claimed(
+    s3: Any, control: Control
+) -> None:
+    bucket = new_bucket(s3, "vanished")
+    tagging = f"category=spontaneous&capture_date={OLD}&subject=p@x.se"
+    for name in ("media/vanished.jpg", "media/tagged.jpg"):
+        s3.put_object(Bucket=bucket, Key=name, Body=b"x", Tagging=tagging)
+    put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(6)], **spont(NEW))
+
+    def delete_elsewhere(_: int) -> None:  # every version: the object is gone
+        for _key, version, _marker in versions(s3, bucket, "media/vanished.jpg"):
+            s3.delete_object(Bucket=bucket, Key="media/vanished.jpg", VersionId=version)
+
+    result = run(image_bank(bucket), s3, control, hooks=Hooks(before_commit=delete_elsewhere))
+    assert (result.outcome, result.applied, result.failed) == ("completed", 1, 0), result.message
+    assert result.counts()["changed_meanwhile"] == 1
+    assert control.ledger.lookup("image_bank", bucket, "media/vanished.jpg") == []
+    assert len(control.ledger.lookup("image_bank", bucket, "media/tagged.jpg")) == 1
+
+
 def test_dry_run_changes_nothing(s3: Any, control: Control) -> None:
     bucket = new_bucket(s3, "dry")
     for _ in range(2):

@@ -71,6 +71,7 @@ CONFIRM_PAGES = 4  # listing pages a batch's confirmation reads before it checks
 NULL_VERSION = "null"  # the version id of an object stored without versioning
 # A conditional delete's answers when the object was replaced (412), is being written (409) or
 # is gone (404): the object is not this run's to delete or claim.
+GONE_CODES = frozenset({"404", "NoSuchKey", "NoSuchVersion"})
 CHANGED_CODES = frozenset(
     {"PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"}
 )
@@ -156,6 +157,16 @@ def _metadata(client: Any, bucket: str, obj: S3Object, wanted: set[str]) -> _Met
     for tag in tags.get("TagSet", []):
         tagged.setdefault(tag["Key"].lower(), tag["Value"])
     return _Meta({**tagged, **meta}, frozenset(tagged.keys() - meta.keys()))
+
+
+def _current_metadata(client: Any, bucket: str, obj: S3Object, wanted: set[str]) -> _Meta | None:
+    """The object's metadata now, or None when it is gone (deleted since it was listed)."""
+    try:
+        return _metadata(client, bucket, obj, wanted)
+    except client.exceptions.ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code")) in GONE_CODES:
+            return None
+        raise
 
 
 def _all_metadata(
@@ -581,7 +592,7 @@ class S3Adapter:
 
     def _retagged(self, staged: _Staged) -> set[str]:
         """The objects whose judgement rested on tags (which change without a new version)
-        and which, read again now, the selection no longer selects or name other people."""
+        and which, read again now, are gone, no longer selected or name other people."""
         base = staged.base
         if base is None:
             return set()
@@ -590,12 +601,15 @@ class S3Adapter:
         stale = [o for o in staged.objects if not judged[o.key].fixed(wanted)]
         if not stale:
             return set()
-        fresh = _all_metadata(self.client, self.bucket, stale, wanted)
-        return {
-            o.key for o, now in zip(stale, fresh, strict=True)
-            if self._status(base, now.values) != "due"
-            or self._subject_refs(now.values) != self._subject_refs(judged[o.key].values)
-        }  # fmt: skip
+        with _pool(self.client) as pool:
+            fresh = pool.map(
+                lambda o: _current_metadata(self.client, self.bucket, o, wanted), stale
+            )
+            return {
+                o.key for o, now in zip(stale, fresh, strict=True)
+                if now is None or self._status(base, now.values) != "due"
+                or self._subject_refs(now.values) != self._subject_refs(judged[o.key].values)
+            }  # fmt: skip
 
     def _refresh_subjects(self, staged: _Staged) -> None:
         """Read again the metadata of the objects whose subjects may come from tags."""
