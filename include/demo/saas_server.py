@@ -119,9 +119,9 @@ class Store:
             ).fetchone()
         return None if row is None else str(row[0])
 
-    def delete(self, collection: str, record_id: str, if_match: str | None = None) -> bool:
-        """Delete the record (if ``if_match``, only in that version); False if there is none;
-        :class:`_Refused` 412 if it is in another version."""
+    def delete(self, collection: str, record_id: str, if_match: str | None = None) -> str:
+        """Delete the record, if ``if_match`` only in that version: ``deleted``, ``gone``
+        (there is none) or ``changed`` (it is in another version)."""
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")  # the check and the delete as one
             row = db.execute(
@@ -129,13 +129,13 @@ class Store:
                 (collection, record_id),
             ).fetchone()
             if row is None:
-                return False
+                return "gone"
             if if_match not in (None, "*") and etag(str(row[0])) != if_match:
-                raise _Refused(HTTPStatus.PRECONDITION_FAILED, "the record has changed")
+                return "changed"
             db.execute(
                 "DELETE FROM records WHERE collection = ? AND id = ?", (collection, record_id)
             )
-            return True
+            return "deleted"
 
     def upsert(self, collection: str, records: list[tuple[str, str]]) -> int:
         with self._connect() as db:
@@ -238,8 +238,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _delete(self, collection: str, record_id: str | None, _body: bytes) -> tuple[int, Any]:
         if record_id is None:
             raise _Refused(HTTPStatus.METHOD_NOT_ALLOWED, "DELETE needs a record id")
-        if not self.server.store.delete(collection, record_id, self.headers.get("If-Match")):
+        outcome = self.server.store.delete(collection, record_id, self.headers.get("If-Match"))
+        if outcome == "gone":
             raise _Refused(HTTPStatus.NOT_FOUND, "no such record")
+        if outcome == "changed":
+            raise _Refused(HTTPStatus.PRECONDITION_FAILED, "the record has changed (If-Match)")
         return HTTPStatus.NO_CONTENT, None
 
     def _post(self, collection: str, record_id: str | None, body: bytes) -> tuple[int, Any]:
