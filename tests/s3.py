@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -57,6 +58,11 @@ def new_bucket(client: Any, stem: str = "test", *, versioned: bool = True) -> st
 def put(client: Any, bucket: str, key: str, body: bytes = b"x", **metadata: str) -> str:
     response = client.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata)
     return str(response.get("VersionId"))
+
+
+def next_second() -> None:
+    """Wait until S3's clock (LastModified, whole seconds) has moved past what was written."""
+    time.sleep(1.05 - time.time() % 1)
 
 
 def put_many(client: Any, bucket: str, keys: list[str], **metadata: str) -> None:

@@ -122,6 +122,35 @@ def test_a_record_changed_during_the_run_is_kept_and_the_certificate_says_why(sa
         assert words in page
 
 
+def test_a_record_deleted_by_someone_else_during_the_run_is_not_claimed(saas: Saas) -> None:
+    """Just before batch 1 is applied, someone deletes one of its leads in the tool itself:
+    the run did not delete it, so no evidence says it did; the certificate says what happened."""
+    free = sorted(e.pk for e in saas.entries if e.due and e.hold is None)
+    gone = free[0]
+
+    def delete_elsewhere(batch_no: int) -> None:
+        if batch_no == 1:
+            assert saas.server.store.delete(COLLECTION, gone) == "deleted"
+
+    control = saas.control()
+    report = enforce(
+        lead_crm(), AS_OF, control=control, catalogue_version="test", source=saas.client(),
+        batch_size=4, approved_by="test", hooks=Hooks(before_commit=delete_elsewhere),
+    )  # fmt: skip
+    assert report.outcome == "completed" and report.counts()["already_gone"] == 1
+    assert report.applied == len(free) - 1
+    assert saas.present() & set(free) == set()
+    assert control.ledger.lookup(SYSTEM, COLLECTION, gone) == []
+    assert len(control.ledger.lookup(SYSTEM, COLLECTION, free[1])) == 1
+    for language, words in (
+        ("en", "1 records were already gone from the source system when the run came"),
+        ("sv", "1 uppgifter var redan borta ur källsystemet när körningen skulle"),
+    ):
+        run_id = str(report.run_id)
+        document = build_certificate(control.ledger, run_id, language, catalogue=load_catalogue())
+        assert words in render(document, "html").decode()
+
+
 @pytest.mark.parametrize("checkpoint", ["after_prepare:1", "after_apply:2", "after_resolve:1"])
 def test_a_crash_in_a_batch_settles_on_the_next_run(saas: Saas, checkpoint: str) -> None:
     assert fork_run(saas.enforce, kill_at=checkpoint) == "killed"

@@ -35,6 +35,7 @@ from tests.s3 import (  # noqa: F401  (the *_fixture names register fixtures)
     KEY,
     CallCounter,
     new_bucket,
+    next_second,
     put,
     s3_fixture,
     s3_server_fixture,
@@ -210,6 +211,36 @@ def test_without_versions_a_file_goes_with_its_record_even_if_replaced_meanwhile
     assert "changed_meanwhile" not in counts
     for pk in with_files:
         assert len(control.ledger.lookup("ats", bucket, cv(pk))) == 1, pk
+    assert control.ledger.verify().ok
+
+
+def test_a_file_uploaded_again_while_deleted_keeps_its_record_for_the_next_run(
+    db: Db, control: Control, s3: Any
+) -> None:
+    """Unlike an object judged by its metadata (test_s3_engine), a linked file uploaded again
+    under its key during the run is not a new object to leave for the next run: no run would
+    find it once its record is gone. Its batch fails and rolls back, the record stays, and
+    the next run deletes the record with every version of the file."""
+    bucket = new_bucket(s3, "cv-again")
+    upload(s3, bucket)
+    next_second()
+
+    class UploadingAgain(CallCounter):
+        def delete_objects(self, **kwargs: Any) -> Any:
+            response = super().delete_objects(**kwargs)
+            if cv(1) in {entry["Key"] for entry in kwargs["Delete"]["Objects"]}:
+                put(s3, bucket, cv(1), b"a cv uploaded again")
+            return response
+
+    with pytest.raises(RetentionError, match="linked file"):
+        run(linked_activity(bucket), db, control, UploadingAgain(s3))
+    assert 1 in ids(db.engine)
+    assert control.ledger.lookup("ats", "people", 1) == []
+    assert files(s3, bucket)[cv(1)] == 1  # the new upload
+    result = run(linked_activity(bucket), db, control, s3)
+    assert result.outcome == "completed", result.message
+    assert ids(db.engine) == set(PEOPLE) - EXPIRED
+    assert files(s3, bucket) == {cv(3): 1}
     assert control.ledger.verify().ok
 
 

@@ -106,6 +106,11 @@ _W: dict[str, dict[str, str]] = {
         "reason_changed": "{n} uppgifter ändrades i källsystemet efter att de bedömts, till"
         " exempel ett nytt samtycke eller en ny uppladdning; de behölls och bedöms på nytt vid"
         " nästa körning.",
+        "reason_gone": "{n} uppgifter var redan borta ur källsystemet när körningen skulle"
+        " radera dem (någon annan hade raderat dem); körningen anger inte att den raderade dem.",
+        "reason_uploaded": "{n} objekt laddades upp på nytt under samma nyckel medan de"
+        " raderades: de bedömda versionerna raderades (de räknas ovan); de nya uppladdningarna"
+        " behölls och bedöms vid nästa körning.",
         "residual_h": "Kvarvarande kopior",
         "residual": "Säkerhetskopior av {system} som togs före {ended} kan innehålla uppgifterna"
         " till och med {expiry} ({days} dagar).",
@@ -206,6 +211,11 @@ _W: dict[str, dict[str, str]] = {
         "reason_changed": "{n} records changed in the source system after they were judged,"
         " for example a renewed consent or a new upload; they were kept and are judged again"
         " by the next run.",
+        "reason_gone": "{n} records were already gone from the source system when the run"
+        " came to delete them (someone else had deleted them); the run does not claim them.",
+        "reason_uploaded": "{n} objects were uploaded again under their key while they were"
+        " deleted: the judged versions were deleted (they are counted above); the new uploads"
+        " were kept and are judged by the next run.",
         "residual_h": "Residual copies",
         "residual": "Backups of {system} taken before {ended} may hold the records until"
         " {expiry} ({days} days).",
@@ -386,6 +396,8 @@ def _reasons(run: RunRecord, lang: Language) -> Notes:
             ("reason_restricted", run.count("restricted")),
             ("reason_unknown", run.count("anchor_unknown")),
             ("reason_changed", run.count("changed_meanwhile")),
+            ("reason_uploaded", run.count("uploaded_meanwhile")),
+            ("reason_gone", run.count("already_gone")),
         )
         if n
     ]

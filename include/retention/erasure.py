@@ -52,7 +52,7 @@ from include.retention.errors import RetentionError
 from include.retention.evidence import EvidenceReader
 from include.retention.holds import ActiveHolds
 from include.retention.runs import Control
-from include.retention.sources.base import OfSubject, SourceAdapter, adapter_for
+from include.retention.sources.base import OfSubject, SourceAdapter, adapter_for, judged_through_of
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +235,10 @@ def verify(
     restricted records. A failed check fails the erasure after it is recorded."""
     action = activity.action
     assert not isinstance(action, ReportOnlyAction)
-    claimed = set(control.ledger.applied_refs(run_id, adapter.system, adapter.dataset))
-    present = adapter.present(claimed, action) if claimed else set()
+    claims = control.ledger.claims(run_id, adapter.system, adapter.dataset)
+    claimed = set(claims)
+    through = judged_through_of([claims])
+    present = adapter.present(claimed, action, judged_through=through) if claimed else set()
     # an anonymised record is present (and marked); a deleted one is gone
     not_done = claimed - present if action.kind == "anonymise" else present
     counts = adapter.count(selection, action, control.holds.active(adapter.system, adapter.dataset))

@@ -7,6 +7,7 @@ subject index against the entries that record it, and the head row.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -59,6 +60,11 @@ class PendingBatch:
     action: str
     refs: bytes
     partition: int | None = None  # the key range of a partitioned run that prepared it
+    judged_through: dt.datetime | None = None  # see sources.base.JudgedThrough
+
+    def claims(self) -> dict[bytes, dt.datetime | None]:
+        """The batch's references, each with its ``judged_through``."""
+        return dict.fromkeys(PackedRefs(self.refs), self.judged_through)
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,18 @@ class EvidenceReader:
         return list(runs.values())
 
     def applied_refs(self, run_id: str, system: str, dataset: str) -> list[bytes]:
-        """The references of every record of ``dataset`` that the run claims as applied."""
+        """The references of every record of ``dataset`` that the run claims as applied (a
+        record claimed twice is listed twice)."""
+        return [ref for ref, _ in self._claimed(run_id, system, dataset)]
+
+    def claims(self, run_id: str, system: str, dataset: str) -> dict[bytes, dt.datetime | None]:
+        """The references the run claims as applied in ``dataset``, each with the
+        ``judged_through`` of the batch that claimed it (`sources.base.JudgedThrough`)."""
+        return dict(self._claimed(run_id, system, dataset))
+
+    def _claimed(
+        self, run_id: str, system: str, dataset: str
+    ) -> Iterator[tuple[bytes, dt.datetime | None]]:
         t = ledger_table
         where = sa.and_(
             t.c.run_id == run_id, t.c.kind.like("batch_%"), t.c.system == system,
@@ -200,14 +217,14 @@ class EvidenceReader:
         )  # fmt: skip
         entries = list(self.entries(where=where))
         prepared = {e.seq: e for e in entries if e.kind == "batch_prepared"}
-        refs: list[bytes] = []
         for resolution in (e for e in entries if e.kind == "batch_resolved"):
             outcome = resolution.document["body"]["outcome"]
+            batch = prepared[resolution.ref_seq]  # type: ignore[index]
+            through = _judged_through(batch.document["body"])
             if outcome == "committed":
-                refs.extend(PackedRefs(prepared[resolution.ref_seq].blob))  # type: ignore[index]
+                yield from ((ref, through) for ref in PackedRefs(batch.blob))
             elif outcome == "partial":
-                refs.extend(PackedRefs(resolution.blob))
-        return refs
+                yield from ((ref, through) for ref in PackedRefs(resolution.blob))
 
     def lookup(self, system: str, dataset: str, pk: Any) -> list[Evidence]:
         """Was the record with this primary key deleted or anonymised: when, by which run/rule?"""
@@ -594,4 +611,10 @@ def _pending(entry: Entry) -> PendingBatch:
         action=entry.document["body"]["action"],
         refs=entry.blob or b"",
         partition=entry.document["body"].get("partition"),
+        judged_through=_judged_through(entry.document["body"]),
     )
+
+
+def _judged_through(body: dict[str, Any]) -> dt.datetime | None:
+    at = body.get("judged_through")
+    return dt.datetime.fromisoformat(at) if at else None

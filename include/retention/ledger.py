@@ -236,6 +236,7 @@ class Ledger(EvidenceReader):
         subject_refs_blob: bytes | None = None,
         fields: Sequence[str] | None = None,
         partition: int | None = None,
+        judged_through: datetime | None = None,
     ) -> int:
         """Write-ahead evidence of a batch whose source transaction is not yet committed.
 
@@ -244,7 +245,8 @@ class Ledger(EvidenceReader):
         are gone. The caller passes each subject once per batch; the chain covers them through
         the entry's body. ``partition``: the key range (of a partitioned run) that prepared it,
         whose retry recovers it. ``fields``: the names (never the values) of the fields a
-        rectification sets."""
+        rectification sets. ``judged_through``: the batch's (`sources.base.JudgedThrough`),
+        kept so that recovery and verification tell the claimed records from new ones."""
         body: dict[str, Any] = {
             "batch_no": batch_no, "action": action, "counts": dict(counts), "key_id": self.key_id,
         }  # fmt: skip
@@ -252,6 +254,8 @@ class Ledger(EvidenceReader):
             body["partition"] = partition
         if fields is not None:
             body["fields"] = sorted(fields)
+        if judged_through is not None:
+            body["judged_through"] = judged_through.isoformat()
         buckets = None
         if subject_refs_blob is not None:
             buckets = subject_buckets(PackedRefs(subject_refs_blob).blob)

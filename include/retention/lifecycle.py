@@ -68,6 +68,7 @@ from include.retention.sources.base import (
     SourceAdapter,
     adapter_for,
     base_selection,
+    judged_through_of,
 )
 
 log = logging.getLogger(__name__)
@@ -424,7 +425,8 @@ def _recover(
         wanted = {ref for batch in mine for ref in unpack_refs(batch.refs)}
         # A partition looks only in its own key range; linked buckets have no key ranges.
         within = selection if isinstance(selection, KeyRange) and make is main else None
-        present = make().present(wanted, target_action, within)
+        through = judged_through_of(batch.claims() for batch in mine)
+        present = make().present(wanted, target_action, within, through)
         for batch in mine:
             outcome = settle_batch(
                 control, batch, present, applied_if_present=target_action.kind == "anonymise"
@@ -631,7 +633,7 @@ class _Run:
             batch_no=batch.no, action=self.action.kind if adapter is self.adapter else "delete",
             refs_blob=blob, counts=counts,
             subject_refs_blob=pack_refs(batch.subjects) if batch.subjects else None,
-            partition=self.partition,
+            partition=self.partition, judged_through=batch.judged_through,
         )  # fmt: skip
 
     def _resolve(self, seq: int, batch: Batch, applied: Applied) -> None:

@@ -54,7 +54,7 @@ from include.retention.catalogue import (
 )
 from include.retention.errors import RetentionError
 from include.retention.runs import Control
-from include.retention.sources.base import Action, DueAt, SourceAdapter
+from include.retention.sources.base import Action, DueAt, SourceAdapter, judged_through_of
 from include.retention.sources.sql import SqlAdapter
 
 log = logging.getLogger(__name__)
@@ -370,9 +370,10 @@ def _claims(
     """Per record the run (every partition's run) claims: is the claim true in the source now?"""
     runs = [run_id] if isinstance(run_id, str) else list(run_id or ())
     system, dataset = adapter.system, adapter.dataset
-    claimed = {ref for run in runs for ref in control.ledger.applied_refs(run, system, dataset)}
+    claims = [control.ledger.claims(run, system, dataset) for run in runs]
+    claimed = {ref for claim in claims for ref in claim}
     action = _action(activity)
-    present = adapter.present(claimed, action)
+    present = adapter.present(claimed, action, judged_through=judged_through_of(claims))
     # delete: a claimed record must be gone; anonymise: it must be there, marked anonymised.
     anonymise = action.kind == "anonymise"
     return [(ref in present) == anonymise for ref in sorted(claimed)]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import itertools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
@@ -168,8 +168,11 @@ class Batch:
     ``holds``: the active holds the batch was checked against; ``skipped``: hold kind ->
     records left out; ``counts``: further evidence counts (``children.<table>``, ``versions``);
     ``linked``: per linked dataset (e.g. a bucket of files the records point to), the keys of
-    the records' linked items, for the lifecycle's follow-on step; ``state``: the adapter's own
-    (an open transaction, the objects to delete), opaque to everyone else.
+    the records' linked items, for the lifecycle's follow-on step; ``judged_through``: for a
+    source whose records carry the moment they were written (S3 versions), the newest such
+    moment of what the batch judged, in the source's own clock (see :data:`JudgedThrough`);
+    ``state``: the adapter's own (an open transaction, the objects to delete), opaque to
+    everyone else.
     """
 
     no: int
@@ -179,6 +182,7 @@ class Batch:
     skipped: dict[str, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     linked: dict[str, list[str]] = field(default_factory=dict)
+    judged_through: dt.datetime | None = None
     state: Any = field(default=None, repr=False)
 
     @property
@@ -188,6 +192,25 @@ class Batch:
     @property
     def restricted_skipped(self) -> int:
         return self.skipped.get("restriction", 0)
+
+
+JudgedThrough = Mapping[bytes, dt.datetime]
+"""Per record reference, the ``judged_through`` moment of the batch that claimed it. A source
+that can tell when a record was written (S3: each version's ``LastModified``) does not count
+what was written under the same key later: a new record, not the one judged and claimed
+(e.g. a photo uploaded again under its old key during the run). Other sources ignore it."""
+
+
+def judged_through_of(claims: Iterable[Mapping[bytes, dt.datetime | None]]) -> JudgedThrough:
+    """Claims (reference -> its batch's ``judged_through``, e.g. `EvidenceReader.claims`) as
+    one :data:`JudgedThrough`. A reference claimed twice takes the later moment: then more of
+    what is found counts as the claimed record, the safe side."""
+    through: dict[bytes, dt.datetime] = {}
+    for claim in claims:
+        for ref, at in claim.items():
+            if at is not None and (ref not in through or at > through[ref]):
+                through[ref] = at
+    return through
 
 
 @dataclass(frozen=True)
@@ -260,13 +283,14 @@ class SourceAdapter(Protocol):
         """Undo whatever staging did (SQL: roll back); nothing of the batch is applied."""
 
     def present(
-        self, refs: AbstractSet[bytes], action: Action, within: Selection | None = None
-    ) -> set[bytes]:
+        self, refs: AbstractSet[bytes], action: Action, within: Selection | None = None,
+        judged_through: JudgedThrough | None = None,
+    ) -> set[bytes]:  # fmt: skip
         """Which of ``refs`` are present now: for a deletion, the records that still exist;
         for an anonymisation, the records that exist and are marked anonymised. Waits for a
         change still being committed (recovery relies on it). ``within``: look only in this
         key range (a partition's recovery must not wait for the others' batches in flight);
-        an adapter may look further."""
+        an adapter may look further. ``judged_through``: see :data:`JudgedThrough`."""
 
     def read(self, selection: Selection) -> Iterator[Record]:
         """The selected records' fields (data-subject access and portability)."""

@@ -9,6 +9,9 @@ reads each record again first and deletes it only if the selection still selects
 subjects (which the holds were checked against) are the same, with ``If-Match`` on the record's
 ETag where the API gives one, so a change in between is refused by the API (``412``). A changed
 record is kept, not claimed, counted ``changed_meanwhile`` and judged afresh by the next run.
+A record already gone when read again was deleted by someone else: counted ``already_gone``,
+not claimed (the run did not delete it). One the ``DELETE`` answers ``404`` for, after the
+read found it, is claimed: a retried ``DELETE`` whose first answer was lost sees that too.
 
 The client (:class:`ApiClient`) reaches the API through an Airflow connection of type
 ``http``: ``host`` (with or without a scheme), ``port``, ``schema`` (``https`` unless given),
@@ -65,6 +68,7 @@ from include.retention.sources.base import (
     Counts,
     DueAt,
     HoldReader,
+    JudgedThrough,
     Key,
     KeyRange,
     OfSubject,
@@ -82,6 +86,7 @@ log = logging.getLogger(__name__)
 
 RETRIED = frozenset({429, 500, 502, 503, 504})
 Deleted = Literal["deleted", "gone", "changed"]
+Outcome = Deleted | Literal["absent"]  # absent: gone before this run read it again
 PROGRESS_EVERY = 10.0  # seconds between progress lines while a collection is listed
 
 
@@ -467,15 +472,17 @@ class HttpAdapter:
         if outcomes["changed"]:
             log.info("batch %s: %s record(s) changed since they were listed: left for the next"
                      " run", batch.no, outcomes["changed"])  # fmt: skip
-        counts = {"already_gone": outcomes["gone"], "changed_meanwhile": outcomes["changed"]}
+        counts = {"already_gone": outcomes["absent"], "changed_meanwhile": outcomes["changed"]}
         return Applied(applied, outcomes["failed"], {k: n for k, n in counts.items() if n})
 
     def abandon(self, batch: Batch) -> None:
         """Staging changed nothing at the API: nothing to undo."""
 
     def present(
-        self, refs: AbstractSet[bytes], action: Action, within: Selection | None = None
-    ) -> set[bytes]:
+        self, refs: AbstractSet[bytes], action: Action, within: Selection | None = None,
+        judged_through: JudgedThrough | None = None,
+    ) -> set[bytes]:  # fmt: skip
+        """``judged_through`` is ignored: an API record does not say when it was written."""
         lower, upper = key_bounds(within) if within is not None else (None, None)
         ids = [r.id for r in self.client.records(self.dataset) if _in_range(r.id, lower, upper)]
         return {ref for ref in self._records.refs(ids) if ref in refs}
@@ -547,11 +554,11 @@ class HttpAdapter:
     def close(self) -> None:
         self.client.close()
 
-    def _delete_if_still_selected(self, item: _Item, selection: Selection) -> Deleted:
+    def _delete_if_still_selected(self, item: _Item, selection: Selection) -> Outcome:
         """Delete the record if it is still as it was judged (see the module doc)."""
         now = self.client.get(self.dataset, item.id)
         if now is None:
-            return "gone"
+            return "absent"
         base = base_selection(selection)
         if self._refs(now)[1] != item.subjects or self._status(base, now) != "due":
             return "changed"

@@ -9,16 +9,20 @@ Deleting an object means removing EVERY version and delete marker of its key
 (``list_object_versions`` + ``DeleteObjects`` in calls of at most 1000 entries): in a versioned
 bucket anything less deletes nothing. Staging a batch changes nothing (it drops the held
 objects); ``apply`` deletes the versions, then confirms with one listing of the batch's key
-range that no version or delete marker of its keys is left (a key uploaded again meanwhile, or
-one ``DeleteObjects`` reported an error for, is not claimed). Where an upload replaces the object
-in place (its current version is the ``null`` one: an unversioned or suspended bucket), deleting
-by version id would delete whatever was uploaded last, judged by nobody: that version is deleted
-only if its ETag is still the listed one (a conditional delete), else the object is left whole
-and counted ``changed_meanwhile``; the next run judges it afresh. Tags change without a new
+range that no listed version or delete marker of its keys is left (a key ``DeleteObjects``
+reported an error for is not claimed). A key holding only what was written after the listing
+(``LastModified`` after the newest listed, in S3's own clock) was uploaded again meanwhile: its
+judged versions are gone, so it is claimed and counted ``uploaded_meanwhile``; the new upload
+is a new object for the next run. The batch's ``judged_through`` keeps that moment for
+recovery and verification (``present``). Where an upload replaces a version in
+place (the key's ``null`` version, current or not, in a bucket never versioned or with
+versioning suspended), deleting by version id would delete whatever was uploaded last, judged
+by nobody: that version is deleted only if its ETag is still the listed one (a conditional
+delete), else the object is left whole and counted ``changed_meanwhile``; the next run judges
+it afresh. A ``null`` delete marker has no ETag: it goes by version id. Tags change without a new
 version or ETag: an object judged by values from its tags is read again just before its batch
 is deleted, and kept the same way if the selection no longer selects it or it names other
-people. ``present`` lists which keys
-still have any version. Metadata is read with a HEAD per object (S3 has no bulk read of it),
+people. Metadata is read with a HEAD per object (S3 has no bulk read of it),
 ``HEAD_WORKERS`` at a time, never more than the client's connection pool holds. Logs carry
 counts and references only.
 """
@@ -30,7 +34,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -49,6 +53,7 @@ from include.retention.sources.base import (
     Counts,
     DueAt,
     HoldReader,
+    JudgedThrough,
     KeyRange,
     NotUpdatable,
     OfSubject,
@@ -87,13 +92,22 @@ class S3Object:
     versions: tuple[str, ...]  # version ids of every version and delete marker
     delete_markers: int
     latest: str | None  # newest version that is not a delete marker (metadata source)
-    # The listed ETag when the current version is the "null" one, which an upload replaces.
+    # The listed ETag of the key's "null" version, wherever it is in the history: without
+    # versioning (never enabled, or suspended) an upload replaces that version in place.
     null_etag: str | None = None
+    # The newest LastModified listed (S3's clock, whole seconds): anything of the key written
+    # later was not listed, so not judged.
+    listed_through: dt.datetime | None = None
 
     @property
     def replaceable(self) -> bool:
-        """Whether an upload would replace the current version in place."""
+        """Whether the key has a ``null`` version, which an upload would replace in place."""
         return self.null_etag is not None
+
+    @property
+    def current_is_null(self) -> bool:
+        """Whether the current version is the ``null`` one (not a delete marker)."""
+        return self.versions[:1] == (NULL_VERSION,) and self.latest == NULL_VERSION
 
 
 # ------------------------------------------------------------------------------ listing
@@ -113,14 +127,14 @@ def list_objects(client: Any, bucket: str, prefix: str = "") -> list[S3Object]:
 def _object(key: str, items: list[dict[str, Any]]) -> S3Object:
     items = sorted(items, key=lambda v: (v["LastModified"], v.get("IsLatest", False)), reverse=True)
     latest = next((v["VersionId"] for v in items if not v["IsDeleteMarker"]), None)
-    current = items[0]
-    in_place = current["VersionId"] == NULL_VERSION and not current["IsDeleteMarker"]
+    null = [v for v in items if v["VersionId"] == NULL_VERSION and not v["IsDeleteMarker"]]
     return S3Object(
         key=key,
         versions=tuple(v["VersionId"] for v in items),
         delete_markers=sum(1 for v in items if v["IsDeleteMarker"]),
         latest=latest,
-        null_etag=current["ETag"] if in_place else None,
+        null_etag=null[0]["ETag"] if null else None,
+        listed_through=items[0]["LastModified"],
     )
 
 
@@ -147,7 +161,7 @@ def _metadata(client: Any, bucket: str, obj: S3Object, wanted: set[str]) -> _Met
         return _Meta({})
     # The current "null" version is read as the current object: some S3 servers refuse a
     # version id in a bucket never versioned. A replacement read here fails the delete's ETag.
-    version = {} if obj.replaceable else {"VersionId": obj.latest}
+    version = {} if obj.current_is_null else {"VersionId": obj.latest}
     head = client.head_object(Bucket=bucket, Key=obj.key, **version)
     meta = {k.lower(): v for k, v in head.get("Metadata", {}).items()}
     if not wanted - meta.keys():
@@ -227,14 +241,15 @@ def _delete_versions(
     client: Any, bucket: str, objects: Sequence[S3Object], *, if_unchanged: bool
 ) -> _Deleted:
     """Delete every version of ``objects``: DeleteObjects by version id, after (with
-    ``if_unchanged``) a conditional delete of each current version an upload would replace."""
+    ``if_unchanged``) a conditional delete of each ``null`` version, which an upload would
+    replace."""
     replaceable = [o for o in objects if o.replaceable] if if_unchanged else []
     done = _delete_if_unchanged(client, bucket, replaceable)
     left = done.failed | done.changed  # left whole
     entries = [
         {"Key": o.key, "VersionId": v}
         for o in objects if o.key not in left
-        for v in (o.versions[1:] if if_unchanged and o.replaceable else o.versions)
+        for v in o.versions if not (if_unchanged and o.replaceable and v == NULL_VERSION)
     ]  # fmt: skip
     for start in range(0, len(entries), MAX_KEYS_PER_CALL):
         chunk = entries[start : start + MAX_KEYS_PER_CALL]
@@ -246,7 +261,7 @@ def _delete_versions(
 
 
 def _delete_if_unchanged(client: Any, bucket: str, objects: Sequence[S3Object]) -> _Deleted:
-    """Delete each object's current ``null`` version if its ETag is still the listed one."""
+    """Delete each object's ``null`` version if its ETag is still the listed one."""
 
     def delete(obj: S3Object) -> str | None:
         try:
@@ -274,8 +289,9 @@ def _delete_if_unchanged(client: Any, bucket: str, objects: Sequence[S3Object]) 
     return done
 
 
-def _still_present(client: Any, bucket: str, keys: Sequence[str]) -> set[str]:
-    """Confirm: the keys that still have a version or delete marker (e.g. uploaded meanwhile).
+def _remaining(client: Any, bucket: str, keys: Sequence[str]) -> dict[str, dt.datetime]:
+    """Confirm: the keys that still have a version or delete marker (e.g. uploaded meanwhile),
+    each with the LastModified of the oldest of them.
 
     One listing under the keys' common prefix, up to the last key: a batch holds the next due
     keys in key order and earlier batches deleted theirs, so what precedes them there is
@@ -284,24 +300,38 @@ def _still_present(client: Any, bucket: str, keys: Sequence[str]) -> set[str]:
     """
     wanted = set(keys)
     if not wanted:
-        return set()
+        return {}
     first, last = min(wanted), max(wanted)
     pages = client.get_paginator("list_object_versions").paginate(
         Bucket=bucket,
         Prefix=os.path.commonprefix([first, last]),  # noqa: RUF071 (S3 prefixes are per character)
     )
-    found: set[str] = set()
+    found: dict[str, dt.datetime] = {}
     reached = ""  # every key below it has been listed completely
     for page in itertools.islice(pages, CONFIRM_PAGES):
-        listed = itertools.chain(page.get("Versions", ()), page.get("DeleteMarkers", ()))
-        found |= {entry["Key"] for entry in listed} & wanted
+        _oldest(itertools.chain(page.get("Versions", ()), page.get("DeleteMarkers", ())), found)
         if not page.get("IsTruncated") or page["NextKeyMarker"] > last:
-            return found
+            return {k: at for k, at in found.items() if k in wanted}
         reached = page["NextKeyMarker"]
-    rest = sorted(k for k in wanted - found if k >= reached)
+    rest = sorted(k for k in wanted - found.keys() if k >= reached)
     with _pool(client) as pool:
-        left = pool.map(lambda k: _versions_of(client, bucket, k), rest)
-        return found | {obj.key for obj in left if obj.versions}
+        for entries in pool.map(lambda k: list(iter_versions(client, bucket, k)), rest):
+            _oldest(entries, found)
+    return {k: at for k, at in found.items() if k in wanted}
+
+
+def _oldest(entries: Iterable[Mapping[str, Any]], into: dict[str, dt.datetime]) -> None:
+    """Per key of ``entries`` (versions, delete markers), the oldest LastModified, into ``into``."""
+    for entry in entries:
+        key, at = entry["Key"], entry["LastModified"]
+        if key not in into or at < into[key]:
+            into[key] = at
+
+
+def _written_after(at: dt.datetime, through: dt.datetime | None) -> bool:
+    """Whether something written at ``at`` is newer than ``through``. Both are S3's whole
+    seconds: the same second could be either, so it counts as not newer (the safe side)."""
+    return through is not None and at > through
 
 
 # ------------------------------------------------------------------------------ rules
@@ -472,24 +502,45 @@ class S3Adapter:
         judged = staged.base is not None
         done = _delete_versions(self.client, self.bucket, objects, if_unchanged=judged)
         changed = retagged | done.changed
-        left = [o.key for o in objects if o.key not in changed]
-        failed = done.failed | _still_present(self.client, self.bucket, left)
-        applied = [self.hasher.ref(key) for key in left if key not in failed]
+        listed = {o.key: o.listed_through for o in objects if o.key not in changed}
+        remaining = _remaining(self.client, self.bucket, list(listed))
+        # Only what was written after the listing left: the judged versions are gone, and the
+        # key holds a new upload (a new object, for the next run to judge). Not for a linked
+        # file: no run would find a new upload once its record is gone, so its batch fails
+        # and the record stays (the next run deletes both).
+        again = {
+            k for k, at in remaining.items() if judged and _written_after(at, listed[k])
+        }  # fmt: skip
+        failed = done.failed | (remaining.keys() - again)
+        applied = [self.hasher.ref(key) for key in listed if key not in failed]
         counts = {"versions_deleted": done.versions, "delete_calls": done.calls}
         if changed:
             log.info("%s object(s) changed since they were judged: left for the next run",
                      len(changed))  # fmt: skip
             counts["changed_meanwhile"] = len(changed)
+        if again - done.failed:
+            log.info("%s object(s) uploaded again under their key while deleted: the new"
+                     " uploads stay for the next run", len(again - done.failed))  # fmt: skip
+            counts["uploaded_meanwhile"] = len(again - done.failed)
         return Applied(refs=applied, failed=len(failed), counts=counts)
 
     def abandon(self, batch: Batch) -> None:
         """Staging changed nothing."""
 
     def present(
-        self, refs: AbstractSet[bytes], action: Action, within: Selection | None = None
-    ) -> set[bytes]:
-        keys = {v["Key"] for v in iter_versions(self.client, self.bucket, self.binding.prefix)}
-        return {ref for ref in self.hasher.refs(sorted(keys)) if ref in refs}
+        self, refs: AbstractSet[bytes], action: Action, within: Selection | None = None,
+        judged_through: JudgedThrough | None = None,
+    ) -> set[bytes]:  # fmt: skip
+        """The keys with any version or delete marker; with ``judged_through``, any written
+        no later than the claiming batch's listing (newer ones are new uploads)."""
+        oldest: dict[str, dt.datetime] = {}
+        _oldest(iter_versions(self.client, self.bucket, self.binding.prefix), oldest)
+        keys = sorted(oldest)
+        through = judged_through or {}
+        return {
+            ref for ref, key in zip(self.hasher.refs(keys), keys, strict=True)
+            if ref in refs and not _written_after(oldest[key], through.get(ref))
+        }  # fmt: skip
 
     def read(self, selection: Selection) -> Iterator[Record]:
         base = base_selection(selection)
@@ -587,8 +638,17 @@ class S3Adapter:
             no=no, refs=[self.hasher.ref(o.key) for o in keep], holds=active, subjects=subjects,
             skipped={k: skipped.count(k) for k in ("legal_hold", "restriction") if k in skipped},
             counts={"versions": sum(len(o.versions) for o in keep), **staged.bucket_counts},
+            judged_through=self._judged_through(staged, keep),
             state=replace(staged, objects=keep),
         )  # fmt: skip
+
+    @staticmethod
+    def _judged_through(staged: _Staged, objects: Sequence[S3Object]) -> dt.datetime | None:
+        """The newest write the batch judged; None for linked files (any version of theirs
+        left counts as present, see ``apply``)."""
+        if staged.base is None:
+            return None
+        return max((o.listed_through for o in objects if o.listed_through), default=None)
 
     def _retagged(self, staged: _Staged) -> set[str]:
         """The objects whose judgement rested on tags (which change without a new version)

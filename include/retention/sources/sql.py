@@ -49,6 +49,7 @@ from include.retention.sources.base import (
     Counts,
     DueAt,
     HoldReader,
+    JudgedThrough,
     Key,
     KeyRange,
     OfSubject,
@@ -521,8 +522,10 @@ class SqlAdapter:
         batch.state[1].conn.rollback()
 
     def present(
-        self, refs: AbstractSet[bytes], action: Action, within: Selection | None = None
-    ) -> set[bytes]:
+        self, refs: AbstractSet[bytes], action: Action, within: Selection | None = None,
+        judged_through: JudgedThrough | None = None,
+    ) -> set[bytes]:  # fmt: skip
+        """``judged_through`` is ignored: a row does not say when it was written."""
         ds = self.table_of(action)
         query = sa.select(ds.pk)
         if within is not None:
