@@ -42,9 +42,12 @@ class World:
         catalogue = Catalogue(activities={act.id: act}, version="approval-test")
         return operations.Runtime.of(catalogue, self.control, {act.id: self.engine})
 
-    def plan(self, act: Activity) -> dict[str, Any]:
+    def plan(self, act: Activity, triggered_by: str | None = None) -> dict[str, Any]:
         params = {"as_of": AS_OF.isoformat(), "dry_run": False}
-        planned = operations.plan(act.id, params, AS_OF, self.runtime(act), now=AS_OF)
+        origin = {"run_type": "manual", "triggered_by": triggered_by} if triggered_by else None
+        planned = operations.plan(
+            act.id, params, AS_OF, self.runtime(act), origin=origin, now=AS_OF
+        )
         assert planned["needs_approval"], planned
         return planned
 
@@ -74,6 +77,23 @@ def test_an_approved_run_deletes_what_its_plan_counted_or_less(world: World) -> 
     assert ids(world.engine) == EVERYONE - DUE
     (run,) = world.control.ledger.runs(act.id)
     assert run.header["approved_by"] == "dpo.anna"
+
+
+@pytest.mark.parametrize("step", ["partition", "enforce"])
+def test_the_person_who_triggered_a_run_cannot_approve_it(world: World, step: str) -> None:
+    act = _gated().model_copy(update={"partitioning": Partitioning(records_per_partition=3)})
+    planned = world.plan(act, triggered_by="dpo.anna")
+
+    with pytest.raises(RetentionError) as refused:
+        getattr(operations, step)(act.id, planned, APPROVAL, world.runtime(act))
+
+    message = str(refused.value)
+    assert "dpo.anna triggered this run and approved it" in message
+    assert "nothing was changed" in message and "ask someone else to approve it" in message
+    assert ids(world.engine) == EVERYONE
+    assert world.control.ledger.runs(act.id) == []
+    by_another = world.plan(act, triggered_by="ops.erik")  # a second person's approval stands
+    assert len(operations.partition(act.id, by_another, APPROVAL, world.runtime(act))) > 1
 
 
 @pytest.mark.parametrize("grows_by", ["a hold released", "a record added"])

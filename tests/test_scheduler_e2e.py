@@ -56,10 +56,11 @@ CONF = {"as_of": AS_OF.isoformat(), "dry_run": False}
 SQL, S3, BROKEN = "recruitment", "image_bank", "chatbot"
 APPROVED, REJECTED = "demo_process", "event_registration"  # gated: a person answers
 OUTGROWN = "training_registration"  # gated; a hold is released while the approval is awaited
+SELF_APPROVED = "booking_system"  # gated; the user who triggered it approves it
 API = "sales_leads"  # an http source: the demo's SaaS lead CRM
 MAPPED, PART_SIZE = "contract_management", 4  # 25 rows, due ones first: 7 key ranges
 GIVEN_UP = "certification"  # mapped too; one partition dies and an operator marks it failed
-ACTIVITIES = (SQL, S3, BROKEN, APPROVED, REJECTED, OUTGROWN, API, MAPPED, GIVEN_UP)
+ACTIVITIES = (SQL, S3, BROKEN, APPROVED, REJECTED, OUTGROWN, SELF_APPROVED, API, MAPPED, GIVEN_UP)
 ALERT_TO = "retention-alerts@example.com"
 APPROVER = "dpo.anna"
 RUN_TIMEOUT = 240.0
@@ -133,7 +134,7 @@ def _environment(
     root = paths.var
     env = environment(paths, key, s3.endpoint_url, saas.connection())
     env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW_") or "_CONN_" in k}
-    edits = {APPROVED: strict_safety, REJECTED: strict_safety, OUTGROWN: strict_safety}
+    edits = dict.fromkeys((APPROVED, REJECTED, OUTGROWN, SELF_APPROVED), strict_safety)
     edits |= dict.fromkeys((MAPPED, GIVEN_UP), _partitioned)
     catalogue = edited_catalogue(root / "policies", edits)
     smtp = {
@@ -303,16 +304,18 @@ def test_tasks_ran_in_the_executor_as_separate_processes(airflow: Scheduled) -> 
     assert "task libraries preloaded for the task processes" in log
 
 
-def _answer(airflow: Scheduled, activity_id: str, chosen: str) -> list[ManifestEntry]:
-    """Answer the run's approval as the approver once it waits; returns the records that
-    existed while it waited (nothing may change before the answer)."""
+def _answer(
+    airflow: Scheduled, activity_id: str, chosen: str, user: str = APPROVER
+) -> list[ManifestEntry]:
+    """Answer the run's approval as ``user`` once it waits; returns the records that existed
+    while it waited (nothing may change before the answer)."""
     dag_id, run_id = dag_id_for(activity_id), airflow.runs[activity_id]
     airflow.api.wait_for_approval(dag_id, run_id, "approve")
     waiting = survivors(airflow.demo, activity_id)[1]
-    approver = airflow.stack.api(APPROVER)
+    approver = airflow.stack.api(user)
     answer = approver.answer_approval(dag_id, run_id, "approve", chosen)
     approver.close()
-    assert answer["responded_by"]["name"] == APPROVER and answer["chosen_options"] == [chosen]
+    assert answer["responded_by"]["name"] == user and answer["chosen_options"] == [chosen]
     return waiting
 
 
@@ -335,6 +338,22 @@ def test_rejected_run_changes_nothing(airflow: Scheduled) -> None:
     assert airflow.finished(REJECTED) == "success"
     assert airflow.demo.last_run(REJECTED)["outcome"] == "approval_required"
     assert survivors(airflow.demo, REJECTED)[1] == entries
+
+
+def test_the_user_who_triggered_a_run_cannot_approve_it(airflow: Scheduled) -> None:
+    dag_id, run_id = dag_id_for(SELF_APPROVED), airflow.runs[SELF_APPROVED]
+    assert sum(e.due for e in airflow.demo.manifest.for_activity(SELF_APPROVED)) > 1
+
+    waiting = _answer(airflow, SELF_APPROVED, "Approve", user="admin")  # who triggered it
+
+    assert airflow.finished(SELF_APPROVED) == "failed"
+    tis = airflow.api.task_instances(dag_id, run_id)
+    assert (tis["enforce"]["state"], tis["enforce"]["try_number"]) == ("failed", 1)
+    assert survivors(airflow.demo, SELF_APPROVED)[1] == waiting
+    assert airflow.demo.control.ledger.runs(SELF_APPROVED) == []  # refused before it started
+    assert airflow.mailbox.wait_for(dag_id, run_id)["To"] == ALERT_TO
+    log = airflow.api.task_log(dag_id, run_id, "enforce", map_index=0)
+    assert "admin triggered this run and approved it" in log and "someone else" in log
 
 
 def test_an_approval_covers_no_record_released_while_it_was_awaited(airflow: Scheduled) -> None:

@@ -264,11 +264,18 @@ def _approved(
     activity: Activity, planned: dict[str, Any], approval: dict[str, Any] | None
 ) -> tuple[str | None, int | None]:
     """Who approved the planned run and for how many records; raises (nothing has changed)
-    when the policy is not the one the plan counted under: an approval is given for what its
-    plan showed, under that rule."""
+    when the approver triggered the run (an approval is a second person's), or the policy is
+    not the one the plan counted under (an approval is given for what its plan showed, under
+    that rule)."""
     by = approver(approval)
     if by is None:
         return None, None
+    if by == (planned.get("origin") or {}).get("triggered_by"):
+        raise RetentionError(
+            f"{activity.id}: {by} triggered this run and approved it, but a run held back by"
+            " its volume limit needs a second person to approve it (four eyes): nothing was"
+            " changed. Trigger the run again and ask someone else to approve it"
+        )
     if planned.get("policy") != activity.enforcement_digest():
         raise RetentionError(
             f"{activity.id}: its rule, action or dataset changed in the catalogue since the"
