@@ -501,10 +501,9 @@ def test_a_run_refuses_the_activity_of_an_invalid_system_file_only(tmp_path):
     # an invalid system file named like an activity bound elsewhere does not stop that one
     _write_catalogue(tmp_path, lambda raw: None)
     shutil.copy(folder / BINDING, folder / "systems" / "newsletter.yml")  # a duplicate system
-    runtime = Runtime(*load_valid(folder))
-    assert list(runtime.invalid) == ["systems/newsletter.yml"]
     control = Control.open(f"sqlite:///{tmp_path / 'control.db'}", secrets.token_bytes(32))
-    runtime.control = control  # type: ignore[misc]
+    runtime = Runtime(*load_valid(folder), given_control=control)
+    assert list(runtime.invalid) == ["systems/newsletter.yml"]
     assert runtime.activity("newsletter") is runtime.catalogue["newsletter"]
 
 

@@ -148,9 +148,7 @@ def test_validate_with_the_control_db_refuses_a_rename(tmp_path, key):
 
 
 def _runtime(catalogue: Catalogue, control: Control) -> Runtime:
-    runtime = Runtime(catalogue)
-    runtime.control = control  # type: ignore[misc]  # the cached property, set directly
-    return runtime
+    return Runtime.of(catalogue, control)
 
 
 def test_plan_and_enforce_refuse_a_renamed_system_and_change_nothing(tmp_path, key):

@@ -300,9 +300,9 @@ def runtime_fixture(tmp_path, key, monkeypatch):
         "AIRFLOW_CONN_ATS_DB", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "ats.db")})
     )
     act = recruitment()
-    runtime = Runtime(Catalogue(activities={act.id: act}, version="hostile-inputs"))
-    runtime.control = Control.open(f"sqlite:///{tmp_path / 'control.db'}", key)  # type: ignore[misc]
-    return runtime, source
+    control = Control.open(f"sqlite:///{tmp_path / 'control.db'}", key)
+    catalogue = Catalogue(activities={act.id: act}, version="hostile-inputs")
+    return Runtime.of(catalogue, control), source
 
 
 def _people(source: sa.Engine) -> int:

@@ -210,8 +210,8 @@ class _Runtime(operations.Runtime):
     """The DAG tasks' runtime on a test source (the adapter's engine instead of a connection)."""
 
     def __init__(self, act: Activity, control: Control, engine: sa.Engine) -> None:
-        super().__init__(Catalogue(activities={act.id: act}, version="partitions-test"))
-        self.control = control  # type: ignore[misc]  # the cached property, set directly
+        catalogue = Catalogue(activities={act.id: act}, version="partitions-test")
+        super().__init__(catalogue, given_control=control)
         self.engine = engine
 
     def adapter(self, activity: Activity) -> SqlAdapter:

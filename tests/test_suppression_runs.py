@@ -62,8 +62,8 @@ def _suppress(control: Control, key: bytes) -> None:
 
 
 def _remove(activity_: Activity, control: Control, engine: sa.Engine, dry_run: bool = False):
-    runtime = operations.Runtime(Catalogue(activities={activity_.id: activity_}, version="t"))
-    runtime.__dict__["control"] = control
+    catalogue = Catalogue(activities={activity_.id: activity_}, version="t")
+    runtime = operations.Runtime.of(catalogue, control)
     runtime.adapter = lambda a: adapter_for(a.source, control.key, engine)  # type: ignore[method-assign]
     return operations.remove_suppressed(
         activity_, runtime, dry_run=dry_run, origin={"dag_id": "retention_x"}

@@ -81,6 +81,8 @@ class Runtime:
     invalid: dict[str, str] = field(default_factory=dict)  # file name -> its error
     # activity id -> engine or client for its source (tests); else its Airflow connection
     sources: Mapping[str, Any] = field(default_factory=dict)
+    # the control database to use (a data-subject request's task, tests); else the configured one
+    given_control: Control | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls) -> Runtime:
@@ -92,12 +94,13 @@ class Runtime:
         cls, catalogue: Catalogue, control: Control, sources: Mapping[str, Any] | None = None
     ) -> Runtime:
         """A runtime on a given control database (a data-subject request's task, tests)."""
-        runtime = cls(catalogue, sources=sources or {})
-        runtime.__dict__["control"] = control
-        return runtime
+        return cls(catalogue, sources=sources or {}, given_control=control)
 
     @cached_property
     def control(self) -> Control:
+        """The given control database, else the configured one (opened on first use)."""
+        if self.given_control is not None:
+            return self.given_control
         return Control.open(connections.control_engine(), connections.pseudonym_key())
 
     def activity(self, activity_id: str) -> Activity:
