@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,6 +90,24 @@ def test_a_run_deletes_the_due_records_and_records_each_once(saas: Saas) -> None
     assert again.applied == 0 and again.outcome == "nothing_to_do"  # type: ignore[attr-defined]
 
 
+def _enforce_with(saas: Saas, before_commit: Callable[[int], None]) -> tuple[Any, Control]:
+    """A run of the lead CRM in batches of 4, ``before_commit`` called before each applies."""
+    control = saas.control()
+    report = enforce(
+        lead_crm(), AS_OF, control=control, catalogue_version="test", source=saas.client(),
+        batch_size=4, approved_by="test", hooks=Hooks(before_commit=before_commit),
+    )  # fmt: skip
+    return report, control
+
+
+def _certificate_says(control: Control, run_id: str, **words: str) -> None:
+    """The run's certificate in each language (``en=``, ``sv=``) holds those words."""
+    catalogue = load_catalogue()
+    for language, text in words.items():
+        document = build_certificate(control.ledger, run_id, language, catalogue=catalogue)
+        assert text in render(document, "html").decode(), language
+
+
 def test_a_record_changed_during_the_run_is_kept_and_the_certificate_says_why(saas: Saas) -> None:
     """Just before batch 1 is applied, the e-mail of one of its leads is corrected: the
     holds were checked for the old one, so the lead is kept, and nothing claims it."""
@@ -101,25 +120,16 @@ def test_a_record_changed_during_the_run_is_kept_and_the_certificate_says_why(sa
             fields["email"] = "corrected.address@example.org"
             saas.server.store.upsert(COLLECTION, [(corrected, json.dumps(fields))])
 
-    control = saas.control()
-    report = enforce(
-        lead_crm(), AS_OF, control=control, catalogue_version="test", source=saas.client(),
-        batch_size=4, approved_by="test", hooks=Hooks(before_commit=correct),
-    )  # fmt: skip
+    report, control = _enforce_with(saas, correct)
     assert report.outcome == "completed" and report.counts()["changed_meanwhile"] == 1
     assert report.applied == len(free) - 1
     assert saas.present() & set(free) == {corrected}
     assert control.ledger.lookup(SYSTEM, COLLECTION, corrected) == []
-    catalogue = load_catalogue()
-    for language, words in (
-        ("en", "1 records changed in the source system after they were"),
-        ("sv", "1 uppgifter ändrades i källsystemet efter att de bedömts"),
-    ):
-        page = render(
-            build_certificate(control.ledger, str(report.run_id), language, catalogue=catalogue),
-            "html",
-        ).decode()
-        assert words in page
+    _certificate_says(
+        control, str(report.run_id),
+        en="1 records changed in the source system after they were",
+        sv="1 uppgifter ändrades i källsystemet efter att de bedömts",
+    )  # fmt: skip
 
 
 def test_a_record_deleted_by_someone_else_during_the_run_is_not_claimed(saas: Saas) -> None:
@@ -132,23 +142,17 @@ def test_a_record_deleted_by_someone_else_during_the_run_is_not_claimed(saas: Sa
         if batch_no == 1:
             assert saas.server.store.delete(COLLECTION, gone) == "deleted"
 
-    control = saas.control()
-    report = enforce(
-        lead_crm(), AS_OF, control=control, catalogue_version="test", source=saas.client(),
-        batch_size=4, approved_by="test", hooks=Hooks(before_commit=delete_elsewhere),
-    )  # fmt: skip
+    report, control = _enforce_with(saas, delete_elsewhere)
     assert report.outcome == "completed" and report.counts()["already_gone"] == 1
     assert report.applied == len(free) - 1
     assert saas.present() & set(free) == set()
     assert control.ledger.lookup(SYSTEM, COLLECTION, gone) == []
     assert len(control.ledger.lookup(SYSTEM, COLLECTION, free[1])) == 1
-    for language, words in (
-        ("en", "1 records were already gone from the source system when the run came"),
-        ("sv", "1 uppgifter var redan borta ur källsystemet när körningen skulle"),
-    ):
-        run_id = str(report.run_id)
-        document = build_certificate(control.ledger, run_id, language, catalogue=load_catalogue())
-        assert words in render(document, "html").decode()
+    _certificate_says(
+        control, str(report.run_id),
+        en="1 records were already gone from the source system when the run came",
+        sv="1 uppgifter var redan borta ur källsystemet när körningen skulle",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("checkpoint", ["after_prepare:1", "after_apply:2", "after_resolve:1"])
