@@ -8,7 +8,14 @@ import pytest
 
 from include.retention.errors import RetentionError
 from include.retention.sources import base
-from include.retention.sources.base import DueAt, KeyRange, OfSubject, adapter_class, register
+from include.retention.sources.base import (
+    DueAt,
+    KeyRange,
+    OfSubject,
+    adapter_class,
+    judged_through_of,
+    register,
+)
 from tests.dbs import activity
 
 
@@ -51,3 +58,11 @@ def test_a_kind_registered_twice_is_an_error() -> None:
             pass
 
     base._ADAPTERS.pop("twice_test")
+
+
+def test_a_reference_claimed_twice_is_judged_through_the_safer_moment() -> None:
+    """More of what is found counts as the claimed record: the later moment, or none."""
+    early, late = (dt.datetime(2026, 11, 24, 1, m, tzinfo=dt.UTC) for m in (0, 5))
+    claims = [{b"a": early, b"b": late, b"c": early, b"d": None}, {b"a": late, b"b": early},
+              {b"c": None}]  # fmt: skip
+    assert judged_through_of(claims) == {b"a": late, b"b": late}

@@ -203,14 +203,18 @@ what was written under the same key later: a new record, not the one judged and 
 
 def judged_through_of(claims: Iterable[Mapping[bytes, dt.datetime | None]]) -> JudgedThrough:
     """Claims (reference -> its batch's ``judged_through``, e.g. `EvidenceReader.claims`) as
-    one :data:`JudgedThrough`. A reference claimed twice takes the later moment: then more of
-    what is found counts as the claimed record, the safe side."""
+    one :data:`JudgedThrough`. A reference claimed twice takes the later moment, and none if
+    either claim has none: more of what is found then counts as the claimed record, the safe
+    side."""
     through: dict[bytes, dt.datetime] = {}
+    unbounded: set[bytes] = set()
     for claim in claims:
         for ref, at in claim.items():
-            if at is not None and (ref not in through or at > through[ref]):
+            if at is None:
+                unbounded.add(ref)
+            elif ref not in through or at > through[ref]:
                 through[ref] = at
-    return through
+    return {ref: at for ref, at in through.items() if ref not in unbounded}
 
 
 @dataclass(frozen=True)

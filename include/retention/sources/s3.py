@@ -518,10 +518,10 @@ class S3Adapter:
             log.info("%s object(s) changed since they were judged: left for the next run",
                      len(changed))  # fmt: skip
             counts["changed_meanwhile"] = len(changed)
-        if again - done.failed:
+        if uploaded := len(again - done.failed):
             log.info("%s object(s) uploaded again under their key while deleted: the new"
-                     " uploads stay for the next run", len(again - done.failed))  # fmt: skip
-            counts["uploaded_meanwhile"] = len(again - done.failed)
+                     " uploads stay for the next run", uploaded)  # fmt: skip
+            counts["uploaded_meanwhile"] = uploaded
         return Applied(refs=applied, failed=len(failed), counts=counts)
 
     def abandon(self, batch: Batch) -> None:
@@ -531,8 +531,8 @@ class S3Adapter:
         self, refs: AbstractSet[bytes], action: Action, within: Selection | None = None,
         judged_through: JudgedThrough | None = None,
     ) -> set[bytes]:  # fmt: skip
-        """The keys with any version or delete marker; with ``judged_through``, any written
-        no later than the claiming batch's listing (newer ones are new uploads)."""
+        """The keys with any version or delete marker; with ``judged_through``, one written
+        no later than the newest version the claiming batch judged (newer: new uploads)."""
         oldest: dict[str, dt.datetime] = {}
         _oldest(iter_versions(self.client, self.bucket, self.binding.prefix), oldest)
         keys = sorted(oldest)
