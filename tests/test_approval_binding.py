@@ -83,6 +83,9 @@ def test_an_approved_run_deletes_what_its_plan_counted_or_less(world: World) -> 
 def test_the_person_who_triggered_a_run_cannot_approve_it(world: World, step: str) -> None:
     act = _gated().model_copy(update={"partitioning": Partitioning(records_per_partition=3)})
     planned = world.plan(act, triggered_by="dpo.anna")
+    assert planned["approval_text"].endswith(
+        "dpo.anna triggered this run: someone else must approve it (four eyes)."
+    )
 
     with pytest.raises(RetentionError) as refused:
         getattr(operations, step)(act.id, planned, APPROVAL, world.runtime(act))

@@ -208,7 +208,7 @@ def plan(
         "approval_text": (
             f"{reason}. Approve to {activity.action.kind} {result.to_apply} records of"
             f" {activity.name.en} ({activity.describe_rule()}) as of {as_of.isoformat()}"
-            f" ({describe_offset(as_of, now)}); silence rejects."
+            f" ({describe_offset(as_of, now)}); silence rejects.{_four_eyes(origin)}"
             if reason
             else "within the safety limits"
         ),
@@ -261,6 +261,12 @@ def approver(approval: dict[str, Any] | None) -> str | None:
         return None
     user = approval.get("responded_by_user") or {}
     return str(user.get("name") or user.get("id") or "unknown approver")
+
+
+def _four_eyes(origin: dict[str, str | None] | None) -> str:
+    """What the approval text says about who may approve a run a user triggered."""
+    user = (origin or {}).get("triggered_by")
+    return f" {user} triggered this run: someone else must approve it (four eyes)." if user else ""
 
 
 def _approved(
