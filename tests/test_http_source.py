@@ -176,6 +176,21 @@ def test_a_conditional_delete_names_the_version_it_deletes(server: SaasServer) -
     assert client.delete("leads", "a", if_match=current.etag) == "gone"
 
 
+def test_a_conditional_patch_changes_only_the_version_it_names(server: SaasServer) -> None:
+    server.store.upsert("leads", [("a", json.dumps({"email": "a@x.se", "name": "A"}))])
+    client, _ = _client(server)
+    read = client.get("leads", "a")
+    assert read is not None and read.etag
+    server.store.upsert("leads", [("a", json.dumps({"email": "b@x.se", "name": "A"}))])
+    assert client.patch("leads", "a", {"name": "Anna"}, if_match=read.etag) == "changed"
+    current = client.get("leads", "a")
+    assert current is not None and current.fields == {"email": "b@x.se", "name": "A"}
+    assert client.patch("leads", "a", {"name": "Bea"}, if_match=current.etag) == "patched"
+    after = client.get("leads", "a")
+    assert after is not None and after.fields == {"email": "b@x.se", "name": "Bea"}
+    assert client.patch("leads", "nobody", {"name": "X"}) == "gone"
+
+
 def test_a_delete_retried_after_an_outage_deletes_once(server: SaasServer) -> None:
     server.store.upsert("leads", _records(2))
     server.fail_next(2, status=500)

@@ -238,6 +238,47 @@ def test_an_api_source_is_rectified_through_patch(tmp_path, key) -> None:
     assert (holding, holding_old) == ({refs["l1"]}, {refs["l3"]})
 
 
+def test_an_api_record_changed_during_the_rectification_is_left_as_it_is(tmp_path, key) -> None:
+    """The API cannot lock: l2 passes to another person after the listing (its holds were
+    checked for Anna), and l1 is edited between the fresh read and the PATCH (If-Match). Both
+    are left as they are now, counted changed_meanwhile; l3, still Anna's, is rectified."""
+    with SaasServer(tmp_path / "saas.db", TOKEN) as server:
+        server.store.upsert("leads", [
+            (pk, json.dumps({"email": "anna@x.se", "name": "Ana"})) for pk in ("l1", "l2", "l3")
+        ])  # fmt: skip
+        client = ApiClient(ApiSettings(server.base_url, TOKEN), "saas")
+        binding = HttpSource(system="crm_saas", conn_id="saas", collection="leads",
+                             lookup={"email": "email"})  # fmt: skip
+        adapter = adapter_for(binding, key, client)
+        read = client.get
+
+        def holds() -> ActiveHolds:  # read once the records are listed
+            server.store.upsert("leads", [("l2", json.dumps({"email": "bo@x.se", "name": "Bo"}))])
+            return ActiveHolds()
+
+        def read_then_edit(collection: str, record_id: str) -> Any:
+            record = read(collection, record_id)
+            if record_id == "l1":
+                edited = {"email": "anna@x.se", "name": "Ana", "note": "called"}
+                server.store.upsert("leads", [("l1", json.dumps(edited))])
+            return record
+
+        client.get = read_then_edit  # type: ignore[method-assign]
+        anna = subject_ref(key, "anna@x.se")
+        updated = adapter.update(
+            OfSubject(frozenset({anna})), {"name": "Anna"}, holds, lambda staged: None
+        )
+        client.get = read  # type: ignore[method-assign]
+        now = {r.id: r.fields for r in client.records("leads")}
+    assert list(updated.refs) == [record_ref(key, "crm_saas", "leads", "l3")]
+    assert updated.skipped == {"changed_meanwhile": 2}
+    assert now == {
+        "l1": {"email": "anna@x.se", "name": "Ana", "note": "called"},
+        "l2": {"email": "bo@x.se", "name": "Bo"},
+        "l3": {"email": "anna@x.se", "name": "Anna"},
+    }
+
+
 def test_a_bucket_cannot_be_rectified_and_the_answer_says_so(tmp_path, key, s3) -> None:
     bucket = new_bucket(s3, "rect")
     put(s3, bucket, "img/1.jpg", subject=ANNA)

@@ -9,7 +9,8 @@ second (a token bucket of ``burst``) gets ``429 Too Many Requests`` with ``Retry
     DELETE /v1/<collection>/<id>              204, 404 when there is no such record, 412 when
                                               If-Match names another version (ETag) of it
     POST   /v1/<collection>                   {"records": [{"id", "fields"}]}: import (upsert)
-    PATCH  /v1/<collection>/<id>              {"fields": {...}}: change those fields; 404 if none
+    PATCH  /v1/<collection>/<id>              {"fields": {...}}: change those fields; 404 if none,
+                                              412 when If-Match names another version of it
 
 Pages are ordered by id (keyset); the cursor is opaque. Nothing is logged per request (paths
 carry record ids). :meth:`SaasServer.fail_next` makes the next requests answer 5xx, so tests
@@ -137,6 +138,28 @@ class Store:
             )
             return "deleted"
 
+    def patch(
+        self, collection: str, record_id: str, changes: dict[str, Any], if_match: str | None = None
+    ) -> tuple[str, str | None]:
+        """Change some fields of the record, if ``if_match`` only in that version: (``patched``
+        and the stored fields, ``gone`` or ``changed``), the check and the change as one."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute(
+                "SELECT fields FROM records WHERE collection = ? AND id = ?",
+                (collection, record_id),
+            ).fetchone()
+            if row is None:
+                return "gone", None
+            if if_match not in (None, "*") and etag(str(row[0])) != if_match:
+                return "changed", None
+            fields = json.dumps(json.loads(row[0]) | changes)
+            db.execute(
+                "UPDATE records SET fields = ? WHERE collection = ? AND id = ?",
+                (fields, collection, record_id),
+            )
+            return "patched", fields
+
     def upsert(self, collection: str, records: list[tuple[str, str]]) -> int:
         with self._connect() as db:
             db.executemany(
@@ -256,7 +279,7 @@ class _Handler(BaseHTTPRequestHandler):
             ) from None
         return HTTPStatus.CREATED, {"imported": self.server.store.upsert(collection, records)}
 
-    def _patch(self, collection: str, record_id: str | None, body: bytes) -> tuple[int, Any]:
+    def _patch(self, collection: str, record_id: str | None, body: bytes) -> tuple[Any, ...]:
         if record_id is None:
             raise _Refused(HTTPStatus.METHOD_NOT_ALLOWED, "PATCH needs a record id")
         try:
@@ -265,13 +288,15 @@ class _Handler(BaseHTTPRequestHandler):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
             raise _Refused(HTTPStatus.BAD_REQUEST, 'expected {"fields": {...}}') from None
-        store = self.server.store
-        current = store.get(collection, record_id)
-        if current is None:
+        outcome, fields = self.server.store.patch(
+            collection, record_id, changes, self.headers.get("If-Match")
+        )
+        if outcome == "changed":
+            raise _Refused(HTTPStatus.PRECONDITION_FAILED, "the record has changed (If-Match)")
+        if fields is None:
             raise _Refused(HTTPStatus.NOT_FOUND, "no such record")
-        fields = json.loads(current) | changes
-        store.upsert(collection, [(record_id, json.dumps(fields))])
-        return HTTPStatus.OK, {"id": record_id, "fields": fields}
+        payload = {"id": record_id, "fields": json.loads(fields)}
+        return HTTPStatus.OK, payload, {"ETag": etag(fields)}
 
     def _answer(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = b"" if payload is None else json.dumps(payload).encode()

@@ -87,6 +87,9 @@ KEPT_REASONS = {
     "legal_hold": "under a legal hold: kept as it is",
     "restriction": "restricted (Art. 18): lift the restriction and tell the person, then file"
     " the rectification again",
+    "changed_meanwhile": "changed in the source system while it was being rectified (for"
+    " example its e-mail address now names someone else): check it, and file the"
+    " rectification again if it still needs it",
 }
 
 
@@ -249,7 +252,8 @@ class Rectification:
                 "record_refs": sorted(ref.hex() for ref in updated.refs),
                 **_kept_counts(updated), "run_id": run_id,
             })  # fmt: skip
-        log.info("%s: %s.%s: %s record(s) rectified (%s), %s kept (held/restricted)",
+        log.info("%s: %s.%s: %s record(s) rectified (%s), %s kept (held, restricted or"
+                 " changed meanwhile)",
                  self.request_ref, adapter.system, adapter.dataset, len(updated.refs),
                  ", ".join(sorted(fields)), sum(updated.skipped.values()))  # fmt: skip
         return result, {kind: n for kind, n in updated.skipped.items() if n}
@@ -451,10 +455,11 @@ def _where(adapter: SourceAdapter) -> str:
 
 
 def _kept_counts(updated: Updated) -> dict[str, int]:
+    changed = updated.skipped.get("changed_meanwhile", 0)
     return {
         "held_skipped": updated.skipped.get("legal_hold", 0),
         "restricted_skipped": updated.skipped.get("restriction", 0),
-    }
+    } | ({"changed_meanwhile": changed} if changed else {})
 
 
 class _HeldMeanwhile(Exception):

@@ -12,6 +12,8 @@ record is kept, not claimed, counted ``changed_meanwhile`` and judged afresh by 
 A record already gone when read again was deleted by someone else: counted ``already_gone``,
 not claimed (the run did not delete it). One the ``DELETE`` answers ``404`` for, after the
 read found it, is claimed: a retried ``DELETE`` whose first answer was lost sees that too.
+Rectification (``update``) goes the same way: each ``PATCH`` after a fresh read, only while
+the record is still the person's, with ``If-Match``.
 
 The client (:class:`ApiClient`) reaches the API through an Airflow connection of type
 ``http``: ``host`` (with or without a scheme), ``port``, ``schema`` (``https`` unless given),
@@ -87,6 +89,7 @@ log = logging.getLogger(__name__)
 RETRIED = frozenset({429, 500, 502, 503, 504})
 Deleted = Literal["deleted", "gone", "changed"]
 Outcome = Deleted | Literal["absent"]  # absent: gone before this run read it again
+Patched = Literal["patched", "gone", "changed"]
 PROGRESS_EVERY = 10.0  # seconds between progress lines while a collection is listed
 
 
@@ -240,13 +243,21 @@ class ApiClient:
             return "gone"
         return "changed" if response.status == 412 else "deleted"
 
-    def patch(self, collection: str, record_id: str, fields: Mapping[str, Any]) -> bool:
-        """Change some fields of one record: True if changed, False if there is no such record."""
+    def patch(
+        self, collection: str, record_id: str, fields: Mapping[str, Any], *,
+        if_match: str | None = None,
+    ) -> Patched:  # fmt: skip
+        """Change some fields of one record (if ``if_match``, only in that version):
+        ``patched``, ``gone`` (there is no such record) or ``changed`` (412)."""
         body = json.dumps({"fields": dict(fields)}).encode()
+        condition = {"If-Match": if_match} if if_match else {}
         response = self._request(
-            "PATCH", collection, _item(record_id), body=body, expected=(200, 204, 404)
-        )
-        return response.status != 404
+            "PATCH", collection, _item(record_id), body=body, headers=condition,
+            expected=(200, 204, 404, 412),
+        )  # fmt: skip
+        if response.status == 404:
+            return "gone"
+        return "changed" if response.status == 412 else "patched"
 
     def close(self) -> None:
         self._pool.clear()
@@ -519,10 +530,13 @@ class HttpAdapter:
         prepare: Prepare,
     ) -> Updated:  # fmt: skip
         """PATCH each selected record that is not held (the API cannot lock: the holds are read
-        once the records are listed), after ``prepare``."""
+        once the records are listed), after ``prepare``. Like a delete, each PATCH first reads
+        the record again and goes only if it is still the person's, as its holds were checked
+        (``If-Match`` on its ETag); a record changed meanwhile is left, counted
+        ``changed_meanwhile``."""
         records = [record for record, status in self._statuses(selection) if status == "due"]
         active = holds()
-        chosen: list[tuple[str, bytes]] = []
+        chosen: list[_Item] = []
         skipped: Counter[str] = Counter()
         old: set[bytes] = set()
         for record in records:
@@ -531,15 +545,20 @@ class HttpAdapter:
             if kind:
                 skipped[kind] += 1
             else:
-                chosen.append((record.id, ref))
+                chosen.append(_Item(record.id, ref, subjects))
                 old |= subjects
-        refs = [ref for _, ref in chosen]
-        prepare(Updated(refs=refs, skipped=dict(skipped), subjects=frozenset(old)))
-        updated = [
-            ref for record_id, ref in chosen
-            if values and self.client.patch(self.dataset, record_id, values)
-        ]  # fmt: skip
-        return Updated(refs=updated, skipped=dict(skipped), subjects=frozenset(old))
+        subjects_before = frozenset(old)
+        prepare(
+            Updated(refs=[i.ref for i in chosen], skipped=dict(skipped), subjects=subjects_before)
+        )
+        updated: list[bytes] = []
+        for item in chosen if values else ():
+            outcome = self._patch_if_still_selected(item, selection, values)
+            if outcome == "patched":
+                updated.append(item.ref)
+            elif outcome == "changed":
+                skipped["changed_meanwhile"] += 1
+        return Updated(refs=updated, skipped=dict(skipped), subjects=subjects_before)
 
     def holding(self, refs: AbstractSet[bytes], values: Mapping[str, Any]) -> set[bytes]:
         return {
@@ -554,15 +573,34 @@ class HttpAdapter:
     def close(self) -> None:
         self.client.close()
 
+    def _patch_if_still_selected(
+        self, item: _Item, selection: Selection, values: Mapping[str, Any]
+    ) -> Patched:
+        """Change the record if it is still as it was selected (see :meth:`update`)."""
+        now = self._as_selected(item, selection)
+        if isinstance(now, str):
+            return now
+        return self.client.patch(self.dataset, item.id, values, if_match=now.etag)
+
     def _delete_if_still_selected(self, item: _Item, selection: Selection) -> Outcome:
         """Delete the record if it is still as it was judged (see the module doc)."""
+        now = self._as_selected(item, selection)
+        if isinstance(now, str):
+            return "absent" if now == "gone" else now
+        return self.client.delete(self.dataset, item.id, if_match=now.etag)
+
+    def _as_selected(
+        self, item: _Item, selection: Selection
+    ) -> ApiRecord | Literal["gone", "changed"]:
+        """The record read again, if the selection still selects it and its lookup fields
+        still name the people whose holds were checked; else why not."""
         now = self.client.get(self.dataset, item.id)
         if now is None:
-            return "absent"
+            return "gone"
         base = base_selection(selection)
         if self._refs(now)[1] != item.subjects or self._status(base, now) != "due":
             return "changed"
-        return self.client.delete(self.dataset, item.id, if_match=now.etag)
+        return now
 
     # -------------------------------------------------------------------------- selecting
 
