@@ -151,7 +151,7 @@ def test_dag_documentation_is_written_for_a_person(dagbag):
         assert re.search(r"(^|\s)>\s", doc) is None  # no stray quote markers
         assert "25 % of the records" in doc
         assert "### How approval works" in doc and "### Where the evidence is" in doc
-        assert "evidence ledger" in doc and "Approve" in doc
+        assert "evidence ledger" in doc and "Approve" in doc and "someone else (four" in doc
         if "legitimate_interest" in activity.legal_bases:
             assert "Art. 6(1)(f) legitimate interest" in doc
     crm = dagbag.dags["retention_crm"].doc_md

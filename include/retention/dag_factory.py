@@ -132,8 +132,9 @@ _HOW = """
 `plan` counts what is due. If the run would delete more than the safety limit, it stops at the
 `approve` task: open the run in the Airflow UI (*Required actions*) and choose **Approve** or
 **Reject**. No answer within 24 hours counts as Reject. A rejected run changes nothing; the
-records wait for the next run. Trigger with `{"dry_run": true}` to see the counts without
-changing anything.
+records wait for the next run. A run you triggered must be approved by someone else (four
+eyes): approved by the same user, it fails before it changes anything. Trigger with
+`{"dry_run": true}` to see the counts without changing anything.
 
 ### Paused?
 
