@@ -108,9 +108,9 @@ _W: dict[str, dict[str, str]] = {
         " nästa körning.",
         "reason_gone": "{n} uppgifter var redan borta ur källsystemet när körningen skulle"
         " radera dem (någon annan hade raderat dem); körningen anger inte att den raderade dem.",
-        "reason_uploaded": "{n} objekt laddades upp på nytt under samma nyckel medan de"
-        " raderades: de bedömda versionerna raderades (de räknas ovan); de nya uppladdningarna"
-        " behölls och bedöms vid nästa körning.",
+        "reason_uploaded": "{n} objekt laddades upp på nytt (eller markerades som raderade på"
+        " nytt) under samma nyckel medan de raderades: de bedömda versionerna raderades (de"
+        " räknas ovan); det nya behölls och bedöms vid nästa körning.",
         "residual_h": "Kvarvarande kopior",
         "residual": "Säkerhetskopior av {system} som togs före {ended} kan innehålla uppgifterna"
         " till och med {expiry} ({days} dagar).",
@@ -213,9 +213,9 @@ _W: dict[str, dict[str, str]] = {
         " by the next run.",
         "reason_gone": "{n} records were already gone from the source system when the run"
         " came to delete them (someone else had deleted them); the run does not claim them.",
-        "reason_uploaded": "{n} objects were uploaded again under their key while they were"
-        " deleted: the judged versions were deleted (they are counted above); the new uploads"
-        " were kept and are judged by the next run.",
+        "reason_uploaded": "{n} objects were uploaded again (or marked deleted again) under"
+        " their key while they were deleted: the judged versions were deleted (they are counted"
+        " above); what is new was kept and is judged by the next run.",
         "residual_h": "Residual copies",
         "residual": "Backups of {system} taken before {ended} may hold the records until"
         " {expiry} ({days} days).",
