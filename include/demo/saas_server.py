@@ -124,15 +124,9 @@ class Store:
         """Delete the record, if ``if_match`` only in that version: ``deleted``, ``gone``
         (there is none) or ``changed`` (it is in another version)."""
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")  # the check and the delete as one
-            row = db.execute(
-                "SELECT fields FROM records WHERE collection = ? AND id = ?",
-                (collection, record_id),
-            ).fetchone()
-            if row is None:
-                return "gone"
-            if if_match not in (None, "*") and etag(str(row[0])) != if_match:
-                return "changed"
+            fields = self._matching(db, collection, record_id, if_match)
+            if fields in ("gone", "changed"):
+                return fields
             db.execute(
                 "DELETE FROM records WHERE collection = ? AND id = ?", (collection, record_id)
             )
@@ -144,21 +138,31 @@ class Store:
         """Change some fields of the record, if ``if_match`` only in that version: (``patched``
         and the stored fields, ``gone`` or ``changed``), the check and the change as one."""
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            row = db.execute(
-                "SELECT fields FROM records WHERE collection = ? AND id = ?",
-                (collection, record_id),
-            ).fetchone()
-            if row is None:
-                return "gone", None
-            if if_match not in (None, "*") and etag(str(row[0])) != if_match:
-                return "changed", None
-            fields = json.dumps(json.loads(row[0]) | changes)
+            fields = self._matching(db, collection, record_id, if_match)
+            if fields in ("gone", "changed"):
+                return fields, None
+            fields = json.dumps(json.loads(fields) | changes)
             db.execute(
                 "UPDATE records SET fields = ? WHERE collection = ? AND id = ?",
                 (fields, collection, record_id),
             )
             return "patched", fields
+
+    @staticmethod
+    def _matching(
+        db: sqlite3.Connection, collection: str, record_id: str, if_match: str | None
+    ) -> str:
+        """In a write transaction begun here: the record's stored fields, or ``gone`` (there
+        is none) or ``changed`` (``if_match`` names another version of it)."""
+        db.execute("BEGIN IMMEDIATE")  # the check and the write as one
+        row = db.execute(
+            "SELECT fields FROM records WHERE collection = ? AND id = ?", (collection, record_id)
+        ).fetchone()
+        if row is None:
+            return "gone"
+        if if_match not in (None, "*") and etag(str(row[0])) != if_match:
+            return "changed"
+        return str(row[0])
 
     def upsert(self, collection: str, records: list[tuple[str, str]]) -> int:
         with self._connect() as db:

@@ -39,7 +39,7 @@ from include.retention.catalogue import Activity, DeleteAction, ObjectLink, Repo
 from include.retention.errors import RetentionError
 from include.retention.leases import Lease, lease_name, leased
 from include.retention.ledger import RunHeader, code_version
-from include.retention.pseudonym import PackedRefs, pack_refs, unpack_refs
+from include.retention.pseudonym import PackedRefs, pack_refs
 from include.retention.run_record import read_run
 from include.retention.runs import (
     Control,
@@ -422,11 +422,11 @@ def _recover(
         mine = [b for b in pending if (b.system, b.dataset) == (system, dataset)]
         if not mine:
             continue
-        wanted = {ref for batch in mine for ref in unpack_refs(batch.refs)}
+        claims = [batch.claims() for batch in mine]
+        wanted = {ref for claim in claims for ref in claim}
         # A partition looks only in its own key range; linked buckets have no key ranges.
         within = selection if isinstance(selection, KeyRange) and make is main else None
-        through = judged_through_of(batch.claims() for batch in mine)
-        present = make().present(wanted, target_action, within, through)
+        present = make().present(wanted, target_action, within, judged_through_of(claims))
         for batch in mine:
             outcome = settle_batch(
                 control, batch, present, applied_if_present=target_action.kind == "anonymise"
