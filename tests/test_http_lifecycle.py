@@ -4,12 +4,17 @@ ledger names each deleted record once, and a crash anywhere in a batch settles c
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import html
+import io
 import json
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -17,6 +22,7 @@ from include.demo.manifest import ManifestEntry
 from include.demo.saas import design_collection
 from include.demo.saas_server import SaasServer, Store
 from include.demo.seed import place_holds
+from include.retention.audit_report import build_report, report_bytes
 from include.retention.catalogue import Activity, HttpSource, load_catalogue
 from include.retention.certificate import build_certificate, render
 from include.retention.lifecycle import Hooks, enforce
@@ -153,6 +159,43 @@ def test_a_record_deleted_by_someone_else_during_the_run_is_not_claimed(saas: Sa
         en="1 records were already gone from the source system when the run came",
         sv="1 uppgifter var redan borta ur källsystemet när körningen skulle",
     )  # fmt: skip
+
+
+def test_the_period_report_shows_what_others_changed_during_the_run(saas: Saas) -> None:
+    """One lead corrected and one deleted in the tool while batch 1 waits: the audit report
+    lists both for the activity (CSV columns and a section of their own), not as exceptions."""
+    free = sorted(e.pk for e in saas.entries if e.due and e.hold is None)
+    corrected, gone = free[0], free[1]
+
+    def change_two(batch_no: int) -> None:
+        if batch_no == 1:
+            fields = json.loads(saas.server.store.get(COLLECTION, corrected) or "{}")
+            fields["email"] = "corrected.address@example.org"
+            saas.server.store.upsert(COLLECTION, [(corrected, json.dumps(fields))])
+            assert saas.server.store.delete(COLLECTION, gone) == "deleted"
+
+    _enforce_with(saas, change_two)
+    today = dt.datetime.now(ZoneInfo("Europe/Stockholm")).date()
+    period = (today - dt.timedelta(days=1), today + dt.timedelta(days=1))
+    ledger = saas.control().ledger
+    report = {
+        lang: build_report(ledger, *period, lang, catalogue=load_catalogue())
+        for lang in ("en", "sv")
+    }
+    row = next(
+        r
+        for r in csv.DictReader(io.StringIO(report_bytes(report["en"], "csv").decode()))
+        if r["activity_id"] == "sales_leads"
+    )
+    assert (row["changed_during_run"], row["already_deleted_by_others"]) == ("1", "1")
+    assert row["uploaded_again_during_run"] == "0" and row["failed_runs"] == "0"
+    english = html.unescape(report_bytes(report["en"], "html").decode())
+    before, heading, section = english.partition("Changed by others while the runs worked")
+    assert heading and "already deleted by someone else" not in before  # not an exception
+    assert "1 records changed in the source system during the run" in section
+    assert "1 records already deleted by someone else" in section
+    swedish = html.unescape(report_bytes(report["sv"], "html").decode())
+    assert "1 uppgifter hade redan raderats av någon annan" in swedish
 
 
 @pytest.mark.parametrize("checkpoint", ["after_prepare:1", "after_apply:2", "after_resolve:1"])

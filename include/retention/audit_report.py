@@ -6,7 +6,9 @@ the runs' batches), records held, restricted, with an unknown anchor and not yet
 last run of the period found them: these are states, summing them over nightly runs would
 count the same record every night), exceptions (failed, interrupted or unfinished runs,
 approvals rejected or not given, verification failures, runs never verified, batches settled
-after a crash, no run at all), verification outcomes and policy gaps; the chain check of the
+after a crash, no run at all), what others changed while the runs worked (records changed
+or deleted in the source system, objects uploaded again: not exceptions, each run's
+certificate explains them), verification outcomes and policy gaps; the chain check of the
 whole ledger; and the trend of deletions per activity as a chart. HTML, PDF and CSV, Swedish
 and English. No personal data: counts, ids and outcomes only.
 """
@@ -17,6 +19,7 @@ import csv
 import datetime as dt
 import io
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from include.retention.catalogue import Catalogue
@@ -38,6 +41,9 @@ EXCEPTIONS = (
     "recovered", "no_runs",
 )  # fmt: skip
 VERIFIED_OUTCOMES = ("completed", "nothing_to_do")
+# What others changed while a run worked on the records: not exceptions (nothing went wrong,
+# each run's certificate explains them), but an auditor sees them per activity.
+MEANWHILE = ("changed_meanwhile", "uploaded_meanwhile", "already_gone")
 
 _W: dict[str, dict[str, str]] = {
     "sv": {
@@ -89,6 +95,17 @@ _W: dict[str, dict[str, str]] = {
         "x_not_verified": "{n} körningar utan kontroll",
         "x_recovered": "{n} omgångar avslutade efter avbrott",
         "x_no_runs": "ingen körning under perioden",
+        "meanwhile_h": "Ändrat av andra medan körningarna arbetade (inga avvikelser: varje"
+        " körnings intyg förklarar)",
+        "m_changed_meanwhile": "{n} uppgifter ändrades i källsystemet under körningen och"
+        " behölls till nästa körning",
+        "m_uploaded_meanwhile": "{n} objekt laddades upp på nytt under samma nyckel (de bedömda"
+        " versionerna raderades)",
+        "m_already_gone": "{n} uppgifter hade redan raderats av någon annan (körningen anger inte"
+        " att den raderade dem)",
+        "csv_changed_meanwhile": "ändrade_under_körningen",
+        "csv_uploaded_meanwhile": "uppladdade_på_nytt_under_körningen",
+        "csv_already_gone": "redan_raderade_av_annan",
         "csv_activity_id": "behandling_id",
         "csv_activity": "behandling",
         "csv_runs": "körningar",
@@ -152,6 +169,17 @@ _W: dict[str, dict[str, str]] = {
         "x_not_verified": "{n} runs not verified",
         "x_recovered": "{n} batches settled after an interruption",
         "x_no_runs": "no run in the period",
+        "meanwhile_h": "Changed by others while the runs worked (not exceptions: each run's"
+        " certificate explains)",
+        "m_changed_meanwhile": "{n} records changed in the source system during the run and were"
+        " kept for the next run",
+        "m_uploaded_meanwhile": "{n} objects uploaded again under their key (the judged versions"
+        " were deleted)",
+        "m_already_gone": "{n} records already deleted by someone else (the run does not claim"
+        " them)",
+        "csv_changed_meanwhile": "changed_during_run",
+        "csv_uploaded_meanwhile": "uploaded_again_during_run",
+        "csv_already_gone": "already_deleted_by_others",
         "csv_activity_id": "activity_id",
         "csv_activity": "activity",
         "csv_runs": "runs",
@@ -213,6 +241,10 @@ class ActivityLine:
         if not self.runs and self.enforceable:
             found["no_runs"] = 1
         return found
+
+    def meanwhile(self) -> Counter[str]:
+        """`MEANWHILE` counts summed over the period's runs."""
+        return Counter({name: sum(r.count(name) for r in self.runs) for name in MEANWHILE})
 
 
 @dataclass
@@ -343,12 +375,19 @@ def _ledger_text(report: AuditReport) -> str:
     return w["ledger_broken"].format(seq=state.bad_seq, problem=state.problem)
 
 
-def _details(report: AuditReport) -> list[str]:
+def _meanwhile_text(line: ActivityLine, w: dict[str, str]) -> str:
+    found = line.meanwhile()
+    return "; ".join(w[f"m_{name}"].format(n=found[name]) for name in MEANWHILE if found[name])
+
+
+def _per_activity(
+    report: AuditReport, text: Callable[[ActivityLine, dict[str, str]], str]
+) -> list[str]:
     w = report.words
     return [
-        f"{line.name} ({line.activity_id}): {text}"
+        f"{line.name} ({line.activity_id}): {found}"
         for line in report.lines
-        if (text := _exceptions_text(line, w))
+        if (found := text(line, w))
     ]
 
 
@@ -367,7 +406,8 @@ def to_document(report: AuditReport) -> Document:
         summary,
         Figure(w["trend_h"], trend(report), w["trend_caption"].format(unit=unit)),
         _grid(report),
-        Notes(w["details_h"], _details(report)),
+        Notes(w["details_h"], _per_activity(report, _exceptions_text)),
+        Notes(w["meanwhile_h"], _per_activity(report, _meanwhile_text)),
         Notes(
             w["gaps_h"], [f"{ln.name} ({ln.activity_id})" for ln in report.lines if ln.policy_gap]
         ),
@@ -390,12 +430,13 @@ def to_csv(report: AuditReport) -> str:
             "restricted", "unknown", "kept", "verified")  # fmt: skip
     header = [w[f"csv_{k}"] for k in keys]
     header += [w[f"x_{name}"].replace("{n} ", "").replace(" ", "_") for name in EXCEPTIONS]
+    header += [w[f"csv_{name}"] for name in MEANWHILE]
     header += [w["csv_gap"], w["csv_last_run"]]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for line in report.lines:
-        found, last = line.exceptions(), line.last
+        found, meanwhile, last = line.exceptions(), line.meanwhile(), line.last
         writer.writerow([
             line.activity_id, line.name, len(line.runs),
             sum(1 for r in line.runs if r.outcome == "completed"),
@@ -403,6 +444,7 @@ def to_csv(report: AuditReport) -> str:
             *("" if line.state(k) is None else line.state(k)
               for k in ("held", "restricted", "anchor_unknown", "kept")),
             line.verifications()[0], *(found[name] for name in EXCEPTIONS),
+            *(meanwhile[name] for name in MEANWHILE),
             int(line.policy_gap), last.run_id if last else "",
         ])  # fmt: skip
     return buffer.getvalue()
