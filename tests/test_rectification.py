@@ -19,7 +19,7 @@ from include.demo.saas_server import SaasServer
 from include.retention import dsr
 from include.retention.catalogue import Activity, Catalogue, HttpSource, S3Source
 from include.retention.errors import RetentionError
-from include.retention.holds import ActiveHolds, HoldRegister
+from include.retention.holds import ActiveHolds
 from include.retention.pseudonym import record_ref, subject_ref
 from include.retention.sources.base import NotUpdatable, OfSubject, adapter_for
 from include.retention.sources.http import ApiClient, ApiSettings
@@ -52,10 +52,8 @@ def _setup(source_db, tmp_path: Path, key: bytes) -> tuple[dsr.DsrRuntime, Any]:
         person(3, recent(), email=" PERSON1@example.com", city="Malmö", age=40),
     ], children=False)  # fmt: skip
     control = sa.create_engine(f"sqlite:///{tmp_path / 'control.db'}")
-    runtime = dsr.DsrRuntime.of(control, key)
     catalogue = Catalogue(activities={"recruitment": activity(children=False)}, version="t")
-    runtime.__dict__["holds"] = HoldRegister(control, key, catalogue)
-    runtime.holds.create_tables()
+    runtime = dsr.DsrRuntime.of(control, key, catalogue=catalogue)
     return runtime, catalogue
 
 

@@ -24,7 +24,6 @@ import sqlalchemy as sa
 from include.retention import dsr, rectification
 from include.retention.catalogue import Catalogue
 from include.retention.errors import RetentionError
-from include.retention.holds import HoldRegister
 from include.retention.pseudonym import record_ref
 from tests.crash import fork_run
 from tests.dbs import DIALECTS, activity, create_db, old, person, recent, seed
@@ -35,10 +34,7 @@ CATALOGUE = Catalogue(activities={"recruitment": activity(children=False)}, vers
 
 
 def _runtime(control_url: str, key: bytes) -> dsr.DsrRuntime:
-    runtime = dsr.DsrRuntime.of(sa.create_engine(control_url), key)
-    runtime.__dict__["holds"] = HoldRegister(runtime.engine, key, CATALOGUE)
-    runtime.holds.create_tables()
-    return runtime
+    return dsr.DsrRuntime.of(sa.create_engine(control_url), key, catalogue=CATALOGUE)
 
 
 def _rectify(received: dict, control_url: str, db_url: str, key: bytes) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from include.retention.catalogue import Activity, Catalogue
 from include.retention.errors import RetentionError
 from include.retention.grants import init_control, source_grants, table_columns
 from include.retention.grants import source_script as make_source_script
-from include.retention.holds import HoldRegister
 from tests.dbs import activity, key_fixture, seed  # noqa: F401 - fixtures
 from tests.test_grants import (  # noqa: F401 - fixtures
     DENIED,
@@ -51,9 +50,9 @@ def test_rectification_runs_as_the_worker_on_exactly_the_rectifiable_columns(
     setup.apply(make_source_script(target, [activity()], columns))
     _set_password(setup)
     catalogue = Catalogue(activities={"recruitment": activity()}, version="t")
-    runtime = dsr.DsrRuntime.of(setup.control.engine, key)  # the register: the DSR role's
-    runtime.__dict__["control_engine"] = setup.as_role(setup.control)  # ledger: the worker's
-    runtime.__dict__["holds"] = HoldRegister(setup.control.engine, key, catalogue)
+    runtime = dsr.DsrRuntime.of(  # the register: the DSR role's; the ledger: the worker's
+        setup.control.engine, key, control_engine=setup.as_role(setup.control), catalogue=catalogue
+    )
     form = {"email": ANNA, "corrections": {"city": "Ystad", "age": 41}}
     received = dsr.receive("rectification", form, user="u", dag_id="d", run_id="r",
                            runtime=runtime)  # fmt: skip

@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -21,6 +21,7 @@ import pendulum
 import sqlalchemy as sa
 
 from include.retention import connections
+from include.retention.catalogue import Catalogue
 from include.retention.errors import RetentionError
 from include.retention.holds import HoldRegister
 from include.retention.identifiers import KINDS, SubjectId, identify
@@ -61,22 +62,35 @@ MAX_RECEIVED_AGE_DAYS = 92  # a request older than three months cannot be on tim
 
 @dataclass
 class DsrRuntime:
-    """The control database's registers for one task (opened on first use)."""
+    """The control database's registers for one task, each opened on first use: on the
+    configured connections, or on what `of` gives (tests, the CLI)."""
+
+    given_engine: sa.Engine | None = field(default=None, repr=False)
+    given_key: bytes | None = field(default=None, repr=False)
+    # the ledger's database when the lifecycle reaches it otherwise than the register's
+    given_control_engine: sa.Engine | None = field(default=None, repr=False)
+    catalogue: Catalogue | None = None  # what the hold register checks placements against
 
     @classmethod
-    def of(cls, engine: sa.Engine, key: bytes) -> DsrRuntime:
-        """A runtime on a given control database and key (tests, the CLI)."""
-        runtime = cls()
-        runtime.__dict__.update(engine=engine, key=key, control_engine=engine)
-        return runtime
+    def of(
+        cls,
+        engine: sa.Engine,
+        key: bytes,
+        *,
+        control_engine: sa.Engine | None = None,
+        catalogue: Catalogue | None = None,
+    ) -> DsrRuntime:
+        """A runtime on a given control database and key; the ledger on ``control_engine``
+        (default: the same database)."""
+        return cls(engine, key, control_engine or engine, catalogue)
 
     @cached_property
     def engine(self) -> sa.Engine:
-        return connections.dsr_control_engine()
+        return self.given_engine or connections.dsr_control_engine()
 
     @cached_property
     def key(self) -> bytes:
-        return connections.pseudonym_key()
+        return self.given_key if self.given_key is not None else connections.pseudonym_key()
 
     @cached_property
     def requests(self) -> RequestRegister:
@@ -86,7 +100,7 @@ class DsrRuntime:
 
     @cached_property
     def holds(self) -> HoldRegister:
-        register = HoldRegister(self.engine, self.key)
+        register = HoldRegister(self.engine, self.key, self.catalogue)
         register.create_tables()
         return register
 
@@ -98,7 +112,7 @@ class DsrRuntime:
 
     @cached_property
     def control_engine(self) -> sa.Engine:
-        return connections.control_engine()
+        return self.given_control_engine or connections.control_engine()
 
     @cached_property
     def suppressions(self) -> SuppressionList:
