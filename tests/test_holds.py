@@ -127,22 +127,23 @@ def test_inexact_identifiers_are_refused_at_load(tmp_path, field, value, problem
     assert "newsletter.yaml" in errors and not catalogue.activities  # its activity is not built
 
 
+def _validate(folder: Path, control_url: str) -> subprocess.CompletedProcess[str]:
+    """`python -m include.retention validate` of ``folder`` against the control database."""
+    return subprocess.run(
+        [sys.executable, "-m", "include.retention", "--catalogue", str(folder), "validate",
+         "--control-db", control_url],
+        cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""},
+    )  # fmt: skip
+
+
 def test_validate_with_the_control_db_refuses_a_rename(tmp_path, key):
     url = f"sqlite:///{tmp_path / 'control.db'}"
     first, _ = _hold_two_recipients(Control.open(url, key))
     folder = _newsletter(tmp_path, system="mailing")
-    result = subprocess.run(
-        [sys.executable, "-m", "include.retention", "--catalogue", str(folder), "validate",
-         "--control-db", url],
-        cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""},
-    )  # fmt: skip
+    result = _validate(folder, url)
     assert result.returncode == 2, result.stdout
     assert f"hold {first} (legal_hold on 'newsletter'/'recipients'" in result.stderr
-    ok = subprocess.run(
-        [sys.executable, "-m", "include.retention", "--catalogue", str(_newsletter(tmp_path)),
-         "validate", "--control-db", url],
-        cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""},
-    )  # fmt: skip
+    ok = _validate(_newsletter(tmp_path), url)
     assert ok.returncode == 0, ok.stderr
     assert "every active hold matches the catalogue's bindings" in ok.stdout
 
@@ -283,11 +284,7 @@ def test_validate_refuses_a_changed_primary_key(tmp_path, key):
     control = Control.open(url, key, catalogue=load_catalogue(_newsletter(tmp_path)))
     first, _ = _hold_two_recipients(control)
     folder = _newsletter(tmp_path, primary_key="recipient_id")
-    result = subprocess.run(
-        [sys.executable, "-m", "include.retention", "--catalogue", str(folder), "validate",
-         "--control-db", url],
-        cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""},
-    )  # fmt: skip
+    result = _validate(folder, url)
     assert result.returncode == 2, result.stdout
     assert f"hold {first} (legal_hold on 'newsletter'/'recipients'" in result.stderr
     assert "now binds key (recipient_id)" in result.stderr

@@ -114,6 +114,13 @@ def _certificate_says(control: Control, run_id: str, **words: str) -> None:
         assert text in render(document, "html").decode(), language
 
 
+def _correct_email(saas: Saas, pk: str) -> None:
+    """In the tool itself, the lead's e-mail is corrected (it becomes another person's)."""
+    fields = json.loads(saas.server.store.get(COLLECTION, pk) or "{}")
+    fields["email"] = "corrected.address@example.org"
+    saas.server.store.upsert(COLLECTION, [(pk, json.dumps(fields))])
+
+
 def test_a_record_changed_during_the_run_is_kept_and_the_certificate_says_why(saas: Saas) -> None:
     """Just before batch 1 is applied, the e-mail of one of its leads is corrected: the
     holds were checked for the old one, so the lead is kept, and nothing claims it."""
@@ -122,9 +129,7 @@ def test_a_record_changed_during_the_run_is_kept_and_the_certificate_says_why(sa
 
     def correct(batch_no: int) -> None:
         if batch_no == 1:
-            fields = json.loads(saas.server.store.get(COLLECTION, corrected) or "{}")
-            fields["email"] = "corrected.address@example.org"
-            saas.server.store.upsert(COLLECTION, [(corrected, json.dumps(fields))])
+            _correct_email(saas, corrected)
 
     report, control = _enforce_with(saas, correct)
     assert report.outcome == "completed" and report.counts()["changed_meanwhile"] == 1
@@ -169,9 +174,7 @@ def test_the_period_report_shows_what_others_changed_during_the_run(saas: Saas) 
 
     def change_two(batch_no: int) -> None:
         if batch_no == 1:
-            fields = json.loads(saas.server.store.get(COLLECTION, corrected) or "{}")
-            fields["email"] = "corrected.address@example.org"
-            saas.server.store.upsert(COLLECTION, [(corrected, json.dumps(fields))])
+            _correct_email(saas, corrected)
             assert saas.server.store.delete(COLLECTION, gone) == "deleted"
 
     _enforce_with(saas, change_two)

@@ -6,7 +6,7 @@ finish settles what a partition that never came back left prepared. Real Postgre
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,15 @@ def _partition_run(
     return lifecycle.run(act, part, adapter, control, opts)
 
 
+def _together(calls: list[Callable[[], object]]) -> None:
+    """Run ``calls`` at the same time, one thread each, and wait for them (two minutes)."""
+    threads = [threading.Thread(target=call) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+
+
 def _finish(
     act: Activity, run_id: str, parts: list[KeyRange], engine: sa.Engine, control: Control,
     outcome: str = "completed",
@@ -128,15 +137,10 @@ def test_mapped_partitions_delete_exactly_what_one_run_deletes(tmp_path: Path) -
         assert len(parts) == 3
         run_id = _start(act, mapped_db.engine, control, len(parts))
         reports: list[lifecycle.RunReport] = []
-        threads = [
-            threading.Thread(target=lambda p=p: reports.append(
-                _partition_run(act, p, mapped_db.engine, control, run_id)))
+        _together([
+            lambda p=p: reports.append(_partition_run(act, p, mapped_db.engine, control, run_id))
             for p in parts
-        ]  # fmt: skip
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+        ])  # fmt: skip
         assert sorted(r.outcome for r in reports) == ["completed"] * 3
         assert {r.run_id for r in reports} == {run_id}
         assert control.ledger.unfinished_runs(act.id).keys() == {run_id}  # until the finish
@@ -225,15 +229,11 @@ def _dag_steps(rt: _Runtime, act: Activity) -> tuple[list[dict[str, Any]], dict[
     planned = operations.plan(act.id, params, AS_OF, rt, now=AS_OF)
     parts = operations.partition(act.id, planned, None, rt)
     results: dict[int, dict[str, Any]] = {}
-    threads = [
-        threading.Thread(target=lambda p=p: results.__setitem__(
-            p["index"], operations.enforce(act.id, planned, None, rt, part=p)))
+    _together([
+        lambda p=p: results.__setitem__(
+            p["index"], operations.enforce(act.id, planned, None, rt, part=p))
         for p in parts
-    ]  # fmt: skip
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    ])  # fmt: skip
     finished = operations.finish(act.id, planned, parts, [results[p["index"]] for p in parts], rt)
     verified = operations.verify(act.id, planned, finished, rt)
     assert verified["checked"] and verified["success"], verified
