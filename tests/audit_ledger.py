@@ -27,7 +27,7 @@ from include.retention.catalogue import Activity, Catalogue
 from include.retention.lifecycle import Hooks
 from include.retention.runs import Control
 from include.retention.texts import Localised
-from tests.dbs import AS_OF, activity, old, person, recent, seed
+from tests.dbs import ANONYMISE, AS_OF, activity, old, person, recent, seed
 
 CATALOGUE_VERSION = "test-catalogue-v1"
 HOLD_REASON = "tvist med kandidat Greta Garbo"  # personal data: must never be shown
@@ -46,18 +46,7 @@ DAYS = {  # what ran when (Stockholm dates)
 
 
 def anonymising() -> Activity:
-    alumni = activity(
-        activity_id="alumni",
-        action={
-            "kind": "anonymise",
-            "marker_column": "anonymised_at",
-            "direct_identifiers": ["email"],
-            "quasi_identifiers": ["city"],
-            "k_anonymity": 2,
-            "columns": {"email": {"strategy": "null"}, "city": {"strategy": "null"}},
-        },
-        children=False,
-    )
+    alumni = activity(activity_id="alumni", action=ANONYMISE, children=False)
     return alumni.model_copy(update={"name": Localised(sv="Alumner", en="Alumni")})
 
 

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from include.retention.catalogue import Activity
+from include.retention.ledger import Ledger
 from include.retention.runs import Control
 
 PG_ADMIN_URL = os.environ.get(
@@ -63,6 +64,18 @@ def _pg_url(schema: str) -> str:
 class _Fresh:
     admin: Engine
     name: str
+
+
+@contextlib.contextmanager
+def ledger_on(kind: str, tmp_path: Path) -> Iterator[Ledger]:
+    """A ledger with its tables on a fresh database of ``kind``, dropped afterwards."""
+    db, cleanup = create_db(kind, tmp_path)
+    ledger = Ledger(db.engine, secrets.token_bytes(32))
+    ledger.create_tables()
+    try:
+        yield ledger
+    finally:
+        cleanup()
 
 
 def create_db(kind: str, tmp_path: Path) -> tuple[Db, Any]:
@@ -275,19 +288,19 @@ def crash_people() -> list[dict[str, Any]]:
     return [person(i, old() if i % 10 < 7 else recent()) for i in range(1, 51)]
 
 
+# Anonymise the candidates: e-mail and city to NULL, k=2 over the city.
+ANONYMISE = {
+    "kind": "anonymise",
+    "marker_column": "anonymised_at",
+    "direct_identifiers": ["email"],
+    "quasi_identifiers": ["city"],
+    "k_anonymity": 2,
+    "columns": {"email": {"strategy": "null"}, "city": {"strategy": "null"}},
+}
+
+
 def crash_activity(action: str = "delete") -> Activity:
-    if action == "delete":
-        return activity()
-    return activity(
-        action={
-            "kind": "anonymise",
-            "marker_column": "anonymised_at",
-            "direct_identifiers": ["email"],
-            "quasi_identifiers": ["city"],
-            "k_anonymity": 2,
-            "columns": {"email": {"strategy": "null"}, "city": {"strategy": "null"}},
-        }
-    )
+    return activity() if action == "delete" else activity(action=ANONYMISE)
 
 
 CRASH_BATCH = 10

@@ -4,17 +4,20 @@ activity's runs."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 import yaml
 
-from include.demo.manifest import Manifest, ManifestEntry
+from include.demo.manifest import HoldRequest, Manifest, ManifestEntry
+from include.demo.seed import place_holds
 from include.retention.catalogue import POLICY_DIR
 from include.retention.object_store import iter_versions
 from include.retention.runs import Control
@@ -55,6 +58,22 @@ class Demo:
 
     def last_run(self, activity_id: str) -> dict[str, Any]:
         return self.control.ledger.runs(activity_id)[-1].finished or {}
+
+
+@contextlib.contextmanager
+def demo_environment(
+    env: dict[str, str], key: str, holds: Iterable[HoldRequest]
+) -> Iterator[Control]:
+    """The demo's environment (without its Airflow home and DAG folder: the test's own are
+    kept) set for the block, with ``holds`` placed; yields the control database."""
+    for name in ("AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER"):
+        env.pop(name)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        control = Control.open(env["RETENTION_CONTROL_DB_URL"], key.encode())
+        place_holds(control.holds, holds)
+        yield control
 
 
 def survivors(demo: Demo, activity_id: str) -> tuple[list[ManifestEntry], list[ManifestEntry]]:

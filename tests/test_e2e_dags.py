@@ -30,11 +30,10 @@ from include.demo import databases
 from include.demo.embedded_s3 import EmbeddedS3
 from include.demo.run import DemoPaths, environment
 from include.demo.saas_server import SaasServer
-from include.demo.seed import place_holds, seed_demo
+from include.demo.seed import seed_demo
 from include.retention.catalogue import load_catalogue
 from include.retention.dag_factory import build_dag
-from include.retention.runs import Control
-from tests.demo_checks import Demo, edited_catalogue, strict_safety, survivors
+from tests.demo_checks import Demo, demo_environment, edited_catalogue, strict_safety, survivors
 from tests.s3 import s3_server_fixture  # noqa: F401
 
 AS_OF = dt.datetime(2026, 11, 24, 1, 30, tzinfo=dt.UTC)  # the 02:30 nightly run, Stockholm
@@ -95,13 +94,7 @@ def demo(
         env = environment(DemoPaths(root), key, s3_server.endpoint_url, saas.connection())
         for system, url in result.urls.items():  # the connections reach the seeded systems
             env[f"AIRFLOW_CONN_RETENTION_{system.upper()}"] = databases.airflow_connection(url)
-        for name in ("AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER"):
-            env.pop(name)
-        with pytest.MonkeyPatch.context() as patch:
-            for name, value in env.items():
-                patch.setenv(name, value)
-            control = Control.open(env["RETENTION_CONTROL_DB_URL"], key.encode())
-            place_holds(control.holds, result.hold_requests())
+        with demo_environment(env, key, result.hold_requests()) as control:
             yield Demo(root, result.manifest, result.urls, control, s3_server.client(), saas.store)
     finally:
         if servers:

@@ -20,18 +20,13 @@ from include.retention.pseudonym import (
     pack_refs,
     subject_ref,
 )
-from tests.dbs import create_db
+from tests.dbs import ledger_on
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    db, cleanup = create_db(request.param, tmp_path)
-    ledger = Ledger(db.engine, secrets.token_bytes(32))
-    ledger.create_tables()
-    try:
+    with ledger_on(request.param, tmp_path) as ledger:
         yield ledger
-    finally:
-        cleanup()
 
 
 def _run(ledger: Ledger, people: dict[int, str], outcome: str = "committed") -> str:

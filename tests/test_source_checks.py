@@ -19,11 +19,10 @@ import sqlalchemy as sa
 
 from include.demo.embedded_s3 import EmbeddedS3
 from include.demo.run import ROOT, DemoPaths, environment
-from include.demo.seed import place_holds, seed_demo
+from include.demo.seed import seed_demo
 from include.retention.catalogue import load_catalogue
 from include.retention.dag_factory import build_dag
-from include.retention.runs import Control
-from tests.demo_checks import Demo, edited_catalogue, survivors
+from tests.demo_checks import Demo, demo_environment, edited_catalogue, survivors
 from tests.s3 import s3_server_fixture  # noqa: F401
 
 AS_OF = dt.datetime(2026, 11, 24, 1, 30, tzinfo=dt.UTC)
@@ -37,13 +36,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, s3_server: EmbeddedS3) -> Ite
     key = secrets.token_urlsafe(32)
     result = seed_demo(AS_OF, root / "demo", s3_client=s3_server.client())
     env = environment(DemoPaths(root), key, s3_server.endpoint_url)
-    for name in ("AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER"):
-        env.pop(name)
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        control = Control.open(env["RETENTION_CONTROL_DB_URL"], key.encode())
-        place_holds(control.holds, result.hold_requests())
+    with demo_environment(env, key, result.hold_requests()) as control:
         yield Demo(root, result.manifest, result.urls, control, s3_server.client())
 
 

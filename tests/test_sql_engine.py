@@ -54,14 +54,20 @@ def _run(db: Db, control: Control, act=None, after_lock=None, **kwargs) -> objec
     )
 
 
-def test_plan_counts_without_changing_anything(source_db: Db, control: Control) -> None:
+def _seed_with_holds(source_db: Db, control: Control, held_email: str) -> None:
+    """The mixed people, a legal hold on the person with ``held_email`` (as written) and a
+    restriction of record 4."""
     seed(source_db.engine, _mixed_people())
     control.holds.place_subject_hold(
-        "held.person@example.com ", kind="legal_hold", reason="dispute", placed_by="legal"
+        held_email, kind="legal_hold", reason="dispute", placed_by="legal"
     )
     control.holds.place_record_hold(
         "ats", "people", 4, kind="restriction", reason="Art. 18 request", placed_by="dpo"
     )
+
+
+def test_plan_counts_without_changing_anything(source_db: Db, control: Control) -> None:
+    _seed_with_holds(source_db, control, " held.person@example.com ")
     result = plan(activity(), AS_OF, source=source_db.engine, control=control)
     assert result.counts() == {
         "total": 10,
@@ -78,13 +84,7 @@ def test_plan_counts_without_changing_anything(source_db: Db, control: Control) 
 
 
 def test_delete_with_children_holds_and_evidence(source_db: Db, control: Control) -> None:
-    seed(source_db.engine, _mixed_people())
-    control.holds.place_subject_hold(
-        "held.person@example.com", kind="legal_hold", reason="dispute", placed_by="legal"
-    )
-    control.holds.place_record_hold(
-        "ats", "people", 4, kind="restriction", reason="Art. 18 request", placed_by="dpo"
-    )
+    _seed_with_holds(source_db, control, "held.person@example.com")
     result = _run(source_db, control, batch_size=2)
     assert result.outcome == "completed"
     assert (result.applied, result.held_skipped, result.restricted_skipped) == (3, 1, 1)
