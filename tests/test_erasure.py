@@ -186,7 +186,7 @@ def test_reapply_after_a_restore_erases_again_and_is_idempotent(world: dict[str,
                         catalogue=world["catalogue"], connections=world["conns"])  # fmt: skip
 
 
-def test_reapply_applies_the_suppression_list_to_consent_based_activities(
+def test_reapply_applies_the_suppression_list_as_the_nightly_runs_do(
     world: dict[str, Any], key: bytes
 ) -> None:
     consent = world["catalogue"]["recruitment"].model_copy(
@@ -205,8 +205,26 @@ def test_reapply_applies_the_suppression_list_to_consent_based_activities(
         dsr.reapply(system, user="ops", origin={}, runtime=world["runtime"],
                     catalogue=catalogue, connections=world["conns"])  # fmt: skip
     everyone = {p["id"] for p in PEOPLE}
-    assert ids(world["ats"]) == everyone - {6, 7}  # consent-based: both scopes
+    # consent-based, not direct marketing: the withdrawal only (7 objected to direct
+    # marketing and withdrew no consent given for this purpose)
+    assert ids(world["ats"]) == everyone - {6}
     assert ids(world["books"]) == everyone - {7}  # direct marketing: the objection only
+
+
+def test_reapply_removes_the_scopes_the_nightly_suppression_runs_remove() -> None:
+    withdrew, objected, erased = b"\x01" * 16, b"\x02" * 16, b"\x03" * 16
+    suppressed = {"consent": {withdrew}, "direct_marketing": {objected}}
+    base = activity(activity_id="talent_pool", children=False)
+    on = {
+        "consent only": ([LegalBasis.consent], False, [withdrew]),
+        "newsletter": ([LegalBasis.consent], True, [withdrew, objected]),
+        "prospecting": ([LegalBasis.legitimate_interest], True, [objected]),
+        "contract": ([LegalBasis.contract], False, []),
+    }
+    for name, (bases, marketing, expected) in on.items():
+        bound = base.model_copy(update={"legal_bases": bases, "direct_marketing": marketing})
+        assert erasure.reapply_refs(bound, [], suppressed) == expected, name
+        assert erasure.reapply_refs(bound, [erased], suppressed) == sorted([erased, *expected])
 
 
 def test_a_restriction_lists_the_recipients_of_the_activities_holding_the_person(

@@ -24,9 +24,9 @@ an employer) are never searched or touched: the response refers the person to th
 
 :func:`reapply` re-applies, to one restored system, every completed erasure recorded in the
 ledger (``dsr_received``/``dsr_status`` entries) and the suppression list (consent-scope
-entries to consent-based activities, direct-marketing ones to those and to direct-marketing
-activities), with the same exceptions, the same evidence and idempotently: what is gone is
-not found again.
+entries to consent-based activities, direct-marketing ones to activities marked
+``direct_marketing``: `suppression.scopes_for`, as the nightly runs), with the same
+exceptions, the same evidence and idempotently: what is gone is not found again.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from include.retention.evidence import EvidenceReader
 from include.retention.holds import ActiveHolds
 from include.retention.runs import Control
 from include.retention.sources.base import OfSubject, SourceAdapter, adapter_for, judged_through_of
+from include.retention.suppression import scopes_for
 
 log = logging.getLogger(__name__)
 
@@ -343,14 +344,14 @@ def erased_subjects(ledger: EvidenceReader) -> dict[int, list[bytes]]:
 def reapply_refs(
     activity: Activity, erased: Iterable[bytes], suppressed: Mapping[str, set[bytes]]
 ) -> list[bytes]:
-    """The references to erase again from ``activity`` after a restore: every erased person;
-    for a consent-based activity everyone suppressed; for a direct-marketing one those who
-    objected to direct marketing."""
+    """The references to erase again from ``activity`` after a restore: every erased person,
+    and those suppressed in the scopes the nightly suppression runs remove from it
+    (`suppression.scopes_for`: consent withdrawals from a consent-based activity,
+    direct-marketing objections from one marked ``direct_marketing``; an objection to direct
+    marketing withdraws no consent given for another purpose)."""
     refs = set(erased)
-    if LegalBasis.consent in activity.legal_bases:
-        refs |= suppressed.get("consent", set()) | suppressed.get("direct_marketing", set())
-    if activity.direct_marketing:
-        refs |= suppressed.get("direct_marketing", set())
+    for scope in scopes_for(activity):
+        refs |= suppressed.get(scope, set())
     return sorted(refs)
 
 
