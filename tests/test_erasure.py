@@ -148,6 +148,38 @@ def test_a_processor_binding_is_untouched_and_refers_to_the_employer(
     assert (referral["activity"], referral["controller_en"]) == ("recruitment", employer.en)
 
 
+def test_erasure_keeps_what_another_activity_of_the_dataset_must_keep(
+    world: dict[str, Any],
+) -> None:
+    # ats/people is bound by recruitment (legitimate interest) and by invoicing (a legal
+    # obligation, e.g. the Bookkeeping Act): Art. 17(3)(b) keeps the record, whichever
+    # activity reaches it, and the response names invoicing as keeping it.
+    invoicing = _binding(
+        "invoicing", "ats", legal_bases=[LegalBasis.contract, LegalBasis.legal_obligation]
+    )
+    catalogue = Catalogue(
+        activities={"invoicing": invoicing, "recruitment": world["catalogue"]["recruitment"]},
+        version="test",
+    )
+    connections = {"invoicing": world["ats"], "recruitment": world["ats"]}
+    received = _request(world)
+    result = dsr.erase(received, user="dpo.anna", runtime=world["runtime"], catalogue=catalogue,
+                       connections=connections)  # fmt: skip
+    assert 3 in ids(world["ats"])
+    assert (result["erased"], result["recipients_to_notify"]) == (0, [])
+    [kept] = result["kept"]
+    assert (kept["reason"], kept["activities"]) == ("legal_obligation", ["invoicing"])
+    bindings = {b["activity"]: b for b in result["bindings"]}
+    assert bindings["recruitment"]["kept"] == {"legal_obligation": 1}
+    assert bindings["recruitment"]["kept_for"] == "invoicing"
+    assert world["runtime"].control.ledger.runs() == []  # no run: nothing erased anywhere
+    # nor after a restore
+    _complete(world, received)
+    again = dsr.reapply("ats", user="ops", origin={}, runtime=world["runtime"],
+                        catalogue=catalogue, connections=connections)  # fmt: skip
+    assert 3 in ids(world["ats"]) and again["erased"] == 0
+
+
 def _complete(world: dict[str, Any], received: Any) -> None:
     world["runtime"].requests.set_status(int(received["request_id"]), "completed", by="dpo")
 
@@ -225,6 +257,26 @@ def test_reapply_removes_the_scopes_the_nightly_suppression_runs_remove() -> Non
         bound = base.model_copy(update={"legal_bases": bases, "direct_marketing": marketing})
         assert erasure.reapply_refs(bound, [], suppressed) == expected, name
         assert erasure.reapply_refs(bound, [erased], suppressed) == sorted([erased, *expected])
+
+
+def test_reapply_keeps_suppressed_people_another_activity_of_the_dataset_needs(
+    world: dict[str, Any], key: bytes
+) -> None:
+    # As the nightly suppression runs: a withdrawn consent ends the consent-based activity,
+    # not a contract another activity binding the same table performs.
+    talent_pool = world["catalogue"]["recruitment"].model_copy(
+        update={"legal_bases": [LegalBasis.consent]}
+    )
+    customers = _binding("customers", "ats", legal_bases=[LegalBasis.contract])
+    catalogue = Catalogue.model_construct(
+        activities={"recruitment": talent_pool, "customers": customers}, version="test"
+    )
+    world["runtime"].suppressions.add([subject_ref(key, "person6@example.com")], "consent",
+                                      added_by="dpo")  # fmt: skip
+    result = dsr.reapply("ats", user="ops", origin={}, runtime=world["runtime"],
+                         catalogue=catalogue, connections={"recruitment": world["ats"],
+                                                           "customers": world["ats"]})  # fmt: skip
+    assert ids(world["ats"]) == {p["id"] for p in PEOPLE} and result["erased"] == 0
 
 
 def test_a_restriction_lists_the_recipients_of_the_activities_holding_the_person(

@@ -218,6 +218,37 @@ def test_held_and_restricted_records_are_kept_with_the_reason(world: World) -> N
     }  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("bases", "reason"),
+    [(["contract", "legal_obligation"], "legal_obligation"), (["contract"], "contract")],
+)
+def test_a_withdrawal_keeps_records_another_activity_of_the_dataset_needs(
+    world: World, bases: list[str], reason: str
+) -> None:
+    # The newsletter's table is also bound by invoicing (a contract; the Bookkeeping Act): a
+    # withdrawn newsletter consent ends the newsletter, not the invoicing (Art. 17(1)(b)).
+    world.catalogue.activities["invoicing"] = _activity(
+        "suppliers", id="invoicing", system="news", legal_bases=bases
+    )
+    world.engines["invoicing"] = world.engines["newsletter"]
+    _, result = world.withdraw(ANNA)
+    assert world.left()["newsletter"] == set() and world.left()["webinars"] == {1, 2}
+    assert result["removed_from"] == ["webinars"] and "newsletter" not in world.runs()
+    [kept] = result["kept"]
+    assert (kept["reason"], kept["records"], kept["activities"]) == (reason, 2, ["invoicing"])
+    newsletter = _by_activity(result)["newsletter"]
+    assert (newsletter["found"], newsletter["removed"], newsletter["kept_for"]) == (
+        2, 0, "invoicing",
+    )  # fmt: skip
+    # nor do the nightly suppression runs remove them
+    runtime = operations.Runtime.of(world.catalogue, world.runtime.control, world.engines)
+    nightly = operations.remove_suppressed(
+        world.catalogue["newsletter"], runtime, dry_run=False, origin=None
+    )
+    assert nightly is not None and nightly["kept_for"]["activity"] == "invoicing"
+    assert world.left()["newsletter"] == set() and "newsletter" not in world.runs()
+
+
 def test_a_direct_marketing_objection_reaches_direct_marketing_activities_only(
     world: World, key: bytes
 ) -> None:

@@ -510,8 +510,9 @@ def erase(
     refs = [bytes.fromhex(r) for r in received["subject_refs"]]
     kinds = identifier_kinds(received, runtime)
     outcomes = erasure.erase(
-        erasure.subject_bindings(catalogue, kinds=kinds), refs, runtime.control, how, connections
-    )
+        erasure.subject_bindings(catalogue, kinds=kinds), refs, runtime.control, how, connections,
+        catalogue=catalogue,
+    )  # fmt: skip
     result = erasure.response(outcomes) | _reach(received, runtime, catalogue).summary()
     log.info(
         "%s: erased %s record(s) in %s of %s datasets; kept %s; recipients to tell: %s",

@@ -13,8 +13,10 @@ erasure.
 
 What is kept, and why (Art. 17(3)), is counted per binding and never changed:
 
-- ``legal_obligation``: the activity's legal bases include a legal obligation (e.g. supplier
-  contacts under the Bookkeeping Act): its records are counted, not run;
+- ``legal_obligation``: the legal bases of an activity binding the dataset (this one or
+  another: several activities may bind one dataset) include a legal obligation (e.g. supplier
+  contacts under the Bookkeeping Act): the dataset's records of the person are counted, not
+  run, by every activity binding it, and the response names the keeping activity;
 - ``legal_hold`` and ``restriction``: the lifecycle leaves held records out (holds are read
   again before every batch commits).
 
@@ -74,6 +76,12 @@ KEPT_REASONS: dict[str, tuple[str, str]] = {
         "Art. 18: behandlingen är begränsad; uppgifterna sparas tills begränsningen hävs",
         "Art. 18: processing is restricted; kept until the restriction is lifted",
     ),
+    "contract": (
+        "Art. 17.1 b: uppgifterna behövs också för att fullgöra ett avtal med dig (annan rättslig"
+        " grund än samtycket)",
+        "Art. 17(1)(b): also needed to perform a contract with you (a legal ground other than"
+        " the consent)",
+    ),
 }
 DONE_OUTCOMES = ("completed", "nothing_to_do")
 T = TypeVar("T")
@@ -126,6 +134,46 @@ def kept_reason(activity: Activity) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Keeper:
+    """The activity whose need keeps a dataset's records of a person, and why (a code of
+    :data:`KEPT_REASONS`)."""
+
+    activity: str
+    reason: str
+
+
+def _same_dataset(one: Activity, other: Activity) -> bool:
+    return (one.source.system, one.source.dataset) == (other.source.system, other.source.dataset)
+
+
+def keeper(catalogue: Iterable[Activity], activity: Activity) -> Keeper | None:
+    """What keeps the person's records of ``activity``'s dataset from an erasure: the first
+    activity binding that dataset (``activity`` itself first, then by id) that Art. 17(3)
+    keeps (:func:`kept_reason`), or None. Per dataset, not per activity: a record another
+    activity needs for a legal obligation is not erased through this one."""
+    binding = sorted((a for a in catalogue if _same_dataset(a, activity)),
+                     key=lambda a: (a.id != activity.id, a.id))  # fmt: skip
+    for candidate in [activity, *binding]:
+        if (reason := kept_reason(candidate)) is not None:
+            return Keeper(candidate.id, reason)
+    return None
+
+
+def suppression_keeper(catalogue: Iterable[Activity], activity: Activity) -> Keeper | None:
+    """What keeps the records of people on the suppression list in ``activity``'s dataset: the
+    first other activity (by id) binding that dataset on a legal obligation or a contract, or
+    None. A withdrawn consent or an objection ends this activity's processing, not another
+    one's on another legal ground (Art. 17(1)(b), 17(3)(b))."""
+    for other in sorted((a for a in catalogue if _same_dataset(a, activity)), key=lambda a: a.id):
+        if other.id == activity.id:
+            continue
+        for basis in (LegalBasis.legal_obligation, LegalBasis.contract):
+            if basis in other.legal_bases:
+                return Keeper(other.id, basis.value)
+    return None
+
+
 def _erasing(activity: Activity) -> Activity:
     """The activity as an erasure runs it: its own delete or anonymise action; delete where
     the catalogue only reports (no retention period does not mean no erasure)."""
@@ -150,6 +198,18 @@ def holding(
                                 strict=True) if hit]  # fmt: skip
 
 
+def records_of(
+    activity: Activity, adapter: SourceAdapter, refs: Iterable[bytes], control: Control
+) -> int:
+    """How many records of the person (any of ``refs``) the binding holds now, held ones
+    included; changes nothing."""
+    action = _erasing(activity).action
+    assert not isinstance(action, ReportOnlyAction)
+    adapter.resolve(None)
+    holds = control.holds.active(adapter.system, adapter.dataset)
+    return adapter.count(OfSubject(frozenset(refs)), action, holds).selected
+
+
 def recipients_of(activities: Iterable[Activity]) -> list[dict[str, str]]:
     """The distinct recipients of ``activities`` (Art. 19), by English name."""
     named = {r.en: {"sv": r.sv, "en": r.en} for a in activities for r in a.recipients}
@@ -172,13 +232,14 @@ class BindingOutcome:
     kept: Counter[str] = field(default_factory=Counter)
     runs: list[str] = field(default_factory=list)
     recipients: list[dict[str, str]] = field(default_factory=list)
+    kept_for: str | None = None  # another activity of the dataset whose need kept its records
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "activity": self.activity, "system": self.system, "dataset": self.dataset,
             "method": self.method, "found": self.found, "erased": self.erased,
             "kept": dict(self.kept), "ledger_runs": self.runs,
-        }  # fmt: skip
+        } | ({"kept_for": self.kept_for} if self.kept_for else {})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -200,23 +261,26 @@ class Erasure:
 
 def erase_in(
     activity: Activity, adapter: SourceAdapter, refs: Sequence[bytes], control: Control,
-    how: Erasure,
+    how: Erasure, kept: Keeper | None = None,
 ) -> BindingOutcome:  # fmt: skip
-    """Erase the person (any of ``refs``) from one binding, except what must be kept."""
+    """Erase the person (any of ``refs``) from one binding, except what must be kept:
+    everything, when ``kept`` names what keeps the dataset's records (:func:`keeper`)."""
     acting = _erasing(activity)
     action = acting.action
     assert not isinstance(action, ReportOnlyAction)
     outcome = BindingOutcome(activity.id, adapter.system, adapter.dataset, action.kind)
-    reason = kept_reason(activity)
-    adapter.resolve(None if reason else action)
+    if kept is None and (reason := kept_reason(activity)) is not None:
+        kept = Keeper(activity.id, reason)
+    adapter.resolve(None if kept else action)
     if not refs:
         return outcome
     selection = OfSubject(frozenset(refs))
     holds = control.holds.active(adapter.system, adapter.dataset)
     found = adapter.count(selection, action, holds).selected
-    if found and reason is not None:
+    if found and kept is not None:
         outcome.found += found
-        outcome.kept[reason] += found
+        outcome.kept[kept.reason] += found
+        outcome.kept_for = None if kept.activity == activity.id else kept.activity
     elif found:  # (not found: a run would only record that it found nothing)
         report = lifecycle.run(acting, selection, adapter, control, how.options())
         _add_run(outcome, report)
@@ -282,13 +346,19 @@ def kept_by_run(counts: Mapping[str, int]) -> Counter[str]:
 
 def erase(
     activities: Iterable[Activity], refs: Sequence[bytes], control: Control, how: Erasure,
-    connections: Connections | None = None,
+    connections: Connections | None = None, catalogue: Iterable[Activity] | None = None,
 ) -> list[BindingOutcome]:  # fmt: skip
-    """Erase the person from every binding of ``activities`` (see the module doc)."""
-    return for_each_binding(
-        activities, control.key,
-        lambda activity, adapter: erase_in(activity, adapter, refs, control, how), connections,
-    )  # fmt: skip
+    """Erase the person from every binding of ``activities`` (see the module doc), keeping
+    what an activity of ``catalogue`` (default: ``activities``) binding the same dataset
+    must keep (:func:`keeper`)."""
+    chosen = list(activities)
+    everything = chosen if catalogue is None else list(catalogue)
+
+    def work(activity: Activity, adapter: SourceAdapter) -> BindingOutcome:
+        kept = keeper(everything, activity)
+        return erase_in(activity, adapter, refs, control, how, kept)
+
+    return for_each_binding(chosen, control.key, work, connections)
 
 
 def response(outcomes: Sequence[BindingOutcome]) -> dict[str, Any]:
@@ -302,21 +372,23 @@ def response(outcomes: Sequence[BindingOutcome]) -> dict[str, Any]:
         "found": sum(o.found for o in outcomes),
         "bindings_searched": len(outcomes),
         "bindings": [o.as_dict() for o in outcomes if o.found],
-        "kept": kept_reasons({o.activity: o.kept for o in outcomes}),
+        "kept": kept_reasons((o.kept_for or o.activity, o.kept) for o in outcomes),
         "recipients_to_notify": [recipients[name] for name in sorted(recipients)],
     }
 
 
-def kept_reasons(kept: Mapping[str, Counter[str]]) -> list[dict[str, Any]]:
-    """What was kept and why, as the response says it: activity -> records kept by reason in,
-    per reason the records, the reason in Swedish and English, and the activities."""
-    total = Counter[str]()
-    for counts in kept.values():
+def kept_reasons(kept: Iterable[tuple[str, Counter[str]]]) -> list[dict[str, Any]]:
+    """What was kept and why, as the response says it: (the activity that kept them, records
+    kept by reason) per binding in, per reason the records, the reason in Swedish and English,
+    and the activities."""
+    total, by = Counter[str](), dict[str, set[str]]()
+    for activity, counts in kept:
         total.update(counts)
+        for code in +counts:
+            by.setdefault(code, set()).add(activity)
     return [
         {"reason": code, "records": records, "sv": KEPT_REASONS[code][0],
-         "en": KEPT_REASONS[code][1],
-         "activities": sorted(a for a, counts in kept.items() if counts.get(code))}
+         "en": KEPT_REASONS[code][1], "activities": sorted(by[code])}
         for code, records in sorted(total.items())
     ]  # fmt: skip
 
@@ -369,6 +441,7 @@ def reapply(
 ) -> dict[str, Any]:
     """Re-apply every recorded erasure and the suppression list to ``system`` after a backup
     restore (see the module doc); counts per binding, no personal data."""
+    catalogue = list(catalogue)
     activities = subject_bindings(catalogue, system) if isinstance(system, str) else []
     if not activities:
         raise RetentionError(
@@ -378,8 +451,11 @@ def reapply(
     erased = sorted({ref for refs in erased_subjects(control.ledger).values() for ref in refs})
 
     def again(activity: Activity, adapter: SourceAdapter) -> BindingOutcome:
-        refs = reapply_refs(activity, erased, suppressed)
-        return erase_in(activity, adapter, refs, control, how)
+        # as the nightly suppression runs: another activity's contract or legal obligation on
+        # the dataset keeps the records of people who are only suppressed
+        kept_for_another = suppression_keeper(catalogue, activity) is not None
+        refs = reapply_refs(activity, erased, {} if kept_for_another else suppressed)
+        return erase_in(activity, adapter, refs, control, how, keeper(catalogue, activity))
 
     outcomes = for_each_binding(activities, control.key, again, connections)
     result = response(outcomes) | {

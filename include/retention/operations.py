@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import pendulum
 
-from include.retention import connections, holds, lifecycle
+from include.retention import connections, erasure, holds, lifecycle
 from include.retention.catalogue import (
     Activity,
     AnonymiseAction,
@@ -434,6 +434,9 @@ def remove_suppressed(
     refs = listed if refs is None else listed & frozenset(refs)
     if not refs:
         return {"people": 0, "run_id": None, "outcome": "nothing_to_do", "counts": {}}
+    kept = erasure.suppression_keeper(runtime.catalogue, activity)
+    if kept is not None:
+        return _kept_for_another(activity, refs, kept, runtime)
     options = lifecycle.RunOptions(
         runtime.catalogue.version, dry_run=dry_run, reason=suppression.reason(scopes),
         approved_by=approved_by, origin={**(origin or {}), "reason": "suppression"},
@@ -451,6 +454,26 @@ def remove_suppressed(
     if result.outcome == "completed" and result.applied and result.run_id:
         summary["verified"] = _recount(activity, selection, runtime, result.run_id)
     return summary
+
+
+def _kept_for_another(
+    activity: Activity, refs: Collection[bytes], kept: erasure.Keeper, runtime: Runtime
+) -> dict[str, Any]:
+    """No suppression run: another activity binding the same dataset on a contract or a legal
+    obligation (``kept``) keeps those people's records; how many."""
+    adapter = runtime.adapter(activity)
+    try:
+        found = erasure.records_of(activity, adapter, refs, runtime.control)
+    finally:
+        adapter.close()
+    log.info(
+        "suppression %s: %s record(s) of suppressed people kept: %s (%s) binds the dataset too",
+        activity.id, found, kept.activity, kept.reason,
+    )  # fmt: skip
+    return {
+        "people": len(refs), "run_id": None, "outcome": "nothing_to_do", "counts": {},
+        "kept_for": {"activity": kept.activity, "reason": kept.reason, "records": found},
+    }  # fmt: skip
 
 
 def in_suppression_scope(activity: Activity) -> bool:

@@ -8,7 +8,9 @@ references only. So holds and restrictions are honoured, and the ledger records 
 the suppression as its rule, the request in its origin and its filer as the approval: as for
 an erasure, the volume gate does not stop one person's withdrawal (a small table would else
 keep a person's records after they withdrew, with no one able to approve). The nightly
-suppression runs, which reach everyone on the list, keep the gate.
+suppression runs, which reach everyone on the list, keep the gate. Where another activity
+binds the same dataset on a contract or a legal obligation, no run is made: the records are
+kept for it, and the response names it (``kept_for``).
 
 An activity the identifiers given cannot search is not claimed as searched: the response
 names it and the identifier it needs. One activity failing does not stop the others: each
@@ -42,6 +44,7 @@ class Removal:
     found: int = 0
     removed: int = 0
     kept: Counter[str] = field(default_factory=Counter)
+    kept_for: str | None = None  # another activity of the dataset whose ground kept them
     ledger_run_id: str | None = None
     error: str | None = None
     transient: bool = False  # the failure may pass: retry
@@ -55,7 +58,8 @@ class Removal:
             "activity": self.activity, "outcome": self.outcome, "found": self.found,
             "removed": self.removed, "kept": dict(self.kept), "ledger_run_id": self.ledger_run_id,
         }  # fmt: skip
-        return done | ({"error": self.error} if self.failed else {})
+        kept_for = {"kept_for": self.kept_for} if self.kept_for else {}
+        return done | kept_for | ({"error": self.error} if self.failed else {})
 
 
 def reached(catalogue: Iterable[Activity], scope: str) -> list[Activity]:
@@ -106,6 +110,10 @@ def _remove(
     assert done is not None  # (only activities in the suppression's scope are given)
     counts = done["counts"]
     removal.outcome, removal.ledger_run_id = done["outcome"], done["run_id"]
+    if "kept_for" in done:  # another activity of the dataset keeps them: no run
+        kept = done["kept_for"]
+        removal.found, removal.kept_for = kept["records"], kept["activity"]
+        removal.kept = +Counter({kept["reason"]: kept["records"]})
     if counts:
         removal.found, removal.removed = counts["expired"], counts["applied"]
         removal.kept = kept_by_run(counts)
@@ -120,7 +128,7 @@ def response(removals: list[Removal], not_searched: list[dict[str, Any]]) -> dic
     return {
         "removed": sum(r.removed for r in removals),
         "removed_from": [r.activity for r in removals if r.removed],
-        "kept": kept_reasons({r.activity: r.kept for r in removals}),
+        "kept": kept_reasons((r.kept_for or r.activity, r.kept) for r in removals),
         "nothing_found_in": [r.activity for r in removals if not r.failed and not r.found],
         "failed_in": [r.activity for r in removals if r.failed],
         "activities": [r.as_dict() for r in removals],
