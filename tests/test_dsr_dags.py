@@ -63,6 +63,7 @@ def test_the_form_refuses_shapes_it_can_check(dags) -> None:
     assert _form(dag, personnummer="")["personnummer"] == ""
     for bad in (
         {"personnummer": "81-12-18"},
+        {"personnummer": "８１１２１８-９８７６"},  # full-width digits: `receive` would refuse
         {"phone": "070 ABC"},
         {"action": "pause"},
         {"ground": "because"},

@@ -68,6 +68,9 @@ KNOWN_INVALID = [
     ("64-08-23-3234", "YYYYMMDD-NNNN"),
     ("6408233", "YYYYMMDD-NNNN"),
     ("abcdef-ghij", "YYYYMMDD-NNNN"),
+    ("８１１２１８-９８７６", "only the digits 0-9"),  # 811218-9876 in full-width digits
+    ("١٩٨١١٢١٨-٩٨٧٦", "only the digits 0-9"),  # Arabic-Indic digits
+    ("811218-98７6", "only the digits 0-9"),
     ("", "is empty"),
     ("   ", "is empty"),
 ]

@@ -30,7 +30,8 @@ REAPPLY_DAG_ID = "dsr_reapply"
 DEADLINE_SCHEDULE = "0 7 * * *"  # every morning, Stockholm time
 WARNING_DAYS = "{{ var.value.get('dsr_deadline_warning_days', '7') }}"
 # A personnummer as people write it; the check digit and the date are checked by `receive`.
-PNR_PATTERN = r"^(\s*(\d{2})?\d{6}[-+]?\d{4}\s*)?$"
+# [0-9], not \d: Python's \d takes any script's digits, which `receive` refuses.
+PNR_PATTERN = r"^(\s*([0-9]{2})?[0-9]{6}[-+]?[0-9]{4}\s*)?$"
 PHONE_PATTERN = r"^[\s\d+\-()./]*$"
 
 

@@ -46,7 +46,7 @@ _LOCAL = re.compile(r"[\w!#$%&'*+/=?^`{|}~-]+(\.[\w!#$%&'*+/=?^`{|}~-]+)*")
 _LABEL = re.compile(r"[^\W_]([\w-]*[^\W_])?")  # letters/digits, inner hyphens (IDN allowed)
 _PHONE_PUNCTUATION = re.compile(r"[\s\-./()\u00a0]")
 _TRUNK_ZERO = re.compile(r"^\+(\d{1,3})\s*\(0\)")  # "+46 (0)70 …": the (0) is not dialled
-_PNR = re.compile(r"(\d{2})?(\d{2})(\d{2})(\d{2})([-+]?)(\d{4})")
+_PNR = re.compile(r"([0-9]{2})?([0-9]{2})([0-9]{2})([0-9]{2})([-+]?)([0-9]{4})")
 _CUSTOMER_ID = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,63}")
 SWEDEN = "46"
 SAMORDNING_OFFSET = 60  # a samordningsnummer's day of birth plus 60
@@ -204,6 +204,12 @@ def normalise_personnummer(
     ``today``; ``+`` instead of ``-`` means the person is 100 or older (one century earlier).
     """
     text = _text(raw, field).replace(" ", "")
+    if not text.isascii():  # full-width or other scripts' digits: their normal form differs
+        raise InvalidIdentifier(
+            field,
+            "a personnummer has only the digits 0-9 and '-' or '+' (no full-width or other"
+            " non-ASCII characters): write it as YYYYMMDD-NNNN or YYMMDD-NNNN",
+        )
     match = _PNR.fullmatch(text)
     if match is None:
         raise InvalidIdentifier(
