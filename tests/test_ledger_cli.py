@@ -203,3 +203,17 @@ def test_export_refuses_a_reversed_period(setup: Setup, capsys: pytest.CaptureFi
     assert code == 2 and "--from must be on or before --to" in err
     code, _, err = _cli(capsys, "export", "--from", "1.2.2026")
     assert code == 2 and "YYYY-MM-DD" in err
+
+
+@pytest.mark.parametrize(
+    "verb", [["verify", "--no-manifests"], ["export", "runs"], ["lookup", "--key", "1"]]
+)
+def test_a_missing_control_database_is_refused_and_not_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], verb: list[str]
+) -> None:
+    # as `certificate` and `report` (test_audit_documents): exit 2, not 1 ("LEDGER BROKEN"),
+    # and no empty database file left behind by a mistyped path
+    url = f"sqlite:///{tmp_path / 'nothing.db'}"
+    code, _, err = _cli(capsys, *verb, "--control-db", url)
+    assert code == 2 and "no control database" in err
+    assert not (tmp_path / "nothing.db").exists()

@@ -40,8 +40,14 @@ DEFAULT_FOLDER = "retention_reports"  # under $AIRFLOW_HOME
 
 def open_ledger(url: str | None = None) -> EvidenceReader:
     """The ledger for reading: whoever prints a certificate or a report needs no secret key."""
-    url = url or connections.control_url()
-    target = sa.make_url(url)
+    return EvidenceReader(ledger_engine(url))
+
+
+def ledger_engine(url: str | None = None) -> sa.Engine:
+    """The control database holding the ledger (``url``, else where tasks find it); refuses a
+    SQLite file that does not exist (connecting would create an empty one) and a database
+    without the ledger, naming what to give."""
+    target = sa.make_url(url or connections.control_url())
     shown = target.render_as_string(hide_password=True)
     if target.get_backend_name() == "sqlite" and not Path(target.database or "").is_file():
         raise RetentionError(
@@ -50,8 +56,9 @@ def open_ledger(url: str | None = None) -> EvidenceReader:
         )
     engine = connections.control_engine(url)
     if not sa.inspect(engine).has_table(ledger_table.name):
+        engine.dispose()
         raise RetentionError(f"{shown} holds no ledger ({ledger_table.name} is missing)")
-    return EvidenceReader(engine)
+    return engine
 
 
 def write_private(path: Path, data: bytes) -> Path:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from include.retention import connections, manifest, object_store
+from include.retention.audit_publish import ledger_engine
 from include.retention.errors import RetentionError
 from include.retention.evidence import Evidence, EvidenceReader, VerifyReport
 from include.retention.identifiers import KINDS, LABELS, normalise
@@ -37,7 +38,7 @@ EXIT_BROKEN = 1
 
 
 def _reader(args: argparse.Namespace, *, with_key: bool = False) -> EvidenceReader:
-    engine = connections.control_engine(args.control_db)
+    engine = ledger_engine(args.control_db)  # (a mistyped SQLite path: refused, not created)
     if not with_key:
         return EvidenceReader(engine)
     return EvidenceReader(engine, keyring=connections.pseudonym_keyring())
