@@ -7,6 +7,7 @@ import io
 import json
 import os
 import secrets
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -217,3 +218,13 @@ def test_a_missing_control_database_is_refused_and_not_created(
     code, _, err = _cli(capsys, *verb, "--control-db", url)
     assert code == 2 and "no control database" in err
     assert not (tmp_path / "nothing.db").exists()
+
+
+def test_export_to_a_file_is_readable_by_its_owner_only(
+    setup: Setup, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # it names approvers (employees' personal data): 0600, like certificates and reports
+    out_file = tmp_path / "runs.csv"
+    code, _, _ = _cli(capsys, "export", "runs", "--out", str(out_file))
+    assert code == 0 and "dpo@corp" in out_file.read_text()
+    assert stat.S_IMODE(out_file.stat().st_mode) == 0o600

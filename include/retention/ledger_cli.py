@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import io
 import json
 import sys
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from include.retention import connections, manifest, object_store
-from include.retention.audit_publish import ledger_engine
+from include.retention.audit_publish import ledger_engine, write_private
 from include.retention.errors import RetentionError
 from include.retention.evidence import Evidence, EvidenceReader, VerifyReport
 from include.retention.identifiers import KINDS, LABELS, normalise
@@ -224,20 +225,18 @@ def _export(args: argparse.Namespace) -> int:
         raise RetentionError("--from must be on or before --to")
     rows_of = reader.run_rows if args.what == "runs" else reader.batch_rows
     rows = rows_of(start, end, args.activity)
-    out: TextIO = (
-        sys.stdout if args.out is None else args.out.open("w", encoding="utf-8", newline="")
-    )
-    try:
-        if args.format == "json":
-            json.dump(rows, out, indent=2, sort_keys=True)
-            out.write("\n")
-        else:
-            _write_csv(out, rows)
-    finally:
-        if out is not sys.stdout:
-            out.close()
-    if args.out is not None:
-        print(f"wrote {len(rows)} {args.what} to {args.out}", file=sys.stderr)
+    out = io.StringIO(newline="")
+    if args.format == "json":
+        json.dump(rows, out, indent=2, sort_keys=True)
+        out.write("\n")
+    else:
+        _write_csv(out, rows)
+    if args.out is None:
+        sys.stdout.write(out.getvalue())
+        return 0
+    # approvers and triggering users are named: owner-only, like certificates and reports
+    write_private(args.out, out.getvalue().encode("utf-8"))
+    print(f"wrote {len(rows)} {args.what} to {args.out}", file=sys.stderr)
     return 0
 
 
