@@ -96,11 +96,14 @@ def test_a_run_deletes_the_due_records_and_records_each_once(saas: Saas) -> None
     assert again.applied == 0 and again.outcome == "nothing_to_do"  # type: ignore[attr-defined]
 
 
-def _enforce_with(saas: Saas, before_commit: Callable[[int], None]) -> tuple[Any, Control]:
+def _enforce_with(
+    saas: Saas, before_commit: Callable[[int], None], client: ApiClient | None = None
+) -> tuple[Any, Control]:
     """A run of the lead CRM in batches of 4, ``before_commit`` called before each applies."""
     control = saas.control()
     report = enforce(
-        lead_crm(), AS_OF, control=control, catalogue_version="test", source=saas.client(),
+        lead_crm(), AS_OF, control=control, catalogue_version="test",
+        source=client or saas.client(),
         batch_size=4, approved_by="test", hooks=Hooks(before_commit=before_commit),
     )  # fmt: skip
     return report, control
@@ -199,6 +202,32 @@ def test_the_period_report_shows_what_others_changed_during_the_run(saas: Saas) 
     assert "1 records already deleted by someone else" in section
     swedish = html.unescape(report_bytes(report["sv"], "html").decode())
     assert "1 uppgifter hade redan raderats av någon annan" in swedish
+
+
+class _RepeatingClient(ApiClient):
+    """A cursor API whose order moved while it was listed: one record comes on two pages."""
+
+    def __init__(self, saas: Saas, again: str) -> None:
+        super().__init__(ApiSettings(saas.server.base_url, saas.server.token, page_size=9), "t")
+        self.again = again
+
+    def records(self, collection: str) -> Iterator[Any]:
+        yield from super().records(collection)
+        yield from (r for r in super().records(collection) if r.id == self.again)
+
+
+def test_a_record_listed_twice_is_judged_and_deleted_once(saas: Saas) -> None:
+    """Counted twice it would swell the plan the approval gate reads, and the run's own delete
+    would come back as "deleted by someone else"."""
+    due = [e.pk for e in saas.entries if e.due]
+    held = [e.pk for e in saas.entries if e.hold is not None]
+    twice = sorted(due)[0]
+    report, control = _enforce_with(saas, lambda _: None, _RepeatingClient(saas, twice))
+    counts = report.counts()
+    assert twice not in saas.present()
+    assert counts.get("already_gone", 0) == 0, counts
+    assert (counts["expired"], report.applied) == (len(due) + len(held), len(due))
+    assert len(control.ledger.lookup(SYSTEM, COLLECTION, twice)) == 1
 
 
 @pytest.mark.parametrize("checkpoint", ["after_prepare:1", "after_apply:2", "after_resolve:1"])

@@ -410,7 +410,7 @@ class HttpAdapter:
                 f"{self._where}: an http source can only delete records ({action.kind!r} is"
                 " not supported through the API); use action 'delete'"
             )
-        sample = list(itertools.islice(self.client.records(self.dataset), 100))
+        sample = list(itertools.islice(self._listing(), 100))
         for kind, field_name in self.binding.lookup.items():
             if sample and all(field_name not in r.fields for r in sample):
                 raise RetentionError(
@@ -439,9 +439,7 @@ class HttpAdapter:
         if size < 1:
             raise RetentionError(f"a partition size must be at least 1, not {size}")
         lower, upper = key_bounds(selection)
-        ids = sorted(
-            r.id for r in self.client.records(self.dataset) if _in_range(r.id, lower, upper)
-        )
+        ids = sorted(r.id for r in self._listing() if _in_range(r.id, lower, upper))
         return key_ranges(selection, ids[size - 1 : -1 : size])
 
     def batches(
@@ -495,7 +493,7 @@ class HttpAdapter:
     ) -> set[bytes]:  # fmt: skip
         """``judged_through`` is ignored: an API record does not say when it was written."""
         lower, upper = key_bounds(within) if within is not None else (None, None)
-        ids = [r.id for r in self.client.records(self.dataset) if _in_range(r.id, lower, upper)]
+        ids = [r.id for r in self._listing() if _in_range(r.id, lower, upper)]
         return {ref for ref in self._records.refs(ids) if ref in refs}
 
     def read(self, selection: Selection) -> Iterator[Record]:
@@ -507,7 +505,7 @@ class HttpAdapter:
         """Fields are those the collection's records have (the first 100 looked at); a value
         takes the JSON type the field holds now; a lookup field's must be a valid identifier."""
         examples: dict[str, Any] = {}
-        for record in itertools.islice(self.client.records(self.dataset), 100):
+        for record in itertools.islice(self._listing(), 100):
             for name, value in record.fields.items():
                 if examples.get(name) is None:
                     examples[name] = value
@@ -562,7 +560,7 @@ class HttpAdapter:
 
     def holding(self, refs: AbstractSet[bytes], values: Mapping[str, Any]) -> set[bytes]:
         return {
-            ref for record in self.client.records(self.dataset)
+            ref for record in self._listing()
             if (ref := self._records.ref(record.id)) in refs
             and all(record.fields.get(name) == value for name, value in values.items())
         }  # fmt: skip
@@ -610,9 +608,27 @@ class HttpAdapter:
         lower, upper = key_bounds(selection)
         if isinstance(base, OfSubject) and not self._matcher.columns:
             raise RetentionError(f"{self._where}: no 'lookup' field to find a subject's records")
-        for record in self.client.records(self.dataset):
+        for record in self._listing():
             if _in_range(record.id, lower, upper):
                 yield record, self._status(base, record)
+
+    def _listing(self) -> Iterator[ApiRecord]:
+        """The collection's records, each once: a cursor API whose order moves while it is
+        listed (a record updated meanwhile) can give a record on two pages; the first is kept
+        (every change re-reads it anyway)."""
+        seen: set[str] = set()
+        repeated = 0
+        for record in self.client.records(self.dataset):
+            if record.id in seen:
+                repeated += 1
+                continue
+            seen.add(record.id)
+            yield record
+        if repeated:
+            log.warning(
+                "%s: the API listed %s record(s) more than once (its order moved while it was"
+                " listed); each was judged once", self._where, repeated,
+            )  # fmt: skip
 
     def _status(self, base: DueAt | OfSubject, record: ApiRecord) -> str:
         if isinstance(base, OfSubject):
