@@ -22,11 +22,15 @@ from include.demo.manifest import ManifestEntry
 from include.demo.saas import design_collection
 from include.demo.saas_server import SaasServer, Store
 from include.demo.seed import place_holds
+from include.retention import erasure
 from include.retention.audit_report import build_report, report_bytes
 from include.retention.catalogue import Activity, HttpSource, load_catalogue
 from include.retention.certificate import build_certificate, render
+from include.retention.identifiers import normalise_email
 from include.retention.lifecycle import Hooks, enforce
+from include.retention.pseudonym import subject_ref
 from include.retention.runs import Control
+from include.retention.sources.base import adapter_for
 from include.retention.sources.http import ApiClient, ApiSettings
 from tests.crash import check_evidence, fork_run
 from tests.s3 import AS_OF, KEY
@@ -117,11 +121,16 @@ def _certificate_says(control: Control, run_id: str, **words: str) -> None:
         assert text in render(document, "html").decode(), language
 
 
+def _set_email(saas: Saas, pk: str, value: Any) -> None:
+    """In the tool itself, the lead's e-mail field is set to ``value``."""
+    fields = json.loads(saas.server.store.get(COLLECTION, pk) or "{}")
+    fields["email"] = value
+    saas.server.store.upsert(COLLECTION, [(pk, json.dumps(fields))])
+
+
 def _correct_email(saas: Saas, pk: str) -> None:
     """In the tool itself, the lead's e-mail is corrected (it becomes another person's)."""
-    fields = json.loads(saas.server.store.get(COLLECTION, pk) or "{}")
-    fields["email"] = "corrected.address@example.org"
-    saas.server.store.upsert(COLLECTION, [(pk, json.dumps(fields))])
+    _set_email(saas, pk, "corrected.address@example.org")
 
 
 def test_a_record_changed_during_the_run_is_kept_and_the_certificate_says_why(saas: Saas) -> None:
@@ -228,6 +237,52 @@ def test_a_record_listed_twice_is_judged_and_deleted_once(saas: Saas) -> None:
     assert counts.get("already_gone", 0) == 0, counts
     assert (counts["expired"], report.applied) == (len(due) + len(held), len(due))
     assert len(control.ledger.lookup(SYSTEM, COLLECTION, twice)) == 1
+
+
+def test_a_held_persons_record_whose_email_field_is_a_list_is_kept(saas: Saas) -> None:
+    entry = next(e for e in saas.entries if e.hold == "subject")
+    fields = json.loads(saas.server.store.get(COLLECTION, str(entry.pk)) or "{}")
+    _set_email(saas, str(entry.pk), [fields["email"]])  # the API gives addresses as a list
+    report = saas.enforce()
+    assert entry.pk in saas.present()
+    assert report.held_skipped == sum(e.hold is not None for e in saas.entries)  # type: ignore[attr-defined]
+
+
+def test_a_due_record_whose_email_cannot_be_read_is_kept_and_the_certificate_says_why(
+    saas: Saas,
+) -> None:
+    """An e-mail field holding an object or a boolean names nobody anyone can tell: its
+    holds cannot be checked, so the record is not deleted on a guess."""
+    free = sorted(e.pk for e in saas.entries if e.due and e.hold is None)
+    _set_email(saas, free[0], {"work": "someone@example.se"})
+    _set_email(saas, free[1], True)
+    report, control = _enforce_with(saas, lambda _: None)
+    assert saas.present() & set(free) == {free[0], free[1]}
+    assert report.applied == len(free) - 2 and report.counts()["subject_unknown"] == 2
+    _certificate_says(
+        control, str(report.run_id),
+        en="2 expired records have an identifier field (such as the e-mail) whose value",
+        sv="2 förfallna uppgifter har ett identifieringsfält",
+    )  # fmt: skip
+
+
+def test_an_erasure_keeps_the_persons_record_whose_other_identifier_cannot_be_read(
+    saas: Saas,
+) -> None:
+    """The record is the person's (the list's first address), but another item of the field
+    is an object: whose else it is, and so its holds, cannot be told. Kept, and said why."""
+    entry = next(e for e in saas.entries if e.due and e.hold is None)
+    fields = json.loads(saas.server.store.get(COLLECTION, str(entry.pk)) or "{}")
+    _set_email(saas, str(entry.pk), [fields["email"], {"work": "someone@example.se"}])
+    control = saas.control()
+    how = erasure.Erasure(by="dpo", origin={"request": "DSR-1"}, catalogue_version="test")
+    adapter = adapter_for(lead_crm().source, KEY, saas.client())
+    refs = [subject_ref(KEY, normalise_email(fields["email"]))]
+    outcome = erasure.erase_in(lead_crm(), adapter, refs, control, how)
+    assert str(entry.pk) in saas.present()
+    assert (outcome.erased, dict(outcome.kept)) == (0, {"subject_unknown": 1})
+    said = erasure.kept_reasons({outcome.activity: outcome.kept})
+    assert "cannot be read as an identifier" in said[0]["en"]
 
 
 @pytest.mark.parametrize("checkpoint", ["after_prepare:1", "after_apply:2", "after_resolve:1"])

@@ -70,6 +70,21 @@ def test_source_values_are_normalised_by_their_column_kind(key) -> None:
     assert matcher.record_refs({"p": "070-123 45 67", "e": 17}) == {phone}
 
 
+def test_a_list_of_values_is_each_value_and_a_value_of_no_identifier_type_is_unreadable(
+    key,
+) -> None:
+    matcher = SubjectMatcher(key, [LookupColumn("email", "e"), LookupColumn("phone", "p")])
+    listed = {"e": [" Anna.Berg@Example.SE", "bo@x.se", None], "p": ("070-123 45 67",)}
+    people = ("anna.berg@example.se", "bo@x.se", "+46701234567")
+    assert matcher.record_refs(listed) == {subject_ref(key, value) for value in people}
+    assert matcher.unreadable(listed) == []
+    # no value, an empty list and text that is no identifier: nobody's, as before
+    assert matcher.unreadable({"e": None, "p": []}) == matcher.unreadable({"e": "n/a"}) == []
+    # a value no identifier has cannot be told to be nobody's
+    assert matcher.unreadable({"e": {"work": "anna@x.se"}, "p": True}) == ["e", "p"]
+    assert matcher.unreadable({"e": ["anna@x.se", ["bo@x.se"]], "p": 46701234567.0}) == ["e", "p"]
+
+
 def _restrict(control: Control, act, source: Db | None = None, **form: str) -> dict:
     """File a restriction against ``act``; ``source``: the database its binding reads (the
     restriction searches it for the recipients to tell), else no source is searched."""

@@ -106,6 +106,10 @@ _W: dict[str, dict[str, str]] = {
         "reason_changed": "{n} uppgifter ändrades i källsystemet efter att de bedömts, till"
         " exempel ett nytt samtycke eller en ny uppladdning; de behölls och bedöms på nytt vid"
         " nästa körning.",
+        "reason_subject_unknown": "{n} förfallna uppgifter har ett identifieringsfält (till"
+        " exempel e-post) vars värde inte kan läsas som en identitet; vems de är, och därmed"
+        " om en spärr gäller dem, kan inte avgöras, så de raderades inte utan rapporteras för"
+        " rättning.",
         "reason_gone": "{n} uppgifter var redan borta ur källsystemet när körningen skulle"
         " radera dem (någon annan hade raderat dem); körningen anger inte att den raderade dem.",
         "reason_uploaded": "{n} objekt laddades upp på nytt (eller markerades som raderade på"
@@ -211,6 +215,10 @@ _W: dict[str, dict[str, str]] = {
         "reason_changed": "{n} records changed in the source system after they were judged,"
         " for example a renewed consent or a new upload; they were kept and are judged again"
         " by the next run.",
+        "reason_subject_unknown": "{n} expired records have an identifier field (such as the"
+        " e-mail) whose value cannot be read as an identifier; whose they are, and so whether"
+        " a hold covers them, cannot be told, so they were not deleted but are reported for"
+        " correction.",
         "reason_gone": "{n} records were already gone from the source system when the run"
         " came to delete them (someone else had deleted them); the run does not claim them.",
         "reason_uploaded": "{n} objects were uploaded again (or marked deleted again) under"
@@ -395,6 +403,7 @@ def _reasons(run: RunRecord, lang: Language) -> Notes:
             ("reason_held", run.count("held")),
             ("reason_restricted", run.count("restricted")),
             ("reason_unknown", run.count("anchor_unknown")),
+            ("reason_subject_unknown", run.count("subject_unknown")),
             ("reason_changed", run.count("changed_meanwhile")),
             ("reason_uploaded", run.count("uploaded_meanwhile")),
             ("reason_gone", run.count("already_gone")),

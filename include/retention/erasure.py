@@ -82,6 +82,14 @@ KEPT_REASONS: dict[str, tuple[str, str]] = {
         "Art. 17(1)(b): also needed to perform a contract with you (a legal ground other than"
         " the consent)",
     ),
+    "subject_unknown": (
+        "ett identifieringsfält (t.ex. e-post) har ett värde som inte kan läsas som en"
+        " identitet, så det går inte att avgöra om en spärr gäller; uppgiften rättas och"
+        " begäran utförs då",
+        "an identifier field (such as the e-mail) holds a value that cannot be read as an"
+        " identifier, so whether a hold covers the record cannot be told; it is corrected and"
+        " the request carried out then",
+    ),
 }
 DONE_OUTCOMES = ("completed", "nothing_to_do")
 T = TypeVar("T")
@@ -276,15 +284,18 @@ def erase_in(
         return outcome
     selection = OfSubject(frozenset(refs))
     holds = control.holds.active(adapter.system, adapter.dataset)
-    found = adapter.count(selection, action, holds).selected
+    counts = adapter.count(selection, action, holds)
+    found = counts.selected
     if found and kept is not None:
         outcome.found += found
         outcome.kept[kept.reason] += found
         outcome.kept_for = None if kept.activity == activity.id else kept.activity
     elif found:  # (not found: a run would only record that it found nothing)
         report = lifecycle.run(acting, selection, adapter, control, how.options())
-        _add_run(outcome, report)
+        _add_run(outcome, report)  # its plan's subject_unknown among the kept
         verify(acting, adapter, selection, control, str(report.run_id))
+    if kept is not None or not found:
+        outcome.kept["subject_unknown"] += counts.subject_unknown
     outcome.kept = +outcome.kept  # only the reasons that kept something
     if outcome.erased:
         outcome.recipients = [{"sv": r.sv, "en": r.en} for r in activity.recipients]
@@ -336,11 +347,13 @@ def _add_run(outcome: BindingOutcome, report: lifecycle.RunReport) -> None:
 
 def kept_by_run(counts: Mapping[str, int]) -> Counter[str]:
     """The records of the person a run (its ``counts()``) kept, by reason: those its batches
-    skipped when it ran, else those its plan found held or restricted."""
+    skipped when it ran, else those its plan found held or restricted; and those whose
+    identifier fields cannot be read (``subject_unknown``, never staged)."""
     ran = bool(counts["batches"] or counts["held_skipped"] or counts["restricted_skipped"])
     return +Counter({
         "legal_hold": counts["held_skipped" if ran else "held"],
         "restriction": counts["restricted_skipped" if ran else "restricted"],
+        "subject_unknown": counts.get("subject_unknown", 0),
     })  # fmt: skip
 
 

@@ -284,7 +284,7 @@ def plan_result(
         expired=counts.selected,
         held=counts.held, restricted=counts.restricted, anchor_unknown=counts.anchor_unknown,
         kept=counts.kept, out_of_scope=counts.out_of_scope,
-        already_anonymised=counts.already_anonymised,
+        already_anonymised=counts.already_anonymised, subject_unknown=counts.subject_unknown,
     )  # fmt: skip
 
 

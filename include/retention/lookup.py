@@ -5,7 +5,10 @@ binding declares which of its columns hold which kind (``lookup: {email: email, 
 mobile}``, `catalogue._Bound`). A record belongs to the person when any of its lookup values,
 normalised by its column's kind exactly as a request's identifier is (`identifiers.normalise`),
 has one of the person's keyed references. A value that does not normalise (``n/a``, a
-malformed number) matches nobody.
+malformed number) matches nobody. A list of values (an API giving a person's addresses as a
+list) is each of its values. A value of a type no identifier has (a JSON object, a boolean, a
+fraction, a list in a list) is not understood (:meth:`SubjectMatcher.unreadable`): whoever
+holds such a record cannot tell whose it is, so must not act on it as if it were nobody's.
 
 :class:`SubjectMatcher` computes those references for source values (adapters, per batch);
 :func:`reach` tells which systems a request's identifier kinds can search at all, which
@@ -49,6 +52,30 @@ def normal_value(kind: str, value: Any, today: dt.date | None = None) -> str | N
         return _NORMALISERS[kind](str(value), today)
     except InvalidIdentifier:
         return None
+
+
+def _candidates(value: Any) -> tuple[list[str | int], bool]:
+    """The identifier candidates of one source value (a list's or tuple's items each), and
+    whether some part of it is of a type no identifier has. None (and an empty list) is no
+    value."""
+    items = value if isinstance(value, list | tuple) else [value]
+    found: list[str | int] = []
+    unreadable = False
+    for item in items:
+        if item is None:
+            continue
+        if isinstance(item, str | int) and not isinstance(item, bool):
+            found.append(item)
+        else:
+            unreadable = True
+    return found, unreadable
+
+
+def normal_values(kind: str, value: Any, today: dt.date | None = None) -> list[str]:
+    """The normal forms of a source value of ``kind`` that normalise: one for a single value,
+    one per item for a list of values."""
+    normal = (normal_value(kind, item, today) for item in _candidates(value)[0])
+    return [found for found in normal if found is not None]
 
 
 def first_identifier(columns: Iterable[LookupColumn], fields: Mapping[str, Any]) -> str | None:
@@ -105,9 +132,18 @@ class SubjectMatcher:
         return found
 
     def record_refs(self, fields: Mapping[str, Any]) -> frozenset[bytes]:
-        """The references of one record's lookup fields (by column name)."""
-        normal = (normal_value(c.kind, fields.get(c.column), self._today) for c in self.columns)
-        return frozenset(self._hasher.refs(value for value in normal if value is not None))
+        """The references of one record's lookup fields (by column name; a list of values
+        gives each value's)."""
+        normal = {
+            value for c in self.columns
+            for value in normal_values(c.kind, fields.get(c.column), self._today)
+        }  # fmt: skip
+        return frozenset(self._hasher.refs(normal))
+
+    def unreadable(self, fields: Mapping[str, Any]) -> list[str]:
+        """The lookup fields of one record holding a value of a type no identifier has (see
+        the module doc): whose the record is cannot be told, nor whether a hold covers it."""
+        return [c.column for c in self.columns if _candidates(fields.get(c.column))[1]]
 
 
 # ------------------------------------------------------------------------------ reach

@@ -90,6 +90,9 @@ KEPT_REASONS = {
     "changed_meanwhile": "changed in the source system while it was being rectified (for"
     " example its e-mail address now names someone else): check it, and file the"
     " rectification again if it still needs it",
+    "subject_unknown": "an identifier field of the record (such as the e-mail) holds a value"
+    " that cannot be read as an identifier, so whose it is and whether a hold covers it cannot"
+    " be told: correct that field in the source system, then file the rectification again",
 }
 
 
@@ -455,11 +458,11 @@ def _where(adapter: SourceAdapter) -> str:
 
 
 def _kept_counts(updated: Updated) -> dict[str, int]:
-    changed = updated.skipped.get("changed_meanwhile", 0)
+    others = ("changed_meanwhile", "subject_unknown")
     return {
         "held_skipped": updated.skipped.get("legal_hold", 0),
         "restricted_skipped": updated.skipped.get("restriction", 0),
-    } | ({"changed_meanwhile": changed} if changed else {})
+    } | {name: n for name in others if (n := updated.skipped.get(name, 0))}
 
 
 class _HeldMeanwhile(Exception):

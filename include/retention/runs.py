@@ -107,6 +107,7 @@ class PlanResult:
     kept: int
     out_of_scope: int
     already_anonymised: int = 0
+    subject_unknown: int = 0  # kept: a lookup value no identifier has (said only when any)
 
     @property
     def to_apply(self) -> int:
@@ -116,7 +117,12 @@ class PlanResult:
     def counts(self) -> dict[str, int]:
         names = ("total", "expired", "held", "restricted", "anchor_unknown", "kept", "out_of_scope")
         counts = {name: getattr(self, name) for name in names}
-        return counts | {"already_anonymised": self.already_anonymised, "to_apply": self.to_apply}
+        unknown = {"subject_unknown": self.subject_unknown} if self.subject_unknown else {}
+        return (
+            counts
+            | {"already_anonymised": self.already_anonymised, "to_apply": self.to_apply}
+            | unknown
+        )
 
 
 @dataclass

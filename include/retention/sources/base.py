@@ -140,6 +140,8 @@ class Counts:
     ``selected`` includes the held and restricted records (they are selected, then kept).
     The retention fields (``anchor_unknown``, ``kept``, ``out_of_scope``,
     ``already_anonymised``, ``cutoffs``) are only filled for :class:`DueAt` selections.
+    ``subject_unknown``: records the selection would select but kept because a lookup field
+    holds a value no identifier has (`SubjectMatcher.unreadable`; not in ``selected``).
     """
 
     total: int  # records of the dataset (of the key range, for a partition)
@@ -150,6 +152,7 @@ class Counts:
     kept: int = 0
     out_of_scope: int = 0
     already_anonymised: int = 0
+    subject_unknown: int = 0
     cutoffs: tuple[str | None, ...] = ()  # per rule, the cutoff as the source compares it
 
     @property

@@ -432,7 +432,8 @@ class HttpAdapter:
             total=tally.total(), selected=tally["due"] + tally["held"] + tally["restricted"],
             held=tally["held"], restricted=tally["restricted"],
             anchor_unknown=tally["unknown_anchor"], kept=tally["kept"],
-            out_of_scope=tally["out_of_scope"], cutoffs=_cutoffs(base_selection(selection)),
+            out_of_scope=tally["out_of_scope"], subject_unknown=tally["subject_unknown"],
+            cutoffs=_cutoffs(base_selection(selection)),
         )  # fmt: skip
 
     def partitions(self, selection: Selection, size: int) -> list[KeyRange]:
@@ -532,10 +533,11 @@ class HttpAdapter:
         the record again and goes only if it is still the person's, as its holds were checked
         (``If-Match`` on its ETag); a record changed meanwhile is left, counted
         ``changed_meanwhile``."""
-        records = [record for record, status in self._statuses(selection) if status == "due"]
+        statuses = list(self._statuses(selection))
+        records = [record for record, status in statuses if status == "due"]
         active = holds()
         chosen: list[_Item] = []
-        skipped: Counter[str] = Counter()
+        skipped: Counter[str] = Counter(s for _, s in statuses if s == "subject_unknown")
         old: set[bytes] = set()
         for record in records:
             ref, subjects = self._refs(record)
@@ -608,9 +610,20 @@ class HttpAdapter:
         lower, upper = key_bounds(selection)
         if isinstance(base, OfSubject) and not self._matcher.columns:
             raise RetentionError(f"{self._where}: no 'lookup' field to find a subject's records")
+        unreadable: Counter[str] = Counter()
         for record in self._listing():
             if _in_range(record.id, lower, upper):
-                yield record, self._status(base, record)
+                status = self._status(base, record)
+                if status == "subject_unknown":
+                    unreadable.update(self._matcher.unreadable(record.fields))
+                yield record, status
+        if unreadable:
+            log.warning(
+                "%s: kept %s selected record(s) whose lookup field(s) hold a value no identifier"
+                " has (per field: %s): whose they are, and so their holds, cannot be told;"
+                " correct the field in the tool", self._where, sum(unreadable.values()),
+                dict(sorted(unreadable.items())),
+            )  # fmt: skip
 
     def _listing(self) -> Iterator[ApiRecord]:
         """The collection's records, each once: a cursor API whose order moves while it is
@@ -631,9 +644,15 @@ class HttpAdapter:
             )  # fmt: skip
 
     def _status(self, base: DueAt | OfSubject, record: ApiRecord) -> str:
+        """``subject_unknown``: selected, but a lookup field holds a value no identifier has
+        (`SubjectMatcher.unreadable`), so no hold can be checked: kept, never changed."""
         if isinstance(base, OfSubject):
-            return "due" if base.matches(self._refs(record)[1]) else "other"
-        return self._classify(base, record.fields)
+            status = "due" if base.matches(self._refs(record)[1]) else "other"
+        else:
+            status = self._classify(base, record.fields)
+        if status == "due" and self._matcher.unreadable(record.fields):
+            return "subject_unknown"
+        return status
 
     def _classify(self, selection: DueAt, fields: Mapping[str, Any]) -> str:
         applicable = [
