@@ -9,11 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import urllib3
 
 from include.demo.saas_server import SaasServer
 from include.retention import dsr
@@ -275,6 +277,65 @@ def test_an_api_record_changed_during_the_rectification_is_left_as_it_is(tmp_pat
         "l2": {"email": "bo@x.se", "name": "Bo"},
         "l3": {"email": "anna@x.se", "name": "Anna"},
     }
+
+
+def _losing_the_first_patch_answer(client: ApiClient, meanwhile: Callable[[], None]) -> None:
+    """The first PATCH reaches the API and is applied, but its answer is lost (the connection
+    drops); ``meanwhile`` runs before the client retries it with the same If-Match."""
+    send = client._pool.request
+
+    def request(method: str, url: str, **kwargs: Any) -> Any:
+        response = send(method, url, **kwargs)
+        if method == "PATCH" and not lost:
+            lost.append(url)
+            meanwhile()
+            raise urllib3.exceptions.ProtocolError("Connection aborted")
+        return response
+
+    lost: list[str] = []
+    client._pool.request = request  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize(
+    ("corrected", "edited_meanwhile"),
+    [({"name": "Anna"}, None), ({"email": "anna.new@x.se"}, None), ({"name": "Anna"}, "Annie")],
+)
+def test_a_patch_whose_answer_was_lost_is_judged_by_the_record_as_it_is_now(
+    tmp_path, key, corrected: dict[str, str], edited_meanwhile: str | None
+) -> None:
+    """The retried PATCH is refused (412: our own first attempt moved the ETag). The record
+    read again holds the corrected values (a corrected e-mail: for the person it now names):
+    rectified, as crash recovery judges it. Had someone else set the name since, it is
+    changed_meanwhile."""
+    first = {"email": "anna@x.se", "name": "Ana"}
+    with SaasServer(tmp_path / "saas.db", TOKEN) as server:
+        server.store.upsert("leads", [("l1", json.dumps(first))])
+        client = ApiClient(ApiSettings(server.base_url, TOKEN, backoff=0.01), "saas")
+        binding = HttpSource(system="crm_saas", conn_id="saas", collection="leads",
+                             lookup={"email": "email"})  # fmt: skip
+        adapter = adapter_for(binding, key, client)
+
+        def edit() -> None:
+            if edited_meanwhile:
+                edited = first | {"name": edited_meanwhile}
+                server.store.upsert("leads", [("l1", json.dumps(edited))])
+
+        _losing_the_first_patch_answer(client, edit)
+        anna = subject_ref(key, "anna@x.se")
+        updated = adapter.update(
+            OfSubject(frozenset({anna})), corrected, ActiveHolds, lambda staged: None
+        )
+        now = json.loads(server.store.get("leads", "l1") or "{}")
+        ref = record_ref(key, "crm_saas", "leads", "l1")
+        holding = adapter.holding({ref}, corrected)
+    if edited_meanwhile:
+        assert now == first | {"name": edited_meanwhile}
+        assert (list(updated.refs), updated.skipped) == ([], {"changed_meanwhile": 1})
+        assert holding == set()
+    else:
+        assert now == first | corrected
+        assert (list(updated.refs), updated.skipped) == ([ref], {})
+        assert holding == {ref}  # crash recovery judges it the same
 
 
 def test_a_bucket_cannot_be_rectified_and_the_answer_says_so(tmp_path, key, s3) -> None:

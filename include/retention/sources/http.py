@@ -13,7 +13,9 @@ A record already gone when read again was deleted by someone else: counted ``alr
 not claimed (the run did not delete it). One the ``DELETE`` answers ``404`` for, after the
 read found it, is claimed: a retried ``DELETE`` whose first answer was lost sees that too.
 Rectification (``update``) goes the same way: each ``PATCH`` after a fresh read, only while
-the record is still the person's, with ``If-Match``.
+the record is still the person's, with ``If-Match``. A retried ``PATCH`` answered ``412`` may
+have been refused for the ETag its own lost first attempt moved: the record is read once more
+and counted rectified if it holds exactly the corrected values (see ``_patched_already``).
 
 The client (:class:`ApiClient`) reaches the API through an Airflow connection of type
 ``http``: ``host`` (with or without a scheme), ``port``, ``schema`` (``https`` unless given),
@@ -90,6 +92,7 @@ RETRIED = frozenset({429, 500, 502, 503, 504})
 Deleted = Literal["deleted", "gone", "changed"]
 Outcome = Deleted | Literal["absent"]  # absent: gone before this run read it again
 Patched = Literal["patched", "gone", "changed"]
+PatchAnswer = Patched | Literal["unsure"]  # unsure: 412 to a retried PATCH (see ApiClient.patch)
 PROGRESS_EVERY = 10.0  # seconds between progress lines while a collection is listed
 
 
@@ -246,18 +249,22 @@ class ApiClient:
     def patch(
         self, collection: str, record_id: str, fields: Mapping[str, Any], *,
         if_match: str | None = None,
-    ) -> Patched:  # fmt: skip
+    ) -> PatchAnswer:  # fmt: skip
         """Change some fields of one record (if ``if_match``, only in that version):
-        ``patched``, ``gone`` (there is no such record) or ``changed`` (412)."""
+        ``patched``, ``gone`` (there is no such record) or ``changed`` (412). ``unsure``: a
+        412 after an earlier attempt that may have reached the API (its answer lost): that
+        attempt's own change may be what moved the ETag; only a fresh read can tell."""
         body = json.dumps({"fields": dict(fields)}).encode()
         condition = {"If-Match": if_match} if if_match else {}
-        response = self._request(
+        response, retried = self._attempts(
             "PATCH", collection, _item(record_id), body=body, headers=condition,
             expected=(200, 204, 404, 412),
         )  # fmt: skip
         if response.status == 404:
             return "gone"
-        return "changed" if response.status == 412 else "patched"
+        if response.status == 412:
+            return "unsure" if retried and if_match else "changed"
+        return "patched"
 
     def close(self) -> None:
         self._pool.clear()
@@ -273,6 +280,16 @@ class ApiClient:
         query: dict[str, str] | None = None, body: bytes | None = None,
         headers: Mapping[str, str] | None = None, expected: tuple[int, ...],
     ) -> urllib3.BaseHTTPResponse:  # fmt: skip
+        return self._attempts(
+            method, collection, item, query=query, body=body, headers=headers, expected=expected
+        )[0]
+
+    def _attempts(
+        self, method: str, collection: str, item: str = "", *,
+        query: dict[str, str] | None = None, body: bytes | None = None,
+        headers: Mapping[str, str] | None = None, expected: tuple[int, ...],
+    ) -> tuple[urllib3.BaseHTTPResponse, bool]:  # fmt: skip
+        """The answer, and whether an earlier attempt failed (it may have reached the API)."""
         url = f"{self.settings.base_url}/v1/{quote(collection, safe='')}{item}"
         what = f"{method} {collection}"
         headers = {**self._headers, **(headers or {})}
@@ -285,7 +302,7 @@ class ApiClient:
                 problem, wait = type(exc).__name__, self._backoff(attempt)
             else:
                 if response.status in expected:
-                    return response
+                    return response, attempt > 0
                 self._refuse(what, response)
                 problem = f"HTTP {response.status}"
                 wait = retry_after(response.headers.get("Retry-After")) or self._backoff(attempt)
@@ -362,6 +379,11 @@ def _api_message(response: urllib3.BaseHTTPResponse) -> str:
 
 def _in_range(record_id: str, lower: Key | None, upper: Key | None) -> bool:
     return (lower is None or record_id > str(lower)) and (upper is None or record_id <= str(upper))
+
+
+def _holding(fields: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
+    """Does a record hold exactly ``values`` (a rectification's corrected fields)?"""
+    return all(fields.get(name) == value for name, value in values.items())
 
 
 def _matches(value: Any, wanted: Sequence[Any]) -> bool:
@@ -564,7 +586,7 @@ class HttpAdapter:
         return {
             ref for record in self._listing()
             if (ref := self._records.ref(record.id)) in refs
-            and all(record.fields.get(name) == value for name, value in values.items())
+            and _holding(record.fields, values)
         }  # fmt: skip
 
     def kept_files(self) -> dict[str, dict[str, bool]]:
@@ -580,7 +602,22 @@ class HttpAdapter:
         now = self._as_selected(item, selection)
         if isinstance(now, str):
             return now
-        return self.client.patch(self.dataset, item.id, values, if_match=now.etag)
+        answer = self.client.patch(self.dataset, item.id, values, if_match=now.etag)
+        return self._patched_already(item, now, values) if answer == "unsure" else answer
+
+    def _patched_already(
+        self, item: _Item, before: ApiRecord, values: Mapping[str, Any]
+    ) -> Patched:
+        """After a ``412`` to a retried ``PATCH``: ``patched`` when the record now holds exactly
+        the corrected values (as crash recovery's :meth:`holding` judges) and its lookup
+        fields name the people the change would leave them naming (our own lost attempt
+        applied); else ``changed`` (someone else changed it)."""
+        now = self.client.get(self.dataset, item.id)
+        if now is None:
+            return "gone"
+        expected = self._matcher.record_refs({**before.fields, **values})
+        same = self._refs(now)[1] == expected and not self._matcher.unreadable(now.fields)
+        return "patched" if same and _holding(now.fields, values) else "changed"
 
     def _delete_if_still_selected(self, item: _Item, selection: Selection) -> Outcome:
         """Delete the record if it is still as it was judged (see the module doc)."""
