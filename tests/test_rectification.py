@@ -18,7 +18,7 @@ import sqlalchemy as sa
 import urllib3
 
 from include.demo.saas_server import SaasServer
-from include.retention import dsr
+from include.retention import dsr, rectification
 from include.retention.catalogue import Activity, Catalogue, HttpSource, S3Source
 from include.retention.errors import RetentionError
 from include.retention.holds import ActiveHolds
@@ -277,6 +277,31 @@ def test_an_api_record_changed_during_the_rectification_is_left_as_it_is(tmp_pat
         "l2": {"email": "bo@x.se", "name": "Bo"},
         "l3": {"email": "anna@x.se", "name": "Anna"},
     }
+
+
+def test_an_api_record_whose_identifier_cannot_be_read_is_left_and_the_answer_says_why(
+    tmp_path, key
+) -> None:
+    """l1 is Anna's (the list's first address), but another item of its e-mail field is an
+    object: whose else it is, and so its holds, cannot be told. It is left as it is."""
+    listed = {"email": ["anna@x.se", {"work": "bo@x.se"}], "name": "Ana"}
+    with SaasServer(tmp_path / "saas.db", TOKEN) as server:
+        server.store.upsert("leads", [
+            ("l1", json.dumps(listed)), ("l2", json.dumps({"email": ["anna@x.se"], "name": "Ana"})),
+        ])  # fmt: skip
+        client = ApiClient(ApiSettings(server.base_url, TOKEN), "saas")
+        binding = HttpSource(system="crm_saas", conn_id="saas", collection="leads",
+                             lookup={"email": "email"})  # fmt: skip
+        adapter = adapter_for(binding, key, client)
+        anna = subject_ref(key, "anna@x.se")
+        updated = adapter.update(
+            OfSubject(frozenset({anna})), {"name": "Anna"}, ActiveHolds, lambda staged: None
+        )
+        now = {r.id: r.fields for r in client.records("leads")}
+    assert list(updated.refs) == [record_ref(key, "crm_saas", "leads", "l2")]
+    assert updated.skipped == {"subject_unknown": 1}
+    assert now == {"l1": listed, "l2": {"email": ["anna@x.se"], "name": "Anna"}}
+    assert "cannot be read as an identifier" in rectification.KEPT_REASONS["subject_unknown"]
 
 
 def _losing_the_first_patch_answer(client: ApiClient, meanwhile: Callable[[], None]) -> None:
