@@ -281,7 +281,7 @@ def test_an_erasure_keeps_the_persons_record_whose_other_identifier_cannot_be_re
     outcome = erasure.erase_in(lead_crm(), adapter, refs, control, how)
     assert str(entry.pk) in saas.present()
     assert (outcome.erased, dict(outcome.kept)) == (0, {"subject_unknown": 1})
-    said = erasure.kept_reasons({outcome.activity: outcome.kept})
+    said = erasure.kept_reasons([(outcome.activity, outcome.kept)])
     assert "cannot be read as an identifier" in said[0]["en"]
 
 
