@@ -120,6 +120,34 @@ def test_null_anchor_is_never_deleted(source_db: Db, control: Control) -> None:
     assert ids(source_db.engine) == {1, 2}
 
 
+# Anchor values that are no date: placeholders for "unknown" and values the column's type
+# cannot read (SQLite stores them as given).
+NOT_DATES = {
+    "mariadb": ["0000-00-00 00:00:00", "2020-00-00 00:00:00"],  # zero date, zero month
+    "postgresql": ["-infinity", "0044-03-15 00:00:00 BC"],
+    "sqlite": ["", "15/03/2031", 1925078400, 2460000, "12:00"],  # epoch, Julian day, a time
+}
+
+
+def test_an_anchor_that_is_no_date_is_unknown_never_due(source_db: Db, control: Control) -> None:
+    raws = NOT_DATES[source_db.kind]
+    odd = range(2, 2 + len(raws))
+    seed(source_db.engine, [person(i, old()) for i in (1, *odd)] + [person(99, recent())],
+         children=False)  # fmt: skip
+    with source_db.engine.begin() as conn:
+        for pk, raw in zip(odd, raws, strict=True):
+            conn.execute(sa.text("UPDATE people SET decided_at = :raw WHERE id = :pk"),
+                         {"raw": raw, "pk": pk})  # fmt: skip
+        if source_db.kind == "mariadb":  # where NOT NULL, MariaDB finds a zero date IS NULL
+            conn.execute(sa.text("ALTER TABLE people MODIFY decided_at DATETIME NOT NULL"))
+    act = activity(children=False)
+    planned = plan(act, AS_OF, source=source_db.engine, control=control)
+    assert (planned.expired, planned.anchor_unknown) == (1, len(raws))
+    result = _run(source_db, control, act=act)
+    assert result.applied == 1
+    assert ids(source_db.engine) == {*odd, 99}
+
+
 def test_second_run_finds_nothing_to_do(source_db: Db, control: Control) -> None:
     seed(source_db.engine, _mixed_people())
     first = _run(source_db, control)

@@ -71,6 +71,9 @@ SCAN_CHUNK = 50_000
 FETCH_CHUNK = 5_000
 LINK_CHUNK = 1_000  # file keys per query asking which a record left in the table links
 PIPELINED_DIALECTS = frozenset({"postgresql", "mysql"})  # see `SqlAdapter._pipelined`
+# Anchors before this are no dates but placeholders for "unknown" (MariaDB's zero date,
+# PostgreSQL's -infinity): such a record's anchor is unknown, never due.
+ANCHOR_FLOOR = dt.datetime(1, 1, 1)
 LOCK_TIMEOUT_ENV = "RETENTION_SOURCE_LOCK_TIMEOUT_S"
 STATEMENT_TIMEOUT_ENV = "RETENTION_SOURCE_STATEMENT_TIMEOUT_S"
 
@@ -259,6 +262,34 @@ def _cutoff_value(case: RuleCase, as_of: dt.datetime, column: sa.Column[Any], tz
     )  # fmt: skip
 
 
+def _floor_value(column: sa.Column[Any]) -> Any:
+    """`ANCHOR_FLOOR` in the column's own terms (see `_cutoff_value`)."""
+    if isinstance(column.type, sa.Date) and not isinstance(column.type, sa.DateTime):
+        return ANCHOR_FLOOR.date()
+    if getattr(column.type, "timezone", False):
+        return ANCHOR_FLOOR.replace(tzinfo=dt.UTC)
+    return ANCHOR_FLOOR
+
+
+def _known(anchor: sa.Column[Any], dialect: str) -> ColumnElement[bool]:
+    """The anchor holds a real date (never NULL): not before `ANCHOR_FLOOR` (MariaDB's zero
+    date '0000-00-00', PostgreSQL's '-infinity' and BC dates are not), on MariaDB with no zero
+    month or day ('2020-00-00'), on SQLite text that its date functions read as the date it
+    starts with ('', '15/03/2031', a number, a time of day: not). Only the anchor column's own
+    comparison stays index-friendly on PostgreSQL and MariaDB; the rest filters its rows."""
+    parts = [anchor.is_not(None), anchor >= _floor_value(anchor)]
+    if dialect == "mysql" and isinstance(anchor.type, sa.Date | sa.DateTime):
+        parts += [sa.extract("month", anchor) != 0, sa.extract("day", anchor) != 0]
+    elif dialect == "sqlite":
+        parsed = sa.func.date(anchor)
+        parts += [
+            sa.func.typeof(anchor) == "text",
+            parsed.is_not(None),
+            parsed == sa.func.substr(anchor, 1, 10),
+        ]
+    return sa.and_(*parts)
+
+
 def _when(case: RuleCase, ds: SqlDataset) -> ColumnElement[bool]:
     if case.when is None:
         return sa.true()
@@ -267,7 +298,9 @@ def _when(case: RuleCase, ds: SqlDataset) -> ColumnElement[bool]:
     return column == values[0] if case.when.one_of is None else column.in_(values)
 
 
-def _predicates(due: DueAt, ds: SqlDataset) -> _Predicates:
+def _predicates(due: DueAt, ds: SqlDataset, dialect: str) -> _Predicates:
+    """Per case: expired (a real anchor at or before the cutoff) and unknown (no real anchor:
+    NULL, unless the rule reads NULL as pending, or a value that is no date, see `_known`)."""
     expired: list[ColumnElement[bool]] = []
     unknown: list[ColumnElement[bool]] = []
     cutoffs: list[str | None] = []
@@ -278,10 +311,13 @@ def _predicates(due: DueAt, ds: SqlDataset) -> _Predicates:
         anchor = ds.column(case.anchor_column, "anchor")
         cutoff = _cutoff_value(case, due.as_of, anchor, ds.anchor_tz)
         cutoffs.append(None if cutoff is None else cutoff.isoformat())
-        if not case.rule.null_anchor_is_pending:
-            unknown.append(sa.and_(_when(case, ds), anchor.is_(None)))
+        known = _known(anchor, dialect)
+        if case.rule.null_anchor_is_pending:
+            unknown.append(sa.and_(_when(case, ds), anchor.is_not(None), sa.not_(known)))
+        else:
+            unknown.append(sa.and_(_when(case, ds), sa.not_(known)))
         if cutoff is not None:
-            expired.append(sa.and_(_when(case, ds), anchor <= cutoff))
+            expired.append(sa.and_(_when(case, ds), known, anchor <= cutoff))
     return _Predicates(
         expired=sa.or_(*expired) if expired else sa.false(),
         unknown=sa.or_(*unknown) if unknown else sa.false(),
@@ -661,7 +697,7 @@ class SqlAdapter:
         self, conn: Connection, ds: SqlDataset, due: DueAt, bounds: ColumnElement[bool],
         marker_set: ColumnElement[bool], in_scope: ColumnElement[bool],
     ) -> Counts:  # fmt: skip
-        preds = _predicates(due, ds)
+        preds = _predicates(due, ds, conn.dialect.name)
         query = (
             sa.select(
                 sa.func.count(),
@@ -714,7 +750,7 @@ class SqlAdapter:
         """The WHERE clause of the records ``selection`` picks (anonymised rows never again)."""
         base, bounds = base_selection(selection), _bounds(ds, selection)
         if isinstance(base, DueAt):
-            cond = sa.and_(bounds, _predicates(base, ds).expired)
+            cond = sa.and_(bounds, _predicates(base, ds, conn.dialect.name).expired)
         else:
             cond = sa.and_(bounds, ds.pk.in_(self._subject_keys(conn, ds, base, bounds)))
         if isinstance(action, AnonymiseAction) and ds.marker is not None:
