@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 
 import pytest
@@ -11,12 +12,15 @@ import sqlalchemy as sa
 from include.retention.errors import RetentionError
 from include.retention.lifecycle import Hooks, enforce, plan
 from include.retention.runs import Control
+from include.retention.sources import sql as sql_mod
 from include.retention.sources.sql import SourceTimeouts, SqlAdapter
 from tests.dbs import (  # noqa: F401 - fixtures
+    ANONYMISE,
     AS_OF,
     Db,
     activity,
     control_fixture,
+    create_db,
     ids,
     key_fixture,
     old,
@@ -241,6 +245,41 @@ def test_a_batch_redone_for_a_hold_never_waits_for_the_batch_ahead(
     assert control.ledger.verify().ok
 
 
+def test_a_record_renewed_while_its_children_are_deleted_is_deleted_whole(
+    source_db: Db, control: Control, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The application renews person 2 (a new decision) while the batch deletes person 1's
+    children. The batch locked its records first, so the renewal waits for its commit and
+    finds person 2 gone, with evidence. (A sub-select locking no record let the renewal
+    through on PostgreSQL: person 2 lived on without its applications, without evidence.)"""
+    seed(source_db.engine, [person(1, old()), person(2, old()), person(3, recent())])
+    monkeypatch.setattr(sql_mod, "KEY_CHUNK", 1, raising=False)  # one record per statement
+    original = sql_mod._delete_children
+    renewal: list[threading.Thread] = []
+
+    def renew() -> None:
+        with source_db.engine.begin() as other:
+            other.execute(sa.text("UPDATE people SET decided_at = :t WHERE id = 2"),
+                          {"t": recent()})  # fmt: skip
+
+    def delete_children(conn, child, parent_keys, counts) -> None:
+        original(conn, child, parent_keys, counts)
+        if child.table.name == "applications" and not renewal:
+            renewal.append(threading.Thread(target=renew))
+            renewal[0].start()
+            renewal[0].join(0.5)
+
+    monkeypatch.setattr(sql_mod, "_delete_children", delete_children)
+    result = _run(source_db, control)
+    renewal[0].join(10)
+    assert not renewal[0].is_alive()
+    assert result.applied == 2
+    assert ids(source_db.engine) == {3}
+    assert ids(source_db.engine, "applications") == {30, 31}
+    assert result.counts()["children"] == {"applications": 4, "attachments": 4}
+    assert [len(control.ledger.lookup("ats", "people", pk)) for pk in (1, 2)] == [1, 1]
+
+
 def test_released_hold_lets_the_next_run_delete(source_db: Db, control: Control) -> None:
     seed(source_db.engine, [person(1, old()), person(2, old())], children=False)
     hold = control.holds.place_record_hold(
@@ -353,6 +392,44 @@ def test_anonymise_skips_held_records(source_db: Db, control: Control) -> None:
     with source_db.engine.connect() as conn:
         emails = dict(conn.execute(sa.select(table.c.id, table.c.email)).all())
     assert emails[2] == "person2@example.com" and emails[1] != "person1@example.com"
+
+
+def test_sqlite_anonymise_keeps_other_writers_out_until_it_commits(
+    tmp_path, control: Control
+) -> None:
+    """SELECT ... FOR UPDATE locks nothing on SQLite: between it and the UPDATE another
+    writer made record 1 not due and record 2 (held) due, and the UPDATE, judging the rule
+    again, anonymised record 2 while the evidence named record 1. Now the batch is the
+    database's writer from before its SELECT, and updates exactly the records it judged."""
+    db, cleanup = create_db("sqlite", tmp_path)
+    seed(db.engine, [person(1, old()), person(2, recent())], children=False)
+    control.holds.place_record_hold(
+        "ats", "people", 2, kind="legal_hold", reason="dispute", placed_by="legal"
+    )
+    other = sa.create_engine(db.url, connect_args={"timeout": 0.1})
+    refused = []
+
+    def after_lock(batch_no: int) -> None:
+        try:
+            with other.begin() as conn:
+                conn.execute(sa.text("UPDATE people SET decided_at = :t WHERE id = 1"),
+                             {"t": recent()})  # fmt: skip
+                conn.execute(sa.text("UPDATE people SET decided_at = :t WHERE id = 2"),
+                             {"t": old()})  # fmt: skip
+        except sa.exc.OperationalError as exc:
+            refused.append("database is locked" in str(exc))
+
+    act = activity(children=False, action=ANONYMISE)
+    try:
+        result = _run(db, control, act=act, after_lock=after_lock)
+        with db.engine.connect() as conn:
+            emails = dict(conn.execute(sa.text("SELECT id, email FROM people")).all())
+    finally:
+        other.dispose()
+        cleanup()
+    assert emails == {1: None, 2: "person2@example.com"}
+    assert refused == [True] and result.applied == 1
+    assert [len(control.ledger.lookup("ats", "people", pk)) for pk in (1, 2)] == [1, 0]
 
 
 def test_missing_table_or_column_is_a_clear_error(source_db: Db, control: Control) -> None:

@@ -20,7 +20,8 @@ or DELETE on ``retention_ledger``, and triggers refuse them for
 every role (and refuse moving the head anywhere but to the ledger's newest entry).
 
 PostgreSQL takes row locks (``SELECT ... FOR SHARE``, used by recovery and verification to
-wait for in-flight transactions) only with UPDATE on at least one column, so a table without
+wait for in-flight transactions; ``FOR UPDATE``, a batch's lock on the records it deletes with
+their child rows or anonymises) only with UPDATE on at least one column, so a table without
 masked columns gets UPDATE on its primary key alone, a change the engine never makes.
 
 Identifiers are validated exactly and quoted by SQLAlchemy's dialect; no value is ever

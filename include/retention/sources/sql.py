@@ -4,9 +4,11 @@ SQLAlchemy Core; the run lifecycle (`include.retention.lifecycle`) drives it.
 Table and column names come from the catalogue (validated as identifiers there) and are
 checked against the reflected schema here. A batch is one source transaction over a
 primary-key range (keyset boundaries found by an index-only scan, never a list of keys):
-staging deletes the batch's records, children first (or, to anonymise, locks them) and
-``RETURNING`` tells exactly which; the active holds are read inside that transaction and a held
-record makes the batch redo itself without it. ``apply`` commits. ``present`` scans the keys
+staging deletes the batch's records and ``RETURNING`` tells exactly which (with child tables it
+locks them first and deletes their children, then them, by exactly those keys; to anonymise it
+locks them and updates exactly those not held; on SQLite the batch is the one writer from
+before it reads); the active holds are read inside that transaction and a held record makes
+the batch redo itself without it. ``apply`` commits. ``present`` scans the keys
 under a shared lock, which waits for a commit still in flight, so recovery settles a prepared
 batch from what the source really holds.
 
@@ -26,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from operator import itemgetter
 from typing import Any, ClassVar
 
@@ -69,6 +72,7 @@ MAX_HOLD_RETRIES = 20
 MAX_WINDOW_FACTOR = 4
 SCAN_CHUNK = 50_000
 FETCH_CHUNK = 5_000
+KEY_CHUNK = 10_000  # locked keys per statement naming them
 LINK_CHUNK = 1_000  # file keys per query asking which a record left in the table links
 PIPELINED_DIALECTS = frozenset({"postgresql", "mysql"})  # see `SqlAdapter._pipelined`
 # Anchors before this are no dates but placeholders for "unknown" (MariaDB's zero date,
@@ -356,11 +360,39 @@ class _Open:
     kept: dict[str, set[str]] = field(default_factory=dict)  # link column -> file keys kept
 
 
-_Deleted = tuple[sa.CursorResult[Any], list[sa.Column[Any]], dict[str, int]]
+# The DELETE ... RETURNING results (one per chunk of locked keys), their columns, the child
+# row counts.
+_Deleted = tuple[list[sa.CursorResult[Any]], list[sa.Column[Any]], dict[str, int]]
+
+
+def _write_lock(conn: Connection, table: sa.Table) -> None:
+    """On SQLite, make the open transaction the database's one writer now, with a write that
+    changes nothing: SELECT ... FOR UPDATE is a plain SELECT there, so the rows it reads would
+    stay open to other writers until the transaction's first change."""
+    if conn.dialect.name == "sqlite":
+        conn.execute(sa.delete(table).where(sa.false()))
+
+
+def _lock(
+    conn: Connection, ds: SqlDataset, columns: Sequence[sa.Column[Any]], cond: ColumnElement[bool]
+) -> Sequence[sa.Row[Any]]:
+    """The rows matching ``cond`` (``columns``, key first), locked until the transaction ends:
+    they keep matching it, and a row another transaction is changing is waited for."""
+    _write_lock(conn, ds.table)
+    return conn.execute(sa.select(*columns).where(cond).with_for_update()).all()
+
+
+def _key_chunks(keys: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    """``keys`` a statement at a time (SQLite allows 32,766 parameters, PostgreSQL 65,535)."""
+    for start in range(0, len(keys), KEY_CHUNK):
+        yield keys[start : start + KEY_CHUNK]
 
 
 def _delete_children(
-    conn: Connection, child: ReflectedChild, parent_keys: sa.Select[Any], counts: dict[str, int]
+    conn: Connection,
+    child: ReflectedChild,
+    parent_keys: Sequence[Any] | sa.Select[Any],
+    counts: dict[str, int],
 ) -> None:
     own_keys = sa.select(child.pk).where(child.fk.in_(parent_keys))
     for grandchild in child.children:
@@ -621,7 +653,7 @@ class SqlAdapter:
             cond = self._selected(conn, ds, selection, None)
         with self.engine.connect() as conn, conn.begin():
             limit(conn, self.timeouts)
-            locked = conn.execute(sa.select(ds.pk, *ds.lookups).where(cond).with_for_update()).all()
+            locked = _lock(conn, ds, [ds.pk, *ds.lookups], cond)
             refs = self.hasher.refs(row[0] for row in locked)
             subjects = self._subjects(ds, locked)
             held = self._kinds(holds(), locked, refs, subjects)
@@ -844,15 +876,25 @@ class SqlAdapter:
 
     def _delete_rows(self, walk: _Walk, conn: Connection, cond: ColumnElement[bool]) -> _Deleted:
         """Children first, then the records; returns the unread RETURNING (pk, lookup columns,
-        object keys) result, its columns and the child row counts."""
+        object keys) results, their columns and the child row counts.
+
+        With child tables the records are locked first and their children deleted by exactly
+        those keys: a record that stopped matching ``cond`` in between would lose its
+        children but live on (a sub-select locks no parent)."""
         children: dict[str, int] = {}
         ds = walk.ds
-        parent_keys = sa.select(ds.pk).where(cond)
-        for child in ds.children:
-            _delete_children(conn, child, parent_keys, children)
         returned = [ds.pk, *ds.lookups, *ds.objects]
-        stmt = sa.delete(ds.table).where(cond).returning(*returned)
-        return conn.execute(stmt), returned, children
+        if not ds.children:  # one statement: each row is judged as it is deleted
+            stmt = sa.delete(ds.table).where(cond).returning(*returned)
+            return [conn.execute(stmt)], returned, children
+        keys = [row[0] for row in _lock(conn, ds, [ds.pk], cond)]
+        results = []
+        for chunk in _key_chunks(keys):
+            for child in ds.children:
+                _delete_children(conn, child, chunk, children)
+            stmt = sa.delete(ds.table).where(cond, ds.pk.in_(chunk)).returning(*returned)
+            results.append(conn.execute(stmt))
+        return results, returned, children
 
     def _stage_delete(self, walk: _Walk, opened: _Open) -> Batch:
         """Delete the batch (children first); if a record turns out held, redo without it."""
@@ -860,20 +902,22 @@ class SqlAdapter:
         skipped = opened.skipped
         for attempt in range(MAX_HOLD_RETRIES):
             if opened.started is not None:
-                result, returned, children = opened.started.result()
+                results, returned, children = opened.started.result()
                 opened.started = None
             else:
                 cond = _excluding(ds, opened.where, skipped)
-                result, returned, children = self._delete_rows(walk, conn, cond)
+                results, returned, children = self._delete_rows(walk, conn, cond)
             if self.after_lock and attempt == 0:
                 self.after_lock(opened.no)
             holds = walk.holds()
-            digest = self._digest(ds, holds, _chunks(result, returned))
+            rows = chain.from_iterable(_chunks(result, returned) for result in results)
+            digest = self._digest(ds, holds, rows)
             if not digest.held:
                 self._keep_shared_files(conn, ds, digest)
                 return self._batch(opened, walk, digest, holds, children)
             skipped.update(digest.held)
-            result.close()
+            for result in results:
+                result.close()
             conn.rollback()
             walk.hold_back()
             conn.begin()
@@ -975,11 +1019,12 @@ class SqlAdapter:
         )  # fmt: skip
 
     def _stage_anonymise(self, walk: _Walk, opened: _Open) -> Batch:
-        """Lock the batch's rows, drop the held ones, then one set-based UPDATE for the rest."""
+        """Lock the batch's rows, drop the held ones, then UPDATE exactly the others (by key,
+        the rule checked again); all of them or none."""
         conn, ds = opened.conn, walk.ds
         cols = [ds.pk, *ds.lookups]
         for attempt in range(MAX_HOLD_RETRIES):
-            locked = conn.execute(sa.select(*cols).where(opened.where).with_for_update()).all()
+            locked = _lock(conn, ds, cols, opened.where)
             if self.after_lock and attempt == 0:
                 self.after_lock(opened.no)
             holds = walk.holds()
@@ -987,16 +1032,15 @@ class SqlAdapter:
             held = self._kinds(holds, locked, refs, self._subjects(ds, locked))
             opened.skipped = held
             rows = [row for row in locked if row[0] not in held]
-            stmt = (
-                sa.update(ds.table)
-                .where(_excluding(ds, opened.where, held))
-                .values(walk.values(self.engine.dialect.name, self.key))
-            )
-            updated = conn.execute(stmt).rowcount if rows else 0
+            values = walk.values(self.engine.dialect.name, self.key)
+            updated = 0
+            for chunk in _key_chunks([row[0] for row in rows]):
+                stmt = sa.update(ds.table).where(opened.where, ds.pk.in_(chunk)).values(values)
+                updated += conn.execute(stmt).rowcount
             if updated == len(rows):
                 digest = self._digest(ds, ActiveHolds(), [rows])
                 return self._batch(opened, walk, digest, holds, {})
-            conn.rollback()  # rows changed between lock and update (SQLite has no row locks)
+            conn.rollback()  # a locked row changed after all: never expected
             conn.begin()
             limit(conn, self.timeouts)
         raise RetentionError(
