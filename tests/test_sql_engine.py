@@ -465,6 +465,41 @@ def test_missing_table_or_column_is_a_clear_error(source_db: Db, control: Contro
         plan(bad_anchor, AS_OF, source=source_db.engine, control=control)
 
 
+def _keyed_by(column: str):
+    act = activity(children=False)
+    return act.model_copy(update={"source": act.source.model_copy(update={"primary_key": column})})
+
+
+def test_a_primary_key_that_is_not_unique_is_refused(source_db: Db, control: Control) -> None:
+    """Recovery asks which keys are still present: with a key two rows share, a deleted
+    record's twin made a committed deletion look rolled back (no evidence)."""
+    md = sa.MetaData()
+    sa.Table(
+        "people", md,
+        sa.Column("tenant_id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("code", sa.Integer, unique=True),  # NULL may repeat
+        sa.Column("ref", sa.Integer, nullable=False, unique=True),
+        sa.Column("email", sa.String(200)), sa.Column("status", sa.String(20)),
+        sa.Column("decided_at", sa.DateTime),
+    )  # fmt: skip
+    md.create_all(source_db.engine)
+    with source_db.engine.begin() as conn:
+        conn.execute(md.tables["people"].insert(), [
+            {"tenant_id": t, "id": 5, "ref": t, "email": f"p{t}@example.com",
+             "status": "rejected", "decided_at": decided}
+            for t, decided in ((1, old()), (2, recent()))
+        ])  # fmt: skip
+    for column in ("id", "code"):
+        with pytest.raises(
+            RetentionError,
+            match=f"primary key column '{column}' of dataset 'people' in system 'ats' is not"
+            " unique by itself: .* Set primary_key to such a column",
+        ):
+            plan(_keyed_by(column), AS_OF, source=source_db.engine, control=control)
+    assert plan(_keyed_by("ref"), AS_OF, source=source_db.engine, control=control).expired == 1
+
+
 def test_date_anchor_and_one_of_condition(source_db: Db, control: Control) -> None:
     cutoff_day = dt.date(AS_OF.year, 6, 14)  # P0D: due the day after the event
     people = [

@@ -194,6 +194,38 @@ def _column(src: SqlSource, table: sa.Table, name: str, role: str) -> sa.Column[
     return table.c[name]
 
 
+def _unique_key(src: SqlSource, table: sa.Table) -> sa.Column[Any]:
+    """The binding's primary key: the table's primary key, or a NOT NULL column with a unique
+    constraint or (not partial) unique index of its own. A key two rows share would make
+    recovery find a deleted record "present" (its twin) and settle a real deletion as rolled
+    back, without evidence."""
+    column = _column(src, table, src.primary_key, "primary key")
+    alone = [column.name]
+    unique = [
+        [c.name for c in constraint.columns]
+        for constraint in [*table.indexes, *table.constraints]
+        if isinstance(constraint, sa.UniqueConstraint)
+        or (isinstance(constraint, sa.Index) and constraint.unique and not _partial(constraint))
+    ]
+    if [c.name for c in table.primary_key.columns] != alone and (
+        column.nullable or alone not in unique
+    ):
+        raise RetentionError(
+            f"primary key column {column.name!r} of dataset {src.table!r} in system"
+            f" {src.system!r} is not unique by itself: it must be the table's primary key, or"
+            " NOT NULL with a unique constraint or unique index on exactly that column. Set"
+            " primary_key to such a column, or add the constraint"
+        )
+    return column
+
+
+def _partial(index: sa.Index) -> bool:
+    """A partial index (PostgreSQL, SQLite ``WHERE``) makes only some rows unique."""
+    return any(
+        key.endswith("_where") and value is not None for key, value in index.dialect_kwargs.items()
+    )
+
+
 def _resolve_child(engine: Engine, src: SqlSource, child: SqlChild) -> ReflectedChild:
     table = _reflect(engine, src, child.table)
     return ReflectedChild(
@@ -227,7 +259,7 @@ def resolve_dataset(src: SqlSource, engine: Engine, action: Action | None = None
         system=src.system,
         dataset=src.table,
         table=table,
-        pk=_column(src, table, src.primary_key, "primary key"),
+        pk=_unique_key(src, table),
         lookups=tuple(
             _column(src, table, c.column, f"lookup ({c.kind})") for c in src.lookup_columns()
         ),
