@@ -300,7 +300,7 @@ ANONYMISE = {
 
 
 def crash_activity(action: str = "delete") -> Activity:
-    return activity() if action == "delete" else activity(action=ANONYMISE)
+    return activity() if action == "delete" else activity(action=ANONYMISE, children=False)
 
 
 CRASH_BATCH = 10

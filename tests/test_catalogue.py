@@ -385,6 +385,32 @@ def test_bad_binding_gets_a_clear_error_and_costs_its_activity(tmp_path, case):
     assert set(errors) <= {BINDING, "newsletter.yaml"}
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "reached"),
+    [
+        ("children", [{"table": "sends", "foreign_key": "recipient_id"}], "child table 'sends'"),
+        ("objects", [{"column": "cv_key", "conn_id": "retention_s3", "bucket": "cvs"}],
+         "linked files (column 'cv_key')"),
+    ],
+)  # fmt: skip
+def test_anonymise_is_refused_where_it_would_leave_linked_personal_data(
+    tmp_path, field, value, reached
+):
+    """Anonymising changes the row alone: child rows and linked files would stay, linked to
+    it (and the files crashed the run)."""
+    anonymise = _set("action", _anonymise({"email": {"strategy": "null"}}))
+    folder = _write_catalogue(tmp_path, anonymise, _dataset(field, value))
+    catalogue, errors = load_valid(folder)
+    assert catalogue.activities == {}
+    assert errors == {
+        "newsletter.yaml": f"newsletter.yaml: (top level): Value error, anonymise does not"
+        f" reach {reached} of 'recipients': the personal data there would stay linked to the"
+        " anonymised row. Bind a dataset without children and objects for this activity, or"
+        " delete them with a rule of their own"
+    }
+    assert load_valid(_write_catalogue(tmp_path / "ok", anonymise))[1] == {}
+
+
 def test_duplicate_id_is_rejected(tmp_path):
     folder = _write_catalogue(tmp_path, lambda raw: None)
     (folder / "newsletter_copy.yaml").write_text(

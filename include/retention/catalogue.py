@@ -697,6 +697,16 @@ class Activity(_Model):
     def _check_anonymisation(self) -> None:
         if self.action.kind != "anonymise":
             return
+        if isinstance(self.source, SqlSource) and (self.source.children or self.source.objects):
+            reached = [f"child table {c.table!r}" for c in self.source.children] + [
+                f"linked files (column {link.column!r})" for link in self.source.objects
+            ]
+            raise ValueError(
+                f"anonymise does not reach {', '.join(reached)} of {self.source.table!r}: the"
+                " personal data there would stay linked to the anonymised row. Bind a dataset"
+                " without children and objects for this activity, or delete them with a rule"
+                " of their own"
+            )
         for kind, column in self.source.lookup.items():
             if column not in self.action.direct_identifiers:
                 raise ValueError(
