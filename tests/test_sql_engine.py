@@ -523,6 +523,17 @@ def test_date_anchor_and_one_of_condition(source_db: Db, control: Control) -> No
     assert ids(source_db.engine) == {2, 3}
 
 
+def test_a_condition_matches_its_value_exactly(source_db: Db, control: Control) -> None:
+    """MariaDB's default collation ignores case and trailing spaces: 'equals: rejected'
+    matched 'REJECTED ' and 'Rejected' (other codes), which PostgreSQL and SQLite leave out."""
+    people = [person(1, old()), person(2, old(), status="REJECTED "), person(3, old(),
+              status="Rejected"), person(4, old(), status="rejected ")]  # fmt: skip
+    seed(source_db.engine, people, children=False)
+    result = _run(source_db, control, act=activity(children=False))
+    assert (result.applied, result.plan.out_of_scope) == (1, 3)
+    assert ids(source_db.engine) == {2, 3, 4}
+
+
 def test_no_personal_data_in_the_ledger(source_db: Db, control: Control) -> None:
     seed(source_db.engine, _mixed_people())
     _run(source_db, control)

@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 import pendulum
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -326,12 +327,19 @@ def _known(anchor: sa.Column[Any], dialect: str) -> ColumnElement[bool]:
     return sa.and_(*parts)
 
 
-def _when(case: RuleCase, ds: SqlDataset) -> ColumnElement[bool]:
+def _when(case: RuleCase, ds: SqlDataset, dialect: str) -> ColumnElement[bool]:
     if case.when is None:
         return sa.true()
     column = ds.column(case.when.column, "condition")
     values = case.when.values
-    return column == values[0] if case.when.one_of is None else column.in_(values)
+    cond = column == values[0] if case.when.one_of is None else column.in_(values)
+    if dialect == "mysql" and all(isinstance(v, str) for v in values):
+        # MariaDB compares text under the column's collation: 'REJECTED ' = 'rejected'. The
+        # UTF-8 bytes decide (the collation's comparison above still narrows by index).
+        as_bytes = sa.cast(sa.cast(column, mysql.CHAR(charset="utf8mb4")), sa.LargeBinary)
+        exact = [sa.literal(str(v).encode(), sa.LargeBinary) for v in values]
+        cond = sa.and_(cond, as_bytes.in_(exact))
+    return cond
 
 
 def _predicates(due: DueAt, ds: SqlDataset, dialect: str) -> _Predicates:
@@ -349,15 +357,15 @@ def _predicates(due: DueAt, ds: SqlDataset, dialect: str) -> _Predicates:
         cutoffs.append(None if cutoff is None else cutoff.isoformat())
         known = _known(anchor, dialect)
         if case.rule.null_anchor_is_pending:
-            unknown.append(sa.and_(_when(case, ds), anchor.is_not(None), sa.not_(known)))
+            unknown.append(sa.and_(_when(case, ds, dialect), anchor.is_not(None), sa.not_(known)))
         else:
-            unknown.append(sa.and_(_when(case, ds), sa.not_(known)))
+            unknown.append(sa.and_(_when(case, ds, dialect), sa.not_(known)))
         if cutoff is not None:
-            expired.append(sa.and_(_when(case, ds), known, anchor <= cutoff))
+            expired.append(sa.and_(_when(case, ds, dialect), known, anchor <= cutoff))
     return _Predicates(
         expired=sa.or_(*expired) if expired else sa.false(),
         unknown=sa.or_(*unknown) if unknown else sa.false(),
-        matched=sa.or_(*(_when(case, ds) for case in due.rules)),
+        matched=sa.or_(*(_when(case, ds, dialect) for case in due.rules)),
         cutoffs=tuple(cutoffs),
     )
 
