@@ -9,6 +9,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from include.retention.catalogue import ObjectLink
 from include.retention.errors import RetentionError
 from include.retention.lifecycle import Hooks, enforce, plan
 from include.retention.runs import Control
@@ -430,6 +431,22 @@ def test_sqlite_anonymise_keeps_other_writers_out_until_it_commits(
     assert emails == {1: None, 2: "person2@example.com"}
     assert refused == [True] and result.applied == 1
     assert [len(control.ledger.lookup("ats", "people", pk)) for pk in (1, 2)] == [1, 0]
+
+
+def test_anonymise_refuses_a_binding_made_in_code_with_linked_files(
+    source_db: Db, control: Control
+) -> None:
+    """The catalogue refuses it; a binding built in code skips that check (the run crashed
+    with an IndexError after locking)."""
+    seed(source_db.engine, [person(1, old(), city="cv/1")], children=False)
+    act = activity(children=False, action=ANONYMISE)
+    link = ObjectLink(column="city", conn_id="retention_s3", bucket="cvs")
+    act = act.model_copy(update={"source": act.source.model_copy(update={"objects": [link]})})
+    with pytest.raises(RetentionError, match=r"has child tables or linked files: anonymise does"
+                       r" not reach them\. Bind a dataset without them"):  # fmt: skip
+        _run(source_db, control, act=act)
+    with source_db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT email FROM people")).scalar() == "person1@example.com"
 
 
 def test_missing_table_or_column_is_a_clear_error(source_db: Db, control: Control) -> None:

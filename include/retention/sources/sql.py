@@ -244,6 +244,12 @@ def resolve_dataset(src: SqlSource, engine: Engine, action: Action | None = None
     marker: sa.Column[Any] | None = None
     masks: tuple[tuple[sa.Column[Any], MaskStrategy], ...] = ()
     if isinstance(action, AnonymiseAction):
+        if src.children or src.objects:  # the catalogue refuses it; a binding made in code too
+            raise RetentionError(
+                f"dataset {src.table!r} of system {src.system!r} has child tables or linked"
+                " files: anonymise does not reach them. Bind a dataset without them, or delete"
+                " them with a rule of their own"
+            )
         marker = _column(src, table, action.marker_column, "marker")
         masks = tuple(
             (_column(src, table, name, "anonymised"), spec) for name, spec in action.columns.items()
