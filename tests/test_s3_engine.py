@@ -19,7 +19,7 @@ from include.retention.lifecycle import Hooks, enforce, plan, recover
 from include.retention.object_store import counted_calls
 from include.retention.runs import Control
 from include.retention.sources import s3 as s3_source
-from include.retention.sources.s3 import S3Adapter, batches
+from include.retention.sources.s3 import S3Adapter, batches, classify
 from include.retention.verification import verify_adapter
 from tests.s3 import (  # noqa: F401  (the *_fixture names register fixtures)
     AS_OF,
@@ -203,6 +203,36 @@ def test_missing_or_unreadable_capture_date_is_unknown_and_kept(s3: Any, control
     result = run(activity, s3, control)
     assert result.outcome == "nothing_to_do"
     assert len(keys(s3, bucket)) == 4
+
+
+def test_a_date_time_anchor_is_judged_by_its_stockholm_date() -> None:
+    rules = CATALOGUE["image_bank"].retention
+    cases = {
+        f"{SPONT_CUT}T23:30:00Z": "kept",  # 00:30 the next day in Stockholm
+        f"{SPONT_CUT}T22:59:59Z": "due",  # 23:59:59 on the cutoff day in Stockholm
+        f"{SPONT_CUT}T23:30:00+01:00": "due",  # Stockholm's own (winter) offset
+        f"{SPONT_CUT}T20:00:00-05:00": "kept",  # 02:00 the next day in Stockholm
+        f"{SPONT_CUT}T23:30:00": "kept",  # naive: UTC, as an HTTP source without a zone
+        f"{SPONT_CUT}T22:30:00": "due",  # naive: 23:30 in Stockholm
+        str(SPONT_CUT): "due",
+        f"{SPONT_CUT}Tlate evening": "unknown_anchor",  # unreadable: not its first 10 characters
+    }
+    judged = {
+        anchor: classify(rules, {"category": "spontaneous", "capture_date": anchor}, AS_OF)[0]
+        for anchor in cases
+    }
+    assert judged == cases
+
+
+def test_a_date_time_anchor_not_yet_due_in_stockholm_is_kept(s3: Any, control: Control) -> None:
+    bucket = new_bucket(s3, "tzanchor")
+    put(s3, bucket, "media/late-evening.jpg", **spont(f"{SPONT_CUT}T23:30:00Z"))  # 00:30, 24th
+    put(s3, bucket, "media/evening.jpg", **spont(f"{SPONT_CUT}T22:59:59Z"))  # 23:59:59, 23rd
+    put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(9)], **spont(NEW))
+    result = run(image_bank(bucket), s3, control)
+    assert (result.outcome, result.applied) == ("completed", 1), result.message
+    left = keys(s3, bucket)
+    assert "media/late-evening.jpg" in left and "media/evening.jpg" not in left
 
 
 def test_capture_date_from_tags_when_metadata_lacks_it(s3: Any, control: Control) -> None:

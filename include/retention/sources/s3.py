@@ -2,8 +2,9 @@
 to (``ObjectLink``, e.g. candidates' CVs: `S3Adapter.stage_keys`, the run's follow-on step).
 
 Rules read object metadata (``RuleCase.when.column`` and ``anchor_column`` name metadata keys,
-falling back to object tags; anchors are ``YYYY-MM-DD`` dates). An object's metadata is that of
-its newest version that is not a delete marker, so soft-deleted objects are found too.
+falling back to object tags; anchors are ISO-8601 dates or date-times, a date-time taken as its
+Stockholm date, a naive one as UTC). An object's metadata is that of its newest version that
+is not a delete marker, so soft-deleted objects are found too.
 
 Deleting an object means removing EVERY version and delete marker of its key
 (``list_object_versions`` + ``DeleteObjects`` in calls of at most 1000 entries): in a versioned
@@ -46,6 +47,7 @@ from include.retention.holds import ActiveHolds
 from include.retention.lookup import SubjectMatcher
 from include.retention.object_store import POOL_CONNECTIONS, iter_versions, s3_client
 from include.retention.pseudonym import RecordRefHasher
+from include.retention.rules import local_date
 from include.retention.sources.base import (
     Action,
     Applied,
@@ -351,13 +353,19 @@ def _applies(case: RuleCase, meta: Mapping[str, str]) -> bool:
 
 
 def _anchor_date(meta: Mapping[str, str], column: str) -> dt.date | None:
+    """The anchor's Stockholm date: an ISO-8601 date as it is, a date-time converted (a naive
+    one is UTC, as in an HTTP source without ``anchor_timezone``); None when unreadable."""
     raw = meta.get(column.lower())
     if not raw:
         return None
+    text = raw.strip()
     try:
-        return dt.date.fromisoformat(raw.strip()[:10])
+        if len(text) == 10:
+            return dt.date.fromisoformat(text)
+        moment = dt.datetime.fromisoformat(text)
     except ValueError:
         return None
+    return local_date(moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC))
 
 
 def classify(
