@@ -6,6 +6,8 @@ import datetime as dt
 import json
 import logging
 import re
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -172,6 +174,69 @@ def test_staging_reads_again_only_the_subjects_that_come_from_tags(
     assert (calls["HeadObject"], calls["GetObjectTagging"]) == (12 + 1, 1 + 1)
 
 
+def test_an_older_version_naming_a_held_or_restricted_person_keeps_the_key(
+    s3: Any, control: Control
+) -> None:
+    """Every version of a key is deleted, so every version's person counts for holds: read
+    (a HEAD per older version of a due object) only while subject holds exist."""
+    bucket = new_bucket(s3, "oldversion")
+    for key, first in (("held", "held@example.se"), ("restricted", "dpo@example.se"),
+                       ("free", "free@example.se")):  # fmt: skip
+        put(s3, bucket, f"media/{key}.jpg", **spont(OLD, first))  # that person's version
+        put(s3, bucket, f"media/{key}.jpg", **spont(OLD, "other@example.se"))  # replaced later
+    put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(9)], **spont(NEW))
+    control.holds.place_subject_hold(
+        "held@example.se", kind="legal_hold", reason="litigation", placed_by="legal"
+    )
+    control.holds.place_subject_hold(
+        "dpo@example.se", kind="restriction", reason="Art. 18", placed_by="dpo"
+    )
+    activity = image_bank(bucket)
+    planned = plan(activity, AS_OF, source=s3, control=control)
+    assert (planned.expired, planned.held, planned.restricted) == (3, 1, 1)
+    with counted_calls(s3) as calls:
+        result = run(activity, s3, control)
+    assert (result.applied, result.held_skipped, result.restricted_skipped) == (1, 1, 1)
+    left = keys(s3, bucket)
+    assert {"media/held.jpg", "media/restricted.jpg"} <= left and "media/free.jpg" not in left
+    assert len(versions(s3, bucket, "media/held.jpg")) == 2  # the held person's version too
+    assert calls["HeadObject"] == 12 + 3  # every object, then the 3 due ones' older versions
+    # the people the deleted versions named are its evidence
+    [by_person] = control.ledger.subject_batches(control.holds.subject_ref("free@example.se"))
+    assert by_person.activity_id == "image_bank"
+
+
+def test_a_subject_hold_on_an_older_versions_person_placed_after_staging_redoes_the_batch(
+    s3: Any, control: Control
+) -> None:
+    """Without subject holds the older versions are not read; a subject hold placed before
+    the batch's delete has the batch staged again, and then they are."""
+    bucket = new_bucket(s3, "oldversion-late")
+    put(s3, bucket, "media/photo.jpg", **spont(OLD, "held@example.se"))
+    put(s3, bucket, "media/photo.jpg", **spont(OLD, "other@example.se"))
+    put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(9)], **spont(NEW))
+
+    placing = threading.Thread(
+        target=control.holds.place_subject_hold, args=("held@example.se",),
+        kwargs={"kind": "legal_hold", "reason": "late", "placed_by": "legal"},
+    )  # fmt: skip
+
+    def place(_: int) -> None:  # the evidence is written; another thread places the hold
+        if placing.ident is None:
+            placing.start()
+            deadline = time.monotonic() + 10
+            while not control.holds.active("image_bank", bucket).subjects:
+                assert time.monotonic() < deadline, "the hold was not placed"
+                time.sleep(0.01)
+
+    result = run(image_bank(bucket), s3, control, hooks=Hooks(after_prepare=place))
+    placing.join(10)
+    assert not placing.is_alive()
+    assert (result.applied, result.held_skipped) == (0, 1), result.message
+    assert len(versions(s3, bucket, "media/photo.jpg")) == 2
+    assert control.ledger.lookup("image_bank", bucket, "media/photo.jpg") == []
+
+
 def test_boundary_objects(s3: Any, control: Control) -> None:
     bucket = new_bucket(s3, "boundary")
     day = dt.timedelta(days=1)
@@ -242,6 +307,37 @@ def test_capture_date_from_tags_when_metadata_lacks_it(s3: Any, control: Control
     put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(4)], **spont(NEW))
     run(image_bank(bucket), s3, control)
     assert "media/tagged.jpg" not in keys(s3, bucket)
+
+
+def test_tag_keys_differing_in_case_keep_every_value(s3: Any, control: Control) -> None:
+    """S3 tag keys are case-sensitive: ``subject`` and ``Subject`` both name a person (either
+    held: held), and a capture date given twice with different values is unknown. Each in
+    both orders, so that neither can be the one read first."""
+    bucket = new_bucket(s3, "tagcase")
+    them = ("subject=other@example.se", "Subject=held@example.se")
+    dates = (f"capture_date={OLD}", f"Capture_Date={NEW}")
+    for name, pair in (("a", them), ("b", them[::-1])):
+        tagging = "&".join(("category=spontaneous", f"capture_date={OLD}", *pair))
+        s3.put_object(Bucket=bucket, Key=f"media/two-people-{name}.jpg", Body=b"x",
+                      Tagging=tagging)  # fmt: skip
+    for name, pair in (("a", dates), ("b", dates[::-1])):
+        tagging = "&".join(("category=spontaneous", "subject=p@example.se", *pair))
+        s3.put_object(Bucket=bucket, Key=f"media/two-dates-{name}.jpg", Body=b"x",
+                      Tagging=tagging)  # fmt: skip
+    agreeing = f"category=spontaneous&subject=p@example.se&capture_date={OLD}&Capture_Date={OLD}"
+    s3.put_object(Bucket=bucket, Key="media/agreeing.jpg", Body=b"x", Tagging=agreeing)
+    put_many(s3, bucket, [f"media/new-{i}.jpg" for i in range(15)], **spont(NEW))
+    control.holds.place_subject_hold(
+        "held@example.se", kind="legal_hold", reason="litigation", placed_by="legal"
+    )
+    activity = image_bank(bucket)
+    planned = plan(activity, AS_OF, source=s3, control=control)
+    assert (planned.expired, planned.held, planned.anchor_unknown) == (3, 2, 2)
+    result = run(activity, s3, control)
+    assert (result.applied, result.held_skipped) == (1, 2), result.message
+    left = keys(s3, bucket)
+    assert {f"media/two-{what}-{n}.jpg" for what in ("people", "dates") for n in "ab"} <= left
+    assert "media/agreeing.jpg" not in left
 
 
 def test_an_object_whose_tags_change_before_its_delete_is_judged_again(

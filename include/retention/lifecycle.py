@@ -705,10 +705,11 @@ def held_since(batch: Batch, now: Any) -> bool:
     """Does a hold placed since the batch was staged cover one of its records?
 
     New record holds are matched against the batch's references, new subject holds against its
-    subjects (when the adapter did not read them, any new subject hold redoes the batch)."""
+    subjects (when the adapter did not read them all, any new subject hold redoes the batch)."""
     before = batch.holds
     new_subjects = now.subjects.keys() - before.subjects.keys()
-    if new_subjects and (batch.subjects is None or new_subjects & batch.subjects):
+    unread = batch.subjects is None or batch.unread_subjects
+    if new_subjects and (unread or new_subjects & batch.subjects):
         return True
     new = now.records.keys() - before.records.keys()
     if not new:

@@ -167,7 +167,9 @@ class Batch:
     ``refs``: the records the batch changes (held and restricted ones already left out);
     ``subjects``: the distinct keyed subject references of those records (of all their lookup
     columns), or None when the adapter did not read them (then any new subject hold makes the
-    lifecycle redo the batch);
+    lifecycle redo the batch); ``unread_subjects``: the adapter read only some of them (S3: not
+    the people an object's older versions name, read only while subject holds exist), so any
+    new subject hold redoes the batch too;
     ``holds``: the active holds the batch was checked against; ``skipped``: hold kind ->
     records left out; ``counts``: further evidence counts (``children.<table>``, ``versions``);
     ``linked``: per linked dataset (e.g. a bucket of files the records point to), the keys of
@@ -182,6 +184,7 @@ class Batch:
     refs: Sequence[bytes]
     holds: ActiveHolds
     subjects: frozenset[bytes] | None = None
+    unread_subjects: bool = False
     skipped: dict[str, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     linked: dict[str, list[str]] = field(default_factory=dict)

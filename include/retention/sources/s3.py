@@ -4,7 +4,10 @@ to (``ObjectLink``, e.g. candidates' CVs: `S3Adapter.stage_keys`, the run's foll
 Rules read object metadata (``RuleCase.when.column`` and ``anchor_column`` name metadata keys,
 falling back to object tags; anchors are ISO-8601 dates or date-times, a date-time taken as its
 Stockholm date, a naive one as UTC). An object's metadata is that of its newest version that
-is not a delete marker, so soft-deleted objects are found too.
+is not a delete marker, so soft-deleted objects are found too. Tag keys are case-sensitive:
+every value of a lookup key's case variants names a person of the object, and a key a rule
+reads whose case variants disagree makes its anchor unknown. While subject holds exist, the
+people the older versions of a due object name count for its holds too (a HEAD each).
 
 Deleting an object means removing EVERY version and delete marker of its key
 (``list_object_versions`` + ``DeleteObjects`` in calls of at most 1000 entries): in a versioned
@@ -100,6 +103,9 @@ class S3Object:
     # The newest LastModified listed (S3's clock, whole seconds): anything of the key written
     # later was not listed, so not judged.
     listed_through: dt.datetime | None = None
+    # The versions under ``latest`` that are not delete markers (newest first): deleted with
+    # the key, so while subject holds exist the people they name are checked too.
+    older: tuple[str, ...] = ()
 
     @property
     def replaceable(self) -> bool:
@@ -128,15 +134,16 @@ def list_objects(client: Any, bucket: str, prefix: str = "") -> list[S3Object]:
 
 def _object(key: str, items: list[dict[str, Any]]) -> S3Object:
     items = sorted(items, key=lambda v: (v["LastModified"], v.get("IsLatest", False)), reverse=True)
-    latest = next((v["VersionId"] for v in items if not v["IsDeleteMarker"]), None)
+    real = [v["VersionId"] for v in items if not v["IsDeleteMarker"]]
     null = [v for v in items if v["VersionId"] == NULL_VERSION and not v["IsDeleteMarker"]]
     return S3Object(
         key=key,
         versions=tuple(v["VersionId"] for v in items),
         delete_markers=sum(1 for v in items if v["IsDeleteMarker"]),
-        latest=latest,
+        latest=real[0] if real else None,
         null_etag=null[0]["ETag"] if null else None,
         listed_through=items[0]["LastModified"],
+        older=tuple(real[1:]),
     )
 
 
@@ -147,15 +154,30 @@ def _versions_of(client: Any, bucket: str, key: str) -> S3Object:
 
 @dataclass(frozen=True)
 class _Meta:
-    """An object's metadata: its newest real version's (which never changes), and where it
-    lacks a wanted key, the object's tags (which can change)."""
+    """A version's metadata (which never changes), and where it lacks a wanted key, the
+    version's tags (which can change). Tag keys are case-sensitive: a key's case variants
+    whose values disagree are in ``variants`` (every value), not in ``values``."""
 
     values: dict[str, str]
     from_tags: frozenset[str] = frozenset()
+    variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def fixed(self, keys: AbstractSet[str]) -> bool:
         """Whether ``keys`` all come from the version's own metadata (cannot change)."""
         return not keys - (self.values.keys() - self.from_tags)
+
+    def record(self) -> dict[str, Any]:
+        """Every value, a key of disagreeing variants with the list of them."""
+        return {**self.values, **{k: list(v) for k, v in self.variants.items()}}
+
+
+def _grouped(pairs: Iterable[tuple[str, str]]) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """Values by lower-case key: those whose case variants agree, and the others' values."""
+    found: dict[str, dict[str, None]] = {}
+    for key, value in pairs:
+        found.setdefault(key.lower(), {})[value] = None
+    single = {k: next(iter(v)) for k, v in found.items() if len(v) == 1}
+    return single, {k: tuple(v) for k, v in found.items() if len(v) > 1}
 
 
 def _metadata(client: Any, bucket: str, obj: S3Object, wanted: set[str]) -> _Meta:
@@ -164,15 +186,24 @@ def _metadata(client: Any, bucket: str, obj: S3Object, wanted: set[str]) -> _Met
     # The current "null" version is read as the current object: some S3 servers refuse a
     # version id in a bucket never versioned. A replacement read here fails the delete's ETag.
     version = {} if obj.current_is_null else {"VersionId": obj.latest}
-    head = client.head_object(Bucket=bucket, Key=obj.key, **version)
-    meta = {k.lower(): v for k, v in head.get("Metadata", {}).items()}
-    if not wanted - meta.keys():
-        return _Meta(meta)
-    tags = client.get_object_tagging(Bucket=bucket, Key=obj.key, **version)
-    tagged: dict[str, str] = {}
-    for tag in tags.get("TagSet", []):
-        tagged.setdefault(tag["Key"].lower(), tag["Value"])
-    return _Meta({**tagged, **meta}, frozenset(tagged.keys() - meta.keys()))
+    return _version_metadata(client, bucket, obj.key, version, wanted)
+
+
+def _version_metadata(
+    client: Any, bucket: str, key: str, version: Mapping[str, str], wanted: set[str]
+) -> _Meta:
+    head = client.head_object(Bucket=bucket, Key=key, **version)
+    meta, meta_variants = _grouped(head.get("Metadata", {}).items())
+    if not wanted - meta.keys() - meta_variants.keys():
+        return _Meta(meta, variants=meta_variants)
+    tags = client.get_object_tagging(Bucket=bucket, Key=key, **version)
+    tagged, variants = _grouped((t["Key"], t["Value"]) for t in tags.get("TagSet", []))
+    own = meta.keys() | meta_variants.keys()  # the version's metadata wins over its tags
+    return _Meta(
+        {**{k: v for k, v in tagged.items() if k not in own}, **meta},
+        frozenset(tagged.keys() - own),
+        {**{k: v for k, v in variants.items() if k not in own}, **meta_variants},
+    )
 
 
 def _current_metadata(client: Any, bucket: str, obj: S3Object, wanted: set[str]) -> _Meta | None:
@@ -183,6 +214,29 @@ def _current_metadata(client: Any, bucket: str, obj: S3Object, wanted: set[str])
         if str(exc.response.get("Error", {}).get("Code")) in GONE_CODES:
             return None
         raise
+
+
+def _older_metadata(
+    client: Any, bucket: str, objects: Sequence[S3Object], wanted: set[str]
+) -> dict[str, tuple[_Meta, ...]]:
+    """By key, the metadata of each object's older versions (a HEAD each); a version deleted
+    since it was listed has none."""
+
+    def read(key: str, version: str) -> _Meta | None:
+        try:
+            return _version_metadata(client, bucket, key, {"VersionId": version}, wanted)
+        except client.exceptions.ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) in GONE_CODES:
+                return None
+            raise
+
+    pairs = [(o.key, v) for o in objects for v in o.older]
+    found: dict[str, list[_Meta]] = {o.key: [] for o in objects}
+    with _pool(client) as pool:
+        for (key, _), meta in zip(pairs, pool.map(lambda p: read(*p), pairs), strict=True):
+            if meta is not None:
+                found[key].append(meta)
+    return {key: tuple(metas) for key, metas in found.items()}
 
 
 def _all_metadata(
@@ -369,9 +423,17 @@ def _anchor_date(meta: Mapping[str, str], column: str) -> dt.date | None:
 
 
 def classify(
-    rules: Sequence[RuleCase], meta: Mapping[str, str], as_of: dt.datetime
+    rules: Sequence[RuleCase],
+    meta: Mapping[str, str],
+    as_of: dt.datetime,
+    ambiguous: AbstractSet[str] = frozenset(),
 ) -> tuple[Status, str | None]:
-    """The status of one object by its metadata, and the label of the deciding case."""
+    """The status of one object by its metadata, and the label of the deciding case.
+    ``ambiguous``: keys (lower case) with disagreeing values (tag keys differing in case); one
+    a rule reads makes the object's anchor unknown."""
+    unclear = next((c for c in rules if _wanted_keys([c]) & ambiguous), None)
+    if unclear is not None:
+        return "unknown_anchor", unclear.label or unclear.anchor_column
     applicable = [c for c in rules if _applies(c, meta)]
     if not applicable:
         return "out_of_scope", None
@@ -405,6 +467,9 @@ class _Staged:
 
     objects: list[S3Object]
     metas: dict[str, _Meta] = field(default_factory=dict)
+    # The metadata of the objects' older versions, by key, where it was read (only while
+    # subject holds exist: see `S3Adapter._stage`).
+    older: dict[str, tuple[_Meta, ...]] = field(default_factory=dict)
     bucket_counts: dict[str, int] = field(default_factory=dict)
     # The selection that judged the objects by their metadata: they go only unchanged. None
     # for linked files, which are judged by their record and go with it.
@@ -425,8 +490,11 @@ class S3Adapter:
         self.system, self.dataset, self.bucket = binding.system, binding.dataset, binding.bucket
         self.hasher = RecordRefHasher(key, self.system, self.dataset)
         self._matcher = SubjectMatcher(key, binding.lookup_columns())
-        # The last count's selection, its objects and their metadata (read at count time).
-        self._selected: tuple[Selection, list[S3Object], dict[str, _Meta]] | None = None
+        # The last count's selection, its objects, their metadata and that of their older
+        # versions (read at count time).
+        self._selected: (
+            tuple[Selection, list[S3Object], dict[str, _Meta], dict[str, tuple[_Meta, ...]]] | None
+        ) = None
 
     # -------------------------------------------------------------------- the protocol
 
@@ -454,17 +522,18 @@ class S3Adapter:
         tally = dict.fromkeys(
             ("due", "held", "restricted", "unknown_anchor", "kept", "out_of_scope"), 0
         )
-        chosen: list[S3Object] = []
-        chosen_metas: dict[str, _Meta] = {}
-        for obj, meta in zip(objects, metas, strict=True):
-            status = self._status(base, meta.values)
+        statuses = [self._status(base, meta) for meta in metas]
+        judged = list(zip(objects, metas, statuses, strict=True))
+        chosen = [o for o, _, status in judged if status == "due"]
+        chosen_metas = {o.key: m for o, m, status in judged if status == "due"}
+        older = self._older(chosen) if holds.subjects else {}
+        for obj, _, status in judged:
             if status == "due":
-                hold = holds.kind_for(self.hasher.ref(obj.key), self._subject_refs(meta.values))
+                subjects = self._all_subjects(chosen_metas[obj.key], older.get(obj.key, ()))
+                hold = holds.kind_for(self.hasher.ref(obj.key), subjects)
                 status = {"legal_hold": "held", "restriction": "restricted"}.get(hold or "", "due")
-                chosen.append(obj)
-                chosen_metas[obj.key] = meta
             tally[status] += 1
-        self._selected = (selection, chosen, chosen_metas)
+        self._selected = (selection, chosen, chosen_metas, older)
         counts = Counts(
             total=len(objects), selected=tally["due"] + tally["held"] + tally["restricted"],
             held=tally["held"], restricted=tally["restricted"],
@@ -487,17 +556,18 @@ class S3Adapter:
     ) -> Iterator[Batch]:
         if self._selected is None or self._selected[0] != selection:
             self.count(selection, action, holds())
-        _, chosen, metas = self._selected or (selection, [], {})
+        _, chosen, metas, older = self._selected or (selection, [], {}, {})
         limit = max(1, min(size, MAX_KEYS_PER_CALL))
         for no, group in enumerate(batches(chosen, limit), start=1):
             group_metas = {o.key: metas[o.key] for o in group}
-            staged = _Staged(list(group), group_metas, base=base_selection(selection))
+            group_older = {o.key: older[o.key] for o in group if o.key in older}
+            staged = _Staged(list(group), group_metas, group_older, base=base_selection(selection))
             yield self._stage(no, staged, holds)
 
     def redo(self, batch: Batch, holds: HoldReader) -> Batch:
         staged: _Staged = batch.state
         again = self._stage(
-            batch.no, _Staged(staged.objects, staged.metas, base=staged.base), holds
+            batch.no, _Staged(staged.objects, staged.metas, staged.older, base=staged.base), holds
         )
         for kind, n in batch.skipped.items():  # held at the first staging: still skipped
             again.skipped[kind] = again.skipped.get(kind, 0) + n
@@ -556,8 +626,8 @@ class S3Adapter:
         objects = self._listed(selection)
         metas = _all_metadata(self.client, self.bucket, objects, self._wanted(rules))
         for obj, meta in zip(objects, metas, strict=True):
-            if self._status(base, meta.values) == "due":
-                yield {"key": obj.key, "versions": len(obj.versions), "metadata": dict(meta.values)}
+            if self._status(base, meta) == "due":
+                yield {"key": obj.key, "versions": len(obj.versions), "metadata": meta.record()}
 
     def fields_to_update(self, values: Mapping[str, Any]) -> dict[str, Any]:
         raise self._not_updatable()
@@ -611,13 +681,31 @@ class S3Adapter:
     def _wanted(self, rules: Sequence[RuleCase]) -> set[str]:
         return _wanted_keys(rules) | {c.column.lower() for c in self._matcher.columns}
 
-    def _subject_refs(self, meta: Mapping[str, str]) -> frozenset[bytes]:
-        """The references of the object's lookup metadata (keys are lower case)."""
-        return self._matcher.record_refs({k.lower(): v for k, v in meta.items()})
+    def _subject_refs(self, meta: _Meta) -> frozenset[bytes]:
+        """The references of a version's lookup metadata (keys are lower case), every value
+        of a key's case variants included."""
+        refs = self._matcher.record_refs(meta.values)
+        for key, values in meta.variants.items():
+            for value in values:
+                refs |= self._matcher.record_refs({key: value})
+        return refs
 
-    def _status(self, base: DueAt | OfSubject, meta: Mapping[str, str]) -> str:
+    def _all_subjects(self, meta: _Meta, older: Iterable[_Meta]) -> frozenset[bytes]:
+        """The references of an object's lookup metadata and of its older versions'."""
+        return self._subject_refs(meta).union(*(self._subject_refs(m) for m in older))
+
+    def _older(self, objects: Sequence[S3Object]) -> dict[str, tuple[_Meta, ...]]:
+        """The metadata of the older versions of ``objects`` (their lookup keys only)."""
+        lookup = {c.column.lower() for c in self._matcher.columns}
+        with_older = [o for o in objects if o.older]
+        if not lookup or not with_older:
+            return {o.key: () for o in objects}
+        read = _older_metadata(self.client, self.bucket, with_older, lookup)
+        return {o.key: read.get(o.key, ()) for o in objects}
+
+    def _status(self, base: DueAt | OfSubject, meta: _Meta) -> str:
         if isinstance(base, DueAt):
-            return classify(base.rules, meta, base.as_of)[0]
+            return classify(base.rules, meta.values, base.as_of, meta.variants.keys())[0]
         if not self._matcher.columns:
             raise RetentionError(
                 f"dataset {self.dataset!r} (bucket {self.bucket!r}) has no lookup metadata key:"
@@ -628,11 +716,16 @@ class S3Adapter:
     def _stage(self, no: int, staged: _Staged, holds: HoldReader) -> Batch:
         """Drop the objects held now, by the subjects of the metadata read when counting (a
         version's metadata never changes); while holds exist, subjects that came from object
-        tags (which can change) are read afresh."""
+        tags (which can change) are read afresh. Every version of a key is deleted: while
+        subject holds exist, the people its older versions name are checked too (read here
+        if the count did not). Without them, the batch says its subjects are not all read,
+        so a subject hold placed before its delete has it staged again."""
         active = holds()
         objects = staged.objects
         if not active.empty:
             self._refresh_subjects(staged)
+        if active.subjects and staged.base is not None:
+            self._refresh_older(staged)
         kinds = (
             {}
             if active.empty
@@ -642,8 +735,12 @@ class S3Adapter:
         keep = [o for o in objects if not kinds.get(o.key)]
         skipped = [k for k in kinds.values() if k]
         subjects = frozenset(ref for o in keep for ref in self._subjects(staged, o))
+        unread = staged.base is not None and any(
+            o.older and o.key not in staged.older for o in keep
+        )
         return Batch(
             no=no, refs=[self.hasher.ref(o.key) for o in keep], holds=active, subjects=subjects,
+            unread_subjects=unread,
             skipped={k: skipped.count(k) for k in ("legal_hold", "restriction") if k in skipped},
             counts={"versions": sum(len(o.versions) for o in keep), **staged.bucket_counts},
             judged_through=self._judged_through(staged, keep),
@@ -675,8 +772,8 @@ class S3Adapter:
             )
             return {
                 o.key for o, now in zip(stale, fresh, strict=True)
-                if now is None or self._status(base, now.values) != "due"
-                or self._subject_refs(now.values) != self._subject_refs(judged[o.key].values)
+                if now is None or self._status(base, now) != "due"
+                or self._subject_refs(now) != self._subject_refs(judged[o.key])
             }  # fmt: skip
 
     def _refresh_subjects(self, staged: _Staged) -> None:
@@ -687,6 +784,21 @@ class S3Adapter:
             fresh = _all_metadata(self.client, self.bucket, stale, lookup)
             staged.metas = {**staged.metas, **{o.key: m for o, m in zip(stale, fresh, strict=True)}}
 
+    def _refresh_older(self, staged: _Staged) -> None:
+        """Read the older versions' metadata where the count did not, and again where their
+        subjects may come from tags."""
+        lookup = {c.column.lower() for c in self._matcher.columns}
+        stale = [
+            o for o in staged.objects if o.older and (
+                o.key not in staged.older
+                or not all(m.fixed(lookup) for m in staged.older[o.key])
+            )
+        ]  # fmt: skip
+        if stale:
+            staged.older = {**staged.older, **self._older(stale)}
+
     def _subjects(self, staged: _Staged, obj: S3Object) -> frozenset[bytes]:
         meta = staged.metas.get(obj.key)
-        return self._subject_refs(meta.values) if meta is not None else frozenset()
+        if meta is None:
+            return frozenset()
+        return self._all_subjects(meta, staged.older.get(obj.key, ()))
