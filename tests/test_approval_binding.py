@@ -155,3 +155,76 @@ def test_a_partitioned_run_refuses_before_it_starts(world: World) -> None:
 
     assert world.control.ledger.runs(act.id) == []
     assert len(operations.partition(act.id, world.plan(act), APPROVAL, world.runtime(act))) > 1
+
+
+def _partitioned(limit: int) -> Activity:
+    gated = _gated()
+    return gated.model_copy(update={
+        "partitioning": Partitioning(records_per_partition=3),
+        "safety": gated.safety.model_copy(update={"max_rows": limit}),
+    })  # fmt: skip
+
+
+def _plan(world: World, act: Activity) -> dict[str, Any]:
+    params = {"as_of": AS_OF.isoformat(), "dry_run": False}
+    return operations.plan(act.id, params, AS_OF, world.runtime(act), now=AS_OF)
+
+
+@pytest.mark.parametrize("approved", [True, False], ids=["approved", "within_the_limit"])
+def test_a_partitioned_run_never_applies_more_than_approved_or_its_limit(
+    world: World, approved: bool
+) -> None:
+    """4 of the 6 due are free (5 and 6 held): approved for 4 (limit 2), or within the limit of
+    4 without approval. Both holds are released after the first partition has deleted its
+    records: the later partitions, counting what is left, must still weigh the whole run."""
+    act = _partitioned(2 if approved else 4)
+    holds = [
+        world.control.holds.place_record_hold(
+            "ats", "people", pk, kind="legal_hold", reason="claim", placed_by="legal"
+        )
+        for pk in (5, 6)
+    ]
+    planned = _plan(world, act)
+    assert (planned["counts"]["to_apply"], planned["needs_approval"]) == (4, approved)
+    approval = APPROVAL if approved else None
+    parts = operations.partition(act.id, planned, approval, world.runtime(act))
+    assert len(parts) > 1
+    for n, part in enumerate(parts):
+        try:
+            operations.enforce(act.id, planned, approval, world.runtime(act), part=part)
+        except RetentionError as exc:  # refusing is right: the whole run would exceed 4
+            assert "approval covered 4" in str(exc) or "nothing was changed" in str(exc)
+        if n == 0:
+            for hold in holds:
+                world.control.holds.release(hold, released_by="legal")
+    gone = EVERYONE - ids(world.engine)
+    assert gone == {1, 2, 3}, f"deleted {sorted(gone)}; approved or allowed: 4"
+
+
+def test_a_partitioned_run_stopped_by_the_gate_after_deleting_fails(world: World) -> None:
+    """6 due, limit 6: no approval needed. After partition 1 deleted its records, 4 more due
+    records arrive; the later partitions stop at the gate. The run changed records, so it
+    is not an 'approval required, nothing changed' run: it ends partial and alerts."""
+    act = _partitioned(6)
+    rt = world.runtime(act)
+    planned = _plan(world, act)
+    assert (planned["counts"]["to_apply"], planned["needs_approval"]) == (6, False)
+    parts = operations.partition(act.id, planned, None, rt)
+    results = []
+    for n, part in enumerate(parts):
+        results.append(operations.enforce(act.id, planned, None, rt, part=part))
+        if n == 0:
+            seed(world.engine, [person(pk, old()) for pk in (11, 12, 13, 14)], children=False)
+    assert {r["outcome"] for r in results[1:]} == {"approval_required"}
+    finished = operations.finish(act.id, planned, parts, results, rt)
+    verified = operations.verify(act.id, planned, finished, rt)
+    deleted = EVERYONE - ids(world.engine)
+    assert deleted and finished["outcome"] == "partial"
+    assert verified == {
+        "checked": False,
+        "reason": "outcome partial: it stopped part-way (see enforce)",
+    }
+    (run,) = world.control.ledger.runs(act.id)
+    assert run.finished["outcome"] == "partial"
+    with pytest.raises(operations.RunFailed, match="enforce ended partial"):
+        operations.report(act.id, {"plan": planned, "enforce": finished, "verify": verified}, rt)

@@ -198,13 +198,38 @@ def enforce(
         if run_id is None:
             raise RetentionError("a partition runs within a partitioned run: give its run_id")
         selection = KeyRange(due, partition.lower, partition.upper, partition.index)
-        whole = plan(activity, as_of, control=control, adapter=adapter)
+        whole = _with_run_so_far(
+            plan(activity, as_of, control=control, adapter=adapter),
+            control,
+            adapter,
+            run_id,
+            deletes=isinstance(activity.action, DeleteAction),
+        )
     options = RunOptions(
         catalogue_version, dry_run, approved_by, origin, batch_size, hooks or Hooks(), lease_wait,
         clients, whole, run_id if partition is not None else None,
         approved_up_to=approved_up_to,
     )  # fmt: skip
     return run(activity, selection, adapter, control, options)
+
+
+def _with_run_so_far(
+    whole: PlanResult, control: Control, adapter: SourceAdapter, run_id: str, *, deletes: bool
+) -> PlanResult:
+    """The plan of the whole dataset as the partitioned run ``run_id`` is judged: what its
+    other partitions applied or have prepared counts again (deleted records left the dataset
+    and anonymised ones are no longer due), so the volume gate and the approval weigh the
+    whole run, not what is left of it. A prepared batch that rolls back is counted twice:
+    the safe side."""
+    key = (adapter.system, adapter.dataset)
+    done = len(control.ledger.applied_refs(run_id, *key))
+    done += sum(
+        len(PackedRefs(b.refs))
+        for b in control.ledger.pending_batches(whole.activity_id)
+        if b.run_id == run_id and (b.system, b.dataset) == key
+    )
+    gone = done if deletes else 0  # anonymised records are still in the dataset's total
+    return replace(whole, expired=whole.expired + done, total=whole.total + gone)
 
 
 def plan(

@@ -531,6 +531,8 @@ def combine(enforced: Any) -> dict[str, Any] | None:
         (o for o in ("failed", "partial", "approval_required") if o in outcomes),
         "completed" if "completed" in outcomes else results[0]["outcome"],
     )
+    if outcome == "approval_required" and any(r["counts"].get("applied") for r in results):
+        outcome = "partial"  # stopped by the gate after other partitions changed records
     return {
         "run_id": results[0]["run_id"],
         "run_ids": [r["run_id"] for r in results],
@@ -624,8 +626,11 @@ def verify(
     """Prove the run's result with Great Expectations; raise if it does not hold.
     ``enforced``: the mapped enforce tasks' results (see :func:`combine`)."""
     enforced = combine(enforced) or {}
-    if enforced.get("outcome") not in VERIFIED_OUTCOMES:
-        return {"checked": False, "reason": f"outcome {enforced.get('outcome')}: nothing changed"}
+    outcome = enforced.get("outcome")
+    if outcome not in VERIFIED_OUTCOMES:
+        stopped = outcome in ("failed", "partial")
+        why = "it stopped part-way (see enforce)" if stopped else "nothing changed"
+        return {"checked": False, "reason": f"outcome {outcome}: {why}"}
     from include.retention import verification
 
     runtime = runtime or Runtime.load()
