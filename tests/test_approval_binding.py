@@ -6,6 +6,7 @@ to do. The DAG's steps (`operations`) on real PostgreSQL, the control database i
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from include.retention import operations
 from include.retention.catalogue import Activity, Catalogue, Partitioning
 from include.retention.errors import RetentionError
 from include.retention.runs import Control
+from include.retention.sources.sql import SqlAdapter
 from tests.dbs import AS_OF, activity, create_db, ids, old, person, recent, seed
 
 EVERYONE = set(range(1, 11))
@@ -228,3 +230,41 @@ def test_a_partitioned_run_stopped_by_the_gate_after_deleting_fails(world: World
     assert run.finished["outcome"] == "partial"
     with pytest.raises(operations.RunFailed, match="enforce ended partial"):
         operations.report(act.id, {"plan": planned, "enforce": finished, "verify": verified}, rt)
+
+
+def test_parallel_partitions_of_an_approved_run_do_not_stop_each_other(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Approved for exactly the 6 due: partition 2 plans while partition 1's batch is deleted
+    but not yet committed. Counting that batch both where the source still shows it and as
+    the run's own would exceed the approval: both partitions must complete."""
+    act = _partitioned(2)
+    rt = world.runtime(act)
+    planned = _plan(world, act)
+    assert (planned["counts"]["to_apply"], planned["needs_approval"]) == (6, True)
+    parts = operations.partition(act.id, planned, APPROVAL, rt)
+    reached, release = threading.Event(), threading.Event()
+    original = SqlAdapter.apply
+
+    def apply_after_the_other(self: SqlAdapter, batch: Any) -> Any:
+        if not reached.is_set():  # the first batch (partition 1) waits, its delete uncommitted
+            reached.set()
+            assert release.wait(60)
+        return original(self, batch)
+
+    monkeypatch.setattr(SqlAdapter, "apply", apply_after_the_other)
+    first: list[dict[str, Any]] = []
+    thread = threading.Thread(
+        target=lambda: first.append(
+            operations.enforce(act.id, planned, APPROVAL, world.runtime(act), part=parts[0])
+        )
+    )
+    thread.start()
+    assert reached.wait(60)
+    try:
+        later = [operations.enforce(act.id, planned, APPROVAL, rt, part=p) for p in parts[1:]]
+    finally:
+        release.set()
+        thread.join(60)
+    assert [r["outcome"] for r in first + later if r["counts"]["applied"]] == ["completed"] * 2
+    assert ids(world.engine) == EVERYONE - DUE

@@ -217,17 +217,11 @@ def _with_run_so_far(
     whole: PlanResult, control: Control, adapter: SourceAdapter, run_id: str, *, deletes: bool
 ) -> PlanResult:
     """The plan of the whole dataset as the partitioned run ``run_id`` is judged: what its
-    other partitions applied or have prepared counts again (deleted records left the dataset
-    and anonymised ones are no longer due), so the volume gate and the approval weigh the
-    whole run, not what is left of it. A prepared batch that rolls back is counted twice:
-    the safe side."""
-    key = (adapter.system, adapter.dataset)
-    done = len(control.ledger.applied_refs(run_id, *key))
-    done += sum(
-        len(PackedRefs(b.refs))
-        for b in control.ledger.pending_batches(whole.activity_id)
-        if b.run_id == run_id and (b.system, b.dataset) == key
-    )
+    other partitions applied counts again (deleted records left the dataset and anonymised
+    ones are no longer due), so the volume gate and the approval weigh the whole run, not what
+    is left of it. A batch still in flight is counted where the source still shows it: not
+    again, or parallel partitions of an approved run would refuse each other."""
+    done = len(control.ledger.applied_refs(run_id, adapter.system, adapter.dataset))
     gone = done if deletes else 0  # anonymised records are still in the dataset's total
     return replace(whole, expired=whole.expired + done, total=whole.total + gone)
 
